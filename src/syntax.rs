@@ -104,9 +104,13 @@ pub fn check_expression(expr: &str) -> Result<(), String> {
     let tree = parse(expr);
     let root = tree.root_node();
     let ok = root.named_child_count() == 1
-        && root
-            .named_child(0)
-            .is_some_and(|s| s.kind() == "expression_statement" && s.named_child_count() == 1);
+        && root.named_child(0).is_some_and(|s| {
+            s.kind() == "expression_statement"
+                && s.named_child_count() == 1
+                && s.named_child(0).is_some_and(|e| {
+                    !matches!(e.kind(), "assignment" | "augmented_assignment" | "yield")
+                })
+        });
     if ok {
         Ok(())
     } else {

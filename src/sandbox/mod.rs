@@ -1,1 +1,115 @@
-//! (in progress)
+//! Run a generated program and a case's tests in Python, and report what each call did.
+//!
+//! [`Sandbox`] is the seam: [`process::ProcessSandbox`] runs one Python process tree per case
+//! with a deadline per test, kills the whole tree when a deadline passes, and restarts for the
+//! tests that remain. Outcomes are raw facts ("returned this value", "raised that"); judging
+//! them against expected values is the job of [`crate::score`], outside the process.
+
+pub mod process;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::value::Value;
+
+/// The Python script that runs inside the child (also the trusted evaluator).
+pub const RUNNER_PY: &str = include_str!("../../harness/python/runner.py");
+
+/// One execution: a program, optional setup code, and the calls (or a check block) to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub program: String,
+    pub setup: Option<String>,
+    pub entry_point: String,
+    /// Python call expressions, reported one by one.
+    pub calls: Vec<String>,
+    /// A HumanEval-style `def check(candidate)` block, run once after the program.
+    pub check: Option<String>,
+    /// Deadline for each call (and for the check block as a whole).
+    pub test_timeout: Duration,
+    /// Deadline for loading the program (its top-level code and setup).
+    pub load_timeout: Duration,
+}
+
+/// Where in generated or test code an exception came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Raised {
+    pub exc_type: String,
+    /// The names of the exception type's MRO, for `raises = "LookupError"` matching subclasses.
+    pub mro: Vec<String>,
+    pub message: String,
+    /// 1-based line in the code named by `location` (`program`, `test`, `check`, `setup`).
+    pub line: Option<usize>,
+    pub location: Option<String>,
+    /// The source line that raised, stripped.
+    pub source: Option<String>,
+}
+
+/// What happened to one call (or the check block).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawOutcome {
+    /// Returned a value of exact builtin types.
+    Returned(Value),
+    /// Returned something that cannot be compared outside the process (a custom object, a
+    /// subclass of a builtin, a structure too deep or too large).
+    Unsupported(String),
+    /// Raised an exception.
+    Raised(Raised),
+    /// The check block ran to the end without raising.
+    CheckPassed,
+    /// No answer before the deadline; the process tree was killed.
+    TimedOut(Duration),
+    /// The process died while running it (exit code, signal, or a broken result channel).
+    Crashed(String),
+    /// The program failed to load, so the call never ran.
+    NotRun,
+}
+
+/// How loading the program went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadOutcome {
+    Loaded,
+    Raised(Raised),
+    TimedOut(Duration),
+    Crashed(String),
+}
+
+/// Everything one execution produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecReport {
+    pub load: LoadOutcome,
+    /// One per call of the job, in order.
+    pub calls: Vec<RawOutcome>,
+    /// The check block's outcome, when the job had one.
+    pub check: Option<RawOutcome>,
+    /// The end of what the program printed (bounded), for diagnostics; never compared.
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// A failure of the harness itself (not of the generated code).
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("failed to find a Python interpreter `{0}` on PATH")]
+    NoPython(String),
+    #[error("failed to start Python: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("failed to talk to the Python child: {0}")]
+    Protocol(String),
+    #[error("failed to evaluate expected value `{expr}`: {message}")]
+    Expected { expr: String, message: String },
+}
+
+/// Runs jobs. Implementations must survive anything the generated code does.
+pub trait Sandbox: Send + Sync {
+    /// Execute one job and report every call's outcome.
+    fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError>;
+
+    /// Evaluate trusted expressions (a case's expected values) to canonical values.
+    fn evaluate_expected(&self, exprs: &[String]) -> Result<Vec<Value>, SandboxError>;
+
+    /// A one-line description of the isolation in force, for the summary and results.
+    fn isolation(&self) -> String;
+}
