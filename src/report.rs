@@ -1,1 +1,171 @@
-//! (in progress)
+//! What a run tells people: the terminal summary table, and results JSON journaled as cases
+//! finish (so an interrupted run keeps what it measured) plus one summary file per model.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::gate::{Baseline, GateFailure};
+use crate::score::{CaseOutcome, Summary, Totals};
+
+/// Render the summary table for one model.
+pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "codegen summary for model `{}`", summary.model);
+    let width = summary
+        .categories
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max("category".len());
+    let _ = writeln!(
+        s,
+        "  {:<width$}  {:>6}  {:>6}  {:>9}  {:>12}",
+        "category", "cases", "passed", "pass rate", "syntax valid"
+    );
+    let row = |s: &mut String, name: &str, t: &Totals| {
+        let _ = writeln!(
+            s,
+            "  {:<width$}  {:>6}  {:>6}  {:>8.1}%  {:>11.1}%",
+            name,
+            t.cases,
+            t.passed,
+            t.pass_rate * 100.0,
+            t.syntax_valid_rate * 100.0
+        );
+    };
+    for (cat, t) in &summary.categories {
+        row(&mut s, cat, t);
+    }
+    let _ = writeln!(s, "  {}", "-".repeat(width + 43));
+    row(&mut s, "overall", &summary.overall);
+    if summary.overall.pass_at_k.len() > 1 || summary.overall.samples > summary.overall.cases {
+        let ks: Vec<String> = summary
+            .overall
+            .pass_at_k
+            .iter()
+            .map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0))
+            .collect();
+        let _ = writeln!(s, "  {}", ks.join(", "));
+    }
+    if let Some(b) = baseline {
+        let _ = writeln!(
+            s,
+            "  accepted baseline: {:.1}% over {} cases with accepted snapshots",
+            b.rate() * 100.0,
+            b.cases
+        );
+    }
+    if let Some(u) = &summary.uncertainty {
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            s,
+            "  uncertainty: mean NLL passed {} / failed {}; AUROC for failure: mean NLL {}, min prob {} ({} samples)",
+            f(u.mean_nll_passed),
+            f(u.mean_nll_failed),
+            f(u.auroc_mean_nll),
+            f(u.auroc_min_prob),
+            u.samples
+        );
+    }
+    s
+}
+
+/// Appends one JSON line per finished case, so results survive an interrupted run.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    files: Mutex<std::collections::HashMap<String, File>>,
+}
+
+#[derive(Serialize)]
+struct SummaryFile<'a> {
+    summary: &'a Summary,
+    isolation: &'a str,
+    baseline: Option<Baseline>,
+    gate_failures: &'a [GateFailure],
+}
+
+impl Journal {
+    /// Results go to `<dir>/results-<model>.jsonl` and `<dir>/summary-<model>.json`.
+    pub fn new(dir: &Path) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Append a case's outcome to its model's results file (created fresh on first use).
+    pub fn record(&self, outcome: &CaseOutcome) -> io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if !files.contains_key(&outcome.model) {
+            fs::create_dir_all(&self.dir)?;
+            let f = File::create(self.dir.join(format!("results-{}.jsonl", outcome.model)))?;
+            files.insert(outcome.model.clone(), f);
+        }
+        let f = files.get_mut(&outcome.model).expect("just inserted");
+        let mut line = serde_json::to_string(outcome).map_err(io::Error::other)?;
+        line.push('\n');
+        f.write_all(line.as_bytes())
+    }
+
+    /// Write the model's summary file; returns its path.
+    pub fn write_summary(
+        &self,
+        summary: &Summary,
+        isolation: &str,
+        baseline: Option<Baseline>,
+        gate_failures: &[GateFailure],
+    ) -> io::Result<PathBuf> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(format!("summary-{}.json", summary.model));
+        let body = serde_json::to_string_pretty(&SummaryFile {
+            summary,
+            isolation,
+            baseline,
+            gate_failures,
+        })
+        .map_err(io::Error::other)?;
+        fs::write(&path, body)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_rows_and_overall() {
+        let t = Totals {
+            cases: 2,
+            passed: 1,
+            samples: 2,
+            passed_samples: 1,
+            syntax_valid_samples: 2,
+            pass_rate: 0.5,
+            syntax_valid_rate: 1.0,
+            pass_at_k: [(1, 0.5)].into(),
+        };
+        let summary = Summary {
+            model: "m".into(),
+            overall: t.clone(),
+            categories: [("strings".to_string(), t)].into(),
+            uncertainty: None,
+        };
+        let table = summary_table(&summary, None);
+        assert!(
+            table.contains("  strings        2       1      50.0%        100.0%"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  overall        2       1      50.0%        100.0%"),
+            "{table}"
+        );
+    }
+}

@@ -1,1 +1,233 @@
-//! (in progress)
+//! The reviewable record of a case's outcome: a deterministic text (no timings, no paths that
+//! differ between machines) asserted with insta, one file per case under `snapshots/<model>/`.
+//!
+//! A trial passes when its outcome matches the accepted snapshot: an accepted known failure is
+//! not a test failure, and any change, better or worse, is. `cargo insta review` accepts or
+//! rejects changes; on CI insta writes nothing and a mismatch fails.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use crate::extract::{Origin, Scope};
+use crate::score::CaseOutcome;
+
+/// The file-name stem of a case's snapshot: `<category>__<id>` (insta adds `.snap`).
+pub fn snapshot_name(key: &str) -> String {
+    key.replace('/', "__")
+}
+
+/// Where a model profile's snapshots live.
+pub fn snapshot_dir(snapshots_root: &Path, model: &str) -> PathBuf {
+    snapshots_root.join(model)
+}
+
+/// First line of the rendering: what the baseline reader looks for.
+fn verdict_line(outcome: &CaseOutcome) -> String {
+    if let Some(err) = &outcome.error {
+        return format!("verdict: error ({})", err.lines().next().unwrap_or(""));
+    }
+    format!(
+        "verdict: {} ({}/{} samples passed)",
+        if outcome.passed() { "passed" } else { "failed" },
+        outcome.passed_samples(),
+        outcome.samples.len()
+    )
+}
+
+/// Render a case outcome as snapshot text.
+pub fn render(outcome: &CaseOutcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}", verdict_line(outcome));
+    let _ = writeln!(s, "case: {}", outcome.key);
+    let _ = writeln!(s, "mode: {}", outcome.mode);
+    if let Some(err) = &outcome.error {
+        let _ = writeln!(s, "error:");
+        for line in err.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    for (i, sample) in outcome.samples.iter().enumerate() {
+        let _ = writeln!(s, "\n--- sample {} ---", i + 1);
+        let origin = match &sample.extraction.origin {
+            Origin::FencedBlock { index, count } => format!("code block {index} of {count}"),
+            Origin::WholeReply => "the whole reply".into(),
+            Origin::PrefixAndBody => "prefix + generated body".into(),
+        };
+        let _ = writeln!(s, "extracted from: {origin}");
+        if let Some(why) = &sample.extraction.unpruned_reason {
+            let _ = writeln!(s, "not pruned: {why}");
+        }
+        if !sample.extraction.dropped.is_empty() {
+            let _ = writeln!(s, "dropped:");
+            for d in &sample.extraction.dropped {
+                let scope = match d.scope {
+                    Scope::Reply => "reply",
+                    Scope::Code => "code",
+                };
+                let lines = if d.first_line == d.last_line {
+                    format!("line {}", d.first_line)
+                } else {
+                    format!("lines {}-{}", d.first_line, d.last_line)
+                };
+                let _ = writeln!(s, "  - {scope} {lines}: {} `{}`", d.reason, d.what);
+            }
+        }
+        if sample.syntax.valid {
+            let _ = writeln!(s, "syntax: valid");
+        } else {
+            let _ = writeln!(s, "syntax: invalid");
+            for d in &sample.syntax.diagnostics {
+                let _ = writeln!(s, "  - {}:{}: {}", d.line, d.column, d.message);
+            }
+        }
+        let _ = writeln!(s, "load: {}", sample.load.describe());
+        let _ = writeln!(s, "tests:");
+        for (j, t) in sample.tests.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  [{}] {} -> {}",
+                j + 1,
+                one_line(&t.label),
+                t.verdict.describe()
+            );
+        }
+        let _ = writeln!(s, "code:");
+        for line in sample.extraction.code.lines() {
+            if line.is_empty() {
+                let _ = writeln!(s, "  |");
+            } else {
+                let _ = writeln!(s, "  | {line}");
+            }
+        }
+    }
+    s
+}
+
+fn one_line(s: &str) -> String {
+    let joined: Vec<&str> = s.lines().map(str::trim).collect();
+    joined.join(" ")
+}
+
+/// Assert `text` against the accepted snapshot `name` in `dir`, through insta (which prints the
+/// diff and writes `.snap.new` files for `cargo insta review`, unless on CI).
+/// Returns `Err` with a short message on mismatch.
+pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(dir);
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.set_description(format!("codegen-harness outcome of {name}"));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        settings.bind(|| {
+            insta::assert_snapshot!(name.to_string(), text);
+        })
+    }));
+    result.map_err(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("snapshot assertion failed");
+        let accepted = dir.join(format!("{name}.snap"));
+        if accepted.exists() {
+            format!(
+                "outcome differs from the accepted snapshot {} ({}); review with `cargo insta review`",
+                accepted.display(),
+                detail.lines().next().unwrap_or("")
+            )
+        } else {
+            format!(
+                "no accepted snapshot yet at {}; review the new outcome with `cargo insta review`",
+                accepted.display()
+            )
+        }
+    })
+}
+
+/// Read the verdict of an accepted snapshot: `Some(true)` passed, `Some(false)` failed or
+/// errored, `None` when there is no accepted snapshot.
+pub fn accepted_verdict(dir: &Path, name: &str) -> Option<bool> {
+    let text = fs::read_to_string(dir.join(format!("{name}.snap"))).ok()?;
+    // insta's header ends at the second `---` line.
+    let body = text.splitn(3, "\n---\n").nth(2).unwrap_or(&text);
+    let line = body.lines().find(|l| l.starts_with("verdict: "))?;
+    Some(line.starts_with("verdict: passed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::{Extraction, Origin};
+    use crate::score::{LoadVerdict, SampleOutcome, TestResult, TestVerdict};
+    use crate::syntax::SyntaxReport;
+
+    fn outcome(passed: bool) -> CaseOutcome {
+        CaseOutcome {
+            key: "cat/x".into(),
+            category: "cat".into(),
+            model: "m".into(),
+            mode: "chat".into(),
+            error: None,
+            samples: vec![SampleOutcome {
+                extraction: Extraction {
+                    code: "def f():\n\n    return 1\n".into(),
+                    origin: Origin::WholeReply,
+                    dropped: vec![],
+                    unpruned_reason: None,
+                },
+                syntax: SyntaxReport {
+                    valid: true,
+                    diagnostics: vec![],
+                },
+                load: LoadVerdict::Ok,
+                tests: vec![TestResult {
+                    label: "f()".into(),
+                    verdict: if passed {
+                        TestVerdict::Passed
+                    } else {
+                        TestVerdict::WrongAnswer {
+                            got: "1".into(),
+                            expected: "2".into(),
+                        }
+                    },
+                }],
+                passed,
+                confidence: None,
+                finish_reason: None,
+                timing: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn render_is_stable_and_readable() {
+        let text = render(&outcome(false));
+        assert!(
+            text.starts_with("verdict: failed (0/1 samples passed)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  [1] f() -> wrong answer: got 1, expected 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  | def f():\n  |\n  |     return 1\n"),
+            "{text}"
+        );
+        assert_eq!(text, render(&outcome(false)));
+    }
+
+    #[test]
+    fn baseline_verdict_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = format!(
+            "---\nsource: src/snapshot.rs\n---\n{}",
+            render(&outcome(true))
+        );
+        fs::write(dir.path().join("cat__x.snap"), snap).unwrap();
+        assert_eq!(accepted_verdict(dir.path(), "cat__x"), Some(true));
+        assert_eq!(accepted_verdict(dir.path(), "missing"), None);
+    }
+}

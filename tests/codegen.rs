@@ -1,2 +1,6 @@
-//! The project's suite: every case x every configured model, then the gate.
-fn main() {}
+//! The project's suite: every case x every configured model, then the summary and the gate.
+//! See `harness/codegen.toml`, and README.md for the environment variables.
+
+fn main() -> std::process::ExitCode {
+    codegen_harness::harness::main(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+}

@@ -311,8 +311,8 @@ impl Sandbox for ProcessSandbox {
         let mut calls: Vec<Option<RawOutcome>> = vec![None; n];
         let mut check = None;
         let mut load = LoadOutcome::Loaded;
-        let mut stdout_tail = String::new();
-        let mut stderr_tail = String::new();
+        let mut stdout_tail;
+        let mut stderr_tail;
         let mut start = 0usize;
 
         // Each pass runs the program and the calls from `start` on; a timeout or crash on call
@@ -347,7 +347,6 @@ impl Sandbox for ProcessSandbox {
                     false
                 }
                 Wait::Closed => {
-                    kill = true;
                     let (status, out, err) = running.finish(true);
                     stdout_tail = out;
                     stderr_tail = err;
