@@ -179,6 +179,8 @@ pub fn key_from_path(root: &Path, path: &Path) -> (String, String) {
         .and_then(|p| p.strip_prefix(root).ok())
         .map(|p| p.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"))
         .filter(|c| !c.is_empty())
+        // A file directly in the cases folder takes the folder's own name as its category.
+        .or_else(|| root.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "uncategorized".to_string());
     (category, id)
 }

@@ -56,7 +56,14 @@ pub struct Extraction {
 }
 
 /// Extract the program for `entry_point` from `reply`, given the prompt it answers.
-pub fn extract(reply: &str, prompt: &Prompt, entry_point: &str) -> Extraction {
+/// `test_names` are identifiers the case's tests use besides the entry point (a HumanEval
+/// check block may call a helper the prompt defined); definitions of those are kept too.
+pub fn extract(
+    reply: &str,
+    prompt: &Prompt,
+    entry_point: &str,
+    test_names: &BTreeSet<String>,
+) -> Extraction {
     let (code, origin, mut dropped) = match prompt {
         Prompt::Complete { prefix } => (
             format!("{prefix}{reply}"),
@@ -65,7 +72,7 @@ pub fn extract(reply: &str, prompt: &Prompt, entry_point: &str) -> Extraction {
         ),
         Prompt::Chat { .. } => choose_block(reply, entry_point),
     };
-    let (code, pruned, unpruned_reason) = prune(&code, entry_point);
+    let (code, pruned, unpruned_reason) = prune(&code, entry_point, test_names);
     dropped.extend(pruned);
     Extraction {
         code,
@@ -232,6 +239,14 @@ fn preview(line: &str) -> String {
     }
 }
 
+/// Identifiers used by Python source (for the names a case's tests refer to).
+pub fn names_used(source: &str) -> BTreeSet<String> {
+    let tree = syntax::parse(source);
+    let mut out = BTreeSet::new();
+    identifiers(tree.root_node(), source, &mut out);
+    out
+}
+
 /// A top-level statement of the program and what it defines and uses.
 struct Item {
     start_byte: usize,
@@ -346,7 +361,11 @@ fn classify(node: Node<'_>, src: &str) -> Item {
 }
 
 /// Keep the entry point and its dependencies; returns (code, drops, why not pruned).
-fn prune(code: &str, entry_point: &str) -> (String, Vec<Dropped>, Option<String>) {
+fn prune(
+    code: &str,
+    entry_point: &str,
+    test_names: &BTreeSet<String>,
+) -> (String, Vec<Dropped>, Option<String>) {
     let tree = syntax::parse(code);
     let root = tree.root_node();
     if root.has_error() {
@@ -380,6 +399,7 @@ fn prune(code: &str, entry_point: &str) -> (String, Vec<Dropped>, Option<String>
     // Closure over names: the entry point, then everything its definitions use.
     let mut needed = vec![false; items.len()];
     let mut work: Vec<&str> = vec![entry_point];
+    work.extend(test_names.iter().map(String::as_str));
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     while let Some(name) = work.pop() {
         if !seen.insert(name) {
@@ -492,7 +512,7 @@ mod tests {
     #[test]
     fn picks_the_block_with_the_entry_point_and_records_prose() {
         let reply = "Here you go:\n\n```python\nimport math\n\ndef helper(x):\n    return x * 2\n\ndef unused():\n    pass\n\ndef f(x):\n    return helper(x) + math.pi\n\nprint(f(2))\n```\n\nExample:\n```\nf(1)\n```\n";
-        let e = extract(reply, &chat(), "f");
+        let e = extract(reply, &chat(), "f", &BTreeSet::new());
         assert_eq!(e.origin, Origin::FencedBlock { index: 1, count: 2 });
         assert_eq!(
             e.code,
@@ -522,7 +542,7 @@ mod tests {
     #[test]
     fn main_guard_dropped_constants_kept() {
         let code = "LIMIT = 10\nOTHER = 3\n\ndef f(x):\n    return min(x, LIMIT)\n\nif __name__ == '__main__':\n    print(f(3))\n";
-        let e = extract(code, &chat(), "f");
+        let e = extract(code, &chat(), "f", &BTreeSet::new());
         assert_eq!(e.origin, Origin::WholeReply);
         assert!(e.code.starts_with("LIMIT = 10\n\n\ndef f"), "{}", e.code);
         assert_eq!(e.dropped.len(), 2, "{:?}", e.dropped);
@@ -534,7 +554,12 @@ mod tests {
         let prompt = Prompt::Complete {
             prefix: "def f(x):\n    \"\"\"Double.\"\"\"\n".into(),
         };
-        let e = extract("    return 2 * x\n\n\nprint(f(1))\n", &prompt, "f");
+        let e = extract(
+            "    return 2 * x\n\n\nprint(f(1))\n",
+            &prompt,
+            "f",
+            &BTreeSet::new(),
+        );
         assert_eq!(e.origin, Origin::PrefixAndBody);
         assert_eq!(
             e.code,
@@ -544,14 +569,34 @@ mod tests {
     }
 
     #[test]
+    fn helpers_named_by_tests_are_kept() {
+        let code = "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]\n";
+        let names =
+            names_used("def check(candidate):\n    assert candidate(encode('ab')) == 'ab'\n");
+        let e = extract(code, &chat(), "decode", &names);
+        assert!(e.code.contains("def encode"), "{}", e.code);
+        assert!(e.dropped.is_empty());
+    }
+
+    #[test]
     fn unterminated_fence_still_yields_code() {
-        let e = extract("```python\ndef f():\n    return 1\n", &chat(), "f");
+        let e = extract(
+            "```python\ndef f():\n    return 1\n",
+            &chat(),
+            "f",
+            &BTreeSet::new(),
+        );
         assert_eq!(e.code, "def f():\n    return 1\n");
     }
 
     #[test]
     fn syntax_errors_skip_pruning() {
-        let e = extract("def f(:\n    pass\nprint(1)\n", &chat(), "f");
+        let e = extract(
+            "def f(:\n    pass\nprint(1)\n",
+            &chat(),
+            "f",
+            &BTreeSet::new(),
+        );
         assert!(e.unpruned_reason.is_some());
         assert!(e.code.contains("print(1)"));
     }
@@ -559,7 +604,7 @@ mod tests {
     #[test]
     fn class_entry_point_and_decorators() {
         let code = "import functools\n\n@functools.lru_cache(None)\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\nclass Stack:\n    def push(self, x):\n        return fib(x)\n";
-        let e = extract(code, &chat(), "Stack");
+        let e = extract(code, &chat(), "Stack", &BTreeSet::new());
         assert!(e.code.contains("@functools.lru_cache"), "{}", e.code);
         assert!(e.code.contains("class Stack"));
         assert!(e.dropped.is_empty(), "{:?}", e.dropped);

@@ -197,9 +197,13 @@ impl Harness {
                 .map_err(|e| e.to_string())?;
             let test_timeout =
                 Duration::from_millis(case.timeout_ms.unwrap_or(self.config.sandbox.timeout_ms));
+            let mut test_names = crate::extract::names_used(case.check.as_deref().unwrap_or(""));
+            for t in &case.tests {
+                test_names.extend(crate::extract::names_used(&t.call));
+            }
             let mut out = Vec::with_capacity(completions.len());
             for completion in completions {
-                let extraction = extract(&completion.text, &prompt, &case.entry_point);
+                let extraction = extract(&completion.text, &prompt, &case.entry_point, &test_names);
                 let syntax = syntax::check(&extraction.code);
                 let job = Job {
                     program: extraction.code.clone(),
