@@ -223,7 +223,7 @@ pub fn load(root: &Path, path: &Path) -> Result<Case, CaseError> {
 /// Parse a case from its text; `path` is used for the default id/category and in errors.
 pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
     let lines = LineIndex::new(path, text);
-    let raw: RawCase = toml::from_str(text).map_err(|e| toml_error(&lines, e))?;
+    let raw: RawCase = toml::from_str(text).map_err(|e| toml_error(&lines, text, e))?;
     let (default_category, default_id) = key_from_path(root, path);
 
     let id = match &raw.id {
@@ -423,6 +423,7 @@ pub fn load_all(root: &Path) -> Result<Vec<LoadedCase>, CaseError> {
             Err(_) => (format!("{category}/{id}"), category),
         };
         if let Some(first) = seen.get(&key) {
+            let key = format!("{category}/{id}");
             let loc = Location {
                 path: path.clone(),
                 line: 1,
@@ -432,10 +433,19 @@ pub fn load_all(root: &Path) -> Result<Vec<LoadedCase>, CaseError> {
                 loc,
                 "id",
                 format!(
-                    "duplicate case id `{key}`: already defined by {}",
+                    "duplicate case id `{}`: already defined by {}",
+                    case.as_ref().map(|c| c.key.as_str()).unwrap_or(&key),
                     first.display()
                 ),
             ));
+            // The trial is named after this file, so the two do not share a name.
+            out.push(LoadedCase {
+                key,
+                category,
+                path,
+                case,
+            });
+            continue;
         } else {
             seen.insert(key.clone(), path.clone());
         }
@@ -449,14 +459,28 @@ pub fn load_all(root: &Path) -> Result<Vec<LoadedCase>, CaseError> {
     Ok(out)
 }
 
-fn toml_error(lines: &LineIndex<'_>, e: toml::de::Error) -> CaseError {
+fn toml_error(lines: &LineIndex<'_>, text: &str, e: toml::de::Error) -> CaseError {
     let location = e
         .span()
         .map(|s| lines.at(s.start))
         .unwrap_or_else(|| lines.at(0));
-    let message = e.message().to_string();
-    // serde's messages name the field; pull it out so every error has the same shape.
-    let field = extract_backticked(&message).unwrap_or_else(|| "<document>".to_string());
+    let message = e.message().trim().to_string();
+    // Unknown/missing-field messages name the field; other errors point at a value, whose key
+    // starts its line (`key = value`).
+    let named = message.starts_with("unknown field") || message.starts_with("missing field");
+    let key_on_line = || {
+        let line = text.lines().nth(location.line - 1)?;
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim().trim_matches('"');
+        (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+            .then(|| key.to_string())
+    };
+    let field = if named {
+        extract_backticked(&message)
+    } else {
+        key_on_line()
+    }
+    .unwrap_or_else(|| "<document>".to_string());
     CaseError::Invalid {
         location,
         field,

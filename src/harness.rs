@@ -49,13 +49,15 @@ pub struct Harness {
 
 impl Harness {
     /// Load the config and the case files (no Python, no models).
-    pub fn load(root: &Path) -> Result<Harness, String> {
-        let config_path = std::env::var_os(CONFIG_ENV)
-            .map(PathBuf::from)
+    pub fn load(options: &RunOptions) -> Result<Harness, String> {
+        let root = options.root.as_path();
+        let config_path = options
+            .config
+            .clone()
             .map(|p| if p.is_absolute() { p } else { root.join(p) })
             .unwrap_or_else(|| root.join("harness/codegen.toml"));
         let config = Config::load(&config_path, root).map_err(|e| e.to_string())?;
-        let selection = std::env::var(MODELS_ENV).ok();
+        let selection = options.models.clone();
         let models: Vec<ModelProfile> = config
             .selected_models(selection.as_deref())
             .map_err(|e| e.to_string())?
@@ -390,11 +392,39 @@ fn selected(args: &Arguments, name: &str) -> bool {
     !args.skip.iter().any(|s| matches(s))
 }
 
-/// Entry point of `tests/codegen.rs`: run the suite found under `root`.
+/// How to run a suite.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The project root: relative paths in the config resolve against it.
+    pub root: PathBuf,
+    /// The config file (default `<root>/harness/codegen.toml`).
+    pub config: Option<PathBuf>,
+    /// Model profiles to run by name, comma-separated (default: the enabled ones).
+    pub models: Option<String>,
+}
+
+impl RunOptions {
+    /// Options from the environment: `CODEGEN_CONFIG` and `CODEGEN_MODELS`.
+    pub fn from_env(root: &Path) -> RunOptions {
+        RunOptions {
+            root: root.to_path_buf(),
+            config: std::env::var_os(CONFIG_ENV).map(PathBuf::from),
+            models: std::env::var(MODELS_ENV).ok(),
+        }
+    }
+}
+
+/// Entry point of `tests/codegen.rs`: run the suite found under `root`, configured by the
+/// environment, with libtest's command-line arguments.
 pub fn main(root: &Path) -> ExitCode {
-    let args = Arguments::from_args();
+    run(&RunOptions::from_env(root), Arguments::from_args())
+}
+
+/// Run a suite: build the trials, run them with libtest-mimic, print the summary, apply the
+/// gate. Exit code 101 when a trial failed or the gate failed.
+pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     quiet_snapshot_panics();
-    let harness = match Harness::load(root) {
+    let harness = match Harness::load(options) {
         Ok(h) => Arc::new(h),
         Err(e) => {
             eprintln!("error: {e}");

@@ -19,6 +19,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Run a suite outside `cargo test` (same trials, summary and gate). Arguments after `--`
+    /// are libtest's: filters, `--list`, `--exact`, `--skip`, `--test-threads`.
+    Run {
+        /// Config file (default harness/codegen.toml under the current directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model profiles to run, comma-separated (default: the enabled ones).
+        #[arg(long)]
+        models: Option<String>,
+        #[arg(last = true)]
+        libtest_args: Vec<String>,
+    },
     /// Write a benchmark's problems as case files.
     Import {
         #[command(subcommand)]
@@ -61,9 +73,25 @@ enum SamplesKind {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Commands::Run {
+            config,
+            models,
+            libtest_args,
+        } => {
+            let root = std::env::current_dir().context("failed to read the current directory")?;
+            let options = codegen_harness::harness::RunOptions {
+                root,
+                config: config.or_else(|| std::env::var_os("CODEGEN_CONFIG").map(PathBuf::from)),
+                models: models.or_else(|| std::env::var("CODEGEN_MODELS").ok()),
+            };
+            let args = libtest_mimic::Arguments::from_iter(
+                std::iter::once("codegen run".to_string()).chain(libtest_args),
+            );
+            return Ok(codegen_harness::harness::run(&options, args));
+        }
         Commands::Import {
             suite: ImportSuite::Humaneval { out, mode, python },
         } => {
@@ -86,5 +114,5 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {n} rows to {}", out.display());
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
