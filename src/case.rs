@@ -472,8 +472,11 @@ fn toml_error(lines: &LineIndex<'_>, text: &str, e: toml::de::Error) -> CaseErro
         let line = text.lines().nth(location.line - 1)?;
         let (key, _) = line.split_once('=')?;
         let key = key.trim().trim_matches('"');
-        (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
-            .then(|| key.to_string())
+        (!key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        .then(|| key.to_string())
     };
     let field = if named {
         extract_backticked(&message)

@@ -34,6 +34,8 @@ pub const CONFIG_ENV: &str = "CODEGEN_CONFIG";
 pub const MODELS_ENV: &str = "CODEGEN_MODELS";
 
 type Shared<T> = OnceLock<Result<T, String>>;
+/// Expected values of one case, evaluated once and shared by every model's trial.
+type ExpectedCell = Arc<Shared<Vec<Option<Value>>>>;
 
 /// Everything the trials share.
 pub struct Harness {
@@ -42,7 +44,7 @@ pub struct Harness {
     models: Vec<ModelProfile>,
     sandbox: Shared<Arc<dyn Sandbox>>,
     sources: Vec<Shared<Arc<dyn CompletionSource>>>,
-    expected: Mutex<HashMap<String, Arc<Shared<Vec<Option<Value>>>>>>,
+    expected: Mutex<HashMap<String, ExpectedCell>>,
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
 }

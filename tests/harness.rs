@@ -2,7 +2,7 @@
 //! malformed case files, snapshot review, the gate, and `--list` staying cheap.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 const GOOD_CASE: &str = r#"
@@ -73,38 +73,87 @@ fn shows(text: &str, name: &str, status: &str) -> bool {
     })
 }
 
-const NO_SNAPSHOT: &str = "[suite]\nsnapshot = false\n[[models]]\nname = \"ref\"\nsource = \"reference\"\n";
+const NO_SNAPSHOT: &str =
+    "[suite]\nsnapshot = false\n[[models]]\nname = \"ref\"\nsource = \"reference\"\n";
 
 #[test]
 fn malformed_cases_fail_alone_with_file_line_and_field() {
     let p = Project::new(NO_SNAPSHOT);
     p.write("cases/math/good.toml", GOOD_CASE);
     let bad: &[(&str, String, &str)] = &[
-        ("unknown_field", GOOD_CASE.replace("entry_point", "entrypoint"), "unknown_field.toml:3:1: field `entrypoint`"),
-        ("missing_field", GOOD_CASE.replace("entry_point = \"add\"", ""), "missing_field.toml:1:1: field `entry_point`"),
-        ("bad_call", GOOD_CASE.replace("add(1, 2)", "add(1, 2"), "bad_call.toml:9:8: field `tests[0].call`: not a valid Python expression"),
-        ("bad_expected", GOOD_CASE.replace("\"3\"", "\"3 +\""), "bad_expected.toml:10:12: field `tests[0].expected`"),
-        ("wrong_type", GOOD_CASE.replace("\"Write add(a, b).\"", "42"), "wrong_type.toml:2:10: field `prompt`"),
-        ("no_expectation", GOOD_CASE.replace("expected = \"3\"\n", ""), "no_expectation.toml:8:1: field `tests[0]`: missing field `expected` (or `raises`)"),
-        ("toml_syntax", GOOD_CASE.replace("entry_point = \"add\"", "entry_point = \"add"), "toml_syntax.toml:3:"),
-        ("both_expectations", GOOD_CASE.replace("expected = \"3\"", "expected = \"3\"\nraises = \"ValueError\""), "both_expectations.toml:10:12: field `tests[0]`: give either `expected` or `raises`, not both"),
-        ("bad_raises", GOOD_CASE.replace("expected = \"3\"", "raises = \"not an exception\""), "field `tests[0].raises`"),
+        (
+            "unknown_field",
+            GOOD_CASE.replace("entry_point", "entrypoint"),
+            "unknown_field.toml:3:1: field `entrypoint`",
+        ),
+        (
+            "missing_field",
+            GOOD_CASE.replace("entry_point = \"add\"", ""),
+            "missing_field.toml:1:1: field `entry_point`",
+        ),
+        (
+            "bad_call",
+            GOOD_CASE.replace("add(1, 2)", "add(1, 2"),
+            "bad_call.toml:9:8: field `tests[0].call`: not a valid Python expression",
+        ),
+        (
+            "bad_expected",
+            GOOD_CASE.replace("\"3\"", "\"3 +\""),
+            "bad_expected.toml:10:12: field `tests[0].expected`",
+        ),
+        (
+            "wrong_type",
+            GOOD_CASE.replace("\"Write add(a, b).\"", "42"),
+            "wrong_type.toml:2:10: field `prompt`",
+        ),
+        (
+            "no_expectation",
+            GOOD_CASE.replace("expected = \"3\"\n", ""),
+            "no_expectation.toml:8:1: field `tests[0]`: missing field `expected` (or `raises`)",
+        ),
+        (
+            "toml_syntax",
+            GOOD_CASE.replace("entry_point = \"add\"", "entry_point = \"add"),
+            "toml_syntax.toml:3:",
+        ),
+        (
+            "both_expectations",
+            GOOD_CASE.replace(
+                "expected = \"3\"",
+                "expected = \"3\"\nraises = \"ValueError\"",
+            ),
+            "both_expectations.toml:10:12: field `tests[0]`: give either `expected` or `raises`, not both",
+        ),
+        (
+            "bad_raises",
+            GOOD_CASE.replace("expected = \"3\"", "raises = \"not an exception\""),
+            "field `tests[0].raises`",
+        ),
     ];
     for (name, text, _) in bad {
         p.write(&format!("cases/math/{name}.toml"), text);
     }
     // A duplicate id: a second file claiming `good`.
-    p.write("cases/math/zz_duplicate.toml", &format!("id = \"good\"\n{GOOD_CASE}"));
+    p.write(
+        "cases/math/zz_duplicate.toml",
+        &format!("id = \"good\"\n{GOOD_CASE}"),
+    );
 
     let (out, text) = p.run(&[], &[]);
     assert!(!out.status.success());
     for (_, _, expected) in bad {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
-    assert!(text.contains("zz_duplicate.toml:1:1: field `id`: duplicate case id `math/good`"), "{text}");
+    assert!(
+        text.contains("zz_duplicate.toml:1:1: field `id`: duplicate case id `math/good`"),
+        "{text}"
+    );
     assert!(shows(&text, "ref::math::good", "ok"), "{text}");
     assert!(shows(&text, "ref::math::zz_duplicate", "FAILED"), "{text}");
-    assert!(text.contains(&format!("1 passed; {} failed", bad.len() + 1)), "{text}");
+    assert!(
+        text.contains(&format!("1 passed; {} failed", bad.len() + 1)),
+        "{text}"
+    );
 }
 
 #[test]
@@ -131,13 +180,19 @@ fn changed_completion_fails_with_a_diff_until_accepted() {
     assert!(out.status.success(), "{text}");
 
     // Change one completion: exactly that trial fails, with a diff of the outcome.
-    p.write("samples.jsonl", &right.replacen("return a + b", "return a - b", 1));
+    p.write(
+        "samples.jsonl",
+        &right.replacen("return a + b", "return a - b", 1),
+    );
     let (out, text) = p.run(&[], &[]);
     assert!(!out.status.success());
     assert!(shows(&text, "replay::math::add", "FAILED"), "{text}");
     assert!(shows(&text, "replay::math::other", "ok"), "{text}");
     assert!(text.contains("1 passed; 1 failed"), "{text}");
-    assert!(text.contains("wrong answer: got -1, expected 3"), "diff should show the new outcome:\n{text}");
+    assert!(
+        text.contains("wrong answer: got -1, expected 3"),
+        "diff should show the new outcome:\n{text}"
+    );
     assert!(text.contains("return a - b"), "{text}");
 
     // Accepting the new outcome makes it pass again (an accepted known failure).
@@ -145,7 +200,10 @@ fn changed_completion_fails_with_a_diff_until_accepted() {
     assert!(out.status.success());
     let (out, text) = p.run(&[], &[]);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("accepted baseline: 50.0% over 2 cases"), "{text}");
+    assert!(
+        text.contains("accepted baseline: 50.0% over 2 cases"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -165,13 +223,20 @@ fn gate_above_measured_rate_fails_with_threshold() {
         text.contains("gate failed for model `replay`: overall pass rate 50.0% is below min_pass_rate 75.0% (short by 25.0 points)"),
         "{text}"
     );
-    assert!(text.contains("category `math` pass rate 50.0% is below its minimum 90.0%"), "{text}");
+    assert!(
+        text.contains("category `math` pass rate 50.0% is below its minimum 90.0%"),
+        "{text}"
+    );
 
     // The gate alone fails a run whose trials all pass (snapshots accept the known failure).
     let p2 = Project::new(
         "[suite]\nsnapshot = true\n[gate]\nmin_pass_rate = 0.75\n[[models]]\nname = \"replay\"\nsource = \"replay\"\npath = \"samples.jsonl\"\n",
     );
-    for f in ["cases/math/add.toml", "cases/math/other.toml", "samples.jsonl"] {
+    for f in [
+        "cases/math/add.toml",
+        "cases/math/other.toml",
+        "samples.jsonl",
+    ] {
         p2.write(f, &fs::read_to_string(p.path(f)).unwrap());
     }
     let (_, _) = p2.run(&[("INSTA_UPDATE", "always")], &[]);
@@ -198,11 +263,16 @@ fn list_and_filters_load_no_model_and_run_no_python() {
     ok.write("cases/text/upper.toml", &GOOD_CASE.replace("add", "upper"));
     let (out, text) = ok.run(&[], &["text::"]);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out"), "{text}");
+    assert!(
+        text.contains("1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out"),
+        "{text}"
+    );
     let (_, text) = ok.run(&[], &["--exact", "ref::math::add"]);
-    assert!(text.contains("1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out"), "{text}");
+    assert!(
+        text.contains("1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out"),
+        "{text}"
+    );
     let (_, text) = ok.run(&[], &["--skip", "math"]);
     assert!(shows(&text, "ref::text::upper", "ok"), "{text}");
     assert!(!text.contains("ref::math::add ..."), "{text}");
 }
-

@@ -369,6 +369,7 @@ impl Sandbox for ProcessSandbox {
                         }
                     });
                 } else {
+                    #[allow(clippy::needless_range_loop)] // `i` is also the protocol's index
                     for i in start..n {
                         let deadline = Instant::now() + job.test_timeout;
                         match wait_event(&running.events, deadline) {
