@@ -355,6 +355,12 @@ impl Harness {
             if !isolation.is_empty() {
                 println!("  sandbox: {isolation}");
             }
+            if let Err(e) = self
+                .journal
+                .write_reports(&summary, &outcomes, baseline, &failures)
+            {
+                eprintln!("warning: failed to write reports: {e}");
+            }
             match self
                 .journal
                 .write_summary(&summary, &isolation, baseline, &failures)

@@ -76,6 +76,137 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     s
 }
 
+/// The summary as Markdown, for a pull-request comment: the table, then each failing case with
+/// its first failing test.
+pub fn markdown(
+    summary: &Summary,
+    outcomes: &[CaseOutcome],
+    baseline: Option<Baseline>,
+    gate: &[GateFailure],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### codegen: `{}`\n", summary.model);
+    let _ = writeln!(
+        s,
+        "| category | cases | passed | pass rate | syntax valid |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
+    let row = |s: &mut String, name: &str, t: &Totals| {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {:.1}% | {:.1}% |",
+            t.cases,
+            t.passed,
+            t.pass_rate * 100.0,
+            t.syntax_valid_rate * 100.0
+        );
+    };
+    for (cat, t) in &summary.categories {
+        row(&mut s, cat, t);
+    }
+    row(&mut s, "**overall**", &summary.overall);
+    if let Some(b) = baseline {
+        let _ = writeln!(
+            s,
+            "\nAccepted baseline: {:.1}% over {} cases.",
+            b.rate() * 100.0,
+            b.cases
+        );
+    }
+    if gate.is_empty() {
+        let _ = writeln!(s, "\nGate: passed.");
+    } else {
+        let _ = writeln!(s, "\nGate: **failed**");
+        for f in gate {
+            let _ = writeln!(s, "- {}", f.message);
+        }
+    }
+    let failing: Vec<&CaseOutcome> = outcomes
+        .iter()
+        .filter(|o| o.model == summary.model && !o.passed())
+        .collect();
+    if !failing.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n<details><summary>{} failing cases</summary>\n",
+            failing.len()
+        );
+        for o in failing {
+            let why = first_failure(o);
+            let _ = writeln!(s, "- `{}`: {}", o.key, why.replace('|', "\\|"));
+        }
+        let _ = writeln!(s, "\n</details>");
+    }
+    s
+}
+
+fn first_failure(o: &CaseOutcome) -> String {
+    if let Some(e) = &o.error {
+        return e.lines().next().unwrap_or("").to_string();
+    }
+    for sample in &o.samples {
+        if sample.load != crate::score::LoadVerdict::Ok {
+            return format!("load {}", sample.load.describe());
+        }
+        if let Some(t) = sample.tests.iter().find(|t| !t.verdict.is_pass()) {
+            return format!(
+                "`{}` -> {}",
+                t.label.lines().next().unwrap_or(""),
+                t.verdict.describe()
+            );
+        }
+    }
+    "failed".into()
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JUnit XML for CI systems that display test reports: one test case per case.
+pub fn junit(model: &str, outcomes: &[CaseOutcome]) -> String {
+    let mine: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.model == model).collect();
+    let failures = mine.iter().filter(|o| !o.passed()).count();
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        s,
+        "<testsuites><testsuite name=\"codegen::{}\" tests=\"{}\" failures=\"{failures}\">",
+        xml_escape(model),
+        mine.len()
+    );
+    for o in mine {
+        let _ = write!(
+            s,
+            "  <testcase classname=\"{}\" name=\"{}\"",
+            xml_escape(&format!("{model}::{}", o.category)),
+            xml_escape(&o.key)
+        );
+        if o.passed() {
+            let _ = writeln!(s, "/>");
+        } else {
+            let _ = writeln!(
+                s,
+                "><failure message=\"{}\"/></testcase>",
+                xml_escape(&first_failure(o))
+            );
+        }
+    }
+    s.push_str("</testsuite></testsuites>\n");
+    s
+}
+
 /// Appends one JSON line per finished case, so results survive an interrupted run.
 #[derive(Debug)]
 pub struct Journal {
@@ -112,6 +243,25 @@ impl Journal {
         let mut line = serde_json::to_string(outcome).map_err(io::Error::other)?;
         line.push('\n');
         f.write_all(line.as_bytes())
+    }
+
+    /// Write the Markdown and JUnit renderings next to the results.
+    pub fn write_reports(
+        &self,
+        summary: &Summary,
+        outcomes: &[CaseOutcome],
+        baseline: Option<Baseline>,
+        gate: &[GateFailure],
+    ) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        fs::write(
+            self.dir.join(format!("summary-{}.md", summary.model)),
+            markdown(summary, outcomes, baseline, gate),
+        )?;
+        fs::write(
+            self.dir.join(format!("junit-{}.xml", summary.model)),
+            junit(&summary.model, outcomes),
+        )
     }
 
     /// Write the model's summary file; returns its path.
