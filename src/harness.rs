@@ -158,11 +158,25 @@ impl Harness {
                     Expectation::Raises(_) => None,
                 })
                 .collect();
-            let mut values = self
-                .sandbox()?
-                .evaluate_expected(&exprs)
-                .map_err(|e| format!("{}: {e}", case.path.display()))?
-                .into_iter();
+            let mut values =
+                self.sandbox()?
+                    .evaluate_expected(&exprs)
+                    .map_err(|e| {
+                        // Name the test whose expected value failed, like a case-file error.
+                        if let crate::sandbox::SandboxError::Expected { expr, .. } = &e
+                            && let Some((i, t)) = case.tests.iter().enumerate().find(
+                                |(_, t)| matches!(&t.expect, Expectation::Value(x) if x == expr),
+                            )
+                        {
+                            return format!(
+                                "{}:{}: field `tests[{i}].expected`: {e}",
+                                case.path.display(),
+                                t.line
+                            );
+                        }
+                        format!("{}: {e}", case.path.display())
+                    })?
+                    .into_iter();
             Ok(case
                 .tests
                 .iter()

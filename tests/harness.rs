@@ -129,6 +129,11 @@ fn malformed_cases_fail_alone_with_file_line_and_field() {
             GOOD_CASE.replace("expected = \"3\"", "raises = \"not an exception\""),
             "field `tests[0].raises`",
         ),
+        (
+            "expected_fails",
+            GOOD_CASE.replace("\"'ab'\"", "\"undefined_name\""),
+            "expected_fails.toml:11: field `tests[1].expected`: failed to evaluate expected value `undefined_name`: NameError",
+        ),
     ];
     for (name, text, _) in bad {
         p.write(&format!("cases/math/{name}.toml"), text);
