@@ -246,6 +246,7 @@ impl Harness {
                     confidence: completion.tokens.as_ref().and_then(Confidence::from_trace),
                     finish_reason: completion.finish_reason.clone(),
                     timing: completion.timing.clone(),
+                    tokens: completion.tokens.clone(),
                 });
             }
             Ok(out)

@@ -36,6 +36,15 @@ enum Commands {
         #[command(subcommand)]
         suite: ImportSuite,
     },
+    /// Write an HTML report (pass rates, latency, uncertainty, token heatmaps) from results.
+    Report {
+        /// Folder with summary-<model>.json and results-<model>.jsonl.
+        #[arg(long, default_value = "target/codegen")]
+        dir: PathBuf,
+        /// Output file (default <dir>/report.html).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write replay files (human-eval sample format).
     Samples {
         #[command(subcommand)]
@@ -105,6 +114,12 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 s.tests,
                 s.check_blocks
             );
+        }
+        Commands::Report { dir, out } => {
+            let out = out.unwrap_or_else(|| dir.join("report.html"));
+            codegen_harness::report::html::write(&dir, &out)
+                .context("failed to write the report")?;
+            println!("wrote {}", out.display());
         }
         Commands::Samples {
             kind: SamplesKind::Constant { cases, text, out },

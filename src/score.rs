@@ -183,6 +183,9 @@ pub struct SampleOutcome {
     pub finish_reason: Option<String>,
     /// Generation timings and memory (results only; never in snapshots).
     pub timing: Option<Timing>,
+    /// The generated tokens with their probabilities (results only; for the HTML heatmap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenTrace>,
 }
 
 /// Judge one execution against the case. `expected` holds the evaluated expected value of each

@@ -197,6 +197,7 @@ mod tests {
                 confidence: None,
                 finish_reason: None,
                 timing: None,
+                tokens: None,
             }],
         }
     }

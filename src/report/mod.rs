@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+pub mod html;
+
 use crate::gate::{Baseline, GateFailure};
 use crate::score::{CaseOutcome, Summary, Totals};
 
