@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpu: float32 activations; cuda: float16 activations")
     ex.add_argument("--precision", choices=PRECISIONS, default="int4",
                     help="weight precision of the linear layers")
+    ex.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=None,
+                    help="MatMulNBits accuracy_level (default: 4 for cpu int4, else 0)")
     xt = sub.add_parser("extract", help="copy one member of a wheel (zip) to a file")
     xt.add_argument("wheel")
     xt.add_argument("member")
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"hparams": model.hp.to_dict(), "tensor_types": model.tensor_types()},
                              indent=2))
             return 0
-        result = export(args.gguf, args.out, args.target, args.precision, main_progress)
+        result = export(args.gguf, args.out, args.target, args.precision, main_progress,
+                        args.accuracy_level)
         print(json.dumps(result))
         return 0
     except ExportError as exc:

@@ -57,6 +57,7 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str)
             "target": target,
             "precision": precision,
             "activation_dtype": "float32" if target == "cpu" else "float16",
+            "logits_dtype": "float32",
             "gguf_tensor_types": model.tensor_types(),
         },
     }
@@ -128,7 +129,8 @@ def genai_config(model: GGUFModel, tok: TokenizerData, target: str) -> dict:
 
 
 def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "int4",
-           progress: Callable[[str], None] | None = None) -> dict:
+           progress: Callable[[str], None] | None = None,
+           accuracy_level: int | None = None) -> dict:
     """Export `gguf_path` into `out_dir` (written to a sibling temp folder, then renamed)."""
     if target not in TARGETS:
         raise ExportError(f"failed to export: unknown target {target!r} (expected one of {TARGETS})")
@@ -147,7 +149,8 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     try:
         weights = WeightFile(tmp, DATA_FILE)
         try:
-            onnx_model = GraphBuilder(model, target, precision, weights, progress).build()
+            onnx_model = GraphBuilder(model, target, precision, weights, progress,
+                                      accuracy_level).build()
         finally:
             weights.close()
         progress("writing model.onnx")

@@ -75,7 +75,8 @@ class WeightFile:
 
 class GraphBuilder:
     def __init__(self, model: GGUFModel, target: str, precision: str, weights: WeightFile,
-                 progress: Callable[[str], None] = lambda _msg: None):
+                 progress: Callable[[str], None] = lambda _msg: None,
+                 accuracy_level: int | None = None):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}")
         if precision not in PRECISIONS:
@@ -92,7 +93,11 @@ class GraphBuilder:
         self.wdtype = np.float32 if precision == "fp32" else np.float16
         self.nodes: list[onnx.NodeProto] = []
         self.counter = 0
-        self.accuracy_level = 4 if (target == "cpu" and precision in ("int4", "int8")) else 0
+        # MatMulNBits accuracy_level: 4 lets the CPU kernel quantize activations to int8 (fast, as
+        # onnxruntime-genai's builder does for CPU int4); 0 keeps them in float.
+        if accuracy_level is None:
+            accuracy_level = 4 if (target == "cpu" and precision == "int4") else 0
+        self.accuracy_level = accuracy_level
 
     # -- helpers ----------------------------------------------------------------------------
     def name(self, prefix: str) -> str:

@@ -11,7 +11,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import quant
 from .gguf_model import GGUFModel
+
+LINEAR = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+          "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+
+
+def as_exported(w: np.ndarray, precision: str) -> np.ndarray:
+    """A linear weight [N, K] as an export of `precision` stores it (for the reference)."""
+    if precision == "int4":
+        packed, scales = quant.quantize_int4(w)
+        return quant.dequantize(packed, scales, 4, w.shape[1])
+    if precision == "int8":
+        packed, scales = quant.quantize_int8(w)
+        return quant.dequantize(packed, scales, 8, w.shape[1])
+    if precision == "fp16":
+        return w.astype(np.float16).astype(np.float32)
+    return w
 
 
 def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -38,12 +55,21 @@ def _rope(x: np.ndarray, pos: np.ndarray, base: float, interleaved: bool) -> np.
 
 
 class Reference:
-    def __init__(self, model: GGUFModel):
+    def __init__(self, model: GGUFModel, precision: str = "fp32"):
+        """With a precision other than fp32, the weights are rounded the way an export of that
+        precision stores them (the row permutation commutes with row-wise block quantization)."""
         self.m = model
         self.hp = model.hp
         self.w: dict[str, np.ndarray] = {}
         for name in model.tensors:
             self.w[name] = model.raw(name)
+        head = self.w.get("output.weight", self.w["token_embd.weight"])
+        if precision != "fp32":
+            for name in list(self.w):
+                if name.endswith(LINEAR):
+                    self.w[name] = as_exported(self.w[name], precision)
+            self.w["token_embd.weight"] = as_exported(self.w["token_embd.weight"], "fp16")
+        self.head = as_exported(head, precision)
         self.reset()
 
     def reset(self) -> None:
@@ -90,5 +116,4 @@ class Reference:
             u = h @ w[f"blk.{i}.ffn_up.weight"].T
             x = x + ((g / (1.0 + np.exp(-g))) * u) @ w[f"blk.{i}.ffn_down.weight"].T
         h = _rms(x, w["output_norm.weight"], hp.rms_eps)
-        head = w.get("output.weight", w["token_embd.weight"])
-        return (h @ head.T).astype(np.float32)
+        return (h @ self.head.T).astype(np.float32)
