@@ -138,6 +138,45 @@ class ExporterTest(unittest.TestCase):
         # the default for cpu int4: the kernel also quantizes activations, so looser
         self.compare(self.fixture("qwen2-f32", "qwen2"), "cpu", "int4", 0.1)
 
+    def test_cuda_target_int4_runs_on_cpu(self):
+        path = self.fixture("qwen2-f32", "qwen2")
+        out = os.path.join(self.tmp, "cuda-int4")
+        export(path, out, "cuda", "int4")
+        try:
+            got = Runner(out).step(PROMPT)
+        except Exception as exc:  # noqa: BLE001 - not every fp16 kernel exists on CPU
+            self.skipTest(f"fp16 int4 graph does not run on the CPU provider here: {exc}")
+        want = Reference(GGUFModel(path), "int4").forward(PROMPT)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        self.assertLess(rel, 2e-2)
+
+    def test_batch_of_two(self):
+        path = self.fixture("qwen2-f32", "qwen2")
+        out = os.path.join(self.tmp, "batch")
+        export(path, out, "cpu", "fp32")
+        run = Runner(out)
+        other = [7, 8, 9, 10, 11, 12, 13]
+        feeds = {"input_ids": np.array([PROMPT, other], np.int64),
+                 "attention_mask": np.ones((2, len(PROMPT)), np.int64)}
+        for i in range(run.layers):
+            for kind in ("key", "value"):
+                feeds[f"past_key_values.{i}.{kind}"] = np.zeros((2, run.kv, 0, run.head_dim),
+                                                                np.float32)
+        out0 = run.sess.run(None, feeds)
+        # one decode step for both rows
+        feeds = {"input_ids": np.array([[DECODE[0]], [DECODE[1]]], np.int64),
+                 "attention_mask": np.ones((2, len(PROMPT) + 1), np.int64)}
+        for i in range(run.layers):
+            feeds[f"past_key_values.{i}.key"] = out0[1 + 2 * i]
+            feeds[f"past_key_values.{i}.value"] = out0[2 + 2 * i]
+        out1 = run.sess.run(None, feeds)
+        for row, (ids, nxt) in enumerate(((PROMPT, DECODE[0]), (other, DECODE[1]))):
+            ref = Reference(GGUFModel(path))
+            want0 = ref.forward(ids)
+            want1 = ref.forward([nxt])
+            np.testing.assert_allclose(out0[0][row], want0, atol=1e-4 * np.abs(want0).max())
+            np.testing.assert_allclose(out1[0][row], want1, atol=1e-4 * np.abs(want1).max())
+
     def test_cuda_target_graph_is_fp16_and_runs_on_cpu(self):
         path = self.fixture("llama-f32", "llama")
         out = os.path.join(self.tmp, "cuda-fp16")
