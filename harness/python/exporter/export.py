@@ -130,7 +130,7 @@ def genai_config(model: GGUFModel, tok: TokenizerData, target: str) -> dict:
 
 def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "int4",
            progress: Callable[[str], None] | None = None,
-           accuracy_level: int | None = None) -> dict:
+           accuracy_level: int | None = None, head_precision: str | None = None) -> dict:
     """Export `gguf_path` into `out_dir` (written to a sibling temp folder, then renamed)."""
     if target not in TARGETS:
         raise ExportError(f"failed to export: unknown target {target!r} (expected one of {TARGETS})")
@@ -150,7 +150,7 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
         weights = WeightFile(tmp, DATA_FILE)
         try:
             onnx_model = GraphBuilder(model, target, precision, weights, progress,
-                                      accuracy_level).build()
+                                      accuracy_level, head_precision).build()
         finally:
             weights.close()
         progress("writing model.onnx")

@@ -76,7 +76,7 @@ class WeightFile:
 class GraphBuilder:
     def __init__(self, model: GGUFModel, target: str, precision: str, weights: WeightFile,
                  progress: Callable[[str], None] = lambda _msg: None,
-                 accuracy_level: int | None = None):
+                 accuracy_level: int | None = None, head_precision: str | None = None):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}")
         if precision not in PRECISIONS:
@@ -91,6 +91,9 @@ class GraphBuilder:
         self.act_onnx = TensorProto.FLOAT if target == "cpu" else TensorProto.FLOAT16
         # dtype in which float weights are stored
         self.wdtype = np.float32 if precision == "fp32" else np.float16
+        if head_precision is not None and head_precision not in PRECISIONS:
+            raise ValueError(f"lm_head precision must be one of {PRECISIONS}")
+        self.head_precision = head_precision or precision
         self.nodes: list[onnx.NodeProto] = []
         self.counter = 0
         # MatMulNBits accuracy_level: 4 lets the CPU kernel quantize activations to int8 (fast, as
@@ -118,18 +121,22 @@ class GraphBuilder:
     def cast(self, x: str, to: int) -> str:
         return self.node("Cast", [x], to=to)[0]
 
-    def float_weight(self, name: str, array: np.ndarray) -> str:
-        """Store a float weight in self.wdtype; cast to the activation dtype if they differ."""
-        stored = self.const(name, array.astype(self.wdtype))
-        if np.dtype(self.wdtype) != np.dtype(self.act):
+    def float_weight(self, name: str, array: np.ndarray, dtype=None) -> str:
+        """Store a float weight (default dtype: self.wdtype); cast to the activation dtype if
+        they differ."""
+        dtype = dtype or self.wdtype
+        stored = self.const(name, array.astype(dtype))
+        if np.dtype(dtype) != np.dtype(self.act):
             return self.cast(stored, self.act_onnx)
         return stored
 
-    def linear(self, prefix: str, x: str, w: np.ndarray, bias: np.ndarray | None = None) -> str:
+    def linear(self, prefix: str, x: str, w: np.ndarray, bias: np.ndarray | None = None,
+               precision: str | None = None) -> str:
         """y = x @ w.T (+ bias); w is [N, K] float32."""
         n, k = w.shape
-        if self.precision in ("int4", "int8"):
-            bits = 4 if self.precision == "int4" else 8
+        precision = precision or self.precision
+        if precision in ("int4", "int8"):
+            bits = 4 if precision == "int4" else 8
             if bits == 4:
                 packed, scales = quant.quantize_int4(w)
             else:
@@ -140,7 +147,8 @@ class GraphBuilder:
                           K=k, N=n, bits=bits, block_size=quant.BLOCK,
                           accuracy_level=self.accuracy_level)[0]
         else:
-            wt = self.float_weight(f"{prefix}.MatMul.weight", np.ascontiguousarray(w.T))
+            dtype = np.float32 if precision == "fp32" else np.float16
+            wt = self.float_weight(f"{prefix}.MatMul.weight", np.ascontiguousarray(w.T), dtype)
             y = self.node("MatMul", [x, wt], name=f"{prefix}/MatMul")[0]
         if bias is not None:
             bname = self.const(f"{prefix}.Add.bias", bias.astype(self.act))
@@ -262,7 +270,7 @@ class GraphBuilder:
             domain="com.microsoft", name="/model/norm", epsilon=hp.rms_eps)
         head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
         head = emb if head_name == "token_embd.weight" else self.m.raw(head_name)
-        logits = self.linear("lm_head", hf, head)
+        logits = self.linear("lm_head", hf, head, precision=self.head_precision)
         if np.dtype(self.act) != np.dtype(np.float32):
             self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
         else:
