@@ -15,6 +15,7 @@ pub mod extract;
 pub mod gate;
 pub mod harness;
 pub mod import;
+pub mod models;
 pub mod prompt;
 pub mod report;
 pub mod sandbox;

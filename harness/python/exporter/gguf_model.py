@@ -1,0 +1,170 @@
+"""Read a GGUF file: hyper-parameters, tokenizer data and dequantized weights.
+
+Weights are dequantized with gguf's own routines (`gguf.quants.dequantize`) and returned in the
+Hugging Face orientation `[out_features, in_features]`. For the llama architecture, llama.cpp's
+converter permutes the rows of the q and k projections so that its interleaved ("NORM") rotary can
+be used; `hf_weight` undoes that permutation so the ONNX graph can use rotate-half rotary like
+the original Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import gguf
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+
+class ExportError(Exception):
+    """An error with a message meant for the user."""
+
+
+@dataclasses.dataclass
+class HParams:
+    arch: str
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rope_base: float
+    rms_eps: float
+    context_length: int
+    vocab_size: int
+    tied_embeddings: bool
+    qkv_bias: bool
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _scalar(field) -> Any:
+    value = field.contents()
+    return value
+
+
+class GGUFModel:
+    """A GGUF file opened for export (memory-mapped; tensors are dequantized on demand)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except Exception as exc:  # noqa: BLE001 - gguf raises plain exceptions
+            raise ExportError(f"failed to read GGUF file {path}: {exc}") from exc
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.hp = self._hparams()
+
+    # -- metadata ---------------------------------------------------------------------------
+    def meta(self, key: str, default: Any = None) -> Any:
+        field = self.reader.fields.get(key)
+        if field is None:
+            return default
+        return _scalar(field)
+
+    def _require(self, key: str) -> Any:
+        value = self.meta(key)
+        if value is None:
+            raise ExportError(f"failed to export: GGUF metadata key {key!r} is missing")
+        return value
+
+    def _hparams(self) -> HParams:
+        arch = self._require("general.architecture")
+        if arch not in SUPPORTED_ARCHS:
+            raise ExportError(
+                f"failed to export: architecture {arch!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ARCHS)})"
+            )
+        scaling = self.meta(f"{arch}.rope.scaling.type")
+        if scaling not in (None, "none"):
+            raise ExportError(f"failed to export: rope scaling {scaling!r} is not supported")
+        hidden = int(self._require(f"{arch}.embedding_length"))
+        n_heads = int(self._require(f"{arch}.attention.head_count"))
+        n_kv = int(self.meta(f"{arch}.attention.head_count_kv", n_heads))
+        head_dim = int(self.meta(f"{arch}.attention.key_length", hidden // n_heads))
+        rope_dim = int(self.meta(f"{arch}.rope.dimension_count", head_dim))
+        if rope_dim != head_dim:
+            raise ExportError(
+                f"failed to export: partial rotary (rope dim {rope_dim} of head dim {head_dim}) "
+                "is not supported"
+            )
+        tokens = self.meta("tokenizer.ggml.tokens")
+        vocab = int(self.meta(f"{arch}.vocab_size", len(tokens) if tokens else 0))
+        emb = self.tensors.get("token_embd.weight")
+        if emb is None:
+            raise ExportError("failed to export: tensor token_embd.weight is missing")
+        vocab = int(emb.shape[1])
+        default_base = 1e6 if arch == "qwen2" else 1e4
+        return HParams(
+            arch=arch,
+            n_layers=int(self._require(f"{arch}.block_count")),
+            hidden=hidden,
+            intermediate=int(self._require(f"{arch}.feed_forward_length")),
+            n_heads=n_heads,
+            n_kv_heads=n_kv,
+            head_dim=head_dim,
+            rope_base=float(self.meta(f"{arch}.rope.freq_base", default_base)),
+            rms_eps=float(self._require(f"{arch}.attention.layer_norm_rms_epsilon")),
+            context_length=int(self.meta(f"{arch}.context_length", 4096)),
+            vocab_size=vocab,
+            tied_embeddings="output.weight" not in self.tensors,
+            qkv_bias="blk.0.attn_q.bias" in self.tensors,
+            name=str(self.meta("general.name", "model")),
+        )
+
+    # -- tensors ----------------------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def raw(self, name: str) -> np.ndarray:
+        """Dequantized tensor in GGUF's own row order, shape [ne1, ne0] (HF orientation)."""
+        t = self.tensors.get(name)
+        if t is None:
+            raise ExportError(f"failed to export: tensor {name!r} is missing")
+        try:
+            data = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError as exc:
+            raise ExportError(
+                f"failed to export: tensor {name} has type {t.tensor_type.name}, "
+                f"which gguf cannot dequantize: {exc}"
+            ) from exc
+        shape = tuple(int(d) for d in reversed(t.shape))
+        return np.ascontiguousarray(data.reshape(shape), dtype=np.float32)
+
+    def hf_weight(self, name: str) -> np.ndarray:
+        """Dequantized tensor in Hugging Face layout (q/k permutation undone for llama)."""
+        w = self.raw(name)
+        if self.hp.arch == "llama":
+            base = name.rsplit(".", 1)[0]
+            if base.endswith("attn_q"):
+                w = unpermute_rows(w, self.hp.n_heads)
+            elif base.endswith("attn_k"):
+                w = unpermute_rows(w, self.hp.n_kv_heads)
+        return w
+
+    def tensor_types(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.reader.tensors:
+            out[t.tensor_type.name] = out.get(t.tensor_type.name, 0) + 1
+        return out
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Invert llama.cpp's q/k row permutation (rows j*2+a of a head go back to a*half+j)."""
+    rows = w.shape[0]
+    rest = w.shape[1:]
+    half = rows // n_head // 2
+    return w.reshape(n_head, half, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q/k permutation (used by tests to write llama-style fixtures)."""
+    rows = w.shape[0]
+    rest = w.shape[1:]
+    half = rows // n_head // 2
+    return w.reshape(n_head, 2, half, *rest).swapaxes(1, 2).reshape(w.shape)

@@ -1,0 +1,287 @@
+"""Build the decoder graph in onnxruntime-genai's model-builder layout.
+
+Inputs:  input_ids int64 [B, S], attention_mask int64 [B, T],
+         past_key_values.{i}.key|value  ACT [B, kv_heads, P, head_dim]
+Outputs: logits float32 [B, S, vocab], present.{i}.key|value ACT [B, kv_heads, T', head_dim]
+
+ACT is float32 for the cpu target and float16 for the cuda target. Attention is
+com.microsoft GroupQueryAttention with packed QKV and fused rotate-half rotary (cos/sin caches);
+seqlens_k (= sum(attention_mask) - 1, int32) and total_sequence_length (int32 scalar) are computed
+inside the graph from attention_mask. Linear layers are MatMulNBits (int4/int8, block 32,
+symmetric) or MatMul (fp16/fp32). Norms are (Skip)SimplifiedLayerNormalization.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import quant
+from .gguf_model import GGUFModel
+
+PRECISIONS = ("int4", "int8", "fp16", "fp32")
+TARGETS = ("cpu", "cuda")
+OPSET = 21
+MS_OPSET = 1
+ALIGN = 4096
+
+
+class WeightFile:
+    """Appends initializers to one external-data file as they are made (bounded memory)."""
+
+    def __init__(self, folder: str, location: str = "model.onnx.data"):
+        self.location = location
+        self.path = os.path.join(folder, location)
+        self.fh = open(self.path, "wb")
+        self.offset = 0
+        self.initializers: list[TensorProto] = []
+
+    def add(self, name: str, array: np.ndarray) -> str:
+        array = np.ascontiguousarray(array)
+        dtype = helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor = TensorProto()
+        tensor.name = name
+        tensor.data_type = dtype
+        tensor.dims.extend(array.shape)
+        if array.nbytes < 1024:
+            tensor.raw_data = array.tobytes()
+        else:
+            pad = (-self.offset) % ALIGN
+            if pad:
+                self.fh.write(b"\0" * pad)
+                self.offset += pad
+            data = array.tobytes()
+            self.fh.write(data)
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (
+                ("location", self.location),
+                ("offset", str(self.offset)),
+                ("length", str(len(data))),
+            ):
+                entry = tensor.external_data.add()
+                entry.key = key
+                entry.value = value
+            self.offset += len(data)
+        self.initializers.append(tensor)
+        return name
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class GraphBuilder:
+    def __init__(self, model: GGUFModel, target: str, precision: str, weights: WeightFile,
+                 progress: Callable[[str], None] = lambda _msg: None,
+                 accuracy_level: int | None = None, head_precision: str | None = None):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.m = model
+        self.hp = model.hp
+        self.target = target
+        self.precision = precision
+        self.w = weights
+        self.progress = progress
+        self.act = np.float32 if target == "cpu" else np.float16
+        self.act_onnx = TensorProto.FLOAT if target == "cpu" else TensorProto.FLOAT16
+        # dtype in which float weights are stored
+        self.wdtype = np.float32 if precision == "fp32" else np.float16
+        if head_precision is not None and head_precision not in PRECISIONS:
+            raise ValueError(f"lm_head precision must be one of {PRECISIONS}")
+        self.head_precision = head_precision or precision
+        self.nodes: list[onnx.NodeProto] = []
+        self.counter = 0
+        # MatMulNBits accuracy_level: 4 lets the CPU kernel quantize activations to int8 (fast, as
+        # onnxruntime-genai's builder does for CPU int4); 0 keeps them in float.
+        if accuracy_level is None:
+            accuracy_level = 4 if (target == "cpu" and precision == "int4") else 0
+        self.accuracy_level = accuracy_level
+
+    # -- helpers ----------------------------------------------------------------------------
+    def name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}_{self.counter}"
+
+    def node(self, op: str, inputs: list[str], outputs: list[str] | None = None,
+             domain: str = "", name: str | None = None, **attrs) -> list[str]:
+        name = name or self.name(op)
+        if outputs is None:
+            outputs = [f"{name}/output_0"]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+        return outputs
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        return self.w.add(name, np.asarray(array))
+
+    def cast(self, x: str, to: int) -> str:
+        return self.node("Cast", [x], to=to)[0]
+
+    def float_weight(self, name: str, array: np.ndarray, dtype=None) -> str:
+        """Store a float weight (default dtype: self.wdtype); cast to the activation dtype if
+        they differ."""
+        dtype = dtype or self.wdtype
+        stored = self.const(name, array.astype(dtype))
+        if np.dtype(dtype) != np.dtype(self.act):
+            return self.cast(stored, self.act_onnx)
+        return stored
+
+    def linear(self, prefix: str, x: str, w: np.ndarray, bias: np.ndarray | None = None,
+               precision: str | None = None) -> str:
+        """y = x @ w.T (+ bias); w is [N, K] float32."""
+        n, k = w.shape
+        precision = precision or self.precision
+        if precision in ("int4", "int8"):
+            bits = 4 if precision == "int4" else 8
+            if bits == 4:
+                packed, scales = quant.quantize_int4(w)
+            else:
+                packed, scales = quant.quantize_int8(w)
+            b = self.const(f"{prefix}.MatMul.weight_Q{bits}", packed)
+            s = self.const(f"{prefix}.MatMul.weight_scales", scales.astype(self.act))
+            y = self.node("MatMulNBits", [x, b, s], domain="com.microsoft", name=f"{prefix}/MatMul",
+                          K=k, N=n, bits=bits, block_size=quant.BLOCK,
+                          accuracy_level=self.accuracy_level)[0]
+        else:
+            dtype = np.float32 if precision == "fp32" else np.float16
+            wt = self.float_weight(f"{prefix}.MatMul.weight", np.ascontiguousarray(w.T), dtype)
+            y = self.node("MatMul", [x, wt], name=f"{prefix}/MatMul")[0]
+        if bias is not None:
+            bname = self.const(f"{prefix}.Add.bias", bias.astype(self.act))
+            y = self.node("Add", [y, bname], name=f"{prefix}/Add")[0]
+        return y
+
+    def norm_weight(self, name: str) -> str:
+        return self.const(name, self.m.raw(name).astype(self.act))
+
+    # -- graph ------------------------------------------------------------------------------
+    def build(self) -> onnx.ModelProto:
+        hp = self.hp
+        kv_shape = ["batch_size", hp.n_kv_heads, "past_sequence_length", hp.head_dim]
+        present_shape = ["batch_size", hp.n_kv_heads, "total_sequence_length", hp.head_dim]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                          ["batch_size", "sequence_length"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                          ["batch_size", "total_sequence_length"]),
+        ]
+        outputs = [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                          ["batch_size", "sequence_length", hp.vocab_size]),
+        ]
+        for i in range(hp.n_layers):
+            for kind in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(
+                    f"past_key_values.{i}.{kind}", self.act_onnx, kv_shape))
+                outputs.append(helper.make_tensor_value_info(
+                    f"present.{i}.{kind}", self.act_onnx, present_shape))
+
+        # embeddings: float table (fp32 for fp32 exports, else fp16), Gather, cast to ACT
+        self.progress("embeddings")
+        emb = self.m.raw("token_embd.weight")
+        emb_dtype = np.float32 if self.precision == "fp32" else np.float16
+        table = self.const("model.embed_tokens.weight", emb.astype(emb_dtype))
+        x = self.node("Gather", [table, "input_ids"], name="model/embed_tokens/Gather")[0]
+        if np.dtype(emb_dtype) != np.dtype(self.act):
+            x = self.cast(x, self.act_onnx)
+
+        # seqlens_k and total_sequence_length from attention_mask
+        axes = self.const("model.constants.axes_1", np.array([1], dtype=np.int64))
+        one64 = self.const("model.constants.one_i64", np.array(1, dtype=np.int64))
+        summed = self.node("ReduceSum", ["attention_mask", axes], name="model/attn_mask/ReduceSum",
+                           keepdims=0)[0]
+        minus = self.node("Sub", [summed, one64], name="model/attn_mask/Sub")[0]
+        seqlens_k = self.node("Cast", [minus], ["seqlens_k"], name="model/attn_mask/seqlens_k",
+                              to=TensorProto.INT32)[0]
+        shape = self.node("Shape", ["attention_mask"], name="model/attn_mask/Shape")[0]
+        total64 = self.node("Gather", [shape, one64], name="model/attn_mask/Gather", axis=0)[0]
+        total_len = self.node("Cast", [total64], ["total_seq_len"],
+                              name="model/attn_mask/total_seq_len", to=TensorProto.INT32)[0]
+
+        # rotary caches [max_len, head_dim/2]
+        half = hp.head_dim // 2
+        inv_freq = 1.0 / (hp.rope_base ** (np.arange(0, half, dtype=np.float64) * 2.0 / hp.head_dim))
+        pos = np.arange(hp.context_length, dtype=np.float64)
+        freqs = np.outer(pos, inv_freq)
+        cos = self.const("cos_cache", np.cos(freqs).astype(self.act))
+        sin = self.const("sin_cache", np.sin(freqs).astype(self.act))
+
+        residual = None
+        pending = None  # output of the previous block's MLP, not yet added to the residual
+        for i in range(hp.n_layers):
+            self.progress(f"layer {i + 1}/{hp.n_layers}")
+            p = f"model.layers.{i}"
+            w_in = self.norm_weight(f"blk.{i}.attn_norm.weight")
+            if residual is None:
+                h = self.node("SimplifiedLayerNormalization", [x, w_in], name=f"/{p}/input_layernorm",
+                              epsilon=hp.rms_eps, axis=-1, stash_type=1)[0]
+                residual = x
+            else:
+                h, _, _, residual = self.node(
+                    "SkipSimplifiedLayerNormalization", [pending, residual, w_in],
+                    [f"/{p}/input_layernorm/output_0", "", "", f"/{p}/input_layernorm/output_3"],
+                    domain="com.microsoft", name=f"/{p}/input_layernorm", epsilon=hp.rms_eps)
+            # packed QKV projection
+            wq = self.m.hf_weight(f"blk.{i}.attn_q.weight")
+            wk = self.m.hf_weight(f"blk.{i}.attn_k.weight")
+            wv = self.m.hf_weight(f"blk.{i}.attn_v.weight")
+            bias = None
+            if self.m.has(f"blk.{i}.attn_q.bias"):
+                bias = np.concatenate([
+                    self.m.hf_weight(f"blk.{i}.attn_q.bias"),
+                    self.m.hf_weight(f"blk.{i}.attn_k.bias"),
+                    self.m.hf_weight(f"blk.{i}.attn_v.bias"),
+                ])
+            qkv = self.linear(f"{p}.attn.qkv_proj", h, np.concatenate([wq, wk, wv]), bias)
+            del wq, wk, wv
+            attn, _, _ = self.node(
+                "GroupQueryAttention",
+                [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                 seqlens_k, total_len, cos, sin],
+                [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
+                domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
+                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
+                rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
+                local_window_size=-1)
+            o = self.linear(f"{p}.attn.o_proj", attn, self.m.hf_weight(f"blk.{i}.attn_output.weight"))
+            w_post = self.norm_weight(f"blk.{i}.ffn_norm.weight")
+            h2, _, _, residual = self.node(
+                "SkipSimplifiedLayerNormalization", [o, residual, w_post],
+                [f"/{p}/post_attention_layernorm/output_0", "", "",
+                 f"/{p}/post_attention_layernorm/output_3"],
+                domain="com.microsoft", name=f"/{p}/post_attention_layernorm", epsilon=hp.rms_eps)
+            gate = self.linear(f"{p}.mlp.gate_proj", h2, self.m.hf_weight(f"blk.{i}.ffn_gate.weight"))
+            up = self.linear(f"{p}.mlp.up_proj", h2, self.m.hf_weight(f"blk.{i}.ffn_up.weight"))
+            sig = self.node("Sigmoid", [gate], name=f"/{p}/mlp/act_fn/Sigmoid")[0]
+            act = self.node("Mul", [gate, sig], name=f"/{p}/mlp/act_fn/Mul")[0]
+            prod = self.node("Mul", [act, up], name=f"/{p}/mlp/Mul")[0]
+            pending = self.linear(f"{p}.mlp.down_proj", prod,
+                                  self.m.hf_weight(f"blk.{i}.ffn_down.weight"))
+
+        self.progress("lm_head")
+        w_final = self.norm_weight("output_norm.weight")
+        hf, _, _, _ = self.node(
+            "SkipSimplifiedLayerNormalization", [pending, residual, w_final],
+            ["/model/norm/output_0", "", "", "/model/norm/output_3"],
+            domain="com.microsoft", name="/model/norm", epsilon=hp.rms_eps)
+        head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
+        head = emb if head_name == "token_embd.weight" else self.m.raw(head_name)
+        logits = self.linear("lm_head", hf, head, precision=self.head_precision)
+        if np.dtype(self.act) != np.dtype(np.float32):
+            self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
+        else:
+            self.node("Identity", [logits], ["logits"], name="lm_head/Identity")
+
+        graph = helper.make_graph(self.nodes, "decoder", inputs, outputs,
+                                  initializer=self.w.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", MS_OPSET)],
+            producer_name="codegen-harness-exporter",
+        )
+        model.ir_version = 10
+        return model

@@ -1,0 +1,119 @@
+"""A small numpy forward pass of a GGUF model, written the way llama.cpp computes it.
+
+It reads the dequantized GGUF weights as stored (no un-permutation) and applies rotary the way
+llama.cpp does for each architecture: interleaved pairs ("NORM") for llama, whose q/k rows the
+converter permuted, and rotate-half ("NEOX") for qwen2. The ONNX graph instead un-permutes the
+llama weights and uses rotate-half everywhere, so agreement between the two checks that step too.
+Used by the tests (tiny fixtures) and by validate.py as a second opinion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import quant
+from .gguf_model import GGUFModel
+
+LINEAR = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+          "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+
+
+def as_exported(w: np.ndarray, precision: str) -> np.ndarray:
+    """A linear weight [N, K] as an export of `precision` stores it (for the reference)."""
+    if precision == "int4":
+        packed, scales = quant.quantize_int4(w)
+        return quant.dequantize(packed, scales, 4, w.shape[1])
+    if precision == "int8":
+        packed, scales = quant.quantize_int8(w)
+        return quant.dequantize(packed, scales, 8, w.shape[1])
+    if precision == "fp16":
+        return w.astype(np.float16).astype(np.float32)
+    return w
+
+
+def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return (x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps) * w).astype(np.float32)
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, base: float, interleaved: bool) -> np.ndarray:
+    """x: [S, H, D]; pos: [S]."""
+    d = x.shape[-1]
+    inv = 1.0 / (base ** (np.arange(0, d // 2, dtype=np.float64) * 2.0 / d))
+    ang = pos[:, None].astype(np.float64) * inv[None, :]
+    cos = np.cos(ang)[:, None, :]
+    sin = np.sin(ang)[:, None, :]
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x, dtype=np.float64)
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+    else:
+        a, b = x[..., : d // 2], x[..., d // 2:]
+        out = np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+    return out.astype(np.float32)
+
+
+class Reference:
+    def __init__(self, model: GGUFModel, precision: str = "fp32"):
+        """With a precision other than fp32, the weights are rounded the way an export of that
+        precision stores them (the row permutation commutes with row-wise block quantization)."""
+        self.m = model
+        self.hp = model.hp
+        self.w: dict[str, np.ndarray] = {}
+        for name in model.tensors:
+            self.w[name] = model.raw(name)
+        head = self.w.get("output.weight", self.w["token_embd.weight"])
+        if precision != "fp32":
+            for name in list(self.w):
+                if name.endswith(LINEAR):
+                    self.w[name] = as_exported(self.w[name], precision)
+            self.w["token_embd.weight"] = as_exported(self.w["token_embd.weight"], "fp16")
+        self.head = as_exported(head, precision)
+        self.reset()
+
+    def reset(self) -> None:
+        self.k_cache = [np.zeros((0, self.hp.n_kv_heads, self.hp.head_dim), np.float32)
+                        for _ in range(self.hp.n_layers)]
+        self.v_cache = [c.copy() for c in self.k_cache]
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Append `ids` (batch 1) and return their logits [len(ids), vocab]."""
+        hp, w = self.hp, self.w
+        past = self.k_cache[0].shape[0]
+        s = len(ids)
+        pos = np.arange(past, past + s)
+        x = w["token_embd.weight"][np.asarray(ids)]
+        interleaved = hp.arch == "llama"
+        group = hp.n_heads // hp.n_kv_heads
+        for i in range(hp.n_layers):
+            h = _rms(x, w[f"blk.{i}.attn_norm.weight"], hp.rms_eps)
+            q = h @ w[f"blk.{i}.attn_q.weight"].T
+            k = h @ w[f"blk.{i}.attn_k.weight"].T
+            v = h @ w[f"blk.{i}.attn_v.weight"].T
+            if f"blk.{i}.attn_q.bias" in w:
+                q = q + w[f"blk.{i}.attn_q.bias"]
+                k = k + w[f"blk.{i}.attn_k.bias"]
+                v = v + w[f"blk.{i}.attn_v.bias"]
+            q = _rope(q.reshape(s, hp.n_heads, hp.head_dim), pos, hp.rope_base, interleaved)
+            k = _rope(k.reshape(s, hp.n_kv_heads, hp.head_dim), pos, hp.rope_base, interleaved)
+            v = v.reshape(s, hp.n_kv_heads, hp.head_dim)
+            self.k_cache[i] = np.concatenate([self.k_cache[i], k])
+            self.v_cache[i] = np.concatenate([self.v_cache[i], v])
+            kk = np.repeat(self.k_cache[i], group, axis=1)  # [T, H, D]
+            vv = np.repeat(self.v_cache[i], group, axis=1)
+            t = kk.shape[0]
+            scores = np.einsum("shd,thd->hst", q, kk) / np.sqrt(hp.head_dim)
+            mask = (np.arange(t)[None, :] > pos[:, None])  # [S, T]
+            scores = np.where(mask[None], -np.inf, scores)
+            scores = scores - scores.max(-1, keepdims=True)
+            p = np.exp(scores)
+            p /= p.sum(-1, keepdims=True)
+            attn = np.einsum("hst,thd->shd", p, vv).reshape(s, -1)
+            x = x + attn @ w[f"blk.{i}.attn_output.weight"].T
+            h = _rms(x, w[f"blk.{i}.ffn_norm.weight"], hp.rms_eps)
+            g = h @ w[f"blk.{i}.ffn_gate.weight"].T
+            u = h @ w[f"blk.{i}.ffn_up.weight"].T
+            x = x + ((g / (1.0 + np.exp(-g))) * u) @ w[f"blk.{i}.ffn_down.weight"].T
+        h = _rms(x, w["output_norm.weight"], hp.rms_eps)
+        return (h @ self.head.T).astype(np.float32)
