@@ -17,6 +17,7 @@ pub mod harness;
 pub mod import;
 pub mod prompt;
 pub mod report;
+pub mod runtime;
 pub mod sandbox;
 pub mod score;
 pub mod snapshot;
