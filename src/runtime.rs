@@ -79,7 +79,9 @@ pub enum RuntimeError {
     },
     #[error("failed to unpack {path}: {message}")]
     Unpack { path: String, message: String },
-    #[error("failed to load ONNX Runtime from {path}: {message} (set ORT_DYLIB_PATH to a libonnxruntime.so {ORT_VERSION})")]
+    #[error(
+        "failed to load ONNX Runtime from {path}: {message} (set ORT_DYLIB_PATH to a libonnxruntime.so {ORT_VERSION})"
+    )]
     Load { path: String, message: String },
     #[error("failed to use CUDA: {0}")]
     Cuda(String),
@@ -170,7 +172,10 @@ fn download_wheel(package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
     let tmp = dir.join("download");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    eprintln!("codegen: fetching {package}=={ORT_VERSION} from PyPI (once; cached under {})", dir.display());
+    eprintln!(
+        "codegen: fetching {package}=={ORT_VERSION} from PyPI (once; cached under {})",
+        dir.display()
+    );
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
         .arg(&tmp)
@@ -298,11 +303,20 @@ pub fn init(device: Device) -> Result<Runtime, RuntimeError> {
 pub fn explain_cuda_failure(message: &str) -> String {
     let hint = if message.contains("libcudnn") {
         "cuDNN 9 is missing: install the nvidia-cudnn-cu13 wheel (or cuDNN 9) and add its lib folder to LD_LIBRARY_PATH"
-    } else if message.contains("libcublas") || message.contains("libcudart") || message.contains("libcu") {
+    } else if message.contains("libcublas")
+        || message.contains("libcudart")
+        || message.contains("libcu")
+    {
         "the CUDA 13 runtime libraries are missing: add them (e.g. from the nvidia-*-cu13 wheels) to LD_LIBRARY_PATH"
-    } else if message.contains("providers_cuda") || message.contains("not available") || message.contains("Not available") {
+    } else if message.contains("providers_cuda")
+        || message.contains("not available")
+        || message.contains("Not available")
+    {
         "this ONNX Runtime build has no CUDA execution provider: use the onnxruntime-gpu wheel (set ORT_DYLIB_PATH, or let --device cuda fetch it)"
-    } else if message.contains("driver") || message.contains("CUDA failure 35") || message.contains("no CUDA-capable") {
+    } else if message.contains("driver")
+        || message.contains("CUDA failure 35")
+        || message.contains("no CUDA-capable")
+    {
         "the NVIDIA driver is missing or too old for CUDA 13"
     } else {
         "check that an NVIDIA GPU, its driver, CUDA 13 and cuDNN 9 are present, or run with --device cpu"
@@ -320,7 +334,10 @@ mod tests {
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda);
         assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
         let err = "tpu".parse::<Device>().unwrap_err().to_string();
-        assert!(err.contains("tpu") && err.starts_with("failed to parse"), "{err}");
+        assert!(
+            err.contains("tpu") && err.starts_with("failed to parse"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -111,9 +111,9 @@ pub struct GenerationCache {
 }
 
 impl GenerationCache {
-    pub fn new(enabled: bool) -> GenerationCache {
+    pub fn new(enabled: bool, dir: Option<PathBuf>) -> GenerationCache {
         GenerationCache {
-            dir: cache_dir().join("generations"),
+            dir: dir.unwrap_or_else(|| cache_dir().join("generations")),
             enabled,
         }
     }

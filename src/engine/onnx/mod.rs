@@ -48,6 +48,8 @@ pub struct OnnxOptions {
     pub threads: usize,
     /// Show a progress bar (on a terminal) while the scheduler works.
     pub progress: bool,
+    /// Where generations are cached; default `cache_dir()/generations`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl OnnxOptions {
@@ -58,6 +60,7 @@ impl OnnxOptions {
             no_cache: false,
             threads: 0,
             progress: true,
+            cache_dir: None,
         }
     }
 }
@@ -96,12 +99,21 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
     describe.insert("model".into(), model_dir.display().to_string());
     describe.insert("model_sha256".into(), model_hash.clone());
     describe.insert("device".into(), model.provider.to_string());
-    describe.insert("layout".into(), format!("{:?}", model.layout).to_lowercase());
-    describe.insert("kv_type".into(), format!("{:?}", model.kv_type).to_lowercase());
+    describe.insert(
+        "layout".into(),
+        format!("{:?}", model.layout).to_lowercase(),
+    );
+    describe.insert(
+        "kv_type".into(),
+        format!("{:?}", model.kv_type).to_lowercase(),
+    );
     describe.insert("threads".into(), model.threads.to_string());
     describe.insert("onnxruntime".into(), model.library.display().to_string());
     describe.insert("batch_size".into(), options.settings.batch_size.to_string());
-    describe.insert("temperature".into(), options.settings.temperature.to_string());
+    describe.insert(
+        "temperature".into(),
+        options.settings.temperature.to_string(),
+    );
     describe.insert("seed".into(), options.settings.seed.to_string());
     let provider = model.provider;
     Ok(OnnxSource {
@@ -110,7 +122,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
             encoder,
             provider,
             model_hash,
-            cache: GenerationCache::new(!no_cache),
+            cache: GenerationCache::new(!no_cache, options.cache_dir.clone()),
             settings: options.settings,
             progress: options.progress,
             state: Mutex::new(Sched::default()),
@@ -231,7 +243,9 @@ impl Inner {
             });
             let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
             if !keys.contains(&key) {
-                let seed_hash = Sha256::digest(format!("{}:{}:{}", s.seed, index, key).as_bytes());
+                // The stream of sample i depends on (seed, prompt, i) only.
+                let seed_hash =
+                    Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
                 let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
                 jobs.push((
                     key.clone(),
@@ -345,7 +359,10 @@ impl OnnxSource {
 
     /// Token ids of a prompt, exactly as the engine feeds them.
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, SourceError> {
-        self.inner.encoder.encode(prompt).map_err(SourceError::Setup)
+        self.inner
+            .encoder
+            .encode(prompt)
+            .map_err(SourceError::Setup)
     }
 
     /// Generate raw jobs in one batch, bypassing the scheduler and the cache (benchmarks).
@@ -374,7 +391,9 @@ impl CompletionSource for OnnxSource {
         std::thread::Builder::new()
             .name("codegen-engine".into())
             .spawn(move || inner.run(todo))
-            .map_err(|e| SourceError::Setup(format!("failed to start the generation thread: {e}")))?;
+            .map_err(|e| {
+                SourceError::Setup(format!("failed to start the generation thread: {e}"))
+            })?;
         Ok(())
     }
 

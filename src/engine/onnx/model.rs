@@ -15,7 +15,7 @@ use tokenizers::Tokenizer;
 
 use super::detok::Detokenizer;
 use super::sampling::{self, Rng, Sampler};
-use crate::engine::{Completion, TokenTrace, Timing};
+use crate::engine::{Completion, Timing, TokenTrace};
 use crate::prompt::{Message, TemplateTokens, render_chat_template};
 use crate::runtime::{self, Device};
 
@@ -79,7 +79,10 @@ fn read_json(path: &Path) -> Result<Json, String> {
 fn token_text(v: Option<&Json>) -> Option<String> {
     match v? {
         Json::String(s) => Some(s.clone()),
-        Json::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Json::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -119,7 +122,9 @@ impl Model {
     pub fn load(dir: &Path, device: Device, threads: usize) -> Result<Model, String> {
         let folder = dir.display();
         if !dir.is_dir() {
-            return Err(format!("failed to open model folder {folder}: not a directory"));
+            return Err(format!(
+                "failed to open model folder {folder}: not a directory"
+            ));
         }
         let missing: Vec<&str> = ["model.onnx", "tokenizer.json", "tokenizer_config.json"]
             .into_iter()
@@ -130,6 +135,12 @@ impl Model {
                 "failed to load model folder {folder}: missing {}",
                 missing.join(", ")
             ));
+        }
+        if device == Device::Cuda
+            && !runtime::nvidia_driver_present()
+            && std::env::var_os("ORT_DYLIB_PATH").is_none()
+        {
+            return Err("failed to use CUDA: no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into());
         }
         let rt = runtime::init(device).map_err(|e| e.to_string())?;
         let threads = if threads == 0 {
@@ -198,7 +209,11 @@ impl Model {
             if !has(req) {
                 return Err(format!(
                     "failed to use {folder}/model.onnx: graph input `{req}` is missing (inputs: {})",
-                    inputs.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+                    inputs
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
@@ -217,17 +232,19 @@ impl Model {
                         "failed to use {folder}/model.onnx: graph input `past_key_values.{i}.{kind}` is missing"
                     ));
                 }
-                if !outputs.iter().any(|(k, _)| *k == format!("present.{i}.{kind}")) {
+                if !outputs
+                    .iter()
+                    .any(|(k, _)| *k == format!("present.{i}.{kind}"))
+                {
                     return Err(format!(
                         "failed to use {folder}/model.onnx: graph output `present.{i}.{kind}` is missing"
                     ));
                 }
             }
         }
-        let logits = outputs
-            .iter()
-            .find(|(k, _)| k == "logits")
-            .ok_or_else(|| format!("failed to use {folder}/model.onnx: graph output `logits` is missing"))?;
+        let logits = outputs.iter().find(|(k, _)| k == "logits").ok_or_else(|| {
+            format!("failed to use {folder}/model.onnx: graph output `logits` is missing")
+        })?;
         let logits_type = float_of(&logits.1, "output `logits`")?;
         let past0 = &inputs
             .iter()
@@ -377,8 +394,9 @@ impl Model {
     fn empty_kv(&self, batch: usize) -> Result<DynValue, String> {
         let shape = [batch, self.kv_heads, 0, self.head_dim];
         let v = match self.kv_type {
-            Float::F32 => Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
-                .map(|t| t.into_dyn()),
+            Float::F32 => {
+                Tensor::<f32>::from_array((shape, Vec::<f32>::new())).map(|t| t.into_dyn())
+            }
             Float::F16 => Tensor::<half::f16>::from_array((shape, Vec::<half::f16>::new()))
                 .map(|t| t.into_dyn()),
         };
@@ -515,7 +533,10 @@ impl Model {
                 }
                 Float::F16 => {
                     let (sh, d) = logits.try_extract_tensor::<half::f16>().map_err(run_err)?;
-                    (sh.to_vec(), Cow::Owned(d.iter().map(|x| x.to_f32()).collect()))
+                    (
+                        sh.to_vec(),
+                        Cow::Owned(d.iter().map(|x| x.to_f32()).collect()),
+                    )
                 }
             };
             if shape.len() != 3 || shape[0] as usize != b {
@@ -550,7 +571,10 @@ impl Model {
                 let top: Vec<(u32, String, f32)> = sampling::top_k(&lp, job.top_logprobs)
                     .into_iter()
                     .map(|(i, l)| {
-                        let piece = self.tokenizer.decode(&[i as u32], false).unwrap_or_default();
+                        let piece = self
+                            .tokenizer
+                            .decode(&[i as u32], false)
+                            .unwrap_or_default();
                         (i as u32, piece, l)
                     })
                     .collect();
