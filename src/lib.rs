@@ -7,6 +7,7 @@
 //! renders them for review, [`report`] summarises the run and [`gate`] turns it into a CI verdict.
 //! [`harness`] is the thin libtest-mimic glue that `tests/codegen.rs` calls.
 
+pub mod bench;
 pub mod cache;
 pub mod case;
 pub mod config;

@@ -321,11 +321,16 @@ fn cache_hit_avoids_regeneration() {
         0,
         "second run must hit the cache"
     );
-    assert_eq!(a, b);
+    let strip = |v: &[Completion]| {
+        v.iter()
+            .map(|c| (c.text.clone(), c.tokens.as_ref().map(|t| t.ids.clone())))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
     // A third sample is new work; the first two still come from the cache.
     let c = ask(&second, &case, 3);
     assert_eq!(second.generated_sequences(), 1);
-    assert_eq!(c[..2], a[..]);
+    assert_eq!(strip(&c[..2]), strip(&a));
 }
 
 #[test]

@@ -301,10 +301,37 @@ def build(out_dir):
         d = os.path.join(out_dir, folder)
         os.makedirs(d, exist_ok=True)
         onnx.save(graph(layout, kv), os.path.join(d, "model.onnx"))
-        for fname, obj in (("tokenizer.json", tok), ("tokenizer_config.json", tok_cfg),
-                           ("generation_config.json", gen_cfg), ("config.json", cfg)):
+        files = [("tokenizer.json", tok), ("tokenizer_config.json", tok_cfg),
+                 ("generation_config.json", gen_cfg), ("config.json", cfg)]
+        if layout == "genai":
+            files.append(("genai_config.json", genai_config(n_vocab, specials)))
+        for fname, obj in files:
             with open(os.path.join(d, fname), "w", encoding="utf-8") as fh:
                 json.dump(obj, fh, ensure_ascii=False, indent=1)
+
+
+def genai_config(n_vocab, specials):
+    """What onnxruntime-genai needs to run the genai-layout folders (for the benchmark's check)."""
+    return {
+        "model": {
+            "bos_token_id": specials["<|endoftext|>"], "context_length": MAX_POS,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": "model.onnx", "head_size": HD, "hidden_size": D,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": H, "num_hidden_layers": LAYERS, "num_key_value_heads": KVH,
+            },
+            "eos_token_id": [specials["<|im_end|>"], specials["<|endoftext|>"]],
+            "pad_token_id": specials["<|endoftext|>"], "type": "qwen2", "vocab_size": n_vocab,
+        },
+        "search": {"do_sample": False, "early_stopping": True, "max_length": MAX_POS, "min_length": 0,
+                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": True,
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+    }
 
 
 def main():
