@@ -197,6 +197,46 @@ fn greedy_matches_reference_genai_layout() {
 }
 
 #[test]
+fn shared_and_growing_kv_cache_agree() {
+    let settings = GenerationSettings {
+        batch_size: 4,
+        ..GenerationSettings::default()
+    };
+    let cases: Vec<Case> = PREFIXES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| complete_case(&format!("kv{i}"), p, 16, &[]))
+        .collect();
+    let mut outs = Vec::new();
+    for shared in [true, false] {
+        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
+        opts.no_cache = true;
+        opts.progress = false;
+        opts.threads = 1;
+        opts.shared_kv = shared;
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        assert_eq!(src.info()["shared_kv"], shared.to_string());
+        let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+        let requests: Vec<Request<'_>> = cases
+            .iter()
+            .zip(&prompts)
+            .map(|(case, prompt)| Request {
+                case,
+                prompt,
+                samples: 1,
+            })
+            .collect();
+        src.prepare(&requests).unwrap();
+        let got: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap().ids)
+            .collect();
+        outs.push(got);
+    }
+    assert_eq!(outs[0], outs[1]);
+}
+
+#[test]
 fn fp16_kv_cache_runs_and_agrees_at_first() {
     let src = source("genai-fp16", GenerationSettings::default());
     let case = complete_case("f16", PREFIXES[0], 16, &[]);

@@ -50,6 +50,9 @@ pub struct OnnxOptions {
     pub progress: bool,
     /// Where generations are cached; default `cache_dir()/generations`.
     pub cache_dir: Option<PathBuf>,
+    /// genai layout: bind one KV buffer per layer to both past and present (no copies per
+    /// step). `CODEGEN_SHARED_KV=0` also turns it off.
+    pub shared_kv: bool,
 }
 
 impl OnnxOptions {
@@ -61,6 +64,7 @@ impl OnnxOptions {
             threads: 0,
             progress: true,
             cache_dir: None,
+            shared_kv: true,
         }
     }
 }
@@ -82,7 +86,8 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
     let threads = env_threads.unwrap_or(options.threads);
     let no_cache = options.no_cache
         || std::env::var("CODEGEN_NO_CACHE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let model = Model::load(model_dir, options.device, threads).map_err(SourceError::Setup)?;
+    let mut model = Model::load(model_dir, options.device, threads).map_err(SourceError::Setup)?;
+    model.shared_kv &= options.shared_kv;
     let model_hash = gencache::model_hash(model_dir).map_err(|e| {
         SourceError::Setup(format!(
             "failed to hash model folder {}: {e}",
@@ -108,6 +113,10 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
         format!("{:?}", model.kv_type).to_lowercase(),
     );
     describe.insert("threads".into(), model.threads.to_string());
+    describe.insert(
+        "shared_kv".into(),
+        (model.shared_kv && model.layout == Layout::Genai).to_string(),
+    );
     describe.insert("onnxruntime".into(), model.library.display().to_string());
     describe.insert("batch_size".into(), options.settings.batch_size.to_string());
     describe.insert(

@@ -49,6 +49,17 @@ pub struct SeqJob {
     pub top_logprobs: usize,
 }
 
+enum Kv {
+    /// Grows by concatenation: presents of one step are the pasts of the next.
+    Owned(Vec<DynValue>),
+    /// One buffer per layer bound to both `past_key_values.*` and `present.*`.
+    Shared {
+        binding: ort::session::IoBinding,
+        cpu: ort::memory::MemoryInfo<'static>,
+        _buffers: Vec<DynValue>,
+    },
+}
+
 /// A loaded model folder.
 pub struct Model {
     pub dir: PathBuf,
@@ -67,6 +78,8 @@ pub struct Model {
     pub provider: &'static str,
     pub threads: usize,
     pub library: PathBuf,
+    /// Share one KV buffer between past and present (genai layout only).
+    pub shared_kv: bool,
 }
 
 fn read_json(path: &Path) -> Result<Json, String> {
@@ -350,6 +363,7 @@ impl Model {
             provider,
             threads,
             library: rt.library,
+            shared_kv: std::env::var("CODEGEN_SHARED_KV").map_or(true, |v| v != "0"),
         })
     }
 
@@ -389,6 +403,49 @@ impl Model {
             messages: messages.to_vec(),
         })
         .map(|(t, _)| t)
+    }
+
+    /// A KV buffer of `max_len` positions for the shared past/present binding (zeroed on CPU).
+    fn kv_buffer(&self, batch: usize, max_len: usize) -> Result<DynValue, String> {
+        let shape = [batch, self.kv_heads, max_len, self.head_dim];
+        let err = |e: ort::Error| format!("failed to allocate the KV cache: {e}");
+        let cuda_alloc;
+        let alloc = if self.provider == "cuda" {
+            cuda_alloc = ort::memory::Allocator::new(
+                &self.session,
+                ort::memory::MemoryInfo::new(
+                    ort::memory::AllocationDevice::CUDA,
+                    0,
+                    ort::memory::AllocatorType::Device,
+                    ort::memory::MemoryType::Default,
+                )
+                .map_err(err)?,
+            )
+            .map_err(err)?;
+            &cuda_alloc
+        } else {
+            self.session.allocator()
+        };
+        let on_cpu = self.provider != "cuda";
+        Ok(match self.kv_type {
+            Float::F32 => {
+                let mut t = Tensor::<f32>::new(alloc, shape).map_err(err)?;
+                if on_cpu {
+                    t.try_extract_tensor_mut::<f32>().map_err(err)?.1.fill(0.0);
+                }
+                t.into_dyn()
+            }
+            Float::F16 => {
+                let mut t = Tensor::<half::f16>::new(alloc, shape).map_err(err)?;
+                if on_cpu {
+                    t.try_extract_tensor_mut::<half::f16>()
+                        .map_err(err)?
+                        .1
+                        .fill(half::f16::ZERO);
+                }
+                t.into_dyn()
+            }
+        })
     }
 
     fn empty_kv(&self, batch: usize) -> Result<DynValue, String> {
@@ -450,10 +507,6 @@ impl Model {
             .max()
             .unwrap_or(0);
 
-        let mut past: Vec<DynValue> = Vec::with_capacity(2 * self.layers);
-        for _ in 0..2 * self.layers {
-            past.push(self.empty_kv(b)?);
-        }
         let input_names: Vec<String> = (0..self.layers)
             .flat_map(|i| {
                 [
@@ -465,11 +518,47 @@ impl Model {
         let output_names: Vec<String> = (0..self.layers)
             .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
             .collect();
+        let run_err = |e: ort::Error| format!("failed to run the model: {e}");
+
+        // The KV cache: one buffer per layer bound to both past and present (GroupQueryAttention
+        // appends in place), or tensors that grow by one position per step.
+        let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
+        let mut kv = if self.layout == Layout::Genai && self.shared_kv {
+            let mut binding = self.session.create_binding().map_err(run_err)?;
+            let mut buffers = Vec::with_capacity(2 * self.layers);
+            for (past_name, present_name) in input_names.iter().zip(&output_names) {
+                let mut buf = self.kv_buffer(b, max_len)?;
+                binding
+                    .bind_input(past_name.as_str(), &buf)
+                    .map_err(run_err)?;
+                binding
+                    .bind_output(present_name.as_str(), &mut buf)
+                    .map_err(run_err)?;
+                buffers.push(buf);
+            }
+            let cpu = ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CPU,
+                0,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            )
+            .map_err(run_err)?;
+            Kv::Shared {
+                binding,
+                cpu,
+                _buffers: buffers,
+            }
+        } else {
+            let mut past: Vec<DynValue> = Vec::with_capacity(2 * self.layers);
+            for _ in 0..2 * self.layers {
+                past.push(self.empty_kv(b)?);
+            }
+            Kv::Owned(past)
+        };
 
         // Step 0 feeds the right-padded prompts; step k >= 1 feeds generated token k-1.
         let mut step = 0usize;
         let mut last_tokens: Vec<u32> = vec![self.pad; b];
-        let run_err = |e: ort::Error| format!("failed to run the model: {e}");
         loop {
             let (q, total) = if step == 0 { (s, s) } else { (1, s + step) };
             let mut ids = vec![self.pad as i64; b * q];
@@ -503,29 +592,43 @@ impl Model {
                     }
                 }
             }
-            let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
             let t_ids = Tensor::<i64>::from_array(([b, q], ids)).map_err(run_err)?;
-            feed.push(("input_ids".into(), t_ids.into_dyn().into()));
             let t_mask = Tensor::<i64>::from_array(([b, total], mask)).map_err(run_err)?;
-            feed.push(("attention_mask".into(), t_mask.into_dyn().into()));
-            if self.layout == Layout::Optimum {
-                let t_pos = Tensor::<i64>::from_array(([b, q], pos)).map_err(run_err)?;
-                feed.push(("position_ids".into(), t_pos.into_dyn().into()));
-            }
-            for (name, value) in input_names.iter().zip(past.drain(..)) {
-                feed.push((Cow::Owned(name.clone()), value.into()));
-            }
-            let mut out = self.session.run(feed).map_err(run_err)?;
-            for name in &output_names {
-                past.push(
-                    out.remove(name)
-                        .ok_or_else(|| format!("failed to run the model: no output `{name}`"))?,
-                );
-            }
-            let logits = out
-                .remove("logits")
-                .ok_or("failed to run the model: no output `logits`")?;
-            drop(out);
+            let logits = match &mut kv {
+                Kv::Shared { binding, cpu, .. } => {
+                    // Rebound each step: its shape changes between prefill and decode.
+                    binding
+                        .bind_output_to_device("logits", cpu)
+                        .map_err(run_err)?;
+                    binding.bind_input("input_ids", &t_ids).map_err(run_err)?;
+                    binding
+                        .bind_input("attention_mask", &t_mask)
+                        .map_err(run_err)?;
+                    let mut out = self.session.run_binding(binding).map_err(run_err)?;
+                    out.remove("logits")
+                        .ok_or("failed to run the model: no output `logits`")?
+                }
+                Kv::Owned(past) => {
+                    let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
+                    feed.push(("input_ids".into(), t_ids.into_dyn().into()));
+                    feed.push(("attention_mask".into(), t_mask.into_dyn().into()));
+                    if self.layout == Layout::Optimum {
+                        let t_pos = Tensor::<i64>::from_array(([b, q], pos)).map_err(run_err)?;
+                        feed.push(("position_ids".into(), t_pos.into_dyn().into()));
+                    }
+                    for (name, value) in input_names.iter().zip(past.drain(..)) {
+                        feed.push((Cow::Owned(name.clone()), value.into()));
+                    }
+                    let mut out = self.session.run(feed).map_err(run_err)?;
+                    for name in &output_names {
+                        past.push(out.remove(name).ok_or_else(|| {
+                            format!("failed to run the model: no output `{name}`")
+                        })?);
+                    }
+                    out.remove("logits")
+                        .ok_or("failed to run the model: no output `logits`")?
+                }
+            };
             let (shape, data): (Vec<i64>, Cow<'_, [f32]>) = match self.logits_type {
                 Float::F32 => {
                     let (sh, d) = logits.try_extract_tensor::<f32>().map_err(run_err)?;
