@@ -54,8 +54,8 @@ enum Kv {
     Owned(Vec<DynValue>),
     /// One buffer per layer bound to both `past_key_values.*` and `present.*`.
     Shared {
-        binding: ort::session::IoBinding,
-        cpu: ort::memory::MemoryInfo<'static>,
+        binding: Box<ort::session::IoBinding>,
+        cpu: Box<ort::memory::MemoryInfo<'static>>,
         _buffers: Vec<DynValue>,
     },
 }
@@ -544,8 +544,8 @@ impl Model {
             )
             .map_err(run_err)?;
             Kv::Shared {
-                binding,
-                cpu,
+                binding: Box::new(binding),
+                cpu: Box::new(cpu),
                 _buffers: buffers,
             }
         } else {
