@@ -36,6 +36,9 @@ pub struct BenchOptions {
     pub cases_dir: Option<PathBuf>,
     pub threads: usize,
     pub skip_genai: bool,
+    /// Batch-1 measurements alternate between the two engines this many times (medians are
+    /// reported), so that load from other processes hits both alike.
+    pub rounds: usize,
 }
 
 #[derive(Debug, Error)]
@@ -168,7 +171,11 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python/bench_genai.py")
 }
 
-fn run_genai(opts: &BenchOptions, ids: &[Vec<u32>]) -> Result<Figures, BenchError> {
+fn run_genai(
+    opts: &BenchOptions,
+    ids: &[Vec<u32>],
+    skip_suite: bool,
+) -> Result<Figures, BenchError> {
     if !opts.model.join("genai_config.json").is_file() {
         return Err(BenchError::Genai(format!(
             "{} has no genai_config.json",
@@ -192,6 +199,7 @@ fn run_genai(opts: &BenchOptions, ids: &[Vec<u32>]) -> Result<Figures, BenchErro
         .arg(opts.max_new_tokens.to_string())
         .arg("--batch1")
         .arg(opts.batch1_prompts.to_string())
+        .args(skip_suite.then_some("--skip-suite"))
         .arg("--device")
         .arg(if opts.device == Device::Cuda {
             "cuda"
@@ -272,21 +280,44 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
     // Warm-up, then batch 1.
     src.generate_batch(&[job(&ids[0], 4)])?;
     let mut ours = Figures::default();
-    let (mut n, mut secs, mut ttft) = (0usize, 0.0f64, 0.0f64);
     let k = opts.batch1_prompts.clamp(1, ids.len());
-    for p in ids.iter().take(k) {
-        let c = src
-            .generate_batch(&[job(p, opts.max_new_tokens)])?
-            .remove(0);
-        let tm = c.timing.clone().unwrap_or_default();
-        if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
-            n += tm.generated_tokens - 1;
-            secs += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
+    let measure = || -> Result<(f64, f64), BenchError> {
+        let (mut n, mut secs, mut ttft) = (0usize, 0.0f64, 0.0f64);
+        for p in ids.iter().take(k) {
+            let c = src
+                .generate_batch(&[job(p, opts.max_new_tokens)])?
+                .remove(0);
+            let tm = c.timing.clone().unwrap_or_default();
+            if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
+                n += tm.generated_tokens - 1;
+                secs += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
+            }
+            ttft += tm.time_to_first_token_ms;
         }
-        ttft += tm.time_to_first_token_ms;
+        Ok((
+            if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            ttft / k as f64,
+        ))
+    };
+    let mut ours_rounds = Vec::new();
+    let mut genai_rounds = Vec::new();
+    let mut genai_err = None;
+    for _ in 0..opts.rounds.max(1) {
+        ours_rounds.push(measure()?);
+        if !opts.skip_genai && genai_err.is_none() {
+            match run_genai(opts, &ids, true) {
+                Ok(f) => genai_rounds.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
+                Err(e) => genai_err = Some(e),
+            }
+        }
     }
-    ours.batch1_decode_tok_s = if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    ours.batch1_ttft_ms = ttft / k as f64;
+    let median = |v: &[(f64, f64)], second: bool| -> f64 {
+        let mut x: Vec<f64> = v.iter().map(|p| if second { p.1 } else { p.0 }).collect();
+        x.sort_by(f64::total_cmp);
+        if x.is_empty() { 0.0 } else { x[x.len() / 2] }
+    };
+    ours.batch1_decode_tok_s = median(&ours_rounds, false);
+    ours.batch1_ttft_ms = median(&ours_rounds, true);
     // Suite with batching: sorted by prompt length, batch_size at a time.
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| (ids[i].len(), i));
@@ -313,13 +344,36 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
         })
         .collect();
     ours.suite_tokens = ours.outputs.iter().map(Vec::len).sum();
+    let first_text = outs[0].as_ref().map(|c| c.text.clone()).unwrap_or_default();
     let peak = crate::engine::onnx::model::peak_host_bytes().unwrap_or(0);
+    let device_peak = if src.info().get("device").map(String::as_str) == Some("cuda") {
+        crate::engine::onnx::model::device_bytes()
+    } else {
+        None
+    };
 
     let genai = if opts.skip_genai {
         Err(BenchError::Genai("skipped (--skip-genai)".into()))
+    } else if let Some(e) = genai_err {
+        Err(e)
     } else {
-        run_genai(opts, &ids)
+        run_genai(opts, &ids, false).map(|mut f| {
+            f.batch1_decode_tok_s = median(&genai_rounds, false);
+            f.batch1_ttft_ms = median(&genai_rounds, true);
+            f
+        })
     };
+    let rounds_line = format!(
+        "batch-1 decode tok/s per round: ours {:?}, onnxruntime-genai {:?}",
+        ours_rounds
+            .iter()
+            .map(|r| (r.0 * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        genai_rounds
+            .iter()
+            .map(|r| (r.0 * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
 
     let info = src.info();
     let mut s = String::new();
@@ -341,6 +395,13 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
         load_s,
         peak as f64 / (1024.0 * 1024.0)
     );
+    if let Some(d) = device_peak {
+        let _ = writeln!(
+            s,
+            "GPU memory held by the process: {:.0} MiB",
+            d as f64 / (1024.0 * 1024.0)
+        );
+    }
     let _ = writeln!(
         s,
         "{:<34} {:>16} {:>26}",
@@ -411,5 +472,7 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
             let _ = writeln!(s, "onnxruntime-genai: {e}");
         }
     }
+    let _ = writeln!(s, "{rounds_line}");
+    let _ = writeln!(s, "first completion (ours):\n{first_text}");
     Ok(s)
 }

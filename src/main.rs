@@ -57,6 +57,9 @@ enum BenchCmd {
         /// Measure our engine only.
         #[arg(long)]
         skip_genai: bool,
+        /// Batch-1 measurements alternate between the engines this many times (medians shown).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
                     cases_dir,
                     threads,
                     skip_genai,
+                    rounds,
                 },
         }) => {
             let device: Device = device.parse()?;
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 cases_dir,
                 threads,
                 skip_genai,
+                rounds,
             })
             .with_context(|| format!("failed to benchmark {}", model.display()))?;
             print!("{report}");

@@ -130,6 +130,28 @@ pub fn peak_host_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// GPU memory held by this process (MiB from `nvidia-smi`, which ONNX Runtime's arena keeps at
+/// its high-water mark), in bytes.
+pub fn device_bytes() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let me = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut parts = l.split(',').map(str::trim);
+        (parts.next()? == me).then_some(())?;
+        parts
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|mib| mib * 1024 * 1024)
+    })
+}
+
 impl Model {
     /// Load `dir` for `device`, with `threads` intra-op threads on CPU (0: all cores).
     pub fn load(dir: &Path, device: Device, threads: usize) -> Result<Model, String> {
@@ -175,7 +197,7 @@ impl Model {
             .map_err(builder_err)?
             .with_inter_threads(1)
             .map_err(builder_err)?
-            .with_deterministic_compute(true)
+            .with_deterministic_compute(std::env::var_os("CODEGEN_ORT_NONDETERMINISTIC").is_none())
             .map_err(builder_err)?;
         let want_cuda = match device {
             Device::Cpu => false,
@@ -558,6 +580,7 @@ impl Model {
 
         // Step 0 feeds the right-padded prompts; step k >= 1 feeds generated token k-1.
         let mut step = 0usize;
+        let mut run_secs = 0.0f64;
         let mut last_tokens: Vec<u32> = vec![self.pad; b];
         loop {
             let (q, total) = if step == 0 { (s, s) } else { (1, s + step) };
@@ -594,6 +617,7 @@ impl Model {
             }
             let t_ids = Tensor::<i64>::from_array(([b, q], ids)).map_err(run_err)?;
             let t_mask = Tensor::<i64>::from_array(([b, total], mask)).map_err(run_err)?;
+            let run_started = Instant::now();
             let logits = match &mut kv {
                 Kv::Shared { binding, cpu, .. } => {
                     // Rebound each step: its shape changes between prefill and decode.
@@ -653,6 +677,7 @@ impl Model {
                     "failed to read logits: the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
                 ));
             }
+            run_secs += run_started.elapsed().as_secs_f64();
             let now = start.elapsed().as_secs_f64();
             for r in 0..b {
                 if rows[r].done {
@@ -729,7 +754,20 @@ impl Model {
             step += 1;
         }
         let total_ms = start.elapsed().as_secs_f64() * 1000.0;
+        if std::env::var_os("CODEGEN_PROFILE").is_some() {
+            eprintln!(
+                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime",
+                step + 1,
+                total_ms,
+                run_secs * 1000.0
+            );
+        }
         let peak = peak_host_bytes();
+        let device_peak = if self.provider == "cuda" {
+            device_bytes()
+        } else {
+            None
+        };
         let mut outs = Vec::with_capacity(b);
         for (r, mut row) in rows.into_iter().enumerate() {
             if !row.finish.as_deref().unwrap_or("").starts_with("stop") {
@@ -752,7 +790,7 @@ impl Model {
                     },
                     total_ms,
                     peak_host_bytes: peak,
-                    peak_device_bytes: None,
+                    peak_device_bytes: device_peak,
                 }),
                 tokens: Some(row.trace),
                 finish_reason: row.finish,
