@@ -191,7 +191,7 @@ impl Model {
         };
         let mut builder = Session::builder(&rt.environment)
             .map_err(setup)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(builder_err)?
             .with_intra_threads(threads)
             .map_err(builder_err)?
