@@ -226,7 +226,16 @@ impl Model {
         }
         let session = builder
             .commit_from_file(dir.join("model.onnx"))
-            .map_err(|e| format!("failed to load {}/model.onnx: {e}", folder))?;
+            .map_err(|e| {
+                if provider == "cuda" {
+                    format!(
+                        "failed to load {folder}/model.onnx with CUDA: {}",
+                        runtime::explain_cuda_failure(&e.to_string())
+                    )
+                } else {
+                    format!("failed to load {folder}/model.onnx: {e}")
+                }
+            })?;
 
         // Graph I/O.
         let inputs: Vec<(String, ValueType)> = session
