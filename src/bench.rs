@@ -1,0 +1,478 @@
+//! `codegen bench engine`: our engine against onnxruntime-genai on the same model folder, the
+//! same prompt token ids, greedy decoding; printed side by side.
+//!
+//! Figures: decode tokens/s at batch 1 (mean over the first prompts, after a warm-up), time to
+//! first token, and suite throughput (cases/min, tokens/s) with our batching versus
+//! onnxruntime-genai one sequence at a time.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::cache::{DirLock, cache_dir};
+use crate::engine::onnx::sampling::Sampler;
+use crate::engine::onnx::{self, OnnxOptions, SeqJob};
+use crate::engine::{Completion, GenerationSettings, SourceError};
+use crate::prompt::{Message, Prompt, SYSTEM_MESSAGE};
+use crate::runtime::Device;
+
+/// The onnxruntime-genai version compared against.
+pub const GENAI_VERSION: &str = "0.18.0";
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: PathBuf,
+    pub device: Device,
+    pub cases: usize,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    /// Prompts measured one at a time for the batch-1 figures.
+    pub batch1_prompts: usize,
+    /// Case files to take prompts from; built-in coding prompts when absent or empty.
+    pub cases_dir: Option<PathBuf>,
+    pub threads: usize,
+    pub skip_genai: bool,
+    /// Batch-1 measurements alternate between the two engines this many times (medians are
+    /// reported), so that load from other processes hits both alike.
+    pub rounds: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("failed to run onnxruntime-genai: {0}")]
+    Genai(String),
+    #[error("failed to read cases: {0}")]
+    Cases(String),
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub batch1_decode_tok_s: f64,
+    pub batch1_ttft_ms: f64,
+    pub suite_seconds: f64,
+    pub suite_tokens: usize,
+    pub suite_batch: usize,
+    pub outputs: Vec<Vec<u32>>,
+}
+
+impl Figures {
+    pub fn cases_per_min(&self, cases: usize) -> f64 {
+        cases as f64 * 60.0 / self.suite_seconds.max(1e-9)
+    }
+    pub fn suite_tok_s(&self) -> f64 {
+        self.suite_tokens as f64 / self.suite_seconds.max(1e-9)
+    }
+}
+
+const BUILTIN: &[&str] = &[
+    "Write a Python function `is_palindrome(s: str) -> bool` that ignores case and non-alphanumeric characters.",
+    "Write a Python function `fib(n: int) -> int` returning the n-th Fibonacci number iteratively.",
+    "Write a Python function `flatten(xs: list) -> list` that flattens arbitrarily nested lists.",
+    "Write a Python function `word_count(text: str) -> dict` mapping each lowercase word to its count.",
+    "Write a Python function `merge_intervals(xs: list[tuple[int, int]]) -> list[tuple[int, int]]`.",
+    "Write a Python function `is_prime(n: int) -> bool`.",
+    "Write a Python function `rotate(matrix: list[list[int]]) -> list[list[int]]` rotating 90 degrees clockwise.",
+    "Write a Python function `roman(n: int) -> str` converting an integer to a Roman numeral.",
+];
+
+fn prompts(opts: &BenchOptions) -> Result<Vec<Prompt>, BenchError> {
+    let mut out = Vec::new();
+    if let Some(dir) = &opts.cases_dir
+        && dir.is_dir()
+    {
+        let loaded = crate::case::load_all(dir).map_err(|e| BenchError::Cases(e.to_string()))?;
+        for l in loaded {
+            if let Ok(case) = l.case {
+                out.push(Prompt::for_case(&case));
+            }
+        }
+    }
+    if out.is_empty() {
+        out = BUILTIN
+            .iter()
+            .map(|p| Prompt::Chat {
+                messages: vec![
+                    Message {
+                        role: "system".into(),
+                        content: SYSTEM_MESSAGE.into(),
+                    },
+                    Message {
+                        role: "user".into(),
+                        content: p.to_string(),
+                    },
+                ],
+            })
+            .collect();
+    }
+    let n = opts.cases.max(1);
+    Ok((0..n).map(|i| out[i % out.len()].clone()).collect())
+}
+
+fn genai_python(device: Device) -> Result<PathBuf, BenchError> {
+    if let Some(p) = std::env::var_os("CODEGEN_GENAI_PYTHON").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cuda = device == Device::Cuda;
+    let venv = cache_dir().join("venvs").join(format!(
+        "genai-{GENAI_VERSION}-{}",
+        if cuda { "cuda" } else { "cpu" }
+    ));
+    let py = venv.join("bin").join("python");
+    let _lock = DirLock::acquire(&venv).map_err(|e| BenchError::Genai(e.to_string()))?;
+    if venv.join("ready").exists() {
+        return Ok(py);
+    }
+    let run = |cmd: &mut Command| -> Result<(), BenchError> {
+        let status = cmd
+            .status()
+            .map_err(|e| BenchError::Genai(format!("{cmd:?}: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(BenchError::Genai(format!("{cmd:?} exited with {status}")))
+        }
+    };
+    eprintln!(
+        "codegen: installing onnxruntime-genai {GENAI_VERSION} into {}",
+        venv.display()
+    );
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    let pkgs: &[&str] = if cuda {
+        &[
+            "onnxruntime-genai-cuda==0.18.0",
+            "onnxruntime-gpu==1.31.1",
+            "numpy==2.3.5",
+        ]
+    } else {
+        &[
+            "onnxruntime-genai==0.18.0",
+            "onnxruntime==1.31.1",
+            "numpy==2.3.5",
+        ]
+    };
+    run(Command::new(&py)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(pkgs))?;
+    std::fs::write(venv.join("ready"), "").map_err(|e| BenchError::Genai(e.to_string()))?;
+    Ok(py)
+}
+
+fn script() -> PathBuf {
+    if let Some(p) = std::env::var_os("CODEGEN_BENCH_GENAI_SCRIPT") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python/bench_genai.py")
+}
+
+fn run_genai(
+    opts: &BenchOptions,
+    ids: &[Vec<u32>],
+    skip_suite: bool,
+) -> Result<Figures, BenchError> {
+    if !opts.model.join("genai_config.json").is_file() {
+        return Err(BenchError::Genai(format!(
+            "{} has no genai_config.json",
+            opts.model.display()
+        )));
+    }
+    let py = genai_python(opts.device)?;
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| BenchError::Genai(e.to_string()))?;
+    std::fs::write(
+        tmp.path(),
+        serde_json::json!({ "prompts": ids }).to_string(),
+    )
+    .map_err(|e| BenchError::Genai(e.to_string()))?;
+    let out = Command::new(py)
+        .arg(script())
+        .arg("--model")
+        .arg(&opts.model)
+        .arg("--prompts")
+        .arg(tmp.path())
+        .arg("--max-new")
+        .arg(opts.max_new_tokens.to_string())
+        .arg("--batch1")
+        .arg(opts.batch1_prompts.to_string())
+        .args(skip_suite.then_some("--skip-suite"))
+        .arg("--device")
+        .arg(if opts.device == Device::Cuda {
+            "cuda"
+        } else {
+            "cpu"
+        })
+        .output()
+        .map_err(|e| BenchError::Genai(e.to_string()))?;
+    if !out.status.success() {
+        return Err(BenchError::Genai(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | "),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| BenchError::Genai(format!("bad JSON from bench_genai.py: {e}")))?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok(Figures {
+        batch1_decode_tok_s: f("batch1_decode_tok_s"),
+        batch1_ttft_ms: f("batch1_ttft_ms"),
+        suite_seconds: f("suite_seconds"),
+        suite_tokens: f("suite_tokens") as usize,
+        suite_batch: f("suite_batch") as usize,
+        outputs: v["outputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|o| {
+                        o.as_array()
+                            .map(|x| {
+                                x.iter()
+                                    .filter_map(|t| t.as_u64())
+                                    .map(|t| t as u32)
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// Run the benchmark and return the printed report.
+pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
+    let settings = GenerationSettings {
+        max_new_tokens: opts.max_new_tokens,
+        batch_size: opts.batch_size,
+        ..GenerationSettings::default()
+    };
+    let mut o = OnnxOptions::new(opts.device, settings);
+    o.no_cache = true;
+    o.threads = opts.threads;
+    let t = Instant::now();
+    let src = onnx::open_with(&opts.model, o)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let prompts = prompts(opts)?;
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| src.encode(p))
+        .collect::<Result<_, _>>()?;
+    let job = |ids: &Vec<u32>, max_new: usize| SeqJob {
+        prompt_ids: ids.clone(),
+        max_new,
+        stop: Vec::new(),
+        sampler: Sampler {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        },
+        seed: 0,
+        top_logprobs: 5,
+    };
+    // Warm-up, then batch 1.
+    src.generate_batch(&[job(&ids[0], 4)])?;
+    let mut ours = Figures::default();
+    let k = opts.batch1_prompts.clamp(1, ids.len());
+    let measure = || -> Result<(f64, f64), BenchError> {
+        let (mut n, mut secs, mut ttft) = (0usize, 0.0f64, 0.0f64);
+        for p in ids.iter().take(k) {
+            let c = src
+                .generate_batch(&[job(p, opts.max_new_tokens)])?
+                .remove(0);
+            let tm = c.timing.clone().unwrap_or_default();
+            if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
+                n += tm.generated_tokens - 1;
+                secs += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
+            }
+            ttft += tm.time_to_first_token_ms;
+        }
+        Ok((
+            if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            ttft / k as f64,
+        ))
+    };
+    let mut ours_rounds = Vec::new();
+    let mut genai_rounds = Vec::new();
+    let mut genai_err = None;
+    for _ in 0..opts.rounds.max(1) {
+        ours_rounds.push(measure()?);
+        if !opts.skip_genai && genai_err.is_none() {
+            match run_genai(opts, &ids, true) {
+                Ok(f) => genai_rounds.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
+                Err(e) => genai_err = Some(e),
+            }
+        }
+    }
+    let median = |v: &[(f64, f64)], second: bool| -> f64 {
+        let mut x: Vec<f64> = v.iter().map(|p| if second { p.1 } else { p.0 }).collect();
+        x.sort_by(f64::total_cmp);
+        if x.is_empty() { 0.0 } else { x[x.len() / 2] }
+    };
+    ours.batch1_decode_tok_s = median(&ours_rounds, false);
+    ours.batch1_ttft_ms = median(&ours_rounds, true);
+    // Suite with batching: sorted by prompt length, batch_size at a time.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| (ids[i].len(), i));
+    let mut outs: Vec<Option<Completion>> = vec![None; ids.len()];
+    let t = Instant::now();
+    for chunk in order.chunks(opts.batch_size.max(1)) {
+        let jobs: Vec<SeqJob> = chunk
+            .iter()
+            .map(|&i| job(&ids[i], opts.max_new_tokens))
+            .collect();
+        for (&i, c) in chunk.iter().zip(src.generate_batch(&jobs)?) {
+            outs[i] = Some(c);
+        }
+    }
+    ours.suite_seconds = t.elapsed().as_secs_f64();
+    ours.suite_batch = opts.batch_size.max(1);
+    ours.outputs = outs
+        .iter()
+        .map(|c| {
+            c.as_ref()
+                .and_then(|c| c.tokens.as_ref())
+                .map(|t| t.ids.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    ours.suite_tokens = ours.outputs.iter().map(Vec::len).sum();
+    let first_text = outs[0].as_ref().map(|c| c.text.clone()).unwrap_or_default();
+    let peak = crate::engine::onnx::model::peak_host_bytes().unwrap_or(0);
+    let device_peak = if src.info().get("device").map(String::as_str) == Some("cuda") {
+        crate::engine::onnx::model::device_bytes()
+    } else {
+        None
+    };
+
+    let genai = if opts.skip_genai {
+        Err(BenchError::Genai("skipped (--skip-genai)".into()))
+    } else if let Some(e) = genai_err {
+        Err(e)
+    } else {
+        run_genai(opts, &ids, false).map(|mut f| {
+            f.batch1_decode_tok_s = median(&genai_rounds, false);
+            f.batch1_ttft_ms = median(&genai_rounds, true);
+            f
+        })
+    };
+    let rounds_line = format!(
+        "batch-1 decode tok/s per round: ours {:?}, onnxruntime-genai {:?}",
+        ours_rounds
+            .iter()
+            .map(|r| (r.0 * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        genai_rounds
+            .iter()
+            .map(|r| (r.0 * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+
+    let info = src.info();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads",
+        opts.model.display(),
+        info.get("layout").map(String::as_str).unwrap_or("?"),
+        info.get("kv_type").map(String::as_str).unwrap_or("?"),
+        info.get("device").map(String::as_str).unwrap_or("?"),
+        info.get("threads").map(String::as_str).unwrap_or("?"),
+    );
+    let _ = writeln!(
+        s,
+        "{} prompts (mean {:.0} tokens), greedy, max {} new tokens; model load {:.1} s; peak host memory {:.0} MiB",
+        ids.len(),
+        ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64,
+        opts.max_new_tokens,
+        load_s,
+        peak as f64 / (1024.0 * 1024.0)
+    );
+    if let Some(d) = device_peak {
+        let _ = writeln!(
+            s,
+            "GPU memory held by the process: {:.0} MiB",
+            d as f64 / (1024.0 * 1024.0)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:<34} {:>16} {:>26}",
+        "",
+        "codegen (ort)",
+        format!("onnxruntime-genai {GENAI_VERSION}")
+    );
+    let g = genai.as_ref().ok();
+    let col = |f: &dyn Fn(&Figures) -> String| g.map(f).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        s,
+        "{:<34} {:>16.1} {:>26}",
+        format!("decode tok/s, batch 1 ({k} prompts)"),
+        ours.batch1_decode_tok_s,
+        col(&|f| format!("{:.1}", f.batch1_decode_tok_s))
+    );
+    let _ = writeln!(
+        s,
+        "{:<34} {:>16.0} {:>26}",
+        "time to first token ms, batch 1",
+        ours.batch1_ttft_ms,
+        col(&|f| format!("{:.0}", f.batch1_ttft_ms))
+    );
+    let _ = writeln!(
+        s,
+        "{:<34} {:>16} {:>26}",
+        "suite cases/min",
+        format!(
+            "{:.1} (batch {})",
+            ours.cases_per_min(ids.len()),
+            ours.suite_batch
+        ),
+        col(&|f| format!(
+            "{:.1} (batch {})",
+            f.cases_per_min(ids.len()),
+            f.suite_batch
+        ))
+    );
+    let _ = writeln!(
+        s,
+        "{:<34} {:>16.1} {:>26}",
+        "suite generated tok/s",
+        ours.suite_tok_s(),
+        col(&|f| format!("{:.1}", f.suite_tok_s()))
+    );
+    let _ = writeln!(
+        s,
+        "{:<34} {:>16} {:>26}",
+        "suite wall time s",
+        format!("{:.1}", ours.suite_seconds),
+        col(&|f| format!("{:.1}", f.suite_seconds))
+    );
+    match &genai {
+        Ok(f) => {
+            let same = ours
+                .outputs
+                .iter()
+                .zip(&f.outputs)
+                .filter(|(a, b)| a == b)
+                .count();
+            let _ = writeln!(
+                s,
+                "greedy token sequences identical to onnxruntime-genai: {same}/{}",
+                ids.len()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(s, "onnxruntime-genai: {e}");
+        }
+    }
+    let _ = writeln!(s, "{rounds_line}");
+    let _ = writeln!(s, "first completion (ours):\n{first_text}");
+    Ok(s)
+}

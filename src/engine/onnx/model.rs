@@ -1,0 +1,810 @@
+//! One loaded model folder: the ONNX Runtime session, the tokenizer, the chat template, and the
+//! batched KV-cached decode loop.
+
+use std::borrow::Cow;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::ep::ExecutionProvider;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use serde_json::Value as Json;
+use tokenizers::Tokenizer;
+
+use super::detok::Detokenizer;
+use super::sampling::{self, Rng, Sampler};
+use crate::engine::{Completion, Timing, TokenTrace};
+use crate::prompt::{Message, TemplateTokens, render_chat_template};
+use crate::runtime::{self, Device};
+
+/// How the graph expects its cache and positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// onnxruntime-genai: no `position_ids`; GroupQueryAttention derives positions and lengths
+    /// from `attention_mask` and keeps each sequence's cache packed from position 0. Batches are
+    /// right-padded and the mask marks each row's valid length.
+    Genai,
+    /// Hugging Face Optimum: explicit `position_ids`, the cache grows by concatenation and the
+    /// mask covers every cached position (padding holes included).
+    Optimum,
+}
+
+/// Element type of the KV cache or logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Float {
+    F32,
+    F16,
+}
+
+/// One sequence to generate.
+#[derive(Debug, Clone)]
+pub struct SeqJob {
+    pub prompt_ids: Vec<u32>,
+    pub max_new: usize,
+    pub stop: Vec<String>,
+    pub sampler: Sampler,
+    pub seed: u64,
+    pub top_logprobs: usize,
+}
+
+enum Kv {
+    /// Grows by concatenation: presents of one step are the pasts of the next.
+    Owned(Vec<DynValue>),
+    /// One buffer per layer bound to both `past_key_values.*` and `present.*`.
+    Shared {
+        binding: Box<ort::session::IoBinding>,
+        cpu: Box<ort::memory::MemoryInfo<'static>>,
+        _buffers: Vec<DynValue>,
+    },
+}
+
+/// A loaded model folder.
+pub struct Model {
+    pub dir: PathBuf,
+    session: Session,
+    pub tokenizer: Tokenizer,
+    pub layout: Layout,
+    pub kv_type: Float,
+    pub logits_type: Float,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eos: Vec<u32>,
+    pub pad: u32,
+    pub chat_template: Option<String>,
+    pub template_tokens: TemplateTokens,
+    pub provider: &'static str,
+    pub threads: usize,
+    pub library: PathBuf,
+    /// Share one KV buffer between past and present (genai layout only).
+    pub shared_kv: bool,
+}
+
+fn read_json(path: &Path) -> Result<Json, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("failed to parse {}: {e}", path.display()))
+}
+
+/// A token given as a string or as `{"content": ...}` (tokenizer_config.json style).
+fn token_text(v: Option<&Json>) -> Option<String> {
+    match v? {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+fn ids_of(v: Option<&Json>) -> Vec<u32> {
+    match v {
+        Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn float_of(ty: &ValueType, what: &str) -> Result<Float, String> {
+    match ty.tensor_type() {
+        Some(TensorElementType::Float32) => Ok(Float::F32),
+        Some(TensorElementType::Float16) => Ok(Float::F16),
+        other => Err(format!(
+            "{what} has element type {other:?}; the engine runs float32 or float16"
+        )),
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_host_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// GPU memory held by this process (MiB from `nvidia-smi`, which ONNX Runtime's arena keeps at
+/// its high-water mark), in bytes.
+pub fn device_bytes() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let me = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut parts = l.split(',').map(str::trim);
+        (parts.next()? == me).then_some(())?;
+        parts
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|mib| mib * 1024 * 1024)
+    })
+}
+
+impl Model {
+    /// Load `dir` for `device`, with `threads` intra-op threads on CPU (0: all cores).
+    pub fn load(dir: &Path, device: Device, threads: usize) -> Result<Model, String> {
+        let folder = dir.display();
+        if !dir.is_dir() {
+            return Err(format!(
+                "failed to open model folder {folder}: not a directory"
+            ));
+        }
+        let missing: Vec<&str> = ["model.onnx", "tokenizer.json", "tokenizer_config.json"]
+            .into_iter()
+            .filter(|f| !dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "failed to load model folder {folder}: missing {}",
+                missing.join(", ")
+            ));
+        }
+        if device == Device::Cuda
+            && !runtime::nvidia_driver_present()
+            && std::env::var_os("ORT_DYLIB_PATH").is_none()
+        {
+            return Err("failed to use CUDA: no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into());
+        }
+        let rt = runtime::init(device).map_err(|e| e.to_string())?;
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
+        let setup = |e: ort::Error| format!("failed to create the ONNX Runtime session: {e}");
+        let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
+            format!("failed to configure the ONNX Runtime session: {e}")
+        };
+        let mut builder = Session::builder(&rt.environment)
+            .map_err(setup)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(builder_err)?
+            .with_intra_threads(threads)
+            .map_err(builder_err)?
+            .with_inter_threads(1)
+            .map_err(builder_err)?
+            .with_deterministic_compute(std::env::var_os("CODEGEN_ORT_NONDETERMINISTIC").is_none())
+            .map_err(builder_err)?;
+        let want_cuda = match device {
+            Device::Cpu => false,
+            Device::Cuda => true,
+            Device::Auto => ort::ep::CUDA::is_available().unwrap_or(false),
+        };
+        let mut provider = "cpu";
+        if want_cuda {
+            let cuda = ort::ep::CUDA::default();
+            match cuda.register(&mut builder) {
+                Ok(()) => provider = "cuda",
+                Err(e) if device == Device::Cuda => {
+                    return Err(format!(
+                        "failed to use CUDA: {}",
+                        runtime::explain_cuda_failure(&e.to_string())
+                    ));
+                }
+                Err(e) => eprintln!(
+                    "codegen: CUDA execution provider did not load ({}); running on CPU",
+                    runtime::explain_cuda_failure(&e.to_string())
+                ),
+            }
+        }
+        if device == Device::Auto {
+            eprintln!("codegen: device auto -> {provider}");
+        }
+        let session = builder
+            .commit_from_file(dir.join("model.onnx"))
+            .map_err(|e| {
+                if provider == "cuda" {
+                    format!(
+                        "failed to load {folder}/model.onnx with CUDA: {}",
+                        runtime::explain_cuda_failure(&e.to_string())
+                    )
+                } else {
+                    format!("failed to load {folder}/model.onnx: {e}")
+                }
+            })?;
+
+        // Graph I/O.
+        let inputs: Vec<(String, ValueType)> = session
+            .inputs()
+            .iter()
+            .map(|o| (o.name().to_string(), o.dtype().clone()))
+            .collect();
+        let outputs: Vec<(String, ValueType)> = session
+            .outputs()
+            .iter()
+            .map(|o| (o.name().to_string(), o.dtype().clone()))
+            .collect();
+        let has = |n: &str| inputs.iter().any(|(k, _)| k == n);
+        for req in ["input_ids", "attention_mask"] {
+            if !has(req) {
+                return Err(format!(
+                    "failed to use {folder}/model.onnx: graph input `{req}` is missing (inputs: {})",
+                    inputs
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        let layers = (0..)
+            .take_while(|i| has(&format!("past_key_values.{i}.key")))
+            .count();
+        if layers == 0 {
+            return Err(format!(
+                "failed to use {folder}/model.onnx: no `past_key_values.0.key` input (a KV-cached decoder is required)"
+            ));
+        }
+        for i in 0..layers {
+            for kind in ["key", "value"] {
+                if !has(&format!("past_key_values.{i}.{kind}")) {
+                    return Err(format!(
+                        "failed to use {folder}/model.onnx: graph input `past_key_values.{i}.{kind}` is missing"
+                    ));
+                }
+                if !outputs
+                    .iter()
+                    .any(|(k, _)| *k == format!("present.{i}.{kind}"))
+                {
+                    return Err(format!(
+                        "failed to use {folder}/model.onnx: graph output `present.{i}.{kind}` is missing"
+                    ));
+                }
+            }
+        }
+        let logits = outputs.iter().find(|(k, _)| k == "logits").ok_or_else(|| {
+            format!("failed to use {folder}/model.onnx: graph output `logits` is missing")
+        })?;
+        let logits_type = float_of(&logits.1, "output `logits`")?;
+        let past0 = &inputs
+            .iter()
+            .find(|(k, _)| k == "past_key_values.0.key")
+            .expect("checked above")
+            .1;
+        let kv_type = float_of(past0, "input `past_key_values.0.key`")?;
+        let config = read_json(&dir.join("config.json")).unwrap_or(Json::Null);
+        let shape: Vec<i64> = past0.tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        if shape.len() != 4 {
+            return Err(format!(
+                "failed to use {folder}/model.onnx: `past_key_values.0.key` has rank {}, expected 4 [batch, kv_heads, past, head_dim]",
+                shape.len()
+            ));
+        }
+        let cfg = |k: &str| config.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let kv_heads = if shape[1] > 0 {
+            shape[1] as usize
+        } else {
+            cfg("num_key_value_heads")
+                .or(cfg("num_attention_heads"))
+                .ok_or_else(|| format!("failed to use {folder}: kv_heads is dynamic in the graph and config.json has no num_key_value_heads"))?
+        };
+        let head_dim = if shape[3] > 0 {
+            shape[3] as usize
+        } else {
+            cfg("head_dim")
+                .or_else(|| Some(cfg("hidden_size")? / cfg("num_attention_heads")?))
+                .ok_or_else(|| format!("failed to use {folder}: head_dim is dynamic in the graph and config.json has no head_dim"))?
+        };
+        let layout = if has("position_ids") {
+            Layout::Optimum
+        } else {
+            Layout::Genai
+        };
+        for (name, _) in &inputs {
+            let known = name == "input_ids"
+                || name == "attention_mask"
+                || name == "position_ids"
+                || name.starts_with("past_key_values.");
+            if !known {
+                return Err(format!(
+                    "failed to use {folder}/model.onnx: unexpected graph input `{name}` (the engine feeds input_ids, attention_mask, position_ids, past_key_values.*)"
+                ));
+            }
+        }
+
+        // Tokenizer and special tokens.
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| format!("failed to load {folder}/tokenizer.json: {e}"))?;
+        let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?;
+        let gen_cfg = read_json(&dir.join("generation_config.json")).unwrap_or(Json::Null);
+        let chat_template = match tok_cfg.get("chat_template") {
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(Json::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or(list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            _ => None,
+        };
+        let bos_token = token_text(tok_cfg.get("bos_token")).unwrap_or_default();
+        let eos_token = token_text(tok_cfg.get("eos_token")).unwrap_or_default();
+        let mut eos = ids_of(gen_cfg.get("eos_token_id"));
+        for id in ids_of(config.get("eos_token_id")) {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        if let Some(id) = tokenizer.token_to_id(&eos_token)
+            && !eos.contains(&id)
+        {
+            eos.push(id);
+        }
+        if eos.is_empty() {
+            return Err(format!(
+                "failed to load {folder}: no end-of-sequence token (generation_config.json `eos_token_id`, config.json `eos_token_id` or tokenizer_config.json `eos_token`)"
+            ));
+        }
+        let pad = ids_of(gen_cfg.get("pad_token_id"))
+            .first()
+            .copied()
+            .unwrap_or(eos[0]);
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            session,
+            tokenizer,
+            layout,
+            kv_type,
+            logits_type,
+            layers,
+            kv_heads,
+            head_dim,
+            eos,
+            pad,
+            chat_template,
+            template_tokens: TemplateTokens {
+                bos_token,
+                eos_token,
+            },
+            provider,
+            threads,
+            library: rt.library,
+            shared_kv: std::env::var("CODEGEN_SHARED_KV").map_or(true, |v| v != "0"),
+        })
+    }
+
+    /// The prompt as token ids: chat prompts go through the model's chat template (and are
+    /// encoded without adding special tokens, as the template has them), completion prefixes
+    /// are encoded with the tokenizer's own special tokens.
+    pub fn encode_prompt(&self, prompt: &crate::prompt::Prompt) -> Result<Vec<u32>, String> {
+        let (text, special) = self.render_prompt(prompt)?;
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), special)
+            .map_err(|e| format!("failed to tokenize the prompt: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The exact text the model sees, and whether the tokenizer adds its special tokens.
+    pub fn render_prompt(&self, prompt: &crate::prompt::Prompt) -> Result<(String, bool), String> {
+        match prompt {
+            crate::prompt::Prompt::Chat { messages } => {
+                let template = self.chat_template.as_deref().ok_or_else(|| {
+                    format!(
+                        "failed to build a chat prompt: {}/tokenizer_config.json has no `chat_template`",
+                        self.dir.display()
+                    )
+                })?;
+                let text = render_chat_template(template, messages, &self.template_tokens, true)
+                    .map_err(|e| e.to_string())?;
+                Ok((text, false))
+            }
+            crate::prompt::Prompt::Complete { prefix } => Ok((prefix.clone(), true)),
+        }
+    }
+
+    /// Render a chat conversation (for tools that need the text).
+    pub fn render_messages(&self, messages: &[Message]) -> Result<String, String> {
+        self.render_prompt(&crate::prompt::Prompt::Chat {
+            messages: messages.to_vec(),
+        })
+        .map(|(t, _)| t)
+    }
+
+    /// A KV buffer of `max_len` positions for the shared past/present binding (zeroed on CPU).
+    fn kv_buffer(&self, batch: usize, max_len: usize) -> Result<DynValue, String> {
+        let shape = [batch, self.kv_heads, max_len, self.head_dim];
+        let err = |e: ort::Error| format!("failed to allocate the KV cache: {e}");
+        let cuda_alloc;
+        let alloc = if self.provider == "cuda" {
+            cuda_alloc = ort::memory::Allocator::new(
+                &self.session,
+                ort::memory::MemoryInfo::new(
+                    ort::memory::AllocationDevice::CUDA,
+                    0,
+                    ort::memory::AllocatorType::Device,
+                    ort::memory::MemoryType::Default,
+                )
+                .map_err(err)?,
+            )
+            .map_err(err)?;
+            &cuda_alloc
+        } else {
+            self.session.allocator()
+        };
+        let on_cpu = self.provider != "cuda";
+        Ok(match self.kv_type {
+            Float::F32 => {
+                let mut t = Tensor::<f32>::new(alloc, shape).map_err(err)?;
+                if on_cpu {
+                    t.try_extract_tensor_mut::<f32>().map_err(err)?.1.fill(0.0);
+                }
+                t.into_dyn()
+            }
+            Float::F16 => {
+                let mut t = Tensor::<half::f16>::new(alloc, shape).map_err(err)?;
+                if on_cpu {
+                    t.try_extract_tensor_mut::<half::f16>()
+                        .map_err(err)?
+                        .1
+                        .fill(half::f16::ZERO);
+                }
+                t.into_dyn()
+            }
+        })
+    }
+
+    fn empty_kv(&self, batch: usize) -> Result<DynValue, String> {
+        let shape = [batch, self.kv_heads, 0, self.head_dim];
+        let v = match self.kv_type {
+            Float::F32 => {
+                Tensor::<f32>::from_array((shape, Vec::<f32>::new())).map(|t| t.into_dyn())
+            }
+            Float::F16 => Tensor::<half::f16>::from_array((shape, Vec::<half::f16>::new()))
+                .map(|t| t.into_dyn()),
+        };
+        v.map_err(|e| format!("failed to create the KV cache: {e}"))
+    }
+
+    /// Generate every job of `jobs` together (one batch). `on_token` is called once per token
+    /// generated (any row).
+    pub fn generate_batch(
+        &mut self,
+        jobs: &[SeqJob],
+        on_token: &mut dyn FnMut(),
+    ) -> Result<Vec<Completion>, String> {
+        let b = jobs.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        let lens: Vec<usize> = jobs.iter().map(|j| j.prompt_ids.len()).collect();
+        if lens.contains(&0) {
+            return Err("failed to generate: the prompt is empty after tokenization".into());
+        }
+        let s = *lens.iter().max().expect("non-empty");
+        let start = Instant::now();
+
+        struct Row {
+            rng: Rng,
+            detok: Detokenizer,
+            trace: TokenTrace,
+            text: String,
+            done: bool,
+            finish: Option<String>,
+            first_at: Option<f64>,
+            last_at: f64,
+        }
+        let mut rows: Vec<Row> = jobs
+            .iter()
+            .map(|j| Row {
+                rng: Rng::new(j.seed),
+                detok: Detokenizer::default(),
+                trace: TokenTrace::default(),
+                text: String::new(),
+                done: j.max_new == 0,
+                finish: (j.max_new == 0).then(|| "max_new_tokens".to_string()),
+                first_at: None,
+                last_at: 0.0,
+            })
+            .collect();
+        let max_stop = jobs
+            .iter()
+            .flat_map(|j| j.stop.iter().map(|s| s.len()))
+            .max()
+            .unwrap_or(0);
+
+        let input_names: Vec<String> = (0..self.layers)
+            .flat_map(|i| {
+                [
+                    format!("past_key_values.{i}.key"),
+                    format!("past_key_values.{i}.value"),
+                ]
+            })
+            .collect();
+        let output_names: Vec<String> = (0..self.layers)
+            .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
+            .collect();
+        let run_err = |e: ort::Error| format!("failed to run the model: {e}");
+
+        // The KV cache: one buffer per layer bound to both past and present (GroupQueryAttention
+        // appends in place), or tensors that grow by one position per step.
+        let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
+        let mut kv = if self.layout == Layout::Genai && self.shared_kv {
+            let mut binding = self.session.create_binding().map_err(run_err)?;
+            let mut buffers = Vec::with_capacity(2 * self.layers);
+            for (past_name, present_name) in input_names.iter().zip(&output_names) {
+                let mut buf = self.kv_buffer(b, max_len)?;
+                binding
+                    .bind_input(past_name.as_str(), &buf)
+                    .map_err(run_err)?;
+                binding
+                    .bind_output(present_name.as_str(), &mut buf)
+                    .map_err(run_err)?;
+                buffers.push(buf);
+            }
+            let cpu = ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CPU,
+                0,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            )
+            .map_err(run_err)?;
+            Kv::Shared {
+                binding: Box::new(binding),
+                cpu: Box::new(cpu),
+                _buffers: buffers,
+            }
+        } else {
+            let mut past: Vec<DynValue> = Vec::with_capacity(2 * self.layers);
+            for _ in 0..2 * self.layers {
+                past.push(self.empty_kv(b)?);
+            }
+            Kv::Owned(past)
+        };
+
+        // Step 0 feeds the right-padded prompts; step k >= 1 feeds generated token k-1.
+        let mut step = 0usize;
+        let mut run_secs = 0.0f64;
+        let mut last_tokens: Vec<u32> = vec![self.pad; b];
+        loop {
+            let (q, total) = if step == 0 { (s, s) } else { (1, s + step) };
+            let mut ids = vec![self.pad as i64; b * q];
+            let mut mask = vec![0i64; b * total];
+            let mut pos = vec![0i64; b * q];
+            for r in 0..b {
+                if step == 0 {
+                    for (j, &t) in jobs[r].prompt_ids.iter().enumerate() {
+                        ids[r * q + j] = t as i64;
+                    }
+                    for j in 0..s {
+                        pos[r * q + j] = j as i64;
+                    }
+                    for j in 0..lens[r] {
+                        mask[r * total + j] = 1;
+                    }
+                } else {
+                    ids[r] = last_tokens[r] as i64;
+                    pos[r] = (lens[r] + step - 1) as i64;
+                    match self.layout {
+                        Layout::Genai => {
+                            for j in 0..lens[r] + step {
+                                mask[r * total + j] = 1;
+                            }
+                        }
+                        Layout::Optimum => {
+                            for j in 0..total {
+                                mask[r * total + j] = i64::from(j < lens[r] || j >= s);
+                            }
+                        }
+                    }
+                }
+            }
+            let t_ids = Tensor::<i64>::from_array(([b, q], ids)).map_err(run_err)?;
+            let t_mask = Tensor::<i64>::from_array(([b, total], mask)).map_err(run_err)?;
+            let run_started = Instant::now();
+            let logits = match &mut kv {
+                Kv::Shared { binding, cpu, .. } => {
+                    // Rebound each step: its shape changes between prefill and decode.
+                    binding
+                        .bind_output_to_device("logits", cpu)
+                        .map_err(run_err)?;
+                    binding.bind_input("input_ids", &t_ids).map_err(run_err)?;
+                    binding
+                        .bind_input("attention_mask", &t_mask)
+                        .map_err(run_err)?;
+                    let mut out = self.session.run_binding(binding).map_err(run_err)?;
+                    out.remove("logits")
+                        .ok_or("failed to run the model: no output `logits`")?
+                }
+                Kv::Owned(past) => {
+                    let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
+                    feed.push(("input_ids".into(), t_ids.into_dyn().into()));
+                    feed.push(("attention_mask".into(), t_mask.into_dyn().into()));
+                    if self.layout == Layout::Optimum {
+                        let t_pos = Tensor::<i64>::from_array(([b, q], pos)).map_err(run_err)?;
+                        feed.push(("position_ids".into(), t_pos.into_dyn().into()));
+                    }
+                    for (name, value) in input_names.iter().zip(past.drain(..)) {
+                        feed.push((Cow::Owned(name.clone()), value.into()));
+                    }
+                    let mut out = self.session.run(feed).map_err(run_err)?;
+                    for name in &output_names {
+                        past.push(out.remove(name).ok_or_else(|| {
+                            format!("failed to run the model: no output `{name}`")
+                        })?);
+                    }
+                    out.remove("logits")
+                        .ok_or("failed to run the model: no output `logits`")?
+                }
+            };
+            let (shape, data): (Vec<i64>, Cow<'_, [f32]>) = match self.logits_type {
+                Float::F32 => {
+                    let (sh, d) = logits.try_extract_tensor::<f32>().map_err(run_err)?;
+                    (sh.to_vec(), Cow::Borrowed(d))
+                }
+                Float::F16 => {
+                    let (sh, d) = logits.try_extract_tensor::<half::f16>().map_err(run_err)?;
+                    (
+                        sh.to_vec(),
+                        Cow::Owned(d.iter().map(|x| x.to_f32()).collect()),
+                    )
+                }
+            };
+            if shape.len() != 3 || shape[0] as usize != b {
+                return Err(format!(
+                    "failed to read logits: shape {shape:?}, expected [batch, seq, vocab]"
+                ));
+            }
+            let (lq, vocab) = (shape[1] as usize, shape[2] as usize);
+            if lq != q && !(lq == 1 && lens.iter().all(|&l| l == s)) {
+                return Err(format!(
+                    "failed to read logits: the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
+                ));
+            }
+            run_secs += run_started.elapsed().as_secs_f64();
+            let now = start.elapsed().as_secs_f64();
+            for r in 0..b {
+                if rows[r].done {
+                    continue;
+                }
+                let at = if lq == 1 {
+                    0
+                } else if step == 0 {
+                    lens[r] - 1
+                } else {
+                    0
+                };
+                let off = (r * lq + at) * vocab;
+                let row_logits = &data[off..off + vocab];
+                let job = &jobs[r];
+                let row = &mut rows[r];
+                let tok = sampling::choose(row_logits, &job.sampler, &mut row.rng) as u32;
+                let lp = sampling::log_softmax(row_logits);
+                let top: Vec<(u32, String, f32)> = sampling::top_k(&lp, job.top_logprobs)
+                    .into_iter()
+                    .map(|(i, l)| {
+                        let piece = self
+                            .tokenizer
+                            .decode(&[i as u32], false)
+                            .unwrap_or_default();
+                        (i as u32, piece, l)
+                    })
+                    .collect();
+                row.trace.ids.push(tok);
+                row.trace
+                    .pieces
+                    .push(self.tokenizer.decode(&[tok], false).unwrap_or_default());
+                row.trace.logprobs.push(lp[tok as usize]);
+                row.trace.top.push(top);
+                row.first_at.get_or_insert(now);
+                row.last_at = now;
+                last_tokens[r] = tok;
+                on_token();
+                if self.eos.contains(&tok) {
+                    row.done = true;
+                    row.finish = Some("eos".into());
+                    continue;
+                }
+                let before = row.text.len();
+                let piece = row.detok.push(&self.tokenizer, tok)?;
+                row.text.push_str(&piece);
+                if !piece.is_empty() && max_stop > 0 {
+                    let from = before.saturating_sub(max_stop);
+                    let from = (0..=from)
+                        .rev()
+                        .find(|&i| row.text.is_char_boundary(i))
+                        .unwrap_or(0);
+                    let hit = job
+                        .stop
+                        .iter()
+                        .filter(|st| !st.is_empty())
+                        .filter_map(|st| row.text[from..].find(st.as_str()).map(|p| (from + p, st)))
+                        .min_by_key(|(p, _)| *p);
+                    if let Some((p, st)) = hit {
+                        row.text.truncate(p);
+                        row.done = true;
+                        row.finish = Some(format!("stop string {st:?}"));
+                        continue;
+                    }
+                }
+                if row.trace.ids.len() >= job.max_new {
+                    row.done = true;
+                    row.finish = Some("max_new_tokens".into());
+                }
+            }
+            if rows.iter().all(|r| r.done) {
+                break;
+            }
+            step += 1;
+        }
+        let total_ms = start.elapsed().as_secs_f64() * 1000.0;
+        if std::env::var_os("CODEGEN_PROFILE").is_some() {
+            eprintln!(
+                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime",
+                step + 1,
+                total_ms,
+                run_secs * 1000.0
+            );
+        }
+        let peak = peak_host_bytes();
+        let device_peak = if self.provider == "cuda" {
+            device_bytes()
+        } else {
+            None
+        };
+        let mut outs = Vec::with_capacity(b);
+        for (r, mut row) in rows.into_iter().enumerate() {
+            if !row.finish.as_deref().unwrap_or("").starts_with("stop") {
+                let rest = row.detok.flush(&self.tokenizer)?;
+                row.text.push_str(&rest);
+            }
+            let n = row.trace.ids.len();
+            let first = row.first_at.unwrap_or(0.0);
+            let decode_s = row.last_at - first;
+            outs.push(Completion {
+                text: row.text,
+                timing: Some(Timing {
+                    prompt_tokens: lens[r],
+                    generated_tokens: n,
+                    time_to_first_token_ms: first * 1000.0,
+                    decode_tokens_per_s: if n > 1 && decode_s > 0.0 {
+                        (n - 1) as f64 / decode_s
+                    } else {
+                        0.0
+                    },
+                    total_ms,
+                    peak_host_bytes: peak,
+                    peak_device_bytes: device_peak,
+                }),
+                tokens: Some(row.trace),
+                finish_reason: row.finish,
+            });
+        }
+        Ok(outs)
+    }
+}

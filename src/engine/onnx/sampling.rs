@@ -1,0 +1,189 @@
+//! Token choice: greedy or seeded sampling (temperature, top-k, top-p), and log-probabilities.
+
+/// A small, fast, seedable generator (xoshiro256**), seeded through SplitMix64.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        Rng {
+            s: [
+                splitmix(&mut x),
+                splitmix(&mut x),
+                splitmix(&mut x),
+                splitmix(&mut x),
+            ],
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// How to pick the next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+}
+
+impl Sampler {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+}
+
+/// Natural-log softmax of `logits` (computed in f64 for stability), as f32.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    logits.iter().map(|&l| (l as f64 - lse) as f32).collect()
+}
+
+/// Index of the largest value; ties go to the lowest index.
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The `k` largest entries as (index, value), largest first, ties by lower index.
+pub fn top_k(xs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let k = k.min(xs.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    for (i, &x) in xs.iter().enumerate() {
+        if best.len() == k && x <= best[k - 1].1 {
+            continue;
+        }
+        let pos = best.partition_point(|&(_, v)| v >= x);
+        best.insert(pos, (i, x));
+        best.truncate(k);
+    }
+    best
+}
+
+/// Choose the next token from `logits` (raw model scores).
+pub fn choose(logits: &[f32], sampler: &Sampler, rng: &mut Rng) -> usize {
+    if sampler.is_greedy() {
+        return argmax(logits);
+    }
+    let t = sampler.temperature as f64;
+    // Candidates: top-k (or all), sorted by score, highest first.
+    let mut cand: Vec<(usize, f32)> = if sampler.top_k > 0 {
+        top_k(logits, sampler.top_k)
+    } else {
+        let mut all: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    };
+    let max = cand[0].1 as f64;
+    let mut probs: Vec<f64> = cand
+        .iter()
+        .map(|&(_, l)| ((l as f64 - max) / t).exp())
+        .collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if sampler.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= sampler.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        cand.truncate(keep);
+        probs.truncate(keep);
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+    }
+    let r = rng.next_f64();
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if r < acc {
+            return cand[i].0;
+        }
+    }
+    cand[cand.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream() {
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
+        let mut c = Rng::new(8);
+        let xa: Vec<u64> = (0..4).map(|_| a.next_u64()).collect();
+        let xb: Vec<u64> = (0..4).map(|_| b.next_u64()).collect();
+        let xc: Vec<u64> = (0..4).map(|_| c.next_u64()).collect();
+        assert_eq!(xa, xb);
+        assert_ne!(xa, xc);
+    }
+
+    #[test]
+    fn top_k_orders_and_breaks_ties() {
+        assert_eq!(
+            top_k(&[1.0, 3.0, 3.0, 2.0], 3),
+            vec![(1, 3.0), (2, 3.0), (3, 2.0)]
+        );
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let s = Sampler {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 1,
+        };
+        let mut r = Rng::new(1);
+        for _ in 0..10 {
+            assert_eq!(choose(&[0.0, 5.0, 4.9], &s, &mut r), 1);
+        }
+    }
+
+    #[test]
+    fn log_softmax_sums_to_one() {
+        let l = log_softmax(&[1.0, 2.0, 3.0]);
+        let s: f32 = l.iter().map(|x| x.exp()).sum();
+        assert!((s - 1.0).abs() < 1e-5);
+    }
+}

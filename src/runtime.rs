@@ -1,0 +1,348 @@
+//! ONNX Runtime discovery: find (or fetch) `libonnxruntime.so`, load it once per process, and pick
+//! the execution provider.
+//!
+//! Order: `ORT_DYLIB_PATH`; else a cached copy under `cache_dir()/onnxruntime/<version>/<flavour>/`;
+//! else the pinned wheel from PyPI (`python3 -m pip download`), whose hash is checked against a
+//! table of known wheels, unpacked under a [`DirLock`] so parallel processes do not race.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::cache::{DirLock, cache_dir};
+
+/// The ONNX Runtime version the `ort` crate targets.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Wheels whose content we know: (file name, sha256). A known name with another hash is an error.
+pub const KNOWN_WHEELS: &[(&str, &str)] = &[(
+    "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+)];
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when its execution provider loads, else CPU (the choice is reported).
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for Device {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Device, RuntimeError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            other => Err(RuntimeError::BadDevice(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+/// Failure to find, fetch or load ONNX Runtime.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("failed to parse device `{0}`: expected auto, cpu or cuda")]
+    BadDevice(String),
+    #[error("failed to fetch ONNX Runtime: {0}")]
+    Fetch(String),
+    #[error(
+        "failed to verify wheel {file}: sha256 is {actual}, expected {expected} (delete it and retry, or set ORT_DYLIB_PATH)"
+    )]
+    Hash {
+        file: String,
+        actual: String,
+        expected: String,
+    },
+    #[error("failed to unpack {path}: {message}")]
+    Unpack { path: String, message: String },
+    #[error(
+        "failed to load ONNX Runtime from {path}: {message} (set ORT_DYLIB_PATH to a libonnxruntime.so {ORT_VERSION})"
+    )]
+    Load { path: String, message: String },
+    #[error("failed to use CUDA: {0}")]
+    Cuda(String),
+    #[error("failed to access {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Whether this machine looks like it has an NVIDIA driver (decides which wheel `auto` fetches).
+pub fn nvidia_driver_present() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// The wheel flavour: `cpu` (package `onnxruntime`) or `gpu` (`onnxruntime-gpu`).
+fn flavour(device: Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda => "gpu",
+        Device::Auto if nvidia_driver_present() => "gpu",
+        Device::Auto => "cpu",
+    }
+}
+
+/// Path of the ONNX Runtime shared library to load for `device`, fetching it when needed.
+pub fn library_path(device: Device) -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let flavour = flavour(device);
+    let dir = cache_dir()
+        .join("onnxruntime")
+        .join(ORT_VERSION)
+        .join(flavour);
+    let lib = dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
+    if lib.exists() {
+        return Ok(lib);
+    }
+    let _lock = DirLock::acquire(&dir).map_err(io_err(&dir))?;
+    if lib.exists() {
+        return Ok(lib);
+    }
+    let package = if flavour == "gpu" {
+        "onnxruntime-gpu"
+    } else {
+        "onnxruntime"
+    };
+    let wheel = download_wheel(package, &dir)?;
+    unpack_libraries(&wheel, &dir)?;
+    let _ = fs::remove_file(&wheel);
+    if !lib.exists() {
+        return Err(RuntimeError::Unpack {
+            path: wheel.display().to_string(),
+            message: format!("no libonnxruntime.so.{ORT_VERSION} inside"),
+        });
+    }
+    Ok(lib)
+}
+
+fn sha256_file(path: &Path) -> Result<String, RuntimeError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn download_wheel(package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
+    let tmp = dir.join("download");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    eprintln!(
+        "codegen: fetching {package}=={ORT_VERSION} from PyPI (once; cached under {})",
+        dir.display()
+    );
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&tmp)
+        .arg(format!("{package}=={ORT_VERSION}"))
+        .status()
+        .map_err(|e| {
+            RuntimeError::Fetch(format!(
+                "could not run `python3 -m pip` ({e}); install Python 3 with pip, or set ORT_DYLIB_PATH"
+            ))
+        })?;
+    if !status.success() {
+        return Err(RuntimeError::Fetch(format!(
+            "`python3 -m pip download {package}=={ORT_VERSION}` exited with {status}; set ORT_DYLIB_PATH to a local libonnxruntime.so.{ORT_VERSION} to work offline"
+        )));
+    }
+    let wheel = fs::read_dir(&tmp)
+        .map_err(io_err(&tmp))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| RuntimeError::Fetch(format!("pip wrote no wheel into {}", tmp.display())))?;
+    let name = wheel
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let actual = sha256_file(&wheel)?;
+    match KNOWN_WHEELS.iter().find(|(n, _)| *n == name) {
+        Some((_, expected)) if *expected != actual => {
+            return Err(RuntimeError::Hash {
+                file: name,
+                actual,
+                expected: expected.to_string(),
+            });
+        }
+        Some(_) => {}
+        None => eprintln!(
+            "codegen: warning: wheel {name} is not in the table of known hashes; its sha256 is {actual}"
+        ),
+    }
+    fs::write(dir.join("wheel.sha256"), format!("{actual}  {name}\n")).map_err(io_err(dir))?;
+    Ok(wheel)
+}
+
+/// Copy every `onnxruntime/capi/lib*.so*` of the wheel into `dir`.
+fn unpack_libraries(wheel: &Path, dir: &Path) -> Result<(), RuntimeError> {
+    let unpack = |message: String| RuntimeError::Unpack {
+        path: wheel.display().to_string(),
+        message,
+    };
+    let file = fs::File::open(wheel).map_err(io_err(wheel))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| unpack(e.to_string()))?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter(|n| n.starts_with("onnxruntime/capi/lib") && n.contains(".so"))
+        .map(str::to_string)
+        .collect();
+    let total: u64 = names
+        .iter()
+        .filter_map(|n| zip.by_name(n).ok().map(|f| f.size()))
+        .sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "unpacking ONNX Runtime {bar:30} {bytes}/{total_bytes}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for name in names {
+        let mut entry = zip.by_name(&name).map_err(|e| unpack(e.to_string()))?;
+        let base = name.rsplit('/').next().unwrap_or(&name).to_string();
+        let part = dir.join(format!("{base}.part"));
+        let mut out = fs::File::create(&part).map_err(io_err(&part))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| unpack(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(io_err(&part))?;
+            bar.inc(n as u64);
+        }
+        drop(out);
+        fs::rename(&part, dir.join(&base)).map_err(io_err(&part))?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The process-wide ONNX Runtime: the library that was loaded and the environment built on it.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub library: PathBuf,
+    pub environment: Environment,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// Load ONNX Runtime once per process (later calls return the same runtime; the library cannot be
+/// swapped once loaded).
+pub fn init(device: Device) -> Result<Runtime, RuntimeError> {
+    let result = RUNTIME.get_or_init(|| {
+        let lib = library_path(device).map_err(|e| e.to_string())?;
+        let load = |message: String| {
+            RuntimeError::Load {
+                path: lib.display().to_string(),
+                message,
+            }
+            .to_string()
+        };
+        let environment = ort::init_from(&lib)
+            .map_err(|e| load(e.to_string()))?
+            .with_name("codegen-harness")
+            .build()
+            .map_err(|e| load(e.to_string()))?;
+        Ok(Runtime {
+            library: lib,
+            environment,
+        })
+    });
+    result.clone().map_err(RuntimeError::Fetch)
+}
+
+/// What a CUDA failure most likely means, with what to do about it.
+pub fn explain_cuda_failure(message: &str) -> String {
+    let hint = if message.contains("libcudnn") {
+        "cuDNN 9 is missing: install the nvidia-cudnn-cu13 wheel (or cuDNN 9) and add its lib folder to LD_LIBRARY_PATH"
+    } else if message.contains("libcublas")
+        || message.contains("libcudart")
+        || message.contains("libcu")
+    {
+        "the CUDA 13 runtime libraries are missing: add them (e.g. from the nvidia-*-cu13 wheels) to LD_LIBRARY_PATH"
+    } else if message.contains("providers_cuda")
+        || message.contains("not available")
+        || message.contains("Not available")
+    {
+        "this ONNX Runtime build has no CUDA execution provider: use the onnxruntime-gpu wheel (set ORT_DYLIB_PATH, or let --device cuda fetch it)"
+    } else if message.contains("driver")
+        || message.contains("CUDA failure 35")
+        || message.contains("no CUDA-capable")
+    {
+        "the NVIDIA driver is missing or too old for CUDA 13"
+    } else {
+        "check that an NVIDIA GPU, its driver, CUDA 13 and cuDNN 9 are present, or run with --device cpu"
+    };
+    format!("{message}; {hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_parses() {
+        assert_eq!("CPU".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda);
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        let err = "tpu".parse::<Device>().unwrap_err().to_string();
+        assert!(
+            err.contains("tpu") && err.starts_with("failed to parse"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cuda_failures_say_what_to_do() {
+        assert!(explain_cuda_failure("libcudnn.so.9: cannot open").contains("cuDNN"));
+        assert!(explain_cuda_failure("whatever").contains("--device cpu"));
+    }
+}

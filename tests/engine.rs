@@ -1,0 +1,426 @@
+//! The ONNX Runtime engine against tiny models built by harness/python/make_tiny_models.py
+//! (numpy + onnx in a venv under the cache dir; ONNX Runtime fetched by the runtime discovery).
+//! Greedy output must equal the script's numpy reference decode, which recomputes the whole
+//! sequence each step without a KV cache.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use codegen_harness::cache::{DirLock, cache_dir};
+use codegen_harness::case::{self, Case};
+use codegen_harness::engine::onnx::{self, OnnxOptions, OnnxSource};
+use codegen_harness::engine::{Completion, CompletionSource, GenerationSettings, Request};
+use codegen_harness::prompt::Prompt;
+use codegen_harness::runtime::Device;
+use sha2::{Digest, Sha256};
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/harness/python/make_tiny_models.py"
+);
+const PINS: &[&str] = &["numpy==2.3.5", "onnx==1.19.1"];
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn python() -> &'static PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = cache_dir()
+            .join("venvs")
+            .join(format!("tiny-models-{}", PINS.join("-").replace("==", "")));
+        let py = venv.join("bin").join("python");
+        let _lock = DirLock::acquire(&venv).unwrap();
+        if !venv.join("ready").exists() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+            run(Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                .args(PINS));
+            std::fs::write(venv.join("ready"), "").unwrap();
+        }
+        py
+    })
+}
+
+fn models() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = std::fs::read(SCRIPT).unwrap();
+        let tag: String = Sha256::digest(&script)
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = cache_dir().join("test-models").join(format!("tiny-{tag}"));
+        let _lock = DirLock::acquire(&dir).unwrap();
+        if !dir.join("genai-fp16").join("model.onnx").exists() {
+            run(Command::new(python()).arg(SCRIPT).arg("build").arg(&dir));
+        }
+        dir
+    })
+}
+
+fn reference(model: &Path, ids: &[u32], max_new: usize) -> Vec<u32> {
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let out = run(Command::new(python())
+        .arg(SCRIPT)
+        .arg("reference")
+        .arg(model)
+        .arg("--ids")
+        .arg(ids.join(","))
+        .arg("--max-new")
+        .arg(max_new.to_string()));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn complete_case(name: &str, prefix: &str, max_new: usize, stop: &[&str]) -> Case {
+    let stop: Vec<String> = stop.iter().map(|s| format!("{s:?}")).collect();
+    let text = format!(
+        "mode = \"complete\"\nprefix = {prefix:?}\nentry_point = \"f\"\nmax_new_tokens = {max_new}\nstop = [{}]\n[[tests]]\ncall = \"f()\"\nexpected = \"1\"\n",
+        stop.join(", ")
+    );
+    case::parse(
+        Path::new("cases"),
+        &PathBuf::from(format!("cases/tiny/{name}.toml")),
+        &text,
+    )
+    .unwrap()
+}
+
+fn chat_case(name: &str, prompt: &str, max_new: usize) -> Case {
+    let text = format!(
+        "prompt = {prompt:?}\nentry_point = \"f\"\nmax_new_tokens = {max_new}\n[[tests]]\ncall = \"f()\"\nexpected = \"1\"\n"
+    );
+    case::parse(
+        Path::new("cases"),
+        &PathBuf::from(format!("cases/tiny/{name}.toml")),
+        &text,
+    )
+    .unwrap()
+}
+
+fn source(folder: &str, settings: GenerationSettings) -> OnnxSource {
+    let mut opts = OnnxOptions::new(Device::Cpu, settings);
+    opts.no_cache = true;
+    opts.progress = false;
+    opts.threads = 1;
+    onnx::open_with(&models().join(folder), opts).unwrap()
+}
+
+fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
+    let prompt = Prompt::for_case(case);
+    src.complete(&Request {
+        case,
+        prompt: &prompt,
+        samples,
+    })
+    .unwrap()
+}
+
+const PREFIXES: &[&str] = &[
+    "def add(a, b):\n    return",
+    "x",
+    "for i in range(10):\n    print(i)\n# then the rest of the program goes here, with a longer prompt",
+    "héllo wörld ✓",
+];
+
+fn greedy_matches_reference(folder: &str) {
+    let src = source(folder, GenerationSettings::default());
+    let cases: Vec<Case> = PREFIXES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| complete_case(&format!("c{i}"), p, 24, &[]))
+        .collect();
+    let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+    let requests: Vec<Request<'_>> = cases
+        .iter()
+        .zip(&prompts)
+        .map(|(case, prompt)| Request {
+            case,
+            prompt,
+            samples: 1,
+        })
+        .collect();
+    // Batched (the scheduler, batch_size 8, right padding) ...
+    src.prepare(&requests).unwrap();
+    for r in &requests {
+        let got = src.complete(r).unwrap().remove(0);
+        let ids = src.encode(r.prompt).unwrap();
+        let tokens = got.tokens.as_ref().unwrap();
+        let expected = reference(&models().join(folder), &ids, 24);
+        assert_eq!(tokens.ids, expected, "{folder}: prompt {:?}", r.prompt);
+        assert_eq!(tokens.logprobs.len(), tokens.ids.len());
+        assert_eq!(tokens.top[0].len(), 5);
+        assert!(tokens.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0));
+        // the chosen greedy token is the most likely alternative
+        assert_eq!(tokens.top[0][0].0, tokens.ids[0]);
+        let timing = got.timing.as_ref().unwrap();
+        assert_eq!(timing.prompt_tokens, ids.len());
+        assert!(timing.peak_host_bytes.unwrap() > 0);
+    }
+    assert_eq!(src.generated_sequences(), PREFIXES.len() as u64);
+    // ... and one at a time give the same.
+    let single = source(folder, GenerationSettings::default());
+    let got = ask(&single, &cases[2], 1).remove(0);
+    let ids = single.encode(&prompts[2]).unwrap();
+    assert_eq!(
+        got.tokens.unwrap().ids,
+        reference(&models().join(folder), &ids, 24)
+    );
+}
+
+#[test]
+fn greedy_matches_reference_optimum_layout() {
+    greedy_matches_reference("optimum");
+}
+
+#[test]
+fn greedy_matches_reference_genai_layout() {
+    greedy_matches_reference("genai");
+}
+
+#[test]
+fn shared_and_growing_kv_cache_agree() {
+    let settings = GenerationSettings {
+        batch_size: 4,
+        ..GenerationSettings::default()
+    };
+    let cases: Vec<Case> = PREFIXES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| complete_case(&format!("kv{i}"), p, 16, &[]))
+        .collect();
+    let mut outs = Vec::new();
+    for shared in [true, false] {
+        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
+        opts.no_cache = true;
+        opts.progress = false;
+        opts.threads = 1;
+        opts.shared_kv = shared;
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        assert_eq!(src.info()["shared_kv"], shared.to_string());
+        let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+        let requests: Vec<Request<'_>> = cases
+            .iter()
+            .zip(&prompts)
+            .map(|(case, prompt)| Request {
+                case,
+                prompt,
+                samples: 1,
+            })
+            .collect();
+        src.prepare(&requests).unwrap();
+        let got: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap().ids)
+            .collect();
+        outs.push(got);
+    }
+    assert_eq!(outs[0], outs[1]);
+}
+
+#[test]
+fn fp16_kv_cache_runs_and_agrees_at_first() {
+    let src = source("genai-fp16", GenerationSettings::default());
+    let case = complete_case("f16", PREFIXES[0], 16, &[]);
+    let got = ask(&src, &case, 1).remove(0);
+    let ids = src.encode(&Prompt::for_case(&case)).unwrap();
+    let expected = reference(&models().join("genai-fp16"), &ids, 16);
+    let tokens = got.tokens.unwrap();
+    assert_eq!(tokens.ids.len(), 16);
+    assert_eq!(tokens.ids[..4], expected[..4]);
+}
+
+#[test]
+fn sampling_is_seeded_and_samples_differ() {
+    let settings = GenerationSettings {
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: 50,
+        seed: 42,
+        ..GenerationSettings::default()
+    };
+    let case = complete_case("s", PREFIXES[0], 20, &[]);
+    let a = ask(&source("genai", settings.clone()), &case, 3);
+    let b = ask(&source("optimum", settings.clone()), &case, 3);
+    let texts = |v: &[Completion]| v.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+    // Same seed, same samples (and both layouts compute the same model).
+    assert_eq!(texts(&a), texts(&b));
+    // Distinct samples across indices.
+    assert_ne!(a[0].text, a[1].text);
+    assert_ne!(a[1].text, a[2].text);
+    // Another seed, other samples.
+    let c = ask(
+        &source(
+            "genai",
+            GenerationSettings {
+                seed: 43,
+                ..settings
+            },
+        ),
+        &case,
+        3,
+    );
+    assert_ne!(texts(&a), texts(&c));
+}
+
+#[test]
+fn stop_strings_cut_exactly_and_eos_stops() {
+    let full_case = complete_case("full", PREFIXES[0], 24, &[]);
+    let src = source("genai", GenerationSettings::default());
+    let full = ask(&src, &full_case, 1).remove(0);
+    assert_eq!(full.finish_reason.as_deref(), Some("max_new_tokens"));
+    // A stop string taken from the middle of the greedy text.
+    let chars: Vec<char> = full.text.chars().collect();
+    assert!(chars.len() > 12, "greedy text too short: {:?}", full.text);
+    let stop: String = chars[8..11].iter().collect();
+    let cut = full.text.find(&stop).unwrap();
+    let case = complete_case("stop", PREFIXES[0], 24, &[&stop]);
+    let got = ask(&src, &case, 1).remove(0);
+    assert_eq!(got.text, full.text[..cut], "stop {stop:?}");
+    assert_eq!(
+        got.finish_reason.as_deref(),
+        Some(format!("stop string {stop:?}").as_str())
+    );
+
+    // EOS from generation_config.json (a list): make the 6th greedy token an EOS id.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(models().join("genai")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let ids = full.tokens.as_ref().unwrap().ids.clone();
+    let eos_tok = ids[5];
+    let first = ids.iter().position(|&t| t == eos_tok).unwrap();
+    std::fs::write(
+        tmp.path().join("generation_config.json"),
+        format!("{{\"eos_token_id\": [{eos_tok}, 9999]}}"),
+    )
+    .unwrap();
+    let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
+    opts.no_cache = true;
+    opts.threads = 1;
+    let eos_src = onnx::open_with(tmp.path(), opts).unwrap();
+    let got = ask(&eos_src, &full_case, 1).remove(0);
+    assert_eq!(got.finish_reason.as_deref(), Some("eos"));
+    assert_eq!(got.tokens.unwrap().ids, ids[..=first]);
+}
+
+#[test]
+fn chat_prompts_use_the_template() {
+    let src = source("optimum", GenerationSettings::default());
+    let case = chat_case("chat", "Write f.", 8);
+    let ids = src.encode(&Prompt::for_case(&case)).unwrap();
+    // <|im_start|> is a single special token (256 bytes + 12 merges, then <|endoftext|>, <|im_start|>).
+    assert_eq!(ids[0], 269);
+    let got = ask(&src, &case, 1).remove(0);
+    assert_eq!(got.tokens.unwrap().ids.len(), 8);
+}
+
+#[test]
+fn cache_hit_avoids_regeneration() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = GenerationSettings {
+        temperature: 0.8,
+        seed: 7,
+        ..GenerationSettings::default()
+    };
+    let open = || {
+        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
+        opts.threads = 1;
+        opts.progress = false;
+        opts.cache_dir = Some(dir.path().to_path_buf());
+        onnx::open_with(&models().join("genai"), opts).unwrap()
+    };
+    let case = complete_case("cached", PREFIXES[1], 12, &[]);
+    let first = open();
+    let a = ask(&first, &case, 2);
+    assert_eq!(first.generated_sequences(), 2);
+    assert_ne!(a[0].text, a[1].text, "cached samples must stay distinct");
+    let second = open();
+    let b = ask(&second, &case, 2);
+    assert_eq!(
+        second.generated_sequences(),
+        0,
+        "second run must hit the cache"
+    );
+    let strip = |v: &[Completion]| {
+        v.iter()
+            .map(|c| (c.text.clone(), c.tokens.as_ref().map(|t| t.ids.clone())))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    // A third sample is new work; the first two still come from the cache.
+    let c = ask(&second, &case, 3);
+    assert_eq!(second.generated_sequences(), 1);
+    assert_eq!(strip(&c[..2]), strip(&a));
+}
+
+#[test]
+fn broken_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = onnx::open(tmp.path(), Device::Cpu, GenerationSettings::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing model.onnx, tokenizer.json, tokenizer_config.json"),
+        "{err}"
+    );
+    // A graph without a KV cache: rename the inputs by writing a model whose inputs differ.
+    for f in std::fs::read_dir(models().join("genai")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    std::fs::write(tmp.path().join("model.onnx"), b"not a model").unwrap();
+    let err = onnx::open(tmp.path(), Device::Cpu, GenerationSettings::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.onnx"), "{err}");
+    std::fs::copy(
+        models().join("genai").join("model.onnx"),
+        tmp.path().join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("tokenizer.json"), b"{}").unwrap();
+    let err = onnx::open(tmp.path(), Device::Cpu, GenerationSettings::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn cuda_request_without_gpu_says_why() {
+    if Path::new("/proc/driver/nvidia/version").exists() {
+        return;
+    }
+    // Loading a CPU-only runtime and asking for CUDA must fail with advice, not fall back.
+    let _ = models();
+    let err = onnx::open(
+        &models().join("genai"),
+        Device::Cuda,
+        GenerationSettings::default(),
+    );
+    if let Err(e) = err {
+        let msg = e.to_string();
+        assert!(msg.contains("CUDA") || msg.contains("cuda"), "{msg}");
+    } else {
+        panic!("asking for CUDA without a GPU must be an error");
+    }
+}
