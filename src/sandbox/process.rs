@@ -306,13 +306,14 @@ fn wait_event(rx: &Receiver<Json>, deadline: Instant) -> Wait {
 }
 
 impl Sandbox for ProcessSandbox {
+    #[allow(clippy::needless_range_loop)]
     fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError> {
         let n = job.calls.len();
         let mut calls: Vec<Option<RawOutcome>> = vec![None; n];
         let mut check = None;
         let mut load = LoadOutcome::Loaded;
-        let mut stdout_tail = String::new();
-        let mut stderr_tail = String::new();
+        let mut stdout_tail: String;
+        let mut stderr_tail: String;
         let mut start = 0usize;
 
         // Each pass runs the program and the calls from `start` on; a timeout or crash on call
@@ -347,7 +348,6 @@ impl Sandbox for ProcessSandbox {
                     false
                 }
                 Wait::Closed => {
-                    kill = true;
                     let (status, out, err) = running.finish(true);
                     stdout_tail = out;
                     stderr_tail = err;
