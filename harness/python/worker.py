@@ -190,7 +190,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     def child_main(job, start, token, scratch):
         """Runs in the forked child. Never returns."""
         _write = os.write
-        _dumps = json.dumps
         _type = type
         _len = len
         _str = str
@@ -207,9 +206,21 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except AttributeError:
             pass
 
+        # The C encoder, built before any generated code runs: nothing it uses can be reached
+        # through a module's globals (json.dumps, json._default_encoder, ... stay patchable but
+        # unused).
+        import _json
+        _enc = _json.make_encoder(None, _str, _json.encode_basestring_ascii, None, ":", ",",
+                                  False, False, True)
+        _join = "".join
+        _snapshot_builtins = dict(__builtins__.__dict__ if _type(__builtins__) is _type(sys)
+                                  else __builtins__)
+        _settrace = sys.settrace
+        _setprofile = sys.setprofile
+
         def send(obj):
             obj["t"] = token
-            data = (_dumps(obj, ensure_ascii=True) + "\n").encode()
+            data = (_join(_enc(obj, 0)) + "\n").encode()
             view = memoryview(data)
             while view:
                 n = _write(3, view)
@@ -288,8 +299,14 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             for _ in range(4):
                 if e is None:
                     break
-                if _isinst(e, _OSError) and _getattr(e, "errno", None) in (
-                        errno.EPERM, errno.EACCES):
+                code = _getattr(e, "errno", None) if _isinst(e, _OSError) else None
+                if code == errno.EFBIG:
+                    return {"kind": "blocked", "operation": "writing a file larger than %d bytes"
+                            % limits["file_bytes"]}
+                if code == errno.ENOSPC:
+                    return {"kind": "blocked", "operation": "filling the %d MiB scratch space"
+                            % limits["scratch_mb"]}
+                if code in (errno.EPERM, errno.EACCES):
                     op = last_op[0] or ("an operation the sandbox denies (%s)" % _str(e)[:200])
                     return {"kind": "blocked", "operation": op}
                 e = e.__cause__ or e.__context__
@@ -381,12 +398,27 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         send({"event": "load", "kind": "ok"})
         if job.get("check"):
             sources["<check>"] = job["check"]
+            # The check block compares inside this process, so: it sees the builtins as they
+            # were before the program ran, no trace or profile hooks, and a candidate whose
+            # results must be exact builtin types (an object with a forged __eq__ fails).
             try:
-                check_ns = dict(namespace)
+                _settrace(None)
+                _setprofile(None)
+                candidate_fn = namespace[job["entry_point"]]
+
+                def candidate(*args, **kwargs):
+                    v = candidate_fn(*args, **kwargs)
+                    canon(v, [MAX_ITEMS])
+                    return v
+
+                check_ns = dict(namespace)  # HumanEval checks use helpers from the prompt
+                check_ns["__builtins__"] = dict(_snapshot_builtins)
                 last_op[0] = None
                 exec(compile(job["check"], "<check>", "exec"), check_ns)
-                check_ns["check"](namespace[job["entry_point"]])
+                check_ns["check"](candidate)
                 ev = {"kind": "passed"}
+            except Unsupported as e:
+                ev = {"kind": "unsupported", "what": _str(e)}
             except _BaseException as e:
                 ev = exception_event(e, filenames, sources)
             ev["event"] = "check"

@@ -32,7 +32,9 @@ struct Worker {
     results: OwnedFd,
     buf: Vec<u8>,
     stderr: Arc<Mutex<Vec<u8>>>,
-    _scratch: tempfile::TempDir,
+    /// The host directory holding scratch dirs (levels without a mount namespace; at the
+    /// strict level scratch lives on a tmpfs mounted over /tmp inside the worker's namespace).
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Worker {
@@ -122,12 +124,21 @@ struct Spawner {
 
 impl Spawner {
     fn spawn(&self) -> Result<(Worker, Json), SandboxError> {
-        let scratch = tempfile::Builder::new()
-            .prefix("codegen-sandbox-")
-            .tempdir()
-            .map_err(SandboxError::Spawn)?;
+        let scratch = if self.namespaces {
+            None
+        } else {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("codegen-sandbox-")
+                    .tempdir()
+                    .map_err(SandboxError::Spawn)?,
+            )
+        };
         let mut cfg: Json = serde_json::from_str(&self.config_json).expect("config is json");
-        cfg["scratch_base"] = json!(scratch.path().to_string_lossy());
+        cfg["scratch_base"] = json!(match &scratch {
+            Some(dir) => dir.path().to_string_lossy().into_owned(),
+            None => "/tmp".into(),
+        });
         let cfg = cfg.to_string();
 
         let mut fds = [0i32; 2];
