@@ -31,12 +31,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     # Modules generated code commonly imports: loaded once here so the locked-down child
     # rarely needs to read the stdlib at all.
     for name in (
-        "math", "re", "collections", "collections.abc", "itertools", "functools", "heapq",
-        "bisect", "string", "typing", "fractions", "decimal", "statistics", "random",
-        "hashlib", "operator", "copy", "datetime", "calendar", "dataclasses", "enum",
-        "threading", "traceback", "io", "textwrap", "unicodedata", "array", "struct",
-        "numbers", "contextlib", "abc", "json", "base64", "binascii", "cmath", "time",
-        "queue", "weakref", "pprint", "difflib", "tempfile", "pathlib", "shutil",
+        "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
+        "typing", "hashlib", "operator", "copy", "random", "threading", "traceback", "struct",
+        "resource", "_json",
     ):
         try:
             __import__(name)
@@ -349,8 +346,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             os.chdir(scratch)
             os.environ["HOME"] = scratch
             os.environ["TMPDIR"] = scratch
-            import tempfile
-            tempfile.tempdir = scratch
+            if "tempfile" in sys.modules:
+                sys.modules["tempfile"].tempdir = scratch
             try:
                 threading.stack_size(1 << 20)
             except Exception:
@@ -380,6 +377,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             send({"event": "done"})
             _exit(0)
 
+        _perf = time.perf_counter
+        _t_run = _perf()
         sources = {"<program>": job["program"]}
         filenames = {"<program>", "<test>", "<check>"}
         namespace = {"__name__": "__codegen__", "__builtins__": __builtins__}
@@ -393,7 +392,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             ev = exception_event(e, filenames | {"<setup>"}, sources)
             ev["event"] = "load"
             send(ev)
-            send({"event": "done"})
+            send({"event": "done", "busy": _perf() - _t_run})
             _exit(0)
         send({"event": "load", "kind": "ok"})
         if job.get("check"):
@@ -437,12 +436,14 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 ev["event"] = "test"
                 ev["index"] = i
                 send(ev)
-        send({"event": "done"})
+        send({"event": "done", "busy": _perf() - _t_run})
         _exit(0)
 
     # ---------------------------------------------------------------- the worker's side
     counter = [0]
+    busy = [0.0]  # seconds children spent running generated and test code, per job
     TAIL = 4096
+    PROFILE = []
 
     def signal_outcome(sig):
         if sig == signal.SIGXCPU:
@@ -482,7 +483,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         """Run one child from call `start`. `phases` yields (expected event, index, timeout).
 
         Returns (events: list of (index or key, outcome), tails)."""
+        _t0 = time.perf_counter()
         pid, scratch, token, rr, outr, errr = spawn_child(job, start)
+        _t1 = time.perf_counter()
         poller = select.poll()
         for fd in (rr, outr, errr):
             poller.register(fd, select.POLLIN)
@@ -539,6 +542,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                                                    + str(msg.get("message")))
                             if cur is None:
                                 if evname == "done":
+                                    busy[0] += float(msg.get("busy") or 0.0)
                                     done = True
                                     break
                                 end = {"kind": "blocked",
@@ -569,6 +573,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 if end is not None or done:
                     break
         finally:
+            _t2 = time.perf_counter()
             status = None
             if end == "eof" and not done:
                 # The channel closed: give a dying child a moment to be reapable, so that its
@@ -607,6 +612,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 except OSError:
                     pass
             shutil.rmtree(scratch, ignore_errors=True)
+            if job.get("profile"):
+                PROFILE.append((_t1 - _t0, _t2 - _t1, time.perf_counter() - _t2))
         if end == "eof" and not done:
             if os.WIFSIGNALED(status):
                 end = signal_outcome(os.WTERMSIG(status))
@@ -626,6 +633,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         calls = [None] * n
         check = None
         load = None
+        busy[0] = 0.0
         tails = ("", "")
         start = 0
         while True:
@@ -658,13 +666,19 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             start = index + 1
             if start >= n:
                 break
+        if PROFILE:
+            prof, PROFILE[:] = list(PROFILE), []
+        else:
+            prof = None
         return {
+            "profile": prof,
             "event": "report",
             "load": load or {"kind": "crashed", "reason": "no answer"},
             "calls": calls,
             "check": check,
             "stdout": tails[0],
             "stderr": tails[1],
+            "busy": busy[0],
         }
 
     def evaluate_job(job):
@@ -685,6 +699,34 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         while view:
             n = os.write(result_out, view)
             view = view[n:]
+
+    # Warm the compiler, the evaluator and the encoder here, once: done first in each child
+    # it costs a millisecond or more.
+    _warm_src = (
+        "import math\nclass _C:\n    x: int = 1\n    def m(self, *a, **k):\n"
+        "        return [i * 2 for i in range(3) if i] + list({1: 2}.items())\n"
+        "def _f(s: str, n=3) -> str:\n    \"\"\"doc\"\"\"\n    try:\n"
+        "        return f'{s!r}:{n:>4}' + str(lambda q: q)\n"
+        "    except (ValueError, KeyError) as e:\n"
+        "        raise RuntimeError('x') from e\n    finally:\n        pass\n"
+    )
+    for _ in range(2):
+        _ns = {}
+        exec(compile(_warm_src, "<warm>", "exec"), _ns)
+        eval(compile("_f('a') + str(_C().m())", "<warm>", "eval"), _ns)
+        try:
+            eval(compile("1/0", "<warm>", "eval"), {})
+        except ZeroDivisionError as _e:
+            str(_e)
+    import _json
+    "".join(_json.make_encoder(None, str, _json.encode_basestring_ascii, None, ":", ",", False,
+                               False, True)({"a": [["int", "1"], None, True]}, 0))
+
+    # Objects that exist now are never collected in the children: no copy-on-write of the
+    # whole heap on the child's first collection.
+    import gc
+    gc.collect()
+    gc.freeze()
 
     # Tell Rust what was achieved.
     report({"event": "hello", "pid": os.getpid(), "landlock_abi": abi, "uid": os.getuid(),

@@ -5,6 +5,7 @@
 //! tests that remain. Outcomes are raw facts ("returned this value", "raised that"); judging
 //! them against expected values is the job of [`crate::score`], outside the process.
 
+pub mod bench;
 pub mod calibrate;
 pub mod config;
 pub mod isolation;

@@ -569,8 +569,10 @@ fn parse_load(ev: &Json) -> LoadOutcome {
     }
 }
 
-impl Sandbox for WorkerSandbox {
-    fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError> {
+impl WorkerSandbox {
+    /// [`Sandbox::execute`], also returning how long the child spent running the program and
+    /// its tests (excluding the sandbox's own overhead: fork, lockdown, transport).
+    pub fn execute_timed(&self, job: &Job) -> Result<(ExecReport, Duration), SandboxError> {
         let n = job.calls.len();
         let payload = json!({
             "program": job.program,
@@ -588,13 +590,17 @@ impl Sandbox for WorkerSandbox {
             Ok(rep) if rep["event"] == "report" => {
                 let calls = (0..n).map(|i| parse_outcome(&rep["calls"][i])).collect();
                 let check = job.check.as_ref().map(|_| parse_outcome(&rep["check"]));
-                Ok(ExecReport {
-                    load: parse_load(&rep["load"]),
-                    calls,
-                    check,
-                    stdout_tail: rep["stdout"].as_str().unwrap_or("").to_string(),
-                    stderr_tail: rep["stderr"].as_str().unwrap_or("").to_string(),
-                })
+                let busy = Duration::from_secs_f64(rep["busy"].as_f64().unwrap_or(0.0).max(0.0));
+                Ok((
+                    ExecReport {
+                        load: parse_load(&rep["load"]),
+                        calls,
+                        check,
+                        stdout_tail: rep["stdout"].as_str().unwrap_or("").to_string(),
+                        stderr_tail: rep["stderr"].as_str().unwrap_or("").to_string(),
+                    },
+                    busy,
+                ))
             }
             Ok(rep) => Err(SandboxError::Protocol(
                 rep["message"]
@@ -602,14 +608,23 @@ impl Sandbox for WorkerSandbox {
                     .map(str::to_string)
                     .unwrap_or_else(|| rep.to_string()),
             )),
-            Err(why) => Ok(ExecReport {
-                load: LoadOutcome::Crashed(why.clone()),
-                calls: vec![RawOutcome::NotRun; n],
-                check: job.check.as_ref().map(|_| RawOutcome::Crashed(why.clone())),
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
-            }),
+            Err(why) => Ok((
+                ExecReport {
+                    load: LoadOutcome::Crashed(why.clone()),
+                    calls: vec![RawOutcome::NotRun; n],
+                    check: job.check.as_ref().map(|_| RawOutcome::Crashed(why.clone())),
+                    stdout_tail: String::new(),
+                    stderr_tail: String::new(),
+                },
+                Duration::ZERO,
+            )),
         }
+    }
+}
+
+impl Sandbox for WorkerSandbox {
+    fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError> {
+        self.execute_timed(job).map(|(rep, _)| rep)
     }
 
     fn evaluate_expected(&self, exprs: &[String]) -> Result<Vec<Value>, SandboxError> {
