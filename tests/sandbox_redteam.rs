@@ -282,6 +282,9 @@ probe!(p15_kill_parent, {
 });
 
 probe!(p16_kill_everything, {
+    // kill(-1): in a pid namespace there is nothing else to kill; without one, Landlock's
+    // signal scope (ABI >= 6) skips every process outside the sandbox. Either way the harness
+    // and the workers survive (checked by `outcome`), and the call cannot count as a kill.
     let o = outcome(
         "import os, signal\ndef f():\n    os.kill(-1, signal.SIGKILL)\n    return 42\n",
         "f()",
@@ -289,7 +292,10 @@ probe!(p16_kill_everything, {
     assert!(
         matches!(
             o,
-            RawOutcome::Blocked { .. } | RawOutcome::Raised(_) | RawOutcome::KilledBySignal(9)
+            RawOutcome::Blocked { .. }
+                | RawOutcome::Raised(_)
+                | RawOutcome::KilledBySignal(9)
+                | RawOutcome::Returned(_)
         ),
         "{o:?}"
     );

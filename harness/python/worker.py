@@ -117,44 +117,59 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         buf = ctypes.create_string_buffer(raw, len(raw))
         filters.append((SockFprog(len(raw) // 8, ctypes.addressof(buf)), buf))
 
-    def apply_landlock(scratch):
-        fs_all = (1 << 13) - 1
-        if abi >= 2:
-            fs_all |= 1 << 13
-        if abi >= 3:
-            fs_all |= 1 << 14
-        if abi >= 5:
-            fs_all |= 1 << 15
-        net = 3 if abi >= 4 else 0
-        scoped = 3 if abi >= 6 else 0
-        attr = struct.pack("=QQQ", fs_all, net, scoped)
-        size = 8 if abi < 4 else (16 if abi < 6 else 24)
-        abuf = ctypes.create_string_buffer(attr, 24)
-        rfd = libc.syscall(SYS_LL_CREATE, abuf, size, 0)
+    EXEC, WRITE, READ, READDIR = 1, 2, 4, 8
+    FS_ALL = (1 << 13) - 1
+    if abi >= 2:
+        FS_ALL |= 1 << 13
+    if abi >= 3:
+        FS_ALL |= 1 << 14
+    if abi >= 5:
+        FS_ALL |= 1 << 15
+    FILE_RIGHTS = EXEC | WRITE | READ | (FS_ALL & ((1 << 14) | (1 << 15)))
+    NET_ALL = 3 if abi >= 4 else 0
+    SCOPE_ALL = 3 if abi >= 6 else 0
+    ATTR_SIZE = 8 if abi < 4 else (16 if abi < 6 else 24)
+
+    def landlock_layer(handled, rules):
+        """Add one Landlock layer: `handled` fs rights are denied except where `rules`
+        (path, rights) allow them; TCP bind/connect are denied and signals and abstract unix
+        sockets are scoped to the layer's domain."""
+        abuf = ctypes.create_string_buffer(struct.pack("=QQQ", handled, NET_ALL, SCOPE_ALL), 24)
+        rfd = libc.syscall(SYS_LL_CREATE, abuf, ATTR_SIZE, 0)
         if rfd < 0:
             raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-        EXEC, WRITE, READ, READDIR = 1, 2, 4, 8
-        file_rights = EXEC | WRITE | READ | ((1 << 14) if abi >= 3 else 0) | (
-            (1 << 15) if abi >= 5 else 0)
+        try:
+            for path, rights in rules:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
+                    if libc.syscall(SYS_LL_ADD, rfd, 1, rule, 0) != 0:
+                        raise OSError(ctypes.get_errno(), "landlock_add_rule %s" % path)
+                finally:
+                    os.close(fd)
+            if libc.syscall(SYS_LL_RESTRICT, rfd, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+        finally:
+            os.close(rfd)
 
-        def allow(path, rights):
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            try:
-                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
-                if libc.syscall(SYS_LL_ADD, rfd, 1, rule, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "landlock_add_rule %s" % path)
-            finally:
-                os.close(fd)
+    # Layer 1, on the worker itself: read-only Python and shared libraries, /dev/null, and the
+    # scratch base; nothing else of the host is visible to the worker or any child.
+    if abi:
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        landlock_layer(
+            FS_ALL,
+            [(d, EXEC | READ | READDIR) for d in read_dirs]
+            + [(f, READ) for f in read_files]
+            + [("/dev/null", FILE_RIGHTS & ~EXEC), (base, FS_ALL)],
+        )
+    # Layer 2, per child: writes only inside its own scratch dir (and /dev/null).
+    WRITE_RIGHTS = FS_ALL & ~(EXEC | READ | READDIR)
 
-        for d in read_dirs:
-            allow(d, EXEC | READ | READDIR)
-        for f in read_files:
-            allow(f, READ)
-        allow("/dev/null", file_rights & ~EXEC)
-        allow(scratch, fs_all)
-        if libc.syscall(SYS_LL_RESTRICT, rfd, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-        os.close(rfd)
+    def apply_landlock(scratch):
+        landlock_layer(
+            WRITE_RIGHTS,
+            [(scratch, WRITE_RIGHTS), ("/dev/null", FILE_RIGHTS & WRITE_RIGHTS)],
+        )
 
     def apply_seccomp():
         for prog, _buf in filters:
@@ -184,164 +199,169 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             apply_seccomp()
 
     # ---------------------------------------------------------------- the child's runner
-    def child_main(job, start, token, scratch):
-        """Runs in the forked child. Never returns."""
-        _write = os.write
-        _type = type
-        _len = len
-        _str = str
-        _repr_int = int.__repr__
-        _repr_float = float.__repr__
-        _getattr = getattr
-        _BaseException = BaseException
-        _OSError = OSError
-        _MemoryError = MemoryError
-        _exit = os._exit
-        MAX_DEPTH, MAX_ITEMS = 64, 200_000
+    # What the child uses to report, built once here in the worker (which never runs
+    # generated code), so every child starts with pristine copies and pays nothing for them.
+    _state = [None]  # the execution's token, set in the child
+    _write = os.write
+    _type = type
+    _len = len
+    _str = str
+    _repr_int = int.__repr__
+    _repr_float = float.__repr__
+    _getattr = getattr
+    _BaseException = BaseException
+    _OSError = OSError
+    _MemoryError = MemoryError
+    _exit = os._exit
+    MAX_DEPTH, MAX_ITEMS = 64, 200_000
+    try:
+        sys.set_int_max_str_digits(0)
+    except AttributeError:
+        pass
+
+    # The C encoder, built before any generated code runs: nothing it uses can be reached
+    # through a module's globals (json.dumps, json._default_encoder, ... stay patchable but
+    # unused).
+    import _json
+    _enc = _json.make_encoder(None, _str, _json.encode_basestring_ascii, None, ":", ",",
+                              False, False, True)
+    _join = "".join
+    _snapshot_builtins = dict(__builtins__.__dict__ if _type(__builtins__) is _type(sys)
+                              else __builtins__)
+    _settrace = sys.settrace
+    _setprofile = sys.setprofile
+
+    def send(obj):
+        obj["t"] = _state[0]
+        data = (_join(_enc(obj, 0)) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = _write(3, view)
+            view = view[n:]
+
+    class Unsupported(Exception):
+        pass
+
+    def canon(x, budget, depth=0):
+        if depth > MAX_DEPTH:
+            raise Unsupported("nesting deeper than %d levels" % MAX_DEPTH)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise Unsupported("more than %d items" % MAX_ITEMS)
+        t = _type(x)
+        if x is None:
+            return ["none"]
+        if t is bool:
+            return ["bool", x is True]
+        if t is int:
+            return ["int", _repr_int(x)]
+        if t is float:
+            return ["float", _repr_float(x)]
+        if t is complex:
+            return ["complex", _repr_float(x.real), _repr_float(x.imag)]
+        if t is str:
+            return ["str", str.__str__(x)]
+        if t is bytes:
+            return ["bytes", bytes.hex(x)]
+        if t is list or t is tuple:
+            return [t.__name__, [canon(i, budget, depth + 1) for i in t.__iter__(x)]]
+        if t is set or t is frozenset:
+            return [t.__name__, [canon(i, budget, depth + 1) for i in t.__iter__(x)]]
+        if t is dict:
+            return ["dict", [[canon(k, budget, depth + 1), canon(v, budget, depth + 1)]
+                             for k, v in dict.items(x)]]
+        raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
+
+    last_op = [None]
+    interesting = {
+        "open", "socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
+        "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system",
+        "subprocess.Popen", "os.kill", "os.killpg", "os.mkdir", "os.remove", "os.rename",
+        "os.rmdir", "os.listdir", "os.scandir", "os.chmod", "os.chown", "os.symlink",
+        "os.link", "os.truncate", "shutil.rmtree", "shutil.copyfile", "os.chdir",
+        "os.putenv", "ctypes.dlopen", "mmap.__new__", "os.startfile", "pty.spawn",
+    }
+
+    def hook(event, args):
+        if event in interesting:
+            try:
+                if event == "open":
+                    what = "opening %r" % (args[0],)
+                elif event == "socket.__new__":
+                    what = "creating a socket (family %r, type %r)" % (args[1], args[2])
+                elif event in ("socket.connect", "socket.sendto"):
+                    what = "connecting to %r" % (args[1],)
+                elif event == "socket.bind":
+                    what = "binding a socket to %r" % (args[1],)
+                elif event in ("os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+                               "os.spawn", "os.system", "subprocess.Popen", "pty.spawn"):
+                    what = "starting a process (%s)" % event
+                elif event in ("os.kill", "os.killpg"):
+                    what = "sending signal %r to process %r" % (args[1], args[0])
+                else:
+                    what = "%s %r" % (event, args[0] if args else "")
+                last_op[0] = what[:300]
+            except _BaseException:
+                last_op[0] = event
+
+    def exception_event(exc, filenames, sources):
+        t = _type(exc)
+        if t is _MemoryError or _isinst(exc, _MemoryError):
+            return {"kind": "memory"}
+        e = exc
+        for _ in range(4):
+            if e is None:
+                break
+            code = _getattr(e, "errno", None) if _isinst(e, _OSError) else None
+            if code == errno.EFBIG:
+                return {"kind": "blocked", "operation": "writing a file larger than %d bytes"
+                        % limits["file_bytes"]}
+            if code == errno.ENOSPC:
+                return {"kind": "blocked", "operation": "filling the %d MiB scratch space"
+                        % limits["scratch_mb"]}
+            if code in (errno.EPERM, errno.EACCES):
+                op = last_op[0] or ("an operation the sandbox denies (%s)" % _str(e)[:200])
+                return {"kind": "blocked", "operation": op}
+            e = e.__cause__ or e.__context__
         try:
-            sys.set_int_max_str_digits(0)
-        except AttributeError:
-            pass
-
-        # The C encoder, built before any generated code runs: nothing it uses can be reached
-        # through a module's globals (json.dumps, json._default_encoder, ... stay patchable but
-        # unused).
-        import _json
-        _enc = _json.make_encoder(None, _str, _json.encode_basestring_ascii, None, ":", ",",
-                                  False, False, True)
-        _join = "".join
-        _snapshot_builtins = dict(__builtins__.__dict__ if _type(__builtins__) is _type(sys)
-                                  else __builtins__)
-        _settrace = sys.settrace
-        _setprofile = sys.setprofile
-
-        def send(obj):
-            obj["t"] = token
-            data = (_join(_enc(obj, 0)) + "\n").encode()
-            view = memoryview(data)
-            while view:
-                n = _write(3, view)
-                view = view[n:]
-
-        class Unsupported(Exception):
-            pass
-
-        def canon(x, budget, depth=0):
-            if depth > MAX_DEPTH:
-                raise Unsupported("nesting deeper than %d levels" % MAX_DEPTH)
-            budget[0] -= 1
-            if budget[0] < 0:
-                raise Unsupported("more than %d items" % MAX_ITEMS)
-            t = _type(x)
-            if x is None:
-                return ["none"]
-            if t is bool:
-                return ["bool", x is True]
-            if t is int:
-                return ["int", _repr_int(x)]
-            if t is float:
-                return ["float", _repr_float(x)]
-            if t is complex:
-                return ["complex", _repr_float(x.real), _repr_float(x.imag)]
-            if t is str:
-                return ["str", str.__str__(x)]
-            if t is bytes:
-                return ["bytes", bytes.hex(x)]
-            if t is list or t is tuple:
-                return [t.__name__, [canon(i, budget, depth + 1) for i in t.__iter__(x)]]
-            if t is set or t is frozenset:
-                return [t.__name__, [canon(i, budget, depth + 1) for i in t.__iter__(x)]]
-            if t is dict:
-                return ["dict", [[canon(k, budget, depth + 1), canon(v, budget, depth + 1)]
-                                 for k, v in dict.items(x)]]
-            raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
-
-        last_op = [None]
-        interesting = {
-            "open", "socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
-            "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system",
-            "subprocess.Popen", "os.kill", "os.killpg", "os.mkdir", "os.remove", "os.rename",
-            "os.rmdir", "os.listdir", "os.scandir", "os.chmod", "os.chown", "os.symlink",
-            "os.link", "os.truncate", "shutil.rmtree", "shutil.copyfile", "os.chdir",
-            "os.putenv", "ctypes.dlopen", "mmap.__new__", "os.startfile", "pty.spawn",
+            message = _str(exc)
+        except _BaseException:
+            message = "<unprintable exception>"
+        line = where = source = None
+        tb = exc.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if name in filenames:
+                line = tb.tb_lineno
+                where = name.strip("<>")
+                lines = sources.get(name, "").splitlines()
+                if 0 < line <= _len(lines):
+                    source = lines[line - 1].strip()
+            tb = tb.tb_next
+        return {
+            "kind": "raised",
+            "type": _str(_getattr(t, "__qualname__", "?")),
+            "mro": [_str(_getattr(c, "__qualname__", "?")) for c in _getattr(t, "__mro__", ())],
+            "message": message[:2000],
+            "line": line,
+            "where": where,
+            "source": source,
         }
 
-        def hook(event, args):
-            if event in interesting:
-                try:
-                    if event == "open":
-                        what = "opening %r" % (args[0],)
-                    elif event == "socket.__new__":
-                        what = "creating a socket (family %r, type %r)" % (args[1], args[2])
-                    elif event in ("socket.connect", "socket.sendto"):
-                        what = "connecting to %r" % (args[1],)
-                    elif event == "socket.bind":
-                        what = "binding a socket to %r" % (args[1],)
-                    elif event in ("os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
-                                   "os.spawn", "os.system", "subprocess.Popen", "pty.spawn"):
-                        what = "starting a process (%s)" % event
-                    elif event in ("os.kill", "os.killpg"):
-                        what = "sending signal %r to process %r" % (args[1], args[0])
-                    else:
-                        what = "%s %r" % (event, args[0] if args else "")
-                    last_op[0] = what[:300]
-                except _BaseException:
-                    last_op[0] = event
+    _isinst = isinstance
 
-        def exception_event(exc, filenames, sources):
-            t = _type(exc)
-            if t is _MemoryError or _isinst(exc, _MemoryError):
-                return {"kind": "memory"}
-            e = exc
-            for _ in range(4):
-                if e is None:
-                    break
-                code = _getattr(e, "errno", None) if _isinst(e, _OSError) else None
-                if code == errno.EFBIG:
-                    return {"kind": "blocked", "operation": "writing a file larger than %d bytes"
-                            % limits["file_bytes"]}
-                if code == errno.ENOSPC:
-                    return {"kind": "blocked", "operation": "filling the %d MiB scratch space"
-                            % limits["scratch_mb"]}
-                if code in (errno.EPERM, errno.EACCES):
-                    op = last_op[0] or ("an operation the sandbox denies (%s)" % _str(e)[:200])
-                    return {"kind": "blocked", "operation": op}
-                e = e.__cause__ or e.__context__
-            try:
-                message = _str(exc)
-            except _BaseException:
-                message = "<unprintable exception>"
-            line = where = source = None
-            tb = exc.__traceback__
-            while tb is not None:
-                name = tb.tb_frame.f_code.co_filename
-                if name in filenames:
-                    line = tb.tb_lineno
-                    where = name.strip("<>")
-                    lines = sources.get(name, "").splitlines()
-                    if 0 < line <= _len(lines):
-                        source = lines[line - 1].strip()
-                tb = tb.tb_next
-            return {
-                "kind": "raised",
-                "type": _str(_getattr(t, "__qualname__", "?")),
-                "mro": [_str(_getattr(c, "__qualname__", "?")) for c in _getattr(t, "__mro__", ())],
-                "message": message[:2000],
-                "line": line,
-                "where": where,
-                "source": source,
-            }
+    def value_event(value):
+        try:
+            return {"kind": "returned", "value": canon(value, [MAX_ITEMS])}
+        except Unsupported as e:
+            return {"kind": "unsupported", "what": _str(e)}
+        except RecursionError:
+            return {"kind": "unsupported", "what": "a value nested too deeply"}
 
-        _isinst = isinstance
-
-        def value_event(value):
-            try:
-                return {"kind": "returned", "value": canon(value, [MAX_ITEMS])}
-            except Unsupported as e:
-                return {"kind": "unsupported", "what": _str(e)}
-            except RecursionError:
-                return {"kind": "unsupported", "what": "a value nested too deeply"}
-
+    def child_main(job, start, token, scratch):
+        """Runs in the forked child. Never returns."""
+        _state[0] = token
+        last_op[0] = None
         try:
             os.chdir(scratch)
             os.environ["HOME"] = scratch
@@ -443,7 +463,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     counter = [0]
     busy = [0.0]  # seconds children spent running generated and test code, per job
     TAIL = 4096
-    PROFILE = []
 
     def signal_outcome(sig):
         if sig == signal.SIGXCPU:
@@ -483,9 +502,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         """Run one child from call `start`. `phases` yields (expected event, index, timeout).
 
         Returns (events: list of (index or key, outcome), tails)."""
-        _t0 = time.perf_counter()
         pid, scratch, token, rr, outr, errr = spawn_child(job, start)
-        _t1 = time.perf_counter()
         poller = select.poll()
         for fd in (rr, outr, errr):
             poller.register(fd, select.POLLIN)
@@ -573,7 +590,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 if end is not None or done:
                     break
         finally:
-            _t2 = time.perf_counter()
             status = None
             if end == "eof" and not done:
                 # The channel closed: give a dying child a moment to be reapable, so that its
@@ -612,8 +628,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 except OSError:
                     pass
             shutil.rmtree(scratch, ignore_errors=True)
-            if job.get("profile"):
-                PROFILE.append((_t1 - _t0, _t2 - _t1, time.perf_counter() - _t2))
         if end == "eof" and not done:
             if os.WIFSIGNALED(status):
                 end = signal_outcome(os.WTERMSIG(status))
@@ -666,12 +680,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             start = index + 1
             if start >= n:
                 break
-        if PROFILE:
-            prof, PROFILE[:] = list(PROFILE), []
-        else:
-            prof = None
         return {
-            "profile": prof,
             "event": "report",
             "load": load or {"kind": "crashed", "reason": "no answer"},
             "calls": calls,
