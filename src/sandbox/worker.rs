@@ -46,6 +46,26 @@ impl Worker {
         let _ = self.child.wait();
     }
 
+    /// Close the worker's stdin so that it exits by itself, wait up to `grace` for it (so its
+    /// CPU time and its children's reach our RUSAGE_CHILDREN), then kill what is left.
+    fn close(self, grace: Duration) {
+        let Worker {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+
     fn stderr_tail(&self) -> String {
         let e = self.stderr.lock().map(|v| v.clone()).unwrap_or_default();
         String::from_utf8_lossy(&e).into_owned()
@@ -485,6 +505,17 @@ impl WorkerSandbox {
                         &tail[tail.len().saturating_sub(500)..]
                     )
                 })
+            }
+        }
+    }
+}
+
+impl WorkerSandbox {
+    /// Stop every idle worker gracefully (they exit when their stdin closes).
+    pub fn shutdown(self) {
+        if let Ok(mut p) = self.pool.lock() {
+            for w in p.idle.drain(..) {
+                w.close(Duration::from_secs(2));
             }
         }
     }
