@@ -356,8 +356,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except RecursionError:
             return {"kind": "unsupported", "what": "a value nested too deeply"}
 
-    def child_main(job, start, token, scratch):
-        """Runs in the forked child. Never returns."""
+    def child_main(token, scratch, jobfd):
+        """Runs in the forked child: locks down, then waits for its job on `jobfd` (children are
+        forked ahead of time, while the worker is idle). Never returns."""
         _state[0] = token
         last_op[0] = None
         try:
@@ -381,6 +382,19 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 send({"event": "setup_failed", "message": "%s: %s" % (type(e).__name__, e)})
             finally:
                 _exit(70)
+
+        chunks = []
+        while True:
+            b = os.read(jobfd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(jobfd)
+        if not chunks:
+            _exit(0)  # never used
+        msg = json.loads(b"".join(chunks))
+        job = msg["job"]
+        start = msg["start"]
 
         if job.get("mode") == "evaluate":
             for i, expr in enumerate(job["exprs"]):
@@ -492,13 +506,14 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except OSError:
             pass
 
-    def spawn_child(job, start):
+    def spawn_child():
         counter[0] += 1
         scratch = os.path.join(base, "x%d" % counter[0])
         os.mkdir(scratch, 0o700)
         rr, rw = os.pipe()
         outr, outw = os.pipe()
         errr, errw = os.pipe()
+        jr, jw = os.pipe()
         token = os.urandom(16).hex()
         pid = os.fork()
         if pid == 0:
@@ -508,19 +523,54 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 os.dup2(outw, 1)
                 os.dup2(errw, 2)
                 os.dup2(rw, 3)
-                os.closerange(4, 1 << 16)
-                child_main(job, start, token, scratch)
+                os.dup2(jr, 4)
+                os.closerange(5, 1 << 16)
+                child_main(token, scratch, 4)
             finally:
                 os._exit(71)
-        for fd in (rw, outw, errw):
+        for fd in (rw, outw, errw, jr):
             os.close(fd)
-        return pid, scratch, token, rr, outr, errr
+        return pid, scratch, token, rr, outr, errr, jw
+
+    ready = [None]  # a child forked and locked down ahead of time, waiting for a job
+
+    def discard_child(c):
+        pid, scratch, _, rr, outr, errr, jw = c
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        for fd in (rr, outr, errr, jw):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        rmtree(scratch)
+
+    def start_child(start):
+        """A locked-down child (the one forked ahead if any) that has been given the current
+        job from call `start` on."""
+        payload = b'{"start": %d, "job": ' % start + current_raw[0] + b"}"
+        for _ in range(2):
+            c = ready[0] or spawn_child()
+            ready[0] = None
+            view = memoryview(payload)
+            try:
+                while view:
+                    n = os.write(c[6], view)
+                    view = view[n:]
+                os.close(c[6])
+                return c[:6]
+            except OSError:
+                discard_child(c)  # it died while waiting: use a fresh one
+        raise RuntimeError("could not start a sandboxed child")
 
     def run_child(job, start, phases):
         """Run one child from call `start`. `phases` yields (expected event, index, timeout).
 
         Returns (events: list of (index or key, outcome), tails)."""
-        pid, scratch, token, rr, outr, errr = spawn_child(job, start)
+        pid, scratch, token, rr, outr, errr = start_child(start)
         poller = select.poll()
         for fd in (rr, outr, errr):
             poller.register(fd, select.POLLIN)
@@ -763,10 +813,17 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             "seccomp_filters": len(filters), "python": sys.version.split()[0]})
 
     stdin = sys.stdin.buffer
+    current_raw = [b"{}"]
     while True:
+        if ready[0] is None:
+            try:
+                ready[0] = spawn_child()
+            except Exception:
+                ready[0] = None  # forked on demand instead
         line = stdin.readline()
         if not line:
             os._exit(0)
+        current_raw[0] = line.strip()
         job = json.loads(line)
         try:
             if job.get("mode") == "evaluate":
