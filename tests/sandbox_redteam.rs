@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use codegen_harness::sandbox::{
-    ExecReport, Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, WorkerSandbox,
+    ExecReport, Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy,
+    WorkerSandbox, calibrate,
 };
 
 fn sandbox() -> &'static WorkerSandbox {
@@ -753,4 +754,60 @@ fn expected_values_are_evaluated() {
         .unwrap();
     assert_eq!(v[0].repr(), "(1, 2.5)");
     assert!(sandbox().evaluate_expected(&["1/0".into()]).is_err());
+}
+
+#[test]
+fn calibration_uses_the_reference_with_a_floor() {
+    let policy = TimeoutPolicy {
+        floor: Duration::from_millis(500),
+        factor: 4.0,
+        ceiling: Duration::from_secs(10),
+        runs: 2,
+    };
+    let fast = job("def f(x):\n    return x + 1\n", &["f(1)", "f(2)"]);
+    assert_eq!(
+        calibrate(sandbox(), &fast, &policy).unwrap(),
+        Duration::from_millis(500)
+    );
+    let slow = job(
+        "import time\ndef f(x):\n    time.sleep(0.2)\n    return x\n",
+        &["f(1)"],
+    );
+    let t = calibrate(sandbox(), &slow, &policy).unwrap();
+    assert!(t >= Duration::from_millis(800), "{t:?}");
+    let broken = job("def f(x):\n    return 1 / 0\n", &["f(1)"]);
+    assert!(matches!(
+        calibrate(sandbox(), &broken, &policy),
+        Err(SandboxError::Calibration(_))
+    ));
+}
+
+#[test]
+fn a_dead_worker_is_replaced_and_the_case_reported() {
+    // Kill every process of the worker from outside (as an OOM killer would): the case in
+    // flight is reported as crashed and the next one runs on a fresh worker.
+    let sb = WorkerSandbox::new(&SandboxConfig {
+        workers: 1,
+        level: sandbox().config().level,
+        python: sandbox().config().python.clone(),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let mut j = job("import time\ndef f():\n    time.sleep(30)\n", &["f()"]);
+    j.test_timeout = Duration::from_secs(20);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| sb.execute(&j).unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+        sb.kill_workers_for_test();
+        let rep = h.join().unwrap();
+        assert!(
+            matches!(&rep.load, LoadOutcome::Crashed(w) if w.contains("replaced")),
+            "{:?}",
+            rep.load
+        );
+    });
+    let rep = sb
+        .execute(&job("def f():\n    return 7\n", &["f()"]))
+        .unwrap();
+    assert_eq!(returned(&rep.calls[0]), "7");
 }

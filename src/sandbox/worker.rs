@@ -283,6 +283,8 @@ fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
 struct Pool {
     idle: Vec<Worker>,
     alive: usize,
+    /// Process group ids of every live worker (idle or busy).
+    pgids: Vec<i32>,
 }
 
 /// The sandbox of record: warm workers, per-execution lockdown, detected isolation.
@@ -418,6 +420,7 @@ impl WorkerSandbox {
         Ok(WorkerSandbox {
             spawner,
             pool: Mutex::new(Pool {
+                pgids: vec![first.child.id() as i32],
                 idle: vec![first],
                 alive: 1,
             }),
@@ -444,6 +447,7 @@ impl WorkerSandbox {
         }
         let mut p = self.pool.lock().expect("pool lock");
         p.alive += started.len();
+        p.pgids.extend(started.iter().map(|w| w.child.id() as i32));
         p.idle.extend(started);
         self.freed.notify_all();
         Ok(())
@@ -452,14 +456,29 @@ impl WorkerSandbox {
     fn acquire(&self) -> Result<Worker, SandboxError> {
         let mut p = self.pool.lock().expect("pool lock");
         loop {
-            if let Some(w) = p.idle.pop() {
+            if let Some(mut w) = p.idle.pop() {
+                // A worker that died while idle (killed from outside) is replaced, so that an
+                // innocent case is not reported as crashed.
+                if matches!(w.child.try_wait(), Ok(Some(_))) {
+                    let pgid = w.child.id() as i32;
+                    p.pgids.retain(|&g| g != pgid);
+                    p.alive -= 1;
+                    drop(p);
+                    w.kill();
+                    p = self.pool.lock().expect("pool lock");
+                    continue;
+                }
                 return Ok(w);
             }
             if p.alive < self.max_workers {
                 p.alive += 1;
                 drop(p);
                 return match self.spawner.spawn() {
-                    Ok((w, _)) => Ok(w),
+                    Ok((w, _)) => {
+                        let mut p = self.pool.lock().expect("pool lock");
+                        p.pgids.push(w.child.id() as i32);
+                        Ok(w)
+                    }
                     Err(e) => {
                         let mut p = self.pool.lock().expect("pool lock");
                         p.alive -= 1;
@@ -479,8 +498,10 @@ impl WorkerSandbox {
     }
 
     fn discard(&self, w: Worker) {
+        let pgid = w.child.id() as i32;
         w.kill();
         let mut p = self.pool.lock().expect("pool lock");
+        p.pgids.retain(|&g| g != pgid);
         p.alive -= 1;
         self.freed.notify_one();
     }
@@ -511,6 +532,18 @@ impl WorkerSandbox {
 }
 
 impl WorkerSandbox {
+    /// Kill every worker's process tree from outside, as an OOM killer might (for tests of
+    /// the harness's recovery).
+    #[doc(hidden)]
+    pub fn kill_workers_for_test(&self) {
+        let p = self.pool.lock().expect("pool lock");
+        for &g in &p.pgids {
+            unsafe {
+                libc::kill(-g, libc::SIGKILL);
+            }
+        }
+    }
+
     /// Stop every idle worker gracefully (they exit when their stdin closes).
     pub fn shutdown(self) {
         if let Ok(mut p) = self.pool.lock() {
