@@ -1,9 +1,22 @@
 //! Run a generated program and a case's tests in Python, and report what each call did.
 //!
-//! [`Sandbox`] is the seam: [`process::ProcessSandbox`] runs one Python process tree per case
-//! with a deadline per test, kills the whole tree when a deadline passes, and restarts for the
-//! tests that remain. Outcomes are raw facts ("returned this value", "raised that"); judging
-//! them against expected values is the job of [`crate::score`], outside the process.
+//! [`Sandbox`] is the seam. [`WorkerSandbox`] is the sandbox of record: a pool of warm Python
+//! workers, each in fresh user, network, mount, pid and IPC namespaces, each forking (ahead of
+//! time) a child per execution that locks itself down before generated code runs: rlimits
+//! (CPU, address space, processes, open files, file size), a Landlock layer (writes only in its
+//! private scratch dir on a tmpfs; the worker's own layer leaves only Python and the shared
+//! libraries readable; signals and abstract sockets scoped; TCP denied) and a seccomp filter
+//! built in Rust ([`seccomp`]). Per-call deadlines and the output limit are enforced by the
+//! worker, a backstop by Rust; a worker that dies is replaced and its case reported.
+//! [`process::ProcessSandbox`] is the earlier plain executor (one process per case, no
+//! isolation beyond rlimits), kept for comparison.
+//!
+//! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
+//! '/etc/shadow'"); judging them against expected values is the job of [`crate::score`],
+//! outside any process that ran generated code. [`config::SandboxConfig`] is the `[sandbox]`
+//! table of `harness/codegen.toml`; [`isolation::IsolationReport`] says what is in force;
+//! [`calibrate()`] derives per-case timeouts from the reference solution; [`mod@bench`] is
+//! `codegen bench sandbox`.
 
 pub mod bench;
 pub mod calibrate;
