@@ -822,6 +822,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 ready[0] = None  # forked on demand instead
         line = stdin.readline()
         if not line:
+            # Rust is gone or done with us.
+            if ready[0] is not None:
+                discard_child(ready[0])
             os._exit(0)
         current_raw[0] = line.strip()
         job = json.loads(line)

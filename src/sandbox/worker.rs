@@ -147,12 +147,13 @@ impl Spawner {
         let scratch = if self.namespaces {
             None
         } else {
-            Some(
-                tempfile::Builder::new()
-                    .prefix("codegen-sandbox-")
-                    .tempdir()
-                    .map_err(SandboxError::Spawn)?,
-            )
+            let dir = tempfile::Builder::new()
+                .prefix("codegen-sandbox-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .tempdir()
+                .map_err(SandboxError::Spawn)?;
+            remove_at_exit(dir.path());
+            Some(dir)
         };
         let mut cfg: Json = serde_json::from_str(&self.config_json).expect("config is json");
         cfg["scratch_base"] = json!(match &scratch {
@@ -260,6 +261,29 @@ impl Spawner {
                 )))
             }
         }
+    }
+}
+
+/// Host scratch bases to remove when the process exits, for sandboxes that are never dropped
+/// (a `static` in a test binary).
+static SCRATCH_BASES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" fn remove_scratch_bases() {
+    if let Ok(dirs) = SCRATCH_BASES.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn remove_at_exit(dir: &Path) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(remove_scratch_bases);
+    });
+    if let Ok(mut dirs) = SCRATCH_BASES.lock() {
+        dirs.retain(|d| d.exists());
+        dirs.push(dir.to_path_buf());
     }
 }
 
