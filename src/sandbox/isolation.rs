@@ -39,6 +39,9 @@ pub struct IsolationReport {
     /// Uid of the harness on the host, and of generated code inside its user namespace.
     pub host_uid: u32,
     pub sandbox_uid: u32,
+    /// The host uid generated code runs as (65534 when the harness runs as root and the
+    /// interpreter is reachable by `nobody`; the harness's own uid otherwise).
+    pub sandbox_host_uid: u32,
     pub memory_mb: u64,
     pub cpu_seconds: u64,
     pub max_processes: u64,
@@ -69,9 +72,10 @@ impl IsolationReport {
             "no seccomp"
         };
         format!(
-            "sandbox {}: {ns}, {ll}, {sc}, uid {} (host {}), memory {} MiB, cpu {} s, {} procs, {} fds, files {} MiB, output {} KiB, {} workers, Python {}",
+            "sandbox {}: {ns}, {ll}, {sc}, uid {} (host uid {}, harness uid {}), memory {} MiB, cpu {} s, {} procs, {} fds, files {} MiB, output {} KiB, {} workers, Python {}",
             self.level.as_str(),
             self.sandbox_uid,
+            self.sandbox_host_uid,
             self.host_uid,
             self.memory_mb,
             self.cpu_seconds,

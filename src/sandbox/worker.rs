@@ -140,6 +140,8 @@ struct Spawner {
     config_json: String,
     namespaces: bool,
     maps: Option<(CString, CString)>,
+    /// Running as root: become this unprivileged uid/gid before anything else.
+    drop_to: Option<u32>,
 }
 
 impl Spawner {
@@ -153,6 +155,10 @@ impl Spawner {
                 .tempdir()
                 .map_err(SandboxError::Spawn)?;
             remove_at_exit(dir.path());
+            if let Some(id) = self.drop_to {
+                std::os::unix::fs::chown(dir.path(), Some(id), Some(id))
+                    .map_err(SandboxError::Spawn)?;
+            }
             Some(dir)
         };
         let mut cfg: Json = serde_json::from_str(&self.config_json).expect("config is json");
@@ -171,6 +177,7 @@ impl Spawner {
         let write_raw = write_end.as_raw_fd();
         let namespaces = self.namespaces;
         let maps = self.maps.clone();
+        let drop_to = self.drop_to;
 
         let mut cmd = Command::new(&self.python);
         cmd.arg("-I")
@@ -195,6 +202,18 @@ impl Spawner {
                 if libc::dup2(write_raw, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(id) = drop_to
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(id, id, id) != 0
+                        || libc::setresuid(id, id, id) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Changing uid made us undumpable, which leaves /proc/self owned by root and
+                // the id maps below unwritable.
+                if drop_to.is_some() && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if namespaces {
                     let flags = libc::CLONE_NEWUSER
                         | libc::CLONE_NEWNET
@@ -208,6 +227,9 @@ impl Spawner {
                     write_proc(c"/proc/self/setgroups", b"deny")?;
                     write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
                     write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
+                }
+                if drop_to.is_some() {
+                    libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
                 }
                 Ok(())
             });
@@ -321,6 +343,46 @@ pub struct WorkerSandbox {
     report: IsolationReport,
 }
 
+/// The overflow uid/gid.
+const NOBODY: u32 = 65534;
+
+/// Whether `python` and its standard library can be reached by an unprivileged user (every
+/// ancestor directory searchable by others, the files readable by others).
+fn reachable_by_others(python: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path, bits: u32| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & bits == bits)
+            .unwrap_or(false)
+    };
+    let Ok(real) = std::fs::canonicalize(python) else {
+        return false;
+    };
+    let ancestors_ok = |p: &Path| p.ancestors().skip(1).all(|a| ok(a, 0o001));
+    if !(ok(&real, 0o005) && ancestors_ok(&real)) {
+        return false;
+    }
+    // The standard library lives under the interpreter's prefix (`<prefix>/bin/python3`).
+    let prefix = real.parent().and_then(Path::parent);
+    let out = Command::new(&real)
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import os; print(os.path.dirname(os.__file__))",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let stdlib = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            ok(&stdlib, 0o005) && ancestors_ok(&stdlib)
+        }
+        _ => prefix.is_some_and(|p| ok(p, 0o005) && ancestors_ok(p)),
+    }
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let found = if name.contains('/') {
         Path::new(name).is_file().then(|| PathBuf::from(name))
@@ -398,7 +460,14 @@ impl WorkerSandbox {
                 "scratch_mb": config.scratch_mb,
             },
         });
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        // As root, the workers run as `nobody` when the interpreter is reachable by it, so
+        // that even a Landlock bypass would meet ordinary permissions (/etc/shadow, /root).
+        let drop_to =
+            (unsafe { libc::geteuid() } == 0 && reachable_by_others(&python)).then_some(NOBODY);
+        let (uid, gid) = match drop_to {
+            Some(id) => (id, id),
+            None => unsafe { (libc::geteuid(), libc::getegid()) },
+        };
         let maps = strict.then(|| {
             (
                 CString::new(format!("0 {uid} 1")).expect("no nul"),
@@ -410,6 +479,7 @@ impl WorkerSandbox {
             config_json: worker_cfg.to_string(),
             namespaces: strict,
             maps,
+            drop_to,
         };
         let (first, hello) = spawner.spawn()?;
         let landlock_abi = hello["landlock_abi"].as_u64().unwrap_or(0) as u32;
@@ -432,6 +502,7 @@ impl WorkerSandbox {
             cgroups: caps.cgroups.clone(),
             host_uid: caps.uid,
             sandbox_uid: hello["uid"].as_u64().unwrap_or(u64::MAX) as u32,
+            sandbox_host_uid: uid,
             memory_mb: config.memory_mb,
             cpu_seconds: config.cpu_seconds,
             max_processes: config.max_processes,
