@@ -533,6 +533,19 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         return pid, scratch, token, rr, outr, errr, jw
 
     ready = [None]  # a child forked and locked down ahead of time, waiting for a job
+    deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
+
+    def reap_deferred():
+        while deferred:
+            pid, scratch = deferred.pop()
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            try:
+                rmtree(scratch)
+            except RecursionError:
+                pass
 
     def discard_child(c):
         pid, scratch, _, rr, outr, errr, jw = c
@@ -668,15 +681,22 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                         status = st
                         break
                     time.sleep(0.0005)
+            reap_later = False
             if status is None:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                _, st = os.waitpid(pid, 0)
-                if end == "eof" and not done:
-                    end = {"kind": "crashed",
-                           "reason": "the program closed the harness's result channel"}
+                if done:
+                    # A clean finish: reap it and remove its scratch dir after the report is
+                    # sent, so its teardown is not on the critical path.
+                    reap_later = True
+                    deferred.append((pid, scratch))
+                else:
+                    _, st = os.waitpid(pid, 0)
+                    if end == "eof":
+                        end = {"kind": "crashed",
+                               "reason": "the program closed the harness's result channel"}
             for fd in list(open_fds):
                 if fd != rr:
                     # Drain what is left without blocking (the child is dead).
@@ -695,10 +715,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     os.close(fd)
                 except OSError:
                     pass
-            try:
-                rmtree(scratch)
-            except RecursionError:
-                pass  # absurdly deep: left on the tmpfs, which dies with the worker
+            if not reap_later:
+                try:
+                    rmtree(scratch)
+                except RecursionError:
+                    pass  # absurdly deep: left on the tmpfs, which dies with the worker
         if end == "eof" and not done:
             if os.WIFSIGNALED(status):
                 end = signal_outcome(os.WTERMSIG(status))
@@ -836,6 +857,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except Exception as e:  # a harness failure, reported as such
             out = {"event": "error", "message": "%s: %s" % (type(e).__name__, e)}
         report(out)
+        reap_deferred()
 
 
 if __name__ == "__main__":
