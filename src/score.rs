@@ -51,6 +51,19 @@ pub enum TestVerdict {
     NotRun {
         why: String,
     },
+    /// Ran out of the sandbox's memory limit.
+    MemoryLimit,
+    /// Printed more than the sandbox's output limit.
+    OutputLimit {
+        bytes: u64,
+    },
+    /// The sandbox denied an operation the code needed.
+    Blocked {
+        operation: String,
+    },
+    KilledBySignal {
+        signal: i32,
+    },
 }
 
 impl TestVerdict {
@@ -81,6 +94,14 @@ impl TestVerdict {
             TestVerdict::TimedOut { after_ms } => format!("timed out after {after_ms} ms"),
             TestVerdict::Crashed { why } => format!("crashed: {why}"),
             TestVerdict::NotRun { why } => format!("not run: {why}"),
+            TestVerdict::MemoryLimit => "memory limit exceeded".into(),
+            TestVerdict::OutputLimit { bytes } => {
+                format!("output limit exceeded (printed more than {bytes} bytes)")
+            }
+            TestVerdict::Blocked { operation } => format!("blocked by the sandbox: {operation}"),
+            TestVerdict::KilledBySignal { signal } => {
+                format!("killed by signal {signal} ({})", signal_name(*signal))
+            }
         }
     }
 }
@@ -121,6 +142,23 @@ pub struct TestResult {
     pub verdict: TestVerdict,
 }
 
+/// `SIGSEGV` for 11, and so on, for the signals generated code meets.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => "signal",
+    }
+}
+
 /// How loading the program went, as shown to people.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "load", rename_all = "snake_case")]
@@ -129,6 +167,10 @@ pub enum LoadVerdict {
     Raised { error: Raised },
     TimedOut { after_ms: u64 },
     Crashed { why: String },
+    MemoryLimit,
+    OutputLimit { bytes: u64 },
+    Blocked { operation: String },
+    KilledBySignal { signal: i32 },
 }
 
 impl LoadVerdict {
@@ -138,6 +180,14 @@ impl LoadVerdict {
             LoadVerdict::Raised { error } => format!("failed: {}", describe_raised(error)),
             LoadVerdict::TimedOut { after_ms } => format!("timed out after {after_ms} ms"),
             LoadVerdict::Crashed { why } => format!("crashed: {why}"),
+            LoadVerdict::MemoryLimit => "memory limit exceeded".into(),
+            LoadVerdict::OutputLimit { bytes } => {
+                format!("output limit exceeded (printed more than {bytes} bytes)")
+            }
+            LoadVerdict::Blocked { operation } => format!("blocked by the sandbox: {operation}"),
+            LoadVerdict::KilledBySignal { signal } => {
+                format!("killed by signal {signal} ({})", signal_name(*signal))
+            }
         }
     }
 }
@@ -200,6 +250,12 @@ pub fn judge(
         LoadOutcome::Raised(e) => LoadVerdict::Raised { error: e.clone() },
         LoadOutcome::TimedOut(d) => LoadVerdict::TimedOut { after_ms: ms(*d) },
         LoadOutcome::Crashed(why) => LoadVerdict::Crashed { why: why.clone() },
+        LoadOutcome::MemoryLimit => LoadVerdict::MemoryLimit,
+        LoadOutcome::OutputLimit(bytes) => LoadVerdict::OutputLimit { bytes: *bytes },
+        LoadOutcome::Blocked { operation } => LoadVerdict::Blocked {
+            operation: operation.clone(),
+        },
+        LoadOutcome::KilledBySignal(signal) => LoadVerdict::KilledBySignal { signal: *signal },
     };
     let not_loaded = || TestVerdict::NotRun {
         why: "the program did not load".into(),
@@ -278,6 +334,12 @@ fn raw_failure(raw: &RawOutcome) -> TestVerdict {
         RawOutcome::NotRun => TestVerdict::NotRun {
             why: "an earlier failure stopped the run".into(),
         },
+        RawOutcome::MemoryLimit => TestVerdict::MemoryLimit,
+        RawOutcome::OutputLimit(bytes) => TestVerdict::OutputLimit { bytes: *bytes },
+        RawOutcome::Blocked { operation } => TestVerdict::Blocked {
+            operation: operation.clone(),
+        },
+        RawOutcome::KilledBySignal(signal) => TestVerdict::KilledBySignal { signal: *signal },
     }
 }
 

@@ -1,11 +1,35 @@
 //! Run a generated program and a case's tests in Python, and report what each call did.
 //!
-//! [`Sandbox`] is the seam: [`process::ProcessSandbox`] runs one Python process tree per case
-//! with a deadline per test, kills the whole tree when a deadline passes, and restarts for the
-//! tests that remain. Outcomes are raw facts ("returned this value", "raised that"); judging
-//! them against expected values is the job of [`crate::score`], outside the process.
+//! [`Sandbox`] is the seam. [`WorkerSandbox`] is the sandbox of record: a pool of warm Python
+//! workers, each in fresh user, network, mount, pid and IPC namespaces, each forking (ahead of
+//! time) a child per execution that locks itself down before generated code runs: rlimits
+//! (CPU, address space, processes, open files, file size), a Landlock layer (writes only in its
+//! private scratch dir on a tmpfs; the worker's own layer leaves only Python and the shared
+//! libraries readable; signals and abstract sockets scoped; TCP denied) and a seccomp filter
+//! built in Rust ([`seccomp`]). Per-call deadlines and the output limit are enforced by the
+//! worker, a backstop by Rust; a worker that dies is replaced and its case reported.
+//! [`process::ProcessSandbox`] is the earlier plain executor (one process per case, no
+//! isolation beyond rlimits), kept for comparison.
+//!
+//! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
+//! '/etc/shadow'"); judging them against expected values is the job of [`crate::score`],
+//! outside any process that ran generated code. [`config::SandboxConfig`] is the `[sandbox]`
+//! table of `harness/codegen.toml`; [`isolation::IsolationReport`] says what is in force;
+//! [`calibrate()`] derives per-case timeouts from the reference solution; [`mod@bench`] is
+//! `codegen bench sandbox`.
 
+pub mod bench;
+pub mod calibrate;
+pub mod config;
+pub mod isolation;
 pub mod process;
+pub mod seccomp;
+pub mod worker;
+
+pub use calibrate::{TimeoutPolicy, calibrate};
+pub use config::{Level, SandboxConfig};
+pub use isolation::IsolationReport;
+pub use worker::WorkerSandbox;
 
 use std::time::Duration;
 
@@ -16,6 +40,9 @@ use crate::value::Value;
 
 /// The Python script that runs inside the child (also the trusted evaluator).
 pub const RUNNER_PY: &str = include_str!("../../harness/python/runner.py");
+
+/// The warm worker of [`WorkerSandbox`]: forks and locks down a child per execution.
+pub const WORKER_PY: &str = include_str!("../../harness/python/worker.py");
 
 /// One execution: a program, optional setup code, and the calls (or a check block) to run.
 #[derive(Debug, Clone)]
@@ -61,10 +88,20 @@ pub enum RawOutcome {
     CheckPassed,
     /// No answer before the deadline; the process tree was killed.
     TimedOut(Duration),
-    /// The process died while running it (exit code, signal, or a broken result channel).
+    /// The process died while running it (an exit code, or a broken result channel).
     Crashed(String),
     /// The program failed to load, so the call never ran.
     NotRun,
+    /// The program ran out of memory (a `MemoryError` under the sandbox's memory limit).
+    MemoryLimit,
+    /// The program printed more than the sandbox's output limit (bytes seen when stopped).
+    OutputLimit(u64),
+    /// The sandbox denied an operation and the program failed because of it, e.g.
+    /// "opening '/etc/shadow'", "creating a socket (family 2, ...)", "starting a process
+    /// (os.fork)", "writing to the harness's result channel".
+    Blocked { operation: String },
+    /// The process was killed by this signal (e.g. 11 for SIGSEGV) while running the call.
+    KilledBySignal(i32),
 }
 
 /// How loading the program went.
@@ -74,6 +111,13 @@ pub enum LoadOutcome {
     Raised(Raised),
     TimedOut(Duration),
     Crashed(String),
+    /// Same meanings as the [`RawOutcome`] variants of the same names.
+    MemoryLimit,
+    OutputLimit(u64),
+    Blocked {
+        operation: String,
+    },
+    KilledBySignal(i32),
 }
 
 /// Everything one execution produced.
@@ -100,6 +144,12 @@ pub enum SandboxError {
     Protocol(String),
     #[error("failed to evaluate expected value `{expr}`: {message}")]
     Expected { expr: String, message: String },
+    /// The configured isolation level cannot be had on this machine.
+    #[error("the sandbox cannot provide isolation level `{level}`: {missing}")]
+    Unavailable { level: String, missing: String },
+    /// The reference solution did not pass, so no timeout could be calibrated from it.
+    #[error("failed to calibrate a timeout: {0}")]
+    Calibration(String),
 }
 
 /// Runs jobs. Implementations must survive anything the generated code does.
@@ -112,4 +162,10 @@ pub trait Sandbox: Send + Sync {
 
     /// A one-line description of the isolation in force, for the summary and results.
     fn isolation(&self) -> String;
+
+    /// The isolation in force, structured (for results JSON). `None` for sandboxes that do
+    /// not detect it.
+    fn isolation_report(&self) -> Option<IsolationReport> {
+        None
+    }
 }

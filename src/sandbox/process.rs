@@ -306,13 +306,14 @@ fn wait_event(rx: &Receiver<Json>, deadline: Instant) -> Wait {
 }
 
 impl Sandbox for ProcessSandbox {
+    #[allow(clippy::needless_range_loop)]
     fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError> {
         let n = job.calls.len();
         let mut calls: Vec<Option<RawOutcome>> = vec![None; n];
         let mut check = None;
         let mut load = LoadOutcome::Loaded;
-        let mut stdout_tail;
-        let mut stderr_tail;
+        let mut stdout_tail: String;
+        let mut stderr_tail: String;
         let mut start = 0usize;
 
         // Each pass runs the program and the calls from `start` on; a timeout or crash on call
@@ -369,7 +370,6 @@ impl Sandbox for ProcessSandbox {
                         }
                     });
                 } else {
-                    #[allow(clippy::needless_range_loop)] // `i` is also the protocol's index
                     for i in start..n {
                         let deadline = Instant::now() + job.test_timeout;
                         match wait_event(&running.events, deadline) {

@@ -1,0 +1,864 @@
+"""Warm sandbox worker for codegen-harness.
+
+Started once per worker by Rust (`python3 -I -S -B -c <this> <config json>`), inside fresh user,
+network, mount, pid and IPC namespaces when the level is "strict". It reads one JSON job per line
+on stdin, forks a child per execution, and writes one JSON report per job on fd 3.
+
+The child locks itself down before any generated code runs: rlimits, a Landlock ruleset (read-only
+Python and shared libraries, a private writable scratch directory), and a seccomp filter built in
+Rust (no new processes, no exec, no ptrace, no mount or namespace calls, no sockets but AF_UNIX...).
+The worker never runs generated code itself; it enforces per-call deadlines and the output limit,
+checks the child's messages (a per-execution token and a strict order), and reports in words.
+
+Expected values never come here. The child reports what each call returned in a strict canonical
+form built from exact builtin types; Rust compares.
+"""
+
+import sys
+
+
+def _worker():  # noqa: C901 - one closure so nothing lives in patchable module globals
+    import ctypes
+    import errno
+    import json
+    import os
+    import select
+    import signal
+    import struct
+    import time
+
+    # Modules generated code commonly imports: loaded once here so the locked-down child
+    # rarely needs to read the stdlib at all.
+    for name in (
+        "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
+        "typing", "operator", "copy", "random", "struct",
+        "resource", "_json",
+    ):
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    import _thread
+
+    cfg = json.loads(sys.argv[1])
+    limits = cfg["limits"]
+    level = cfg["level"]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    machine = os.uname().machine
+    SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(machine)
+    SYS_LL_CREATE, SYS_LL_ADD, SYS_LL_RESTRICT = 444, 445, 446
+
+    result_out = 3
+
+    # ---------------------------------------------------------------- pid namespace init
+    if cfg.get("pidns"):
+        pid = os.fork()
+        if pid:
+            # The outer process only waits: the worker proper is pid 1 of the new namespace,
+            # so nothing inside can SIGKILL it, and when it dies everything inside dies too.
+            os.close(0)
+            os.close(result_out)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            while True:
+                try:
+                    _, status = os.waitpid(pid, 0)
+                    break
+                except ChildProcessError:
+                    os._exit(1)
+                except InterruptedError:
+                    continue
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGQUIT, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_IGN)
+
+    base = cfg["scratch_base"]
+    if cfg.get("mount"):
+        MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+        if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            raise OSError(ctypes.get_errno(), "making mounts private")
+        opts = ("size=%dm,mode=0700" % limits["scratch_mb"]).encode()
+        if libc.mount(b"tmpfs", base.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+            raise OSError(ctypes.get_errno(), "mounting the scratch tmpfs")
+
+    # ---------------------------------------------------------------- lockdown pieces
+    def landlock_abi():
+        r = libc.syscall(SYS_LL_CREATE, None, 0, 1)
+        return int(r) if r > 0 else 0
+
+    abi = landlock_abi() if cfg.get("landlock") else 0
+
+    def real_dirs(paths):
+        out = []
+        for p in paths:
+            if p and os.path.exists(p):
+                rp = os.path.realpath(p)
+                if rp not in out:
+                    out.append(rp)
+        return out
+
+    stdlib = os.path.dirname(os.__file__)
+    read_dirs = real_dirs(
+        [stdlib, os.path.join(stdlib, "lib-dynload"), os.path.join(sys.base_prefix, "lib"),
+         "/lib", "/lib64", "/usr/lib", "/usr/lib64"] + list(cfg.get("extra_read", []))
+    )
+    read_files = real_dirs(["/etc/ld.so.cache"])
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    filters = []
+    for hexprog in cfg.get("seccomp", []):
+        raw = bytes.fromhex(hexprog)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        filters.append((SockFprog(len(raw) // 8, ctypes.addressof(buf)), buf))
+
+    EXEC, WRITE, READ, READDIR = 1, 2, 4, 8
+    FS_ALL = (1 << 13) - 1
+    if abi >= 2:
+        FS_ALL |= 1 << 13
+    if abi >= 3:
+        FS_ALL |= 1 << 14
+    if abi >= 5:
+        FS_ALL |= 1 << 15
+    FILE_RIGHTS = EXEC | WRITE | READ | (FS_ALL & ((1 << 14) | (1 << 15)))
+    NET_ALL = 3 if abi >= 4 else 0
+    SCOPE_ALL = 3 if abi >= 6 else 0
+    ATTR_SIZE = 8 if abi < 4 else (16 if abi < 6 else 24)
+
+    def landlock_layer(handled, rules):
+        """Add one Landlock layer: `handled` fs rights are denied except where `rules`
+        (path, rights) allow them; TCP bind/connect are denied and signals and abstract unix
+        sockets are scoped to the layer's domain."""
+        abuf = ctypes.create_string_buffer(struct.pack("=QQQ", handled, NET_ALL, SCOPE_ALL), 24)
+        rfd = libc.syscall(SYS_LL_CREATE, abuf, ATTR_SIZE, 0)
+        if rfd < 0:
+            raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+        try:
+            for path, rights in rules:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
+                    if libc.syscall(SYS_LL_ADD, rfd, 1, rule, 0) != 0:
+                        raise OSError(ctypes.get_errno(), "landlock_add_rule %s" % path)
+                finally:
+                    os.close(fd)
+            if libc.syscall(SYS_LL_RESTRICT, rfd, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+        finally:
+            os.close(rfd)
+
+    # Layer 1, on the worker itself: read-only Python and shared libraries, /dev/null, and the
+    # scratch base; nothing else of the host is visible to the worker or any child.
+    if abi:
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        landlock_layer(
+            FS_ALL,
+            [(d, EXEC | READ | READDIR) for d in read_dirs]
+            + [(f, READ) for f in read_files]
+            + [("/dev/null", FILE_RIGHTS & ~EXEC), (base, FS_ALL)],
+        )
+    # Layer 2, per child: writes only inside its own scratch dir (and /dev/null).
+    WRITE_RIGHTS = FS_ALL & ~(EXEC | READ | READDIR)
+
+    def apply_landlock(scratch):
+        landlock_layer(
+            WRITE_RIGHTS,
+            [(scratch, WRITE_RIGHTS), ("/dev/null", FILE_RIGHTS & WRITE_RIGHTS)],
+        )
+
+    def apply_seccomp():
+        for prog, _buf in filters:
+            if libc.syscall(SYS_SECCOMP, 1, 0, ctypes.byref(prog)) != 0:
+                raise OSError(ctypes.get_errno(), "seccomp")
+
+    def set_rlimits():
+        import resource as r
+        mem = limits["memory_mb"] << 20
+        cpu = limits["cpu_seconds"]
+        for res, v in (
+            (r.RLIMIT_CPU, (cpu, cpu + 1)),
+            (r.RLIMIT_AS, (mem, mem)),
+            (r.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"])),
+            (r.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"])),
+            (r.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"])),
+            (r.RLIMIT_CORE, (0, 0)),
+        ):
+            r.setrlimit(res, v)
+
+    def lock_down(scratch):
+        set_rlimits()
+        if level != "none":
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+            if abi:
+                apply_landlock(scratch)
+            apply_seccomp()
+
+    # ---------------------------------------------------------------- the child's runner
+    # What the child uses to report, built once here in the worker (which never runs
+    # generated code), so every child starts with pristine copies and pays nothing for them.
+    _state = [None]  # the execution's token, set in the child
+    _write = os.write
+    _type = type
+    _len = len
+    _str = str
+    _repr_int = int.__repr__
+    _repr_float = float.__repr__
+    _getattr = getattr
+    _BaseException = BaseException
+    _OSError = OSError
+    _MemoryError = MemoryError
+    _exit = os._exit
+    MAX_DEPTH, MAX_ITEMS = 64, 200_000
+    try:
+        sys.set_int_max_str_digits(0)
+    except AttributeError:
+        pass
+
+    # The C encoder, built before any generated code runs: nothing it uses can be reached
+    # through a module's globals (json.dumps, json._default_encoder, ... stay patchable but
+    # unused).
+    import _json
+    _enc = _json.make_encoder(None, _str, _json.encode_basestring_ascii, None, ":", ",",
+                              False, False, True)
+    _join = "".join
+    _snapshot_builtins = dict(__builtins__.__dict__ if _type(__builtins__) is _type(sys)
+                              else __builtins__)
+    _settrace = sys.settrace
+    _setprofile = sys.setprofile
+
+    def send(obj):
+        obj["t"] = _state[0]
+        data = (_join(_enc(obj, 0)) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = _write(3, view)
+            view = view[n:]
+
+    class Unsupported(Exception):
+        pass
+
+    def canon(x, budget, depth=0):
+        if depth > MAX_DEPTH:
+            raise Unsupported("nesting deeper than %d levels" % MAX_DEPTH)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise Unsupported("more than %d items" % MAX_ITEMS)
+        t = _type(x)
+        if x is None:
+            return ["none"]
+        if t is bool:
+            return ["bool", x is True]
+        if t is int:
+            return ["int", _repr_int(x)]
+        if t is float:
+            return ["float", _repr_float(x)]
+        if t is complex:
+            return ["complex", _repr_float(x.real), _repr_float(x.imag)]
+        if t is str:
+            return ["str", str.__str__(x)]
+        if t is bytes:
+            return ["bytes", bytes.hex(x)]
+        if t is list or t is tuple:
+            return [t.__name__, [canon(i, budget, depth + 1) for i in t.__iter__(x)]]
+        if t is set or t is frozenset:
+            return [t.__name__, [canon(i, budget, depth + 1) for i in t.__iter__(x)]]
+        if t is dict:
+            return ["dict", [[canon(k, budget, depth + 1), canon(v, budget, depth + 1)]
+                             for k, v in dict.items(x)]]
+        raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
+
+    last_op = [None]
+    interesting = {
+        "open", "socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
+        "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system",
+        "subprocess.Popen", "os.kill", "os.killpg", "os.mkdir", "os.remove", "os.rename",
+        "os.rmdir", "os.listdir", "os.scandir", "os.chmod", "os.chown", "os.symlink",
+        "os.link", "os.truncate", "shutil.rmtree", "shutil.copyfile", "os.chdir",
+        "os.putenv", "ctypes.dlopen", "mmap.__new__", "os.startfile", "pty.spawn",
+    }
+
+    def hook(event, args):
+        if event in interesting:
+            try:
+                if event == "open":
+                    what = "opening %r" % (args[0],)
+                elif event == "socket.__new__":
+                    what = "creating a socket (family %r, type %r)" % (args[1], args[2])
+                elif event in ("socket.connect", "socket.sendto"):
+                    what = "connecting to %r" % (args[1],)
+                elif event == "socket.bind":
+                    what = "binding a socket to %r" % (args[1],)
+                elif event in ("os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+                               "os.spawn", "os.system", "subprocess.Popen", "pty.spawn"):
+                    what = "starting a process (%s)" % event
+                elif event in ("os.kill", "os.killpg"):
+                    what = "sending signal %r to process %r" % (args[1], args[0])
+                else:
+                    what = "%s %r" % (event, args[0] if args else "")
+                last_op[0] = what[:300]
+            except _BaseException:
+                last_op[0] = event
+
+    def exception_event(exc, filenames, sources):
+        t = _type(exc)
+        if t is _MemoryError or _isinst(exc, _MemoryError):
+            return {"kind": "memory"}
+        e = exc
+        for _ in range(4):
+            if e is None:
+                break
+            code = _getattr(e, "errno", None) if _isinst(e, _OSError) else None
+            if code == errno.EFBIG:
+                return {"kind": "blocked", "operation": "writing a file larger than %d bytes"
+                        % limits["file_bytes"]}
+            if code == errno.ENOSPC:
+                return {"kind": "blocked", "operation": "filling the %d MiB scratch space"
+                        % limits["scratch_mb"]}
+            if code in (errno.EPERM, errno.EACCES):
+                op = last_op[0] or ("an operation the sandbox denies (%s)" % _str(e)[:200])
+                return {"kind": "blocked", "operation": op}
+            e = e.__cause__ or e.__context__
+        try:
+            message = _str(exc)
+        except _BaseException:
+            message = "<unprintable exception>"
+        line = where = source = None
+        tb = exc.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if name in filenames:
+                line = tb.tb_lineno
+                where = name.strip("<>")
+                lines = sources.get(name, "").splitlines()
+                if 0 < line <= _len(lines):
+                    source = lines[line - 1].strip()
+            tb = tb.tb_next
+        return {
+            "kind": "raised",
+            "type": _str(_getattr(t, "__qualname__", "?")),
+            "mro": [_str(_getattr(c, "__qualname__", "?")) for c in _getattr(t, "__mro__", ())],
+            "message": message[:2000],
+            "line": line,
+            "where": where,
+            "source": source,
+        }
+
+    _isinst = isinstance
+
+    def value_event(value):
+        try:
+            return {"kind": "returned", "value": canon(value, [MAX_ITEMS])}
+        except Unsupported as e:
+            return {"kind": "unsupported", "what": _str(e)}
+        except RecursionError:
+            return {"kind": "unsupported", "what": "a value nested too deeply"}
+
+    def child_main(token, scratch, jobfd):
+        """Runs in the forked child: locks down, then waits for its job on `jobfd` (children are
+        forked ahead of time, while the worker is idle). Never returns."""
+        _state[0] = token
+        last_op[0] = None
+        try:
+            os.chdir(scratch)
+            os.environ["HOME"] = scratch
+            os.environ["TMPDIR"] = scratch
+            if "tempfile" in sys.modules:
+                sys.modules["tempfile"].tempdir = scratch
+            try:
+                _thread.stack_size(1 << 20)
+            except Exception:
+                pass
+            lock_down(scratch)
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                        signal.SIGQUIT, signal.SIGALRM):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.addaudithook(hook)
+        except BaseException as e:  # the harness's own failure
+            try:
+                send({"event": "setup_failed", "message": "%s: %s" % (type(e).__name__, e)})
+            finally:
+                _exit(70)
+
+        chunks = []
+        while True:
+            b = os.read(jobfd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(jobfd)
+        if not chunks:
+            _exit(0)  # never used
+        msg = json.loads(b"".join(chunks))
+        job = msg["job"]
+        start = msg["start"]
+
+        if job.get("mode") == "evaluate":
+            for i, expr in enumerate(job["exprs"]):
+                try:
+                    ev = value_event(eval(compile(expr.strip(), "<expected>", "eval"), {}))
+                except BaseException as e:
+                    ev = {"kind": "raised", "type": type(e).__qualname__,
+                          "message": str(e)[:2000]}
+                ev["event"] = "expected"
+                ev["index"] = i
+                send(ev)
+            send({"event": "done"})
+            _exit(0)
+
+        _perf = time.perf_counter
+        _t_run = _perf()
+        sources = {"<program>": job["program"]}
+        filenames = {"<program>", "<test>", "<check>"}
+        namespace = {"__name__": "__codegen__", "__builtins__": __builtins__}
+        try:
+            if job.get("setup"):
+                sources["<setup>"] = job["setup"]
+                exec(compile(job["setup"], "<setup>", "exec"), {"__name__": "__setup__"})
+            last_op[0] = None
+            exec(compile(job["program"], "<program>", "exec"), namespace)
+        except _BaseException as e:  # noqa: B036 - the program may raise anything
+            ev = exception_event(e, filenames | {"<setup>"}, sources)
+            ev["event"] = "load"
+            send(ev)
+            send({"event": "done", "busy": _perf() - _t_run})
+            _exit(0)
+        send({"event": "load", "kind": "ok"})
+        if job.get("check"):
+            sources["<check>"] = job["check"]
+            # The check block compares inside this process, so: it sees the builtins as they
+            # were before the program ran, no trace or profile hooks, and a candidate whose
+            # results must be exact builtin types (an object with a forged __eq__ fails).
+            try:
+                _settrace(None)
+                _setprofile(None)
+                candidate_fn = namespace[job["entry_point"]]
+
+                def candidate(*args, **kwargs):
+                    v = candidate_fn(*args, **kwargs)
+                    canon(v, [MAX_ITEMS])
+                    return v
+
+                check_ns = dict(namespace)  # HumanEval checks use helpers from the prompt
+                check_ns["__builtins__"] = dict(_snapshot_builtins)
+                last_op[0] = None
+                exec(compile(job["check"], "<check>", "exec"), check_ns)
+                check_ns["check"](candidate)
+                ev = {"kind": "passed"}
+            except Unsupported as e:
+                ev = {"kind": "unsupported", "what": _str(e)}
+            except _BaseException as e:
+                ev = exception_event(e, filenames, sources)
+            ev["event"] = "check"
+            send(ev)
+        else:
+            for i, call in enumerate(job["tests"]):
+                if i < start:
+                    continue
+                sources["<test>"] = call
+                last_op[0] = None
+                try:
+                    value = eval(compile(call.strip(), "<test>", "eval"), namespace)
+                    ev = value_event(value)
+                except _BaseException as e:
+                    ev = exception_event(e, filenames, sources)
+                ev["event"] = "test"
+                ev["index"] = i
+                send(ev)
+        send({"event": "done", "busy": _perf() - _t_run})
+        _exit(0)
+
+    # ---------------------------------------------------------------- the worker's side
+    counter = [0]
+    busy = [0.0]  # seconds children spent running generated and test code, per job
+    TAIL = 4096
+
+    def signal_outcome(sig):
+        if sig == signal.SIGXCPU:
+            return {"kind": "timeout", "seconds": float(limits["cpu_seconds"]), "cpu": True}
+        if sig == signal.SIGXFSZ:
+            return {"kind": "blocked", "operation": "writing a file larger than %d bytes"
+                    % limits["file_bytes"]}
+        if sig == signal.SIGSYS:
+            return {"kind": "blocked", "operation": "a system call the sandbox denies"}
+        return {"kind": "signal", "signal": sig}
+
+    def rmtree(path):
+        """Remove a scratch dir (shutil is not loaded: every MiB of the worker costs each fork)."""
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError:
+            entries = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    rmtree(e.path)
+                else:
+                    os.unlink(e.path)
+            except OSError:
+                pass
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+    def spawn_child():
+        counter[0] += 1
+        scratch = os.path.join(base, "x%d" % counter[0])
+        os.mkdir(scratch, 0o700)
+        rr, rw = os.pipe()
+        outr, outw = os.pipe()
+        errr, errw = os.pipe()
+        jr, jw = os.pipe()
+        token = os.urandom(16).hex()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                nul = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(nul, 0)
+                os.dup2(outw, 1)
+                os.dup2(errw, 2)
+                os.dup2(rw, 3)
+                os.dup2(jr, 4)
+                os.closerange(5, 1 << 16)
+                child_main(token, scratch, 4)
+            finally:
+                os._exit(71)
+        for fd in (rw, outw, errw, jr):
+            os.close(fd)
+        return pid, scratch, token, rr, outr, errr, jw
+
+    ready = [None]  # a child forked and locked down ahead of time, waiting for a job
+    deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
+
+    def reap_deferred():
+        while deferred:
+            pid, scratch = deferred.pop()
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            try:
+                rmtree(scratch)
+            except RecursionError:
+                pass
+
+    def discard_child(c):
+        pid, scratch, _, rr, outr, errr, jw = c
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        for fd in (rr, outr, errr, jw):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        rmtree(scratch)
+
+    def start_child(start):
+        """A locked-down child (the one forked ahead if any) that has been given the current
+        job from call `start` on."""
+        payload = b'{"start": %d, "job": ' % start + current_raw[0] + b"}"
+        for _ in range(2):
+            c = ready[0] or spawn_child()
+            ready[0] = None
+            view = memoryview(payload)
+            try:
+                while view:
+                    n = os.write(c[6], view)
+                    view = view[n:]
+                os.close(c[6])
+                return c[:6]
+            except OSError:
+                discard_child(c)  # it died while waiting: use a fresh one
+        raise RuntimeError("could not start a sandboxed child")
+
+    def run_child(job, start, phases):
+        """Run one child from call `start`. `phases` yields (expected event, index, timeout).
+
+        Returns (events: list of (index or key, outcome), tails)."""
+        pid, scratch, token, rr, outr, errr = start_child(start)
+        poller = select.poll()
+        for fd in (rr, outr, errr):
+            poller.register(fd, select.POLLIN)
+        open_fds = {rr, outr, errr}
+        buf = b""
+        tails = {outr: bytearray(), errr: bytearray()}
+        out_total = 0
+        results = []
+        phase_iter = iter(phases)
+        cur = next(phase_iter)
+        deadline = time.monotonic() + cur[2]
+        end = None  # outcome for the current phase when the child is stopped
+        done = False
+        try:
+            while not done and end is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    end = {"kind": "timeout", "seconds": cur[2] if cur else 5.0}
+                    break
+                try:
+                    ready = poller.poll(max(1, int(left * 1000) + 1))
+                except InterruptedError:
+                    continue
+                for fd, _ev in ready:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+                        if fd == rr:
+                            end = "eof"
+                        continue
+                    if fd == rr:
+                        buf += data
+                        if len(buf) > limits["result_bytes"]:
+                            end = {"kind": "output_limit", "bytes": len(buf)}
+                            break
+                        while b"\n" in buf and end is None and not done:
+                            line, buf = buf.split(b"\n", 1)
+                            try:
+                                msg = json.loads(line)
+                                ok = type(msg) is dict and msg.pop("t", None) == token
+                            except Exception:
+                                ok = False
+                            if not ok:
+                                end = {"kind": "blocked",
+                                       "operation": "writing to the harness's result channel"}
+                                break
+                            evname = msg.pop("event", None)
+                            if evname == "setup_failed":
+                                raise RuntimeError("the sandbox could not lock the child down: "
+                                                   + str(msg.get("message")))
+                            if cur is None:
+                                if evname == "done":
+                                    busy[0] += float(msg.get("busy") or 0.0)
+                                    done = True
+                                    break
+                                end = {"kind": "blocked",
+                                       "operation": "writing to the harness's result channel"}
+                                break
+                            want, index, _ = cur
+                            if evname != want or msg.pop("index", index) != index:
+                                end = {"kind": "blocked",
+                                       "operation": "writing to the harness's result channel"}
+                                break
+                            results.append((index, msg))
+                            cur = next(phase_iter, None)
+                            if cur is not None:
+                                deadline = time.monotonic() + cur[2]
+                            else:
+                                deadline = time.monotonic() + 5.0
+                            if want == "load" and msg.get("kind") != "ok":
+                                cur = None
+                    else:
+                        out_total += len(data)
+                        t = tails[fd]
+                        t += data
+                        if len(t) > 2 * TAIL:
+                            del t[:-TAIL]
+                        if out_total > limits["output_bytes"]:
+                            end = {"kind": "output_limit", "bytes": out_total}
+                            break
+                if end is not None or done:
+                    break
+        finally:
+            status = None
+            if end == "eof" and not done:
+                # The channel closed: give a dying child a moment to be reapable, so that its
+                # own exit status (not our SIGKILL) is what gets reported.
+                for _ in range(200):
+                    wpid, st = os.waitpid(pid, os.WNOHANG)
+                    if wpid:
+                        status = st
+                        break
+                    time.sleep(0.0005)
+            reap_later = False
+            if status is None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                if done:
+                    # A clean finish: reap it and remove its scratch dir after the report is
+                    # sent, so its teardown is not on the critical path.
+                    reap_later = True
+                    deferred.append((pid, scratch))
+                else:
+                    _, st = os.waitpid(pid, 0)
+                    if end == "eof":
+                        end = {"kind": "crashed",
+                               "reason": "the program closed the harness's result channel"}
+            for fd in list(open_fds):
+                if fd != rr:
+                    # Drain what is left without blocking (the child is dead).
+                    os.set_blocking(fd, False)
+                    try:
+                        while True:
+                            data = os.read(fd, 65536)
+                            if not data:
+                                break
+                            tails[fd] += data
+                            del tails[fd][:-TAIL]
+                    except OSError:
+                        pass
+            for fd in (rr, outr, errr):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if not reap_later:
+                try:
+                    rmtree(scratch)
+                except RecursionError:
+                    pass  # absurdly deep: left on the tmpfs, which dies with the worker
+        if end == "eof" and not done:
+            if os.WIFSIGNALED(status):
+                end = signal_outcome(os.WTERMSIG(status))
+            else:
+                end = {"kind": "crashed",
+                       "reason": "the process exited with code %d" % os.WEXITSTATUS(status)}
+        tails_s = (
+            bytes(tails[outr][-TAIL:]).decode("utf-8", "replace"),
+            bytes(tails[errr][-TAIL:]).decode("utf-8", "replace"),
+        )
+        return results, (cur if end is not None else None), end, tails_s
+
+    def run_job(job):
+        n = len(job.get("tests") or [])
+        lt = job["load_timeout"]
+        tt = job["test_timeout"]
+        calls = [None] * n
+        check = None
+        load = None
+        busy[0] = 0.0
+        tails = ("", "")
+        start = 0
+        while True:
+            phases = [("load", "load", lt)]
+            if job.get("check"):
+                phases.append(("check", "check", tt))
+            else:
+                phases += [("test", i, tt) for i in range(start, n)]
+            results, stopped_at, end, tails = run_child(job, start, phases)
+            for index, msg in results:
+                if index == "load":
+                    load = msg
+                elif index == "check":
+                    check = msg
+                else:
+                    calls[index] = msg
+            if end is None:
+                break
+            # The child was stopped (timeout, crash, limit, tampering) during `stopped_at`.
+            if stopped_at is None:
+                break  # after its last answer: nothing lost
+            _, index, _ = stopped_at
+            if index == "load":
+                load = end
+                break
+            if index == "check":
+                check = end
+                break
+            calls[index] = end
+            start = index + 1
+            if start >= n:
+                break
+        return {
+            "event": "report",
+            "load": load or {"kind": "crashed", "reason": "no answer"},
+            "calls": calls,
+            "check": check,
+            "stdout": tails[0],
+            "stderr": tails[1],
+            "busy": busy[0],
+        }
+
+    def evaluate_job(job):
+        exprs = job["exprs"]
+        phases = [("expected", i, job.get("timeout", 30.0)) for i in range(len(exprs))]
+        # Reuse the run machinery: no load phase for evaluation.
+        results, stopped_at, end, tails = run_child(job, 0, phases)
+        values = [None] * len(exprs)
+        for index, msg in results:
+            values[index] = msg
+        if end is not None and stopped_at is not None:
+            values[stopped_at[1]] = end
+        return {"event": "report", "values": values, "stderr": tails[1]}
+
+    def report(obj):
+        data = (json.dumps(obj, ensure_ascii=True) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(result_out, view)
+            view = view[n:]
+
+    # Warm the compiler, the evaluator and the encoder here, once: done first in each child
+    # it costs a millisecond or more.
+    _warm_src = (
+        "import math\nclass _C:\n    x: int = 1\n    def m(self, *a, **k):\n"
+        "        return [i * 2 for i in range(3) if i] + list({1: 2}.items())\n"
+        "def _f(s: str, n=3) -> str:\n    \"\"\"doc\"\"\"\n    try:\n"
+        "        return f'{s!r}:{n:>4}' + str(lambda q: q)\n"
+        "    except (ValueError, KeyError) as e:\n"
+        "        raise RuntimeError('x') from e\n    finally:\n        pass\n"
+    )
+    for _ in range(2):
+        _ns = {}
+        exec(compile(_warm_src, "<warm>", "exec"), _ns)
+        eval(compile("_f('a') + str(_C().m())", "<warm>", "eval"), _ns)
+        try:
+            eval(compile("1/0", "<warm>", "eval"), {})
+        except ZeroDivisionError as _e:
+            str(_e)
+    import _json
+    "".join(_json.make_encoder(None, str, _json.encode_basestring_ascii, None, ":", ",", False,
+                               False, True)({"a": [["int", "1"], None, True]}, 0))
+
+    # Objects that exist now are never collected in the children: no copy-on-write of the
+    # whole heap on the child's first collection.
+    import gc
+    gc.collect()
+    gc.freeze()
+
+    # Tell Rust what was achieved.
+    report({"event": "hello", "pid": os.getpid(), "landlock_abi": abi, "uid": os.getuid(),
+            "seccomp_filters": len(filters), "python": sys.version.split()[0]})
+
+    stdin = sys.stdin.buffer
+    current_raw = [b"{}"]
+    while True:
+        if ready[0] is None:
+            try:
+                ready[0] = spawn_child()
+            except Exception:
+                ready[0] = None  # forked on demand instead
+        line = stdin.readline()
+        if not line:
+            # Rust is gone or done with us.
+            if ready[0] is not None:
+                discard_child(ready[0])
+            os._exit(0)
+        current_raw[0] = line.strip()
+        job = json.loads(line)
+        try:
+            if job.get("mode") == "evaluate":
+                out = evaluate_job(job)
+            else:
+                out = run_job(job)
+        except Exception as e:  # a harness failure, reported as such
+            out = {"event": "error", "message": "%s: %s" % (type(e).__name__, e)}
+        report(out)
+        reap_deferred()
+
+
+if __name__ == "__main__":
+    _worker()
