@@ -355,6 +355,12 @@ fn fetch_gguf_with(
     if dest.is_file() && verified.is_file() {
         return Ok(dest);
     }
+    // exports of one model at several targets/precisions may run in parallel: fetch once
+    let lock_dir = dir.join(".locks").join(model.name);
+    let _lock = DirLock::acquire(&lock_dir).map_err(|e| ModelError::io("lock", lock_dir, e))?;
+    if dest.is_file() && verified.is_file() {
+        return Ok(dest);
+    }
     let env = PythonEnv::ensure(&|msg| progress.set_message(msg.to_string()))?;
     let work = dir.join(format!("{}.download", model.name));
     if work.exists() {
