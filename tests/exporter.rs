@@ -49,3 +49,48 @@ fn embedded_exporter_matches_the_checkout() {
         "update EXPORTER_SOURCES in src/models/python.rs"
     );
 }
+
+#[test]
+fn ensure_model_exports_a_users_gguf_into_the_cache() {
+    use codegen_harness::models::{self, Precision, Target};
+    let env = PythonEnv::ensure(&|msg| eprintln!("{msg}")).expect("Python environment");
+    let harness_python = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python");
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny-llama.gguf");
+    let status = env
+        .command_with_path(&harness_python.join("tests"))
+        .env(
+            "PYTHONPATH",
+            format!(
+                "{}:{}",
+                harness_python.join("tests").display(),
+                harness_python.display()
+            ),
+        )
+        .args([
+            "-c",
+            "import sys, fixtures; fixtures.write_fixture(sys.argv[1], 'llama')",
+        ])
+        .arg(&gguf)
+        .status()
+        .expect("write the fixture");
+    assert!(status.success());
+    let root = dir.path().join("cache");
+    let gguf_arg = gguf.to_str().unwrap();
+    let folder = models::ensure_model_in(&root, gguf_arg, Target::Cpu, Precision::Int4).unwrap();
+    for file in models::MODEL_FILES {
+        assert!(
+            folder.join(file).is_file(),
+            "{file} missing in {}",
+            folder.display()
+        );
+    }
+    assert!(folder.join(models::COMPLETE_MARKER).is_file());
+    let listed = models::list_cached_in(&root.join("models")).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].complete && listed[0].bytes > 100_000);
+    assert!(listed[0].name.starts_with("tiny-llama-") && listed[0].name.ends_with("-cpu-int4"));
+    // the second call reuses the folder
+    let again = models::ensure_model_in(&root, gguf_arg, Target::Cpu, Precision::Int4).unwrap();
+    assert_eq!(again, folder);
+}

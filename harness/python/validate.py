@@ -288,6 +288,7 @@ def validate_model(label: str, gguf_path: str, work: str, threads: int, n_prompt
 
 
 def to_markdown(results: list[dict], snippets: int, elapsed: float) -> str:
+    """The report; `elapsed` is the validation's run time in seconds."""
     import llama_cpp
     import onnxruntime
     import onnxruntime_genai
@@ -328,8 +329,8 @@ def to_markdown(results: list[dict], snippets: int, elapsed: float) -> str:
             def fmt(pair):
                 return f"{pair[0]}/{N_NEW} ({pair[1]})"
             lines.append(
-                f"| {p['prompt']} | {fmt(p['fp32_vs_f32'])} | {p['fp32_maxdiff_vs_f32']:.4f} | "
-                f"{fmt(p['fp32_vs_gguf'])} | {p['fp32_maxdiff_vs_gguf']:.4f} | "
+                f"| {p['prompt']} | {fmt(p['fp32_vs_f32'])} | {p['fp32_maxdiff_vs_f32']:.2e} | "
+                f"{fmt(p['fp32_vs_gguf'])} | {p['fp32_maxdiff_vs_gguf']:.3f} | "
                 f"{fmt(p['int4_vs_f32'])} | {fmt(p['int4_vs_gguf'])} | {p['logit_scale']:.1f} |")
         lines.append("")
     lines.append(f"{snippets} snippets: the Python standard library's modules, 25 lines each, "
@@ -339,8 +340,9 @@ def to_markdown(results: list[dict], snippets: int, elapsed: float) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="LABEL=PATH.gguf")
-    ap.add_argument("--work", required=True, help="folder for the exports")
+    ap.add_argument("--model", action="append", default=[], help="LABEL=PATH.gguf")
+    ap.add_argument("--work", help="folder for the exports")
+    ap.add_argument("--from-json", help="only re-render the report from a --json file")
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--markdown", help="write the report here")
@@ -348,6 +350,17 @@ def main() -> int:
     args = ap.parse_args()
     started = time.time()
     snippets = code_snippets()
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fh:
+            results = json.load(fh)
+        md = to_markdown(results, results[0]["tokenizer_snippets"], results[0].get("elapsed_s", 0))
+        print(md)
+        if args.markdown:
+            with open(args.markdown, "w", encoding="utf-8") as fh:
+                fh.write(md)
+        return 0
+    if not args.model or not args.work:
+        ap.error("--model and --work are required")
     results = []
     all_ok = True
     for spec in args.model:
@@ -359,6 +372,8 @@ def main() -> int:
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "prompts"}), file=sys.stderr,
               flush=True)
+    for res in results:
+        res["elapsed_s"] = round(time.time() - started)
     md = to_markdown(results, len(snippets), time.time() - started)
     print(md)
     if args.markdown:

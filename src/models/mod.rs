@@ -260,10 +260,22 @@ pub fn ensure_model(
     target: Target,
     precision: Precision,
 ) -> Result<PathBuf, ModelError> {
+    ensure_model_in(&cache_dir(), name_or_path, target, precision)
+}
+
+/// [`ensure_model`] with the model cache rooted at `root` (`root/models`, `root/gguf`) instead
+/// of `cache_dir()`; the Python environment still lives under `cache_dir()`.
+pub fn ensure_model_in(
+    root: &Path,
+    name_or_path: &str,
+    target: Target,
+    precision: Precision,
+) -> Result<PathBuf, ModelError> {
     let path = Path::new(name_or_path);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    let models = root.join("models");
     if path.is_file() && name_or_path.ends_with(".gguf") {
         let abs = fs::canonicalize(path).map_err(|e| ModelError::io("read", path.into(), e))?;
         let stem = abs
@@ -271,7 +283,7 @@ pub fn ensure_model(
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "model".into());
         let key = &python::sha256_hex(abs.to_string_lossy().as_bytes())[..8];
-        let out = models_dir().join(folder_name(&format!("{stem}-{key}"), target, precision));
+        let out = models.join(folder_name(&format!("{stem}-{key}"), target, precision));
         return ensure_folder(&out, |progress| {
             export_gguf_with(&abs, &out, target, precision, progress)
         });
@@ -283,9 +295,10 @@ pub fn ensure_model(
             known: known.join(", "),
         });
     };
-    let out = models_dir().join(folder_name(model.name, target, precision));
+    let out = models.join(folder_name(model.name, target, precision));
+    let gguf = root.join("gguf");
     ensure_folder(&out, |progress| {
-        let gguf = fetch_gguf_with(model, &gguf_dir(), progress)?;
+        let gguf = fetch_gguf_with(model, &gguf, progress)?;
         export_gguf_with(&gguf, &out, target, precision, progress)
     })
 }
@@ -352,6 +365,12 @@ fn fetch_gguf_with(
 ) -> Result<PathBuf, ModelError> {
     let dest = dir.join(format!("{}.gguf", model.name));
     let verified = dir.join(format!("{}.gguf.verified", model.name));
+    if dest.is_file() && verified.is_file() {
+        return Ok(dest);
+    }
+    // exports of one model at several targets/precisions may run in parallel: fetch once
+    let lock_dir = dir.join(".locks").join(model.name);
+    let _lock = DirLock::acquire(&lock_dir).map_err(|e| ModelError::io("lock", lock_dir, e))?;
     if dest.is_file() && verified.is_file() {
         return Ok(dest);
     }

@@ -47,6 +47,18 @@ def quantize_int4(w: np.ndarray, block: int = BLOCK, search: bool = True):
             best_q = np.where(better, q, best_q)
             chosen = np.where(better, scale, chosen)
             best_err = np.minimum(err, best_err)
+    if search:
+        # one least-squares refit of the scale for the chosen integers, kept where it helps
+        c = best_q - 8.0
+        denom = np.sum(c * c, axis=-1, keepdims=True)
+        refit = np.divide(np.sum(x * c, axis=-1, keepdims=True), denom,
+                          out=chosen.copy(), where=denom > 0)
+        inv = np.divide(1.0, refit, out=np.zeros_like(refit), where=refit != 0)
+        q2 = np.clip(np.rint(x * inv) + 8.0, 0, 15)
+        err2 = np.sum(np.square((q2 - 8.0) * refit - x), axis=-1, keepdims=True)
+        better = err2 < best_err
+        best_q = np.where(better, q2, best_q)
+        chosen = np.where(better, refit, chosen)
     q = best_q.astype(np.uint8)
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
     return np.ascontiguousarray(packed), chosen.reshape(-1).astype(np.float32)
