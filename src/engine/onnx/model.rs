@@ -82,6 +82,8 @@ pub struct Model {
     pub shared_kv: bool,
     /// Threads used to choose tokens (rows in parallel; one row's vocabulary split in chunks).
     pub sampling_threads: usize,
+    /// Decoded text of single tokens, filled as they are needed.
+    pieces: std::collections::HashMap<u32, String>,
 }
 
 fn read_json(path: &Path) -> Result<Json, String> {
@@ -397,10 +399,16 @@ impl Model {
             threads,
             library: rt.library,
             shared_kv: std::env::var("CODEGEN_SHARED_KV").map_or(true, |v| v != "0"),
-            sampling_threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(16),
+            // On CPU the cores belong to ONNX Runtime's intra-op pool; on CUDA they are free.
+            sampling_threads: if provider == "cuda" {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(16)
+            } else {
+                1
+            },
+            pieces: std::collections::HashMap::new(),
         })
     }
 
@@ -751,21 +759,20 @@ impl Model {
                 let job = &jobs[r];
                 let row = &mut rows[r];
                 let tok = pick.token as u32;
+                let tokenizer = &self.tokenizer;
+                let mut piece_of = |id: u32| -> String {
+                    self.pieces
+                        .entry(id)
+                        .or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default())
+                        .clone()
+                };
                 let top: Vec<(u32, String, f32)> = pick
                     .top
                     .into_iter()
-                    .map(|(i, l)| {
-                        let piece = self
-                            .tokenizer
-                            .decode(&[i as u32], false)
-                            .unwrap_or_default();
-                        (i as u32, piece, l)
-                    })
+                    .map(|(i, l)| (i as u32, piece_of(i as u32), l))
                     .collect();
                 row.trace.ids.push(tok);
-                row.trace
-                    .pieces
-                    .push(self.tokenizer.decode(&[tok], false).unwrap_or_default());
+                row.trace.pieces.push(piece_of(tok));
                 row.trace.logprobs.push(pick.logprob);
                 row.trace.top.push(top);
                 row.first_at.get_or_insert(now);

@@ -208,19 +208,24 @@ fn sum_exp(xs: &[f32], max: f32) -> f64 {
 /// the vocabulary is large), combined in chunk order: deterministic whatever `threads` is.
 pub fn log_sum_exp(logits: &[f32], max: f32, threads: usize) -> f64 {
     let size = logits.len().div_ceil(CHUNKS).max(1);
+    let chunks: Vec<&[f32]> = logits.chunks(size).collect();
+    let threads = threads.min(chunks.len()).max(1);
     let sums: Vec<f64> = if threads > 1 && logits.len() >= 1 << 15 {
+        let per = chunks.len().div_ceil(threads);
         std::thread::scope(|s| {
-            let handles: Vec<_> = logits
-                .chunks(size)
-                .map(|c| s.spawn(move || sum_exp(c, max)))
+            let handles: Vec<_> = chunks
+                .chunks(per)
+                .map(|group| {
+                    s.spawn(move || group.iter().map(|c| sum_exp(c, max)).collect::<Vec<_>>())
+                })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("log-sum-exp thread"))
+                .flat_map(|h| h.join().expect("log-sum-exp thread"))
                 .collect()
         })
     } else {
-        logits.chunks(size).map(|c| sum_exp(c, max)).collect()
+        chunks.iter().map(|c| sum_exp(c, max)).collect()
     };
     max as f64 + sums.iter().sum::<f64>().ln()
 }
