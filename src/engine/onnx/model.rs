@@ -80,6 +80,10 @@ pub struct Model {
     pub library: PathBuf,
     /// Share one KV buffer between past and present (genai layout only).
     pub shared_kv: bool,
+    /// Threads used to choose tokens (rows in parallel; one row's vocabulary split in chunks).
+    pub sampling_threads: usize,
+    /// Decoded text of single tokens, filled as they are needed.
+    pieces: std::collections::HashMap<u32, String>,
 }
 
 fn read_json(path: &Path) -> Result<Json, String> {
@@ -395,6 +399,16 @@ impl Model {
             threads,
             library: rt.library,
             shared_kv: std::env::var("CODEGEN_SHARED_KV").map_or(true, |v| v != "0"),
+            // On CPU the cores belong to ONNX Runtime's intra-op pool; on CUDA they are free.
+            sampling_threads: if provider == "cuda" {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(16)
+            } else {
+                1
+            },
+            pieces: std::collections::HashMap::new(),
         })
     }
 
@@ -688,38 +702,78 @@ impl Model {
             }
             run_secs += run_started.elapsed().as_secs_f64();
             let now = start.elapsed().as_secs_f64();
-            for r in 0..b {
-                if rows[r].done {
-                    continue;
-                }
-                let at = if lq == 1 {
-                    0
-                } else if step == 0 {
-                    lens[r] - 1
-                } else {
-                    0
-                };
+            // Choose every active row's token in parallel (log-sum-exp and top-k over a large
+            // vocabulary cost more than a GPU decode step when done one row at a time).
+            let row_at = |r: usize| -> &[f32] {
+                let at = if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
                 let off = (r * lq + at) * vocab;
-                let row_logits = &data[off..off + vocab];
-                let job = &jobs[r];
-                let row = &mut rows[r];
-                let tok = sampling::choose(row_logits, &job.sampler, &mut row.rng) as u32;
-                let lp = sampling::log_softmax(row_logits);
-                let top: Vec<(u32, String, f32)> = sampling::top_k(&lp, job.top_logprobs)
-                    .into_iter()
-                    .map(|(i, l)| {
-                        let piece = self
-                            .tokenizer
-                            .decode(&[i as u32], false)
-                            .unwrap_or_default();
-                        (i as u32, piece, l)
+                &data[off..off + vocab]
+            };
+            let mut active: Vec<(usize, &mut Rng)> = rows
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, row)| !row.done)
+                .map(|(r, row)| (r, &mut row.rng))
+                .collect();
+            let workers = self.sampling_threads.min(active.len()).max(1);
+            let inner = if active.len() == 1 {
+                self.sampling_threads
+            } else {
+                1
+            };
+            let per = active.len().div_ceil(workers).max(1);
+            let mut picks: Vec<Option<sampling::Pick>> = vec![None; b];
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = active
+                    .chunks_mut(per)
+                    .map(|chunk| {
+                        let row_at = &row_at;
+                        sc.spawn(move || {
+                            chunk
+                                .iter_mut()
+                                .map(|(r, rng)| {
+                                    let job = &jobs[*r];
+                                    let p = sampling::pick(
+                                        row_at(*r),
+                                        &job.sampler,
+                                        rng,
+                                        job.top_logprobs,
+                                        inner,
+                                    );
+                                    (*r, p)
+                                })
+                                .collect::<Vec<_>>()
+                        })
                     })
                     .collect();
+                for h in handles {
+                    for (r, p) in h.join().expect("sampling thread") {
+                        picks[r] = Some(p);
+                    }
+                }
+            });
+            for r in 0..b {
+                let Some(pick) = picks[r].take() else {
+                    continue;
+                };
+                let job = &jobs[r];
+                let row = &mut rows[r];
+                let tok = pick.token as u32;
+                let tokenizer = &self.tokenizer;
+                let mut piece_of = |id: u32| -> String {
+                    self.pieces
+                        .entry(id)
+                        .or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default())
+                        .clone()
+                };
+                let top: Vec<(u32, String, f32)> = pick
+                    .top
+                    .into_iter()
+                    .map(|(i, l)| (i as u32, piece_of(i as u32), l))
+                    .collect();
                 row.trace.ids.push(tok);
-                row.trace
-                    .pieces
-                    .push(self.tokenizer.decode(&[tok], false).unwrap_or_default());
-                row.trace.logprobs.push(lp[tok as usize]);
+                row.trace.pieces.push(piece_of(tok));
+                row.trace.logprobs.push(pick.logprob);
                 row.trace.top.push(top);
                 row.first_at.get_or_insert(now);
                 row.last_at = now;

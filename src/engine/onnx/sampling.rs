@@ -187,3 +187,140 @@ mod tests {
         assert!((s - 1.0).abs() < 1e-5);
     }
 }
+
+/// What one row's step produced: the chosen token, its log-probability and the top
+/// alternatives (token, log-probability).
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub token: usize,
+    pub logprob: f32,
+    pub top: Vec<(usize, f32)>,
+}
+
+/// Fixed number of chunks for the log-sum-exp, so the result does not depend on thread count.
+const CHUNKS: usize = 8;
+
+fn sum_exp(xs: &[f32], max: f32) -> f64 {
+    xs.iter().map(|&l| (l - max).exp() as f64).sum()
+}
+
+/// log(sum(exp(logits))), split in a fixed number of chunks (run on `threads` threads when
+/// the vocabulary is large), combined in chunk order: deterministic whatever `threads` is.
+pub fn log_sum_exp(logits: &[f32], max: f32, threads: usize) -> f64 {
+    let size = logits.len().div_ceil(CHUNKS).max(1);
+    let chunks: Vec<&[f32]> = logits.chunks(size).collect();
+    let threads = threads.min(chunks.len()).max(1);
+    let sums: Vec<f64> = if threads > 1 && logits.len() >= 1 << 15 {
+        let per = chunks.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .chunks(per)
+                .map(|group| {
+                    s.spawn(move || group.iter().map(|c| sum_exp(c, max)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("log-sum-exp thread"))
+                .collect()
+        })
+    } else {
+        chunks.iter().map(|c| sum_exp(c, max)).collect()
+    };
+    max as f64 + sums.iter().sum::<f64>().ln()
+}
+
+/// Choose the next token and compute its log-probability and the `k` best alternatives, in
+/// two passes over the logits (no allocation of the full distribution).
+pub fn pick(logits: &[f32], sampler: &Sampler, rng: &mut Rng, k: usize, threads: usize) -> Pick {
+    let best = argmax(logits);
+    let max = logits[best];
+    let lse = log_sum_exp(logits, max, threads);
+    let token = if sampler.is_greedy() {
+        best
+    } else {
+        choose_from(logits, max, sampler, rng)
+    };
+    let lp = |i: usize| (logits[i] as f64 - lse) as f32;
+    Pick {
+        token,
+        logprob: lp(token),
+        top: top_k(logits, k)
+            .into_iter()
+            .map(|(i, _)| (i, lp(i)))
+            .collect(),
+    }
+}
+
+/// Sampling without sorting the whole vocabulary: tokens whose tempered probability is below
+/// e^-40 of the best cannot be drawn in practice and are left out before sorting.
+fn choose_from(logits: &[f32], max: f32, sampler: &Sampler, rng: &mut Rng) -> usize {
+    let t = sampler.temperature as f64;
+    let mut cand: Vec<(usize, f32)> = if sampler.top_k > 0 {
+        top_k(logits, sampler.top_k)
+    } else {
+        let floor = max as f64 - 40.0 * t;
+        let mut c: Vec<(usize, f32)> = logits
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, l)| l as f64 >= floor)
+            .collect();
+        c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        c
+    };
+    let mut probs: Vec<f64> = cand
+        .iter()
+        .map(|&(_, l)| ((l as f64 - max as f64) / t).exp())
+        .collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if sampler.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= sampler.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        cand.truncate(keep);
+        probs.truncate(keep);
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+    }
+    let r = rng.next_f64();
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if r < acc {
+            return cand[i].0;
+        }
+    }
+    cand[cand.len() - 1].0
+}
+
+#[cfg(test)]
+mod pick_tests {
+    use super::*;
+
+    #[test]
+    fn pick_agrees_with_log_softmax_and_is_thread_independent() {
+        let logits: Vec<f32> = (0..70_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 97.0)
+            .collect();
+        let s = Sampler {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        };
+        let a = pick(&logits, &s, &mut Rng::new(1), 3, 1);
+        let b = pick(&logits, &s, &mut Rng::new(1), 3, 8);
+        let lp = log_softmax(&logits);
+        assert_eq!(a.token, argmax(&logits));
+        assert!((a.logprob - lp[a.token]).abs() < 1e-4);
+        assert_eq!(a.logprob.to_bits(), b.logprob.to_bits());
+        assert_eq!(a.top.len(), 3);
+    }
+}
