@@ -182,13 +182,6 @@ impl Model {
             return Err("failed to use CUDA: no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into());
         }
         let rt = runtime::init(device).map_err(|e| e.to_string())?;
-        let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            threads
-        };
         let setup = |e: ort::Error| format!("failed to create the ONNX Runtime session: {e}");
         let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             format!("failed to configure the ONNX Runtime session: {e}")
@@ -196,8 +189,6 @@ impl Model {
         let mut builder = Session::builder(&rt.environment)
             .map_err(setup)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(builder_err)?
-            .with_intra_threads(threads)
             .map_err(builder_err)?
             .with_inter_threads(1)
             .map_err(builder_err)?
@@ -225,6 +216,16 @@ impl Model {
                 ),
             }
         }
+        // CPU: one intra-op thread per core (fixed, for reproducible results). CUDA: the graph
+        // runs on the GPU, and a spinning pool of CPU threads only gets in the way.
+        let threads = match (threads, provider) {
+            (0, "cuda") => 1,
+            (0, _) => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            (n, _) => n,
+        };
+        builder = builder.with_intra_threads(threads).map_err(builder_err)?;
         if device == Device::Auto {
             eprintln!("codegen: device auto -> {provider}");
         }
