@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 use super::detok::Detokenizer;
 use super::sampling::{self, Rng, Sampler};
 use crate::engine::{Completion, Timing, TokenTrace};
-use crate::prompt::{Message, TemplateTokens, render_chat_template};
+use crate::prompt::TemplateTokens;
 use crate::runtime::{self, Device};
 
 /// How the graph expects its cache and positions.
@@ -411,44 +411,6 @@ impl Model {
             },
             pieces: std::collections::HashMap::new(),
         })
-    }
-
-    /// The prompt as token ids: chat prompts go through the model's chat template (and are
-    /// encoded without adding special tokens, as the template has them), completion prefixes
-    /// are encoded with the tokenizer's own special tokens.
-    pub fn encode_prompt(&self, prompt: &crate::prompt::Prompt) -> Result<Vec<u32>, String> {
-        let (text, special) = self.render_prompt(prompt)?;
-        let enc = self
-            .tokenizer
-            .encode(text.as_str(), special)
-            .map_err(|e| format!("failed to tokenize the prompt: {e}"))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    /// The exact text the model sees, and whether the tokenizer adds its special tokens.
-    pub fn render_prompt(&self, prompt: &crate::prompt::Prompt) -> Result<(String, bool), String> {
-        match prompt {
-            crate::prompt::Prompt::Chat { messages } => {
-                let template = self.chat_template.as_deref().ok_or_else(|| {
-                    format!(
-                        "failed to build a chat prompt: {}/tokenizer_config.json has no `chat_template`",
-                        self.dir.display()
-                    )
-                })?;
-                let text = render_chat_template(template, messages, &self.template_tokens, true)
-                    .map_err(|e| e.to_string())?;
-                Ok((text, false))
-            }
-            crate::prompt::Prompt::Complete { prefix } => Ok((prefix.clone(), true)),
-        }
-    }
-
-    /// Render a chat conversation (for tools that need the text).
-    pub fn render_messages(&self, messages: &[Message]) -> Result<String, String> {
-        self.render_prompt(&crate::prompt::Prompt::Chat {
-            messages: messages.to_vec(),
-        })
-        .map(|(t, _)| t)
     }
 
     /// A KV buffer of `max_len` positions for the shared past/present binding (zeroed on CPU).
