@@ -225,7 +225,14 @@ impl Model {
                 .unwrap_or(1),
             (n, _) => n,
         };
-        builder = builder.with_intra_threads(threads).map_err(builder_err)?;
+        // Spinning pool threads gain ~15% on an idle machine but halve decode speed on a busy one
+        // (sandboxes run beside the engine), so they are off unless `CODEGEN_ORT_SPIN=1`.
+        let spin = std::env::var("CODEGEN_ORT_SPIN").is_ok_and(|v| v == "1");
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(builder_err)?
+            .with_intra_op_spinning(spin)
+            .map_err(builder_err)?;
         if device == Device::Auto {
             eprintln!("codegen: device auto -> {provider}");
         }
