@@ -424,3 +424,50 @@ fn cuda_request_without_gpu_says_why() {
         panic!("asking for CUDA without a GPU must be an error");
     }
 }
+
+#[test]
+fn same_settings_give_identical_bytes_with_all_cores() {
+    let settings = GenerationSettings {
+        temperature: 0.7,
+        top_p: 0.9,
+        seed: 3,
+        batch_size: 3,
+        ..GenerationSettings::default()
+    };
+    let cases: Vec<Case> = PREFIXES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| complete_case(&format!("det{i}"), p, 20, &[]))
+        .collect();
+    let run = || {
+        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
+        opts.no_cache = true;
+        opts.progress = false;
+        opts.threads = 0;
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+        let requests: Vec<Request<'_>> = cases
+            .iter()
+            .zip(&prompts)
+            .map(|(case, prompt)| Request {
+                case,
+                prompt,
+                samples: 2,
+            })
+            .collect();
+        src.prepare(&requests).unwrap();
+        requests
+            .iter()
+            .flat_map(|r| src.complete(r).unwrap())
+            .map(|c| (c.text, c.tokens.unwrap().logprobs))
+            .collect::<Vec<_>>()
+    };
+    let a = run();
+    let b = run();
+    assert_eq!(a.len(), PREFIXES.len() * 2);
+    for ((ta, la), (tb, lb)) in a.iter().zip(&b) {
+        assert_eq!(ta.as_bytes(), tb.as_bytes());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(la), bits(lb));
+    }
+}

@@ -321,12 +321,24 @@ impl Inner {
             let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
             let result = {
                 let mut model = self.model.lock().expect("model lock");
-                model.generate_batch(&jobs, &mut || {
+                // A panic must not leave `complete` callers waiting forever.
+                let mut on_token = || {
                     tokens += 1;
                     if tokens.is_multiple_of(16) {
                         let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
                         bar.set_message(format!("{rate:.1} tok/s"));
                     }
+                };
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    model.generate_batch(&jobs, &mut on_token)
+                }))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(format!("failed to generate: the engine panicked: {what}"))
                 })
             };
             {

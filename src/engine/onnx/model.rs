@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 use super::detok::Detokenizer;
 use super::sampling::{self, Rng, Sampler};
 use crate::engine::{Completion, Timing, TokenTrace};
-use crate::prompt::{Message, TemplateTokens, render_chat_template};
+use crate::prompt::TemplateTokens;
 use crate::runtime::{self, Device};
 
 /// How the graph expects its cache and positions.
@@ -182,13 +182,6 @@ impl Model {
             return Err("failed to use CUDA: no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into());
         }
         let rt = runtime::init(device).map_err(|e| e.to_string())?;
-        let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            threads
-        };
         let setup = |e: ort::Error| format!("failed to create the ONNX Runtime session: {e}");
         let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             format!("failed to configure the ONNX Runtime session: {e}")
@@ -196,8 +189,6 @@ impl Model {
         let mut builder = Session::builder(&rt.environment)
             .map_err(setup)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(builder_err)?
-            .with_intra_threads(threads)
             .map_err(builder_err)?
             .with_inter_threads(1)
             .map_err(builder_err)?
@@ -225,6 +216,23 @@ impl Model {
                 ),
             }
         }
+        // CPU: one intra-op thread per core (fixed, for reproducible results). CUDA: the graph
+        // runs on the GPU, and a spinning pool of CPU threads only gets in the way.
+        let threads = match (threads, provider) {
+            (0, "cuda") => 1,
+            (0, _) => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            (n, _) => n,
+        };
+        // Spinning pool threads gain ~15% on an idle machine but halve decode speed on a busy one
+        // (sandboxes run beside the engine), so they are off unless `CODEGEN_ORT_SPIN=1`.
+        let spin = std::env::var("CODEGEN_ORT_SPIN").is_ok_and(|v| v == "1");
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(builder_err)?
+            .with_intra_op_spinning(spin)
+            .map_err(builder_err)?;
         if device == Device::Auto {
             eprintln!("codegen: device auto -> {provider}");
         }
@@ -410,44 +418,6 @@ impl Model {
             },
             pieces: std::collections::HashMap::new(),
         })
-    }
-
-    /// The prompt as token ids: chat prompts go through the model's chat template (and are
-    /// encoded without adding special tokens, as the template has them), completion prefixes
-    /// are encoded with the tokenizer's own special tokens.
-    pub fn encode_prompt(&self, prompt: &crate::prompt::Prompt) -> Result<Vec<u32>, String> {
-        let (text, special) = self.render_prompt(prompt)?;
-        let enc = self
-            .tokenizer
-            .encode(text.as_str(), special)
-            .map_err(|e| format!("failed to tokenize the prompt: {e}"))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    /// The exact text the model sees, and whether the tokenizer adds its special tokens.
-    pub fn render_prompt(&self, prompt: &crate::prompt::Prompt) -> Result<(String, bool), String> {
-        match prompt {
-            crate::prompt::Prompt::Chat { messages } => {
-                let template = self.chat_template.as_deref().ok_or_else(|| {
-                    format!(
-                        "failed to build a chat prompt: {}/tokenizer_config.json has no `chat_template`",
-                        self.dir.display()
-                    )
-                })?;
-                let text = render_chat_template(template, messages, &self.template_tokens, true)
-                    .map_err(|e| e.to_string())?;
-                Ok((text, false))
-            }
-            crate::prompt::Prompt::Complete { prefix } => Ok((prefix.clone(), true)),
-        }
-    }
-
-    /// Render a chat conversation (for tools that need the text).
-    pub fn render_messages(&self, messages: &[Message]) -> Result<String, String> {
-        self.render_prompt(&crate::prompt::Prompt::Chat {
-            messages: messages.to_vec(),
-        })
-        .map(|(t, _)| t)
     }
 
     /// A KV buffer of `max_len` positions for the shared past/present binding (zeroed on CPU).
