@@ -504,8 +504,7 @@ fn check_identifier_like(
 ) -> Result<(), CaseError> {
     let v = value.get_ref();
     let ok = !v.is_empty()
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
@@ -567,7 +566,10 @@ fn check_python_module(
         return Err(CaseError::invalid(
             lines.span(&value.span()),
             field,
-            format!("Python syntax error at {}:{}: {}", d.line, d.column, d.message),
+            format!(
+                "Python syntax error at {}:{}: {}",
+                d.line, d.column, d.message
+            ),
         ));
     }
     Ok(())
@@ -605,7 +607,10 @@ raises = "TypeError"
         assert_eq!(case.key, "strings/count_words");
         assert_eq!(case.tests.len(), 2);
         assert_eq!(case.tests[0].line, 6);
-        assert_eq!(case.tests[1].expect, Expectation::Raises("TypeError".into()));
+        assert_eq!(
+            case.tests[1].expect,
+            Expectation::Raises("TypeError".into())
+        );
     }
 
     fn error_of(text: &str) -> (usize, String, String) {
@@ -675,7 +680,10 @@ raises = "TypeError"
 
     #[test]
     fn entry_point_must_be_identifier() {
-        let text = GOOD.replace("entry_point = \"count_words\"", "entry_point = \"count words\"");
+        let text = GOOD.replace(
+            "entry_point = \"count_words\"",
+            "entry_point = \"count words\"",
+        );
         let (line, field, _) = error_of(&text);
         assert_eq!((line, field.as_str()), (3, "entry_point"));
     }

@@ -104,7 +104,10 @@ impl CompletionSource for ReferenceSource {
                 .ok_or_else(|| SourceError::NoReference {
                     case_id: request.case.key.clone(),
                 })?;
-        Ok(vec![Completion::text(reference.clone()); request.samples.max(1)])
+        Ok(vec![
+            Completion::text(reference.clone());
+            request.samples.max(1)
+        ])
     }
 
     fn describe(&self) -> std::collections::BTreeMap<String, String> {
@@ -152,8 +155,11 @@ mod tests {
 
     #[test]
     fn bad_line_is_named() {
-        let err = ReplaySource::parse(Path::new("s.jsonl"), "{\"task_id\": \"x\", \"completion\": \"a\"}\n{oops}\n")
-            .unwrap_err();
+        let err = ReplaySource::parse(
+            Path::new("s.jsonl"),
+            "{\"task_id\": \"x\", \"completion\": \"a\"}\n{oops}\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("s.jsonl:2:"), "{err}");
     }
 
