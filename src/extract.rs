@@ -65,11 +65,10 @@ pub fn extract(
     test_names: &BTreeSet<String>,
 ) -> Extraction {
     let (code, origin, mut dropped) = match prompt {
-        Prompt::Complete { prefix } => (
-            format!("{prefix}{reply}"),
-            Origin::PrefixAndBody,
-            Vec::new(),
-        ),
+        Prompt::Complete { prefix } => {
+            let (code, dropped) = prefix_and_body(prefix, reply);
+            (code, Origin::PrefixAndBody, dropped)
+        }
         Prompt::Chat { .. } => choose_block(reply, entry_point),
     };
     let (code, pruned, unpruned_reason) = prune(&code, entry_point, test_names);
@@ -80,6 +79,53 @@ pub fn extract(
         dropped,
         unpruned_reason,
     }
+}
+
+/// `prefix + body`, where a model that kept writing after the function (closing fences, prose,
+/// a chat turn) has that tail cut: the body is split at lines that start in column 0, and chunks
+/// are kept while the program still parses. Without stop strings this is what an instruct model
+/// continuing a HumanEval prompt needs; a body that parses whole is kept whole.
+fn prefix_and_body(prefix: &str, body: &str) -> (String, Vec<Dropped>) {
+    let whole = format!("{prefix}{body}");
+    if !syntax::parse(&whole).root_node().has_error() {
+        return (whole, Vec::new());
+    }
+    // Chunk boundaries: byte offsets in `body` of lines that start with a non-space character.
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in body.split_inclusive('\n') {
+        if offset > 0 && line.starts_with(|c: char| !c.is_whitespace()) {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    let mut keep = 0;
+    for (i, &start) in starts.iter().enumerate().skip(1) {
+        if !syntax::parse(&format!("{prefix}{}", &body[..start]))
+            .root_node()
+            .has_error()
+        {
+            keep = i;
+        } else {
+            break;
+        }
+    }
+    // Only the first chunk (the function's own body) may fail to parse: then keep it all.
+    if keep == 0 {
+        return (whole, Vec::new());
+    }
+    let cut = starts[keep];
+    let prefix_lines = prefix.matches('\n').count();
+    let first_line = prefix_lines + body[..cut].matches('\n').count() + 1;
+    let tail = &body[cut..];
+    let dropped = vec![Dropped {
+        scope: Scope::Code,
+        first_line,
+        last_line: first_line + tail.trim_end().matches('\n').count(),
+        what: preview(tail.lines().next().unwrap_or("")),
+        reason: "text after the completed code that does not parse (prose, fences)".into(),
+    }];
+    (format!("{prefix}{}", &body[..cut]), dropped)
 }
 
 struct Block {
@@ -576,6 +622,25 @@ mod tests {
         let e = extract(code, &chat(), "decode", &names);
         assert!(e.code.contains("def encode"), "{}", e.code);
         assert!(e.dropped.is_empty());
+    }
+
+    #[test]
+    fn completion_mode_cuts_trailing_prose() {
+        let prompt = Prompt::Complete {
+            prefix: "def f(x):\n".into(),
+        };
+        let body = "    return helper(x)\n\n\ndef helper(x):\n    return x + 1\n```\n\nThis function adds one.\n";
+        let e = extract(body, &prompt, "f", &BTreeSet::new());
+        assert_eq!(
+            e.code,
+            "def f(x):\n    return helper(x)\n\n\ndef helper(x):\n    return x + 1\n"
+        );
+        assert!(e.unpruned_reason.is_none());
+        assert!(
+            e.dropped[0].reason.contains("does not parse"),
+            "{:?}",
+            e.dropped
+        );
     }
 
     #[test]
