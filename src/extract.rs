@@ -136,11 +136,24 @@ struct Block {
     code: String,
 }
 
-fn fenced_blocks(reply: &str) -> Vec<Block> {
+fn fenced_blocks(reply: &str, entry_point: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut current: Option<(String, usize, Vec<&str>)> = None;
     let lines: Vec<&str> = reply.lines().collect();
+    // A reply that starts with the code and only closes a fence (the opening was implied by the
+    // prompt): the first bare fence closes a block that began on line 1.
+    let first_fence = lines.iter().position(|l| l.trim_start().starts_with("```"));
+    if let Some(f) = first_fence
+        && lines[f].trim() == "```"
+        && f > 0
+        && defines(&join_lines(&lines[..f]), entry_point)
+    {
+        current = Some((String::new(), 0, lines[..f].to_vec()));
+    }
     for (i, line) in lines.iter().enumerate() {
+        if current.as_ref().is_some_and(|c| c.1 == 0) && i < first_fence.unwrap_or(0) {
+            continue;
+        }
         let trimmed = line.trim_start();
         match &mut current {
             None => {
@@ -196,7 +209,7 @@ fn defines(code: &str, entry_point: &str) -> bool {
 }
 
 fn choose_block(reply: &str, entry_point: &str) -> (String, Origin, Vec<Dropped>) {
-    let blocks = fenced_blocks(reply);
+    let blocks = fenced_blocks(reply, entry_point);
     if blocks.is_empty() {
         return (reply.to_string(), Origin::WholeReply, Vec::new());
     }
@@ -638,6 +651,21 @@ mod tests {
         assert!(e.unpruned_reason.is_none());
         assert!(
             e.dropped[0].reason.contains("does not parse"),
+            "{:?}",
+            e.dropped
+        );
+    }
+
+    #[test]
+    fn reply_that_only_closes_a_fence() {
+        let reply = "def f(x):\n    return x\n```\n\nThis function returns x.\n";
+        let e = extract(reply, &chat(), "f", &BTreeSet::new());
+        assert_eq!(e.code, "def f(x):\n    return x\n");
+        assert_eq!(e.origin, Origin::FencedBlock { index: 1, count: 1 });
+        assert!(
+            e.dropped
+                .iter()
+                .any(|d| d.reason == "prose outside code blocks"),
             "{:?}",
             e.dropped
         );
