@@ -206,14 +206,23 @@ pub struct Confidence {
 
 impl Confidence {
     pub fn from_trace(trace: &TokenTrace) -> Option<Confidence> {
-        if trace.logprobs.is_empty() {
+        // A NaN log-probability (fp16 logits can overflow) says nothing about confidence; it
+        // must not turn every mean into NaN.
+        let logprobs: Vec<f64> = trace
+            .logprobs
+            .iter()
+            .map(|&l| l as f64)
+            .filter(|l| !l.is_nan())
+            .map(|l| l.max(-100.0))
+            .collect();
+        if logprobs.is_empty() {
             return None;
         }
-        let n = trace.logprobs.len() as f64;
-        let probs: Vec<f64> = trace.logprobs.iter().map(|&l| (l as f64).exp()).collect();
+        let n = logprobs.len() as f64;
+        let probs: Vec<f64> = logprobs.iter().map(|l| l.exp()).collect();
         Some(Confidence {
-            tokens: trace.logprobs.len(),
-            mean_nll: -trace.logprobs.iter().map(|&l| l as f64).sum::<f64>() / n,
+            tokens: logprobs.len(),
+            mean_nll: -logprobs.iter().sum::<f64>() / n,
             mean_prob: probs.iter().sum::<f64>() / n,
             min_prob: probs.iter().cloned().fold(1.0, f64::min),
             low_confidence_tokens: probs.iter().filter(|&&p| p < 0.5).count(),
@@ -558,6 +567,17 @@ mod tests {
         assert!((pass_at_k(10, 3, 2) - (1.0 - 21.0 / 45.0)).abs() < 1e-12);
         assert_eq!(pass_at_k(5, 5, 3), 1.0);
         assert_eq!(pass_at_k(5, 0, 3), 0.0);
+    }
+
+    #[test]
+    fn confidence_ignores_nan_logprobs() {
+        let trace = TokenTrace {
+            logprobs: vec![-0.5, f32::NAN, f32::NEG_INFINITY],
+            ..TokenTrace::default()
+        };
+        let c = Confidence::from_trace(&trace).unwrap();
+        assert_eq!(c.tokens, 2);
+        assert!(c.mean_nll.is_finite() && c.mean_nll > 0.5);
     }
 
     #[test]
