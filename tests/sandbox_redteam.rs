@@ -456,13 +456,17 @@ probe!(p31_list_root, {
 
 probe!(p32_read_harness_source, {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    blocked(
-        &outcome(
-            &format!("def f():\n    return open('{path}').read()\n"),
-            "f()",
-        ),
-        "Cargo.toml",
+    let o = outcome(
+        &format!("def f():\n    return open('{path}').read()\n"),
+        "f()",
     );
+    // A checkout under /tmp is not even visible (the sandbox mounts a private tmpfs there);
+    // elsewhere Landlock denies the read. Either way the source never comes back.
+    match &o {
+        RawOutcome::Raised(e) if e.exc_type == "FileNotFoundError" && path.starts_with("/tmp/") => {
+        }
+        _ => blocked(&o, "Cargo.toml"),
+    }
 });
 
 probe!(p33_write_tmp_outside_scratch, {
