@@ -40,6 +40,23 @@ impl DirLock {
     }
 }
 
+/// The sha256 of a file's content, as lower-case hex, read in 1 MiB chunks.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 /// Lower-case hex of bytes (digests in cache keys and hash checks).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

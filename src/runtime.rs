@@ -15,7 +15,6 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::cache::{DirLock, cache_dir};
@@ -151,22 +150,10 @@ pub fn library_path(device: Device) -> Result<PathBuf, RuntimeError> {
 }
 
 fn sha256_file(path: &Path) -> Result<String, RuntimeError> {
-    let mut f = fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    crate::cache::sha256_file(path).map_err(io_err(path))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::cache::hex;
 
 fn download_wheel(package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
     let tmp = dir.join("download");

@@ -8,8 +8,6 @@
 //! libraries readable; signals and abstract sockets scoped; TCP denied) and a seccomp filter
 //! built in Rust ([`seccomp`]). Per-call deadlines and the output limit are enforced by the
 //! worker, a backstop by Rust; a worker that dies is replaced and its case reported.
-//! [`process::ProcessSandbox`] is the earlier plain executor (one process per case, no
-//! isolation beyond rlimits), kept for comparison.
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
 //! '/etc/shadow'"); judging them against expected values is the job of [`crate::score`],
@@ -22,7 +20,6 @@ pub mod bench;
 pub mod calibrate;
 pub mod config;
 pub mod isolation;
-pub mod process;
 pub mod seccomp;
 pub mod worker;
 
@@ -37,9 +34,6 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::value::Value;
-
-/// The Python script that runs inside the child (also the trusted evaluator).
-pub const RUNNER_PY: &str = include_str!("../../harness/python/runner.py");
 
 /// The warm worker of [`WorkerSandbox`]: forks and locks down a child per execution.
 pub const WORKER_PY: &str = include_str!("../../harness/python/worker.py");

@@ -2,7 +2,6 @@
 //! generation cache under `cache_dir()/generations/`.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -31,19 +30,7 @@ fn stamp(path: &Path) -> std::io::Result<(u64, u128)> {
     Ok((meta.len(), mtime))
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
+use crate::cache::sha256_file;
 
 /// The sha256 of a model folder's files (names and contents, sorted by name; lock files and
 /// hidden files excluded). File hashes are remembered under `cache_dir()/model-hashes/`, keyed by
