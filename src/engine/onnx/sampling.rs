@@ -96,53 +96,6 @@ pub fn top_k(xs: &[f32], k: usize) -> Vec<(usize, f32)> {
     best
 }
 
-/// Choose the next token from `logits` (raw model scores).
-pub fn choose(logits: &[f32], sampler: &Sampler, rng: &mut Rng) -> usize {
-    if sampler.is_greedy() {
-        return argmax(logits);
-    }
-    let t = sampler.temperature as f64;
-    // Candidates: top-k (or all), sorted by score, highest first.
-    let mut cand: Vec<(usize, f32)> = if sampler.top_k > 0 {
-        top_k(logits, sampler.top_k)
-    } else {
-        let mut all: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        all
-    };
-    let max = cand[0].1 as f64;
-    let mut probs: Vec<f64> = cand
-        .iter()
-        .map(|&(_, l)| ((l as f64 - max) / t).exp())
-        .collect();
-    let sum: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= sum);
-    if sampler.top_p < 1.0 {
-        let mut acc = 0.0;
-        let mut keep = probs.len();
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
-            if acc >= sampler.top_p as f64 {
-                keep = i + 1;
-                break;
-            }
-        }
-        cand.truncate(keep);
-        probs.truncate(keep);
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-    }
-    let r = rng.next_f64();
-    let mut acc = 0.0;
-    for (i, p) in probs.iter().enumerate() {
-        acc += p;
-        if r < acc {
-            return cand[i].0;
-        }
-    }
-    cand[cand.len() - 1].0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,7 +129,7 @@ mod tests {
         };
         let mut r = Rng::new(1);
         for _ in 0..10 {
-            assert_eq!(choose(&[0.0, 5.0, 4.9], &s, &mut r), 1);
+            assert_eq!(pick(&[0.0, 5.0, 4.9], &s, &mut r, 0, 1).token, 1);
         }
     }
 
