@@ -16,7 +16,7 @@ use crate::cache::{DirLock, cache_dir};
 use crate::engine::onnx::sampling::Sampler;
 use crate::engine::onnx::{self, OnnxOptions, SeqJob};
 use crate::engine::{Completion, GenerationSettings, SourceError};
-use crate::prompt::{Message, Prompt, SYSTEM_MESSAGE};
+use crate::prompt::Prompt;
 use crate::runtime::Device;
 
 /// The onnxruntime-genai version compared against.
@@ -95,21 +95,7 @@ fn prompts(opts: &BenchOptions) -> Result<Vec<Prompt>, BenchError> {
         }
     }
     if out.is_empty() {
-        out = BUILTIN
-            .iter()
-            .map(|p| Prompt::Chat {
-                messages: vec![
-                    Message {
-                        role: "system".into(),
-                        content: SYSTEM_MESSAGE.into(),
-                    },
-                    Message {
-                        role: "user".into(),
-                        content: p.to_string(),
-                    },
-                ],
-            })
-            .collect();
+        out = BUILTIN.iter().map(|p| Prompt::chat(p)).collect();
     }
     let n = opts.cases.max(1);
     Ok((0..n).map(|i| out[i % out.len()].clone()).collect())

@@ -455,29 +455,20 @@ fn prune(
         );
     }
 
-    // Closure over names: the entry point, then everything its definitions use.
-    let mut needed = vec![false; items.len()];
+    // Closure over names: the entry point, the names the tests use, and what imports and kept
+    // try-blocks use; then everything the definitions reached use in turn.
+    let mut needed: Vec<bool> = items
+        .iter()
+        .map(|item| matches!(item.kind, ItemKind::Import | ItemKind::Keep))
+        .collect();
     let mut work: Vec<&str> = vec![entry_point];
     work.extend(test_names.iter().map(String::as_str));
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
-    while let Some(name) = work.pop() {
-        if !seen.insert(name) {
-            continue;
-        }
-        for &i in by_name.get(name).into_iter().flatten() {
-            if !needed[i] {
-                needed[i] = true;
-                work.extend(items[i].uses.iter().map(String::as_str));
-            }
-        }
-    }
     for (i, item) in items.iter().enumerate() {
-        if matches!(item.kind, ItemKind::Import | ItemKind::Keep) {
-            needed[i] = true;
+        if needed[i] {
             work.extend(item.uses.iter().map(String::as_str));
         }
     }
-    // Names used by kept try-blocks may pull in more definitions.
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
     while let Some(name) = work.pop() {
         if !seen.insert(name) {
             continue;

@@ -28,21 +28,26 @@ pub enum Prompt {
 }
 
 impl Prompt {
+    /// A chat prompt: the harness's system message, then `instruction` from the user.
+    pub fn chat(instruction: &str) -> Prompt {
+        Prompt::Chat {
+            messages: vec![
+                Message {
+                    role: "system".into(),
+                    content: SYSTEM_MESSAGE.into(),
+                },
+                Message {
+                    role: "user".into(),
+                    content: instruction.to_string(),
+                },
+            ],
+        }
+    }
+
     /// Build the prompt for a case according to its mode.
     pub fn for_case(case: &Case) -> Prompt {
         match case.mode {
-            PromptMode::Chat => Prompt::Chat {
-                messages: vec![
-                    Message {
-                        role: "system".into(),
-                        content: SYSTEM_MESSAGE.into(),
-                    },
-                    Message {
-                        role: "user".into(),
-                        content: case.prompt.trim().to_string(),
-                    },
-                ],
-            },
+            PromptMode::Chat => Prompt::chat(case.prompt.trim()),
             PromptMode::Complete => Prompt::Complete {
                 prefix: case.prefix.clone().unwrap_or_default(),
             },
