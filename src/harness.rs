@@ -524,7 +524,10 @@ pub fn main(root: &Path) -> ExitCode {
 
 /// Run a suite: build the trials, run them with libtest-mimic, print the summary, apply the
 /// gate. Exit code 101 when a trial failed or the gate failed.
+///
+/// Call it before the process starts any thread: it adjusts insta's output through the environment.
 pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
+    snapshot::silence_insta_output();
     quiet_snapshot_panics();
     let harness = match Harness::load(options) {
         Ok(h) => Arc::new(h),

@@ -110,9 +110,13 @@ fn one_line(s: &str) -> String {
     joined.join(" ")
 }
 
-/// Assert `text` against the accepted snapshot `name` in `dir`, through insta (which prints the
-/// diff and writes `.snap.new` files for `cargo insta review`, unless on CI).
-/// Returns `Err` with a short message on mismatch.
+/// Assert `text` against the accepted snapshot `name` in `dir`, through insta (which writes
+/// `.snap.new` files for `cargo insta review`, unless on CI).
+///
+/// Returns `Err` on mismatch with a message that carries the diff itself: the message is printed
+/// in libtest's `failures:` section under the trial's name, where it cannot interleave with other
+/// trials' output the way insta's own printing from worker threads does (see
+/// [`silence_insta_output`]).
 pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(dir);
@@ -124,41 +128,86 @@ pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> 
             insta::assert_snapshot!(name.to_string(), text);
         })
     }));
-    result.map_err(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("snapshot assertion failed");
+    result.map_err(|_| {
         let accepted = dir.join(format!("{name}.snap"));
-        if accepted.exists() {
-            format!(
-                "outcome differs from the accepted snapshot {} ({}); review with `cargo insta review`",
+        match fs::read_to_string(&accepted) {
+            Ok(file) => format!(
+                "outcome differs from the accepted snapshot {}; review with `cargo insta review`\n{}",
                 accepted.display(),
-                detail.lines().next().unwrap_or("")
-            )
-        } else {
-            format!(
-                "no accepted snapshot yet at {}; review the new outcome with `cargo insta review`",
-                accepted.display()
-            )
+                outcome_diff(snapshot_body(&file), text)
+            ),
+            Err(_) => format!(
+                "no accepted snapshot yet at {}; review the new outcome with `cargo insta review`\n{}",
+                accepted.display(),
+                outcome_diff("", text)
+            ),
         }
     })
+}
+
+/// Stop insta from printing its own diffs and summaries, unless the user chose an
+/// `INSTA_OUTPUT`: insta prints from the trial's thread while libtest prints `test name ... ok`
+/// lines from another, so with several test threads the two interleave mid-line.
+/// [`assert_matches`] puts the diff into the failure message instead.
+///
+/// Must be called before any other thread exists (it sets an environment variable).
+pub fn silence_insta_output() {
+    if std::env::var_os("INSTA_OUTPUT").is_none() {
+        // SAFETY: called first thing in the harness's entry point, before it starts any thread,
+        // so no other thread can read or write the environment concurrently.
+        unsafe { std::env::set_var("INSTA_OUTPUT", "none") };
+    }
+}
+
+/// The body of an insta snapshot file: what follows the `---` header.
+fn snapshot_body(file: &str) -> &str {
+    file.strip_prefix("---\n")
+        .and_then(|rest| rest.split_once("\n---\n"))
+        .map_or(file, |(_, body)| body)
+}
+
+/// A unified diff of the accepted outcome against the new one, `-` for accepted lines and `+`
+/// for new ones, with three lines of context.
+fn outcome_diff(accepted: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(accepted, new)
+        .unified_diff()
+        .context_radius(3)
+        .header("accepted snapshot", "new outcome")
+        .to_string()
 }
 
 /// Read the verdict of an accepted snapshot: `Some(true)` passed, `Some(false)` failed or
 /// errored, `None` when there is no accepted snapshot.
 pub fn accepted_verdict(dir: &Path, name: &str) -> Option<bool> {
     let text = fs::read_to_string(dir.join(format!("{name}.snap"))).ok()?;
-    // insta's header ends at the second `---` line.
-    let body = text.splitn(3, "\n---\n").nth(2).unwrap_or(&text);
-    let line = body.lines().find(|l| l.starts_with("verdict: "))?;
+    let line = snapshot_body(&text)
+        .lines()
+        .find(|l| l.starts_with("verdict: "))?;
     Some(line.starts_with("verdict: passed"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_diff_marks_changed_lines_and_keeps_context() {
+        let accepted = "verdict: passed\ncase: a\n  [1] f() -> passed\ncode:\n";
+        let new = "verdict: failed\ncase: a\n  [1] f() -> wrong answer\ncode:\n";
+        let diff = outcome_diff(accepted, new);
+        assert!(
+            diff.contains("-verdict: passed\n+verdict: failed\n"),
+            "{diff}"
+        );
+        assert!(diff.contains(" case: a\n"), "{diff}");
+        assert!(diff.contains("+  [1] f() -> wrong answer\n"), "{diff}");
+    }
+
+    #[test]
+    fn snapshot_body_skips_insta_header() {
+        let file = "---\nsource: src/snapshot.rs\ndescription: x\n---\nverdict: passed\n";
+        assert_eq!(snapshot_body(file), "verdict: passed\n");
+    }
     use crate::extract::{Extraction, Origin};
     use crate::score::{LoadVerdict, SampleOutcome, TestResult, TestVerdict};
     use crate::syntax::SyntaxReport;
