@@ -471,3 +471,74 @@ fn same_settings_give_identical_bytes_with_all_cores() {
         assert_eq!(bits(la), bits(lb));
     }
 }
+
+/// The head that chooses greedy tokens on the device (on by default under CUDA) gives the same
+/// tokens, log-probabilities and alternatives as the host path. Forced on here, on CPU, with
+/// fp32 and fp16 logits, batched prompts of different lengths.
+#[test]
+fn device_head_agrees_with_the_host_path() {
+    for folder in ["genai", "genai-fp16"] {
+        let cases: Vec<Case> = PREFIXES
+            .iter()
+            .enumerate()
+            .map(|(i, p)| complete_case(&format!("head{i}"), p, 12, &[]))
+            .collect();
+        let mut outs = Vec::new();
+        for head in [false, true] {
+            let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
+            opts.no_cache = true;
+            opts.progress = false;
+            opts.threads = 1;
+            opts.device_head = Some(head);
+            let src = onnx::open_with(&models().join(folder), opts).unwrap();
+            assert_eq!(src.info()["device_head"], head.to_string());
+            let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+            let requests: Vec<Request<'_>> = cases
+                .iter()
+                .zip(&prompts)
+                .map(|(case, prompt)| Request {
+                    case,
+                    prompt,
+                    samples: 1,
+                })
+                .collect();
+            src.prepare(&requests).unwrap();
+            let got: Vec<_> = requests
+                .iter()
+                .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap())
+                .collect();
+            outs.push(got);
+        }
+        for (host, head) in outs[0].iter().zip(&outs[1]) {
+            assert_eq!(host.ids, head.ids, "{folder}");
+            for (a, b) in host.logprobs.iter().zip(&head.logprobs) {
+                assert!((a - b).abs() < 1e-3, "{folder}: logprob {a} vs {b}");
+            }
+            for (ta, tb) in host.top.iter().zip(&head.top) {
+                let ids_a: Vec<u32> = ta.iter().map(|t| t.0).collect();
+                let ids_b: Vec<u32> = tb.iter().map(|t| t.0).collect();
+                assert_eq!(ids_a, ids_b, "{folder}");
+            }
+        }
+    }
+}
+
+/// The embedded heads are what harness/python/make_heads.py writes.
+#[test]
+fn embedded_heads_match_the_script() {
+    let out = tempfile::tempdir().unwrap();
+    run(Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/harness/python/make_heads.py"
+        ))
+        .arg(out.path()));
+    assert_eq!(
+        std::fs::read(out.path().join("last_token_top_f32.onnx")).unwrap(),
+        onnx::head::HEAD_F32
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("last_token_top_f16.onnx")).unwrap(),
+        onnx::head::HEAD_F16
+    );
+}

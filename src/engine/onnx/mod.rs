@@ -15,6 +15,7 @@
 
 pub mod detok;
 pub mod gencache;
+pub mod head;
 pub mod model;
 pub mod sampling;
 
@@ -53,6 +54,9 @@ pub struct OnnxOptions {
     /// genai layout: bind one KV buffer per layer to both past and present (no copies per
     /// step). `CODEGEN_SHARED_KV=0` also turns it off.
     pub shared_kv: bool,
+    /// Choose greedy tokens on the model's device ([`head`]): `None` on CUDA only, `Some` to
+    /// force it on or off (also `CODEGEN_DEVICE_HEAD=0|1`).
+    pub device_head: Option<bool>,
 }
 
 impl OnnxOptions {
@@ -65,6 +69,7 @@ impl OnnxOptions {
             progress: true,
             cache_dir: None,
             shared_kv: true,
+            device_head: None,
         }
     }
 }
@@ -86,7 +91,13 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
     let threads = env_threads.unwrap_or(options.threads);
     let no_cache = options.no_cache
         || std::env::var("CODEGEN_NO_CACHE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let mut model = Model::load(model_dir, options.device, threads).map_err(SourceError::Setup)?;
+    let device_head = match std::env::var("CODEGEN_DEVICE_HEAD").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => options.device_head,
+    };
+    let mut model =
+        Model::load(model_dir, options.device, threads, device_head).map_err(SourceError::Setup)?;
     model.shared_kv &= options.shared_kv;
     let model_hash = gencache::model_hash(model_dir).map_err(|e| {
         SourceError::Setup(format!(
@@ -117,6 +128,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
         "shared_kv".into(),
         (model.shared_kv && model.layout == Layout::Genai).to_string(),
     );
+    describe.insert("device_head".into(), model.has_device_head().to_string());
     describe.insert("onnxruntime".into(), model.library.display().to_string());
     describe.insert("batch_size".into(), options.settings.batch_size.to_string());
     describe.insert(

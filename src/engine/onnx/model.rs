@@ -14,6 +14,7 @@ use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
 use super::detok::Detokenizer;
+use super::head::DeviceHead;
 use super::sampling::{self, Rng, Sampler};
 use crate::engine::{Completion, Timing, TokenTrace};
 use crate::prompt::TemplateTokens;
@@ -84,6 +85,8 @@ pub struct Model {
     pub sampling_threads: usize,
     /// Decoded text of single tokens, filled as they are needed.
     pieces: std::collections::HashMap<u32, String>,
+    /// Greedy token choice on the model's device (see [`DeviceHead`]).
+    head: Option<DeviceHead>,
 }
 
 fn read_json(path: &Path) -> Result<Json, String> {
@@ -158,7 +161,13 @@ pub fn device_bytes() -> Option<u64> {
 
 impl Model {
     /// Load `dir` for `device`, with `threads` intra-op threads on CPU (0: all cores).
-    pub fn load(dir: &Path, device: Device, threads: usize) -> Result<Model, String> {
+    /// `device_head`: choose greedy tokens on the device (`None`: only under CUDA).
+    pub fn load(
+        dir: &Path,
+        device: Device,
+        threads: usize,
+        device_head: Option<bool>,
+    ) -> Result<Model, String> {
         let folder = dir.display();
         if !dir.is_dir() {
             return Err(format!(
@@ -417,7 +426,17 @@ impl Model {
                 1
             },
             pieces: std::collections::HashMap::new(),
+            head: if device_head.unwrap_or(provider == "cuda") {
+                Some(DeviceHead::load(&rt.environment, provider, logits_type)?)
+            } else {
+                None
+            },
         })
+    }
+
+    /// Whether greedy tokens are chosen on the model's device.
+    pub fn has_device_head(&self) -> bool {
+        self.head.is_some()
     }
 
     /// A KV buffer of `max_len` positions for the shared past/present binding (zeroed on CPU).
@@ -571,6 +590,18 @@ impl Model {
             Kv::Owned(past)
         };
 
+        // Greedy batches on the shared-KV path leave the logits on the device for the head;
+        // sampling needs the whole distribution on the host.
+        let use_head = self.head.is_some()
+            && matches!(kv, Kv::Shared { .. })
+            && jobs.iter().all(|j| j.sampler.is_greedy());
+        let head_k = jobs
+            .iter()
+            .map(|j| j.top_logprobs)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+
         // Step 0 feeds the right-padded prompts; step k >= 1 feeds generated token k-1.
         let mut step = 0usize;
         let mut run_secs = 0.0f64;
@@ -614,8 +645,12 @@ impl Model {
             let logits = match &mut kv {
                 Kv::Shared { binding, cpu, .. } => {
                     // Rebound each step: its shape changes between prefill and decode.
+                    let at = match (&self.head, use_head) {
+                        (Some(head), true) => &head.logits_memory,
+                        _ => &**cpu,
+                    };
                     binding
-                        .bind_output_to_device("logits", cpu)
+                        .bind_output_to_device("logits", at)
                         .map_err(run_err)?;
                     binding.bind_input("input_ids", &t_ids).map_err(run_err)?;
                     binding
@@ -646,19 +681,7 @@ impl Model {
                         .ok_or("failed to run the model: no output `logits`")?
                 }
             };
-            let (shape, data): (Vec<i64>, Cow<'_, [f32]>) = match self.logits_type {
-                Float::F32 => {
-                    let (sh, d) = logits.try_extract_tensor::<f32>().map_err(run_err)?;
-                    (sh.to_vec(), Cow::Borrowed(d))
-                }
-                Float::F16 => {
-                    let (sh, d) = logits.try_extract_tensor::<half::f16>().map_err(run_err)?;
-                    (
-                        sh.to_vec(),
-                        Cow::Owned(d.iter().map(|x| x.to_f32()).collect()),
-                    )
-                }
-            };
+            let shape: Vec<i64> = logits.shape().to_vec();
             if shape.len() != 3 || shape[0] as usize != b {
                 return Err(format!(
                     "failed to read logits: shape {shape:?}, expected [batch, seq, vocab]"
@@ -670,58 +693,94 @@ impl Model {
                     "failed to read logits: the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
                 ));
             }
-            run_secs += run_started.elapsed().as_secs_f64();
-            let now = start.elapsed().as_secs_f64();
-            // Choose every active row's token in parallel (log-sum-exp and top-k over a large
-            // vocabulary cost more than a GPU decode step when done one row at a time).
-            let row_at = |r: usize| -> &[f32] {
-                let at = if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
-                let off = (r * lq + at) * vocab;
-                &data[off..off + vocab]
-            };
-            let mut active: Vec<(usize, &mut Rng)> = rows
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, row)| !row.done)
-                .map(|(r, row)| (r, &mut row.rng))
-                .collect();
-            let workers = self.sampling_threads.min(active.len()).max(1);
-            let inner = if active.len() == 1 {
-                self.sampling_threads
-            } else {
-                1
-            };
-            let per = active.len().div_ceil(workers).max(1);
+            // The position each row continues from: its last prompt token at prefill.
+            let at_of = |r: usize| if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
             let mut picks: Vec<Option<sampling::Pick>> = vec![None; b];
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = active
-                    .chunks_mut(per)
-                    .map(|chunk| {
-                        let row_at = &row_at;
-                        sc.spawn(move || {
-                            chunk
-                                .iter_mut()
-                                .map(|(r, rng)| {
-                                    let job = &jobs[*r];
-                                    let p = sampling::pick(
-                                        row_at(*r),
-                                        &job.sampler,
-                                        rng,
-                                        job.top_logprobs,
-                                        inner,
-                                    );
-                                    (*r, p)
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    for (r, p) in h.join().expect("sampling thread") {
-                        picks[r] = Some(p);
+            match (&mut self.head, use_head) {
+                (Some(head), true) => {
+                    let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
+                    let tops = head.top(&logits, &index, head_k)?;
+                    run_secs += run_started.elapsed().as_secs_f64();
+                    for (r, mut top) in tops.into_iter().enumerate() {
+                        if rows[r].done {
+                            continue;
+                        }
+                        let (token, logprob) = top[0];
+                        top.truncate(jobs[r].top_logprobs);
+                        picks[r] = Some(sampling::Pick {
+                            token,
+                            logprob,
+                            top,
+                        });
                     }
                 }
-            });
+                _ => {
+                    let data: Cow<'_, [f32]> = match self.logits_type {
+                        Float::F32 => {
+                            Cow::Borrowed(logits.try_extract_tensor::<f32>().map_err(run_err)?.1)
+                        }
+                        Float::F16 => Cow::Owned(
+                            logits
+                                .try_extract_tensor::<half::f16>()
+                                .map_err(run_err)?
+                                .1
+                                .iter()
+                                .map(|x| x.to_f32())
+                                .collect(),
+                        ),
+                    };
+                    run_secs += run_started.elapsed().as_secs_f64();
+                    let row_at = |r: usize| -> &[f32] {
+                        let off = (r * lq + at_of(r)) * vocab;
+                        &data[off..off + vocab]
+                    };
+                    // Choose every active row's token in parallel (log-sum-exp and top-k over
+                    // a large vocabulary cost more than a GPU decode step done row by row).
+                    let mut active: Vec<(usize, &mut Rng)> = rows
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(_, row)| !row.done)
+                        .map(|(r, row)| (r, &mut row.rng))
+                        .collect();
+                    let workers = self.sampling_threads.min(active.len()).max(1);
+                    let inner = if active.len() == 1 {
+                        self.sampling_threads
+                    } else {
+                        1
+                    };
+                    let per = active.len().div_ceil(workers).max(1);
+                    std::thread::scope(|sc| {
+                        let handles: Vec<_> = active
+                            .chunks_mut(per)
+                            .map(|chunk| {
+                                let row_at = &row_at;
+                                sc.spawn(move || {
+                                    chunk
+                                        .iter_mut()
+                                        .map(|(r, rng)| {
+                                            let job = &jobs[*r];
+                                            let p = sampling::pick(
+                                                row_at(*r),
+                                                &job.sampler,
+                                                rng,
+                                                job.top_logprobs,
+                                                inner,
+                                            );
+                                            (*r, p)
+                                        })
+                                        .collect::<Vec<_>>()
+                                })
+                            })
+                            .collect();
+                        for h in handles {
+                            for (r, p) in h.join().expect("sampling thread") {
+                                picks[r] = Some(p);
+                            }
+                        }
+                    });
+                }
+            }
+            let now = start.elapsed().as_secs_f64();
             for r in 0..b {
                 let Some(pick) = picks[r].take() else {
                     continue;
