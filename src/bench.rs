@@ -39,6 +39,9 @@ pub struct BenchOptions {
     /// Batch-1 measurements alternate between the two engines this many times (medians are
     /// reported), so that load from other processes hits both alike.
     pub rounds: usize,
+    /// Top alternatives (with log-probabilities) recorded per generated token by our engine,
+    /// as the suite records them; onnxruntime-genai records none.
+    pub top_logprobs: usize,
 }
 
 #[derive(Debug, Error)]
@@ -261,7 +264,7 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
             top_k: 0,
         },
         seed: 0,
-        top_logprobs: 5,
+        top_logprobs: opts.top_logprobs,
     };
     // Warm-up, then batch 1.
     src.generate_batch(&[job(&ids[0], 4)])?;
@@ -365,12 +368,18 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads",
+        "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads, tokens chosen on {}, {} top alternatives per token (ours)",
         opts.model.display(),
         info.get("layout").map(String::as_str).unwrap_or("?"),
         info.get("kv_type").map(String::as_str).unwrap_or("?"),
         info.get("device").map(String::as_str).unwrap_or("?"),
         info.get("threads").map(String::as_str).unwrap_or("?"),
+        if info.get("device_head").is_some_and(|v| v == "true") {
+            "the device"
+        } else {
+            "the host"
+        },
+        opts.top_logprobs,
     );
     let _ = writeln!(
         s,

