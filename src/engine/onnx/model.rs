@@ -671,8 +671,7 @@ impl Model {
                     let mut out = self.session.run_binding(binding).map_err(run_err)?;
                     if use_head {
                         // The logits stay on the device and the head runs in another session,
-                        // on another CUDA stream: wait until this run has written them (ONNX
-                        // Runtime does not wait for outputs bound to device memory).
+                        // on its own CUDA stream: make sure this run has written them first.
                         binding.synchronize_outputs().map_err(run_err)?;
                     }
                     out.remove("logits")
