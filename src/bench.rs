@@ -85,19 +85,31 @@ const BUILTIN: &[&str] = &[
     "Write a Python function `roman(n: int) -> str` converting an integer to a Roman numeral.",
 ];
 
+/// The benchmark's prompts: from `--cases-dir` (every case that loads), else the built-in
+/// coding prompts; repeated to `opts.cases`. A `--cases-dir` that is missing or holds no
+/// loadable case is an error, never a silent switch to the built-in prompts.
 fn prompts(opts: &BenchOptions) -> Result<Vec<Prompt>, BenchError> {
     let mut out = Vec::new();
-    if let Some(dir) = &opts.cases_dir
-        && dir.is_dir()
-    {
+    if let Some(dir) = &opts.cases_dir {
+        if !dir.is_dir() {
+            return Err(BenchError::Cases(format!(
+                "--cases-dir {}: not a directory",
+                dir.display()
+            )));
+        }
         let loaded = crate::case::load_all(dir).map_err(|e| BenchError::Cases(e.to_string()))?;
         for l in loaded {
             if let Ok(case) = l.case {
                 out.push(Prompt::for_case(&case));
             }
         }
-    }
-    if out.is_empty() {
+        if out.is_empty() {
+            return Err(BenchError::Cases(format!(
+                "--cases-dir {}: no case file loads",
+                dir.display()
+            )));
+        }
+    } else {
         out = BUILTIN.iter().map(|p| Prompt::chat(p)).collect();
     }
     let n = opts.cases.max(1);
@@ -238,6 +250,8 @@ fn run_genai(
 
 /// Run the benchmark and return the printed report.
 pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
+    // Read the prompts before loading the model: a wrong --cases-dir fails at once.
+    let prompts = prompts(opts)?;
     let settings = GenerationSettings {
         max_new_tokens: opts.max_new_tokens,
         batch_size: opts.batch_size,
@@ -249,7 +263,6 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
     let t = Instant::now();
     let src = onnx::open_with(&opts.model, o)?;
     let load_s = t.elapsed().as_secs_f64();
-    let prompts = prompts(opts)?;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| src.encode(p))
@@ -383,8 +396,12 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
     );
     let _ = writeln!(
         s,
-        "{} prompts (mean {:.0} tokens), greedy, max {} new tokens; model load {:.1} s; peak host memory {:.0} MiB",
+        "{} prompts from {} (mean {:.0} tokens), greedy, max {} new tokens; model load {:.1} s; peak host memory {:.0} MiB",
         ids.len(),
+        opts.cases_dir.as_ref().map_or_else(
+            || "the built-in coding prompts".to_string(),
+            |d| d.display().to_string()
+        ),
         ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64,
         opts.max_new_tokens,
         load_s,
