@@ -35,7 +35,8 @@ pub use model::{Float, Layout, Model, SeqJob};
 use sampling::Sampler;
 
 /// Bumped when a change to the engine changes what it generates (part of every cache key).
-pub const ENGINE_VERSION: &str = "onnx-engine-1";
+/// 2: KV buffers on CUDA are zeroed (generations made on CUDA before could be corrupt).
+pub const ENGINE_VERSION: &str = "onnx-engine-2";
 
 /// Everything [`open_with`] accepts.
 #[derive(Debug, Clone)]
@@ -252,6 +253,7 @@ impl Inner {
                 "engine": ENGINE_VERSION,
                 "model": self.model_hash,
                 "provider": self.provider,
+                "device_head": self.describe.get("device_head"),
                 "prompt_ids": prompt_ids,
                 "max_new_tokens": max_new,
                 "stop": stop,
