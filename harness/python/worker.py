@@ -443,7 +443,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     return v
 
                 check_ns = dict(namespace)  # HumanEval checks use helpers from the prompt
-                check_ns["__builtins__"] = dict(_snapshot_builtins)
+                # The worker's snapshot itself, not a copy: this child's copy-on-write view of
+                # it is pristine (the worker never runs generated code), and copying it would
+                # touch (and so copy) every page holding a builtin.
+                check_ns["__builtins__"] = _snapshot_builtins
                 last_op[0] = None
                 exec(compile(job["check"], "<check>", "exec"), check_ns)
                 check_ns["check"](candidate)
