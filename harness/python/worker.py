@@ -28,10 +28,12 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     import time
 
     # Modules generated code commonly imports: loaded once here so the locked-down child
-    # rarely needs to read the stdlib at all.
+    # rarely needs to read the stdlib at all. Not `random`: it reseeds itself in every forked
+    # child (an at-fork hook), which costs ~45 copy-on-write faults in each of them, while the
+    # few programs that use it load it themselves (freshly seeded, as before).
     for name in (
         "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-        "typing", "operator", "copy", "random", "struct",
+        "typing", "operator", "copy", "struct",
         "resource", "_json",
     ):
         try:
@@ -39,6 +41,13 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except Exception:
             pass
     import _thread
+
+    # Threads that generated code starts get 1 MiB stacks (RLIMIT_AS counts them). Set here,
+    # once: children inherit it, and the worker starts no threads.
+    try:
+        _thread.stack_size(1 << 20)
+    except Exception:
+        pass
 
     cfg = json.loads(sys.argv[1])
     limits = cfg["limits"]
@@ -386,14 +395,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         last_op[0] = None
         try:
             os.chdir(scratch)
-            os.environ["HOME"] = scratch
-            os.environ["TMPDIR"] = scratch
             if "tempfile" in sys.modules:
                 sys.modules["tempfile"].tempdir = scratch
-            try:
-                _thread.stack_size(1 << 20)
-            except Exception:
-                pass
             lock_down()
             for sig in _default_signals:
                 _setsignal(sig, 0)  # SIG_DFL
@@ -527,6 +530,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         outr, outw = os.pipe()
         errr, errw = os.pipe()
         token = os.urandom(16).hex()
+        # Set in the worker, which reads neither, and inherited: done in the child, it would
+        # copy the pages of os.environ and libc's environment there.
+        os.environ["HOME"] = scratch
+        os.environ["TMPDIR"] = scratch
         rfd = child_ruleset(scratch) if abi else -1
         try:
             pid = os.fork()
@@ -537,8 +544,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             raise
         if pid == 0:
             try:
-                nul = os.open("/dev/null", os.O_RDONLY)
-                os.dup2(nul, 0)
+                os.dup2(devnull, 0)
                 os.dup2(outw, 1)
                 os.dup2(errw, 2)
                 os.dup2(rw, 3)
@@ -554,6 +560,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         return pid, scratch, token, rr, outr, errr
 
     deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
+    devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # each child's stdin
 
     def reap_deferred():
         while deferred:
