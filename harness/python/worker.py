@@ -28,13 +28,14 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     import time
 
     # Modules generated code commonly imports: loaded once here so the locked-down child
-    # rarely needs to read the stdlib at all. Not `random`: it reseeds itself in every forked
-    # child (an at-fork hook), which costs ~45 copy-on-write faults in each of them, while the
-    # few programs that use it load it themselves (freshly seeded, as before).
+    # rarely needs to read the stdlib at all. Not `random` itself: it reseeds itself in every
+    # forked child (an at-fork hook), which costs ~45 copy-on-write faults in each of them,
+    # while the few programs that use it load it themselves (freshly seeded, as before); its
+    # extension modules are preloaded so that this costs them less.
     for name in (
         "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
         "typing", "operator", "copy", "struct",
-        "resource", "_json",
+        "resource", "_json", "_random", "_sha512",
     ):
         try:
             __import__(name)
