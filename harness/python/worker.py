@@ -28,17 +28,27 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     import time
 
     # Modules generated code commonly imports: loaded once here so the locked-down child
-    # rarely needs to read the stdlib at all.
+    # rarely needs to read the stdlib at all. Not `random` itself: it reseeds itself in every
+    # forked child (an at-fork hook), which costs ~45 copy-on-write faults in each of them,
+    # while the few programs that use it load it themselves (freshly seeded, as before); its
+    # extension modules are preloaded so that this costs them less.
     for name in (
         "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-        "typing", "operator", "copy", "random", "struct",
-        "resource", "_json",
+        "typing", "operator", "copy", "struct",
+        "resource", "_json", "_random", "_sha512",
     ):
         try:
             __import__(name)
         except Exception:
             pass
     import _thread
+
+    # Threads that generated code starts get 1 MiB stacks (RLIMIT_AS counts them). Set here,
+    # once: children inherit it, and the worker starts no threads.
+    try:
+        _thread.stack_size(1 << 20)
+    except Exception:
+        pass
 
     cfg = json.loads(sys.argv[1])
     limits = cfg["limits"]
@@ -128,10 +138,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     SCOPE_ALL = 3 if abi >= 6 else 0
     ATTR_SIZE = 8 if abi < 4 else (16 if abi < 6 else 24)
 
-    def landlock_layer(handled, rules):
-        """Add one Landlock layer: `handled` fs rights are denied except where `rules`
+    def landlock_ruleset(handled, rules):
+        """A Landlock ruleset fd: `handled` fs rights are denied except where `rules`
         (path, rights) allow them; TCP bind/connect are denied and signals and abstract unix
-        sockets are scoped to the layer's domain."""
+        sockets are scoped to the layer's domain. Nothing is enforced until restrict_self."""
         abuf = ctypes.create_string_buffer(struct.pack("=QQQ", handled, NET_ALL, SCOPE_ALL), 24)
         rfd = libc.syscall(SYS_LL_CREATE, abuf, ATTR_SIZE, 0)
         if rfd < 0:
@@ -145,6 +155,14 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                         raise OSError(ctypes.get_errno(), "landlock_add_rule %s" % path)
                 finally:
                     os.close(fd)
+        except BaseException:
+            os.close(rfd)
+            raise
+        return rfd
+
+    def restrict_self(rfd):
+        """Enforce the ruleset `rfd` on this process (one more layer) and close it."""
+        try:
             if libc.syscall(SYS_LL_RESTRICT, rfd, 0) != 0:
                 raise OSError(ctypes.get_errno(), "landlock_restrict_self")
         finally:
@@ -154,17 +172,21 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     # scratch base; nothing else of the host is visible to the worker or any child.
     if abi:
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        landlock_layer(
+        restrict_self(landlock_ruleset(
             FS_ALL,
             [(d, EXEC | READ | READDIR) for d in read_dirs]
             + [(f, READ) for f in read_files]
             + [("/dev/null", FILE_RIGHTS & ~EXEC), (base, FS_ALL)],
-        )
-    # Layer 2, per child: writes only inside its own scratch dir (and /dev/null).
+        ))
+    # Layer 2, per child: writes only inside its own scratch dir (and /dev/null). The worker
+    # builds each child's ruleset before forking (a ruleset restricts nobody until
+    # restrict_self) and the child only enforces it: every Python-level step in the child
+    # costs copy-on-write faults there, and the worker's rulesets are never enforced on itself.
     WRITE_RIGHTS = FS_ALL & ~(EXEC | READ | READDIR)
+    RULESET_FD = 4  # where the child finds its ruleset
 
-    def apply_landlock(scratch):
-        landlock_layer(
+    def child_ruleset(scratch):
+        return landlock_ruleset(
             WRITE_RIGHTS,
             [(scratch, WRITE_RIGHTS), ("/dev/null", FILE_RIGHTS & WRITE_RIGHTS)],
         )
@@ -174,26 +196,28 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if libc.syscall(SYS_SECCOMP, 1, 0, ctypes.byref(prog)) != 0:
                 raise OSError(ctypes.get_errno(), "seccomp")
 
-    def set_rlimits():
-        import resource as r
-        mem = limits["memory_mb"] << 20
-        cpu = limits["cpu_seconds"]
-        for res, v in (
-            (r.RLIMIT_CPU, (cpu, cpu + 1)),
-            (r.RLIMIT_AS, (mem, mem)),
-            (r.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"])),
-            (r.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"])),
-            (r.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"])),
-            (r.RLIMIT_CORE, (0, 0)),
-        ):
-            r.setrlimit(res, v)
+    # The child's rlimits, computed once (an import statement or dict lookups in the child
+    # would touch pages for nothing).
+    import resource
+    _setrlimit = resource.setrlimit
+    _mem = limits["memory_mb"] << 20
+    _rlimits = (
+        (resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 1)),
+        (resource.RLIMIT_AS, (_mem, _mem)),
+        (resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"])),
+        (resource.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"])),
+        (resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"])),
+        (resource.RLIMIT_CORE, (0, 0)),
+    )
+    _strict_child = level != "none"
 
-    def lock_down(scratch):
-        set_rlimits()
-        if level != "none":
+    def lock_down():
+        for res, v in _rlimits:
+            _setrlimit(res, v)
+        if _strict_child:
             libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
             if abi:
-                apply_landlock(scratch)
+                restrict_self(RULESET_FD)
             apply_seccomp()
 
     # ---------------------------------------------------------------- the child's runner
@@ -356,45 +380,34 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except RecursionError:
             return {"kind": "unsupported", "what": "a value nested too deeply"}
 
-    def child_main(token, scratch, jobfd):
-        """Runs in the forked child: locks down, then waits for its job on `jobfd` (children are
-        forked ahead of time, while the worker is idle). Never returns."""
+    # The C module's signal(), not signal.signal: its enum conversions touch many pages.
+    import _signal
+    _setsignal = _signal.signal
+    _default_int_handler = _signal.default_int_handler
+    _SIGINT = int(signal.SIGINT)
+    _default_signals = tuple(int(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
+                                              signal.SIGUSR2, signal.SIGQUIT, signal.SIGALRM))
+
+    def child_main(token, scratch, job, start):
+        """Runs in the forked child: locks down, then runs `job` from call `start` on. The child
+        is forked once the job has arrived and inherits it parsed: no job pipe and no second
+        parse, each of which cost copy-on-write faults in every child. Never returns."""
         _state[0] = token
         last_op[0] = None
         try:
             os.chdir(scratch)
-            os.environ["HOME"] = scratch
-            os.environ["TMPDIR"] = scratch
             if "tempfile" in sys.modules:
                 sys.modules["tempfile"].tempdir = scratch
-            try:
-                _thread.stack_size(1 << 20)
-            except Exception:
-                pass
-            lock_down(scratch)
-            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-                        signal.SIGQUIT, signal.SIGALRM):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            lock_down()
+            for sig in _default_signals:
+                _setsignal(sig, 0)  # SIG_DFL
+            _setsignal(_SIGINT, _default_int_handler)
             sys.addaudithook(hook)
         except BaseException as e:  # the harness's own failure
             try:
                 send({"event": "setup_failed", "message": "%s: %s" % (type(e).__name__, e)})
             finally:
                 _exit(70)
-
-        chunks = []
-        while True:
-            b = os.read(jobfd, 1 << 20)
-            if not b:
-                break
-            chunks.append(b)
-        os.close(jobfd)
-        if not chunks:
-            _exit(0)  # never used
-        msg = json.loads(b"".join(chunks))
-        job = msg["job"]
-        start = msg["start"]
 
         if job.get("mode") == "evaluate":
             for i, expr in enumerate(job["exprs"]):
@@ -443,7 +456,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     return v
 
                 check_ns = dict(namespace)  # HumanEval checks use helpers from the prompt
-                check_ns["__builtins__"] = dict(_snapshot_builtins)
+                # The worker's snapshot itself, not a copy: this child's copy-on-write view of
+                # it is pristine (the worker never runs generated code), and copying it would
+                # touch (and so copy) every page holding a builtin.
+                check_ns["__builtins__"] = _snapshot_builtins
                 last_op[0] = None
                 exec(compile(job["check"], "<check>", "exec"), check_ns)
                 check_ns["check"](candidate)
@@ -506,34 +522,46 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except OSError:
             pass
 
-    def spawn_child():
+    def spawn_child(job, start):
+        """Fork a child for `job` from call `start` on; it locks itself down first."""
         counter[0] += 1
         scratch = os.path.join(base, "x%d" % counter[0])
         os.mkdir(scratch, 0o700)
         rr, rw = os.pipe()
         outr, outw = os.pipe()
         errr, errw = os.pipe()
-        jr, jw = os.pipe()
         token = os.urandom(16).hex()
-        pid = os.fork()
+        # Set in the worker, which reads neither, and inherited: done in the child, it would
+        # copy the pages of os.environ and libc's environment there.
+        os.environ["HOME"] = scratch
+        os.environ["TMPDIR"] = scratch
+        rfd = child_ruleset(scratch) if abi else -1
+        try:
+            pid = os.fork()
+        except BaseException:
+            for fd in (rr, rw, outr, outw, errr, errw, rfd):
+                if fd >= 0:
+                    os.close(fd)
+            raise
         if pid == 0:
             try:
-                nul = os.open("/dev/null", os.O_RDONLY)
-                os.dup2(nul, 0)
+                os.dup2(devnull, 0)
                 os.dup2(outw, 1)
                 os.dup2(errw, 2)
                 os.dup2(rw, 3)
-                os.dup2(jr, 4)
-                os.closerange(5, 1 << 16)
-                child_main(token, scratch, 4)
+                if rfd >= 0:
+                    os.dup2(rfd, RULESET_FD)
+                os.closerange(RULESET_FD + 1 if rfd >= 0 else RULESET_FD, 1 << 16)
+                child_main(token, scratch, job, start)
             finally:
                 os._exit(71)
-        for fd in (rw, outw, errw, jr):
-            os.close(fd)
-        return pid, scratch, token, rr, outr, errr, jw
+        for fd in (rw, outw, errw, rfd):
+            if fd >= 0:
+                os.close(fd)
+        return pid, scratch, token, rr, outr, errr
 
-    ready = [None]  # a child forked and locked down ahead of time, waiting for a job
     deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
+    devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # each child's stdin
 
     def reap_deferred():
         while deferred:
@@ -547,43 +575,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             except RecursionError:
                 pass
 
-    def discard_child(c):
-        pid, scratch, _, rr, outr, errr, jw = c
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-        for fd in (rr, outr, errr, jw):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        rmtree(scratch)
-
-    def start_child(start):
-        """A locked-down child (the one forked ahead if any) that has been given the current
-        job from call `start` on."""
-        payload = b'{"start": %d, "job": ' % start + current_raw[0] + b"}"
-        for _ in range(2):
-            c = ready[0] or spawn_child()
-            ready[0] = None
-            view = memoryview(payload)
-            try:
-                while view:
-                    n = os.write(c[6], view)
-                    view = view[n:]
-                os.close(c[6])
-                return c[:6]
-            except OSError:
-                discard_child(c)  # it died while waiting: use a fresh one
-        raise RuntimeError("could not start a sandboxed child")
-
     def run_child(job, start, phases):
         """Run one child from call `start`. `phases` yields (expected event, index, timeout).
 
         Returns (events: list of (index or key, outcome), tails)."""
-        pid, scratch, token, rr, outr, errr = start_child(start)
+        pid, scratch, token, rr, outr, errr = spawn_child(job, start)
         poller = select.poll()
         for fd in (rr, outr, errr):
             poller.register(fd, select.POLLIN)
@@ -834,20 +830,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             "seccomp_filters": len(filters), "python": sys.version.split()[0]})
 
     stdin = sys.stdin.buffer
-    current_raw = [b"{}"]
     while True:
-        if ready[0] is None:
-            try:
-                ready[0] = spawn_child()
-            except Exception:
-                ready[0] = None  # forked on demand instead
         line = stdin.readline()
         if not line:
-            # Rust is gone or done with us.
-            if ready[0] is not None:
-                discard_child(ready[0])
-            os._exit(0)
-        current_raw[0] = line.strip()
+            os._exit(0)  # Rust is gone or done with us.
         job = json.loads(line)
         try:
             if job.get("mode") == "evaluate":

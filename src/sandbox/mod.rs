@@ -1,13 +1,14 @@
 //! Run a generated program and a case's tests in Python, and report what each call did.
 //!
 //! [`Sandbox`] is the seam. [`WorkerSandbox`] is the sandbox of record: a pool of warm Python
-//! workers, each in fresh user, network, mount, pid and IPC namespaces, each forking (ahead of
-//! time) a child per execution that locks itself down before generated code runs: rlimits
-//! (CPU, address space, processes, open files, file size), a Landlock layer (writes only in its
-//! private scratch dir on a tmpfs; the worker's own layer leaves only Python and the shared
-//! libraries readable; signals and abstract sockets scoped; TCP denied) and a seccomp filter
-//! built in Rust ([`seccomp`]). Per-call deadlines and the output limit are enforced by the
-//! worker, a backstop by Rust; a worker that dies is replaced and its case reported.
+//! workers, each in fresh user, network, mount, pid and IPC namespaces, each forking a child
+//! per execution (once its job has arrived) that locks itself down before generated code runs:
+//! rlimits (CPU, address space, processes, open files, file size), a Landlock layer (writes
+//! only in its private scratch dir on a tmpfs; the worker's own layer leaves only Python and
+//! the shared libraries readable; signals and abstract sockets scoped; TCP denied) and a
+//! seccomp filter built in Rust ([`seccomp`]). Per-call deadlines and the output limit are
+//! enforced by the worker, a backstop by Rust; a worker that dies is replaced and its case
+//! reported.
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
 //! '/etc/shadow'"); judging them against expected values is the job of [`crate::score`],

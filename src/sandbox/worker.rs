@@ -189,6 +189,9 @@ impl Spawner {
             .env_clear()
             .env("PYTHONIOENCODING", "utf-8")
             .env("MALLOC_ARENA_MAX", "2")
+            // Resolve every dynamic symbol at start-up: lazy binding would write the GOT in
+            // each forked child, one copy-on-write fault per page it touches.
+            .env("LD_BIND_NOW", "1")
             .env("LANG", "C.UTF-8")
             .current_dir("/")
             .stdin(Stdio::piped())
