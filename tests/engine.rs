@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 use codegen_harness::cache::{DirLock, cache_dir};
 use codegen_harness::case::{self, Case};
 use codegen_harness::engine::onnx::{self, OnnxOptions, OnnxSource};
-use codegen_harness::engine::{Completion, CompletionSource, GenerationSettings, Request};
+use codegen_harness::engine::{
+    Completion, CompletionSource, GenerationSettings, Request, TokenTrace,
+};
 use codegen_harness::prompt::Prompt;
 use codegen_harness::runtime::Device;
 use sha2::{Digest, Sha256};
@@ -134,6 +136,26 @@ fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
     .unwrap()
 }
 
+/// Generate all `cases` through the scheduler (one `prepare`, then batches), returning each
+/// case's token trace.
+fn batched_traces(src: &OnnxSource, cases: &[Case]) -> Vec<TokenTrace> {
+    let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+    let requests: Vec<Request<'_>> = cases
+        .iter()
+        .zip(&prompts)
+        .map(|(case, prompt)| Request {
+            case,
+            prompt,
+            samples: 1,
+        })
+        .collect();
+    src.prepare(&requests).unwrap();
+    requests
+        .iter()
+        .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap())
+        .collect()
+}
+
 const PREFIXES: &[&str] = &[
     "def add(a, b):\n    return",
     "x",
@@ -216,20 +238,9 @@ fn shared_and_growing_kv_cache_agree() {
         opts.shared_kv = shared;
         let src = onnx::open_with(&models().join("genai"), opts).unwrap();
         assert_eq!(src.info()["shared_kv"], shared.to_string());
-        let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
-        let requests: Vec<Request<'_>> = cases
-            .iter()
-            .zip(&prompts)
-            .map(|(case, prompt)| Request {
-                case,
-                prompt,
-                samples: 1,
-            })
-            .collect();
-        src.prepare(&requests).unwrap();
-        let got: Vec<Vec<u32>> = requests
-            .iter()
-            .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap().ids)
+        let got: Vec<Vec<u32>> = batched_traces(&src, &cases)
+            .into_iter()
+            .map(|t| t.ids)
             .collect();
         outs.push(got);
     }
@@ -492,22 +503,7 @@ fn device_head_agrees_with_the_host_path() {
             opts.device_head = Some(head);
             let src = onnx::open_with(&models().join(folder), opts).unwrap();
             assert_eq!(src.info()["device_head"], head.to_string());
-            let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
-            let requests: Vec<Request<'_>> = cases
-                .iter()
-                .zip(&prompts)
-                .map(|(case, prompt)| Request {
-                    case,
-                    prompt,
-                    samples: 1,
-                })
-                .collect();
-            src.prepare(&requests).unwrap();
-            let got: Vec<_> = requests
-                .iter()
-                .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap())
-                .collect();
-            outs.push(got);
+            outs.push(batched_traces(&src, &cases));
         }
         for (host, head) in outs[0].iter().zip(&outs[1]) {
             assert_eq!(host.ids, head.ids, "{folder}");
