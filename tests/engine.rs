@@ -137,8 +137,8 @@ fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
 }
 
 /// Generate all `cases` through the scheduler (one `prepare`, then batches), returning each
-/// case's token trace.
-fn batched_traces(src: &OnnxSource, cases: &[Case]) -> Vec<TokenTrace> {
+/// case's first completion.
+fn batched(src: &OnnxSource, cases: &[Case]) -> Vec<Completion> {
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let requests: Vec<Request<'_>> = cases
         .iter()
@@ -152,7 +152,15 @@ fn batched_traces(src: &OnnxSource, cases: &[Case]) -> Vec<TokenTrace> {
     src.prepare(&requests).unwrap();
     requests
         .iter()
-        .map(|r| src.complete(r).unwrap()[0].tokens.clone().unwrap())
+        .map(|r| src.complete(r).unwrap().remove(0))
+        .collect()
+}
+
+/// [`batched`], keeping each completion's token trace.
+fn batched_traces(src: &OnnxSource, cases: &[Case]) -> Vec<TokenTrace> {
+    batched(src, cases)
+        .into_iter()
+        .map(|c| c.tokens.unwrap())
         .collect()
 }
 
@@ -171,23 +179,12 @@ fn greedy_matches_reference(folder: &str) {
         .map(|(i, p)| complete_case(&format!("c{i}"), p, 24, &[]))
         .collect();
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
-    let requests: Vec<Request<'_>> = cases
-        .iter()
-        .zip(&prompts)
-        .map(|(case, prompt)| Request {
-            case,
-            prompt,
-            samples: 1,
-        })
-        .collect();
     // Batched (the scheduler, batch_size 8, right padding) ...
-    src.prepare(&requests).unwrap();
-    for r in &requests {
-        let got = src.complete(r).unwrap().remove(0);
-        let ids = src.encode(r.prompt).unwrap();
+    for (got, prompt) in batched(&src, &cases).iter().zip(&prompts) {
+        let ids = src.encode(prompt).unwrap();
         let tokens = got.tokens.as_ref().unwrap();
         let expected = reference(&models().join(folder), &ids, 24);
-        assert_eq!(tokens.ids, expected, "{folder}: prompt {:?}", r.prompt);
+        assert_eq!(tokens.ids, expected, "{folder}: prompt {prompt:?}");
         assert_eq!(tokens.logprobs.len(), tokens.ids.len());
         assert_eq!(tokens.top[0].len(), 5);
         assert!(tokens.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0));
