@@ -136,9 +136,9 @@ fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
     .unwrap()
 }
 
-/// Generate all `cases` through the scheduler (one `prepare`, then batches), returning each
-/// case's first completion.
-fn batched(src: &OnnxSource, cases: &[Case]) -> Vec<Completion> {
+/// Generate `samples` completions of every case through the scheduler (one `prepare`, then
+/// batches), case after case.
+fn batched(src: &OnnxSource, cases: &[Case], samples: usize) -> Vec<Completion> {
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let requests: Vec<Request<'_>> = cases
         .iter()
@@ -146,19 +146,19 @@ fn batched(src: &OnnxSource, cases: &[Case]) -> Vec<Completion> {
         .map(|(case, prompt)| Request {
             case,
             prompt,
-            samples: 1,
+            samples,
         })
         .collect();
     src.prepare(&requests).unwrap();
     requests
         .iter()
-        .map(|r| src.complete(r).unwrap().remove(0))
+        .flat_map(|r| src.complete(r).unwrap())
         .collect()
 }
 
 /// [`batched`], keeping each completion's token trace.
 fn batched_traces(src: &OnnxSource, cases: &[Case]) -> Vec<TokenTrace> {
-    batched(src, cases)
+    batched(src, cases, 1)
         .into_iter()
         .map(|c| c.tokens.unwrap())
         .collect()
@@ -180,7 +180,7 @@ fn greedy_matches_reference(folder: &str) {
         .collect();
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     // Batched (the scheduler, batch_size 8, right padding) ...
-    for (got, prompt) in batched(&src, &cases).iter().zip(&prompts) {
+    for (got, prompt) in batched(&src, &cases, 1).iter().zip(&prompts) {
         let ids = src.encode(prompt).unwrap();
         let tokens = got.tokens.as_ref().unwrap();
         let expected = reference(&models().join(folder), &ids, 24);
@@ -453,20 +453,8 @@ fn same_settings_give_identical_bytes_with_all_cores() {
         opts.progress = false;
         opts.threads = 0;
         let src = onnx::open_with(&models().join("genai"), opts).unwrap();
-        let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
-        let requests: Vec<Request<'_>> = cases
-            .iter()
-            .zip(&prompts)
-            .map(|(case, prompt)| Request {
-                case,
-                prompt,
-                samples: 2,
-            })
-            .collect();
-        src.prepare(&requests).unwrap();
-        requests
-            .iter()
-            .flat_map(|r| src.complete(r).unwrap())
+        batched(&src, &cases, 2)
+            .into_iter()
             .map(|c| (c.text, c.tokens.unwrap().logprobs))
             .collect::<Vec<_>>()
     };
