@@ -11,12 +11,12 @@
 //! checks that they are what the script writes and that the head agrees with the host path.
 
 use ort::ep::ExecutionProvider;
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor};
 
-use super::model::Float;
+use super::model::{Float, memory_info};
 
 /// The head for fp32 logits.
 pub const HEAD_F32: &[u8] = include_bytes!("heads/last_token_top_f32.onnx");
@@ -41,7 +41,7 @@ impl std::fmt::Debug for DeviceHead {
 }
 
 fn memory(device: AllocationDevice) -> Result<MemoryInfo<'static>, String> {
-    MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::Default)
+    memory_info(device)
         .map_err(|e| format!("failed to describe device memory for the token head: {e}"))
 }
 

@@ -87,6 +87,9 @@ pub struct Model {
     pieces: std::collections::HashMap<u32, String>,
     /// Greedy token choice on the model's device (see [`DeviceHead`]).
     head: Option<DeviceHead>,
+    /// Zero KV buffers in device memory (`CODEGEN_ZERO_KV=0` turns it off, only to reproduce
+    /// what uninitialised buffers do).
+    zero_kv: bool,
 }
 
 fn read_json(path: &Path) -> Result<Json, String> {
@@ -157,6 +160,53 @@ pub fn device_bytes() -> Option<u64> {
             .ok()
             .map(|mib| mib * 1024 * 1024)
     })
+}
+
+/// Where ONNX Runtime should put (or finds) a value: CPU or device memory, device 0.
+pub(super) fn memory_info(
+    device: ort::memory::AllocationDevice,
+) -> Result<ort::memory::MemoryInfo<'static>, ort::Error> {
+    ort::memory::MemoryInfo::new(
+        device,
+        0,
+        ort::memory::AllocatorType::Device,
+        ort::memory::MemoryType::Default,
+    )
+}
+
+/// `count` tensors of `shape` from `alloc`, all zero. Host memory is filled in place; device
+/// memory is copied from one host tensor of zeros (made once, not per buffer), unless
+/// `zero_device` is off. Device memory comes from ONNX Runtime's arena uninitialised, possibly
+/// holding NaNs of earlier tensors; attention kernels may multiply masked positions by zero,
+/// and 0 x NaN poisons a row.
+fn zeroed_buffers<T>(
+    alloc: &ort::memory::Allocator,
+    shape: [usize; 4],
+    count: usize,
+    zero: T,
+    on_device: bool,
+    zero_device: bool,
+) -> Result<Vec<DynValue>, ort::Error>
+where
+    T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static,
+{
+    let host_zeros = if on_device && zero_device {
+        let n = shape.iter().product::<usize>();
+        Some(Tensor::<T>::from_array((shape, vec![zero; n]))?)
+    } else {
+        None
+    };
+    (0..count)
+        .map(|_| {
+            let mut t = Tensor::<T>::new(alloc, shape)?;
+            match &host_zeros {
+                Some(zeros) => zeros.copy_into(&mut t)?,
+                None if !on_device => t.try_extract_tensor_mut::<T>()?.1.fill(zero),
+                None => {}
+            }
+            Ok(t.into_dyn())
+        })
+        .collect()
 }
 
 impl Model {
@@ -426,6 +476,7 @@ impl Model {
                 1
             },
             pieces: std::collections::HashMap::new(),
+            zero_kv: std::env::var("CODEGEN_ZERO_KV").map_or(true, |v| v != "0"),
             head: if device_head.unwrap_or(provider == "cuda") {
                 Some(DeviceHead::load(&rt.environment, provider, logits_type)?)
             } else {
@@ -439,59 +490,39 @@ impl Model {
         self.head.is_some()
     }
 
-    /// A KV buffer of `max_len` positions for the shared past/present binding (zeroed on CPU).
-    fn kv_buffer(&self, batch: usize, max_len: usize) -> Result<DynValue, String> {
+    /// `count` zeroed KV buffers of `max_len` positions for the shared past/present binding.
+    fn kv_buffers(
+        &self,
+        batch: usize,
+        max_len: usize,
+        count: usize,
+    ) -> Result<Vec<DynValue>, String> {
         let shape = [batch, self.kv_heads, max_len, self.head_dim];
         let err = |e: ort::Error| format!("failed to allocate the KV cache: {e}");
-        let cuda_alloc;
-        let alloc = if self.provider == "cuda" {
-            cuda_alloc = ort::memory::Allocator::new(
+        let on_device = self.provider == "cuda";
+        let device_alloc;
+        let alloc = if on_device {
+            device_alloc = ort::memory::Allocator::new(
                 &self.session,
-                ort::memory::MemoryInfo::new(
-                    ort::memory::AllocationDevice::CUDA,
-                    0,
-                    ort::memory::AllocatorType::Device,
-                    ort::memory::MemoryType::Default,
-                )
-                .map_err(err)?,
+                memory_info(ort::memory::AllocationDevice::CUDA).map_err(err)?,
             )
             .map_err(err)?;
-            &cuda_alloc
+            &device_alloc
         } else {
             self.session.allocator()
         };
-        let on_cpu = self.provider != "cuda";
-        // Device memory comes from ONNX Runtime's arena uninitialised, possibly holding NaNs
-        // of earlier tensors; attention kernels may multiply masked positions by zero, and
-        // 0 x NaN poisons a row. `CODEGEN_ZERO_KV=0` skips the zeroing (for measurements).
-        let zero_on_device = std::env::var("CODEGEN_ZERO_KV").map_or(true, |v| v != "0");
-        let n = shape.iter().product::<usize>();
-        Ok(match self.kv_type {
-            Float::F32 => {
-                let mut t = Tensor::<f32>::new(alloc, shape).map_err(err)?;
-                if on_cpu {
-                    t.try_extract_tensor_mut::<f32>().map_err(err)?.1.fill(0.0);
-                } else if zero_on_device {
-                    let zeros = Tensor::<f32>::from_array((shape, vec![0.0f32; n])).map_err(err)?;
-                    zeros.copy_into(&mut t).map_err(err)?;
-                }
-                t.into_dyn()
-            }
-            Float::F16 => {
-                let mut t = Tensor::<half::f16>::new(alloc, shape).map_err(err)?;
-                if on_cpu {
-                    t.try_extract_tensor_mut::<half::f16>()
-                        .map_err(err)?
-                        .1
-                        .fill(half::f16::ZERO);
-                } else if zero_on_device {
-                    let zeros = Tensor::<half::f16>::from_array((shape, vec![half::f16::ZERO; n]))
-                        .map_err(err)?;
-                    zeros.copy_into(&mut t).map_err(err)?;
-                }
-                t.into_dyn()
-            }
-        })
+        match self.kv_type {
+            Float::F32 => zeroed_buffers(alloc, shape, count, 0.0f32, on_device, self.zero_kv),
+            Float::F16 => zeroed_buffers(
+                alloc,
+                shape,
+                count,
+                half::f16::ZERO,
+                on_device,
+                self.zero_kv,
+            ),
+        }
+        .map_err(err)
     }
 
     fn empty_kv(&self, batch: usize) -> Result<DynValue, String> {
@@ -571,24 +602,18 @@ impl Model {
         let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
         let mut kv = if self.layout == Layout::Genai && self.shared_kv {
             let mut binding = self.session.create_binding().map_err(run_err)?;
-            let mut buffers = Vec::with_capacity(2 * self.layers);
-            for (past_name, present_name) in input_names.iter().zip(&output_names) {
-                let mut buf = self.kv_buffer(b, max_len)?;
+            let mut buffers = self.kv_buffers(b, max_len, 2 * self.layers)?;
+            for ((past_name, present_name), buf) in
+                input_names.iter().zip(&output_names).zip(&mut buffers)
+            {
                 binding
-                    .bind_input(past_name.as_str(), &buf)
+                    .bind_input(past_name.as_str(), &*buf)
                     .map_err(run_err)?;
                 binding
-                    .bind_output(present_name.as_str(), &mut buf)
+                    .bind_output(present_name.as_str(), &mut *buf)
                     .map_err(run_err)?;
-                buffers.push(buf);
             }
-            let cpu = ort::memory::MemoryInfo::new(
-                ort::memory::AllocationDevice::CPU,
-                0,
-                ort::memory::AllocatorType::Device,
-                ort::memory::MemoryType::Default,
-            )
-            .map_err(run_err)?;
+            let cpu = memory_info(ort::memory::AllocationDevice::CPU).map_err(run_err)?;
             Kv::Shared {
                 binding: Box::new(binding),
                 cpu: Box::new(cpu),
@@ -751,50 +776,20 @@ impl Model {
                         let off = (r * lq + at_of(r)) * vocab;
                         &data[off..off + vocab]
                     };
-                    // Choose every active row's token in parallel (log-sum-exp and top-k over
-                    // a large vocabulary cost more than a GPU decode step done row by row).
-                    let mut active: Vec<(usize, &mut Rng)> = rows
+                    let mut active: Vec<sampling::RowChoice<'_>> = rows
                         .iter_mut()
                         .enumerate()
                         .filter(|(_, row)| !row.done)
-                        .map(|(r, row)| (r, &mut row.rng))
+                        .map(|(r, row)| sampling::RowChoice {
+                            row: r,
+                            rng: &mut row.rng,
+                            sampler: &jobs[r].sampler,
+                            top_logprobs: jobs[r].top_logprobs,
+                        })
                         .collect();
-                    let workers = self.sampling_threads.min(active.len()).max(1);
-                    let inner = if active.len() == 1 {
-                        self.sampling_threads
-                    } else {
-                        1
-                    };
-                    let per = active.len().div_ceil(workers).max(1);
-                    std::thread::scope(|sc| {
-                        let handles: Vec<_> = active
-                            .chunks_mut(per)
-                            .map(|chunk| {
-                                let row_at = &row_at;
-                                sc.spawn(move || {
-                                    chunk
-                                        .iter_mut()
-                                        .map(|(r, rng)| {
-                                            let job = &jobs[*r];
-                                            let p = sampling::pick(
-                                                row_at(*r),
-                                                &job.sampler,
-                                                rng,
-                                                job.top_logprobs,
-                                                inner,
-                                            );
-                                            (*r, p)
-                                        })
-                                        .collect::<Vec<_>>()
-                                })
-                            })
-                            .collect();
-                        for h in handles {
-                            for (r, p) in h.join().expect("sampling thread") {
-                                picks[r] = Some(p);
-                            }
-                        }
-                    });
+                    for (r, p) in sampling::pick_rows(&row_at, &mut active, self.sampling_threads) {
+                        picks[r] = Some(p);
+                    }
                 }
             }
             let now = start.elapsed().as_secs_f64();

@@ -205,6 +205,48 @@ pub fn pick(logits: &[f32], sampler: &Sampler, rng: &mut Rng, k: usize, threads:
     }
 }
 
+/// One row whose next token is to be chosen on the host.
+pub struct RowChoice<'a> {
+    pub row: usize,
+    pub rng: &'a mut Rng,
+    pub sampler: &'a Sampler,
+    pub top_logprobs: usize,
+}
+
+/// Choose the next token of every row in `rows` from its logits (`row_at(row)`), rows in
+/// parallel on up to `threads` threads; a single row splits its log-sum-exp over them instead.
+/// Log-sum-exp and top-k over a large vocabulary cost more than a GPU decode step when done one
+/// row at a time. The result does not depend on `threads` (see [`log_sum_exp`]).
+pub fn pick_rows<'l>(
+    row_at: &(dyn Fn(usize) -> &'l [f32] + Sync),
+    rows: &mut [RowChoice<'_>],
+    threads: usize,
+) -> Vec<(usize, Pick)> {
+    let workers = threads.min(rows.len()).max(1);
+    let inner = if rows.len() == 1 { threads } else { 1 };
+    let per = rows.len().div_ceil(workers).max(1);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = rows
+            .chunks_mut(per)
+            .map(|chunk| {
+                sc.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .map(|c| {
+                            let p = pick(row_at(c.row), c.sampler, c.rng, c.top_logprobs, inner);
+                            (c.row, p)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sampling thread"))
+            .collect()
+    })
+}
+
 /// Sampling without sorting the whole vocabulary: tokens whose tempered probability is below
 /// e^-40 of the best cannot be drawn in practice and are left out before sorting.
 fn choose_from(logits: &[f32], max: f32, sampler: &Sampler, rng: &mut Rng) -> usize {
