@@ -12,16 +12,21 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
+    /// The text already emitted since `prefix_offset`, and the text of everything since then
+    /// (the new tokens included): the new text is what `full` adds to `prefix`.
+    fn window(&self, tok: &Tokenizer) -> Result<(String, String), String> {
+        let decode = |ids: &[u32]| tok.decode(ids, false).map_err(|e| e.to_string());
+        Ok((
+            decode(&self.ids[self.prefix_offset..self.read_offset])?,
+            decode(&self.ids[self.prefix_offset..])?,
+        ))
+    }
+
     /// Add a token; returns the newly completed text (possibly empty while a character is split
     /// across tokens).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String, String> {
         self.ids.push(id);
-        let prefix = tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
-            .map_err(|e| e.to_string())?;
-        let full = tok
-            .decode(&self.ids[self.prefix_offset..], false)
-            .map_err(|e| e.to_string())?;
+        let (prefix, full) = self.window(tok)?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.starts_with(&prefix) {
             let piece = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
@@ -37,12 +42,7 @@ impl Detokenizer {
         if self.read_offset == self.ids.len() {
             return Ok(String::new());
         }
-        let prefix = tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
-            .map_err(|e| e.to_string())?;
-        let full = tok
-            .decode(&self.ids[self.prefix_offset..], false)
-            .map_err(|e| e.to_string())?;
+        let (prefix, full) = self.window(tok)?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or(&full).to_string())
