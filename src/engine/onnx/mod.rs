@@ -31,7 +31,7 @@ use super::{Completion, CompletionSource, GenerationSettings, Request, SourceErr
 use crate::prompt::{Prompt, TemplateTokens, render_chat_template};
 use crate::runtime::{Device, hex};
 use gencache::GenerationCache;
-pub use model::{Float, Layout, Model, SeqJob};
+pub use model::{Float, Layout, LoadOptions, Model, SeqJob};
 use sampling::Sampler;
 
 /// Bumped when a change to the engine changes what it generates (part of every cache key).
@@ -58,6 +58,10 @@ pub struct OnnxOptions {
     /// Choose greedy tokens on the model's device ([`head`]): `None` on CUDA only, `Some` to
     /// force it on or off (also `CODEGEN_DEVICE_HEAD=0|1`).
     pub device_head: Option<bool>,
+    /// Decode greedy batches on fixed buffers with a captured CUDA graph: `None` on CUDA only,
+    /// `Some` to force it on or off (also `CODEGEN_CUDA_GRAPH=0|1`). Forced on CPU, the fixed
+    /// buffers are used without a graph.
+    pub cuda_graph: Option<bool>,
 }
 
 impl OnnxOptions {
@@ -71,6 +75,7 @@ impl OnnxOptions {
             cache_dir: None,
             shared_kv: true,
             device_head: None,
+            cuda_graph: None,
         }
     }
 }
@@ -97,8 +102,17 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
         Ok("1") => Some(true),
         _ => options.device_head,
     };
-    let mut model =
-        Model::load(model_dir, options.device, threads, device_head).map_err(SourceError::Setup)?;
+    let cuda_graph = match std::env::var("CODEGEN_CUDA_GRAPH").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => options.cuda_graph,
+    };
+    let load = LoadOptions {
+        threads,
+        device_head,
+        cuda_graph,
+    };
+    let mut model = Model::load(model_dir, options.device, load).map_err(SourceError::Setup)?;
     model.shared_kv &= options.shared_kv;
     let model_hash = gencache::model_hash(model_dir).map_err(|e| {
         SourceError::Setup(format!(
@@ -130,6 +144,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
         (model.shared_kv && model.layout == Layout::Genai).to_string(),
     );
     describe.insert("device_head".into(), model.has_device_head().to_string());
+    describe.insert("cuda_graph".into(), model.cuda_graph().to_string());
     describe.insert("onnxruntime".into(), model.library.display().to_string());
     describe.insert("batch_size".into(), options.settings.batch_size.to_string());
     describe.insert(
@@ -264,6 +279,12 @@ impl Inner {
                 "seed": if sampler.is_greedy() { 0 } else { s.seed },
                 "sample": index,
             });
+            let mut desc = desc;
+            if self.describe.get("cuda_graph").is_some_and(|v| v == "true") {
+                // Replayed graphs decode with a fixed-width attention mask: kernels may pick
+                // other tiles and differ in the last bit. Other keys stay as they were.
+                desc["cuda_graph"] = serde_json::Value::Bool(true);
+            }
             let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
             if !keys.contains(&key) {
                 // The stream of sample i depends on (seed, prompt, i) only.

@@ -53,12 +53,58 @@ pub struct SeqJob {
 enum Kv {
     /// Grows by concatenation: presents of one step are the pasts of the next.
     Owned(Vec<DynValue>),
+    /// Shared buffers, and every decode input and output at a fixed place.
+    Fixed(Box<FixedDecode>),
     /// One buffer per layer bound to both `past_key_values.*` and `present.*`.
     Shared {
         binding: Box<ort::session::IoBinding>,
         cpu: Box<ort::memory::MemoryInfo<'static>>,
         _buffers: Vec<DynValue>,
     },
+}
+
+/// Greedy decode steps on buffers that stay put: the KV buffers, the token ids [batch, 1], an
+/// attention mask as wide as the KV buffers [batch, len] (ones over each row's valid positions,
+/// zeros after) and the logits [batch, 1, vocab], bound once. That is what CUDA graph capture
+/// needs: every decode step then has the same shapes and addresses, so ONNX Runtime records the
+/// step's few hundred kernel launches once and replays them with one. At batch 1 those launches,
+/// not the GPU, bound the decode speed of a small model. Graphs built by onnxruntime-genai's
+/// model builder take a mask wider than the valid length (GroupQueryAttention reads each row's
+/// length from the mask's sum); onnxruntime-genai decodes its own CUDA graphs the same way.
+///
+/// Each batch captures its own graph and never replays another's: a graph replays the
+/// addresses it was recorded with, and this batch's buffers are freed when it ends.
+struct FixedDecode {
+    binding: ort::session::IoBinding,
+    _kv: Vec<DynValue>,
+    ids: Tensor<i64>,
+    mask: Tensor<i64>,
+    /// Made at the first decode step, when the vocabulary size is known.
+    logits: Option<DynValue>,
+    /// Width of the mask: the KV buffers' length.
+    len: usize,
+    /// Run options naming this batch's graph under CUDA; `None`: fixed buffers, no graph.
+    graph: Option<ort::session::RunOptions>,
+}
+
+/// Run options that name CUDA graph `id` (-1: run without capturing).
+fn graph_run_options(id: i64) -> Result<ort::session::RunOptions, ort::Error> {
+    let mut options = ort::session::RunOptions::new()?;
+    options.set("gpu_graph_id", id.to_string())?;
+    Ok(options)
+}
+
+/// How [`Model::load`] sets the model up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Intra-op threads on CPU (0: one per core).
+    pub threads: usize,
+    /// Choose greedy tokens on the device (`None`: only under CUDA).
+    pub device_head: Option<bool>,
+    /// Decode greedy batches on fixed buffers, replaying a CUDA graph under CUDA (`None`: only
+    /// under CUDA). Forced on CPU, the fixed buffers are used without a graph; the tests use
+    /// that to check that the fixed-width attention mask changes no token.
+    pub cuda_graph: Option<bool>,
 }
 
 /// A loaded model folder.
@@ -90,6 +136,13 @@ pub struct Model {
     /// Zero KV buffers in device memory (`CODEGEN_ZERO_KV=0` turns it off, only to reproduce
     /// what uninitialised buffers do).
     zero_kv: bool,
+    /// Greedy batches decode on fixed buffers ([`FixedDecode`]).
+    fixed_decode: bool,
+    /// The session was created for CUDA graph capture: every run names its graph, and runs that
+    /// must not be captured (prefill, growing caches) carry these options.
+    uncaptured: Option<ort::session::RunOptions>,
+    /// The graph id the next captured batch gets.
+    next_graph_id: u32,
 }
 
 fn read_json(path: &Path) -> Result<Json, String> {
@@ -209,15 +262,87 @@ where
         .collect()
 }
 
+/// Create the session for `dir` on CPU or CUDA (`want_cuda`), with `threads` intra-op threads
+/// (0: the provider's default), asking CUDA for graph capture when `graph` is set. Returns the
+/// session, the provider in use, the thread count and whether graphs can be captured.
+fn open_session(
+    rt: &runtime::Runtime,
+    dir: &Path,
+    device: Device,
+    want_cuda: bool,
+    threads: usize,
+    graph: bool,
+) -> Result<(Session, &'static str, usize, bool), String> {
+    let folder = dir.display();
+    let setup = |e: ort::Error| format!("failed to create the ONNX Runtime session: {e}");
+    let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
+        format!("failed to configure the ONNX Runtime session: {e}")
+    };
+    let mut builder = Session::builder(&rt.environment)
+        .map_err(setup)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(builder_err)?
+        .with_inter_threads(1)
+        .map_err(builder_err)?
+        .with_deterministic_compute(std::env::var_os("CODEGEN_ORT_NONDETERMINISTIC").is_none())
+        .map_err(builder_err)?;
+    let mut provider = "cpu";
+    if want_cuda {
+        let cuda = ort::ep::CUDA::default().with_cuda_graph(graph);
+        match cuda.register(&mut builder) {
+            Ok(()) => provider = "cuda",
+            Err(e) if device == Device::Cuda => {
+                return Err(format!(
+                    "failed to use CUDA: {}",
+                    runtime::explain_cuda_failure(&e.to_string())
+                ));
+            }
+            Err(e) => eprintln!(
+                "codegen: CUDA execution provider did not load ({}); running on CPU",
+                runtime::explain_cuda_failure(&e.to_string())
+            ),
+        }
+    }
+    // CPU: one intra-op thread per core (fixed, for reproducible results). CUDA: the graph
+    // runs on the GPU, and a spinning pool of CPU threads only gets in the way.
+    let threads = match (threads, provider) {
+        (0, "cuda") => 1,
+        (0, _) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        (n, _) => n,
+    };
+    // Spinning pool threads gain ~15% on an idle machine but halve decode speed on a busy one
+    // (sandboxes run beside the engine), so they are off unless `CODEGEN_ORT_SPIN=1`.
+    let spin = std::env::var("CODEGEN_ORT_SPIN").is_ok_and(|v| v == "1");
+    builder = builder
+        .with_intra_threads(threads)
+        .map_err(builder_err)?
+        .with_intra_op_spinning(spin)
+        .map_err(builder_err)?;
+    let session = builder
+        .commit_from_file(dir.join("model.onnx"))
+        .map_err(|e| {
+            if provider == "cuda" {
+                format!(
+                    "failed to load {folder}/model.onnx with CUDA: {}",
+                    runtime::explain_cuda_failure(&e.to_string())
+                )
+            } else {
+                format!("failed to load {folder}/model.onnx: {e}")
+            }
+        })?;
+    Ok((session, provider, threads, graph && provider == "cuda"))
+}
+
 impl Model {
-    /// Load `dir` for `device`, with `threads` intra-op threads on CPU (0: all cores).
-    /// `device_head`: choose greedy tokens on the device (`None`: only under CUDA).
-    pub fn load(
-        dir: &Path,
-        device: Device,
-        threads: usize,
-        device_head: Option<bool>,
-    ) -> Result<Model, String> {
+    /// Load `dir` for `device` (see [`LoadOptions`]).
+    pub fn load(dir: &Path, device: Device, options: LoadOptions) -> Result<Model, String> {
+        let LoadOptions {
+            threads,
+            device_head,
+            cuda_graph,
+        } = options;
         let folder = dir.display();
         if !dir.is_dir() {
             return Err(format!(
@@ -241,72 +366,33 @@ impl Model {
             return Err("failed to use CUDA: no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into());
         }
         let rt = runtime::init(device).map_err(|e| e.to_string())?;
-        let setup = |e: ort::Error| format!("failed to create the ONNX Runtime session: {e}");
-        let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
-            format!("failed to configure the ONNX Runtime session: {e}")
-        };
-        let mut builder = Session::builder(&rt.environment)
-            .map_err(setup)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(builder_err)?
-            .with_inter_threads(1)
-            .map_err(builder_err)?
-            .with_deterministic_compute(std::env::var_os("CODEGEN_ORT_NONDETERMINISTIC").is_none())
-            .map_err(builder_err)?;
         let want_cuda = match device {
             Device::Cpu => false,
             Device::Cuda => true,
             Device::Auto => ort::ep::CUDA::is_available().unwrap_or(false),
         };
-        let mut provider = "cpu";
-        if want_cuda {
-            let cuda = ort::ep::CUDA::default();
-            match cuda.register(&mut builder) {
-                Ok(()) => provider = "cuda",
-                Err(e) if device == Device::Cuda => {
-                    return Err(format!(
-                        "failed to use CUDA: {}",
-                        runtime::explain_cuda_failure(&e.to_string())
-                    ));
-                }
-                Err(e) => eprintln!(
-                    "codegen: CUDA execution provider did not load ({}); running on CPU",
-                    runtime::explain_cuda_failure(&e.to_string())
-                ),
+        // CUDA graphs are asked for at session creation. A graph ONNX Runtime cannot capture
+        // (control flow, kernels outside the CUDA provider) fails there: load it again without.
+        let graph_wanted = want_cuda && cuda_graph != Some(false);
+        let (session, provider, threads, graph_capture) = match open_session(
+            &rt,
+            dir,
+            device,
+            want_cuda,
+            threads,
+            graph_wanted,
+        ) {
+            Err(e) if graph_wanted && cuda_graph.is_none() => {
+                eprintln!(
+                    "codegen: CUDA graph capture is not possible for {folder}/model.onnx ({e}); decoding without it"
+                );
+                open_session(&rt, dir, device, want_cuda, threads, false)?
             }
-        }
-        // CPU: one intra-op thread per core (fixed, for reproducible results). CUDA: the graph
-        // runs on the GPU, and a spinning pool of CPU threads only gets in the way.
-        let threads = match (threads, provider) {
-            (0, "cuda") => 1,
-            (0, _) => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            (n, _) => n,
+            other => other?,
         };
-        // Spinning pool threads gain ~15% on an idle machine but halve decode speed on a busy one
-        // (sandboxes run beside the engine), so they are off unless `CODEGEN_ORT_SPIN=1`.
-        let spin = std::env::var("CODEGEN_ORT_SPIN").is_ok_and(|v| v == "1");
-        builder = builder
-            .with_intra_threads(threads)
-            .map_err(builder_err)?
-            .with_intra_op_spinning(spin)
-            .map_err(builder_err)?;
         if device == Device::Auto {
             eprintln!("codegen: device auto -> {provider}");
         }
-        let session = builder
-            .commit_from_file(dir.join("model.onnx"))
-            .map_err(|e| {
-                if provider == "cuda" {
-                    format!(
-                        "failed to load {folder}/model.onnx with CUDA: {}",
-                        runtime::explain_cuda_failure(&e.to_string())
-                    )
-                } else {
-                    format!("failed to load {folder}/model.onnx: {e}")
-                }
-            })?;
 
         // Graph I/O.
         let inputs: Vec<(String, ValueType)> = session
@@ -477,6 +563,15 @@ impl Model {
             },
             pieces: std::collections::HashMap::new(),
             zero_kv: std::env::var("CODEGEN_ZERO_KV").map_or(true, |v| v != "0"),
+            fixed_decode: cuda_graph.unwrap_or(graph_capture),
+            uncaptured: if graph_capture {
+                Some(graph_run_options(-1).map_err(|e| {
+                    format!("failed to set up CUDA graph run options: {e}")
+                })?)
+            } else {
+                None
+            },
+            next_graph_id: 1,
             head: if device_head.unwrap_or(provider == "cuda") {
                 Some(DeviceHead::load(&rt.environment, provider, logits_type)?)
             } else {
@@ -490,6 +585,23 @@ impl Model {
         self.head.is_some()
     }
 
+    /// Run `f` with the allocator for buffers the model reads in place: the session's CUDA
+    /// allocator under CUDA, its CPU allocator otherwise.
+    fn with_buffer_allocator<R>(
+        &self,
+        f: impl FnOnce(&ort::memory::Allocator) -> Result<R, ort::Error>,
+    ) -> Result<R, ort::Error> {
+        if self.provider == "cuda" {
+            let device = ort::memory::Allocator::new(
+                &self.session,
+                memory_info(ort::memory::AllocationDevice::CUDA)?,
+            )?;
+            f(&device)
+        } else {
+            f(self.session.allocator())
+        }
+    }
+
     /// `count` zeroed KV buffers of `max_len` positions for the shared past/present binding.
     fn kv_buffers(
         &self,
@@ -498,31 +610,90 @@ impl Model {
         count: usize,
     ) -> Result<Vec<DynValue>, String> {
         let shape = [batch, self.kv_heads, max_len, self.head_dim];
-        let err = |e: ort::Error| format!("failed to allocate the KV cache: {e}");
         let on_device = self.provider == "cuda";
-        let device_alloc;
-        let alloc = if on_device {
-            device_alloc = ort::memory::Allocator::new(
-                &self.session,
-                memory_info(ort::memory::AllocationDevice::CUDA).map_err(err)?,
-            )
-            .map_err(err)?;
-            &device_alloc
-        } else {
-            self.session.allocator()
-        };
-        match self.kv_type {
-            Float::F32 => zeroed_buffers(alloc, shape, count, 0.0f32, on_device, self.zero_kv),
+        let zero_device = self.zero_kv;
+        self.with_buffer_allocator(|alloc| match self.kv_type {
+            Float::F32 => zeroed_buffers(alloc, shape, count, 0.0f32, on_device, zero_device),
             Float::F16 => zeroed_buffers(
                 alloc,
                 shape,
                 count,
                 half::f16::ZERO,
                 on_device,
-                self.zero_kv,
+                zero_device,
             ),
+        })
+        .map_err(|e| format!("failed to allocate the KV cache: {e}"))
+    }
+
+    /// The KV buffers bound for a batch of `batch` rows and `max_len` positions, and the
+    /// binding of past and present to them.
+    fn shared_kv_binding(
+        &mut self,
+        batch: usize,
+        max_len: usize,
+    ) -> Result<(ort::session::IoBinding, Vec<DynValue>), String> {
+        let err = |e: ort::Error| format!("failed to bind the KV cache: {e}");
+        let mut binding = self.session.create_binding().map_err(err)?;
+        let mut buffers = self.kv_buffers(batch, max_len, 2 * self.layers)?;
+        for (i, buf) in buffers.iter_mut().enumerate() {
+            let kind = if i % 2 == 0 { "key" } else { "value" };
+            let layer = i / 2;
+            binding
+                .bind_input(format!("past_key_values.{layer}.{kind}"), &*buf)
+                .map_err(err)?;
+            binding
+                .bind_output(format!("present.{layer}.{kind}"), &mut *buf)
+                .map_err(err)?;
         }
-        .map_err(err)
+        Ok((binding, buffers))
+    }
+
+    /// Fixed decode buffers for `batch` rows and `max_len` positions, with a graph of its own
+    /// under CUDA.
+    fn fixed_decode(&mut self, batch: usize, max_len: usize) -> Result<FixedDecode, String> {
+        let (binding, kv) = self.shared_kv_binding(batch, max_len)?;
+        let err = |e: ort::Error| format!("failed to allocate the decode buffers: {e}");
+        let (ids, mask) = self
+            .with_buffer_allocator(|alloc| {
+                Ok((
+                    Tensor::<i64>::new(alloc, [batch, 1])?,
+                    Tensor::<i64>::new(alloc, [batch, max_len])?,
+                ))
+            })
+            .map_err(err)?;
+        let graph = if self.uncaptured.is_some() {
+            let id = self.next_graph_id;
+            self.next_graph_id += 1;
+            Some(graph_run_options(i64::from(id)).map_err(err)?)
+        } else {
+            None
+        };
+        Ok(FixedDecode {
+            binding,
+            _kv: kv,
+            ids,
+            mask,
+            logits: None,
+            len: max_len,
+            graph,
+        })
+    }
+
+    /// The logits buffer [batch, 1, vocab] for fixed decode steps.
+    fn fixed_logits(&self, batch: usize, vocab: usize) -> Result<DynValue, String> {
+        let shape = [batch, 1, vocab];
+        self.with_buffer_allocator(|alloc| match self.logits_type {
+            Float::F32 => Tensor::<f32>::new(alloc, shape).map(|t| t.into_dyn()),
+            Float::F16 => Tensor::<half::f16>::new(alloc, shape).map(|t| t.into_dyn()),
+        })
+        .map_err(|e| format!("failed to allocate the logits buffer: {e}"))
+    }
+
+    /// Whether greedy batches decode on fixed buffers (replaying a CUDA graph under CUDA):
+    /// asked for, the genai layout with shared KV buffers, and tokens chosen on the device.
+    pub fn cuda_graph(&self) -> bool {
+        self.fixed_decode && self.head.is_some() && self.layout == Layout::Genai && self.shared_kv
     }
 
     fn empty_kv(&self, batch: usize) -> Result<DynValue, String> {
@@ -584,35 +755,27 @@ impl Model {
             .max()
             .unwrap_or(0);
 
-        let input_names: Vec<String> = (0..self.layers)
-            .flat_map(|i| {
-                [
-                    format!("past_key_values.{i}.key"),
-                    format!("past_key_values.{i}.value"),
-                ]
-            })
-            .collect();
-        let output_names: Vec<String> = (0..self.layers)
-            .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
-            .collect();
+        // Greedy batches on the shared-KV path leave the logits on the device for the head;
+        // sampling needs the whole distribution on the host.
+        let use_head = self.head.is_some()
+            && self.layout == Layout::Genai
+            && self.shared_kv
+            && jobs.iter().all(|j| j.sampler.is_greedy());
+        let head_k = jobs
+            .iter()
+            .map(|j| j.top_logprobs)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let run_err = |e: ort::Error| format!("failed to run the model: {e}");
 
         // The KV cache: one buffer per layer bound to both past and present (GroupQueryAttention
         // appends in place), or tensors that grow by one position per step.
         let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
-        let mut kv = if self.layout == Layout::Genai && self.shared_kv {
-            let mut binding = self.session.create_binding().map_err(run_err)?;
-            let mut buffers = self.kv_buffers(b, max_len, 2 * self.layers)?;
-            for ((past_name, present_name), buf) in
-                input_names.iter().zip(&output_names).zip(&mut buffers)
-            {
-                binding
-                    .bind_input(past_name.as_str(), &*buf)
-                    .map_err(run_err)?;
-                binding
-                    .bind_output(present_name.as_str(), &mut *buf)
-                    .map_err(run_err)?;
-            }
+        let mut kv = if use_head && self.cuda_graph() {
+            Kv::Fixed(Box::new(self.fixed_decode(b, max_len)?))
+        } else if self.layout == Layout::Genai && self.shared_kv {
+            let (binding, buffers) = self.shared_kv_binding(b, max_len)?;
             let cpu = memory_info(ort::memory::AllocationDevice::CPU).map_err(run_err)?;
             Kv::Shared {
                 binding: Box::new(binding),
@@ -626,27 +789,33 @@ impl Model {
             }
             Kv::Owned(past)
         };
-
-        // Greedy batches on the shared-KV path leave the logits on the device for the head;
-        // sampling needs the whole distribution on the host.
-        let use_head = self.head.is_some()
-            && matches!(kv, Kv::Shared { .. })
-            && jobs.iter().all(|j| j.sampler.is_greedy());
-        let head_k = jobs
-            .iter()
-            .map(|j| j.top_logprobs)
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let input_names: Vec<String> = (0..self.layers)
+            .flat_map(|i| {
+                [
+                    format!("past_key_values.{i}.key"),
+                    format!("past_key_values.{i}.value"),
+                ]
+            })
+            .collect();
+        let output_names: Vec<String> = (0..self.layers)
+            .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
+            .collect();
 
         // Step 0 feeds the right-padded prompts; step k >= 1 feeds generated token k-1.
         let mut step = 0usize;
         let mut run_secs = 0.0f64;
         let mut last_tokens: Vec<u32> = vec![self.pad; b];
+        // The logits' vocabulary size, known after the first run.
+        let mut vocab_seen = 0usize;
         loop {
             let (q, total) = if step == 0 { (s, s) } else { (1, s + step) };
+            // Fixed decode steps take a mask as wide as the KV buffers, zeros past each row.
+            let width = match &kv {
+                Kv::Fixed(fixed) if step > 0 => fixed.len,
+                _ => total,
+            };
             let mut ids = vec![self.pad as i64; b * q];
-            let mut mask = vec![0i64; b * total];
+            let mut mask = vec![0i64; b * width];
             let mut pos = vec![0i64; b * q];
             for r in 0..b {
                 if step == 0 {
@@ -657,7 +826,7 @@ impl Model {
                         pos[r * q + j] = j as i64;
                     }
                     for j in 0..lens[r] {
-                        mask[r * total + j] = 1;
+                        mask[r * width + j] = 1;
                     }
                 } else {
                     ids[r] = last_tokens[r] as i64;
@@ -665,21 +834,24 @@ impl Model {
                     match self.layout {
                         Layout::Genai => {
                             for j in 0..lens[r] + step {
-                                mask[r * total + j] = 1;
+                                mask[r * width + j] = 1;
                             }
                         }
                         Layout::Optimum => {
                             for j in 0..total {
-                                mask[r * total + j] = i64::from(j < lens[r] || j >= s);
+                                mask[r * width + j] = i64::from(j < lens[r] || j >= s);
                             }
                         }
                     }
                 }
             }
             let t_ids = Tensor::<i64>::from_array(([b, q], ids)).map_err(run_err)?;
-            let t_mask = Tensor::<i64>::from_array(([b, total], mask)).map_err(run_err)?;
+            let t_mask = Tensor::<i64>::from_array(([b, width], mask)).map_err(run_err)?;
             let run_started = Instant::now();
-            let logits = match &mut kv {
+            // Runs that must not be captured say so when the session captures graphs.
+            let uncaptured = self.uncaptured.as_ref();
+            let mut owned_logits: Option<DynValue> = None;
+            match &mut kv {
                 Kv::Shared { binding, cpu, .. } => {
                     // Rebound each step: its shape changes between prefill and decode.
                     let at = match (&self.head, use_head) {
@@ -693,14 +865,70 @@ impl Model {
                     binding
                         .bind_input("attention_mask", &t_mask)
                         .map_err(run_err)?;
-                    let mut out = self.session.run_binding(binding).map_err(run_err)?;
+                    let mut out = match uncaptured {
+                        Some(options) => self.session.run_binding_with_options(binding, options),
+                        None => self.session.run_binding(binding),
+                    }
+                    .map_err(run_err)?;
                     if use_head {
                         // The logits stay on the device and the head runs in another session,
                         // on its own CUDA stream: make sure this run has written them first.
                         binding.synchronize_outputs().map_err(run_err)?;
                     }
-                    out.remove("logits")
-                        .ok_or("failed to run the model: no output `logits`")?
+                    owned_logits = Some(
+                        out.remove("logits")
+                            .ok_or("failed to run the model: no output `logits`")?,
+                    );
+                }
+                Kv::Fixed(fixed) if step == 0 => {
+                    // The prefill has its own shapes: run as usual, not captured.
+                    let head = self.head.as_ref().ok_or("fixed decode needs the device head")?;
+                    let binding = &mut fixed.binding;
+                    binding
+                        .bind_output_to_device("logits", &head.logits_memory)
+                        .map_err(run_err)?;
+                    binding.bind_input("input_ids", &t_ids).map_err(run_err)?;
+                    binding
+                        .bind_input("attention_mask", &t_mask)
+                        .map_err(run_err)?;
+                    let mut out = match uncaptured {
+                        Some(options) => self.session.run_binding_with_options(binding, options),
+                        None => self.session.run_binding(binding),
+                    }
+                    .map_err(run_err)?;
+                    binding.synchronize_outputs().map_err(run_err)?;
+                    owned_logits = Some(
+                        out.remove("logits")
+                            .ok_or("failed to run the model: no output `logits`")?,
+                    );
+                }
+                Kv::Fixed(fixed) => {
+                    if fixed.logits.is_none() {
+                        // First decode step: bind the fixed inputs and outputs once.
+                        let mut logits = self.fixed_logits(b, vocab_seen)?;
+                        let binding = &mut fixed.binding;
+                        binding
+                            .bind_input("input_ids", &fixed.ids)
+                            .map_err(run_err)?;
+                        binding
+                            .bind_input("attention_mask", &fixed.mask)
+                            .map_err(run_err)?;
+                        binding
+                            .bind_output("logits", &mut logits)
+                            .map_err(run_err)?;
+                        fixed.logits = Some(logits);
+                    }
+                    t_ids.copy_into(&mut fixed.ids).map_err(run_err)?;
+                    t_mask.copy_into(&mut fixed.mask).map_err(run_err)?;
+                    let out = match &fixed.graph {
+                        Some(options) => {
+                            self.session.run_binding_with_options(&fixed.binding, options)
+                        }
+                        None => self.session.run_binding(&fixed.binding),
+                    }
+                    .map_err(run_err)?;
+                    drop(out);
+                    fixed.binding.synchronize_outputs().map_err(run_err)?;
                 }
                 Kv::Owned(past) => {
                     let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
@@ -713,15 +941,26 @@ impl Model {
                     for (name, value) in input_names.iter().zip(past.drain(..)) {
                         feed.push((Cow::Owned(name.clone()), value.into()));
                     }
-                    let mut out = self.session.run(feed).map_err(run_err)?;
+                    let mut out = match uncaptured {
+                        Some(options) => self.session.run_with_options(feed, options),
+                        None => self.session.run(feed),
+                    }
+                    .map_err(run_err)?;
                     for name in &output_names {
                         past.push(out.remove(name).ok_or_else(|| {
                             format!("failed to run the model: no output `{name}`")
                         })?);
                     }
-                    out.remove("logits")
-                        .ok_or("failed to run the model: no output `logits`")?
+                    owned_logits = Some(
+                        out.remove("logits")
+                            .ok_or("failed to run the model: no output `logits`")?,
+                    );
                 }
+            }
+            let logits: &DynValue = match (&owned_logits, &kv) {
+                (Some(logits), _) => logits,
+                (None, Kv::Fixed(fixed)) => fixed.logits.as_ref().ok_or("no logits buffer")?,
+                (None, _) => return Err("failed to run the model: no logits".into()),
             };
             let shape: Vec<i64> = logits.shape().to_vec();
             if shape.len() != 3 || shape[0] as usize != b {
@@ -730,6 +969,7 @@ impl Model {
                 ));
             }
             let (lq, vocab) = (shape[1] as usize, shape[2] as usize);
+            vocab_seen = vocab;
             if lq != q && !(lq == 1 && lens.iter().all(|&l| l == s)) {
                 return Err(format!(
                     "failed to read logits: the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
@@ -741,7 +981,7 @@ impl Model {
             match (&mut self.head, use_head) {
                 (Some(head), true) => {
                     let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
-                    let tops = head.top(&logits, &index, lq, head_k)?;
+                    let tops = head.top(logits, &index, lq, head_k)?;
                     run_secs += run_started.elapsed().as_secs_f64();
                     for (r, mut top) in tops.into_iter().enumerate() {
                         if rows[r].done {
