@@ -528,6 +528,21 @@ fn fixed_width_decode_agrees_with_the_growing_mask() {
             assert_eq!(src.info()["cuda_graph"], fixed.to_string());
             outs.push(batched_traces(&src, &cases));
         }
+        // One case per batch, with the session created again after every batch (as it is every
+        // 64 batches under CUDA, to free captured graphs): still the same tokens.
+        let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
+        opts.no_cache = true;
+        opts.progress = false;
+        opts.threads = 1;
+        opts.device_head = Some(true);
+        opts.cuda_graph = Some(true);
+        opts.settings.batch_size = 1;
+        opts.graphs_per_session = Some(1);
+        let src = onnx::open_with(&models().join(folder), opts).unwrap();
+        outs.push(batched_traces(&src, &cases));
+        for (one_at_a_time, batched) in outs[2].iter().zip(&outs[1]) {
+            assert_eq!(one_at_a_time.ids, batched.ids, "{folder}: one case per batch");
+        }
         assert_eq!(outs[0].len(), cases.len());
         for (growing, fixed) in outs[0].iter().zip(&outs[1]) {
             assert!(growing.ids.len() > 1, "{folder}: nothing was decoded");

@@ -62,6 +62,9 @@ pub struct OnnxOptions {
     /// `Some` to force it on or off (also `CODEGEN_CUDA_GRAPH=0|1`). Forced on CPU, the fixed
     /// buffers are used without a graph.
     pub cuda_graph: Option<bool>,
+    /// Batches decoded with captured graphs before the session is created again, which frees
+    /// them (`None`: [`model::GRAPHS_PER_SESSION`]; also `CODEGEN_GRAPHS_PER_SESSION`).
+    pub graphs_per_session: Option<usize>,
 }
 
 impl OnnxOptions {
@@ -76,6 +79,7 @@ impl OnnxOptions {
             shared_kv: true,
             device_head: None,
             cuda_graph: None,
+            graphs_per_session: None,
         }
     }
 }
@@ -107,10 +111,15 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
         Ok("1") => Some(true),
         _ => options.cuda_graph,
     };
+    let graphs_per_session = std::env::var("CODEGEN_GRAPHS_PER_SESSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or(options.graphs_per_session);
     let load = LoadOptions {
         threads,
         device_head,
         cuda_graph,
+        graphs_per_session,
     };
     let mut model = Model::load(model_dir, options.device, load).map_err(SourceError::Setup)?;
     model.shared_kv &= options.shared_kv;
