@@ -398,7 +398,8 @@ impl Model {
             threads,
             graph_wanted,
         ) {
-            Err(e) if graph_wanted && cuda_graph.is_none() => {
+            // ONNX Runtime: "This session cannot use the graph capture feature as requested...".
+            Err(e) if graph_wanted && cuda_graph.is_none() && e.contains("capture") => {
                 eprintln!(
                     "codegen: CUDA graph capture is not possible for {folder}/model.onnx ({e}); decoding without it"
                 );
@@ -581,9 +582,10 @@ impl Model {
             zero_kv: std::env::var("CODEGEN_ZERO_KV").map_or(true, |v| v != "0"),
             fixed_decode: cuda_graph.unwrap_or(graph_capture),
             uncaptured: if graph_capture {
-                Some(graph_run_options(-1).map_err(|e| {
-                    format!("failed to set up CUDA graph run options: {e}")
-                })?)
+                Some(
+                    graph_run_options(-1)
+                        .map_err(|e| format!("failed to set up CUDA graph run options: {e}"))?,
+                )
             } else {
                 None
             },
@@ -633,14 +635,9 @@ impl Model {
         let zero_device = self.zero_kv;
         self.with_buffer_allocator(|alloc| match self.kv_type {
             Float::F32 => zeroed_buffers(alloc, shape, count, 0.0f32, on_device, zero_device),
-            Float::F16 => zeroed_buffers(
-                alloc,
-                shape,
-                count,
-                half::f16::ZERO,
-                on_device,
-                zero_device,
-            ),
+            Float::F16 => {
+                zeroed_buffers(alloc, shape, count, half::f16::ZERO, on_device, zero_device)
+            }
         })
         .map_err(|e| format!("failed to allocate the KV cache: {e}"))
     }
@@ -919,7 +916,10 @@ impl Model {
                 }
                 Kv::Fixed(fixed) if step == 0 => {
                     // The prefill has its own shapes: run as usual, not captured.
-                    let head = self.head.as_ref().ok_or("fixed decode needs the device head")?;
+                    let head = self
+                        .head
+                        .as_ref()
+                        .ok_or("fixed decode needs the device head")?;
                     let binding = &mut fixed.binding;
                     binding
                         .bind_output_to_device("logits", &head.logits_memory)
@@ -958,9 +958,9 @@ impl Model {
                     t_ids.copy_into(&mut fixed.ids).map_err(run_err)?;
                     t_mask.copy_into(&mut fixed.mask).map_err(run_err)?;
                     let out = match &fixed.graph {
-                        Some(options) => {
-                            self.session.run_binding_with_options(&fixed.binding, options)
-                        }
+                        Some(options) => self
+                            .session
+                            .run_binding_with_options(&fixed.binding, options),
                         None => self.session.run_binding(&fixed.binding),
                     }
                     .map_err(run_err)?;
