@@ -381,7 +381,7 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads, tokens chosen on {}, {} top alternatives per token (ours)",
+        "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads, tokens chosen on {}{}, {} top alternatives per token (ours)",
         opts.model.display(),
         info.get("layout").map(String::as_str).unwrap_or("?"),
         info.get("kv_type").map(String::as_str).unwrap_or("?"),
@@ -391,6 +391,11 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
             "the device"
         } else {
             "the host"
+        },
+        if info.get("cuda_graph").is_some_and(|v| v == "true") {
+            ", decode steps replayed as CUDA graphs"
+        } else {
+            ""
         },
         opts.top_logprobs,
     );
