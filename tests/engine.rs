@@ -541,7 +541,10 @@ fn fixed_width_decode_agrees_with_the_growing_mask() {
         let src = onnx::open_with(&models().join(folder), opts).unwrap();
         outs.push(batched_traces(&src, &cases));
         for (one_at_a_time, batched) in outs[2].iter().zip(&outs[1]) {
-            assert_eq!(one_at_a_time.ids, batched.ids, "{folder}: one case per batch");
+            assert_eq!(
+                one_at_a_time.ids, batched.ids,
+                "{folder}: one case per batch"
+            );
         }
         assert_eq!(outs[0].len(), cases.len());
         for (growing, fixed) in outs[0].iter().zip(&outs[1]) {

@@ -94,6 +94,37 @@ fn graph_run_options(id: i64) -> Result<ort::session::RunOptions, ort::Error> {
     Ok(options)
 }
 
+/// Run `binding` with these token ids and attention mask, the logits left in `logits_at`, and
+/// return the logits. `sync`: wait until the bound outputs are written (the device head reads
+/// them from another session, on its own CUDA stream).
+fn run_bound(
+    session: &mut Session,
+    binding: &mut ort::session::IoBinding,
+    logits_at: &ort::memory::MemoryInfo<'static>,
+    (ids, mask): (&Tensor<i64>, &Tensor<i64>),
+    options: Option<&ort::session::RunOptions>,
+    sync: bool,
+) -> Result<DynValue, String> {
+    let run_err = |e: ort::Error| format!("failed to run the model: {e}");
+    binding
+        .bind_output_to_device("logits", logits_at)
+        .map_err(run_err)?;
+    binding.bind_input("input_ids", ids).map_err(run_err)?;
+    binding
+        .bind_input("attention_mask", mask)
+        .map_err(run_err)?;
+    let mut out = match options {
+        Some(options) => session.run_binding_with_options(binding, options),
+        None => session.run_binding(binding),
+    }
+    .map_err(run_err)?;
+    if sync {
+        binding.synchronize_outputs().map_err(run_err)?;
+    }
+    out.remove("logits")
+        .ok_or_else(|| "failed to run the model: no output `logits`".to_string())
+}
+
 /// How [`Model::load`] sets the model up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
@@ -892,27 +923,14 @@ impl Model {
                         (Some(head), true) => &head.logits_memory,
                         _ => &**cpu,
                     };
-                    binding
-                        .bind_output_to_device("logits", at)
-                        .map_err(run_err)?;
-                    binding.bind_input("input_ids", &t_ids).map_err(run_err)?;
-                    binding
-                        .bind_input("attention_mask", &t_mask)
-                        .map_err(run_err)?;
-                    let mut out = match uncaptured {
-                        Some(options) => self.session.run_binding_with_options(binding, options),
-                        None => self.session.run_binding(binding),
-                    }
-                    .map_err(run_err)?;
-                    if use_head {
-                        // The logits stay on the device and the head runs in another session,
-                        // on its own CUDA stream: make sure this run has written them first.
-                        binding.synchronize_outputs().map_err(run_err)?;
-                    }
-                    owned_logits = Some(
-                        out.remove("logits")
-                            .ok_or("failed to run the model: no output `logits`")?,
-                    );
+                    owned_logits = Some(run_bound(
+                        &mut self.session,
+                        binding,
+                        at,
+                        (&t_ids, &t_mask),
+                        uncaptured,
+                        use_head,
+                    )?);
                 }
                 Kv::Fixed(fixed) if step == 0 => {
                     // The prefill has its own shapes: run as usual, not captured.
@@ -920,24 +938,14 @@ impl Model {
                         .head
                         .as_ref()
                         .ok_or("fixed decode needs the device head")?;
-                    let binding = &mut fixed.binding;
-                    binding
-                        .bind_output_to_device("logits", &head.logits_memory)
-                        .map_err(run_err)?;
-                    binding.bind_input("input_ids", &t_ids).map_err(run_err)?;
-                    binding
-                        .bind_input("attention_mask", &t_mask)
-                        .map_err(run_err)?;
-                    let mut out = match uncaptured {
-                        Some(options) => self.session.run_binding_with_options(binding, options),
-                        None => self.session.run_binding(binding),
-                    }
-                    .map_err(run_err)?;
-                    binding.synchronize_outputs().map_err(run_err)?;
-                    owned_logits = Some(
-                        out.remove("logits")
-                            .ok_or("failed to run the model: no output `logits`")?,
-                    );
+                    owned_logits = Some(run_bound(
+                        &mut self.session,
+                        &mut fixed.binding,
+                        &head.logits_memory,
+                        (&t_ids, &t_mask),
+                        uncaptured,
+                        true,
+                    )?);
                 }
                 Kv::Fixed(fixed) => {
                     if fixed.logits.is_none() {
