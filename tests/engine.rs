@@ -118,12 +118,17 @@ fn chat_case(name: &str, prompt: &str, max_new: usize) -> Case {
     .unwrap()
 }
 
-fn source(folder: &str, settings: GenerationSettings) -> OnnxSource {
+/// CPU, one thread, no cache, no progress bar: what most tests here open a folder with.
+fn test_options(settings: GenerationSettings) -> OnnxOptions {
     let mut opts = OnnxOptions::new(Device::Cpu, settings);
     opts.no_cache = true;
     opts.progress = false;
     opts.threads = 1;
-    onnx::open_with(&models().join(folder), opts).unwrap()
+    opts
+}
+
+fn source(folder: &str, settings: GenerationSettings) -> OnnxSource {
+    onnx::open_with(&models().join(folder), test_options(settings)).unwrap()
 }
 
 fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
@@ -228,10 +233,7 @@ fn shared_and_growing_kv_cache_agree() {
         .collect();
     let mut outs = Vec::new();
     for shared in [true, false] {
-        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
-        opts.no_cache = true;
-        opts.progress = false;
-        opts.threads = 1;
+        let mut opts = test_options(settings.clone());
         opts.shared_kv = shared;
         let src = onnx::open_with(&models().join("genai"), opts).unwrap();
         assert_eq!(src.info()["shared_kv"], shared.to_string());
@@ -481,10 +483,7 @@ fn device_head_agrees_with_the_host_path() {
             .collect();
         let mut outs = Vec::new();
         for head in [false, true] {
-            let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
-            opts.no_cache = true;
-            opts.progress = false;
-            opts.threads = 1;
+            let mut opts = test_options(GenerationSettings::default());
             opts.device_head = Some(head);
             let src = onnx::open_with(&models().join(folder), opts).unwrap();
             assert_eq!(src.info()["device_head"], head.to_string());
@@ -518,10 +517,7 @@ fn fixed_width_decode_agrees_with_the_growing_mask() {
             .collect();
         let mut outs = Vec::new();
         for fixed in [false, true] {
-            let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
-            opts.no_cache = true;
-            opts.progress = false;
-            opts.threads = 1;
+            let mut opts = test_options(GenerationSettings::default());
             opts.device_head = Some(true);
             opts.cuda_graph = Some(fixed);
             let src = onnx::open_with(&models().join(folder), opts).unwrap();
@@ -530,10 +526,7 @@ fn fixed_width_decode_agrees_with_the_growing_mask() {
         }
         // One case per batch, with the session created again after every batch (as it is every
         // 64 batches under CUDA, to free captured graphs): still the same tokens.
-        let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
-        opts.no_cache = true;
-        opts.progress = false;
-        opts.threads = 1;
+        let mut opts = test_options(GenerationSettings::default());
         opts.device_head = Some(true);
         opts.cuda_graph = Some(true);
         opts.settings.batch_size = 1;
