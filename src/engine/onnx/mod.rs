@@ -93,6 +93,16 @@ pub fn open(
     open_with(model_dir, OnnxOptions::new(device, settings))
 }
 
+/// A switch forced by the environment: `NAME=1` on, `NAME=0` off, otherwise `None` (the
+/// options decide).
+fn env_switch(name: &str) -> Option<bool> {
+    match std::env::var(name).as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => None,
+    }
+}
+
 /// Open a model folder.
 pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, SourceError> {
     let env_threads = std::env::var("CODEGEN_ORT_THREADS")
@@ -101,16 +111,8 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, S
     let threads = env_threads.unwrap_or(options.threads);
     let no_cache = options.no_cache
         || std::env::var("CODEGEN_NO_CACHE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let device_head = match std::env::var("CODEGEN_DEVICE_HEAD").as_deref() {
-        Ok("0") => Some(false),
-        Ok("1") => Some(true),
-        _ => options.device_head,
-    };
-    let cuda_graph = match std::env::var("CODEGEN_CUDA_GRAPH").as_deref() {
-        Ok("0") => Some(false),
-        Ok("1") => Some(true),
-        _ => options.cuda_graph,
-    };
+    let device_head = env_switch("CODEGEN_DEVICE_HEAD").or(options.device_head);
+    let cuda_graph = env_switch("CODEGEN_CUDA_GRAPH").or(options.cuda_graph);
     let graphs_per_session = std::env::var("CODEGEN_GRAPHS_PER_SESSION")
         .ok()
         .and_then(|v| v.parse().ok())
