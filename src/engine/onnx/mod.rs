@@ -275,7 +275,7 @@ impl Inner {
         for i in 0..samples {
             // Greedy decoding gives one answer whatever the sample index: compute it once.
             let index = if sampler.is_greedy() { 0 } else { i };
-            let desc = serde_json::json!({
+            let mut desc = serde_json::json!({
                 "engine": ENGINE_VERSION,
                 "model": self.model_hash,
                 "provider": self.provider,
@@ -290,7 +290,6 @@ impl Inner {
                 "seed": if sampler.is_greedy() { 0 } else { s.seed },
                 "sample": index,
             });
-            let mut desc = desc;
             if self.describe.get("cuda_graph").is_some_and(|v| v == "true") {
                 // Replayed graphs decode with a fixed-width attention mask: kernels may pick
                 // other tiles and differ in the last bit. Other keys stay as they were.
