@@ -444,7 +444,7 @@ fn open_engine(
     use crate::runtime::Device;
     let mut device: Device = device
         .parse()
-        .map_err(|e: crate::runtime::RuntimeError| e.to_string())?;
+        .map_err(|e: crate::device::ParseError| e.to_string())?;
     if device == Device::Auto {
         // GroupQueryAttention runs fp16 on CUDA and fp32 on CPU, so the export follows the device.
         device = if crate::runtime::nvidia_driver_present() {

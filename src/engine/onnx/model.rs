@@ -381,6 +381,18 @@ fn open_session(
     Ok((session, provider, threads, graph && provider == "cuda"))
 }
 
+/// INTERIM (replaced when the engine takes a resolved provider and a spec from the edge).
+fn interim_runtime_spec(device: Device) -> runtime::RuntimeSpec {
+    runtime::RuntimeSpec {
+        provider: device.resolve(runtime::nvidia_driver_present()).provider,
+        dylib: std::env::var_os("ORT_DYLIB_PATH")
+            .filter(|v| !v.is_empty())
+            .map(Into::into),
+        cache: crate::cache::cache_dir(),
+        python: "python3".into(),
+    }
+}
+
 impl Model {
     /// Load `dir` for `device` (see [`LoadOptions`]).
     pub fn load(dir: &Path, device: Device, options: LoadOptions) -> Result<Model, String> {
@@ -412,7 +424,7 @@ impl Model {
         {
             return Err("failed to use CUDA: no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into());
         }
-        let rt = runtime::init(device).map_err(|e| e.to_string())?;
+        let rt = runtime::init(&interim_runtime_spec(device)).map_err(|e| e.to_string())?;
         let want_cuda = match device {
             Device::Cpu => false,
             Device::Cuda => true,
@@ -702,7 +714,8 @@ impl Model {
         if self.fixed_batches >= self.graphs_per_session {
             // Captured graphs live as long as the session: a new session frees them. (The
             // runtime is loaded once per process; `init` returns the loaded one.)
-            let rt = runtime::init(Device::Auto).map_err(|e| e.to_string())?;
+            let rt =
+                runtime::init(&interim_runtime_spec(Device::Auto)).map_err(|e| e.to_string())?;
             let cuda = self.provider == "cuda";
             let device = if cuda { Device::Cuda } else { Device::Cpu };
             let (session, _, _, _) = open_session(

@@ -1,0 +1,267 @@
+//! Where a model runs and how its weights are stored, as types: the [`Device`] a user asks for,
+//! the [`Provider`] that `auto` resolves to (once, with the reason), the export [`Target`] that
+//! follows from it, and the weight [`Precision`].
+//!
+//! Config files, the command line and the environment all parse into these enums; nothing below
+//! the edge compares device names as strings.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A device or precision name that is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("failed to parse {what} `{value}`: expected {expected}")]
+pub struct ParseError {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// Where the user asks a model to run. `gpu` is accepted everywhere as another name for `cuda`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when this machine has an NVIDIA driver, else CPU (the choice is reported).
+    #[default]
+    Auto,
+    Cpu,
+    #[serde(alias = "gpu")]
+    Cuda,
+}
+
+impl Device {
+    pub const NAMES: &'static str = "auto, cpu or cuda (gpu)";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+
+    /// Resolve `auto` into the provider that runs the model. This is the only place `auto` is
+    /// decided; `nvidia_driver` is what the edge found on this machine.
+    pub fn resolve(self, nvidia_driver: bool) -> Resolution {
+        let (provider, reason) = match self {
+            Device::Cpu => (Provider::Cpu, "device = \"cpu\""),
+            Device::Cuda => (Provider::Cuda, "device = \"cuda\""),
+            Device::Auto if nvidia_driver => (
+                Provider::Cuda,
+                "device = \"auto\" and this machine has an NVIDIA driver",
+            ),
+            Device::Auto => (
+                Provider::Cpu,
+                "device = \"auto\" and this machine has no NVIDIA driver",
+            ),
+        };
+        Resolution {
+            provider,
+            reason,
+            fallback_to_cpu: self == Device::Auto,
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Device, ParseError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            _ => Err(ParseError {
+                what: "device",
+                value: s.to_string(),
+                expected: Device::NAMES,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The ONNX Runtime execution provider a session runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+
+    /// The export target whose graph this provider runs best (GroupQueryAttention runs fp16 on
+    /// CUDA and fp32 on CPU).
+    pub fn target(self) -> Target {
+        match self {
+            Provider::Cpu => Target::Cpu,
+            Provider::Cuda => Target::Cuda,
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `auto` (or an explicit device) resolved: the provider, why, and whether a provider that
+/// fails to load may fall back to CPU (only when the user asked for `auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    pub provider: Provider,
+    pub reason: &'static str,
+    pub fallback_to_cpu: bool,
+}
+
+/// What an exported graph is built for: decides the activation dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// float32 activations and KV cache (CPU execution provider).
+    #[default]
+    Cpu,
+    /// float16 activations and KV cache (CUDA execution provider; GQA on CUDA is fp16/bf16 only).
+    #[serde(alias = "gpu")]
+    Cuda,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Target {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Target::Cpu),
+            "cuda" | "gpu" => Ok(Target::Cuda),
+            _ => Err(ParseError {
+                what: "target",
+                value: s.to_string(),
+                expected: "cpu or cuda (gpu)",
+            }),
+        }
+    }
+}
+
+/// Weight precision of the linear layers when the harness exports a model
+/// (int4/int8: MatMulNBits, block 32, symmetric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Int4,
+    Int8,
+    Fp16,
+    Fp32,
+}
+
+impl Precision {
+    pub const NAMES: &'static str = "int4, int8, fp16 or fp32";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Int4 => "int4",
+            Precision::Int8 => "int8",
+            Precision::Fp16 => "fp16",
+            Precision::Fp32 => "fp32",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "int4" | "q4" => Ok(Precision::Int4),
+            "int8" | "q8" => Ok(Precision::Int8),
+            "fp16" | "float16" => Ok(Precision::Fp16),
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            _ => Err(ParseError {
+                what: "precision",
+                value: s.to_string(),
+                expected: Precision::NAMES,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_the_same_from_text_and_toml() {
+        for (text, device) in [
+            ("auto", Device::Auto),
+            ("CPU", Device::Cpu),
+            ("cuda", Device::Cuda),
+            ("gpu", Device::Cuda),
+        ] {
+            assert_eq!(text.parse::<Device>().unwrap(), device);
+            let lower = text.to_ascii_lowercase();
+            let parsed: Device = toml::Value::String(lower).try_into().unwrap();
+            assert_eq!(parsed, device);
+        }
+        let err = "tpu".parse::<Device>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "failed to parse device `tpu`: expected auto, cpu or cuda (gpu)"
+        );
+    }
+
+    #[test]
+    fn auto_resolves_once_with_a_reason() {
+        let r = Device::Auto.resolve(true);
+        assert_eq!(r.provider, Provider::Cuda);
+        assert!(r.fallback_to_cpu);
+        assert!(r.reason.contains("NVIDIA driver"));
+        let r = Device::Auto.resolve(false);
+        assert_eq!(r.provider, Provider::Cpu);
+        let r = Device::Cuda.resolve(false);
+        assert_eq!(r.provider, Provider::Cuda);
+        assert!(!r.fallback_to_cpu);
+        assert_eq!(Device::Cpu.resolve(true).provider, Provider::Cpu);
+        assert_eq!(Provider::Cuda.target(), Target::Cuda);
+    }
+
+    #[test]
+    fn precision_parses() {
+        assert_eq!("FP16".parse::<Precision>().unwrap(), Precision::Fp16);
+        assert_eq!("q8".parse::<Precision>().unwrap(), Precision::Int8);
+        assert!("int3".parse::<Precision>().is_err());
+    }
+}
