@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::device::{Device, Precision};
 use crate::engine::GenerationSettings;
 use crate::sandbox::SandboxConfig;
 
@@ -80,16 +81,42 @@ impl Default for SuiteConfig {
     }
 }
 
+/// A rate between 0.0 and 1.0; anything else is an error at the value's line.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Rate(f64);
+
+impl Rate {
+    pub fn new(value: f64) -> Option<Rate> {
+        (0.0..=1.0).contains(&value).then_some(Rate(value))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        let value = f64::deserialize(d)?;
+        Rate::new(value).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "gate thresholds are rates between 0.0 and 1.0, got {value}"
+            ))
+        })
+    }
+}
+
 /// Pass-rate thresholds.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateConfig {
     /// Minimum overall pass rate (0.0 - 1.0).
-    pub min_pass_rate: Option<f64>,
+    pub min_pass_rate: Option<Rate>,
     /// Minimum pass rate per category.
-    pub categories: BTreeMap<String, f64>,
+    pub categories: BTreeMap<String, Rate>,
     /// Largest allowed drop of the pass rate against the accepted snapshots (0.0 - 1.0).
-    pub max_drop: Option<f64>,
+    pub max_drop: Option<Rate>,
 }
 
 /// Where a model profile's completions come from.
@@ -102,29 +129,18 @@ pub enum SourceConfig {
     /// An ONNX model folder, a `.gguf` file or the name of a default model, run by ONNX Runtime.
     Onnx {
         model: String,
-        device: String,
-        precision: String,
+        device: Device,
+        precision: Precision,
     },
 }
 
 /// One model profile: a name (its snapshot folder), a source, and overrides.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "ProfileToml")]
 pub struct ModelProfile {
     pub name: String,
-    /// `reference`, `replay` (with `path`) or `onnx` (with `model`, optional `device`).
-    pub source: String,
-    /// Replay file (source = "replay").
-    pub path: Option<PathBuf>,
-    /// Model folder or default model name (source = "onnx").
-    pub model: Option<String>,
-    /// `auto`, `cpu` or `cuda` (source = "onnx").
-    pub device: Option<String>,
-    /// Weight precision when the harness exports the model: `int4` (default), `int8`, `fp16`,
-    /// `fp32` (source = "onnx").
-    pub precision: Option<String>,
-    /// Profiles with `enabled = false` run only when named in `CODEGEN_MODELS`.
-    #[serde(default = "yes")]
+    pub source: SourceConfig,
+    /// Profiles with `enabled = false` run only when selected by name.
     pub enabled: bool,
     /// Gate thresholds for this profile (replacing the top-level `[gate]`).
     pub gate: Option<GateConfig>,
@@ -132,71 +148,115 @@ pub struct ModelProfile {
     pub generation: Option<GenerationSettings>,
 }
 
-impl ModelProfile {
-    /// The profile's source, checked for the fields it needs.
-    pub fn source_config(&self) -> Result<SourceConfig, String> {
-        let unexpected = |field: &str, value: bool| {
-            if value {
-                Err(format!(
-                    "model `{}`: field `{field}` does not apply to source = \"{}\"",
-                    self.name, self.source
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        match self.source.as_str() {
-            "reference" => {
-                unexpected("path", self.path.is_some())?;
-                unexpected("model", self.model.is_some())?;
-                unexpected("device", self.device.is_some())?;
-                unexpected("precision", self.precision.is_some())?;
-                Ok(SourceConfig::Reference)
-            }
-            "replay" => {
-                unexpected("model", self.model.is_some())?;
-                unexpected("device", self.device.is_some())?;
-                unexpected("precision", self.precision.is_some())?;
-                let path = self.path.clone().ok_or_else(|| {
-                    format!("model `{}`: source = \"replay\" needs `path`", self.name)
-                })?;
-                Ok(SourceConfig::Replay { path })
-            }
-            "onnx" => {
-                unexpected("path", self.path.is_some())?;
-                let model = self.model.clone().ok_or_else(|| {
-                    format!("model `{}`: source = \"onnx\" needs `model`", self.name)
-                })?;
-                let device = self.device.clone().unwrap_or_else(|| "auto".into());
-                if !matches!(device.as_str(), "auto" | "cpu" | "cuda") {
-                    return Err(format!(
-                        "model `{}`: device must be \"auto\", \"cpu\" or \"cuda\", got \"{device}\"",
-                        self.name
-                    ));
-                }
-                let precision = self.precision.clone().unwrap_or_else(|| "int4".into());
-                if !matches!(precision.as_str(), "int4" | "int8" | "fp16" | "fp32") {
-                    return Err(format!(
-                        "model `{}`: precision must be \"int4\", \"int8\", \"fp16\" or \"fp32\", got \"{precision}\"",
-                        self.name
-                    ));
-                }
-                Ok(SourceConfig::Onnx {
-                    model,
-                    device,
-                    precision,
-                })
-            }
-            other => Err(format!(
-                "model `{}`: unknown source \"{other}\" (expected \"reference\", \"replay\" or \"onnx\")",
-                self.name
-            )),
+/// The kinds of source a profile can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    Reference,
+    Replay,
+    Onnx,
+}
+
+impl SourceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Reference => "reference",
+            SourceKind::Replay => "replay",
+            SourceKind::Onnx => "onnx",
         }
+    }
+}
+
+/// `[[models]]` as written; [`ModelProfile`] is what it means. A field that does not apply to
+/// the source is an error at the table's line (serde's `try_from` keeps the span).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileToml {
+    name: String,
+    /// `reference`, `replay` (with `path`) or `onnx` (with `model`, optional `device`).
+    source: SourceKind,
+    path: Option<PathBuf>,
+    model: Option<String>,
+    device: Option<Device>,
+    precision: Option<Precision>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    gate: Option<GateConfig>,
+    generation: Option<GenerationSettings>,
+}
+
+impl TryFrom<ProfileToml> for ModelProfile {
+    type Error = String;
+
+    fn try_from(raw: ProfileToml) -> Result<ModelProfile, String> {
+        let name = raw.name;
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !valid_name {
+            return Err(format!(
+                "model name `{name}` may only contain letters, digits, `.`, `_` and `-` (it names a snapshot folder)"
+            ));
+        }
+        let kind = raw.source;
+        let present = [
+            ("path", raw.path.is_some()),
+            ("model", raw.model.is_some()),
+            ("device", raw.device.is_some()),
+            ("precision", raw.precision.is_some()),
+        ];
+        let applies: &[&str] = match kind {
+            SourceKind::Reference => &[],
+            SourceKind::Replay => &["path"],
+            SourceKind::Onnx => &["model", "device", "precision"],
+        };
+        if let Some((field, _)) = present
+            .iter()
+            .find(|(field, set)| *set && !applies.contains(field))
+        {
+            return Err(format!(
+                "model `{name}`: field `{field}` does not apply to source = \"{}\"",
+                kind.as_str()
+            ));
+        }
+        let needs = |field: &str| {
+            format!(
+                "model `{name}`: source = \"{}\" needs `{field}`",
+                kind.as_str()
+            )
+        };
+        let source = match kind {
+            SourceKind::Reference => SourceConfig::Reference,
+            SourceKind::Replay => SourceConfig::Replay {
+                path: raw.path.ok_or_else(|| needs("path"))?,
+            },
+            SourceKind::Onnx => SourceConfig::Onnx {
+                model: raw.model.ok_or_else(|| needs("model"))?,
+                device: raw.device.unwrap_or_default(),
+                precision: raw.precision.unwrap_or_default(),
+            },
+        };
+        Ok(ModelProfile {
+            name,
+            source,
+            enabled: raw.enabled,
+            gate: raw.gate,
+            generation: raw.generation,
+        })
     }
 }
 
 fn yes() -> bool {
     true
+}
+
+/// The line and column of byte `offset` in `text` (both from 1).
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
 }
 
 impl Config {
@@ -214,12 +274,7 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
-                .map(|s| {
-                    let before = &text[..s.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let column = s.start - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-                    (line, column)
-                })
+                .map(|s| line_column(text, s.start))
                 .unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -232,42 +287,10 @@ impl Config {
         config.path = path.to_path_buf();
         let mut names = std::collections::BTreeSet::new();
         for m in &config.models {
-            let ok = !m.name.is_empty()
-                && m.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "model name `{}` may only contain letters, digits, `.`, `_` and `-` (it names a snapshot folder)",
-                        m.name
-                    ),
-                });
-            }
-            m.source_config().map_err(|message| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message,
-            })?;
             if !names.insert(m.name.clone()) {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),
                     message: format!("model `{}` is configured twice", m.name),
-                });
-            }
-        }
-        for gate in std::iter::once(&config.gate)
-            .chain(config.models.iter().filter_map(|m| m.gate.as_ref()))
-        {
-            let rates = gate
-                .min_pass_rate
-                .iter()
-                .chain(gate.max_drop.iter())
-                .chain(gate.categories.values());
-            if let Some(bad) = rates.into_iter().find(|r| !(0.0..=1.0).contains(*r)) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    message: format!("gate thresholds are rates between 0.0 and 1.0, got {bad}"),
                 });
             }
         }
@@ -283,22 +306,21 @@ impl Config {
         }
     }
 
-    /// The profiles to run: those named in `selection` (comma-separated), else the enabled ones.
+    /// The profiles to run: those named in `selection`, else the enabled ones.
     pub fn selected_models(
         &self,
-        selection: Option<&str>,
+        selection: Option<&[String]>,
     ) -> Result<Vec<&ModelProfile>, ConfigError> {
-        match selection.map(str::trim).filter(|s| !s.is_empty()) {
+        match selection.filter(|names| !names.is_empty()) {
             None => Ok(self.models.iter().filter(|m| m.enabled).collect()),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
+            Some(names) => names
+                .iter()
                 .map(|name| {
-                    self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+                    self.models.iter().find(|m| m.name == *name).ok_or_else(|| {
                         ConfigError::Invalid {
                             path: self.path.clone(),
                             message: format!(
-                                "CODEGEN_MODELS names `{name}`, which is not configured (configured: {})",
+                                "the model selection (CODEGEN_MODELS or --models) names `{name}`, which is not configured (configured: {})",
                                 self.models
                                     .iter()
                                     .map(|m| m.name.as_str())
@@ -330,32 +352,70 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("c.toml"), Path::new("/p"))
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn parses_profiles() {
-        let c = Config::parse(
-            "[[models]]\nname = \"ref\"\nsource = \"reference\"\n\n[[models]]\nname = \"replay\"\nsource = \"replay\"\npath = \"x.jsonl\"\nenabled = false\n[models.gate]\nmin_pass_rate = 0.5\n",
-            Path::new("c.toml"),
-            Path::new("/p"),
+        let c = parse(
+            "[[models]]\nname = \"ref\"\nsource = \"reference\"\n\n[[models]]\nname = \"replay\"\nsource = \"replay\"\npath = \"x.jsonl\"\nenabled = false\n[models.gate]\nmin_pass_rate = 0.5\n\n[[models]]\nname = \"q\"\nsource = \"onnx\"\nmodel = \"m\"\ndevice = \"gpu\"\n",
         )
         .unwrap();
-        assert_eq!(c.models.len(), 2);
-        assert_eq!(c.selected_models(None).unwrap().len(), 1);
-        assert_eq!(c.selected_models(Some("replay")).unwrap()[0].name, "replay");
-        assert_eq!(c.gate_for(&c.models[1]).min_pass_rate, Some(0.5));
-        assert!(c.selected_models(Some("nope")).is_err());
+        assert_eq!(c.models.len(), 3);
+        assert_eq!(c.selected_models(None).unwrap().len(), 2);
+        assert_eq!(
+            c.selected_models(Some(&names(&["replay"]))).unwrap()[0].name,
+            "replay"
+        );
+        assert_eq!(
+            c.gate_for(&c.models[1]).min_pass_rate,
+            Some(Rate::new(0.5).unwrap())
+        );
+        assert_eq!(
+            c.models[2].source,
+            SourceConfig::Onnx {
+                model: "m".into(),
+                device: Device::Cuda,
+                precision: Precision::Int4
+            }
+        );
+        assert!(c.selected_models(Some(&names(&["nope"]))).is_err());
     }
 
     #[test]
     fn errors_have_line_numbers() {
-        let e =
-            Config::parse("[suite]\ncasez = 1\n", Path::new("c.toml"), Path::new("/")).unwrap_err();
+        let e = parse("[suite]\ncasez = 1\n").unwrap_err();
         assert!(e.to_string().starts_with("c.toml:2:1:"), "{e}");
-        let e = Config::parse(
-            "[gate]\nmin_pass_rate = 1.5\n",
-            Path::new("c.toml"),
-            Path::new("/"),
-        )
-        .unwrap_err();
+        let e = parse("[gate]\nmin_pass_rate = 0.5\nmax_drop = 1.5\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:3:"), "{e}");
         assert!(e.to_string().contains("between 0.0 and 1.0"), "{e}");
+    }
+
+    #[test]
+    fn profile_errors_name_the_line_and_field() {
+        let e =
+            parse("[[models]]\nname = \"a\"\nsource = \"onnx\"\nmodel = \"m\"\ndevice = \"tpu\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.starts_with("c.toml:5:"), "{e}");
+        assert!(e.contains("tpu"), "{e}");
+        let e = parse("[[models]]\nname = \"a\"\nsource = \"reference\"\ndevice = \"cpu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:1:"), "{e}");
+        assert!(e.contains("field `device` does not apply"), "{e}");
+        let e = parse("[[models]]\nname = \"a\"\nsource = \"replay\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `path`"), "{e}");
+        let e = parse("\n[[models]]\nname = \"a\"\nsource = \"magic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:4:"), "{e}");
     }
 }

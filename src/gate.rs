@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::GateConfig;
+use crate::config::{GateConfig, Rate};
 use crate::score::Summary;
 
 /// The accepted pass rate over the same cases that ran.
@@ -60,7 +60,7 @@ pub fn evaluate(
     if summary.overall.cases == 0 {
         return failures;
     }
-    if let Some(min) = gate.min_pass_rate {
+    if let Some(min) = gate.min_pass_rate.map(Rate::get) {
         let actual = summary.overall.pass_rate;
         if actual + 1e-12 < min {
             failures.push(GateFailure {
@@ -78,7 +78,8 @@ pub fn evaluate(
             });
         }
     }
-    for (cat, &min) in &gate.categories {
+    for (cat, min) in &gate.categories {
+        let min = min.get();
         let Some(t) = summary.categories.get(cat) else {
             continue;
         };
@@ -98,7 +99,7 @@ pub fn evaluate(
             });
         }
     }
-    if let (Some(max_drop), Some(base)) = (gate.max_drop, baseline)
+    if let (Some(max_drop), Some(base)) = (gate.max_drop.map(Rate::get), baseline)
         && base.cases > 0
     {
         let drop = base.rate() - summary.overall.pass_rate;
@@ -145,7 +146,7 @@ mod tests {
     #[test]
     fn min_rate_message_names_threshold_and_gap() {
         let gate = GateConfig {
-            min_pass_rate: Some(0.9),
+            min_pass_rate: Rate::new(0.9),
             ..GateConfig::default()
         };
         let f = evaluate(&summary(0.8, 0.8), &gate, None);
@@ -163,8 +164,12 @@ mod tests {
     fn category_and_drop() {
         let gate = GateConfig {
             min_pass_rate: None,
-            categories: [("algos".to_string(), 0.75), ("absent".to_string(), 1.0)].into(),
-            max_drop: Some(0.05),
+            categories: [
+                ("algos".to_string(), Rate::new(0.75).unwrap()),
+                ("absent".to_string(), Rate::new(1.0).unwrap()),
+            ]
+            .into(),
+            max_drop: Rate::new(0.05),
         };
         let base = Baseline {
             cases: 10,

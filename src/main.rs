@@ -196,11 +196,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             libtest_args,
         } => {
             let root = std::env::current_dir().context("failed to read the current directory")?;
-            let options = codegen_harness::harness::RunOptions {
-                root,
-                config: config.or_else(|| std::env::var_os("CODEGEN_CONFIG").map(PathBuf::from)),
-                models: models.or_else(|| std::env::var("CODEGEN_MODELS").ok()),
-            };
+            let env = codegen_harness::env::Env::from_process()?;
+            let mut options = codegen_harness::harness::RunOptions::from_env(&root, env);
+            if let Some(config) = config {
+                options.config = Some(config);
+            }
+            if let Some(models) = models {
+                options.models = Some(models.split(',').map(|s| s.trim().to_string()).collect());
+            }
             let args = libtest_mimic::Arguments::from_iter(
                 std::iter::once("codegen run".to_string()).chain(libtest_args),
             );

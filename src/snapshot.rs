@@ -10,8 +10,8 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use crate::evaluate::CaseOutcome;
 use crate::extract::{Origin, Scope};
-use crate::score::CaseOutcome;
 
 /// The file-name stem of a case's snapshot: `<category>__<id>` (insta adds `.snap`).
 pub fn snapshot_name(key: &str) -> String {
@@ -208,9 +208,10 @@ mod tests {
         let file = "---\nsource: src/snapshot.rs\ndescription: x\n---\nverdict: passed\n";
         assert_eq!(snapshot_body(file), "verdict: passed\n");
     }
+    use crate::evaluate::SampleOutcome;
     use crate::extract::{Extraction, Origin};
-    use crate::score::{LoadVerdict, SampleOutcome, TestResult, TestVerdict};
     use crate::syntax::SyntaxReport;
+    use crate::verdict::{LoadVerdict, TestResult, TestVerdict};
 
     fn outcome(passed: bool) -> CaseOutcome {
         CaseOutcome {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use codegen_harness::env::Env;
 use codegen_harness::sandbox::{
     ExecReport, Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy,
     WorkerSandbox, calibrate,
@@ -23,12 +24,11 @@ fn sandbox() -> &'static WorkerSandbox {
             output_bytes: 256 << 10,
             ..SandboxConfig::default()
         };
-        if let Ok(level) = std::env::var("CODEGEN_SANDBOX_LEVEL") {
-            cfg.level = toml::Value::String(level).try_into().expect("a level");
+        let env = Env::from_process().expect("a valid environment");
+        if let Some(py) = &env.python {
+            cfg.python = py.to_string_lossy().into_owned();
         }
-        if let Ok(py) = std::env::var("CODEGEN_PYTHON") {
-            cfg.python = py;
-        }
+        cfg.apply_env(&env);
         let sb = WorkerSandbox::new(&cfg).expect("the sandbox starts");
         eprintln!("{}", sb.isolation());
         sb

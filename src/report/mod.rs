@@ -11,8 +11,9 @@ use serde::Serialize;
 
 pub mod html;
 
+use crate::evaluate::CaseOutcome;
 use crate::gate::{Baseline, GateFailure};
-use crate::score::{CaseOutcome, Summary, Totals};
+use crate::score::{Summary, Totals};
 
 /// Render the summary table for one model.
 pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
@@ -147,7 +148,7 @@ fn first_failure(o: &CaseOutcome) -> String {
         return e.lines().next().unwrap_or("").to_string();
     }
     for sample in &o.samples {
-        if sample.load != crate::score::LoadVerdict::Ok {
+        if sample.load != crate::verdict::LoadVerdict::Ok {
             return format!("load {}", sample.load.describe());
         }
         if let Some(t) = sample.tests.iter().find(|t| !t.verdict.is_pass()) {

@@ -86,6 +86,17 @@ impl Default for SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// Apply what the environment forces: `CODEGEN_SANDBOX_LEVEL`, and a `python` named without
+    /// a folder looked up on the environment's `PATH` (the sandbox itself reads no environment).
+    pub fn apply_env(&mut self, env: &crate::env::Env) {
+        if let Some(level) = env.sandbox_level {
+            self.level = level;
+        }
+        if let Some(found) = env.which(&self.python) {
+            self.python = found.to_string_lossy().into_owned();
+        }
+    }
+
     /// The number of workers to keep warm.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {

@@ -131,7 +131,7 @@ pub struct ExecReport {
 /// A failure of the harness itself (not of the generated code).
 #[derive(Debug, Error)]
 pub enum SandboxError {
-    #[error("failed to find a Python interpreter `{0}` on PATH")]
+    #[error("failed to find a Python interpreter `{0}` (a path, or a name found on PATH)")]
     NoPython(String),
     #[error("failed to start Python: {0}")]
     Spawn(#[source] std::io::Error),

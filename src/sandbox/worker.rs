@@ -386,16 +386,10 @@ fn reachable_by_others(python: &Path) -> bool {
     }
 }
 
+/// The interpreter behind `name`, which the edge has resolved to a path
+/// ([`SandboxConfig::apply_env`]); a bare name is not searched here.
 fn find_on_path(name: &str) -> Option<PathBuf> {
-    let found = if name.contains('/') {
-        Path::new(name).is_file().then(|| PathBuf::from(name))
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|p| p.is_file())
-        })
-    }?;
+    let found = Path::new(name).is_file().then(|| PathBuf::from(name))?;
     // Resolve wrappers (pyenv shims, scripts) to the interpreter itself: a wrapper that forks
     // would become pid 1 of the worker's pid namespace.
     let out = Command::new(&found)

@@ -1,0 +1,78 @@
+//! A configured model profile turned into a running completion source: the reference
+//! solutions, a replay file, or a model run by ONNX Runtime (resolving `device = "auto"` once,
+//! and preparing the model folder, exporting a default model on first use).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, ModelProfile, SourceConfig};
+use crate::device::{Device, Precision};
+use crate::engine::onnx::{self, OnnxOptions};
+use crate::engine::replay::{ReferenceSource, ReplaySource};
+use crate::engine::{CompletionSource, GenerationSettings};
+use crate::env::Env;
+use crate::runtime::{self, RuntimeSpec};
+
+/// Open the completion source a profile names.
+pub fn open_source(
+    config: &Config,
+    profile: &ModelProfile,
+    env: &Env,
+) -> Result<Arc<dyn CompletionSource>, String> {
+    match &profile.source {
+        SourceConfig::Reference => Ok(Arc::new(ReferenceSource)),
+        SourceConfig::Replay { path } => ReplaySource::open(&config.resolve(path))
+            .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+            .map_err(|e| e.to_string()),
+        SourceConfig::Onnx {
+            model,
+            device,
+            precision,
+        } => open_engine(
+            config,
+            model,
+            *device,
+            *precision,
+            config.generation_for(profile),
+            env,
+        ),
+    }
+}
+
+/// Open the ONNX Runtime engine for a profile: resolve the device, make sure the model folder
+/// exists (a default model is downloaded and exported on first use), and load it.
+fn open_engine(
+    config: &Config,
+    model: &str,
+    device: Device,
+    precision: Precision,
+    settings: GenerationSettings,
+    env: &Env,
+) -> Result<Arc<dyn CompletionSource>, String> {
+    let resolution = device.resolve(runtime::nvidia_driver_present());
+    if device == Device::Auto {
+        eprintln!(
+            "codegen: device auto -> {} ({})",
+            resolution.provider, resolution.reason
+        );
+    }
+    // A relative folder or file is relative to the project root; a bare name is a default model.
+    let resolved = config.resolve(Path::new(model));
+    let name_or_path = if resolved.exists() {
+        resolved.to_string_lossy().into_owned()
+    } else {
+        model.to_string()
+    };
+    let dir = crate::models::ensure_model(&name_or_path, resolution.provider.target(), precision)
+        .map_err(|e| format!("failed to prepare model `{model}`: {e}"))?;
+    let _runtime = RuntimeSpec {
+        provider: resolution.provider,
+        dylib: env.ort_dylib.clone(),
+        cache: env.cache.clone(),
+        python: env.base_python(),
+    };
+    let options = OnnxOptions::new(device, settings);
+    onnx::open_with(&dir, options)
+        .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+        .map_err(|e| e.to_string())
+}
