@@ -158,6 +158,9 @@ pub struct Env {
     pub genai_script: Option<PathBuf>,
     /// `PATH`, for finding programs named without a folder (`python3`).
     pub path: Option<OsString>,
+    /// Whether insta's own `INSTA_OUTPUT` is set (otherwise the harness silences insta's
+    /// printing, see `snapshot::silence_insta_output`).
+    pub insta_output_set: bool,
 }
 
 impl Env {
@@ -205,6 +208,7 @@ impl Env {
             genai_python: reader.path("CODEGEN_GENAI_PYTHON"),
             genai_script: reader.path("CODEGEN_BENCH_GENAI_SCRIPT"),
             path: lookup("PATH"),
+            insta_output_set: lookup("INSTA_OUTPUT").is_some(),
         })
     }
 

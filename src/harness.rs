@@ -308,7 +308,7 @@ pub fn main(root: &Path) -> ExitCode {
 ///
 /// Call it before the process starts any thread: it adjusts insta's output through the environment.
 pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
-    snapshot::silence_insta_output();
+    snapshot::silence_insta_output(&options.env);
     quiet_snapshot_panics();
     let harness = match Harness::load(options) {
         Ok(h) => Arc::new(h),

@@ -21,6 +21,8 @@ pub mod bench;
 pub mod calibrate;
 pub mod config;
 pub mod isolation;
+mod process;
+mod protocol;
 pub mod seccomp;
 pub mod worker;
 
