@@ -10,19 +10,29 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use thiserror::Error;
 
-use crate::case::{self, Case, LoadedCase};
-use crate::config::{Config, ModelProfile};
+use crate::case::{self, Case, CaseError, LoadedCase};
+use crate::config::{Config, ConfigError, ModelProfile};
 use crate::engine::{CompletionSource, Request};
 use crate::env::Env;
 use crate::evaluate::{CaseOutcome, Evaluator};
 use crate::gate::{self, Baseline};
-use crate::profile;
+use crate::profile::{self, ProfileError};
 use crate::prompt::Prompt;
 use crate::report::{self, Journal};
 use crate::score::Summary;
 use crate::snapshot;
 use crate::verdict::LoadVerdict;
+
+/// Why a suite could not start.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Cases(#[from] CaseError),
+}
 
 /// Everything the trials share.
 pub struct Harness {
@@ -30,7 +40,7 @@ pub struct Harness {
     env: Env,
     cases: Vec<LoadedCase>,
     models: Vec<ModelProfile>,
-    sources: Vec<OnceLock<Result<Arc<dyn CompletionSource>, String>>>,
+    sources: Vec<OnceLock<Result<Arc<dyn CompletionSource>, Arc<ProfileError>>>>,
     evaluator: Evaluator,
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
@@ -38,24 +48,22 @@ pub struct Harness {
 
 impl Harness {
     /// Load the config and the case files (no Python, no models).
-    pub fn load(options: &RunOptions) -> Result<Harness, String> {
+    pub fn load(options: &RunOptions) -> Result<Harness, LoadError> {
         let root = options.root.as_path();
         let config_path = options
             .config
             .clone()
             .map(|p| if p.is_absolute() { p } else { root.join(p) })
             .unwrap_or_else(|| root.join("harness/codegen.toml"));
-        let mut config = Config::load(&config_path, root).map_err(|e| e.to_string())?;
+        let mut config = Config::load(&config_path, root)?;
         config.sandbox.apply_env(&options.env);
         let models: Vec<ModelProfile> = config
-            .selected_models(options.models.as_deref())
-            .map_err(|e| e.to_string())?
+            .selected_models(options.models.as_deref())?
             .into_iter()
             .cloned()
             .collect();
         let cases_dir = config.resolve(&config.suite.cases);
-        let cases = case::load_all(&cases_dir)
-            .map_err(|e| e.to_string())?
+        let cases = case::load_all(&cases_dir)?
             .into_iter()
             .filter(|c| {
                 !config
@@ -88,9 +96,11 @@ impl Harness {
         )
     }
 
-    fn source(&self, m: usize) -> Result<Arc<dyn CompletionSource>, String> {
+    fn source(&self, m: usize) -> Result<Arc<dyn CompletionSource>, Arc<ProfileError>> {
         self.sources[m]
-            .get_or_init(|| profile::open_source(&self.config, &self.models[m], &self.env))
+            .get_or_init(|| {
+                profile::open_source(&self.config, &self.models[m], &self.env).map_err(Arc::new)
+            })
             .clone()
     }
 
@@ -108,7 +118,7 @@ impl Harness {
             }
             Err(e) => {
                 let mut outcome = CaseOutcome::new(case, &model.name, &Prompt::for_case(case));
-                outcome.error = Some(e);
+                outcome.error = Some(e.to_string());
                 outcome
             }
         }

@@ -5,25 +5,43 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use thiserror::Error;
+
 use crate::config::{Config, ModelProfile, SourceConfig};
 use crate::device::{Device, Precision};
 use crate::engine::onnx::{self, OnnxOptions};
 use crate::engine::replay::{ReferenceSource, ReplaySource};
-use crate::engine::{CompletionSource, GenerationSettings};
+use crate::engine::{CompletionSource, GenerationSettings, SourceError};
 use crate::env::Env;
+use crate::models::ModelError;
 use crate::runtime::{self, RuntimeSpec};
+
+/// Why a profile's source could not be opened.
+#[derive(Debug, Error)]
+pub enum ProfileError {
+    #[error(transparent)]
+    Replay(SourceError),
+    #[error("failed to prepare model `{model}`: {source}")]
+    Model {
+        model: String,
+        #[source]
+        source: ModelError,
+    },
+    #[error(transparent)]
+    Engine(SourceError),
+}
 
 /// Open the completion source a profile names.
 pub fn open_source(
     config: &Config,
     profile: &ModelProfile,
     env: &Env,
-) -> Result<Arc<dyn CompletionSource>, String> {
+) -> Result<Arc<dyn CompletionSource>, ProfileError> {
     match &profile.source {
         SourceConfig::Reference => Ok(Arc::new(ReferenceSource)),
         SourceConfig::Replay { path } => ReplaySource::open(&config.resolve(path))
             .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
-            .map_err(|e| e.to_string()),
+            .map_err(ProfileError::Replay),
         SourceConfig::Onnx {
             model,
             device,
@@ -48,7 +66,7 @@ fn open_engine(
     precision: Precision,
     settings: GenerationSettings,
     env: &Env,
-) -> Result<Arc<dyn CompletionSource>, String> {
+) -> Result<Arc<dyn CompletionSource>, ProfileError> {
     let resolution = device.resolve(runtime::nvidia_driver_present());
     if device == Device::Auto {
         eprintln!(
@@ -64,7 +82,10 @@ fn open_engine(
         model.to_string()
     };
     let dir = crate::models::ensure_model(&name_or_path, resolution.provider.target(), precision)
-        .map_err(|e| format!("failed to prepare model `{model}`: {e}"))?;
+        .map_err(|source| ProfileError::Model {
+        model: model.to_string(),
+        source,
+    })?;
     let _runtime = RuntimeSpec {
         provider: resolution.provider,
         dylib: env.ort_dylib.clone(),
@@ -74,5 +95,5 @@ fn open_engine(
     let options = OnnxOptions::new(device, settings);
     onnx::open_with(&dir, options)
         .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
-        .map_err(|e| e.to_string())
+        .map_err(ProfileError::Engine)
 }
