@@ -42,7 +42,7 @@ pub struct TestCase {
     pub expect: Expectation,
     /// Absolute tolerance for float comparisons, if any.
     pub tolerance: Option<f64>,
-    /// 1-based line of the `[[tests]]` entry in the case file.
+    /// 1-based line of the test's expectation (`expected` or `raises`) in the case file.
     pub line: usize,
 }
 
@@ -90,6 +90,10 @@ impl fmt::Display for Location {
 pub enum CaseError {
     #[error("failed to read case file {path}: {message}")]
     Read { path: PathBuf, message: String },
+    #[error("failed to read cases folder {path}: {message}")]
+    Folder { path: PathBuf, message: String },
+    #[error("{location}: not UTF-8 text (byte offset {offset}): case files must be UTF-8")]
+    NotUtf8 { location: Location, offset: usize },
     #[error("{location}: field `{field}`: {message}")]
     Invalid {
         location: Location,
@@ -190,12 +194,12 @@ pub fn discover(root: &Path) -> Result<Vec<PathBuf>, CaseError> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(|e| CaseError::Read {
+        let entries = fs::read_dir(&dir).map_err(|e| CaseError::Folder {
             path: dir.clone(),
             message: e.to_string(),
         })?;
         for entry in entries {
-            let entry = entry.map_err(|e| CaseError::Read {
+            let entry = entry.map_err(|e| CaseError::Folder {
                 path: dir.clone(),
                 message: e.to_string(),
             })?;
@@ -213,9 +217,17 @@ pub fn discover(root: &Path) -> Result<Vec<PathBuf>, CaseError> {
 
 /// Read and parse one case file.
 pub fn load(root: &Path, path: &Path) -> Result<Case, CaseError> {
-    let text = fs::read_to_string(path).map_err(|e| CaseError::Read {
+    let bytes = fs::read(path).map_err(|e| CaseError::Read {
         path: path.to_path_buf(),
         message: e.to_string(),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let valid = String::from_utf8_lossy(&e.as_bytes()[..offset]).into_owned();
+        CaseError::NotUtf8 {
+            location: LineIndex::new(path, &valid).at(offset),
+            offset,
+        }
     })?;
     parse(root, path, &text)
 }
@@ -352,7 +364,12 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
             call: test.call.get_ref().clone(),
             expect,
             tolerance,
-            line: lines.span(&t.span()).line,
+            line: test
+                .expected
+                .as_ref()
+                .or(test.raises.as_ref())
+                .map_or_else(|| lines.span(&t.span()), |e| lines.span(&e.span()))
+                .line,
         });
     }
     if tests.is_empty() && raw.check.is_none() {
@@ -459,12 +476,72 @@ pub fn load_all(root: &Path) -> Result<Vec<LoadedCase>, CaseError> {
     Ok(out)
 }
 
+/// The first line (1-based) and column where a single-line string opens and is not closed on
+/// the same line. TOML's parser reports such a string at whatever it trips over next (often
+/// the next line, "key with no value"), so this finds the real place.
+pub(crate) fn unclosed_string(text: &str) -> Option<(usize, usize)> {
+    let mut multi: Option<&str> = None;
+    for (n, line) in text.lines().enumerate() {
+        let mut rest = line;
+        let mut consumed = 0;
+        loop {
+            if let Some(delim) = multi {
+                match rest.find(delim) {
+                    Some(i) => {
+                        multi = None;
+                        consumed += i + 3;
+                        rest = &rest[i + 3..];
+                    }
+                    None => break,
+                }
+            }
+            let Some(i) = rest.find(['"', '\'', '#']) else {
+                break;
+            };
+            let (quote, after) = (&rest[i..], &rest[i + 1..]);
+            if quote.starts_with('#') {
+                break;
+            }
+            if quote.starts_with("\"\"\"") || quote.starts_with("'''") {
+                multi = Some(&quote[..3]);
+                consumed += i + 3;
+                rest = &rest[i + 3..];
+                continue;
+            }
+            let basic = quote.starts_with('"');
+            let mut escaped = false;
+            let close = after.char_indices().find(|&(_, c)| {
+                let hit = if basic {
+                    c == '"' && !escaped
+                } else {
+                    c == '\''
+                };
+                escaped = basic && c == '\\' && !escaped;
+                hit
+            });
+            match close {
+                Some((j, _)) => {
+                    consumed += i + 2 + j;
+                    rest = &after[j + 1..];
+                }
+                None => return Some((n + 1, consumed + i + 1)),
+            }
+        }
+    }
+    None
+}
+
 fn toml_error(lines: &LineIndex<'_>, text: &str, e: toml::de::Error) -> CaseError {
-    let location = e
+    let mut location = e
         .span()
         .map(|s| lines.at(s.start))
         .unwrap_or_else(|| lines.at(0));
-    let message = e.message().trim().to_string();
+    let mut message = e.message().trim().to_string();
+    if let Some((line, column)) = unclosed_string(text).filter(|(l, _)| *l <= location.line) {
+        location.line = line;
+        location.column = column;
+        message = "this string is not closed on its line (a string in \"...\" cannot span lines: close it, or use \"\"\"...\"\"\" for text over several lines)".into();
+    }
     // Unknown/missing-field messages name the field; other errors point at a value, whose key
     // starts its line (`key = value`).
     let named = message.starts_with("unknown field") || message.starts_with("missing field");
@@ -578,6 +655,22 @@ fn check_python_module(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unclosed_strings_are_found_on_their_own_line() {
+        assert_eq!(unclosed_string("a = \"x\"\nb = \"y\nc = 1\n"), Some((2, 5)));
+        assert_eq!(unclosed_string("a = 'it\nb = 1\n"), Some((1, 5)));
+        // Closed strings, escapes, comments and multi-line strings are fine.
+        let fine = r#"a = "say \"hi\"" # it's
+b = """
+free " text
+"""
+c = '''
+x
+'''
+"#;
+        assert_eq!(unclosed_string(fine), None);
+    }
 
     fn parse_str(text: &str) -> Result<Case, CaseError> {
         parse(

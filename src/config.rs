@@ -67,6 +67,9 @@ pub struct SuiteConfig {
     pub snapshot: bool,
     /// Where results JSON is journaled.
     pub results: PathBuf,
+    /// A run that finds no case files or selects no profile succeeds (it fails otherwise:
+    /// zero cases measured is not a pass).
+    pub allow_empty: bool,
 }
 
 impl Default for SuiteConfig {
@@ -77,6 +80,7 @@ impl Default for SuiteConfig {
             snapshots: "snapshots".into(),
             snapshot: true,
             results: "target/codegen".into(),
+            allow_empty: false,
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct GateConfig {
     pub categories: BTreeMap<String, Rate>,
     /// Largest allowed drop of the pass rate against the accepted snapshots (0.0 - 1.0).
     pub max_drop: Option<Rate>,
+    /// Gate on the measured cases only, even when some could not be measured (a malformed
+    /// case file, a generation or sandbox failure). Off: any such case fails the gate.
+    pub allow_errors: bool,
 }
 
 /// Where a model profile's completions come from.
@@ -272,15 +279,26 @@ impl Config {
     /// Parse config text; `path` is used in errors.
     pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
+            let (mut line, mut column) = e
                 .span()
                 .map(|s| line_column(text, s.start))
                 .unwrap_or((1, 1));
+            let mut message = e.message().trim().to_string();
+            if let Some(at) = crate::case::unclosed_string(text).filter(|(l, _)| *l <= line) {
+                (line, column) = at;
+                message = "this string is not closed on its line".into();
+            }
+            // Quote the line, so the key (and the table, for `[[models]]`) is in the message.
+            if let Some(source) = text.lines().nth(line - 1).map(str::trim)
+                && !source.is_empty()
+            {
+                message = format!("{message} (in `{source}`)");
+            }
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().to_string(),
+                message,
             }
         })?;
         config.root = root.to_path_buf();
@@ -394,6 +412,13 @@ mod tests {
         let e = parse("[gate]\nmin_pass_rate = 0.5\nmax_drop = 1.5\n").unwrap_err();
         assert!(e.to_string().starts_with("c.toml:3:"), "{e}");
         assert!(e.to_string().contains("between 0.0 and 1.0"), "{e}");
+        assert!(e.to_string().contains("(in `max_drop = 1.5`)"), "{e}");
+        let e = parse("[suite]\ncases = \"a\nb\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:2:9: this string is not closed"),
+            "{e}"
+        );
     }
 
     #[test]

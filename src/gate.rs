@@ -1,5 +1,6 @@
-//! Turn pass rates into a CI verdict: minimum pass rate overall and per category, and the
-//! largest allowed drop against the accepted baseline (the verdicts in accepted snapshots).
+//! Turn pass rates into a CI verdict: every case measured (a case that could not be measured
+//! is not a measured 0), minimum pass rate overall and per category, and the largest allowed
+//! drop against the accepted baseline (the verdicts in accepted snapshots).
 
 use std::fmt;
 
@@ -32,7 +33,7 @@ pub struct GateFailure {
     pub model: String,
     /// `overall` or `category <name>`.
     pub scope: String,
-    /// `min_pass_rate`, `categories.<name>` or `max_drop`.
+    /// `allow_errors`, `min_pass_rate`, `categories.<name>` or `max_drop`.
     pub threshold_name: String,
     pub threshold: f64,
     pub actual: f64,
@@ -57,6 +58,20 @@ pub fn evaluate(
 ) -> Vec<GateFailure> {
     let mut failures = Vec::new();
     let model = &summary.model;
+    let errors = summary.overall.errors;
+    if errors > 0 && !gate.allow_errors {
+        let total = errors + summary.overall.cases;
+        failures.push(GateFailure {
+            model: model.clone(),
+            scope: "overall".into(),
+            threshold_name: "allow_errors".into(),
+            threshold: 0.0,
+            actual: errors as f64,
+            message: format!(
+                "gate failed for model `{model}`: {errors} of {total} cases could not be measured (errors, not wrong answers; listed above); fix them, or set allow_errors = true to gate on the measured cases only"
+            ),
+        });
+    }
     if summary.overall.cases == 0 {
         return failures;
     }
@@ -144,6 +159,26 @@ mod tests {
     }
 
     #[test]
+    fn unmeasured_cases_fail_the_gate_unless_allowed() {
+        let mut s = summary(1.0, 1.0);
+        s.overall.errors = 2;
+        let f = evaluate(&s, &GateConfig::default(), None);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].message.contains("2 of 12 cases could not be measured"),
+            "{}",
+            f[0]
+        );
+        let allowed = GateConfig {
+            allow_errors: true,
+            ..GateConfig::default()
+        };
+        assert!(evaluate(&s, &allowed, None).is_empty());
+        s.overall.cases = 0;
+        assert_eq!(evaluate(&s, &GateConfig::default(), None).len(), 1);
+    }
+
+    #[test]
     fn min_rate_message_names_threshold_and_gap() {
         let gate = GateConfig {
             min_pass_rate: Rate::new(0.9),
@@ -170,6 +205,7 @@ mod tests {
             ]
             .into(),
             max_drop: Rate::new(0.05),
+            allow_errors: false,
         };
         let base = Baseline {
             cases: 10,

@@ -23,7 +23,9 @@ use crate::prompt::Prompt;
 use crate::report::{self, Journal};
 use crate::score::Summary;
 use crate::snapshot;
-use crate::verdict::LoadVerdict;
+
+/// A profile's source, opened on first use (the error is shared by every trial that needs it).
+type OpenedSource = Result<Arc<dyn CompletionSource>, Arc<ProfileError>>;
 
 /// Why a suite could not start.
 #[derive(Debug, Error)]
@@ -40,7 +42,7 @@ pub struct Harness {
     env: Env,
     cases: Vec<LoadedCase>,
     models: Vec<ModelProfile>,
-    sources: Vec<OnceLock<Result<Arc<dyn CompletionSource>, Arc<ProfileError>>>>,
+    sources: Vec<OnceLock<OpenedSource>>,
     evaluator: Evaluator,
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
@@ -84,6 +86,39 @@ impl Harness {
             outcomes: Mutex::new(Vec::new()),
             journal,
         })
+    }
+
+    /// Why this run would measure nothing although the user filtered nothing away, if so: no
+    /// case files, or no model profile selected. (A libtest filter that matches no trial is
+    /// not this: cargo hands the same filter to every test binary.)
+    fn nothing_to_measure(&self) -> Option<String> {
+        if self.models.is_empty() {
+            let configured: Vec<&str> =
+                self.config.models.iter().map(|m| m.name.as_str()).collect();
+            return Some(format!(
+                "{} selects no model profile (configured: {}; profiles with enabled = false run only when named in CODEGEN_MODELS or --models)",
+                self.config.path.display(),
+                if configured.is_empty() {
+                    "none".to_string()
+                } else {
+                    configured.join(", ")
+                }
+            ));
+        }
+        if self.cases.is_empty() {
+            let dir = self.config.resolve(&self.config.suite.cases);
+            let excluded = if self.config.suite.exclude.is_empty() {
+                String::new()
+            } else {
+                format!(", after excluding {}", self.config.suite.exclude.join(", "))
+            };
+            return Some(format!(
+                "no case files under {} (`[suite] cases` in {}{excluded}); cases are <category>/<name>.toml below it",
+                dir.display(),
+                self.config.path.display()
+            ));
+        }
+        None
     }
 
     fn trial_name(model: &ModelProfile, case: &LoadedCase) -> String {
@@ -157,26 +192,10 @@ impl Harness {
                 &snapshot::snapshot_name(&case.key),
                 &snapshot::render(&outcome),
             )?;
-            Ok(())
-        } else if outcome.passed() {
-            Ok(())
-        } else {
-            let mut msg = format!("{} failed", case.key);
-            for (i, s) in outcome.samples.iter().enumerate() {
-                if s.load != LoadVerdict::Ok {
-                    msg.push_str(&format!("\n  sample {}: load {}", i + 1, s.load.describe()));
-                }
-                for t in s.tests.iter().filter(|t| !t.verdict.is_pass()) {
-                    msg.push_str(&format!(
-                        "\n  sample {}: {} -> {}",
-                        i + 1,
-                        t.label,
-                        t.verdict.describe()
-                    ));
-                }
-            }
-            Err(msg.into())
         }
+        // Without snapshots a run is a measurement: a wrong answer is a measured result for
+        // the summary, and the gate gives the verdict.
+        Ok(())
     }
 
     fn record(&self, outcome: CaseOutcome) {
@@ -228,21 +247,19 @@ impl Harness {
             let failures = gate::evaluate(&summary, self.config.gate_for(model), baseline);
             println!();
             print!("{}", report::summary_table(&summary, baseline));
+            for o in ran.iter().filter(|o| o.error.is_some()) {
+                let error = o.error.as_deref().unwrap_or_default();
+                println!("  not measured: {}: {}", o.key, first_line(error));
+            }
             if !isolation.is_empty() {
                 println!("  sandbox: {isolation}");
             }
-            if let Err(e) = self
-                .journal
-                .write_reports(&summary, &outcomes, baseline, &failures)
-            {
-                eprintln!("warning: failed to write reports: {e}");
-            }
             match self
                 .journal
-                .write_summary(&summary, &isolation, baseline, &failures)
+                .complete(&summary, &outcomes, &isolation, baseline, &failures)
             {
                 Ok(path) => println!("  results: {}", path.display()),
-                Err(e) => eprintln!("warning: failed to write the summary: {e}"),
+                Err(e) => eprintln!("warning: failed to write the results: {e}"),
             }
             for f in &failures {
                 println!("  {f}");
@@ -254,6 +271,10 @@ impl Harness {
         }
         ok
     }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// Does libtest's filter select `name`?
@@ -342,12 +363,34 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     if !args.list {
         prepare_sources(&harness, &requests);
     }
+    if !args.list
+        && let Some(why) = harness.nothing_to_measure()
+    {
+        if harness.config.suite.allow_empty {
+            eprintln!("codegen: nothing measured ({why}); allowed by [suite] allow_empty");
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("error: nothing to measure: {why}");
+        return ExitCode::from(101);
+    }
     let conclusion = libtest_mimic::run(&args, trials);
     if args.list {
         return conclusion.exit_code();
     }
+    if requests.is_empty() {
+        // A filter cargo passed to every test binary (`cargo test some_unit_test`) matched no
+        // trial here: nothing ran, so nothing is summarised, written or gated.
+        eprintln!(
+            "codegen: the filter matched none of the {} trials; nothing measured, no results written",
+            harness.models.len() * harness.cases.len()
+        );
+        return conclusion.exit_code();
+    }
     let gate_ok = harness.finish();
-    if conclusion.has_failed() || !gate_ok {
+    // With snapshots a trial is a comparison and any mismatch fails the run; without, trials
+    // are measurements and the gate alone decides.
+    let trials_failed = harness.config.suite.snapshot && conclusion.has_failed();
+    if trials_failed || !gate_ok {
         ExitCode::from(101)
     } else {
         ExitCode::SUCCESS

@@ -287,6 +287,12 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             print!("{report}");
         }
         Commands::Report { dir, out } => {
+            for partial in codegen_harness::report::unfinished_runs(&dir) {
+                eprintln!(
+                    "warning: {} is the journal of a run that did not complete; the report shows the last completed run",
+                    partial.display()
+                );
+            }
             let out = out.unwrap_or_else(|| dir.join("report.html"));
             codegen_harness::report::html::write(&dir, &out)
                 .context("failed to write the report")?;

@@ -23,10 +23,15 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - prod
 }
 
-/// Counts and rates over a group of cases.
+/// Counts and rates over a group of cases. Rates are over the measured cases: a case that
+/// could not be measured (a malformed case file, a generation or sandbox failure) is counted in
+/// `errors`, never as a wrong answer or an invalid program of the model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Totals {
+    /// Measured cases.
     pub cases: usize,
+    /// Cases that could not be measured.
+    pub errors: usize,
     /// Cases whose every sample passed.
     pub passed: usize,
     pub samples: usize,
@@ -40,26 +45,33 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn of<'a>(cases: impl Iterator<Item = &'a CaseOutcome> + Clone) -> Totals {
-        let mut t = Totals::default();
+    fn of<'a>(cases: impl Iterator<Item = &'a CaseOutcome>) -> Totals {
+        let (measured, errors): (Vec<&CaseOutcome>, Vec<&CaseOutcome>) =
+            cases.partition(|c| c.error.is_none());
+        let mut t = Totals {
+            cases: measured.len(),
+            errors: errors.len(),
+            ..Totals::default()
+        };
         let mut rate_sum = 0.0;
-        for c in cases.clone() {
-            t.cases += 1;
+        for c in &measured {
             t.passed += c.passed() as usize;
-            t.samples += c.samples.len().max(1);
+            t.samples += c.samples.len();
             t.passed_samples += c.passed_samples();
             t.syntax_valid_samples += c.samples.iter().filter(|s| s.syntax.valid).count();
             rate_sum += c.pass_at_1();
         }
         if t.cases > 0 {
             t.pass_rate = rate_sum / t.cases as f64;
+        }
+        if t.samples > 0 {
             t.syntax_valid_rate = t.syntax_valid_samples as f64 / t.samples as f64;
         }
-        let min_n = cases.clone().map(|c| c.samples.len()).min().unwrap_or(0);
+        let min_n = measured.iter().map(|c| c.samples.len()).min().unwrap_or(0);
         for k in [1usize, 2, 5, 10] {
             if k <= min_n && t.cases > 0 {
-                let sum: f64 = cases
-                    .clone()
+                let sum: f64 = measured
+                    .iter()
                     .map(|c| pass_at_k(c.samples.len(), c.passed_samples(), k))
                     .sum();
                 t.pass_at_k.insert(k, sum / t.cases as f64);
@@ -187,6 +199,59 @@ mod tests {
         assert!((pass_at_k(10, 3, 2) - (1.0 - 21.0 / 45.0)).abs() < 1e-12);
         assert_eq!(pass_at_k(5, 5, 3), 1.0);
         assert_eq!(pass_at_k(5, 0, 3), 0.0);
+    }
+
+    fn outcome(category: &str, passed: Option<bool>) -> CaseOutcome {
+        use crate::extract::Extraction;
+        use crate::syntax::SyntaxReport;
+        let mut o = CaseOutcome {
+            key: format!("{category}/x"),
+            category: category.into(),
+            model: "m".into(),
+            mode: "chat".into(),
+            samples: Vec::new(),
+            error: None,
+        };
+        match passed {
+            None => o.error = Some("tests/x.toml:3: bad".into()),
+            Some(passed) => o.samples.push(crate::evaluate::SampleOutcome {
+                extraction: Extraction {
+                    code: String::new(),
+                    origin: crate::extract::Origin::WholeReply,
+                    dropped: Vec::new(),
+                    unpruned_reason: None,
+                },
+                syntax: SyntaxReport {
+                    valid: true,
+                    diagnostics: Vec::new(),
+                },
+                load: crate::verdict::LoadVerdict::Ok,
+                tests: Vec::new(),
+                passed,
+                confidence: None,
+                finish_reason: None,
+                timing: None,
+                tokens: None,
+            }),
+        }
+        o
+    }
+
+    #[test]
+    fn unmeasured_cases_are_errors_not_failures_or_invalid_syntax() {
+        let outcomes = [
+            outcome("a", Some(true)),
+            outcome("a", Some(false)),
+            outcome("a", None),
+        ];
+        let s = Summary::of("m", &outcomes);
+        assert_eq!(s.overall.cases, 2);
+        assert_eq!(s.overall.errors, 1);
+        assert_eq!(s.overall.pass_rate, 0.5);
+        assert_eq!(s.overall.syntax_valid_rate, 1.0);
+        let only_errors = Summary::of("m", &[outcome("b", None)]);
+        assert_eq!(only_errors.overall.cases, 0);
+        assert_eq!(only_errors.overall.errors, 1);
     }
 
     #[test]

@@ -307,6 +307,13 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:f
 pre.heat span{border-radius:2px}summary{cursor:pointer;font-family:monospace}</style></head><body>\
 <h1>codegen-harness report</h1>",
     );
+    for partial in super::unfinished_runs(dir) {
+        let _ = write!(
+            s,
+            "<p class=\"fail\"><b>Unfinished run:</b> {} holds the journal of a run that did not complete; this report shows the last completed run.</p>",
+            esc(&partial.display().to_string())
+        );
+    }
     s.push_str("<h2>Pass rate by category</h2>");
     s.push_str(&pass_rate_chart(&models));
     s.push_str("<h2>Summary</h2><table><tr><th>model</th><th>cases</th><th>passed</th><th>pass rate</th><th>syntax valid</th><th>AUROC (mean NLL)</th><th>gate</th></tr>");

@@ -56,6 +56,13 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
             .collect();
         let _ = writeln!(s, "  {}", ks.join(", "));
     }
+    if summary.overall.errors > 0 {
+        let _ = writeln!(
+            s,
+            "  not measured: {} case(s) (errors, not wrong answers; not in the rates above)",
+            summary.overall.errors
+        );
+    }
     if let Some(b) = baseline {
         let _ = writeln!(
             s,
@@ -210,7 +217,11 @@ pub fn junit(model: &str, outcomes: &[CaseOutcome]) -> String {
     s
 }
 
-/// Appends one JSON line per finished case, so results survive an interrupted run.
+/// Results of a run on disk. While the run goes, each finished case is appended to
+/// `results-<model>.partial.jsonl`, so an interrupted run keeps what it measured without
+/// touching the last complete run's files. When the run completes, [`Journal::complete`]
+/// writes `results-<model>.jsonl` (sorted by case), the summary, Markdown and JUnit, each by
+/// rename so no reader sees half a file, and only then removes the partial journal.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
@@ -225,6 +236,36 @@ struct SummaryFile<'a> {
     gate_failures: &'a [GateFailure],
 }
 
+/// The journal of an unfinished run of `model` in `dir`.
+pub fn partial_results_path(dir: &Path, model: &str) -> PathBuf {
+    dir.join(format!("results-{model}.partial.jsonl"))
+}
+
+/// The partial journals in `dir`: runs that were interrupted (or are still going), whose
+/// results are not the ones the summary files describe.
+pub fn unfinished_runs(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("results-") && n.ends_with(".partial.jsonl"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Write `body` to `path` through a temporary file in the same folder and a rename.
+fn replace_file(path: &Path, body: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, body)?;
+    fs::rename(&tmp, path)
+}
+
 impl Journal {
     /// Results go to `<dir>/results-<model>.jsonl` and `<dir>/summary-<model>.json`.
     pub fn new(dir: &Path) -> Journal {
@@ -234,12 +275,12 @@ impl Journal {
         }
     }
 
-    /// Append a case's outcome to its model's results file (created fresh on first use).
+    /// Append a case's outcome to its model's partial journal (created fresh on first use).
     pub fn record(&self, outcome: &CaseOutcome) -> io::Result<()> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(&outcome.model) {
             fs::create_dir_all(&self.dir)?;
-            let f = File::create(self.dir.join(format!("results-{}.jsonl", outcome.model)))?;
+            let f = File::create(partial_results_path(&self.dir, &outcome.model))?;
             files.insert(outcome.model.clone(), f);
         }
         let f = files.get_mut(&outcome.model).expect("just inserted");
@@ -248,35 +289,40 @@ impl Journal {
         f.write_all(line.as_bytes())
     }
 
-    /// Write the Markdown and JUnit renderings next to the results.
-    pub fn write_reports(
+    /// The run of `summary.model` completed: write its results (the outcomes of that model,
+    /// sorted by case), summary, Markdown and JUnit, then drop the partial journal. Returns
+    /// the summary's path.
+    pub fn complete(
         &self,
         summary: &Summary,
         outcomes: &[CaseOutcome],
-        baseline: Option<Baseline>,
-        gate: &[GateFailure],
-    ) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        fs::write(
-            self.dir.join(format!("summary-{}.md", summary.model)),
-            markdown(summary, outcomes, baseline, gate),
-        )?;
-        fs::write(
-            self.dir.join(format!("junit-{}.xml", summary.model)),
-            junit(&summary.model, outcomes),
-        )
-    }
-
-    /// Write the model's summary file; returns its path.
-    pub fn write_summary(
-        &self,
-        summary: &Summary,
         isolation: &str,
         baseline: Option<Baseline>,
         gate_failures: &[GateFailure],
     ) -> io::Result<PathBuf> {
+        let model = &summary.model;
         fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("summary-{}.json", summary.model));
+        let mut mine: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.model == *model).collect();
+        mine.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut results = String::new();
+        for o in &mine {
+            results.push_str(&serde_json::to_string(o).map_err(io::Error::other)?);
+            results.push('\n');
+        }
+        let sorted: Vec<CaseOutcome> = mine.into_iter().cloned().collect();
+        replace_file(
+            &self.dir.join(format!("results-{model}.jsonl")),
+            results.as_bytes(),
+        )?;
+        replace_file(
+            &self.dir.join(format!("summary-{model}.md")),
+            markdown(summary, &sorted, baseline, gate_failures).as_bytes(),
+        )?;
+        replace_file(
+            &self.dir.join(format!("junit-{model}.xml")),
+            junit(model, &sorted).as_bytes(),
+        )?;
+        let path = self.dir.join(format!("summary-{model}.json"));
         let body = serde_json::to_string_pretty(&SummaryFile {
             summary,
             isolation,
@@ -284,7 +330,15 @@ impl Journal {
             gate_failures,
         })
         .map_err(io::Error::other)?;
-        fs::write(&path, body)?;
+        replace_file(&path, body.as_bytes())?;
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(model);
+        match fs::remove_file(partial_results_path(&self.dir, model)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(path)
     }
 }
@@ -297,6 +351,7 @@ mod tests {
     fn table_has_rows_and_overall() {
         let t = Totals {
             cases: 2,
+            errors: 0,
             passed: 1,
             samples: 2,
             passed_samples: 1,
