@@ -1,11 +1,28 @@
 //! codegen-harness: measure how well language models write code, inside `cargo test`.
 //!
-//! The library is a one-way pipeline, one module per stage:
-//! [`case`] files become [`prompt`]s, a completion source ([`engine`]) answers them,
-//! [`extract`] pulls the program out of the reply, [`syntax`] checks it, the [`sandbox`] runs it
-//! against the case's tests, [`score`] turns raw outcomes into verdicts and rates, [`snapshot`]
-//! renders them for review, [`report`] summarises the run and [`gate`] turns it into a CI verdict.
-//! [`harness`] is the thin libtest-mimic glue that `tests/codegen.rs` calls.
+//! The library is a one-way pipeline, one module per stage; nothing points back up:
+//!
+//! | stage | module | what it does |
+//! | --- | --- | --- |
+//! | cases | [`case`] | discover and parse case files (file:line:field errors) |
+//! | prompt | [`prompt`] | chat messages (the model's own template) or a completion prefix |
+//! | generate | [`engine`] | completion sources: the ONNX Runtime engine, replay files, reference solutions |
+//! | extract | [`extract`] | the program out of a reply (fenced blocks, prefix + body, tree-sitter pruning) |
+//! | syntax | [`syntax`] | tree-sitter-python diagnostics |
+//! | run | [`sandbox`] | the program against the case's tests in an isolated Python; raw facts |
+//! | judge | [`verdict`] | raw facts against expectations ([`value`]: Python values compared in Rust) |
+//! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] |
+//! | aggregate | [`score`] | pass@1, pass@k, per-category rates, uncertainty (AUROC) |
+//! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
+//! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
+//! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
+//!
+//! Around the pipeline: [`config`] (`harness/codegen.toml`, typed once), [`mod@env`] (the
+//! environment, read once at the entry points), [`device`] (devices, providers, precisions),
+//! [`profile`] (a configured profile turned into a completion source), [`models`] and
+//! [`runtime`] (default models and ONNX Runtime from PyPI, cached per user), [`import`]
+//! (HumanEval as case files), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
+//! calls.
 
 pub mod bench;
 pub mod cache;
@@ -30,3 +47,14 @@ pub mod snapshot;
 pub mod syntax;
 pub mod value;
 pub mod verdict;
+
+pub use case::{Case, CaseError, LoadedCase};
+pub use config::{Config, ConfigError, ModelProfile, SourceConfig};
+pub use device::{Device, Precision, Provider};
+pub use engine::{Completion, CompletionSource, GenerationSettings, Request, SourceError};
+pub use env::{Env, EnvError};
+pub use evaluate::{CaseOutcome, Evaluator};
+pub use gate::GateFailure;
+pub use harness::{RunOptions, run};
+pub use sandbox::{Sandbox, SandboxConfig, WorkerSandbox};
+pub use score::Summary;
