@@ -1,24 +1,10 @@
-//! The per-user cache directory shared by every checkout (models, ONNX Runtime, generations),
-//! and a file lock so that parallel test processes do not race to fill it.
+//! What the per-user cache (shared by every checkout: models, ONNX Runtime, venvs,
+//! generations; its folder is decided at the edge, see `Env::cache`) is built with: a file
+//! lock so that parallel test processes do not race to fill it, and content hashes.
 
 use std::fs::{self, File};
 use std::io;
-use std::path::{Path, PathBuf};
-
-/// Where cached artifacts live: `$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen-harness`,
-/// else `~/.cache/codegen-harness`, else a folder under the system temp dir.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CODEGEN_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir).join("codegen-harness");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home).join(".cache").join("codegen-harness");
-    }
-    std::env::temp_dir().join("codegen-harness-cache")
-}
+use std::path::Path;
 
 /// An exclusive lock on `<dir>/.lock`, held until dropped. Blocks until it is free.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::case::{Case, Expectation};
-use crate::engine::{CompletionSource, Request, Timing, TokenTrace};
+use crate::engine::{CompletionSource, FinishReason, Request, Timing, TokenTrace};
 use crate::extract::{Extraction, extract, names_used};
 use crate::prompt::Prompt;
 use crate::sandbox::{
@@ -304,7 +304,7 @@ pub struct SampleOutcome {
     pub tests: Vec<TestResult>,
     pub passed: bool,
     pub confidence: Option<Confidence>,
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<FinishReason>,
     /// Generation timings and memory (results only; never in snapshots).
     pub timing: Option<Timing>,
     /// The generated tokens with their probabilities (results only; for the HTML heatmap).

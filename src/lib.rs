@@ -24,7 +24,6 @@
 //! (HumanEval as case files), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
 //! calls.
 
-pub mod bench;
 pub mod cache;
 pub mod case;
 pub mod config;
@@ -39,6 +38,7 @@ pub mod import;
 pub mod models;
 pub mod profile;
 pub mod prompt;
+pub mod provision;
 pub mod report;
 pub mod runtime;
 pub mod sandbox;

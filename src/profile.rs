@@ -28,7 +28,7 @@ pub enum ProfileError {
         source: ModelError,
     },
     #[error(transparent)]
-    Engine(SourceError),
+    Engine(onnx::EngineError),
 }
 
 /// Open the completion source a profile names.
@@ -81,18 +81,26 @@ fn open_engine(
     } else {
         model.to_string()
     };
-    let dir = crate::models::ensure_model(&name_or_path, resolution.provider.target(), precision)
-        .map_err(|source| ProfileError::Model {
+    let provisioner = crate::provision::Provisioner::new(env.cache.clone(), env.base_python());
+    let dir = crate::models::ensure_model(
+        &provisioner,
+        &name_or_path,
+        resolution.provider.target(),
+        precision,
+    )
+    .map_err(|source| ProfileError::Model {
         model: model.to_string(),
         source,
     })?;
-    let _runtime = RuntimeSpec {
+    let runtime = RuntimeSpec {
         provider: resolution.provider,
         dylib: env.ort_dylib.clone(),
         cache: env.cache.clone(),
         python: env.base_python(),
     };
-    let options = OnnxOptions::new(device, settings);
+    let mut options = OnnxOptions::new(runtime, env.cache.clone(), settings);
+    options.cpu_fallback = resolution.fallback_to_cpu;
+    options.apply_env(&env.engine);
     onnx::open_with(&dir, options)
         .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
         .map_err(ProfileError::Engine)

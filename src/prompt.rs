@@ -84,7 +84,7 @@ pub enum TemplateError {
 }
 
 /// Special tokens a chat template may refer to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TemplateTokens {
     pub bos_token: String,
     pub eos_token: String,

@@ -1,29 +1,23 @@
 //! ONNX Runtime discovery: find (or fetch) `libonnxruntime.so`, load it once per process, and pick
 //! the execution provider.
 //!
-//! Order: `ORT_DYLIB_PATH`; else a cached copy under `cache_dir()/onnxruntime/<version>/<flavour>/`;
-//! else the pinned wheel from PyPI (`python3 -m pip download`), whose hash is checked against a
-//! table of known wheels, unpacked under a [`DirLock`] so parallel processes do not race.
+//! Order: `ORT_DYLIB_PATH`; else a cached copy under `<cache>/onnxruntime/<version>/<flavour>/`;
+//! else the pinned wheel from PyPI ([`crate::provision`], hash-checked), its libraries unpacked
+//! under a [`DirLock`] so parallel processes do not race.
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use thiserror::Error;
 
 use crate::cache::DirLock;
+use crate::provision::{self, Provisioner};
 
 /// The ONNX Runtime version the `ort` crate targets.
 pub const ORT_VERSION: &str = "1.31.1";
-
-/// Wheels whose content we know: (file name, sha256). A known name with another hash is an error.
-pub const KNOWN_WHEELS: &[(&str, &str)] = &[(
-    "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
-    "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
-)];
 
 pub use crate::device::Device;
 use crate::device::Provider;
@@ -44,14 +38,6 @@ pub struct RuntimeSpec {
 pub enum RuntimeError {
     #[error("failed to fetch ONNX Runtime: {0}")]
     Fetch(String),
-    #[error(
-        "failed to verify wheel {file}: sha256 is {actual}, expected {expected} (delete it and retry, or set ORT_DYLIB_PATH)"
-    )]
-    Hash {
-        file: String,
-        actual: String,
-        expected: String,
-    },
     #[error("failed to unpack {path}: {message}")]
     Unpack { path: String, message: String },
     #[error(
@@ -107,14 +93,18 @@ pub fn library_path(spec: &RuntimeSpec) -> Result<PathBuf, RuntimeError> {
     if lib.exists() {
         return Ok(lib);
     }
-    let package = if flavour == "gpu" {
-        "onnxruntime-gpu"
-    } else {
-        "onnxruntime"
+    let wheel = match spec.provider {
+        Provider::Cpu => provision::ONNXRUNTIME,
+        Provider::Cuda => provision::ONNXRUNTIME_GPU,
     };
-    let wheel = download_wheel(&spec.python, package, &dir)?;
+    let wheel = Provisioner::new(spec.cache.clone(), spec.python.clone())
+        .wheel(&wheel)
+        .map_err(|e| {
+            RuntimeError::Fetch(format!(
+                "{e}; set ORT_DYLIB_PATH to a local libonnxruntime.so.{ORT_VERSION} to work offline"
+            ))
+        })?;
     unpack_libraries(&wheel, &dir)?;
-    let _ = fs::remove_file(&wheel);
     if !lib.exists() {
         return Err(RuntimeError::Unpack {
             path: wheel.display().to_string(),
@@ -122,64 +112,6 @@ pub fn library_path(spec: &RuntimeSpec) -> Result<PathBuf, RuntimeError> {
         });
     }
     Ok(lib)
-}
-
-fn sha256_file(path: &Path) -> Result<String, RuntimeError> {
-    crate::cache::sha256_file(path).map_err(io_err(path))
-}
-
-pub(crate) use crate::cache::hex;
-
-fn download_wheel(python: &Path, package: &str, dir: &Path) -> Result<PathBuf, RuntimeError> {
-    let tmp = dir.join("download");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    eprintln!(
-        "codegen: fetching {package}=={ORT_VERSION} from PyPI (once; cached under {})",
-        dir.display()
-    );
-    let status = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
-        .arg(&tmp)
-        .arg(format!("{package}=={ORT_VERSION}"))
-        .status()
-        .map_err(|e| {
-            RuntimeError::Fetch(format!(
-                "could not run `python3 -m pip` ({e}); install Python 3 with pip, or set ORT_DYLIB_PATH"
-            ))
-        })?;
-    if !status.success() {
-        return Err(RuntimeError::Fetch(format!(
-            "`python3 -m pip download {package}=={ORT_VERSION}` exited with {status}; set ORT_DYLIB_PATH to a local libonnxruntime.so.{ORT_VERSION} to work offline"
-        )));
-    }
-    let wheel = fs::read_dir(&tmp)
-        .map_err(io_err(&tmp))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| RuntimeError::Fetch(format!("pip wrote no wheel into {}", tmp.display())))?;
-    let name = wheel
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .to_string();
-    let actual = sha256_file(&wheel)?;
-    match KNOWN_WHEELS.iter().find(|(n, _)| *n == name) {
-        Some((_, expected)) if *expected != actual => {
-            return Err(RuntimeError::Hash {
-                file: name,
-                actual,
-                expected: expected.to_string(),
-            });
-        }
-        Some(_) => {}
-        None => eprintln!(
-            "codegen: warning: wheel {name} is not in the table of known hashes; its sha256 is {actual}"
-        ),
-    }
-    fs::write(dir.join("wheel.sha256"), format!("{actual}  {name}\n")).map_err(io_err(dir))?;
-    Ok(wheel)
 }
 
 /// Copy every `onnxruntime/capi/lib*.so*` of the wheel into `dir`.

@@ -7,21 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use codegen_harness::cache::{DirLock, cache_dir};
+use codegen_harness::cache::DirLock;
 use codegen_harness::case::{self, Case};
+use codegen_harness::device::Provider;
 use codegen_harness::engine::onnx::{self, OnnxOptions, OnnxSource};
 use codegen_harness::engine::{
-    Completion, CompletionSource, GenerationSettings, Request, TokenTrace,
+    Completion, CompletionSource, FinishReason, GenerationSettings, Request, TokenTrace,
 };
+use codegen_harness::env::Env;
 use codegen_harness::prompt::Prompt;
-use codegen_harness::runtime::Device;
+use codegen_harness::provision::{Provisioner, TINY_MODELS_VENV};
+use codegen_harness::runtime::RuntimeSpec;
 use sha2::{Digest, Sha256};
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/harness/python/make_tiny_models.py"
 );
-const PINS: &[&str] = &["numpy==2.3.5", "onnx==1.19.1"];
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -36,22 +38,18 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| Env::from_process().expect("a valid environment"))
+}
+
 fn python() -> &'static PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        let venv = cache_dir()
-            .join("venvs")
-            .join(format!("tiny-models-{}", PINS.join("-").replace("==", "")));
-        let py = venv.join("bin").join("python");
-        let _lock = DirLock::acquire(&venv).unwrap();
-        if !venv.join("ready").exists() {
-            run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-            run(Command::new(&py)
-                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                .args(PINS));
-            std::fs::write(venv.join("ready"), "").unwrap();
-        }
-        py
+        Provisioner::new(env().cache.clone(), env().base_python())
+            .venv(&TINY_MODELS_VENV, &|msg| eprintln!("{msg}"))
+            .expect("the tiny-models venv")
+            .python
     })
 }
 
@@ -64,7 +62,7 @@ fn models() -> &'static PathBuf {
             .take(6)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let dir = cache_dir().join("test-models").join(format!("tiny-{tag}"));
+        let dir = env().cache.join("test-models").join(format!("tiny-{tag}"));
         let _lock = DirLock::acquire(&dir).unwrap();
         if !dir.join("genai-fp16").join("model.onnx").exists() {
             run(Command::new(python()).arg(SCRIPT).arg("build").arg(&dir));
@@ -119,8 +117,18 @@ fn chat_case(name: &str, prompt: &str, max_new: usize) -> Case {
 }
 
 /// CPU, one thread, no cache, no progress bar: what most tests here open a folder with.
+fn options_for(provider: Provider, settings: GenerationSettings) -> OnnxOptions {
+    let runtime = RuntimeSpec {
+        provider,
+        dylib: env().ort_dylib.clone(),
+        cache: env().cache.clone(),
+        python: env().base_python(),
+    };
+    OnnxOptions::new(runtime, env().cache.clone(), settings)
+}
+
 fn test_options(settings: GenerationSettings) -> OnnxOptions {
-    let mut opts = OnnxOptions::new(Device::Cpu, settings);
+    let mut opts = options_for(Provider::Cpu, settings);
     opts.no_cache = true;
     opts.progress = false;
     opts.threads = 1;
@@ -197,7 +205,7 @@ fn greedy_matches_reference(folder: &str) {
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     // Batched (the scheduler, batch_size 8, right padding) ...
     for (got, prompt) in batched(&src, &cases, 1).iter().zip(&prompts) {
-        let ids = src.encode(prompt).unwrap();
+        let ids = src.prompt_ids(prompt).unwrap();
         let tokens = got.tokens.as_ref().unwrap();
         let expected = reference(&models().join(folder), &ids, 24);
         assert_eq!(tokens.ids, expected, "{folder}: prompt {prompt:?}");
@@ -214,7 +222,7 @@ fn greedy_matches_reference(folder: &str) {
     // ... and one at a time give the same.
     let single = source(folder, GenerationSettings::default());
     let got = ask(&single, &cases[2], 1).remove(0);
-    let ids = single.encode(&prompts[2]).unwrap();
+    let ids = single.prompt_ids(&prompts[2]).unwrap();
     assert_eq!(
         got.tokens.unwrap().ids,
         reference(&models().join(folder), &ids, 24)
@@ -247,7 +255,7 @@ fn shared_and_growing_kv_cache_agree() {
         let mut opts = test_options(settings.clone());
         opts.shared_kv = shared;
         let src = onnx::open_with(&models().join("genai"), opts).unwrap();
-        assert_eq!(src.info()["shared_kv"], shared.to_string());
+        assert_eq!(src.describe()["shared_kv"], shared.to_string());
         let got: Vec<Vec<u32>> = batched_traces(&src, &cases)
             .into_iter()
             .map(|t| t.ids)
@@ -262,7 +270,7 @@ fn fp16_kv_cache_runs_and_agrees_at_first() {
     let src = source("genai-fp16", GenerationSettings::default());
     let case = complete_case("f16", PREFIXES[0], 16, &[]);
     let got = ask(&src, &case, 1).remove(0);
-    let ids = src.encode(&Prompt::for_case(&case)).unwrap();
+    let ids = src.prompt_ids(&Prompt::for_case(&case)).unwrap();
     let expected = reference(&models().join("genai-fp16"), &ids, 16);
     let tokens = got.tokens.unwrap();
     assert_eq!(tokens.ids.len(), 16);
@@ -307,7 +315,7 @@ fn stop_strings_cut_exactly_and_eos_stops() {
     let full_case = complete_case("full", PREFIXES[0], 24, &[]);
     let src = source("genai", GenerationSettings::default());
     let full = ask(&src, &full_case, 1).remove(0);
-    assert_eq!(full.finish_reason.as_deref(), Some("max_new_tokens"));
+    assert_eq!(full.finish_reason, Some(FinishReason::MaxNewTokens));
     // A stop string taken from the middle of the greedy text.
     let chars: Vec<char> = full.text.chars().collect();
     assert!(chars.len() > 12, "greedy text too short: {:?}", full.text);
@@ -316,9 +324,11 @@ fn stop_strings_cut_exactly_and_eos_stops() {
     let case = complete_case("stop", PREFIXES[0], 24, &[&stop]);
     let got = ask(&src, &case, 1).remove(0);
     assert_eq!(got.text, full.text[..cut], "stop {stop:?}");
+    assert_eq!(got.finish_reason, Some(FinishReason::Stop(stop.clone())));
+    // Results and the generation cache keep the words they always had.
     assert_eq!(
-        got.finish_reason.as_deref(),
-        Some(format!("stop string {stop:?}").as_str())
+        serde_json::to_value(&got.finish_reason).unwrap(),
+        serde_json::Value::String(format!("stop string {stop:?}"))
     );
 
     // EOS from generation_config.json (a list): make the 6th greedy token an EOS id.
@@ -335,12 +345,12 @@ fn stop_strings_cut_exactly_and_eos_stops() {
         format!("{{\"eos_token_id\": [{eos_tok}, 9999]}}"),
     )
     .unwrap();
-    let mut opts = OnnxOptions::new(Device::Cpu, GenerationSettings::default());
+    let mut opts = options_for(Provider::Cpu, GenerationSettings::default());
     opts.no_cache = true;
     opts.threads = 1;
     let eos_src = onnx::open_with(tmp.path(), opts).unwrap();
     let got = ask(&eos_src, &full_case, 1).remove(0);
-    assert_eq!(got.finish_reason.as_deref(), Some("eos"));
+    assert_eq!(got.finish_reason, Some(FinishReason::Eos));
     assert_eq!(got.tokens.unwrap().ids, ids[..=first]);
 }
 
@@ -348,7 +358,7 @@ fn stop_strings_cut_exactly_and_eos_stops() {
 fn chat_prompts_use_the_template() {
     let src = source("optimum", GenerationSettings::default());
     let case = chat_case("chat", "Write f.", 8);
-    let ids = src.encode(&Prompt::for_case(&case)).unwrap();
+    let ids = src.prompt_ids(&Prompt::for_case(&case)).unwrap();
     // <|im_start|> is a single special token (256 bytes + 12 merges, then <|endoftext|>, <|im_start|>).
     assert_eq!(ids[0], 269);
     let got = ask(&src, &case, 1).remove(0);
@@ -364,10 +374,10 @@ fn cache_hit_avoids_regeneration() {
         ..GenerationSettings::default()
     };
     let open = || {
-        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
+        let mut opts = options_for(Provider::Cpu, settings.clone());
         opts.threads = 1;
         opts.progress = false;
-        opts.cache_dir = Some(dir.path().to_path_buf());
+        opts.cache = dir.path().to_path_buf();
         onnx::open_with(&models().join("genai"), opts).unwrap()
     };
     let case = complete_case("cached", PREFIXES[1], 12, &[]);
@@ -397,9 +407,12 @@ fn cache_hit_avoids_regeneration() {
 #[test]
 fn broken_folders_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = onnx::open(tmp.path(), Device::Cpu, GenerationSettings::default())
-        .unwrap_err()
-        .to_string();
+    let err = onnx::open_with(
+        tmp.path(),
+        options_for(Provider::Cpu, GenerationSettings::default()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("missing model.onnx, tokenizer.json, tokenizer_config.json"),
         "{err}"
@@ -410,9 +423,12 @@ fn broken_folders_are_named() {
         std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
     }
     std::fs::write(tmp.path().join("model.onnx"), b"not a model").unwrap();
-    let err = onnx::open(tmp.path(), Device::Cpu, GenerationSettings::default())
-        .unwrap_err()
-        .to_string();
+    let err = onnx::open_with(
+        tmp.path(),
+        options_for(Provider::Cpu, GenerationSettings::default()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("model.onnx"), "{err}");
     std::fs::copy(
         models().join("genai").join("model.onnx"),
@@ -420,9 +436,12 @@ fn broken_folders_are_named() {
     )
     .unwrap();
     std::fs::write(tmp.path().join("tokenizer.json"), b"{}").unwrap();
-    let err = onnx::open(tmp.path(), Device::Cpu, GenerationSettings::default())
-        .unwrap_err()
-        .to_string();
+    let err = onnx::open_with(
+        tmp.path(),
+        options_for(Provider::Cpu, GenerationSettings::default()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }
 
@@ -433,10 +452,9 @@ fn cuda_request_without_gpu_says_why() {
     }
     // Loading a CPU-only runtime and asking for CUDA must fail with advice, not fall back.
     let _ = models();
-    let err = onnx::open(
+    let err = onnx::open_with(
         &models().join("genai"),
-        Device::Cuda,
-        GenerationSettings::default(),
+        options_for(Provider::Cuda, GenerationSettings::default()),
     );
     if let Err(e) = err {
         let msg = e.to_string();
@@ -461,7 +479,7 @@ fn same_settings_give_identical_bytes_with_all_cores() {
         .map(|(i, p)| complete_case(&format!("det{i}"), p, 20, &[]))
         .collect();
     let run = || {
-        let mut opts = OnnxOptions::new(Device::Cpu, settings.clone());
+        let mut opts = options_for(Provider::Cpu, settings.clone());
         opts.no_cache = true;
         opts.progress = false;
         opts.threads = 0;
@@ -497,7 +515,7 @@ fn device_head_agrees_with_the_host_path() {
             let mut opts = test_options(GenerationSettings::default());
             opts.device_head = Some(head);
             let src = onnx::open_with(&models().join(folder), opts).unwrap();
-            assert_eq!(src.info()["device_head"], head.to_string());
+            assert_eq!(src.describe()["device_head"], head.to_string());
             outs.push(batched_traces(&src, &cases));
         }
         assert_traces_agree(&outs[0], &outs[1], folder);
@@ -529,7 +547,7 @@ fn fixed_width_decode_agrees_with_the_growing_mask() {
             opts.device_head = Some(true);
             opts.cuda_graph = Some(fixed);
             let src = onnx::open_with(&models().join(folder), opts).unwrap();
-            assert_eq!(src.info()["cuda_graph"], fixed.to_string());
+            assert_eq!(src.describe()["cuda_graph"], fixed.to_string());
             outs.push(batched_traces(&src, &cases));
         }
         // One case per batch, with the session created again after every batch (as it is every
@@ -568,10 +586,10 @@ fn embedded_heads_match_the_script() {
         .arg(out.path()));
     assert_eq!(
         std::fs::read(out.path().join("last_token_top_f32.onnx")).unwrap(),
-        onnx::head::HEAD_F32
+        onnx::HEAD_F32
     );
     assert_eq!(
         std::fs::read(out.path().join("last_token_top_f16.onnx")).unwrap(),
-        onnx::head::HEAD_F16
+        onnx::HEAD_F16
     );
 }

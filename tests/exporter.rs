@@ -4,11 +4,19 @@
 
 use std::path::Path;
 
+use codegen_harness::env::Env;
 use codegen_harness::models::python::PythonEnv;
+use codegen_harness::provision::Provisioner;
+
+fn provisioner() -> Provisioner {
+    let env = Env::from_process().expect("a valid environment");
+    Provisioner::new(env.cache.clone(), env.base_python())
+}
 
 #[test]
 fn exporter_python_tests_pass() {
-    let env = PythonEnv::ensure(&|msg| eprintln!("{msg}")).expect("Python environment");
+    let env =
+        PythonEnv::ensure(&provisioner(), &|msg| eprintln!("{msg}")).expect("Python environment");
     let harness_python = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python");
     let output = env
         .command_with_path(&harness_python)
@@ -53,7 +61,8 @@ fn embedded_exporter_matches_the_checkout() {
 #[test]
 fn ensure_model_exports_a_users_gguf_into_the_cache() {
     use codegen_harness::models::{self, Precision, Target};
-    let env = PythonEnv::ensure(&|msg| eprintln!("{msg}")).expect("Python environment");
+    let env =
+        PythonEnv::ensure(&provisioner(), &|msg| eprintln!("{msg}")).expect("Python environment");
     let harness_python = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python");
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("tiny-llama.gguf");
@@ -77,7 +86,14 @@ fn ensure_model_exports_a_users_gguf_into_the_cache() {
     assert!(status.success());
     let root = dir.path().join("cache");
     let gguf_arg = gguf.to_str().unwrap();
-    let folder = models::ensure_model_in(&root, gguf_arg, Target::Cpu, Precision::Int4).unwrap();
+    let folder = models::ensure_model_in(
+        &provisioner(),
+        &root,
+        gguf_arg,
+        Target::Cpu,
+        Precision::Int4,
+    )
+    .unwrap();
     for file in models::MODEL_FILES {
         assert!(
             folder.join(file).is_file(),
@@ -91,6 +107,13 @@ fn ensure_model_exports_a_users_gguf_into_the_cache() {
     assert!(listed[0].complete && listed[0].bytes > 100_000);
     assert!(listed[0].name.starts_with("tiny-llama-") && listed[0].name.ends_with("-cpu-int4"));
     // the second call reuses the folder
-    let again = models::ensure_model_in(&root, gguf_arg, Target::Cpu, Precision::Int4).unwrap();
+    let again = models::ensure_model_in(
+        &provisioner(),
+        &root,
+        gguf_arg,
+        Target::Cpu,
+        Precision::Int4,
+    )
+    .unwrap();
     assert_eq!(again, folder);
 }

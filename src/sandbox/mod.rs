@@ -11,13 +11,12 @@
 //! reported.
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
-//! '/etc/shadow'"); judging them against expected values is the job of [`crate::score`],
+//! '/etc/shadow'"); judging them against expected values is the job of [`crate::verdict`],
 //! outside any process that ran generated code. [`config::SandboxConfig`] is the `[sandbox]`
 //! table of `harness/codegen.toml`; [`isolation::IsolationReport`] says what is in force;
-//! [`calibrate()`] derives per-case timeouts from the reference solution; [`mod@bench`] is
-//! `codegen bench sandbox`.
+//! [`calibrate()`] derives per-case timeouts from the reference solution. `worker` runs the
+//! pool of warm workers, `process` starts and talks to one, `protocol` reads their reports.
 
-pub mod bench;
 pub mod calibrate;
 pub mod config;
 pub mod isolation;

@@ -1,5 +1,5 @@
-//! Content hashes of model folders (computed once, remembered by path + size + mtime) and the
-//! generation cache under `cache_dir()/generations/`.
+//! Content hashes of model folders (computed once, remembered by path + size + mtime under
+//! `<cache>/model-hashes/`) and the generation cache under `<cache>/generations/`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,8 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::cache_dir;
+use crate::cache::{hex, sha256_file};
 use crate::engine::Completion;
-use crate::runtime::hex;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct FileStamp {
@@ -30,12 +29,10 @@ fn stamp(path: &Path) -> std::io::Result<(u64, u128)> {
     Ok((meta.len(), mtime))
 }
 
-use crate::cache::sha256_file;
-
 /// The sha256 of a model folder's files (names and contents, sorted by name; lock files and
-/// hidden files excluded). File hashes are remembered under `cache_dir()/model-hashes/`, keyed by
+/// hidden files excluded). File hashes are remembered under `<cache>/model-hashes/`, keyed by
 /// the folder's path, and reused while each file's size and mtime are unchanged.
-pub fn model_hash(dir: &Path) -> std::io::Result<String> {
+pub(crate) fn model_hash(dir: &Path, cache: &Path) -> std::io::Result<String> {
     let canon = dir.canonicalize()?;
     let mut names: Vec<String> = fs::read_dir(&canon)?
         .filter_map(|e| e.ok())
@@ -44,7 +41,7 @@ pub fn model_hash(dir: &Path) -> std::io::Result<String> {
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
-    let memo_dir = cache_dir().join("model-hashes");
+    let memo_dir = cache.join("model-hashes");
     let memo = memo_dir.join(format!(
         "{}.json",
         hex(&Sha256::digest(canon.to_string_lossy().as_bytes()))
@@ -92,15 +89,16 @@ pub fn model_hash(dir: &Path) -> std::io::Result<String> {
 
 /// Completions stored by the hash of what determines them.
 #[derive(Debug, Clone)]
-pub struct GenerationCache {
+pub(crate) struct GenerationCache {
     dir: PathBuf,
     enabled: bool,
 }
 
 impl GenerationCache {
-    pub fn new(enabled: bool, dir: Option<PathBuf>) -> GenerationCache {
+    /// The cache under `<cache>/generations/`; `enabled = false` neither reads nor writes.
+    pub fn new(enabled: bool, cache: &Path) -> GenerationCache {
         GenerationCache {
-            dir: dir.unwrap_or_else(|| cache_dir().join("generations")),
+            dir: cache.join("generations"),
             enabled,
         }
     }

@@ -16,7 +16,9 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor};
 
-use super::model::{Float, memory_info};
+use super::error::EngineError;
+use super::tensor::{Float, memory_info};
+use crate::device::Provider;
 
 /// The head for fp32 logits.
 pub const HEAD_F32: &[u8] = include_bytes!("heads/last_token_top_f32.onnx");
@@ -24,14 +26,14 @@ pub const HEAD_F32: &[u8] = include_bytes!("heads/last_token_top_f32.onnx");
 pub const HEAD_F16: &[u8] = include_bytes!("heads/last_token_top_f16.onnx");
 
 /// A loaded head, on the same execution provider as the model.
-pub struct DeviceHead {
+pub(crate) struct DeviceHead {
     session: Session,
     /// The binding of the last call, kept while `index` and `k` stay the same (every decode
     /// step after the first): only the logits are bound again.
     bound: Option<(ort::session::IoBinding, Vec<i64>, usize)>,
     cpu: MemoryInfo<'static>,
     /// Where the model should leave its logits for this head.
-    pub logits_memory: MemoryInfo<'static>,
+    pub(crate) logits_memory: MemoryInfo<'static>,
 }
 
 impl std::fmt::Debug for DeviceHead {
@@ -40,21 +42,20 @@ impl std::fmt::Debug for DeviceHead {
     }
 }
 
-fn memory(device: AllocationDevice) -> Result<MemoryInfo<'static>, String> {
-    memory_info(device)
-        .map_err(|e| format!("failed to describe device memory for the token head: {e}"))
+fn memory(device: AllocationDevice) -> Result<MemoryInfo<'static>, EngineError> {
+    memory_info(device).map_err(|e| EngineError::Session(format!("token head memory: {e}")))
 }
 
 impl DeviceHead {
-    /// Load the head for `logits` of this element type on `provider` ("cuda" or "cpu").
-    pub fn load(
+    /// Load the head for `logits` of this element type on `provider`.
+    pub(crate) fn load(
         environment: &ort::environment::Environment,
-        provider: &str,
+        provider: Provider,
         logits: Float,
-    ) -> Result<DeviceHead, String> {
-        let err = |e: ort::Error| format!("failed to load the token head: {e}");
+    ) -> Result<DeviceHead, EngineError> {
+        let err = |e: ort::Error| EngineError::Session(format!("token head: {e}"));
         let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
-            format!("failed to configure the token head: {e}")
+            EngineError::Session(format!("token head: {e}"))
         };
         let mut builder = Session::builder(environment)
             .map_err(err)?
@@ -62,13 +63,14 @@ impl DeviceHead {
             .map_err(builder_err)?
             .with_intra_threads(1)
             .map_err(builder_err)?;
-        let device = if provider == "cuda" {
-            ort::ep::CUDA::default()
-                .register(&mut builder)
-                .map_err(|e| format!("failed to load the token head on CUDA: {e}"))?;
-            AllocationDevice::CUDA
-        } else {
-            AllocationDevice::CPU
+        let device = match provider {
+            Provider::Cuda => {
+                ort::ep::CUDA::default()
+                    .register(&mut builder)
+                    .map_err(|e| EngineError::Cuda(format!("token head: {e}")))?;
+                AllocationDevice::CUDA
+            }
+            Provider::Cpu => AllocationDevice::CPU,
         };
         let bytes = match logits {
             Float::F32 => HEAD_F32,
@@ -86,14 +88,14 @@ impl DeviceHead {
     /// For each row `r`, the `k` most likely tokens at position `index[r]` of `logits`
     /// [batch, seq, vocab], as (token id, log-probability), most likely first, ties to the
     /// lower id. `seq` is the logits' second dimension.
-    pub fn top(
+    pub(crate) fn top(
         &mut self,
         logits: &DynValue,
         index: &[i64],
         seq: usize,
         k: usize,
-    ) -> Result<Vec<Vec<(usize, f32)>>, String> {
-        let err = |e: ort::Error| format!("failed to run the token head: {e}");
+    ) -> Result<Vec<Vec<(usize, f32)>>, EngineError> {
+        let err = |e: ort::Error| EngineError::Run(format!("token head: {e}"));
         let b = index.len();
         // Rows of the flattened [batch * seq, vocab] logits.
         let index: Vec<i64> = index
@@ -128,10 +130,10 @@ impl DeviceHead {
             .map_err(err)?;
         let (_, ids) = out["top_ids"].try_extract_tensor::<i64>().map_err(err)?;
         if logprobs.len() != b * k || ids.len() != b * k {
-            return Err(format!(
-                "failed to run the token head: expected {b}x{k} results, got {}",
+            return Err(EngineError::Run(format!(
+                "token head: expected {b}x{k} results, got {}",
                 logprobs.len()
-            ));
+            )));
         }
         Ok((0..b)
             .map(|r| {

