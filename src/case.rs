@@ -699,7 +699,7 @@ raises = "TypeError"
         let case = parse_str(GOOD).unwrap();
         assert_eq!(case.key, "strings/count_words");
         assert_eq!(case.tests.len(), 2);
-        assert_eq!(case.tests[0].line, 6);
+        assert_eq!(case.tests[0].line, 8, "the line of `expected`");
         assert_eq!(
             case.tests[1].expect,
             Expectation::Raises("TypeError".into())
