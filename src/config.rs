@@ -258,14 +258,6 @@ fn yes() -> bool {
     true
 }
 
-/// The line and column of byte `offset` in `text` (both from 1).
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, column)
-}
-
 impl Config {
     /// Read a config file; relative paths in it resolve against `root`.
     pub fn load(path: &Path, root: &Path) -> Result<Config, ConfigError> {
@@ -281,10 +273,10 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (mut line, mut column) = e
                 .span()
-                .map(|s| line_column(text, s.start))
+                .map(|s| crate::toml_error::line_column(text, s.start))
                 .unwrap_or((1, 1));
             let mut message = e.message().trim().to_string();
-            if let Some(at) = crate::case::unclosed_string(text).filter(|(l, _)| *l <= line) {
+            if let Some(at) = crate::toml_error::unclosed_string(text).filter(|(l, _)| *l <= line) {
                 (line, column) = at;
                 message = "this string is not closed on its line".into();
             }

@@ -45,6 +45,7 @@ pub mod sandbox;
 pub mod score;
 pub mod snapshot;
 pub mod syntax;
+mod toml_error;
 pub mod value;
 pub mod verdict;
 

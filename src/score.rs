@@ -201,38 +201,13 @@ mod tests {
         assert_eq!(pass_at_k(5, 0, 3), 0.0);
     }
 
+    /// A case of `category` that passed, failed, or (`None`) could not be measured.
     fn outcome(category: &str, passed: Option<bool>) -> CaseOutcome {
-        use crate::extract::Extraction;
-        use crate::syntax::SyntaxReport;
-        let mut o = CaseOutcome {
-            key: format!("{category}/x"),
-            category: category.into(),
-            model: "m".into(),
-            mode: "chat".into(),
-            samples: Vec::new(),
-            error: None,
-        };
-        match passed {
-            None => o.error = Some("tests/x.toml:3: bad".into()),
-            Some(passed) => o.samples.push(crate::evaluate::SampleOutcome {
-                extraction: Extraction {
-                    code: String::new(),
-                    origin: crate::extract::Origin::WholeReply,
-                    dropped: Vec::new(),
-                    unpruned_reason: None,
-                },
-                syntax: SyntaxReport {
-                    valid: true,
-                    diagnostics: Vec::new(),
-                },
-                load: crate::verdict::LoadVerdict::Ok,
-                tests: Vec::new(),
-                passed,
-                confidence: None,
-                finish_reason: None,
-                timing: None,
-                tokens: None,
-            }),
+        let mut o = crate::snapshot::tests::outcome(passed.unwrap_or(false));
+        o.category = category.into();
+        if passed.is_none() {
+            o.samples.clear();
+            o.error = Some("tests/x.toml:3: bad".into());
         }
         o
     }

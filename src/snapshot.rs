@@ -187,7 +187,7 @@ pub fn accepted_verdict(dir: &Path, name: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -213,7 +213,8 @@ mod tests {
     use crate::syntax::SyntaxReport;
     use crate::verdict::{LoadVerdict, TestResult, TestVerdict};
 
-    fn outcome(passed: bool) -> CaseOutcome {
+    /// One case with one sample of one test, passed or a wrong answer (also used by `score`).
+    pub(crate) fn outcome(passed: bool) -> CaseOutcome {
         CaseOutcome {
             key: "cat/x".into(),
             category: "cat".into(),
