@@ -6,6 +6,26 @@ use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 
+/// A file-system operation that failed, with what was being done and where.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action} {}: {source}", path.display())]
+pub struct FileError {
+    pub action: &'static str,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FileError {
+    pub fn new(action: &'static str, path: &Path, source: io::Error) -> FileError {
+        FileError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// An exclusive lock on `<dir>/.lock`, held until dropped. Blocks until it is free.
 #[derive(Debug)]
 pub struct DirLock {

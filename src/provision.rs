@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::cache::{DirLock, hex, sha256_file};
+use crate::cache::{DirLock, FileError, hex, sha256_file};
 
 /// A wheel the harness downloads itself and checks by hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,13 +107,8 @@ pub const TINY_MODELS_VENV: VenvSpec = VenvSpec {
 pub enum ProvisionError {
     #[error("failed to run {what}: {detail}")]
     Command { what: String, detail: String },
-    #[error("failed to {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error(
         "failed to verify {file}: sha256 is {actual}, expected {expected} (delete it and retry)"
     )]
@@ -128,11 +123,7 @@ fn io_err<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> ProvisionError + 'a {
-    move |source| ProvisionError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ProvisionError::Io(FileError::new(action, path, source))
 }
 
 /// A ready venv.

@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::cache::{DirLock, hex};
+use crate::cache::{DirLock, FileError, hex};
 use crate::provision::{ProvisionError, Provisioner, run_logged};
 use python::PythonEnv;
 
@@ -40,22 +40,13 @@ pub enum ModelError {
     },
     #[error(transparent)]
     Provision(#[from] ProvisionError),
-    #[error("failed to {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl ModelError {
     pub(crate) fn io(action: &'static str, path: PathBuf, source: io::Error) -> ModelError {
-        ModelError::Io {
-            action,
-            path,
-            source,
-        }
+        ModelError::Io(FileError::new(action, &path, source))
     }
 }
 
