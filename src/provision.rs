@@ -47,8 +47,8 @@ pub const ONNXRUNTIME: Wheel = Wheel {
 pub const ONNXRUNTIME_GPU: Wheel = Wheel {
     package: "onnxruntime-gpu",
     version: "1.31.1",
-    file: "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
-    sha256: None,
+    file: "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: Some("e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6"),
 };
 
 /// HumanEval's problems (`codegen import humaneval`).

@@ -67,11 +67,9 @@ impl<'de> Deserialize<'de> for FinishReason {
         match text.as_str() {
             "eos" => Ok(FinishReason::Eos),
             "max_new_tokens" => Ok(FinishReason::MaxNewTokens),
-            // Rust's debug quoting of a string reads back as JSON for every stop string short
-            // of control characters.
             other => other
                 .strip_prefix("stop string ")
-                .and_then(|quoted| serde_json::from_str::<String>(quoted).ok())
+                .and_then(unquote_debug)
                 .map(FinishReason::Stop)
                 .ok_or_else(|| {
                     serde::de::Error::custom(format!("unknown finish reason `{other}`"))
@@ -100,6 +98,32 @@ pub struct TokenTrace {
     pub logprobs: Vec<f32>,
     /// For each generated token, the most likely alternatives: (token id, piece, log-probability).
     pub top: Vec<Vec<(u32, String, f32)>>,
+}
+
+/// The string that Rust's `{:?}` quoted as `quoted` (the inverse of `format!("{s:?}")`).
+fn unquote_debug(quoted: &str) -> Option<String> {
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let (mut out, mut chars) = (String::new(), inner.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(match chars.next()? {
+                'n' => '\n',
+                'r' => '\r',
+                't' => '\t',
+                '0' => '\0',
+                c @ ('\\' | '"' | '\'') => c,
+                'u' => {
+                    let (hex, rest) = chars.as_str().strip_prefix('{')?.split_once('}')?;
+                    chars = rest.chars();
+                    char::from_u32(u32::from_str_radix(hex, 16).ok()?)?
+                }
+                _ => return None,
+            }),
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// How long generation took and what it used.
@@ -210,5 +234,48 @@ pub trait CompletionSource: Send + Sync {
     /// Facts about the source worth recording in results (model path, device, settings).
     fn describe(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_keep_their_words_and_read_back() {
+        for stop in [
+            "",
+            "\r\t\0",
+            "\u{1b}[0m",
+            "\u{7f}",
+            "\u{301}x",
+            "\\u{41}",
+            "é ✓ 🦀",
+            "\"'\\",
+            "\n\n```",
+        ] {
+            let reason = FinishReason::Stop(stop.to_string());
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(
+                serde_json::from_str::<String>(&json).unwrap(),
+                format!("stop string {stop:?}")
+            );
+            assert_eq!(
+                serde_json::from_str::<FinishReason>(&json).unwrap(),
+                reason,
+                "{stop:?}"
+            );
+        }
+        for (reason, words) in [
+            (FinishReason::Eos, "eos"),
+            (FinishReason::MaxNewTokens, "max_new_tokens"),
+        ] {
+            assert_eq!(reason.to_string(), words);
+            assert_eq!(
+                serde_json::from_str::<FinishReason>(&format!("{words:?}")).unwrap(),
+                reason
+            );
+        }
+        assert!(serde_json::from_str::<FinishReason>("\"tired\"").is_err());
     }
 }

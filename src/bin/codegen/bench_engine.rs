@@ -105,7 +105,7 @@ fn chat_case(index: usize, prompt: &str) -> Result<Case, BenchError> {
 }
 
 /// The benchmark's cases: from `--cases-dir` (every case that loads), else the built-in
-/// coding prompts; repeated to `opts.cases`. Their own stop strings and token limits are
+/// coding prompts; the first `opts.cases` of them. Their own stop strings and token limits are
 /// cleared: every sequence generates up to `--max-new-tokens` and stops at EOS, as genai's do.
 /// A `--cases-dir` that is missing or holds no loadable case is an error, never a silent switch
 /// to the built-in prompts.
@@ -131,12 +131,23 @@ fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
             out.push(chat_case(i, p)?);
         }
     }
+    // The engine generates identical greedy requests once (as the suite does), so a repeated
+    // prompt would be counted twice and generated once: every case must be distinct.
     let n = opts.cases.max(1);
-    Ok((0..n)
-        .map(|i| {
-            let mut c = out[i % out.len()].clone();
-            // Repeats are distinct cases (and sequences), as distinct as genai's runs.
-            c.key = format!("{}#{i}", c.key);
+    if n > out.len() {
+        return Err(BenchError::Cases(format!(
+            "--cases {n} needs {n} distinct prompts, and {} has {}",
+            opts.cases_dir.as_ref().map_or_else(
+                || "the built-in set".to_string(),
+                |d| d.display().to_string()
+            ),
+            out.len()
+        )));
+    }
+    Ok(out
+        .into_iter()
+        .take(n)
+        .map(|mut c| {
             c.stop.clear();
             c.max_new_tokens = None;
             c

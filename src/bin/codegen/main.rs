@@ -80,8 +80,8 @@ enum BenchCmd {
         /// auto, cpu or cuda.
         #[arg(long, default_value = "auto")]
         device: Device,
-        /// Number of prompts in the suite run.
-        #[arg(long, default_value_t = 16)]
+        /// Number of prompts in the suite run (distinct prompts: the built-in set has 8).
+        #[arg(long, default_value_t = 8)]
         cases: usize,
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,

@@ -125,15 +125,20 @@ impl Model {
             spin: options.spin,
         };
         let opened = match session::open(&rt, dir, spec) {
-            Err(EngineError::GraphCaptureRefused { message, .. })
-                if options.cuda_graph.is_none() =>
-            {
-                eprintln!(
-                    "codegen: CUDA graph capture is not possible for {}/model.onnx ({message}); decoding without it",
-                    dir.display()
-                );
+            // Graph capture was only wanted, not demanded: when the session with capture fails
+            // and the same session without it loads, capture was the reason (ONNX Runtime
+            // refuses graphs with control flow or kernels outside the CUDA provider).
+            Err(with_capture) if spec.graph && options.cuda_graph.is_none() => {
                 spec.graph = false;
-                session::open(&rt, dir, spec)?
+                let opened = session::open(&rt, dir, spec)?;
+                eprintln!(
+                    "codegen: {}; decoding without CUDA graphs",
+                    EngineError::GraphCaptureRefused {
+                        folder: dir.to_path_buf(),
+                        message: with_capture.to_string(),
+                    }
+                );
+                opened
             }
             other => other?,
         };

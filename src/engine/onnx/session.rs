@@ -1,7 +1,8 @@
 //! Opening an ONNX Runtime session for a model folder: the execution provider (CUDA, or CPU
 //! when the user asked for `auto` and CUDA cannot load), intra-op threads, deterministic
-//! kernels, and CUDA graph capture. ONNX Runtime reports failures as text; they are sorted
-//! into [`EngineError`] variants here, once, so nothing else reads messages.
+//! kernels, and CUDA graph capture. ONNX Runtime reports failures as text; the provider the
+//! session was opened for decides their variant ([`EngineError::Cuda`] or `Session`), and no
+//! code reads the text to decide anything.
 
 use std::path::Path;
 
@@ -84,7 +85,7 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
     let graph_capture = spec.graph && provider == Provider::Cuda;
     let session = builder
         .commit_from_file(dir.join("model.onnx"))
-        .map_err(|e| load_error(dir, provider, graph_capture, &e.to_string()))?;
+        .map_err(|e| load_error(dir, provider, &e.to_string()))?;
     Ok(Opened {
         session,
         provider,
@@ -93,15 +94,8 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
     })
 }
 
-/// Sort a failure to load `model.onnx` into its kind.
-fn load_error(dir: &Path, provider: Provider, graph: bool, message: &str) -> EngineError {
-    // ONNX Runtime: "This session cannot use the graph capture feature as requested...".
-    if graph && message.contains("graph capture") {
-        return EngineError::GraphCaptureRefused {
-            folder: dir.to_path_buf(),
-            message: message.to_string(),
-        };
-    }
+/// A failure to load `model.onnx`, as an error of the provider it was loaded for.
+fn load_error(dir: &Path, provider: Provider, message: &str) -> EngineError {
     match provider {
         Provider::Cuda => EngineError::Cuda(format!(
             "failed to load {}/model.onnx: {}",
@@ -129,21 +123,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn load_failures_are_sorted_once() {
+    fn load_failures_name_the_file_and_the_provider() {
         let dir = Path::new("/m");
-        let refused = load_error(
-            dir,
-            Provider::Cuda,
-            true,
-            "This session cannot use the graph capture feature as requested",
-        );
-        assert!(matches!(refused, EngineError::GraphCaptureRefused { .. }));
-        // Without capture asked for, the same words are an ordinary CUDA failure.
         assert!(matches!(
-            load_error(dir, Provider::Cuda, false, "graph capture"),
-            EngineError::Cuda(_)
+            load_error(dir, Provider::Cuda, "libcudnn.so.9: cannot open"),
+            EngineError::Cuda(m) if m.contains("/m/model.onnx") && m.contains("cuDNN")
         ));
-        let cpu = load_error(dir, Provider::Cpu, false, "bad proto");
+        let cpu = load_error(dir, Provider::Cpu, "bad proto");
         assert_eq!(
             cpu.to_string(),
             "failed to create the ONNX Runtime session: failed to load /m/model.onnx: bad proto"
