@@ -593,3 +593,87 @@ fn embedded_heads_match_the_script() {
         onnx::HEAD_F16
     );
 }
+
+#[test]
+fn an_oversized_prompt_fails_alone_and_its_batch_mate_generates() {
+    // The tiny models were trained for 1024 positions; one character is about one token.
+    let huge = complete_case("huge", &"x = 1\n".repeat(400), 8, &[]);
+    let fine = complete_case("fine", PREFIXES[0], 8, &[]);
+    let settings = GenerationSettings {
+        batch_size: 2,
+        ..GenerationSettings::default()
+    };
+    let src = source("genai", settings);
+    assert_eq!(src.describe()["context_length"], "1024");
+    let cases = [huge, fine];
+    let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
+    let requests: Vec<Request<'_>> = cases
+        .iter()
+        .zip(&prompts)
+        .map(|(case, prompt)| Request {
+            case,
+            prompt,
+            samples: 1,
+        })
+        .collect();
+    src.prepare(&requests).unwrap();
+    let err = src.complete(&requests[0]).unwrap_err().to_string();
+    let tokens = src.prompt_ids(&prompts[0]).unwrap().len();
+    assert!(
+        err.contains(&format!(
+            "the prompt is {tokens} tokens and max_new_tokens is 8, {} in all, more than the model's context length of 1024 tokens",
+            tokens + 8
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("tiny/huge"),
+        "the failing case is named: {err}"
+    );
+    let ok = src.complete(&requests[1]).unwrap();
+    assert_eq!(ok[0].tokens.as_ref().unwrap().ids.len(), 8);
+}
+
+#[test]
+fn a_batch_is_cut_to_the_kv_budget_before_it_is_allocated() {
+    // A budget of 120 positions x rows (f32 KV): the batch of 3 is cut in two, same tokens.
+    let cases: Vec<Case> = PREFIXES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| complete_case(&format!("b{i}"), p, 6, &[]))
+        .collect();
+    let settings = GenerationSettings {
+        batch_size: 4,
+        ..GenerationSettings::default()
+    };
+    let wide = batched_traces(&source("genai", settings.clone()), &cases);
+    let mut opts = test_options(settings);
+    // genai fixture: 2 layers x 2 KV heads x 16 dims x 2 (keys, values) x 4 bytes per position.
+    opts.kv_budget_bytes = Some(512 * 120);
+    let narrow = onnx::open_with(&models().join("genai"), opts).unwrap();
+    assert_traces_agree(
+        &wide,
+        &batched_traces(&narrow, &cases),
+        "budget-cut batches",
+    );
+    // A budget too small for any sequence fails each case with the figures.
+    let mut opts = test_options(GenerationSettings::default());
+    opts.kv_budget_bytes = Some(1024);
+    let none = onnx::open_with(&models().join("genai"), opts).unwrap();
+    let err = batched_err(&none, &cases[0]);
+    assert!(
+        err.contains("KiB of KV cache") && err.contains("budget of 1 KiB"),
+        "{err}"
+    );
+}
+
+fn batched_err(src: &OnnxSource, case: &Case) -> String {
+    let prompt = Prompt::for_case(case);
+    src.complete(&Request {
+        case,
+        prompt: &prompt,
+        samples: 1,
+    })
+    .unwrap_err()
+    .to_string()
+}

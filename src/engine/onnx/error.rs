@@ -33,8 +33,38 @@ pub enum EngineError {
     Run(String),
     #[error("failed to generate: {0}")]
     Generate(String),
+    /// A prompt that cannot fit: it fails its own case, before anything is allocated.
+    #[error(
+        "failed to generate: the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, {} in all, more than the model's context length of {context} tokens (config.json max_position_embeddings); shorten the prompt or lower max_new_tokens",
+        prompt_tokens + max_new_tokens
+    )]
+    TooLong {
+        prompt_tokens: usize,
+        max_new_tokens: usize,
+        context: usize,
+    },
+    /// One sequence whose KV cache alone is over the memory budget of a batch.
+    #[error(
+        "failed to generate: the sequence needs {} of KV cache ({positions} positions), more than the budget of {} for a batch (OnnxOptions::kv_budget_bytes)",
+        size(*needed_bytes),
+        size(*budget_bytes)
+    )]
+    OverBudget {
+        positions: usize,
+        needed_bytes: u64,
+        budget_bytes: u64,
+    },
     #[error("failed to hash model folder {folder}: {message}")]
     Hash { folder: PathBuf, message: String },
+}
+
+/// Bytes as people read them: MiB with one decimal, or KiB below one MiB.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
 }
 
 impl EngineError {

@@ -10,6 +10,14 @@ pub(crate) fn peak_host_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Physical memory of this machine (MemTotal), in bytes.
+pub(crate) fn total_host_bytes() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// GPU memory held by this process (MiB from `nvidia-smi`, which ONNX Runtime's arena keeps at
 /// its high-water mark), in bytes. Only asked under CUDA: on a CPU run there is nothing to
 /// measure and no process to spawn.

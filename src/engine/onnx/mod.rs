@@ -47,7 +47,7 @@ use crate::env::EngineEnv;
 use crate::prompt::Prompt;
 use crate::runtime::RuntimeSpec;
 use model::Model;
-use scheduler::{Encoder, KeyFacts, Scheduler};
+use scheduler::{Encoder, KeyFacts, Limits, Scheduler};
 
 /// Bumped when a change to the engine changes what it generates (part of every cache key).
 /// 2: KV buffers on CUDA are zeroed (generations made on CUDA before could be corrupt).
@@ -95,6 +95,10 @@ pub struct OnnxOptions {
     pub graphs_per_session: Option<usize>,
     /// Print where each batch spent its time.
     pub profile: bool,
+    /// Most bytes of KV cache one batch may allocate (`None`: half of this machine's memory).
+    /// Batches are cut to fit before anything is allocated; a sequence that alone does not fit
+    /// fails its own case.
+    pub kv_budget_bytes: Option<u64>,
 }
 
 impl OnnxOptions {
@@ -118,6 +122,7 @@ impl OnnxOptions {
             cuda_graph: None,
             graphs_per_session: None,
             profile: false,
+            kv_budget_bytes: None,
         }
     }
 
@@ -150,6 +155,14 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         chat_template: model.tokens.chat_template.clone(),
         template_tokens: model.tokens.template_tokens.clone(),
     };
+    let limits = Limits {
+        context: model.context_length,
+        kv_bytes_per_position: model.kv_bytes_per_position(),
+        kv_budget_bytes: options
+            .kv_budget_bytes
+            .or_else(|| metrics::total_host_bytes().map(|b| b / 2))
+            .unwrap_or(4 << 30),
+    };
     let facts = KeyFacts {
         model_hash: model_hash.clone(),
         provider: model.provider,
@@ -161,6 +174,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         model,
         encoder,
         facts,
+        limits,
         gencache::GenerationCache::new(!options.no_cache, &options.cache),
         options.settings,
         options.progress,

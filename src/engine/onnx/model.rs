@@ -226,6 +226,15 @@ impl Model {
         self.head.is_some()
     }
 
+    /// Bytes of KV cache one position of one sequence takes (keys and values, every layer).
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        let element = match self.graph.kv_type {
+            Float::F32 => 4,
+            Float::F16 => 2,
+        };
+        (2 * self.graph.layers * self.graph.kv_heads * self.graph.head_dim * element) as u64
+    }
+
     /// Whether the shared past/present KV buffers are in use (genai layout only).
     pub fn shares_kv(&self) -> bool {
         self.shared_kv && self.graph.layout == Layout::Genai

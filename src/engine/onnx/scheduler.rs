@@ -66,6 +66,73 @@ pub(crate) struct KeyFacts {
     pub cuda_graph: bool,
 }
 
+/// What a batch may hold: the model's context length and the KV memory budget.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub context: Option<usize>,
+    pub kv_bytes_per_position: u64,
+    pub kv_budget_bytes: u64,
+}
+
+impl Limits {
+    /// Positions a sequence's KV cache holds: the prompt, the new tokens and one spare.
+    fn positions(job: &SeqJob) -> usize {
+        job.prompt_ids.len() + job.max_new + 1
+    }
+
+    /// KV bytes of a batch of `rows` sequences padded to `positions`.
+    fn batch_bytes(&self, rows: usize, positions: usize) -> u64 {
+        rows as u64 * positions as u64 * self.kv_bytes_per_position
+    }
+
+    /// Whether one sequence can be generated at all.
+    fn check(&self, job: &SeqJob) -> Result<(), EngineError> {
+        if let Some(context) = self.context
+            && job.prompt_ids.len() + job.max_new > context
+        {
+            return Err(EngineError::TooLong {
+                prompt_tokens: job.prompt_ids.len(),
+                max_new_tokens: job.max_new,
+                context,
+            });
+        }
+        let positions = Self::positions(job);
+        let needed = self.batch_bytes(1, positions);
+        if needed > self.kv_budget_bytes {
+            return Err(EngineError::OverBudget {
+                positions,
+                needed_bytes: needed,
+                budget_bytes: self.kv_budget_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Cut `jobs` (sorted by prompt length) into batches of at most `batch_size` whose KV cache
+    /// fits the budget. Every job passed [`Limits::check`], so each fits alone.
+    fn batches<T>(&self, jobs: &[(T, SeqJob)], batch_size: usize) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let (mut start, mut longest) = (0, 0);
+        for (i, (_, job)) in jobs.iter().enumerate() {
+            let positions = longest.max(Self::positions(job));
+            let rows = i - start + 1;
+            if i > start
+                && (rows > batch_size || self.batch_bytes(rows, positions) > self.kv_budget_bytes)
+            {
+                out.push(start..i);
+                start = i;
+                longest = Self::positions(job);
+            } else {
+                longest = positions;
+            }
+        }
+        if start < jobs.len() {
+            out.push(start..jobs.len());
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct Results {
     done: HashMap<String, Result<Completion, EngineError>>,
@@ -83,6 +150,7 @@ pub(crate) struct Scheduler {
     pub model: Mutex<Model>,
     pub encoder: Encoder,
     pub facts: KeyFacts,
+    limits: Limits,
     pub cache: GenerationCache,
     pub settings: GenerationSettings,
     pub progress: bool,
@@ -96,6 +164,7 @@ impl Scheduler {
         model: Model,
         encoder: Encoder,
         facts: KeyFacts,
+        limits: Limits,
         cache: GenerationCache,
         settings: GenerationSettings,
         progress: bool,
@@ -104,6 +173,7 @@ impl Scheduler {
             model: Mutex::new(model),
             encoder,
             facts,
+            limits,
             cache,
             settings,
             progress,
@@ -165,17 +235,17 @@ impl Scheduler {
                 let seed_hash =
                     Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
                 let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
-                jobs.push((
-                    key.clone(),
-                    SeqJob {
-                        prompt_ids: prompt_ids.clone(),
-                        max_new,
-                        stop: stop.clone(),
-                        sampler,
-                        seed,
-                        top_logprobs: s.top_logprobs,
-                    },
-                ));
+                let job = SeqJob {
+                    prompt_ids: prompt_ids.clone(),
+                    max_new,
+                    stop: stop.clone(),
+                    sampler,
+                    seed,
+                    top_logprobs: s.top_logprobs,
+                };
+                // Checked before any batch holds it: a prompt that cannot fit fails alone.
+                self.limits.check(&job)?;
+                jobs.push((key.clone(), job));
             }
             keys.push(key);
         }
@@ -235,7 +305,8 @@ impl Scheduler {
         let started = Instant::now();
         let mut tokens = 0u64;
         let batch_size = self.settings.batch_size.max(1);
-        for chunk in todo.chunks(batch_size) {
+        for range in self.limits.batches(&todo, batch_size) {
+            let chunk = &todo[range];
             let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
             let result = {
                 let mut model = self.model.lock().expect("model lock");
@@ -284,5 +355,74 @@ impl Scheduler {
         }
         *self.generated.lock().expect("counter lock") += todo.len() as u64;
         bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(prompt: usize, max_new: usize) -> ((), SeqJob) {
+        (
+            (),
+            SeqJob {
+                prompt_ids: vec![1; prompt],
+                max_new,
+                stop: Vec::new(),
+                sampler: Sampler {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                },
+                seed: 0,
+                top_logprobs: 0,
+            },
+        )
+    }
+
+    const LIMITS: Limits = Limits {
+        context: Some(100),
+        kv_bytes_per_position: 10,
+        kv_budget_bytes: 2_000,
+    };
+
+    #[test]
+    fn a_prompt_longer_than_the_context_fails_with_both_numbers() {
+        assert!(LIMITS.check(&job(80, 20).1).is_ok());
+        let err = LIMITS.check(&job(90, 20).1).unwrap_err().to_string();
+        assert!(
+            err.contains("the prompt is 90 tokens and max_new_tokens is 20, 110 in all, more than the model's context length of 100 tokens"),
+            "{err}"
+        );
+        let small = Limits {
+            context: None,
+            kv_budget_bytes: 500,
+            ..LIMITS
+        };
+        assert!(matches!(
+            small.check(&job(60, 10).1),
+            Err(EngineError::OverBudget { positions: 71, .. })
+        ));
+    }
+
+    #[test]
+    fn batches_are_cut_to_the_budget_and_the_batch_size() {
+        // 10 bytes per position, 2000 per batch: rows x positions <= 200.
+        let jobs = [
+            job(10, 9),
+            job(10, 9),
+            job(30, 9),
+            job(30, 9),
+            job(30, 9),
+            job(60, 9),
+        ];
+        // Positions 20, 20, 40, 40, 40, 70: five rows of 40 are 200 (fits); a sixth of 70 is not.
+        assert_eq!(LIMITS.batches(&jobs, 8), vec![0..5, 5..6]);
+        assert_eq!(LIMITS.batches(&jobs, 2), vec![0..2, 2..4, 4..6]);
+        let tight = Limits {
+            kv_budget_bytes: 800,
+            ..LIMITS
+        };
+        assert_eq!(tight.batches(&jobs, 8), vec![0..2, 2..4, 4..5, 5..6]);
     }
 }
