@@ -34,13 +34,16 @@ pub enum LoadError {
     Cases(#[from] CaseError),
 }
 
+/// A profile's completion source, or why it could not be opened (shared by its trials).
+type OpenedSource = Result<Arc<dyn CompletionSource>, Arc<ProfileError>>;
+
 /// Everything the trials share.
 pub struct Harness {
     config: Config,
     env: Env,
     cases: Vec<LoadedCase>,
     models: Vec<ModelProfile>,
-    sources: Vec<OnceLock<Result<Arc<dyn CompletionSource>, Arc<ProfileError>>>>,
+    sources: Vec<OnceLock<OpenedSource>>,
     evaluator: Evaluator,
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
@@ -96,7 +99,7 @@ impl Harness {
         )
     }
 
-    fn source(&self, m: usize) -> Result<Arc<dyn CompletionSource>, Arc<ProfileError>> {
+    fn source(&self, m: usize) -> OpenedSource {
         self.sources[m]
             .get_or_init(|| {
                 profile::open_source(&self.config, &self.models[m], &self.env).map_err(Arc::new)
