@@ -1,77 +1,11 @@
 //! End-to-end tests of the harness through `codegen run`, on small generated projects:
 //! malformed case files, snapshot review, the gate, and `--list` staying cheap.
 
+mod common;
+
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
-const GOOD_CASE: &str = r#"
-prompt = "Write add(a, b)."
-entry_point = "add"
-reference = '''
-def add(a, b):
-    return a + b
-'''
-[[tests]]
-call = "add(1, 2)"
-expected = "3"
-[[tests]]
-call = "add('a', 'b')"
-expected = "'ab'"
-"#;
-
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(config: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("cases/math")).unwrap();
-        fs::write(dir.path().join("codegen.toml"), config).unwrap();
-        Project { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.path(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
-
-    fn run(&self, env: &[(&str, &str)], libtest: &[&str]) -> (Output, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_codegen"));
-        cmd.current_dir(self.dir.path())
-            .args(["run", "--config", "codegen.toml", "--"])
-            .args(libtest)
-            .env_remove("CODEGEN_CONFIG")
-            .env_remove("CODEGEN_MODELS")
-            .env_remove("INSTA_UPDATE")
-            .env("CI", "true");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out, text)
-    }
-}
-
-/// Does libtest's output show `name` with `status` (`ok`, `FAILED`), whatever the padding?
-fn shows(text: &str, name: &str, status: &str) -> bool {
-    text.lines().any(|l| {
-        l.strip_prefix("test ")
-            .and_then(|rest| rest.split_once(" ... "))
-            .is_some_and(|(n, st)| n.trim_end() == name && st.trim() == status)
-    })
-}
+use common::{GOOD_CASE, Project, shows};
 
 const NO_SNAPSHOT: &str =
     "[suite]\nsnapshot = false\n[[models]]\nname = \"ref\"\nsource = \"reference\"\n";
