@@ -215,12 +215,26 @@ impl Harness {
         (b.cases > 0).then_some(b)
     }
 
+    /// What profile `m`'s source holds that no trial reports (rows matching no case of the
+    /// suite, unreadable rows); nothing when the source never opened.
+    fn source_warnings(&self, m: usize) -> Vec<String> {
+        let Some(Ok(source)) = self.sources[m].get() else {
+            return Vec::new();
+        };
+        let cases: Vec<&Case> = self
+            .cases
+            .iter()
+            .filter_map(|c| c.case.as_ref().ok())
+            .collect();
+        source.warnings(&cases)
+    }
+
     /// Summaries, tables and the gate after the trials ran. Returns false when the gate failed.
     fn finish(&self) -> bool {
         let outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
         let isolation = self.evaluator.isolation();
         let mut ok = true;
-        for model in &self.models {
+        for (m, model) in self.models.iter().enumerate() {
             let ran: Vec<&CaseOutcome> =
                 outcomes.iter().filter(|o| o.model == model.name).collect();
             if ran.is_empty() {
@@ -234,16 +248,23 @@ impl Harness {
             if !isolation.is_empty() {
                 println!("  sandbox: {isolation}");
             }
+            let source_warnings = self.source_warnings(m);
+            for w in &source_warnings {
+                println!("  warning: {w}");
+            }
             if let Err(e) = self
                 .journal
                 .write_reports(&summary, &outcomes, baseline, &failures)
             {
                 eprintln!("warning: failed to write reports: {e}");
             }
-            match self
-                .journal
-                .write_summary(&summary, &isolation, baseline, &failures)
-            {
+            match self.journal.write_summary(
+                &summary,
+                &isolation,
+                baseline,
+                &failures,
+                &source_warnings,
+            ) {
                 Ok(path) => println!("  results: {}", path.display()),
                 Err(e) => eprintln!("warning: failed to write the summary: {e}"),
             }

@@ -223,6 +223,10 @@ struct SummaryFile<'a> {
     isolation: &'a str,
     baseline: Option<Baseline>,
     gate_failures: &'a [GateFailure],
+    /// What the completion source holds that no trial reported (unreadable replay rows, rows
+    /// for tasks that match no case).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    source_warnings: &'a [String],
 }
 
 impl Journal {
@@ -274,6 +278,7 @@ impl Journal {
         isolation: &str,
         baseline: Option<Baseline>,
         gate_failures: &[GateFailure],
+        source_warnings: &[String],
     ) -> io::Result<PathBuf> {
         fs::create_dir_all(&self.dir)?;
         let path = self.dir.join(format!("summary-{}.json", summary.model));
@@ -282,6 +287,7 @@ impl Journal {
             isolation,
             baseline,
             gate_failures,
+            source_warnings,
         })
         .map_err(io::Error::other)?;
         fs::write(&path, body)?;
