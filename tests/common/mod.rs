@@ -47,7 +47,8 @@ impl Project {
         fs::write(p, text).unwrap();
     }
 
-    /// `codegen run` on this project with `env` added and `libtest` arguments, not started.
+    /// `codegen run` on this project with `env` added (an empty value unsets a variable for the
+    /// harness) and `libtest` arguments, not started.
     pub fn command(&self, env: &[(&str, &str)], libtest: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_codegen"));
         cmd.current_dir(self.dir.path())
@@ -56,7 +57,10 @@ impl Project {
             .env_remove("CODEGEN_CONFIG")
             .env_remove("CODEGEN_MODELS")
             .env_remove("INSTA_UPDATE")
-            .env("CI", "true");
+            .env("CI", "true")
+            // These tests are about the harness, run wherever `cargo test` runs: as root with a
+            // Python under /root too (tests/host_root.rs unsets it to test the refusal).
+            .env("CODEGEN_ALLOW_HOST_ROOT", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
