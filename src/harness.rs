@@ -344,6 +344,7 @@ pub fn main(root: &Path) -> ExitCode {
 pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     snapshot::silence_insta_output(&options.env);
     quiet_snapshot_panics();
+    stop_when_parent_is_gone();
     let harness = match Harness::load(options) {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -375,6 +376,31 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
         ExitCode::from(101)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Stop the run when the process that started it is gone: SIGINT to `cargo test` ends cargo,
+/// and this binary would run on, re-parented. Exiting ends the sandbox workers too (their
+/// parent-death signal).
+fn stop_when_parent_is_gone() {
+    let parent = unsafe { libc::getppid() };
+    let name = std::fs::read_to_string(format!("/proc/{parent}/comm"))
+        .map(|comm| comm.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let watch = move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if unsafe { libc::getppid() } != parent {
+                eprintln!("codegen: the parent process ({name}, pid {parent}) is gone; stopping");
+                std::process::exit(101);
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("codegen-parent-watch".into())
+        .spawn(watch)
+    {
+        eprintln!("warning: failed to watch the parent process: {e}");
     }
 }
 
