@@ -60,6 +60,11 @@ pub const VARIABLES: &[Variable] = &[
         effect: "override [sandbox] level (the harness's own tests read it too)",
     },
     Variable {
+        name: "CODEGEN_ALLOW_HOST_ROOT",
+        value: "0 or 1",
+        effect: "override [sandbox] allow_host_root (1: a root harness whose Python uid 65534 cannot reach runs generated code as root at the strict level)",
+    },
+    Variable {
         name: "CODEGEN_ORT_THREADS",
         value: "count",
         effect: "ONNX Runtime intra-op threads on CPU (0: one per core)",
@@ -153,6 +158,7 @@ pub struct Env {
     pub python: Option<PathBuf>,
     pub ort_dylib: Option<PathBuf>,
     pub sandbox_level: Option<Level>,
+    pub allow_host_root: Option<bool>,
     pub engine: EngineEnv,
     pub genai_python: Option<PathBuf>,
     pub genai_script: Option<PathBuf>,
@@ -191,6 +197,7 @@ impl Env {
                 "strict, basic or none",
                 |v| toml::Value::String(v.to_string()).try_into().ok(),
             )?,
+            allow_host_root: reader.switch("CODEGEN_ALLOW_HOST_ROOT")?,
             engine: EngineEnv {
                 no_cache: reader.switch("CODEGEN_NO_CACHE")?.unwrap_or(false),
                 threads: reader.count("CODEGEN_ORT_THREADS")?,
@@ -330,6 +337,7 @@ mod tests {
             ("CODEGEN_ORT_THREADS", "3"),
             ("CODEGEN_CUDA_GRAPH", "0"),
             ("CODEGEN_SANDBOX_LEVEL", "basic"),
+            ("CODEGEN_ALLOW_HOST_ROOT", "1"),
         ])
         .unwrap();
         assert_eq!(e.models, Some(vec!["a".to_string(), "b".to_string()]));
@@ -339,6 +347,7 @@ mod tests {
         assert_eq!(e.engine.cuda_graph, Some(false));
         assert_eq!(e.engine.device_head, None);
         assert_eq!(e.sandbox_level, Some(Level::Basic));
+        assert_eq!(e.allow_host_root, Some(true));
         let e = env(&[("XDG_CACHE_HOME", "/x"), ("CODEGEN_NO_CACHE", "")]).unwrap();
         assert_eq!(e.cache, PathBuf::from("/x/codegen-harness"));
         assert!(!e.engine.no_cache);

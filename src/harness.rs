@@ -131,7 +131,7 @@ impl Harness {
         )
     }
 
-    fn source(&self, m: usize) -> Result<Arc<dyn CompletionSource>, Arc<ProfileError>> {
+    fn source(&self, m: usize) -> OpenedSource {
         self.sources[m]
             .get_or_init(|| {
                 profile::open_source(&self.config, &self.models[m], &self.env).map_err(Arc::new)
@@ -231,12 +231,26 @@ impl Harness {
         (b.cases > 0).then_some(b)
     }
 
+    /// What profile `m`'s source holds that no trial reports (rows matching no case of the
+    /// suite, unreadable rows); nothing when the source never opened.
+    fn source_warnings(&self, m: usize) -> Vec<String> {
+        let Some(Ok(source)) = self.sources[m].get() else {
+            return Vec::new();
+        };
+        let cases: Vec<&Case> = self
+            .cases
+            .iter()
+            .filter_map(|c| c.case.as_ref().ok())
+            .collect();
+        source.warnings(&cases)
+    }
+
     /// Summaries, tables and the gate after the trials ran. Returns false when the gate failed.
     fn finish(&self) -> bool {
         let outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
         let isolation = self.evaluator.isolation();
         let mut ok = true;
-        for model in &self.models {
+        for (m, model) in self.models.iter().enumerate() {
             let ran: Vec<&CaseOutcome> =
                 outcomes.iter().filter(|o| o.model == model.name).collect();
             if ran.is_empty() {
@@ -254,10 +268,18 @@ impl Harness {
             if !isolation.is_empty() {
                 println!("  sandbox: {isolation}");
             }
-            match self
-                .journal
-                .complete(&summary, &outcomes, &isolation, baseline, &failures)
-            {
+            let source_warnings = self.source_warnings(m);
+            for w in &source_warnings {
+                println!("  warning: {w}");
+            }
+            match self.journal.complete(
+                &summary,
+                &outcomes,
+                &isolation,
+                baseline,
+                &failures,
+                &source_warnings,
+            ) {
                 Ok(path) => println!("  results: {}", path.display()),
                 Err(e) => eprintln!("warning: failed to write the results: {e}"),
             }
@@ -341,6 +363,7 @@ pub fn main(root: &Path) -> ExitCode {
 pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     snapshot::silence_insta_output(&options.env);
     quiet_snapshot_panics();
+    stop_when_parent_is_gone();
     let harness = match Harness::load(options) {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -394,6 +417,31 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
         ExitCode::from(101)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Stop the run when the process that started it is gone: SIGINT to `cargo test` ends cargo,
+/// and this binary would run on, re-parented. Exiting ends the sandbox workers too (their
+/// parent-death signal).
+fn stop_when_parent_is_gone() {
+    let parent = unsafe { libc::getppid() };
+    let name = std::fs::read_to_string(format!("/proc/{parent}/comm"))
+        .map(|comm| comm.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let watch = move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if unsafe { libc::getppid() } != parent {
+                eprintln!("codegen: the parent process ({name}, pid {parent}) is gone; stopping");
+                std::process::exit(101);
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("codegen-parent-watch".into())
+        .spawn(watch)
+    {
+        eprintln!("warning: failed to watch the parent process: {e}");
     }
 }
 

@@ -1,9 +1,9 @@
 //! End-to-end tests of the harness through `codegen run`, on small generated projects:
 //! malformed case files, snapshot review, the gate, and `--list` staying cheap.
 
-use std::fs;
-
 mod common;
+
+use std::fs;
 
 use common::{GOOD_CASE, Project, shows};
 

@@ -60,6 +60,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     SYS_LL_CREATE, SYS_LL_ADD, SYS_LL_RESTRICT = 444, 445, 446
 
     result_out = 3
+    PR_SET_PDEATHSIG = 1
 
     # ---------------------------------------------------------------- pid namespace init
     if cfg.get("pidns"):
@@ -79,6 +80,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 except InterruptedError:
                     continue
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        # The worker proper dies with the outer process, which dies with the harness (Rust set
+        # its parent-death signal); everything in the namespace dies with pid 1. Should the
+        # outer process be gone already, stdin is at EOF and the worker exits at its first read.
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGQUIT, signal.SIGALRM):
@@ -545,6 +550,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             raise
         if pid == 0:
             try:
+                if die_with_worker:
+                    _prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+                    if os.getppid() != worker_pid:
+                        _exit(71)
                 os.dup2(devnull, 0)
                 os.dup2(outw, 1)
                 os.dup2(errw, 2)
@@ -560,6 +569,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 os.close(fd)
         return pid, scratch, token, rr, outr, errr
 
+    # Without a pid namespace, a child running generated code would outlive a killed worker:
+    # it dies with the worker instead (in a pid namespace, it dies with pid 1).
+    die_with_worker = not cfg.get("pidns")
+    worker_pid = os.getpid()
+    _prctl, _SIGKILL = libc.prctl, int(signal.SIGKILL)  # looked up once, not in each child
     deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # each child's stdin
 

@@ -205,6 +205,25 @@ pub enum SourceError {
     },
     #[error("no completion for task `{task_id}` in {path}")]
     MissingTask { task_id: String, path: String },
+    /// A malformed row whose `task_id` could still be read: it fails that task alone.
+    #[error("{path}:{line}: failed to parse the replay row for task `{task_id}`: {message}")]
+    ReplayRow {
+        path: String,
+        line: usize,
+        task_id: String,
+        message: String,
+    },
+    /// No row for the task, while some rows could not be read at all: one may be meant for it.
+    #[error(
+        "no completion for task `{task_id}` in {path}; unreadable rows without a task_id ({lines}; first: {first_message}) may be meant for it"
+    )]
+    MissingTaskAmidUnreadableRows {
+        task_id: String,
+        path: String,
+        /// `line 3` or `lines 3, 7`.
+        lines: String,
+        first_message: String,
+    },
     #[error("case `{case_id}` has no `reference` solution to replay")]
     NoReference { case_id: String },
     #[error("failed to generate for `{case_id}`: {message}")]
@@ -234,6 +253,12 @@ pub trait CompletionSource: Send + Sync {
     /// Facts about the source worth recording in results (model path, device, settings).
     fn describe(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+
+    /// What the source holds that no trial will report: for a replay file, rows that could not
+    /// be read and rows whose task matches none of `cases` (every case of the suite).
+    fn warnings(&self, _cases: &[&Case]) -> Vec<String> {
+        Vec::new()
     }
 }
 

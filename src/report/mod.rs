@@ -234,6 +234,10 @@ struct SummaryFile<'a> {
     isolation: &'a str,
     baseline: Option<Baseline>,
     gate_failures: &'a [GateFailure],
+    /// What the completion source holds that no trial reported (unreadable replay rows, rows
+    /// for tasks that match no case).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    source_warnings: &'a [String],
 }
 
 /// The journal of an unfinished run of `model` in `dir`.
@@ -299,6 +303,7 @@ impl Journal {
         isolation: &str,
         baseline: Option<Baseline>,
         gate_failures: &[GateFailure],
+        source_warnings: &[String],
     ) -> io::Result<PathBuf> {
         let model = &summary.model;
         fs::create_dir_all(&self.dir)?;
@@ -328,6 +333,7 @@ impl Journal {
             isolation,
             baseline,
             gate_failures,
+            source_warnings,
         })
         .map_err(io::Error::other)?;
         replace_file(&path, body.as_bytes())?;

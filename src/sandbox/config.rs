@@ -62,6 +62,13 @@ pub struct SandboxConfig {
     pub output_bytes: u64,
     /// Size of the private scratch tmpfs of each worker, in MiB (strict level).
     pub scratch_mb: u64,
+    /// Let generated code run as host root at the strict level, when the harness runs as root
+    /// and `nobody` cannot reach the interpreter (otherwise the run is refused, saying why).
+    pub allow_host_root: bool,
+    /// `python` was a bare name looked up on `PATH` (so another interpreter of the same
+    /// version may stand in for it when a root harness's `nobody` cannot reach it).
+    #[serde(skip)]
+    pub python_from_path: bool,
 }
 
 impl Default for SandboxConfig {
@@ -81,18 +88,25 @@ impl Default for SandboxConfig {
             file_size: 16 << 20,
             output_bytes: 1 << 20,
             scratch_mb: 64,
+            allow_host_root: false,
+            python_from_path: false,
         }
     }
 }
 
 impl SandboxConfig {
-    /// Apply what the environment forces: `CODEGEN_SANDBOX_LEVEL`, and a `python` named without
+    /// Apply what the environment forces: `CODEGEN_SANDBOX_LEVEL`, `CODEGEN_ALLOW_HOST_ROOT`, and
+    /// a `python` named without
     /// a folder looked up on the environment's `PATH` (the sandbox itself reads no environment).
     pub fn apply_env(&mut self, env: &crate::env::Env) {
         if let Some(level) = env.sandbox_level {
             self.level = level;
         }
+        if let Some(allow) = env.allow_host_root {
+            self.allow_host_root = allow;
+        }
         if let Some(found) = env.which(&self.python) {
+            self.python_from_path = !self.python.contains('/');
             self.python = found.to_string_lossy().into_owned();
         }
     }

@@ -42,6 +42,8 @@ pub struct IsolationReport {
     /// The host uid generated code runs as (65534 when the harness runs as root and the
     /// interpreter is reachable by `nobody`; the harness's own uid otherwise).
     pub sandbox_host_uid: u32,
+    /// Why generated code ran as host root and how to avoid it, when it did.
+    pub host_root_because: Option<String>,
     pub memory_mb: u64,
     pub cpu_seconds: u64,
     pub max_processes: u64,
@@ -71,8 +73,16 @@ impl IsolationReport {
         } else {
             "no seccomp"
         };
+        let host_root = if self.sandbox_host_uid == 0 {
+            match &self.host_root_because {
+                Some(why) => format!("; generated code ran as host root (uid 0): {why}"),
+                None => "; generated code ran as host root (uid 0)".into(),
+            }
+        } else {
+            String::new()
+        };
         format!(
-            "sandbox {}: {ns}, {ll}, {sc}, uid {} (host uid {}, harness uid {}), memory {} MiB, cpu {} s, {} procs, {} fds, files {} MiB, output {} KiB, {} workers, Python {}",
+            "sandbox {}: {ns}, {ll}, {sc}, uid {} (host uid {}, harness uid {}), memory {} MiB, cpu {} s, {} procs, {} fds, files {} MiB, output {} KiB, {} workers, Python {}{host_root}",
             self.level.as_str(),
             self.sandbox_uid,
             self.sandbox_host_uid,

@@ -19,6 +19,7 @@
 
 pub mod calibrate;
 pub mod config;
+mod host_user;
 pub mod isolation;
 mod process;
 mod protocol;
@@ -143,6 +144,12 @@ pub enum SandboxError {
     /// The configured isolation level cannot be had on this machine.
     #[error("the sandbox cannot provide isolation level `{level}`: {missing}")]
     Unavailable { level: String, missing: String },
+    /// The harness runs as root, `nobody` cannot reach the interpreter, and the strict level
+    /// does not let generated code run as host root unless the config allows it.
+    #[error(
+        "failed to run generated code as an unprivileged user: the harness runs as root and {reason}, so generated code would run as host root (uid 0). To fix it, {fix}; to accept it, set `allow_host_root = true` under [sandbox] in harness/codegen.toml"
+    )]
+    HostRoot { reason: String, fix: String },
     /// The reference solution did not pass, so no timeout could be calibrated from it.
     #[error("failed to calibrate a timeout: {0}")]
     Calibration(String),

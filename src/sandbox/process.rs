@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,7 @@ impl Spawner {
         let namespaces = self.namespaces;
         let maps = self.maps.clone();
         let drop_to = self.drop_to;
+        let harness_pid = std::process::id() as libc::pid_t;
 
         let mut cmd = Command::new(&self.python);
         cmd.arg("-I")
@@ -227,10 +228,26 @@ impl Spawner {
                 if drop_to.is_some() {
                     libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
                 }
+                // The worker dies with the harness, whatever ends it. Set last: a change of
+                // effective uid or gid clears it. Should the harness have died since the fork,
+                // the signal never comes: stop here instead.
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != harness_pid {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(SandboxError::Spawn)?;
+        let mut child = spawn_from_lasting_thread(cmd).map_err(SandboxError::Spawn)?;
         drop(write_end);
         let stdin = child.stdin.take().expect("stdin is piped");
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -280,6 +297,35 @@ impl Spawner {
             }
         }
     }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Start `cmd` from a thread that lives as long as the process. A child's parent-death signal
+/// fires when the thread that forked it ends, not the process, and the trial threads that ask
+/// for workers end while the pool keeps their workers.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let gone = || std::io::Error::other("failed to reach the thread that starts workers");
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, received) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("codegen-worker-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in received {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .as_ref()
+        .ok_or_else(gone)?
+        .send((cmd, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
 }
 
 /// Host scratch bases to remove when the process exits, for sandboxes that are never dropped

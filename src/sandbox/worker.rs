@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 
 use super::config::{Level, SandboxConfig};
+use super::host_user;
 use super::isolation::{self, Capabilities, IsolationReport};
 use super::process::{Spawner, Worker};
 use super::protocol::{parse_load, parse_outcome};
@@ -36,46 +37,6 @@ pub struct WorkerSandbox {
     max_workers: usize,
     config: SandboxConfig,
     report: IsolationReport,
-}
-
-/// The overflow uid/gid.
-const NOBODY: u32 = 65534;
-
-/// Whether `python` and its standard library can be reached by an unprivileged user (every
-/// ancestor directory searchable by others, the files readable by others).
-fn reachable_by_others(python: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let ok = |p: &Path, bits: u32| {
-        std::fs::metadata(p)
-            .map(|m| m.permissions().mode() & bits == bits)
-            .unwrap_or(false)
-    };
-    let Ok(real) = std::fs::canonicalize(python) else {
-        return false;
-    };
-    let ancestors_ok = |p: &Path| p.ancestors().skip(1).all(|a| ok(a, 0o001));
-    if !(ok(&real, 0o005) && ancestors_ok(&real)) {
-        return false;
-    }
-    // The standard library lives under the interpreter's prefix (`<prefix>/bin/python3`).
-    let prefix = real.parent().and_then(Path::parent);
-    let out = Command::new(&real)
-        .args([
-            "-I",
-            "-S",
-            "-c",
-            "import os; print(os.path.dirname(os.__file__))",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let stdlib = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-            ok(&stdlib, 0o005) && ancestors_ok(&stdlib)
-        }
-        _ => prefix.is_some_and(|p| ok(p, 0o005) && ancestors_ok(p)),
-    }
 }
 
 /// The interpreter behind `name`, which the edge has resolved to a path
@@ -149,10 +110,12 @@ impl WorkerSandbox {
                 "scratch_mb": config.scratch_mb,
             },
         });
-        // As root, the workers run as `nobody` when the interpreter is reachable by it, so
-        // that even a Landlock bypass would meet ordinary permissions (/etc/shadow, /root).
-        let drop_to =
-            (unsafe { libc::geteuid() } == 0 && reachable_by_others(&python)).then_some(NOBODY);
+        let host_user = host_user::decide(&python, config, unsafe { libc::geteuid() })?;
+        let (python, python_note) = match host_user.python_instead.clone() {
+            Some((other, why)) => (other, Some(why)),
+            None => (python, None),
+        };
+        let drop_to = host_user.drop_to;
         let (uid, gid) = match drop_to {
             Some(id) => (id, id),
             None => unsafe { (libc::geteuid(), libc::getegid()) },
@@ -192,6 +155,7 @@ impl WorkerSandbox {
             host_uid: caps.uid,
             sandbox_uid: hello["uid"].as_u64().unwrap_or(u64::MAX) as u32,
             sandbox_host_uid: uid,
+            host_root_because: host_user.as_root_because,
             memory_mb: config.memory_mb,
             cpu_seconds: config.cpu_seconds,
             max_processes: config.max_processes,
@@ -199,7 +163,13 @@ impl WorkerSandbox {
             file_size: config.file_size,
             output_bytes: config.output_bytes,
             workers: max_workers,
-            python: hello["python"].as_str().unwrap_or("?").to_string(),
+            python: {
+                let version = hello["python"].as_str().unwrap_or("?");
+                match &python_note {
+                    Some(why) => format!("{version} ({why})"),
+                    None => version.to_string(),
+                }
+            },
         };
         Ok(WorkerSandbox {
             spawner,

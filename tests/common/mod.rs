@@ -1,11 +1,14 @@
-//! Shared by the end-to-end tests: a small generated project run through the `codegen` binary.
+//! What the end-to-end tests share: a small generated project run through `codegen run`, and
+//! reading libtest's output.
 
-#![allow(dead_code)] // each test binary uses a different part
+// Each test crate includes this module and uses a part of it.
+#![allow(dead_code)]
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// A case whose reference solution passes its two tests.
 pub const GOOD_CASE: &str = r#"
 prompt = "Write add(a, b)."
 entry_point = "add"
@@ -21,6 +24,7 @@ call = "add('a', 'b')"
 expected = "'ab'"
 "#;
 
+/// A project with `codegen.toml` and `cases/`, removed when dropped.
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
@@ -43,7 +47,9 @@ impl Project {
         fs::write(p, text).unwrap();
     }
 
-    pub fn run(&self, env: &[(&str, &str)], libtest: &[&str]) -> (Output, String) {
+    /// `codegen run` on this project with `env` added (an empty value unsets a variable for the
+    /// harness) and `libtest` arguments, not started.
+    pub fn command(&self, env: &[(&str, &str)], libtest: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_codegen"));
         cmd.current_dir(self.dir.path())
             .args(["run", "--config", "codegen.toml", "--"])
@@ -51,11 +57,19 @@ impl Project {
             .env_remove("CODEGEN_CONFIG")
             .env_remove("CODEGEN_MODELS")
             .env_remove("INSTA_UPDATE")
-            .env("CI", "true");
+            .env("CI", "true")
+            // These tests are about the harness, run wherever `cargo test` runs: as root with a
+            // Python under /root too (tests/host_root.rs unsets it to test the refusal).
+            .env("CODEGEN_ALLOW_HOST_ROOT", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
+        cmd
+    }
+
+    /// Run `codegen run` to the end; returns its output and stdout followed by stderr.
+    pub fn run(&self, env: &[(&str, &str)], libtest: &[&str]) -> (Output, String) {
+        let out = self.command(env, libtest).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
