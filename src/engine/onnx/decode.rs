@@ -31,6 +31,25 @@ pub(crate) struct SeqJob {
     pub top_logprobs: usize,
 }
 
+#[cfg(test)]
+impl SeqJob {
+    /// A greedy job with no stop strings (tests).
+    pub(crate) fn greedy(prompt_ids: Vec<u32>, max_new: usize) -> SeqJob {
+        SeqJob {
+            prompt_ids,
+            max_new,
+            stop: Vec::new(),
+            sampler: Sampler {
+                temperature: 0.0,
+                top_p: 1.0,
+                top_k: 0,
+            },
+            seed: 0,
+            top_logprobs: 0,
+        }
+    }
+}
+
 /// The state of one row of a batch.
 struct Row {
     rng: Rng,
@@ -392,18 +411,7 @@ mod tests {
     use super::*;
 
     fn job(prompt: &[u32]) -> SeqJob {
-        SeqJob {
-            prompt_ids: prompt.to_vec(),
-            max_new: 4,
-            stop: Vec::new(),
-            sampler: Sampler {
-                temperature: 0.0,
-                top_p: 1.0,
-                top_k: 0,
-            },
-            seed: 0,
-            top_logprobs: 0,
-        }
+        SeqJob::greedy(prompt.to_vec(), 4)
     }
 
     #[test]

@@ -363,21 +363,7 @@ mod tests {
     use super::*;
 
     fn job(prompt: usize, max_new: usize) -> ((), SeqJob) {
-        (
-            (),
-            SeqJob {
-                prompt_ids: vec![1; prompt],
-                max_new,
-                stop: Vec::new(),
-                sampler: Sampler {
-                    temperature: 0.0,
-                    top_p: 1.0,
-                    top_k: 0,
-                },
-                seed: 0,
-                top_logprobs: 0,
-            },
-        )
+        ((), SeqJob::greedy(vec![1; prompt], max_new))
     }
 
     const LIMITS: Limits = Limits {
