@@ -247,7 +247,14 @@ impl Harness {
 
     /// Summaries, tables and the gate after the trials ran. Returns false when the gate failed.
     fn finish(&self) -> bool {
-        let outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        // Case order, not the order trials finished in: every figure (float sums included)
+        // and every file is the same whatever the thread count or an interrupted earlier run.
+        let mut outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        outcomes.sort_by(|a, b| (&a.model, &a.key).cmp(&(&b.model, &b.key)));
         let isolation = self.evaluator.isolation();
         let mut ok = true;
         for (m, model) in self.models.iter().enumerate() {
