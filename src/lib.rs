@@ -19,10 +19,11 @@
 //!
 //! Around the pipeline: [`config`] (`harness/codegen.toml`, typed once), [`mod@env`] (the
 //! environment, read once at the entry points), [`device`] (devices, providers, precisions),
-//! [`profile`] (a configured profile turned into a completion source), [`models`] and
-//! [`runtime`] (default models and ONNX Runtime from PyPI, cached per user), [`import`]
+//! [`profile`] (a configured profile turned into a completion source), [`provision`] (what
+//! comes from PyPI: pinned wheels and venvs) with [`cache`] (locks and hashes of the per-user
+//! cache), [`models`] and [`runtime`] (default models and ONNX Runtime's library), [`import`]
 //! (HumanEval as case files), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
-//! calls.
+//! calls. The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
 
 pub mod cache;
 pub mod case;
