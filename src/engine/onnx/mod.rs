@@ -16,7 +16,7 @@
 //! (model files' hash, execution provider, prompt token ids, decoding settings, and for sampling
 //! the seed and sample index), so rerunning after editing a case's tests does not regenerate.
 //!
-//! Inside: [`folder`] checks a folder's contract as plain data, `session` opens ONNX Runtime,
+//! Inside: `folder` checks a folder's contract as plain data, `session` opens ONNX Runtime,
 //! `model` holds what was loaded, `kv` the three KV-cache strategies, `decode` the batched
 //! loop, `head` the on-device token choice, `scheduler` the batching and the cache keys.
 
