@@ -102,6 +102,19 @@ fn unmeasured_cases_are_errors_and_fail_the_gate() {
     .unwrap();
     assert_eq!(summary["summary"]["overall"]["cases"], 1);
     assert_eq!(summary["summary"]["overall"]["errors"], 1);
+    // JUnit and Markdown keep the distinction too.
+    let junit = fs::read_to_string(p.path("target/codegen/junit-replay.xml")).unwrap();
+    assert!(junit.contains("failures=\"1\" errors=\"1\""), "{junit}");
+    assert!(junit.contains("<error message="), "{junit}");
+    let markdown = fs::read_to_string(p.path("target/codegen/summary-replay.md")).unwrap();
+    assert!(
+        markdown.contains("**Not measured: 1 case(s)**"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("`math/plus` (not measured)"),
+        "{markdown}"
+    );
 
     // allow_errors gates on the measured cases only; the exit status is the gate's verdict.
     let allowed = Project::new(&config(

@@ -316,7 +316,7 @@ pre.heat span{border-radius:2px}summary{cursor:pointer;font-family:monospace}</s
     }
     s.push_str("<h2>Pass rate by category</h2>");
     s.push_str(&pass_rate_chart(&models));
-    s.push_str("<h2>Summary</h2><table><tr><th>model</th><th>cases</th><th>passed</th><th>pass rate</th><th>syntax valid</th><th>AUROC (mean NLL)</th><th>gate</th></tr>");
+    s.push_str("<h2>Summary</h2><table><tr><th>model</th><th>cases</th><th>passed</th><th>pass rate</th><th>syntax valid</th><th>not measured</th><th>AUROC (mean NLL)</th><th>gate</th></tr>");
     for m in &models {
         let o = &m.summary["summary"]["overall"];
         let gate = m.summary["gate_failures"]
@@ -328,12 +328,13 @@ pre.heat span{border-radius:2px}summary{cursor:pointer;font-family:monospace}</s
             .unwrap_or_else(|| "n/a".into());
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{auroc}</td><td class=\"{}\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td><td>{auroc}</td><td class=\"{}\">{}</td></tr>",
             esc(&m.name),
             o["cases"],
             o["passed"],
             o["pass_rate"].as_f64().unwrap_or(0.0) * 100.0,
             o["syntax_valid_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            o["errors"].as_u64().unwrap_or(0),
             if gate == 0 { "pass" } else { "fail" },
             if gate == 0 {
                 "passed".to_string()

@@ -115,6 +115,13 @@ pub fn markdown(
         row(&mut s, cat, t);
     }
     row(&mut s, "**overall**", &summary.overall);
+    if summary.overall.errors > 0 {
+        let _ = writeln!(
+            s,
+            "\n**Not measured: {} case(s)** (errors, not wrong answers; not in the rates above).",
+            summary.overall.errors
+        );
+    }
     if let Some(b) = baseline {
         let _ = writeln!(
             s,
@@ -143,7 +150,12 @@ pub fn markdown(
         );
         for o in failing {
             let why = first_failure(o);
-            let _ = writeln!(s, "- `{}`: {}", o.key, why.replace('|', "\\|"));
+            let label = if o.error.is_some() {
+                " (not measured)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "- `{}`{label}: {}", o.key, why.replace('|', "\\|"));
         }
         let _ = writeln!(s, "\n</details>");
     }
@@ -188,11 +200,14 @@ fn xml_escape(s: &str) -> String {
 /// JUnit XML for CI systems that display test reports: one test case per case.
 pub fn junit(model: &str, outcomes: &[CaseOutcome]) -> String {
     let mine: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.model == model).collect();
-    let failures = mine.iter().filter(|o| !o.passed()).count();
+    // JUnit's own distinction: an error is a case that could not be measured, a failure a
+    // case the model got wrong.
+    let errors = mine.iter().filter(|o| o.error.is_some()).count();
+    let failures = mine.iter().filter(|o| !o.passed()).count() - errors;
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
-        "<testsuites><testsuite name=\"codegen::{}\" tests=\"{}\" failures=\"{failures}\">",
+        "<testsuites><testsuite name=\"codegen::{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">",
         xml_escape(model),
         mine.len()
     );
@@ -206,9 +221,14 @@ pub fn junit(model: &str, outcomes: &[CaseOutcome]) -> String {
         if o.passed() {
             let _ = writeln!(s, "/>");
         } else {
+            let element = if o.error.is_some() {
+                "error"
+            } else {
+                "failure"
+            };
             let _ = writeln!(
                 s,
-                "><failure message=\"{}\"/></testcase>",
+                "><{element} message=\"{}\"/></testcase>",
                 xml_escape(&first_failure(o))
             );
         }
