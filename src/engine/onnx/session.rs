@@ -85,7 +85,7 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
     let graph_capture = spec.graph && provider == Provider::Cuda;
     let session = builder
         .commit_from_file(dir.join("model.onnx"))
-        .map_err(|e| load_error(dir, provider, &e.to_string()))?;
+        .map_err(|e| load_error(dir, provider, graph_capture, &e.to_string()))?;
     Ok(Opened {
         session,
         provider,
@@ -94,8 +94,16 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
     })
 }
 
-/// A failure to load `model.onnx`, as an error of the provider it was loaded for.
-fn load_error(dir: &Path, provider: Provider, message: &str) -> EngineError {
+/// A failure to load `model.onnx`, as an error of the provider it was loaded for. With graph
+/// capture asked for, the provider itself loaded (it registered), so no driver or library
+/// advice is added: the caller tries again without capture when capture was only wanted.
+fn load_error(dir: &Path, provider: Provider, graph: bool, message: &str) -> EngineError {
+    if graph {
+        return EngineError::Session(format!(
+            "failed to load {}/model.onnx with CUDA graph capture (CODEGEN_CUDA_GRAPH=0 loads it without): {message}",
+            dir.display()
+        ));
+    }
     match provider {
         Provider::Cuda => EngineError::Cuda(format!(
             "failed to load {}/model.onnx: {}",
@@ -126,13 +134,24 @@ mod tests {
     fn load_failures_name_the_file_and_the_provider() {
         let dir = Path::new("/m");
         assert!(matches!(
-            load_error(dir, Provider::Cuda, "libcudnn.so.9: cannot open"),
+            load_error(dir, Provider::Cuda, false, "libcudnn.so.9: cannot open"),
             EngineError::Cuda(m) if m.contains("/m/model.onnx") && m.contains("cuDNN")
         ));
-        let cpu = load_error(dir, Provider::Cpu, "bad proto");
+        let cpu = load_error(dir, Provider::Cpu, false, "bad proto");
         assert_eq!(
             cpu.to_string(),
             "failed to create the ONNX Runtime session: failed to load /m/model.onnx: bad proto"
+        );
+        // Capture asked for: the provider loaded, so no driver advice.
+        let capture = load_error(
+            dir,
+            Provider::Cuda,
+            true,
+            "cannot use the graph capture feature",
+        );
+        assert!(
+            matches!(&capture, EngineError::Session(m) if m.contains("with CUDA graph capture") && !m.contains("driver")),
+            "{capture}"
         );
     }
 }
