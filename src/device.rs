@@ -129,6 +129,13 @@ pub struct Resolution {
     pub fallback_to_cpu: bool,
 }
 
+impl fmt::Display for Resolution {
+    /// `cuda (device = "auto" and this machine has an NVIDIA driver)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.provider, self.reason)
+    }
+}
+
 /// What an exported graph is built for: decides the activation dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

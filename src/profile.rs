@@ -14,6 +14,7 @@ use crate::engine::replay::{ReferenceSource, ReplaySource};
 use crate::engine::{CompletionSource, GenerationSettings, SourceError};
 use crate::env::Env;
 use crate::models::ModelError;
+use crate::provision::Provisioner;
 use crate::runtime::{self, RuntimeSpec};
 
 /// Why a profile's source could not be opened.
@@ -69,10 +70,7 @@ fn open_engine(
 ) -> Result<Arc<dyn CompletionSource>, ProfileError> {
     let resolution = device.resolve(runtime::nvidia_driver_present());
     if device == Device::Auto {
-        eprintln!(
-            "codegen: device auto -> {} ({})",
-            resolution.provider, resolution.reason
-        );
+        eprintln!("codegen: device auto -> {resolution}");
     }
     // A relative folder or file is relative to the project root; a bare name is a default model.
     let resolved = config.resolve(Path::new(model));
@@ -81,9 +79,8 @@ fn open_engine(
     } else {
         model.to_string()
     };
-    let provisioner = crate::provision::Provisioner::new(env.cache.clone(), env.base_python());
     let dir = crate::models::ensure_model(
-        &provisioner,
+        &Provisioner::from_env(env),
         &name_or_path,
         resolution.provider.target(),
         precision,
@@ -92,12 +89,7 @@ fn open_engine(
         model: model.to_string(),
         source,
     })?;
-    let runtime = RuntimeSpec {
-        provider: resolution.provider,
-        dylib: env.ort_dylib.clone(),
-        cache: env.cache.clone(),
-        python: env.base_python(),
-    };
+    let runtime = RuntimeSpec::from_env(resolution.provider, env);
     let mut options = OnnxOptions::new(runtime, env.cache.clone(), settings);
     options.cpu_fallback = resolution.fallback_to_cpu;
     options.apply_env(&env.engine);

@@ -160,6 +160,11 @@ impl Provisioner {
         Provisioner { cache, python }
     }
 
+    /// The environment's cache and base Python.
+    pub fn from_env(env: &crate::env::Env) -> Provisioner {
+        Provisioner::new(env.cache.clone(), env.base_python())
+    }
+
     /// `pip download --no-deps` of `spec` into `dir` (emptied first); the wheel's path.
     /// The caller verifies what it got.
     pub fn download(&self, spec: &str, dir: &Path) -> Result<PathBuf, ProvisionError> {

@@ -21,6 +21,7 @@ pub const ORT_VERSION: &str = "1.31.1";
 
 pub use crate::device::Device;
 use crate::device::Provider;
+use crate::env::Env;
 
 /// Where ONNX Runtime's library comes from, decided at the edge: the provider it must serve,
 /// an explicit library (`ORT_DYLIB_PATH`), the cache the wheel is unpacked under, and the
@@ -31,6 +32,19 @@ pub struct RuntimeSpec {
     pub dylib: Option<PathBuf>,
     pub cache: PathBuf,
     pub python: PathBuf,
+}
+
+impl RuntimeSpec {
+    /// The library for `provider` as the environment says (`ORT_DYLIB_PATH`, the cache, the
+    /// base Python).
+    pub fn from_env(provider: Provider, env: &Env) -> RuntimeSpec {
+        RuntimeSpec {
+            provider,
+            dylib: env.ort_dylib.clone(),
+            cache: env.cache.clone(),
+            python: env.base_python(),
+        }
+    }
 }
 
 /// Failure to find, fetch or load ONNX Runtime.

@@ -46,7 +46,7 @@ fn env() -> &'static Env {
 fn python() -> &'static PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        Provisioner::new(env().cache.clone(), env().base_python())
+        Provisioner::from_env(env())
             .venv(&TINY_MODELS_VENV, &|msg| eprintln!("{msg}"))
             .expect("the tiny-models venv")
             .python
@@ -118,13 +118,11 @@ fn chat_case(name: &str, prompt: &str, max_new: usize) -> Case {
 
 /// CPU, one thread, no cache, no progress bar: what most tests here open a folder with.
 fn options_for(provider: Provider, settings: GenerationSettings) -> OnnxOptions {
-    let runtime = RuntimeSpec {
-        provider,
-        dylib: env().ort_dylib.clone(),
-        cache: env().cache.clone(),
-        python: env().base_python(),
-    };
-    OnnxOptions::new(runtime, env().cache.clone(), settings)
+    OnnxOptions::new(
+        RuntimeSpec::from_env(provider, env()),
+        env().cache.clone(),
+        settings,
+    )
 }
 
 fn test_options(settings: GenerationSettings) -> OnnxOptions {

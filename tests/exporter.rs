@@ -10,7 +10,7 @@ use codegen_harness::provision::Provisioner;
 
 fn provisioner() -> Provisioner {
     let env = Env::from_process().expect("a valid environment");
-    Provisioner::new(env.cache.clone(), env.base_python())
+    Provisioner::from_env(&env)
 }
 
 #[test]

@@ -163,7 +163,7 @@ fn genai_python(opts: &BenchOptions, env: &Env) -> Result<PathBuf, BenchError> {
         Provider::Cuda => &GENAI_CUDA_VENV,
         Provider::Cpu => &GENAI_CPU_VENV,
     };
-    Provisioner::new(env.cache.clone(), env.base_python())
+    Provisioner::from_env(env)
         .venv(spec, &|msg| eprintln!("codegen: {msg}"))
         .map(|v| v.python)
         .map_err(|e| BenchError::Genai(e.to_string()))
@@ -257,12 +257,7 @@ fn open(opts: &BenchOptions, env: &Env, batch_size: usize) -> Result<OnnxSource,
         top_logprobs: opts.top_logprobs,
         ..GenerationSettings::default()
     };
-    let runtime = RuntimeSpec {
-        provider: opts.provider,
-        dylib: env.ort_dylib.clone(),
-        cache: env.cache.clone(),
-        python: env.base_python(),
-    };
+    let runtime = RuntimeSpec::from_env(opts.provider, env);
     let mut options = OnnxOptions::new(runtime, env.cache.clone(), settings);
     options.apply_env(&env.engine);
     options.no_cache = true;

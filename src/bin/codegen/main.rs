@@ -196,7 +196,7 @@ enum SamplesKind {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let env = Env::from_process()?;
-    let provisioner = Provisioner::new(env.cache.clone(), env.base_python());
+    let provisioner = Provisioner::from_env(&env);
     match cli.command {
         Commands::Run {
             config,
@@ -282,10 +282,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 },
         } => {
             let resolution = device.resolve(codegen_harness::runtime::nvidia_driver_present());
-            eprintln!(
-                "codegen: device {device} -> {} ({})",
-                resolution.provider, resolution.reason
-            );
+            eprintln!("codegen: device {device} -> {resolution}");
             let report = bench_engine::run(
                 &BenchOptions {
                     model: model.clone(),

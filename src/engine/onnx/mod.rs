@@ -3,7 +3,7 @@
 //! ```no_run
 //! # use codegen_harness::{device::Provider, engine::{GenerationSettings, onnx}, env::Env, runtime::RuntimeSpec};
 //! let env = Env::from_process()?;
-//! let runtime = RuntimeSpec { provider: Provider::Cpu, dylib: None, cache: env.cache.clone(), python: env.base_python() };
+//! let runtime = RuntimeSpec::from_env(Provider::Cpu, &env);
 //! let options = onnx::OnnxOptions::new(runtime, env.cache.clone(), GenerationSettings::default());
 //! let source = onnx::open_with("models/qwen".as_ref(), options)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
