@@ -146,19 +146,19 @@ struct RawTest {
 }
 
 /// Maps byte offsets of a file to 1-based line and column.
-struct LineIndex<'a> {
+pub(crate) struct LineIndex<'a> {
     path: &'a Path,
     starts: Vec<usize>,
 }
 
 impl<'a> LineIndex<'a> {
-    fn new(path: &'a Path, text: &str) -> Self {
+    pub(crate) fn new(path: &'a Path, text: &str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         LineIndex { path, starts }
     }
 
-    fn at(&self, offset: usize) -> Location {
+    pub(crate) fn at(&self, offset: usize) -> Location {
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         Location {
             path: self.path.to_path_buf(),

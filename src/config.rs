@@ -271,10 +271,8 @@ impl Config {
     /// Parse config text; `path` is used in errors.
     pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (mut line, mut column) = e
-                .span()
-                .map(|s| crate::toml_error::line_column(text, s.start))
-                .unwrap_or((1, 1));
+            let at = crate::case::LineIndex::new(path, text).at(e.span().map_or(0, |s| s.start));
+            let (mut line, mut column) = (at.line, at.column);
             let mut message = e.message().trim().to_string();
             if let Some(at) = crate::toml_error::unclosed_string(text).filter(|(l, _)| *l <= line) {
                 (line, column) = at;

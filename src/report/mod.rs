@@ -313,9 +313,9 @@ impl Journal {
         f.write_all(line.as_bytes())
     }
 
-    /// The run of `summary.model` completed: write its results (the outcomes of that model,
-    /// sorted by case), summary, Markdown and JUnit, then drop the partial journal. Returns
-    /// the summary's path.
+    /// The run of `summary.model` completed: write its results (the outcomes of that model, in
+    /// the order given: the harness passes case order), summary, Markdown and JUnit, then drop
+    /// the partial journal. Returns the summary's path.
     pub fn complete(
         &self,
         summary: &Summary,
@@ -327,25 +327,22 @@ impl Journal {
     ) -> io::Result<PathBuf> {
         let model = &summary.model;
         fs::create_dir_all(&self.dir)?;
-        let mut mine: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.model == *model).collect();
-        mine.sort_by(|a, b| a.key.cmp(&b.key));
         let mut results = String::new();
-        for o in &mine {
+        for o in outcomes.iter().filter(|o| o.model == *model) {
             results.push_str(&serde_json::to_string(o).map_err(io::Error::other)?);
             results.push('\n');
         }
-        let sorted: Vec<CaseOutcome> = mine.into_iter().cloned().collect();
         replace_file(
             &self.dir.join(format!("results-{model}.jsonl")),
             results.as_bytes(),
         )?;
         replace_file(
             &self.dir.join(format!("summary-{model}.md")),
-            markdown(summary, &sorted, baseline, gate_failures).as_bytes(),
+            markdown(summary, outcomes, baseline, gate_failures).as_bytes(),
         )?;
         replace_file(
             &self.dir.join(format!("junit-{model}.xml")),
-            junit(model, &sorted).as_bytes(),
+            junit(model, outcomes).as_bytes(),
         )?;
         let path = self.dir.join(format!("summary-{model}.json"));
         let body = serde_json::to_string_pretty(&SummaryFile {
