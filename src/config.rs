@@ -389,7 +389,7 @@ mod tests {
             SourceConfig::Onnx {
                 model: "m".into(),
                 device: Device::Cuda,
-                precision: Precision::Int4
+                precision: Precision::Native
             }
         );
         assert!(c.selected_models(Some(&names(&["nope"]))).is_err());

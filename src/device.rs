@@ -178,12 +178,15 @@ impl FromStr for Target {
     }
 }
 
-/// Weight precision of the linear layers when the harness exports a model
-/// (int4/int8: MatMulNBits, block 32, symmetric).
+/// Weight precision of the linear layers when the harness exports a model. `native` (the
+/// default) keeps each GGUF tensor's own block quantization exactly (MatMulNBits with its block
+/// size, scales and zero points); int4/int8 re-quantize (block 32, symmetric); fp16/fp32
+/// dequantize.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
+    Native,
     Int4,
     Int8,
     Fp16,
@@ -191,10 +194,11 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub const NAMES: &'static str = "int4, int8, fp16 or fp32";
+    pub const NAMES: &'static str = "native, int4, int8, fp16 or fp32";
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Precision::Native => "native",
             Precision::Int4 => "int4",
             Precision::Int8 => "int8",
             Precision::Fp16 => "fp16",
@@ -213,6 +217,7 @@ impl FromStr for Precision {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "native" | "gguf" => Ok(Precision::Native),
             "int4" | "q4" => Ok(Precision::Int4),
             "int8" | "q8" => Ok(Precision::Int8),
             "fp16" | "float16" => Ok(Precision::Fp16),

@@ -36,6 +36,10 @@ pub const EXPORTER_SOURCES: &[(&str, &str)] = &[
         include_str!("../../harness/python/exporter/graph.py"),
     ),
     (
+        "native.py",
+        include_str!("../../harness/python/exporter/native.py"),
+    ),
+    (
         "quant.py",
         include_str!("../../harness/python/exporter/quant.py"),
     ),

@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", required=True, help="model folder to write (replaced if present)")
     ex.add_argument("--target", choices=TARGETS, default="cpu",
                     help="cpu: float32 activations; cuda: float16 activations")
-    ex.add_argument("--precision", choices=PRECISIONS, default="int4",
-                    help="weight precision of the linear layers")
+    ex.add_argument("--precision", choices=PRECISIONS, default="native",
+                    help="weights of the linear layers: native keeps each GGUF tensor's own "
+                         "block format exactly; int4/int8 re-quantize; fp16/fp32 dequantize")
     ex.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=None,
-                    help="MatMulNBits accuracy_level (default: 4 for cpu int4, else 0)")
+                    help="MatMulNBits accuracy_level (default: 4 for cpu int4 and native, else 0)")
     ex.add_argument("--lm-head-precision", choices=PRECISIONS, default=None,
                     help="precision of the lm_head (default: --precision)")
     xt = sub.add_parser("extract", help="copy one member of a wheel (zip) to a file")

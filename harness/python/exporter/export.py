@@ -26,7 +26,8 @@ def _write_json(folder: str, name: str, value) -> None:
         fh.write("\n")
 
 
-def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str) -> dict:
+def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
+              tensor_forms: dict[str, str] | None = None) -> dict:
     hp = model.hp
     arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
     eos = tok.eos_ids()
@@ -59,6 +60,8 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str)
             "activation_dtype": "float32" if target == "cpu" else "float16",
             "logits_dtype": "float32",
             "gguf_tensor_types": model.tensor_types(),
+            # native: what each GGUF weight became (exact block form or a wider float)
+            "tensors": tensor_forms or {},
         },
     }
 
@@ -128,7 +131,7 @@ def genai_config(model: GGUFModel, tok: TokenizerData, target: str) -> dict:
     }
 
 
-def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "int4",
+def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "native",
            progress: Callable[[str], None] | None = None,
            accuracy_level: int | None = None, head_precision: str | None = None) -> dict:
     """Export `gguf_path` into `out_dir` (written to a sibling temp folder, then renamed)."""
@@ -149,8 +152,9 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     try:
         weights = WeightFile(tmp, DATA_FILE)
         try:
-            onnx_model = GraphBuilder(model, target, precision, weights, progress,
-                                      accuracy_level, head_precision).build()
+            builder = GraphBuilder(model, target, precision, weights, progress, accuracy_level,
+                                   head_precision)
+            onnx_model = builder.build()
         finally:
             weights.close()
         progress("writing model.onnx")
@@ -159,7 +163,8 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
         progress("writing tokenizer and configs")
         _write_json(tmp, "tokenizer.json", tok.tokenizer_json())
         _write_json(tmp, "tokenizer_config.json", tok.tokenizer_config())
-        _write_json(tmp, "config.json", hf_config(model, tok, target, precision))
+        _write_json(tmp, "config.json", hf_config(model, tok, target, precision,
+                                                     builder.tensor_forms))
         _write_json(tmp, "generation_config.json", generation_config(tok))
         _write_json(tmp, "genai_config.json", genai_config(model, tok, target))
         if os.path.exists(out_dir):

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import gguf
 
+from . import native
+
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
 
@@ -146,6 +148,31 @@ class GGUFModel:
             elif base.endswith("attn_k"):
                 w = unpermute_rows(w, self.hp.n_kv_heads)
         return w
+
+    def tensor_type(self, name: str) -> str:
+        t = self.tensors.get(name)
+        if t is None:
+            raise ExportError(f"failed to export: tensor {name!r} is missing")
+        return t.tensor_type.name
+
+    def block_weight(self, name: str) -> native.BlockWeight | None:
+        """The tensor's own GGUF blocks as a `native.BlockWeight` in Hugging Face layout (q/k
+        rows reordered as `hf_weight` does), or None when its format has no exact MatMulNBits
+        form (float and IQ/TQ formats)."""
+        t = self.tensors.get(name)
+        if t is None:
+            raise ExportError(f"failed to export: tensor {name!r} is missing")
+        shape = tuple(int(d) for d in reversed(t.shape))
+        if len(shape) != 2:
+            return None
+        bw = native.decompose(t.tensor_type.name, t.data, shape)
+        if bw is None or self.hp.arch != "llama":
+            return bw
+        base = name.rsplit(".", 1)[0]
+        heads = {"attn_q": self.hp.n_heads, "attn_k": self.hp.n_kv_heads}.get(base.split(".")[-1])
+        if heads is None:
+            return bw
+        return bw.take_rows(unpermute_rows(np.arange(shape[0]), heads))
 
     def tensor_types(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -7,8 +7,9 @@ Outputs: logits float32 [B, S, vocab], present.{i}.key|value ACT [B, kv_heads, T
 ACT is float32 for the cpu target and float16 for the cuda target. Attention is
 com.microsoft GroupQueryAttention with packed QKV and fused rotate-half rotary (cos/sin caches);
 seqlens_k (= sum(attention_mask) - 1, int32) and total_sequence_length (int32 scalar) are computed
-inside the graph from attention_mask. Linear layers are MatMulNBits (int4/int8, block 32,
-symmetric) or MatMul (fp16/fp32). Norms are (Skip)SimplifiedLayerNormalization.
+inside the graph from attention_mask. Linear layers are MatMulNBits (native: each GGUF tensor's own
+blocks, see `native.py`; int4/int8: re-quantized, block 32, symmetric) or MatMul (fp16/fp32).
+Norms are (Skip)SimplifiedLayerNormalization.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import quant
+from . import native, quant
 from .gguf_model import GGUFModel
 
-PRECISIONS = ("int4", "int8", "fp16", "fp32")
+PRECISIONS = ("native", "int4", "int8", "fp16", "fp32")
 TARGETS = ("cpu", "cuda")
 OPSET = 21
 MS_OPSET = 1
@@ -89,8 +90,11 @@ class GraphBuilder:
         self.progress = progress
         self.act = np.float32 if target == "cpu" else np.float16
         self.act_onnx = TensorProto.FLOAT if target == "cpu" else TensorProto.FLOAT16
-        # dtype in which float weights are stored
-        self.wdtype = np.float32 if precision == "fp32" else np.float16
+        # dtype in which float weights are stored (native: exact, so float32 on the cpu target)
+        self.wdtype = np.float32 if precision == "fp32" or (
+            precision == "native" and target == "cpu") else np.float16
+        # what each GGUF tensor became, recorded in config.json
+        self.tensor_forms: dict[str, str] = {}
         if head_precision is not None and head_precision not in PRECISIONS:
             raise ValueError(f"lm_head precision must be one of {PRECISIONS}")
         self.head_precision = head_precision or precision
@@ -99,7 +103,7 @@ class GraphBuilder:
         # MatMulNBits accuracy_level: 4 lets the CPU kernel quantize activations to int8 (fast, as
         # onnxruntime-genai's builder does for CPU int4); 0 keeps them in float.
         if accuracy_level is None:
-            accuracy_level = 4 if (target == "cpu" and precision == "int4") else 0
+            accuracy_level = 4 if (target == "cpu" and precision in ("int4", "native")) else 0
         self.accuracy_level = accuracy_level
 
     # -- helpers ----------------------------------------------------------------------------
@@ -130,11 +134,26 @@ class GraphBuilder:
             return self.cast(stored, self.act_onnx)
         return stored
 
-    def linear(self, prefix: str, x: str, w: np.ndarray, bias: np.ndarray | None = None,
-               precision: str | None = None) -> str:
-        """y = x @ w.T (+ bias); w is [N, K] float32."""
-        n, k = w.shape
+    def linear(self, prefix: str, x: str, w: np.ndarray | str | list[str],
+               bias: np.ndarray | None = None, precision: str | None = None) -> str:
+        """y = x @ w.T (+ bias). `w` is a float32 [N, K] array, or the GGUF name(s) of the weight
+        (several names: their rows stacked, as for packed QKV)."""
         precision = precision or self.precision
+        if precision == "native" and not isinstance(w, np.ndarray):
+            y = self.native_linear(prefix, x, [w] if isinstance(w, str) else list(w))
+        else:
+            if isinstance(w, str):
+                w = self.m.hf_weight(w)
+            elif isinstance(w, list):
+                w = np.concatenate([self.m.hf_weight(name) for name in w])
+            y = self.requantized_linear(prefix, x, w, "int4" if precision == "native" else precision)
+        if bias is not None:
+            bname = self.const(f"{prefix}.Add.bias", bias.astype(self.act))
+            y = self.node("Add", [y, bname], name=f"{prefix}/Add")[0]
+        return y
+
+    def requantized_linear(self, prefix: str, x: str, w: np.ndarray, precision: str) -> str:
+        n, k = w.shape
         if precision in ("int4", "int8"):
             bits = 4 if precision == "int4" else 8
             if bits == 4:
@@ -143,17 +162,111 @@ class GraphBuilder:
                 packed, scales = quant.quantize_int8(w)
             b = self.const(f"{prefix}.MatMul.weight_Q{bits}", packed)
             s = self.const(f"{prefix}.MatMul.weight_scales", scales.astype(self.act))
-            y = self.node("MatMulNBits", [x, b, s], domain="com.microsoft", name=f"{prefix}/MatMul",
-                          K=k, N=n, bits=bits, block_size=quant.BLOCK,
-                          accuracy_level=self.accuracy_level)[0]
-        else:
-            dtype = np.float32 if precision == "fp32" else np.float16
-            wt = self.float_weight(f"{prefix}.MatMul.weight", np.ascontiguousarray(w.T), dtype)
-            y = self.node("MatMul", [x, wt], name=f"{prefix}/MatMul")[0]
-        if bias is not None:
-            bname = self.const(f"{prefix}.Add.bias", bias.astype(self.act))
-            y = self.node("Add", [y, bname], name=f"{prefix}/Add")[0]
-        return y
+            return self.node("MatMulNBits", [x, b, s], domain="com.microsoft",
+                             name=f"{prefix}/MatMul", K=k, N=n, bits=bits, block_size=quant.BLOCK,
+                             accuracy_level=self.accuracy_level)[0]
+        dtype = np.float32 if precision == "fp32" else np.float16
+        wt = self.float_weight(f"{prefix}.MatMul.weight", np.ascontiguousarray(w.T), dtype)
+        return self.node("MatMul", [x, wt], name=f"{prefix}/MatMul")[0]
+
+    def native_linear(self, prefix: str, x: str, names: list[str]) -> str:
+        """Each GGUF tensor in its own block format (one MatMulNBits when the parts share a
+        layout); a format MatMulNBits cannot represent exactly becomes a float MatMul."""
+        parts = [(name, self.m.block_weight(name)) for name in names]
+        blocks = [bw for _, bw in parts if bw is not None]
+        if len(blocks) == len(parts):
+            merged = native.concat_rows(blocks)
+            if merged is not None:
+                for name, bw in parts:
+                    self.record(name, prefix, bw.describe())
+                return self.block_matmul(prefix, x, merged)
+        outputs = []
+        for j, (name, bw) in enumerate(parts):
+            sub = prefix if len(parts) == 1 else f"{prefix}.{j}"
+            if bw is not None:
+                self.record(name, prefix, bw.describe())
+                outputs.append(self.block_matmul(sub, x, bw))
+                continue
+            kind = self.m.tensor_type(name)
+            dtype = np.float32 if self.target == "cpu" else np.float16
+            why = "exact" if self.target == "cpu" else "activation precision of the cuda target"
+            self.record(name, prefix, f"{kind} -> {np.dtype(dtype).name} MatMul ({why}; "
+                        "no exact MatMulNBits form)")
+            w = np.ascontiguousarray(self.m.hf_weight(name).T)
+            wt = self.float_weight(f"{sub}.MatMul.weight", w, dtype)
+            outputs.append(self.node("MatMul", [x, wt], name=f"{sub}/MatMul")[0])
+        if len(outputs) == 1:
+            return outputs[0]
+        return self.node("Concat", outputs, name=f"{prefix}/Concat", axis=-1)[0]
+
+    def record(self, name: str, prefix: str, form: str) -> None:
+        """Note what a GGUF tensor became; a tensor used twice (a tied lm_head) is noted per use."""
+        key = name if name not in self.tensor_forms else f"{name} as {prefix}"
+        self.tensor_forms[key] = form
+
+    def block_matmul(self, prefix: str, x: str, bw: native.BlockWeight) -> str:
+        """MatMulNBits for `(code - zero) * scale`, plus `sum(x per block) @ add` when the
+        format has a per-block add (x is [batch, seq, K])."""
+        n, k = bw.shape
+        b = self.const(f"{prefix}.MatMul.weight_Q{bw.bits}", bw.packed_codes())
+        s = self.const(f"{prefix}.MatMul.weight_scales", bw.scale.reshape(-1).astype(self.act))
+        z = self.const(f"{prefix}.MatMul.weight_zp", bw.packed_zero())
+        y = self.node("MatMulNBits", [x, b, s, z], domain="com.microsoft", name=f"{prefix}/MatMul",
+                      K=k, N=n, bits=bw.bits, block_size=bw.block,
+                      accuracy_level=self.accuracy_level)[0]
+        if bw.add is None:
+            return y
+        n_blocks = k // bw.block
+        shape = self.const(f"{prefix}.add.shape", np.array([0, 0, n_blocks, bw.block], np.int64))
+        axes = self.const(f"{prefix}.add.axes", np.array([-1], np.int64))
+        per_block = self.node("Reshape", [x, shape], name=f"{prefix}/add/Reshape")[0]
+        summed = self.node("ReduceSum", [per_block, axes], name=f"{prefix}/add/ReduceSum",
+                           keepdims=0)[0]
+        table = self.const(f"{prefix}.MatMul.weight_add",
+                           np.ascontiguousarray(bw.add.T).astype(self.act))
+        offset = self.node("MatMul", [summed, table], name=f"{prefix}/add/MatMul")[0]
+        return self.node("Add", [y, offset], name=f"{prefix}/add/Add")[0]
+
+    def embedding(self, ids: str = "input_ids") -> str:
+        """Token embeddings as ACT [batch, seq, hidden]. native on cpu: the GGUF blocks through
+        GatherBlockQuantized (exact); otherwise a float table (fp32 for fp32 exports, else fp16;
+        on the cuda target fp16 is the activations' own precision)."""
+        name = "token_embd.weight"
+        bw = self.m.block_weight(name) if (self.precision == "native" and self.target == "cpu") \
+            else None
+        if bw is None:
+            emb = self.m.raw(name)
+            emb_dtype = np.float32 if self.wdtype == np.float32 else np.float16
+            if self.precision == "native":
+                self.tensor_forms[name] = (f"{self.m.tensor_type(name)} -> "
+                                           f"{np.dtype(emb_dtype).name} Gather")
+            table = self.const("model.embed_tokens.weight", emb.astype(emb_dtype))
+            x = self.node("Gather", [table, ids], name="model/embed_tokens/Gather")[0]
+            if np.dtype(emb_dtype) != np.dtype(self.act):
+                x = self.cast(x, self.act_onnx)
+            return x
+        self.tensor_forms[name] = bw.describe().replace("MatMulNBits", "GatherBlockQuantized")
+        n_blocks = bw.shape[1] // bw.block
+        zero = bw.zero if bw.bits == 8 else \
+            bw.packed_zero().reshape(bw.zero.shape[0], -1)
+        data = self.const("model.embed_tokens.weight_Q", bw.packed_codes().reshape(bw.shape[0], -1))
+        scales = self.const("model.embed_tokens.weight_scales", bw.scale.astype(self.act))
+        zp = self.const("model.embed_tokens.weight_zp", np.ascontiguousarray(zero))
+        x = self.node("GatherBlockQuantized", [data, ids, scales, zp], domain="com.microsoft",
+                      name="model/embed_tokens/GatherBlockQuantized", bits=bw.bits,
+                      block_size=bw.block, gather_axis=0, quantize_axis=1)[0]
+        if bw.add is None:
+            return x
+        table = self.const("model.embed_tokens.weight_add", bw.add.astype(self.act))
+        add = self.node("Gather", [table, ids], name="model/embed_tokens/add/Gather")[0]
+        axes = self.const("model.embed_tokens.add.axes", np.array([-1], np.int64))
+        add = self.node("Unsqueeze", [add, axes], name="model/embed_tokens/add/Unsqueeze")[0]
+        split = self.const("model.embed_tokens.add.shape",
+                           np.array([0, 0, n_blocks, bw.block], np.int64))
+        merged = self.const("model.embed_tokens.add.merged", np.array([0, 0, -1], np.int64))
+        x = self.node("Reshape", [x, split], name="model/embed_tokens/add/Reshape")[0]
+        x = self.node("Add", [x, add], name="model/embed_tokens/add/Add")[0]
+        return self.node("Reshape", [x, merged], name="model/embed_tokens/add/Merge")[0]
 
     def norm_weight(self, name: str) -> str:
         return self.const(name, self.m.raw(name).astype(self.act))
@@ -180,14 +293,8 @@ class GraphBuilder:
                 outputs.append(helper.make_tensor_value_info(
                     f"present.{i}.{kind}", self.act_onnx, present_shape))
 
-        # embeddings: float table (fp32 for fp32 exports, else fp16), Gather, cast to ACT
         self.progress("embeddings")
-        emb = self.m.raw("token_embd.weight")
-        emb_dtype = np.float32 if self.precision == "fp32" else np.float16
-        table = self.const("model.embed_tokens.weight", emb.astype(emb_dtype))
-        x = self.node("Gather", [table, "input_ids"], name="model/embed_tokens/Gather")[0]
-        if np.dtype(emb_dtype) != np.dtype(self.act):
-            x = self.cast(x, self.act_onnx)
+        x = self.embedding()
 
         # seqlens_k and total_sequence_length from attention_mask
         axes = self.const("model.constants.axes_1", np.array([1], dtype=np.int64))
@@ -226,9 +333,6 @@ class GraphBuilder:
                     [f"/{p}/input_layernorm/output_0", "", "", f"/{p}/input_layernorm/output_3"],
                     domain="com.microsoft", name=f"/{p}/input_layernorm", epsilon=hp.rms_eps)
             # packed QKV projection
-            wq = self.m.hf_weight(f"blk.{i}.attn_q.weight")
-            wk = self.m.hf_weight(f"blk.{i}.attn_k.weight")
-            wv = self.m.hf_weight(f"blk.{i}.attn_v.weight")
             bias = None
             if self.m.has(f"blk.{i}.attn_q.bias"):
                 bias = np.concatenate([
@@ -236,8 +340,8 @@ class GraphBuilder:
                     self.m.hf_weight(f"blk.{i}.attn_k.bias"),
                     self.m.hf_weight(f"blk.{i}.attn_v.bias"),
                 ])
-            qkv = self.linear(f"{p}.attn.qkv_proj", h, np.concatenate([wq, wk, wv]), bias)
-            del wq, wk, wv
+            qkv = self.linear(f"{p}.attn.qkv_proj", h,
+                              [f"blk.{i}.{t}.weight" for t in ("attn_q", "attn_k", "attn_v")], bias)
             attn, _, _ = self.node(
                 "GroupQueryAttention",
                 [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
@@ -247,20 +351,19 @@ class GraphBuilder:
                 num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
                 rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
                 local_window_size=-1)
-            o = self.linear(f"{p}.attn.o_proj", attn, self.m.hf_weight(f"blk.{i}.attn_output.weight"))
+            o = self.linear(f"{p}.attn.o_proj", attn, f"blk.{i}.attn_output.weight")
             w_post = self.norm_weight(f"blk.{i}.ffn_norm.weight")
             h2, _, _, residual = self.node(
                 "SkipSimplifiedLayerNormalization", [o, residual, w_post],
                 [f"/{p}/post_attention_layernorm/output_0", "", "",
                  f"/{p}/post_attention_layernorm/output_3"],
                 domain="com.microsoft", name=f"/{p}/post_attention_layernorm", epsilon=hp.rms_eps)
-            gate = self.linear(f"{p}.mlp.gate_proj", h2, self.m.hf_weight(f"blk.{i}.ffn_gate.weight"))
-            up = self.linear(f"{p}.mlp.up_proj", h2, self.m.hf_weight(f"blk.{i}.ffn_up.weight"))
+            gate = self.linear(f"{p}.mlp.gate_proj", h2, f"blk.{i}.ffn_gate.weight")
+            up = self.linear(f"{p}.mlp.up_proj", h2, f"blk.{i}.ffn_up.weight")
             sig = self.node("Sigmoid", [gate], name=f"/{p}/mlp/act_fn/Sigmoid")[0]
             act = self.node("Mul", [gate, sig], name=f"/{p}/mlp/act_fn/Mul")[0]
             prod = self.node("Mul", [act, up], name=f"/{p}/mlp/Mul")[0]
-            pending = self.linear(f"{p}.mlp.down_proj", prod,
-                                  self.m.hf_weight(f"blk.{i}.ffn_down.weight"))
+            pending = self.linear(f"{p}.mlp.down_proj", prod, f"blk.{i}.ffn_down.weight")
 
         self.progress("lm_head")
         w_final = self.norm_weight("output_norm.weight")
@@ -269,8 +372,7 @@ class GraphBuilder:
             ["/model/norm/output_0", "", "", "/model/norm/output_3"],
             domain="com.microsoft", name="/model/norm", epsilon=hp.rms_eps)
         head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
-        head = emb if head_name == "token_embd.weight" else self.m.raw(head_name)
-        logits = self.linear("lm_head", hf, head, precision=self.head_precision)
+        logits = self.linear("lm_head", hf, head_name, precision=self.head_precision)
         if np.dtype(self.act) != np.dtype(np.float32):
             self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
         else:

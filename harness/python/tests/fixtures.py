@@ -1,8 +1,9 @@
 """Tiny GGUF models written with the gguf package, for the exporter's tests.
 
 Both architectures (llama with llama.cpp's q/k row permutation, qwen2 with q/k/v biases) and
-several tensor types: F32, F16, Q8_0, Q4_0, Q4_1, Q5_0 through gguf's own quantizer, and Q4_K and
-Q6_K built block by block (gguf can only dequantize those).
+several tensor types: F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 through gguf's own quantizer, and the
+K-quants (Q2_K .. Q6_K) built block by block from random bytes with sane float16 scales (gguf can
+only dequantize those).
 """
 
 from __future__ import annotations
@@ -70,6 +71,28 @@ def _q6_k_blocks(rows: int, cols: int, rng) -> np.ndarray:
     return blocks.reshape(rows, cols // 256 * 210)
 
 
+# float16 fields (byte offsets) of each block format; the other bytes are codes or packed scales
+_F16_FIELDS = {Q.Q4_0: (18, [0]), Q.Q4_1: (20, [0, 2]), Q.Q5_0: (22, [0]), Q.Q5_1: (24, [0, 2]),
+               Q.Q8_0: (34, [0]), Q.Q2_K: (84, [80, 82]), Q.Q3_K: (110, [108]),
+               Q.Q4_K: (144, [0, 2]), Q.Q5_K: (176, [0, 2]), Q.Q6_K: (210, [208])}
+
+
+def random_blocks(qtype: Q, rows: int, cols: int, rng) -> np.ndarray:
+    """Random block bytes of `qtype` for a [rows, cols] tensor: every code and packed sub-block
+    scale random, float16 scales/mins small and finite (some negative)."""
+    size, fields = _F16_FIELDS[qtype]
+    per_block = 256 if qtype.name.endswith("_K") else 32
+    assert cols % per_block == 0
+    n = rows * cols // per_block
+    blocks = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    for off in fields:
+        d = (rng.uniform(0.0005, 0.003, size=n) * rng.choice([-1.0, 1.0], size=n))
+        blocks[:, off:off + 2] = d.astype(np.float16).view(np.uint8).reshape(n, 2)
+    if qtype == Q.Q6_K:
+        blocks[:, 192:208] = rng.integers(-20, 20, size=(n, 16)).astype(np.int8).view(np.uint8)
+    return blocks.reshape(rows, cols // per_block * size)
+
+
 def _add(writer, name: str, w: np.ndarray, qtype: Q, rng) -> None:
     """Add a float tensor [rows, cols] (HF orientation) quantized as `qtype`."""
     rows, cols = w.shape if w.ndim == 2 else (1, w.shape[0])
@@ -81,6 +104,8 @@ def _add(writer, name: str, w: np.ndarray, qtype: Q, rng) -> None:
         writer.add_tensor(name, _q4_k_blocks(rows, cols, rng), raw_dtype=qtype)
     elif qtype == Q.Q6_K:
         writer.add_tensor(name, _q6_k_blocks(rows, cols, rng), raw_dtype=qtype)
+    elif qtype in (Q.Q2_K, Q.Q3_K, Q.Q5_K):
+        writer.add_tensor(name, random_blocks(qtype, rows, cols, rng), raw_dtype=qtype)
     else:
         writer.add_tensor(name, gguf.quants.quantize(w.astype(np.float32), qtype), raw_dtype=qtype)
 

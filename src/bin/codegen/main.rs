@@ -135,8 +135,9 @@ struct ExportOptions {
     /// cpu: float32 activations; cuda: float16 activations.
     #[arg(long, default_value = "cpu")]
     target: Target,
-    /// Weight precision of the linear layers: int4, int8, fp16 or fp32.
-    #[arg(long, default_value = "int4")]
+    /// Weights of the linear layers: native (each GGUF tensor's own quantization, exactly),
+    /// int4, int8 (re-quantized), fp16 or fp32.
+    #[arg(long, default_value = "native")]
     precision: Precision,
 }
 
