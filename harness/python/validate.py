@@ -1,11 +1,13 @@
 """Validate exported model folders against llama.cpp (an independent implementation).
 
 For each model (a GGUF file):
-  * export it (cpu target) at fp32 and int4 with the exporter in this folder;
+  * export it (cpu target) at fp32, native (the default; also with accuracy_level 0, i.e. float
+    activations, to show its weights are exact) and int4 with the exporter in this folder;
   * on code prompts (chat-formatted), run 32 greedy tokens with llama.cpp (llama-cpp-python) and
     with the ONNX export in ONNX Runtime; fp32 tokens must be identical; report the maximum
     absolute logit difference on llama.cpp's token path (prompt positions and every step);
-  * int4: report how many of the 32 greedy tokens agree with llama.cpp's;
+  * native with float activations: tokens must be identical to llama.cpp on the F32 copy, as for
+    fp32; native (int8 activations on CPU) and int4: report how many of the 32 greedy tokens agree;
   * tokenization: >= 200 code snippets through the exported tokenizer.json (the `tokenizers`
     package) and through onnxruntime-genai must give exactly llama.cpp's token ids;
   * onnxruntime-genai: load each exported folder and generate 32 greedy tokens; they must equal
@@ -48,6 +50,10 @@ PROMPTS = [
     "Write a Python class `Stack` with push, pop and peek methods.",
 ]
 SYSTEM = "You are a helpful coding assistant."
+# (key, precision, accuracy_level) of the exports compared with llama.cpp
+EXPORTS = (("fp32", "fp32", None), ("native0", "native", 0), ("native", "native", None),
+           ("int4", "int4", None))
+EXACT = ("fp32", "native0")  # same weights as reference A: greedy tokens must be identical
 N_NEW = 32
 
 
@@ -194,10 +200,10 @@ def validate_model(label: str, gguf_path: str, work: str, threads: int, n_prompt
     f32_path = dequantized_gguf(gguf_path, os.path.join(work, f"{label}.f32.gguf"))
     ref32 = LlamaRef(f32_path, threads, f32_cache=True)
     folders = {}
-    for precision in ("fp32", "int4"):
+    for precision, kind, level in EXPORTS:
         out = os.path.join(work, f"{label}-cpu-{precision}")
         t0 = time.time()
-        info = export(gguf_path, out, "cpu", precision)
+        info = export(gguf_path, out, "cpu", kind, accuracy_level=level)
         res[f"export_{precision}_s"] = round(time.time() - t0, 1)
         res[f"export_{precision}_bytes"] = info["bytes"]
         folders[precision] = out
@@ -243,7 +249,7 @@ def validate_model(label: str, gguf_path: str, work: str, threads: int, n_prompt
         rq, lq = ref.greedy(ids, N_NEW)
         runs.append({"prompt": p_idx, "ids": ids, "ref_f32": r32, "ref_f32_logits": l32,
                      "ref_gguf": rq, "ref_gguf_logits": lq})
-    for precision in ("fp32", "int4"):
+    for precision, _, _ in EXPORTS:
         runner = OrtRunner(folders[precision], threads)
         for run in runs:
             ids = run["ids"]
@@ -258,7 +264,8 @@ def validate_model(label: str, gguf_path: str, work: str, threads: int, n_prompt
                     n = min(len(forced), len(want))
                     run[f"fp32_maxdiff_vs_{key}"] = float(np.abs(forced[:n] - want[:n]).max())
                 run["logit_scale"] = float(np.abs(run["ref_f32_logits"]).max())
-                ok &= run["fp32_vs_f32"][0] == N_NEW
+            if precision in EXACT:
+                ok &= run[f"{precision}_vs_f32"][0] == N_NEW
         del runner
 
     # onnxruntime-genai: greedy generation from each folder equals ONNX Runtime's
@@ -303,8 +310,9 @@ def to_markdown(results: list[dict], snippets: int, elapsed: float) -> str:
     for r in results:
         lines += [f"## {r['model']} (`{r['gguf']}`)", ""]
         lines += [
-            f"- export time: fp32 {r['export_fp32_s']} s ({r['export_fp32_bytes'] / 2**20:.0f} MiB), "
-            f"int4 {r['export_int4_s']} s ({r['export_int4_bytes'] / 2**20:.0f} MiB)",
+            "- export time: " + ", ".join(
+                f"{k} {r[f'export_{k}_s']} s ({r[f'export_{k}_bytes'] / 2**20:.0f} MiB)"
+                for k, _, _ in EXPORTS if f"export_{k}_s" in r),
             f"- tokenization: tokenizer.json (tokenizers) {r['tokenizer_json_matches']}/"
             f"{r['tokenizer_snippets']} code snippets identical to llama.cpp; onnxruntime-genai's "
             f"tokenizer {r['genai_tokenizer_matches']}/{r['tokenizer_snippets']}; chat prompt with "
@@ -319,19 +327,25 @@ def to_markdown(results: list[dict], snippets: int, elapsed: float) -> str:
             lines.append("- onnxruntime-genai tokenizer mismatches (first): "
                          f"{r['genai_tokenizer_mismatch_examples']}")
         lines += ["", "Reference A = llama.cpp on a copy of the GGUF dequantized to F32 (same weights "
-                  "as the fp32 export; F32 KV cache). Reference B = llama.cpp on the original "
-                  "quantized GGUF (its matmuls also quantize activations to 8 bits; F16 KV cache). "
-                  "`a/32 (k)`: tokens agreeing, first divergence at step k.", "",
+                  "as the fp32 and native exports; F32 KV cache). Reference B = llama.cpp on the "
+                  "original quantized GGUF (its matmuls also quantize activations to 8 bits; F16 KV "
+                  "cache). native0 = the native export with accuracy_level 0 (float activations); "
+                  "native = the default (accuracy_level 4: the CPU kernel quantizes activations to "
+                  "int8). `a/32 (k)`: tokens agreeing, first divergence at step k.", "",
                   "| prompt | fp32 vs A | fp32 max abs logit diff vs A | fp32 vs B | "
-                  "fp32 max abs logit diff vs B | int4 vs A | int4 vs B | logit scale |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "fp32 max abs logit diff vs B | native0 vs A | native vs A | native vs B | "
+                  "int4 vs A | int4 vs B | logit scale |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in r["prompts"]:
             def fmt(pair):
                 return f"{pair[0]}/{N_NEW} ({pair[1]})"
             lines.append(
                 f"| {p['prompt']} | {fmt(p['fp32_vs_f32'])} | {p['fp32_maxdiff_vs_f32']:.2e} | "
                 f"{fmt(p['fp32_vs_gguf'])} | {p['fp32_maxdiff_vs_gguf']:.3f} | "
-                f"{fmt(p['int4_vs_f32'])} | {fmt(p['int4_vs_gguf'])} | {p['logit_scale']:.1f} |")
+                + " | ".join(fmt(p[k]) if k in p else "-" for k in (
+                    "native0_vs_f32", "native_vs_f32", "native_vs_gguf", "int4_vs_f32",
+                    "int4_vs_gguf"))
+                + f" | {p['logit_scale']:.1f} |")
         lines.append("")
     lines.append(f"{snippets} snippets: the Python standard library's modules, 25 lines each, "
                  "plus whitespace/unicode edge cases.")

