@@ -77,7 +77,8 @@ fn read_json(path: &Path) -> Result<Json, EngineError> {
         .map_err(|e| EngineError::folder(dir, format!("failed to parse {name}: {e}")))
 }
 
-fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
+/// A graph input or output as [`folder`] checks it (the doctor reads graphs the same way).
+pub(crate) fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
     GraphValue {
         name: name.to_string(),
         element: match ty.tensor_type() {
