@@ -84,7 +84,8 @@ pub(crate) fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
         element: match ty.tensor_type() {
             Some(TensorElementType::Float32) => Element::F32,
             Some(TensorElementType::Float16) => Element::F16,
-            other => Element::Other(format!("{other:?}")),
+            Some(other) => Element::Other(format!("{other:?}")),
+            None => Element::Other("none (not a tensor)".into()),
         },
         shape: ty.tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
     }
