@@ -6,11 +6,12 @@
 //! tokenizer, the special tokens and the chat template ([`checks`], pure functions over a
 //! [`snapshot::Snapshot`] read once), then ONNX Runtime: the graph's contract, a short greedy
 //! generation on each provider with its logits and repeatability, and whether the model fits
-//! this machine's memory and GPU ([`probe`], [`machine`]). The folder rules are the engine's
+//! this machine's memory and GPU ([`probe`], [`machine`], [`fit`]). The folder rules are the engine's
 //! own (`engine::onnx::folder`), and generation goes through the engine itself, so the doctor
 //! and the engine cannot disagree. [`render`] turns reports into a table or JSON.
 
 pub mod checks;
+pub mod fit;
 pub mod gguf;
 pub mod machine;
 mod probe;
@@ -294,10 +295,10 @@ fn diagnose_folder(folder: &Path, options: &DoctorOptions, report: &mut ModelRep
     let host = machine::host_memory();
     let gpu = machine::gpu_memory();
     if options.static_only {
-        report.push(checks::host_fit(&snap, report.peak_host_bytes, host));
+        report.push(fit::host_fit(&snap, report.peak_host_bytes, host));
         return;
     }
     probe::run(&snap, options, report);
-    report.push(checks::host_fit(&snap, report.peak_host_bytes, host));
-    report.push(checks::gpu_fit(&snap, gpu.as_ref()));
+    report.push(fit::host_fit(&snap, report.peak_host_bytes, host));
+    report.push(fit::gpu_fit(&snap, gpu.as_ref()));
 }

@@ -11,6 +11,8 @@ use super::snapshot::Snapshot;
 use super::{DoctorOptions, ModelReport, Status, Verdict, check};
 use crate::case::{self, Case};
 use crate::device::Provider;
+use crate::engine::onnx::folder::{GraphSpec, Layout};
+use crate::engine::onnx::tensor::Float;
 use crate::engine::onnx::{self, OnnxOptions, model, session};
 use crate::engine::{Completion, CompletionSource, GenerationSettings, Request};
 use crate::prompt::Prompt;
@@ -23,7 +25,7 @@ const COMPLETE_PREFIX: &str = "def fib(n):\n    \"\"\"Return the n-th Fibonacci 
 
 /// Run the ONNX Runtime checks, appending their verdicts and figures to `report`.
 pub(super) fn run(snap: &Snapshot, options: &DoctorOptions, report: &mut ModelReport) {
-    let graph_ok = open_graph(snap, options, report);
+    let graph = open_graph(snap, options, report);
     let blocking = [
         check::ONNX_LOAD,
         check::GRAPH,
@@ -38,22 +40,40 @@ pub(super) fn run(snap: &Snapshot, options: &DoctorOptions, report: &mut ModelRe
             check::logits(provider),
             check::repeatable(provider),
         ];
-        if let Some(failed) = blocking.or((!graph_ok).then_some(check::GRAPH)) {
+        let Some(spec) = graph.as_ref().filter(|_| blocking.is_none()) else {
             for name in names {
-                report.push(Verdict::skip(name, failed));
+                report.push(Verdict::skip(name, blocking.unwrap_or(check::GRAPH)));
             }
+            continue;
+        };
+        // ONNX Runtime's GroupQueryAttention runs float16 only on CUDA: a CPU export (float32)
+        // of the genai layout cannot run there, which says nothing about the model.
+        if provider == Provider::Cuda && spec.layout == Layout::Genai && spec.kv_type == Float::F32
+        {
+            let [generate, logits, repeatable] = names;
+            report.push(Verdict::warn(
+                generate,
+                "not run: this folder is a CPU export (float32 GroupQueryAttention, which CUDA does not run)",
+                "`codegen doctor --device cuda NAME` checks the CUDA export (float16) of a default model or GGUF",
+            ));
+            report.push(Verdict::skip(logits, "generate:cuda"));
+            report.push(Verdict::skip(repeatable, "generate:cuda"));
             continue;
         }
         generate(snap, options, provider, report);
     }
 }
 
-/// `onnx-load` and `graph`; whether both passed.
-fn open_graph(snap: &Snapshot, options: &DoctorOptions, report: &mut ModelReport) -> bool {
+/// `onnx-load` and `graph`; the graph's contract when both passed.
+fn open_graph(
+    snap: &Snapshot,
+    options: &DoctorOptions,
+    report: &mut ModelReport,
+) -> Option<GraphSpec> {
     if snap.size("model.onnx").is_none() {
         report.push(Verdict::skip(check::ONNX_LOAD, "files (model.onnx)"));
         report.push(Verdict::skip(check::GRAPH, check::ONNX_LOAD));
-        return false;
+        return None;
     }
     let rt = match runtime::init(&options.runtime) {
         Ok(rt) => rt,
@@ -67,7 +87,7 @@ fn open_graph(snap: &Snapshot, options: &DoctorOptions, report: &mut ModelReport
                 ),
             ));
             report.push(Verdict::skip(check::GRAPH, check::ONNX_LOAD));
-            return false;
+            return None;
         }
     };
     let spec = session::SessionSpec {
@@ -89,7 +109,7 @@ fn open_graph(snap: &Snapshot, options: &DoctorOptions, report: &mut ModelReport
             };
             report.push(Verdict::fail(check::ONNX_LOAD, e.to_string(), remedy));
             report.push(Verdict::skip(check::GRAPH, check::ONNX_LOAD));
-            return false;
+            return None;
         }
     };
     report.push(Verdict::ok(
@@ -113,10 +133,10 @@ fn open_graph(snap: &Snapshot, options: &DoctorOptions, report: &mut ModelReport
         .map(|o| model::graph_value(o.name(), o.dtype()))
         .collect();
     drop(opened);
-    let (verdict, _) = checks::graph(snap, &inputs, &outputs);
+    let (verdict, spec) = checks::graph(snap, &inputs, &outputs);
     let ok = verdict.status != Status::Fail;
     report.push(verdict);
-    ok
+    spec.filter(|_| ok)
 }
 
 /// The case the generation check asks: chat when the template renders, else completion.
@@ -182,11 +202,12 @@ fn generate(
     provider: Provider,
     report: &mut ModelReport,
 ) {
+    // Chat when the template renders (a warning can still mean it renders), else completion.
     let chat = report.passed(check::CHAT_TEMPLATE)
-        && report
-            .verdicts
-            .iter()
-            .any(|v| v.check == check::CHAT_TEMPLATE && v.status == Status::Ok);
+        && snap
+            .tokenizer_config
+            .ready()
+            .is_some_and(|c| c.get("chat_template").is_some());
     let case = probe_case(chat, options.max_new_tokens);
     let first_provider = report.load_ms.is_none();
     machine::reset_peak_host();
@@ -221,7 +242,8 @@ fn generate(
     if first_provider {
         report.load_ms = Some(load_ms);
         report.ms_per_token = ms_per_token;
-        report.peak_host_bytes = timing.peak_host_bytes.or(peak).max(peak);
+        // VmHWM after the run covers the load too, which the engine's own figure does not.
+        report.peak_host_bytes = peak.or(timing.peak_host_bytes);
     }
     let preview: String = completion.text.chars().take(48).collect();
     report.push(Verdict::ok(
