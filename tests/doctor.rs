@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use codegen_harness::cache::DirLock;
-use codegen_harness::doctor::gguf::{self, SUPPORTED_ARCHS};
+use codegen_harness::doctor::gguf::SUPPORTED_ARCHS;
 use codegen_harness::env::Env;
 use codegen_harness::provision::{Provisioner, TINY_MODELS_VENV};
 use serde_json::Value as Json;
@@ -369,14 +369,22 @@ fn nan_weights_fail_logits() {
 fn an_unsupported_gguf_is_named_with_the_supported_list() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tiny-mamba.gguf");
-    fs::write(
-        &path,
-        gguf::write_test_header(&[
-            ("general.architecture", "mamba"),
-            ("general.name", "Tiny Mamba"),
-        ]),
-    )
-    .unwrap();
+    // A GGUF v3 header: magic, version, no tensors, two string pairs (value type 8).
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.extend_from_slice(&2u64.to_le_bytes());
+    for (key, value) in [
+        ("general.architecture", "mamba"),
+        ("general.name", "Tiny Mamba"),
+    ] {
+        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.extend_from_slice(&8u32.to_le_bytes());
+        bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(value.as_bytes());
+    }
+    fs::write(&path, bytes).unwrap();
     let (success, json) = doctor(&[path.to_str().unwrap()]);
     assert!(!success);
     assert_eq!(json["models"][0]["first_failing_check"], "gguf");

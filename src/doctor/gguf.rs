@@ -298,29 +298,28 @@ fn parse_header(inner: impl Read) -> Result<GgufHeader, ParseError> {
     })
 }
 
-/// The bytes of a GGUF v3 header with `metadata` (string values only) and no tensors: for
-/// tests, here and in `tests/doctor.rs`.
-pub fn write_test_header(metadata: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&3u32.to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes());
-    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    let string = |out: &mut Vec<u8>, s: &str| {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    };
-    for (k, v) in metadata {
-        string(&mut out, k);
-        out.extend_from_slice(&8u32.to_le_bytes());
-        string(&mut out, v);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes of a GGUF v3 header with `metadata` (string values only) and no tensors.
+    fn write_test_header(metadata: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        let string = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        for (k, v) in metadata {
+            string(&mut out, k);
+            out.extend_from_slice(&8u32.to_le_bytes());
+            string(&mut out, v);
+        }
+        out
+    }
 
     fn parse(bytes: &[u8]) -> Result<GgufHeader, ParseError> {
         parse_header(bytes)
