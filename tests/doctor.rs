@@ -483,6 +483,32 @@ fn json_output_has_every_verdict_and_the_figures() {
     );
 }
 
+#[test]
+fn no_run_checks_files_alone_and_estimates_memory() {
+    let dir = fixtures().join("genai");
+    let (success, json) = doctor(&["--no-run", dir.to_str().unwrap()]);
+    assert!(success, "{json:#}");
+    let checks: Vec<&str> = json["models"][0]["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "files",
+            "config",
+            "tokenizer",
+            "special-tokens",
+            "chat-template",
+            "host-memory"
+        ]
+    );
+    let memory = verdict(&json, "host-memory")["detail"].as_str().unwrap();
+    assert!(memory.starts_with("estimated:"), "{memory}");
+}
+
 /// The Rust list of supported architectures is the exporter's `SUPPORTED_ARCHS`, read from the
 /// Python file (so adding an architecture there without here fails this test).
 #[test]

@@ -514,7 +514,43 @@ pub(crate) fn graph(
 
 #[cfg(test)]
 mod tests {
+    use super::super::Status;
     use super::*;
+
+    fn with_config(config: Json) -> Snapshot {
+        Snapshot {
+            dir: "m".into(),
+            sizes: Vec::new(),
+            config: Loaded::Ready(config),
+            generation_config: Loaded::Missing,
+            tokenizer_config: Loaded::Missing,
+            tokenizer: Loaded::Missing,
+        }
+    }
+
+    #[test]
+    fn config_reads_aliases_and_takes_kv_heads_from_heads() {
+        let gpt2 = serde_json::json!({"n_layer": 2, "n_head": 4, "n_embd": 64, "n_vocab": 100, "n_positions": 1024});
+        let v = config(&with_config(gpt2));
+        assert_eq!(v.status, Status::Ok, "{v:?}");
+        assert!(
+            v.detail
+                .starts_with("2 layers, 4 heads, 4 KV heads (no num_key_value_heads"),
+            "{}",
+            v.detail
+        );
+        assert!(v.detail.ends_with("context 1024"), "{}", v.detail);
+        let odd = serde_json::json!({"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 3, "hidden_size": 64, "vocab_size": 9});
+        let v = config(&with_config(odd));
+        assert_eq!(v.status, Status::Fail);
+        assert!(
+            v.detail.contains("not a multiple of 3 KV heads"),
+            "{}",
+            v.detail
+        );
+        let no_context = serde_json::json!({"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 9});
+        assert_eq!(config(&with_config(no_context)).status, Status::Warn);
+    }
 
     #[test]
     fn differences_are_shown_where_they_are() {
