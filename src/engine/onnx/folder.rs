@@ -117,27 +117,23 @@ pub(crate) fn graph_spec(
             shape.len()
         )));
     }
-    let cfg = |k: &str| config.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    let sizes = config_sizes(config);
     let kv_heads = if shape[1] > 0 {
         shape[1] as usize
     } else {
-        cfg("num_key_value_heads")
-            .or(cfg("num_attention_heads"))
-            .ok_or_else(|| {
-                bad(
-                    "kv_heads is dynamic in the graph and config.json has no num_key_value_heads"
-                        .into(),
-                )
-            })?
+        sizes.kv_heads_or_heads().ok_or_else(|| {
+            bad(
+                "kv_heads is dynamic in the graph and config.json has no num_key_value_heads"
+                    .into(),
+            )
+        })?
     };
     let head_dim = if shape[3] > 0 {
         shape[3] as usize
     } else {
-        cfg("head_dim")
-            .or_else(|| Some(cfg("hidden_size")? / cfg("num_attention_heads")?))
-            .ok_or_else(|| {
-                bad("head_dim is dynamic in the graph and config.json has no head_dim".into())
-            })?
+        sizes.head_dim_or_derived().ok_or_else(|| {
+            bad("head_dim is dynamic in the graph and config.json has no head_dim".into())
+        })?
     };
     let layout = if input("position_ids").is_some() {
         Layout::Optimum
@@ -163,6 +159,63 @@ pub(crate) fn graph_spec(
         kv_heads,
         head_dim,
     })
+}
+
+/// Names real configs give each size (Hugging Face first, then GPT-2, Falcon, ChatGLM and
+/// llama.cpp-style aliases): the engine and `codegen doctor` read sizes through these lists only.
+pub(crate) const LAYER_KEYS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers", "n_layers"];
+pub(crate) const HEAD_KEYS: &[&str] = &["num_attention_heads", "n_head", "num_heads", "n_heads"];
+pub(crate) const KV_HEAD_KEYS: &[&str] = &[
+    "num_key_value_heads",
+    "n_head_kv",
+    "num_kv_heads",
+    "multi_query_group_num",
+];
+pub(crate) const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "d_model"];
+pub(crate) const VOCAB_KEYS: &[&str] = &["vocab_size", "n_vocab", "padded_vocab_size"];
+
+/// The sizes `config.json` states (`None` where it says nothing under any alias).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ConfigSizes {
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    /// As stated; absent means multi-head attention (as many KV heads as heads).
+    pub kv_heads: Option<usize>,
+    pub hidden: Option<usize>,
+    /// As stated; absent means `hidden / heads`.
+    pub head_dim: Option<usize>,
+    pub vocab: Option<usize>,
+}
+
+impl ConfigSizes {
+    /// KV heads, defaulting to the attention heads as Hugging Face does.
+    pub fn kv_heads_or_heads(&self) -> Option<usize> {
+        self.kv_heads.or(self.heads)
+    }
+
+    /// `head_dim`, else `hidden / heads`.
+    pub fn head_dim_or_derived(&self) -> Option<usize> {
+        self.head_dim.or_else(|| Some(self.hidden? / self.heads?))
+    }
+}
+
+/// The first of `keys` that `config` gives as a whole number.
+pub(crate) fn config_usize(config: &Json, keys: &[&str]) -> Option<usize> {
+    keys.iter()
+        .find_map(|k| config.get(*k).and_then(Json::as_u64))
+        .map(|n| n as usize)
+}
+
+/// Read the sizes of `config.json` under every alias in the lists above.
+pub(crate) fn config_sizes(config: &Json) -> ConfigSizes {
+    ConfigSizes {
+        layers: config_usize(config, LAYER_KEYS),
+        heads: config_usize(config, HEAD_KEYS),
+        kv_heads: config_usize(config, KV_HEAD_KEYS),
+        hidden: config_usize(config, HIDDEN_KEYS),
+        head_dim: config_usize(config, &["head_dim"]),
+        vocab: config_usize(config, VOCAB_KEYS),
+    }
 }
 
 /// The tokenizer's special tokens and chat template.
@@ -396,6 +449,15 @@ mod tests {
         assert!(
             err.to_string().contains("no end-of-sequence token"),
             "{err}"
+        );
+        let gpt2 = config_sizes(&serde_json::json!({"n_layer": 12, "n_head": 12, "n_embd": 768}));
+        assert_eq!(
+            (
+                gpt2.layers,
+                gpt2.kv_heads_or_heads(),
+                gpt2.head_dim_or_derived()
+            ),
+            (Some(12), Some(12), Some(64))
         );
         assert_eq!(
             context_length(&serde_json::json!({"max_position_embeddings": 32768})),

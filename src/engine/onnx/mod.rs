@@ -28,11 +28,11 @@ mod gencache;
 mod head;
 mod kv;
 mod metrics;
-mod model;
+pub(crate) mod model;
 mod sampling;
 mod scheduler;
-mod session;
-mod tensor;
+pub(crate) mod session;
+pub(crate) mod tensor;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -77,13 +77,15 @@ fn read_json(path: &Path) -> Result<Json, EngineError> {
         .map_err(|e| EngineError::folder(dir, format!("failed to parse {name}: {e}")))
 }
 
-fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
+/// A graph input or output as [`folder`] checks it (the doctor reads graphs the same way).
+pub(crate) fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
     GraphValue {
         name: name.to_string(),
         element: match ty.tensor_type() {
             Some(TensorElementType::Float32) => Element::F32,
             Some(TensorElementType::Float16) => Element::F16,
-            other => Element::Other(format!("{other:?}")),
+            Some(other) => Element::Other(format!("{other:?}")),
+            None => Element::Other("none (not a tensor)".into()),
         },
         shape: ty.tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
     }

@@ -1,0 +1,106 @@
+//! What this machine has for a model: free host memory (`/proc/meminfo`), the GPU's memory
+//! (`nvidia-smi`, when there is one), and the process's peak memory, reset before each model
+//! so that every row of the doctor's table shows its own model's peak.
+
+use std::fs;
+use std::process::Command;
+
+/// Host memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    pub total: u64,
+    /// `MemAvailable`: what can be had without swapping.
+    pub available: u64,
+}
+
+/// The first GPU's memory, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuMemory {
+    pub name: String,
+    pub total: u64,
+    pub free: u64,
+}
+
+fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Parse `/proc/meminfo`.
+pub fn parse_meminfo(text: &str) -> Option<HostMemory> {
+    Some(HostMemory {
+        total: meminfo_kib(text, "MemTotal:")? * 1024,
+        available: meminfo_kib(text, "MemAvailable:")? * 1024,
+    })
+}
+
+/// This machine's memory.
+pub fn host_memory() -> Option<HostMemory> {
+    parse_meminfo(&fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// Parse `nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits`
+/// (MiB), first GPU.
+pub fn parse_nvidia_smi(text: &str) -> Option<GpuMemory> {
+    let line = text.lines().next()?;
+    let mut parts = line.split(',').map(str::trim);
+    let name = parts.next()?.to_string();
+    let total: u64 = parts.next()?.parse().ok()?;
+    let free: u64 = parts.next()?.parse().ok()?;
+    Some(GpuMemory {
+        name,
+        total: total << 20,
+        free: free << 20,
+    })
+}
+
+/// The GPU's memory, `None` when there is no `nvidia-smi` or no GPU.
+pub fn gpu_memory() -> Option<GpuMemory> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.total,memory.free",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_host_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    meminfo_kib(&status, "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Reset the peak to the current resident size (Linux: `5` into `/proc/self/clear_refs`), so
+/// that the next reading is this model's. Where that is refused, peaks accumulate over models.
+pub fn reset_peak_host() {
+    let _ = fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_and_nvidia_smi_are_read() {
+        let m = parse_meminfo(
+            "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   16000000 kB\n",
+        )
+        .unwrap();
+        assert_eq!(m.total, 24_000_000 * 1024);
+        assert_eq!(m.available, 16_000_000 * 1024);
+        let g = parse_nvidia_smi("NVIDIA H200, 143771, 140000\nNVIDIA H200, 1, 1\n").unwrap();
+        assert_eq!(g.name, "NVIDIA H200");
+        assert_eq!(g.total, 143_771 << 20);
+        assert_eq!(g.free, 140_000 << 20);
+        assert!(parse_nvidia_smi("").is_none());
+    }
+}

@@ -1,0 +1,304 @@
+//! `codegen doctor`: whether a model will work here, and if not, why.
+//!
+//! A model (a default model's name, a model folder or a `.gguf` file) goes through a pipeline
+//! of checks, each a small function returning one [`Verdict`] (ok, warn, fail or skip, with a
+//! remedy): the GGUF header and the export ([`gguf`]), the folder's files, `config.json`, the
+//! tokenizer, the special tokens and the chat template ([`checks`], pure functions over a
+//! [`snapshot::Snapshot`] read once), then ONNX Runtime: the graph's contract, a short greedy
+//! generation on each provider with its logits and repeatability, and whether the model fits
+//! this machine's memory and GPU ([`probe`], [`machine`], [`fit`]). The folder rules are the engine's
+//! own (`engine::onnx::folder`), and generation goes through the engine itself, so the doctor
+//! and the engine cannot disagree. [`render`] turns reports into a table or JSON.
+
+pub mod checks;
+pub mod fit;
+pub mod gguf;
+pub mod machine;
+mod probe;
+pub mod render;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::device::{Precision, Provider, Target};
+use crate::models::{self, ModelError};
+use crate::provision::Provisioner;
+use crate::runtime::RuntimeSpec;
+
+/// The names of the checks, in pipeline order.
+pub mod check {
+    pub const MODEL: &str = "model";
+    pub const GGUF: &str = "gguf";
+    pub const EXPORT: &str = "export";
+    pub const FILES: &str = "files";
+    pub const CONFIG: &str = "config";
+    pub const TOKENIZER: &str = "tokenizer";
+    pub const SPECIAL_TOKENS: &str = "special-tokens";
+    pub const CHAT_TEMPLATE: &str = "chat-template";
+    pub const ONNX_LOAD: &str = "onnx-load";
+    pub const GRAPH: &str = "graph";
+    pub const HOST_MEMORY: &str = "host-memory";
+    pub const GPU_MEMORY: &str = "gpu-memory";
+
+    /// `generate:cpu`: a short greedy generation through the engine.
+    pub fn generate(provider: crate::device::Provider) -> String {
+        format!("generate:{provider}")
+    }
+    /// `logits:cpu`: every generated step's logits free of NaN and +Inf.
+    pub fn logits(provider: crate::device::Provider) -> String {
+        format!("logits:{provider}")
+    }
+    /// `repeatable:cpu`: a second load and greedy run gives the same tokens.
+    pub fn repeatable(provider: crate::device::Provider) -> String {
+        format!("repeatable:{provider}")
+    }
+}
+
+/// How a check went. Ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Not run: a check it depends on failed (the detail names it).
+    Skip,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Skip => "skip",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One check's verdict: what was found and, when it is not ok, what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+impl Verdict {
+    pub fn ok(check: impl Into<String>, detail: impl Into<String>) -> Verdict {
+        Verdict {
+            check: check.into(),
+            status: Status::Ok,
+            detail: detail.into(),
+            remedy: None,
+        }
+    }
+
+    pub fn warn(
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Verdict {
+        Verdict {
+            check: check.into(),
+            status: Status::Warn,
+            detail: detail.into(),
+            remedy: Some(remedy.into()),
+        }
+    }
+
+    pub fn fail(
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Verdict {
+        Verdict {
+            check: check.into(),
+            status: Status::Fail,
+            detail: detail.into(),
+            remedy: Some(remedy.into()),
+        }
+    }
+
+    /// Not run because `because` (a check name) failed or is missing.
+    pub fn skip(check: impl Into<String>, because: &str) -> Verdict {
+        Verdict {
+            check: check.into(),
+            status: Status::Skip,
+            detail: format!("not run: {because} did not pass"),
+            remedy: None,
+        }
+    }
+}
+
+/// Everything the doctor found about one model.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModelReport {
+    /// The model as it was named (name, folder or GGUF path).
+    pub model: String,
+    pub folder: Option<PathBuf>,
+    /// Bytes of the graph and its weights (`model.onnx` + `model.onnx.data`).
+    pub size_bytes: Option<u64>,
+    /// Weight precision (`config.json` `codegen_export.precision`, else `unknown`).
+    pub precision: Option<String>,
+    /// Time to open the model with the engine, on the first provider tried.
+    pub load_ms: Option<f64>,
+    /// Decode time per generated token, on the first provider tried.
+    pub ms_per_token: Option<f64>,
+    /// Peak resident memory of the process while the model was loaded and generating.
+    pub peak_host_bytes: Option<u64>,
+    pub verdicts: Vec<Verdict>,
+}
+
+impl ModelReport {
+    fn new(model: &str) -> ModelReport {
+        ModelReport {
+            model: model.to_string(),
+            ..ModelReport::default()
+        }
+    }
+
+    /// The worst status of any check (skips count as ok: their cause is reported).
+    pub fn verdict(&self) -> Status {
+        self.verdicts
+            .iter()
+            .map(|v| v.status)
+            .filter(|s| *s != Status::Skip)
+            .max()
+            .unwrap_or(Status::Ok)
+    }
+
+    /// The first check that failed.
+    pub fn first_failure(&self) -> Option<&Verdict> {
+        self.verdicts.iter().find(|v| v.status == Status::Fail)
+    }
+
+    /// Whether `check` passed (ok or warn).
+    pub fn passed(&self, check: &str) -> bool {
+        self.verdicts
+            .iter()
+            .any(|v| v.check == check && matches!(v.status, Status::Ok | Status::Warn))
+    }
+
+    fn push(&mut self, verdict: Verdict) {
+        self.verdicts.push(verdict);
+    }
+}
+
+/// What the doctor needs, decided at the edge (the library reads no environment).
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    /// Where default models and GGUF exports are cached, and the exporter's Python.
+    pub provisioner: Provisioner,
+    /// ONNX Runtime's library: its provider decides the wheel (the GPU wheel runs CPU too), and
+    /// it is loaded once per process, so it must serve every provider in `providers`.
+    pub runtime: RuntimeSpec,
+    /// The providers to generate on (CPU; CUDA too where there is a GPU).
+    pub providers: Vec<Provider>,
+    /// The export a default model name or a GGUF gets.
+    pub target: Target,
+    pub precision: Precision,
+    /// Tokens generated by each run of the generation check.
+    pub max_new_tokens: usize,
+    /// Intra-op threads on CPU (0: one per core).
+    pub threads: usize,
+    /// Skip ONNX Runtime (files, configs, tokenizer and template only).
+    pub static_only: bool,
+}
+
+/// Run every check on one model.
+pub fn diagnose(model: &str, options: &DoctorOptions) -> ModelReport {
+    let mut report = ModelReport::new(model);
+    let Some(folder) = resolve(model, options, &mut report) else {
+        return report;
+    };
+    diagnose_folder(&folder, options, &mut report);
+    report.folder = Some(folder);
+    report
+}
+
+/// Turn the model argument into a folder: a folder as it is, a GGUF through its header and
+/// the exporter, a default model name through [`models::ensure_model`].
+fn resolve(model: &str, options: &DoctorOptions, report: &mut ModelReport) -> Option<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Some(path.to_path_buf());
+    }
+    if model.ends_with(".gguf") && path.is_file() {
+        let header = match gguf::read_header(path) {
+            Ok(h) => h,
+            Err(e) => {
+                report.push(Verdict::fail(
+                    check::GGUF,
+                    e.to_string(),
+                    "download the GGUF again (a truncated or damaged file), or check that it is a GGUF at all",
+                ));
+                return None;
+            }
+        };
+        let verdict = checks::gguf_verdict(&header);
+        let supported = verdict.status == Status::Ok;
+        report.push(verdict);
+        if !supported {
+            return None;
+        }
+    }
+    match models::ensure_model(
+        &options.provisioner,
+        model,
+        options.target,
+        options.precision,
+    ) {
+        Ok(folder) => {
+            report.push(Verdict::ok(
+                if model.ends_with(".gguf") {
+                    check::EXPORT
+                } else {
+                    check::MODEL
+                },
+                format!("model folder {}", folder.display()),
+            ));
+            Some(folder)
+        }
+        Err(e) => {
+            let (name, remedy) = match &e {
+                ModelError::UnknownModel { .. } => (
+                    check::MODEL,
+                    "name a model folder, a .gguf file or one of the default models",
+                ),
+                ModelError::HashMismatch { .. } => (
+                    check::MODEL,
+                    "the download is damaged: remove the cached GGUF under the cache's gguf/ folder and run again",
+                ),
+                _ => (
+                    check::EXPORT,
+                    "see the exporter's message above; `codegen models export FILE.gguf` shows its full output",
+                ),
+            };
+            report.push(Verdict::fail(name, e.to_string(), remedy));
+            None
+        }
+    }
+}
+
+fn diagnose_folder(folder: &Path, options: &DoctorOptions, report: &mut ModelReport) {
+    let snap = snapshot::Snapshot::read(folder);
+    report.size_bytes = snap.weights_bytes();
+    report.precision = Some(snap.precision());
+    for check in checks::STATIC_CHECKS {
+        report.push(check(&snap));
+    }
+    let host = machine::host_memory();
+    let gpu = machine::gpu_memory();
+    if options.static_only {
+        report.push(fit::host_fit(&snap, report.peak_host_bytes, host));
+        return;
+    }
+    probe::run(&snap, options, report);
+    report.push(fit::host_fit(&snap, report.peak_host_bytes, host));
+    report.push(fit::gpu_fit(&snap, gpu.as_ref()));
+}
