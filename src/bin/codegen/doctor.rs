@@ -24,8 +24,8 @@ pub struct DoctorArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: Device,
-    /// Weight precision of exports (default models and GGUFs): int4, int8, fp16 or fp32.
-    #[arg(long, default_value = "int4")]
+    /// Weight precision of exports (default models and GGUFs): native, int4, int8, fp16 or fp32.
+    #[arg(long, default_value = "native")]
     pub precision: Precision,
     /// Tokens each generation check generates.
     #[arg(long, default_value_t = 16)]
