@@ -12,7 +12,10 @@ the llama/qwen2 graph, each step as llama.cpp's `llm_build_gemma3` computes it:
 - sliding-window layers (5 of every 6) attend to the last `sliding_window` positions (the
   current one included; GroupQueryAttention's local_window_size) with rope base 10000; global layers use the GGUF's rope base, hence two
   cos/sin caches;
-- norm weights are used as stored: llama.cpp's converter already wrote gemma's (1 + w).
+- norm weights are used as stored: llama.cpp's converter already wrote gemma's (1 + w);
+- the residual stream is float32 also where activations are float16 (the cuda target): in
+  gemma-3-270m it reaches ~1e5, past float16's 65504 (an all-fp16 graph gives NaN logits), so
+  each block's normed input is cast down to ACT and its post-normed output back up.
 
 The lm_head is tied to `token_embd` (or `output.weight` where present); logits are float32.
 """
@@ -39,9 +42,23 @@ class Gemma3Builder(GraphBuilder):
         sin = self.const(f"{name}.sin_cache", np.sin(freqs).astype(self.act))
         return cos, sin
 
-    def rms(self, name: str, x: str, weight: str) -> str:
-        return self.node("SimplifiedLayerNormalization", [x, self.norm_weight(weight)],
+    def rms(self, name: str, x: str, weight: str, fp32: bool = False) -> str:
+        """RMSNorm of x (ACT, or float32 with `fp32`) times the GGUF weight `weight`."""
+        w = self.residual_weight(weight) if fp32 else self.norm_weight(weight)
+        return self.node("SimplifiedLayerNormalization", [x, w],
                          name=name, epsilon=self.hp.rms_eps, axis=-1, stash_type=1)[0]
+
+    def residual_weight(self, name: str) -> str:
+        """A norm weight applied to the float32 residual stream."""
+        return self.const(name, self.m.raw(name).astype(np.float32))
+
+    def to_act(self, x: str) -> str:
+        """float32 (residual stream) -> ACT."""
+        return x if self.act_onnx == TensorProto.FLOAT else self.cast(x, self.act_onnx)
+
+    def to_residual(self, x: str) -> str:
+        """ACT -> float32 (residual stream)."""
+        return x if self.act_onnx == TensorProto.FLOAT else self.cast(x, TensorProto.FLOAT)
 
     def head_norm(self, name: str, x: str, heads: int, weight: str) -> str:
         """RMSNorm over each head of x [B, S, heads*head_dim]."""
@@ -53,9 +70,9 @@ class Gemma3Builder(GraphBuilder):
         return self.node("Reshape", [h, joined], name=f"{name}/Reshape_join")[0]
 
     def skip_rms(self, name: str, x: str, skip: str, weight: str) -> tuple[str, str]:
-        """(rms(x + skip) * weight, x + skip)."""
+        """(rms(x + skip) * weight, x + skip), all float32 (the residual stream)."""
         out, _, _, total = self.node(
-            "SkipSimplifiedLayerNormalization", [x, skip, self.norm_weight(weight)],
+            "SkipSimplifiedLayerNormalization", [x, skip, self.residual_weight(weight)],
             [f"{name}/output_0", "", "", f"{name}/output_3"],
             domain="com.microsoft", name=name, epsilon=self.hp.rms_eps)
         return out, total
@@ -81,15 +98,16 @@ class Gemma3Builder(GraphBuilder):
                 outputs.append(helper.make_tensor_value_info(
                     f"present.{i}.{kind}", self.act_onnx, present_shape))
 
-        # embeddings: float table (fp32 for fp32 exports, else fp16), Gather, cast, * sqrt(hidden)
+        # embeddings: float table (fp32 for fp32 exports, else fp16), Gather, * sqrt(hidden),
+        # in float32: the residual stream
         self.progress("embeddings")
         emb = self.m.raw("token_embd.weight")
         emb_dtype = np.float32 if self.precision == "fp32" else np.float16
         table = self.const("model.embed_tokens.weight", emb.astype(emb_dtype))
         x = self.node("Gather", [table, "input_ids"], name="model/embed_tokens/Gather")[0]
-        if np.dtype(emb_dtype) != np.dtype(self.act):
-            x = self.cast(x, self.act_onnx)
-        scale = self.const("model.embed_tokens.scale", np.array(np.sqrt(hp.hidden), self.act))
+        if np.dtype(emb_dtype) != np.dtype(np.float32):
+            x = self.cast(x, TensorProto.FLOAT)
+        scale = self.const("model.embed_tokens.scale", np.array(np.sqrt(hp.hidden), np.float32))
         x = self.node("Mul", [x, scale], name="model/embed_tokens/Mul")[0]
 
         # seqlens_k and total_sequence_length from attention_mask (as graph.py)
@@ -116,10 +134,11 @@ class Gemma3Builder(GraphBuilder):
             p = f"model.layers.{i}"
             b = f"blk.{i}"
             if pending is None:
-                h = self.rms(f"/{p}/input_layernorm", x, f"{b}.attn_norm.weight")
+                h = self.rms(f"/{p}/input_layernorm", x, f"{b}.attn_norm.weight", fp32=True)
             else:
                 h, residual = self.skip_rms(f"/{p}/input_layernorm", pending, residual,
                                             f"{b}.attn_norm.weight")
+            h = self.to_act(h)
             q = self.linear(f"{p}.attn.q_proj", h, self.m.hf_weight(f"{b}.attn_q.weight"))
             k = self.linear(f"{p}.attn.k_proj", h, self.m.hf_weight(f"{b}.attn_k.weight"))
             v = self.linear(f"{p}.attn.v_proj", h, self.m.hf_weight(f"{b}.attn_v.weight"))
@@ -144,19 +163,21 @@ class Gemma3Builder(GraphBuilder):
             o = self.linear(f"{p}.attn.o_proj", attn,
                             self.m.hf_weight(f"{b}.attn_output.weight"))
             o = self.rms(f"/{p}/post_attention_layernorm", o, f"{b}.post_attention_norm.weight")
-            h2, residual = self.skip_rms(f"/{p}/pre_feedforward_layernorm", o, residual,
-                                         f"{b}.ffn_norm.weight")
+            h2, residual = self.skip_rms(f"/{p}/pre_feedforward_layernorm", self.to_residual(o),
+                                         residual, f"{b}.ffn_norm.weight")
+            h2 = self.to_act(h2)
             gate = self.linear(f"{p}.mlp.gate_proj", h2, self.m.hf_weight(f"{b}.ffn_gate.weight"))
             up = self.linear(f"{p}.mlp.up_proj", h2, self.m.hf_weight(f"{b}.ffn_up.weight"))
             act = self.node("Gelu", [gate], name=f"/{p}/mlp/act_fn/Gelu", approximate="tanh")[0]
             prod = self.node("Mul", [act, up], name=f"/{p}/mlp/Mul")[0]
             down = self.linear(f"{p}.mlp.down_proj", prod,
                                self.m.hf_weight(f"{b}.ffn_down.weight"))
-            pending = self.rms(f"/{p}/post_feedforward_layernorm", down,
-                               f"{b}.post_ffw_norm.weight")
+            pending = self.to_residual(self.rms(f"/{p}/post_feedforward_layernorm", down,
+                                                f"{b}.post_ffw_norm.weight"))
 
         self.progress("lm_head")
         hf, _ = self.skip_rms("/model/norm", pending, residual, "output_norm.weight")
+        hf = self.to_act(hf)
         head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
         head = emb if head_name == "token_embd.weight" else self.m.raw(head_name)
         logits = self.linear("lm_head", hf, head, precision=self.head_precision)

@@ -267,6 +267,25 @@ class ExporterTest(unittest.TestCase):
         self.compare(path, "cpu", "int8", 1e-3, chunks=self.GEMMA_CHUNKS)
         self.compare(path, "cpu", "int4", 1e-3, accuracy_level=0, chunks=self.GEMMA_CHUNKS)
 
+    def test_gemma3_cuda_target_keeps_the_residual_stream_in_fp32(self):
+        # gemma-3-270m's residual stream reaches ~1e5, past float16's range
+        path = self.fixture("gemma3-f32", "gemma3")
+        out = os.path.join(self.tmp, "gemma3-cuda-fp16")
+        export(path, out, "cuda", "fp16")
+        model = onnx.load(os.path.join(out, "model.onnx"), load_external_data=False)
+        types = {t.name: t.data_type for t in model.graph.initializer}
+        skips = [n for n in model.graph.node if n.op_type == "SkipSimplifiedLayerNormalization"]
+        self.assertEqual(len(skips), 2 * 7)
+        for node in skips:
+            self.assertEqual(types[node.input[2]], onnx.TensorProto.FLOAT, node.name)
+        try:
+            got = Runner(out).step(PROMPT)
+        except Exception as exc:  # noqa: BLE001 - not every fp16 kernel exists on CPU
+            self.skipTest(f"fp16 graph does not run on the CPU provider here: {exc}")
+        want = reference_for(GGUFModel(path)).forward(PROMPT)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        self.assertLess(rel, 2e-2)
+
     def test_gemma3_sliding_window_matters(self):
         # the fixture's window does change the logits, so the comparisons above check it
         model = GGUFModel(self.fixture("gemma3-f32", "gemma3"))
