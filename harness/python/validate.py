@@ -3,7 +3,9 @@
 For each model (a GGUF file):
   * export it (cpu target) at fp32, native (the default; also with accuracy_level 0, i.e. float
     activations, to show its weights are exact) and int4 with the exporter in this folder;
-  * on code prompts (chat-formatted), run 32 greedy tokens with llama.cpp (llama-cpp-python) and
+  * on code prompts (chat-formatted; for a model without a chat template, e.g. the gemma-3-270m
+    base model, completion prompts: a function signature and docstring after <bos>), run 32
+    greedy tokens with llama.cpp (llama-cpp-python) and
     with the ONNX export in ONNX Runtime; fp32 tokens must be identical; report the maximum
     absolute logit difference on llama.cpp's token path (prompt positions and every step);
   * native with float activations: tokens must be identical to llama.cpp on the F32 copy, as for
@@ -48,6 +50,15 @@ PROMPTS = [
     "Write a Python function `flatten(xs)` that flattens a nested list of lists.",
     "Write a Python function `merge_sorted(a, b)` that merges two sorted lists.",
     "Write a Python class `Stack` with push, pop and peek methods.",
+]
+# for base models (no chat template): what a completion-mode case gives the model
+COMPLETIONS = [
+    'def is_prime(n: int) -> bool:\n    """Return True when n is a prime number."""\n',
+    'def fizzbuzz(n):\n    """Return a list of strings for 1..n: Fizz, Buzz, FizzBuzz or the number."""\n',
+    'def reverse_words(sentence: str) -> str:\n    """Reverse the order of the words of a sentence."""\n',
+    'def flatten(xs):\n    """Flatten a nested list of lists into one list."""\n',
+    'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
+    'class Stack:\n    """A stack with push, pop and peek methods."""\n\n    def __init__(self):\n',
 ]
 SYSTEM = "You are a helpful coding assistant."
 # (key, precision, accuracy_level) of the exports compared with llama.cpp
@@ -147,8 +158,8 @@ class LlamaRef:
         self.llm = Llama(model_path=gguf_path, n_ctx=1024, n_threads=threads, n_batch=512,
                          logits_all=True, verbose=False, flash_attn=False, **kw)
 
-    def tokenize(self, text: str, special: bool):
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+    def tokenize(self, text: str, special: bool, add_bos: bool = False):
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def greedy(self, ids, n):
         """Greedy tokens and the logits of every position (prompt and steps)."""
@@ -230,10 +241,23 @@ def validate_model(label: str, gguf_path: str, work: str, threads: int, n_prompt
     res["tokenizer_mismatch_examples"] = mismatches
     res["genai_tokenizer_mismatch_examples"] = og_mismatches
     ok &= hf_match == len(snippets)
-    # special tokens in the chat prompt
-    chat_ids_ref = list(ref.tokenize(chat(PROMPTS[0]), special=True))
-    res["chat_prompt_tokens_match"] = (
-        tok.encode(chat(PROMPTS[0]), add_special_tokens=False).ids == chat_ids_ref)
+    # a model without a chat template (a base model) is prompted in completion mode
+    cfg = json.load(open(os.path.join(folders["fp32"], "tokenizer_config.json"), encoding="utf-8"))
+    complete = not cfg.get("chat_template")
+    res["prompt_mode"] = "complete" if complete else "chat"
+    if complete:
+        # the engine encodes completion prompts with add_special_tokens=True: <bos> must come
+        # from the tokenizer's post-processor exactly where llama.cpp adds it
+        prompts = COMPLETIONS
+        ids_ref = list(ref.tokenize(prompts[0], special=False, add_bos=True))
+        res["chat_prompt_tokens_match"] = (
+            tok.encode(prompts[0], add_special_tokens=True).ids == ids_ref)
+    else:
+        prompts = [chat(p) for p in PROMPTS]
+        # special tokens in the chat prompt
+        chat_ids_ref = list(ref.tokenize(prompts[0], special=True))
+        res["chat_prompt_tokens_match"] = (
+            tok.encode(prompts[0], add_special_tokens=False).ids == chat_ids_ref)
     ok &= res["chat_prompt_tokens_match"]
 
     def agreement(got, want):
@@ -243,8 +267,8 @@ def validate_model(label: str, gguf_path: str, work: str, threads: int, n_prompt
 
     # greedy decoding
     runs = []
-    for p_idx, prompt in enumerate(PROMPTS[:n_prompts]):
-        ids = list(ref.tokenize(chat(prompt), special=True))
+    for p_idx, prompt in enumerate(prompts[:n_prompts]):
+        ids = list(ref.tokenize(prompt, special=not complete, add_bos=complete))
         r32, l32 = ref32.greedy(ids, N_NEW)
         rq, lq = ref.greedy(ids, N_NEW)
         runs.append({"prompt": p_idx, "ids": ids, "ref_f32": r32, "ref_f32_logits": l32,
@@ -304,19 +328,25 @@ def to_markdown(results: list[dict], snippets: int, elapsed: float) -> str:
         "",
         f"Reference: llama.cpp via llama-cpp-python {llama_cpp.__version__} (built from source), "
         f"onnxruntime {onnxruntime.__version__}, onnxruntime-genai {onnxruntime_genai.__version__}, "
-        f"CPU, {N_NEW} greedy tokens per chat-formatted code prompt. Run time {elapsed:.0f} s.",
+        f"CPU, {N_NEW} greedy tokens per code prompt (chat-formatted, or a completion prompt for "
+        f"a model without a chat template). Run time {elapsed:.0f} s.",
         "",
     ]
     for r in results:
         lines += [f"## {r['model']} (`{r['gguf']}`)", ""]
+        if r.get("prompt_mode") == "complete":
+            lines += ["No chat template: completion prompts (a function signature and docstring "
+                      "after `<bos>`).", ""]
         lines += [
             "- export time: " + ", ".join(
                 f"{k} {r[f'export_{k}_s']} s ({r[f'export_{k}_bytes'] / 2**20:.0f} MiB)"
                 for k, _, _ in EXPORTS if f"export_{k}_s" in r),
             f"- tokenization: tokenizer.json (tokenizers) {r['tokenizer_json_matches']}/"
             f"{r['tokenizer_snippets']} code snippets identical to llama.cpp; onnxruntime-genai's "
-            f"tokenizer {r['genai_tokenizer_matches']}/{r['tokenizer_snippets']}; chat prompt with "
-            f"special tokens identical: {r['chat_prompt_tokens_match']}",
+            f"tokenizer {r['genai_tokenizer_matches']}/{r['tokenizer_snippets']}; "
+            + ("completion prompt with <bos> (add_special_tokens) identical: "
+               if r.get("prompt_mode") == "complete" else "chat prompt with special tokens identical: ")
+            + f"{r['chat_prompt_tokens_match']}",
             f"- onnxruntime-genai 0.18.0 greedy generation equal to ONNX Runtime on the same folder: "
             f"fp32 {r['genai_greedy_equal_to_ort']['fp32']}, "
             f"int4 {r['genai_greedy_equal_to_ort']['int4']} prompts",

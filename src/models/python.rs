@@ -28,6 +28,10 @@ pub const EXPORTER_SOURCES: &[(&str, &str)] = &[
         include_str!("../../harness/python/exporter/export.py"),
     ),
     (
+        "gemma3.py",
+        include_str!("../../harness/python/exporter/gemma3.py"),
+    ),
+    (
         "gguf_model.py",
         include_str!("../../harness/python/exporter/gguf_model.py"),
     ),

@@ -13,11 +13,15 @@ import onnx
 
 from . import __version__
 from .gguf_model import ExportError, GGUFModel
+from .gemma3 import Gemma3Builder
 from .graph import PRECISIONS, TARGETS, GraphBuilder, WeightFile
 from .tokenizer import TokenizerData
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+# Hugging Face's (and onnxruntime-genai's) model_type where it is not the GGUF architecture:
+# a text-only gemma3 (Gemma3ForCausalLM) is "gemma3_text"; "gemma3" is the multimodal wrapper.
+MODEL_TYPES = {"gemma3": "gemma3_text"}
 
 
 def _write_json(folder: str, name: str, value) -> None:
@@ -29,18 +33,19 @@ def _write_json(folder: str, name: str, value) -> None:
 def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
               tensor_forms: dict[str, str] | None = None) -> dict:
     hp = model.hp
-    arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+    arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+                  "gemma3": "Gemma3ForCausalLM"}
     eos = tok.eos_ids()
-    return {
+    config = {
         "architectures": [arch_names[hp.arch]],
-        "model_type": hp.arch,
+        "model_type": MODEL_TYPES.get(hp.arch, hp.arch),
         "hidden_size": hp.hidden,
         "intermediate_size": hp.intermediate,
         "num_hidden_layers": hp.n_layers,
         "num_attention_heads": hp.n_heads,
         "num_key_value_heads": hp.n_kv_heads,
         "head_dim": hp.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": "gelu_pytorch_tanh" if hp.arch == "gemma3" else "silu",
         "rms_norm_eps": hp.rms_eps,
         "rope_theta": hp.rope_base,
         "max_position_embeddings": hp.context_length,
@@ -64,6 +69,17 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
             "tensors": tensor_forms or {},
         },
     }
+    if hp.arch == "gemma3":
+        config.update({
+            "sliding_window": hp.sliding_window,
+            "layer_types": ["sliding_attention" if s else "full_attention"
+                            for s in hp.swa_layers],
+            "rope_local_base_freq": hp.rope_local_base,
+            "query_pre_attn_scalar": float(1.0 / hp.attn_scale**2),
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+        })
+    return config
 
 
 def generation_config(tok: TokenizerData) -> dict:
@@ -109,7 +125,7 @@ def genai_config(model: GGUFModel, tok: TokenizerData, target: str) -> dict:
             },
             "eos_token_id": eos[0] if len(eos) == 1 else eos,
             "pad_token_id": int(pad),
-            "type": hp.arch,
+            "type": MODEL_TYPES.get(hp.arch, hp.arch),
             "vocab_size": hp.vocab_size,
         },
         "search": {
@@ -152,8 +168,9 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     try:
         weights = WeightFile(tmp, DATA_FILE)
         try:
-            builder = GraphBuilder(model, target, precision, weights, progress, accuracy_level,
-                                   head_precision)
+            builder_class = Gemma3Builder if model.hp.arch == "gemma3" else GraphBuilder
+            builder = builder_class(model, target, precision, weights, progress, accuracy_level,
+                                    head_precision)
             onnx_model = builder.build()
         finally:
             weights.close()

@@ -4,7 +4,8 @@ Weights are dequantized with gguf's own routines (`gguf.quants.dequantize`) and 
 Hugging Face orientation `[out_features, in_features]`. For the llama architecture, llama.cpp's
 converter permutes the rows of the q and k projections so that its interleaved ("NORM") rotary can
 be used; `hf_weight` undoes that permutation so the ONNX graph can use rotate-half rotary like
-the original Hugging Face model.
+the original Hugging Face model. gemma3 needs no un-permutation (llama.cpp runs it with NEOX,
+i.e. rotate-half, rotary) and its converter already stored every norm weight as (1 + w).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import gguf
 
 from . import native
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+
+# llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th layer is global, the others use a
+# sliding window and rope base 10000 (hard-coded there, not in the GGUF).
+GEMMA3_SWA_PATTERN = 6
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
 
 
 class ExportError(Exception):
@@ -40,6 +46,12 @@ class HParams:
     tied_embeddings: bool
     qkv_bias: bool
     name: str
+    # gemma3 only: sliding-window size (0: none), per-layer flag (True: sliding-window layer),
+    # rope base of the sliding-window layers, attention scale (0: 1/sqrt(head_dim))
+    sliding_window: int = 0
+    swa_layers: list[bool] = dataclasses.field(default_factory=list)
+    rope_local_base: float = 0.0
+    attn_scale: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,10 +113,14 @@ class GGUFModel:
         if emb is None:
             raise ExportError("failed to export: tensor token_embd.weight is missing")
         vocab = int(emb.shape[1])
-        default_base = 1e6 if arch == "qwen2" else 1e4
+        default_base = 1e6 if arch in ("qwen2", "gemma3") else 1e4
+        n_layers = int(self._require(f"{arch}.block_count"))
+        extra: dict[str, Any] = {}
+        if arch == "gemma3":
+            extra = self._gemma3_hparams(n_layers, hidden, n_heads, head_dim)
         return HParams(
             arch=arch,
-            n_layers=int(self._require(f"{arch}.block_count")),
+            n_layers=n_layers,
             hidden=hidden,
             intermediate=int(self._require(f"{arch}.feed_forward_length")),
             n_heads=n_heads,
@@ -117,7 +133,33 @@ class GGUFModel:
             tied_embeddings="output.weight" not in self.tensors,
             qkv_bias="blk.0.attn_q.bias" in self.tensors,
             name=str(self.meta("general.name", "model")),
+            **extra,
         )
+
+    def _gemma3_hparams(self, n_layers: int, hidden: int, n_heads: int,
+                        head_dim: int) -> dict[str, Any]:
+        """Sliding window, its layer pattern and rope base, and the attention scale, as
+        llama.cpp's loader sets them for gemma3."""
+        window = int(self._require("gemma3.attention.sliding_window"))
+        pattern = self.meta("gemma3.attention.sliding_window_pattern")
+        if isinstance(pattern, list):  # newer converters: one flag per layer
+            if len(pattern) != n_layers:
+                raise ExportError(
+                    f"failed to export: gemma3.attention.sliding_window_pattern has "
+                    f"{len(pattern)} entries for {n_layers} layers")
+            swa = [bool(v) for v in pattern]
+        else:
+            every = int(pattern) if pattern else GEMMA3_SWA_PATTERN
+            swa = [(i % every) < every - 1 for i in range(n_layers)]
+        for key in ("gemma3.attn_logit_softcapping", "gemma3.final_logit_softcapping"):
+            if self.meta(key):
+                raise ExportError(f"failed to export: {key} is not supported")
+        # query_pre_attn_scalar: hidden/n_heads for the 27B model (62 layers), head_dim otherwise
+        scale = self.meta("gemma3.attention.scale")
+        if scale is None:
+            scale = 1.0 / np.sqrt(hidden / n_heads if n_layers == 62 else head_dim)
+        return {"sliding_window": window, "swa_layers": swa,
+                "rope_local_base": GEMMA3_LOCAL_ROPE_BASE, "attn_scale": float(scale)}
 
     # -- tensors ----------------------------------------------------------------------------
     def has(self, name: str) -> bool:

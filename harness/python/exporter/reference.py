@@ -4,6 +4,8 @@ It reads the dequantized GGUF weights as stored (no un-permutation) and applies 
 llama.cpp does for each architecture: interleaved pairs ("NORM") for llama, whose q/k rows the
 converter permuted, and rotate-half ("NEOX") for qwen2. The ONNX graph instead un-permutes the
 llama weights and uses rotate-half everywhere, so agreement between the two checks that step too.
+`Gemma3Reference` follows llama.cpp's `llm_build_gemma3` (scaled embeddings, q/k norms, post
+norms, GELU, sliding-window layers with their own rope base); `reference_for` picks the class.
 Used by the tests (tiny fixtures) and by validate.py as a second opinion.
 """
 
@@ -117,3 +119,62 @@ class Reference:
             x = x + ((g / (1.0 + np.exp(-g))) * u) @ w[f"blk.{i}.ffn_down.weight"].T
         h = _rms(x, w["output_norm.weight"], hp.rms_eps)
         return (h @ self.head.T).astype(np.float32)
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+            ).astype(np.float32)
+
+
+class Gemma3Reference(Reference):
+    """gemma3: a sliding-window layer attends to key positions p with q - p < sliding_window."""
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        hp, w = self.hp, self.w
+        past = self.k_cache[0].shape[0]
+        s = len(ids)
+        pos = np.arange(past, past + s)
+        x = w["token_embd.weight"][np.asarray(ids)] * np.float32(np.sqrt(hp.hidden))
+        group = hp.n_heads // hp.n_kv_heads
+        scale = hp.attn_scale or 1.0 / np.sqrt(hp.head_dim)
+        for i in range(hp.n_layers):
+            b = f"blk.{i}"
+            sliding = hp.swa_layers[i]
+            base = hp.rope_local_base if sliding else hp.rope_base
+            h = _rms(x, w[f"{b}.attn_norm.weight"], hp.rms_eps)
+            q = (h @ w[f"{b}.attn_q.weight"].T).reshape(s, hp.n_heads, hp.head_dim)
+            k = (h @ w[f"{b}.attn_k.weight"].T).reshape(s, hp.n_kv_heads, hp.head_dim)
+            v = (h @ w[f"{b}.attn_v.weight"].T).reshape(s, hp.n_kv_heads, hp.head_dim)
+            q = _rope(_rms(q, w[f"{b}.attn_q_norm.weight"], hp.rms_eps), pos, base, False)
+            k = _rope(_rms(k, w[f"{b}.attn_k_norm.weight"], hp.rms_eps), pos, base, False)
+            self.k_cache[i] = np.concatenate([self.k_cache[i], k])
+            self.v_cache[i] = np.concatenate([self.v_cache[i], v])
+            kk = np.repeat(self.k_cache[i], group, axis=1)  # [T, H, D]
+            vv = np.repeat(self.v_cache[i], group, axis=1)
+            t = kk.shape[0]
+            scores = np.einsum("shd,thd->hst", q, kk) * scale
+            kpos = np.arange(t)[None, :]
+            mask = kpos > pos[:, None]  # [S, T]
+            if sliding:
+                mask |= pos[:, None] - kpos >= hp.sliding_window
+            scores = np.where(mask[None], -np.inf, scores)
+            scores = scores - scores.max(-1, keepdims=True)
+            p = np.exp(scores)
+            p /= p.sum(-1, keepdims=True)
+            attn = np.einsum("hst,thd->shd", p, vv).reshape(s, -1)
+            o = attn @ w[f"{b}.attn_output.weight"].T
+            x = x + _rms(o, w[f"{b}.post_attention_norm.weight"], hp.rms_eps)
+            h = _rms(x, w[f"{b}.ffn_norm.weight"], hp.rms_eps)
+            g = h @ w[f"{b}.ffn_gate.weight"].T
+            u = h @ w[f"{b}.ffn_up.weight"].T
+            down = (_gelu_tanh(g) * u) @ w[f"{b}.ffn_down.weight"].T
+            x = x + _rms(down, w[f"{b}.post_ffw_norm.weight"], hp.rms_eps)
+        h = _rms(x, w["output_norm.weight"], hp.rms_eps)
+        return (h @ self.head.T).astype(np.float32)
+
+
+def reference_for(model: GGUFModel, precision: str = "fp32") -> Reference:
+    """The reference forward pass for the model's architecture."""
+    cls = Gemma3Reference if model.hp.arch == "gemma3" else Reference
+    return cls(model, precision)

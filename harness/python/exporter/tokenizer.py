@@ -1,8 +1,18 @@
 """Build Hugging Face `tokenizer.json` / `tokenizer_config.json` from GGUF tokenizer metadata.
 
-Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) are supported. The
-pre-tokenizer is chosen from `tokenizer.ggml.pre` to match the original Hugging Face tokenizer of
-that family (llama.cpp names the pre-tokenizer after the model whose regex it reproduces).
+Two GGUF tokenizer models are supported:
+
+- byte-level BPE (`tokenizer.ggml.model == "gpt2"`): the pre-tokenizer is chosen from
+  `tokenizer.ggml.pre` to match the original Hugging Face tokenizer of that family (llama.cpp
+  names the pre-tokenizer after the model whose regex it reproduces);
+- SentencePiece BPE (`"llama"`, e.g. gemma3): vocabulary with scores and `<0xNN>` byte tokens.
+  It becomes an HF BPE model with `byte_fallback`, its merges derived from the scores the way
+  HF's SentencePieceExtractor does (every split of a token into two vocabulary pieces, ranked by
+  the token's score), so that it merges in the order llama.cpp's SPM tokenizer does (the
+  highest-scoring adjacent pair first). Spaces become "▁" (a prefix space only where the GGUF's
+  `add_space_prefix` asks); CONTROL and USER_DEFINED tokens are added tokens matched on the raw
+  text first, as llama.cpp partitions them out before tokenizing; BOS is added by the
+  post-processor when `add_bos_token` is set (gemma needs `<bos>`).
 """
 
 from __future__ import annotations
@@ -52,15 +62,43 @@ def pre_tokenizer_for(pre: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     )
 
 
+def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[list[str]]:
+    """BPE merges of a SentencePiece BPE vocabulary: for every NORMAL token, each split into two
+    pieces that are both in the vocabulary, ordered by the token's score (highest first), then
+    by the pieces' ids (as HF's SentencePieceExtractor orders them)."""
+    vocab = {tok: i for i, tok in enumerate(tokens) if types[i] != BYTE}
+    found = []
+    for i, tok in enumerate(tokens):
+        if types[i] != NORMAL or len(tok) < 2:
+            continue
+        local = []
+        for cut in range(1, len(tok)):
+            left, right = tok[:cut], tok[cut:]
+            if left in vocab and right in vocab:
+                local.append((vocab[left], vocab[right], left, right))
+        local.sort()
+        found.extend((-float(scores[i]), i, left, right) for _, _, left, right in local)
+    # stable: ties keep the vocabulary order
+    found.sort(key=lambda m: (m[0], m[1]))
+    return [[left, right] for _, _, left, right in found]
+
+
 class TokenizerData:
     def __init__(self, model: GGUFModel):
         kind = model.meta("tokenizer.ggml.model")
-        if kind != "gpt2":
+        if kind not in ("gpt2", "llama"):
             raise ExportError(
                 f"failed to export the tokenizer: tokenizer model {kind!r} is not supported "
-                "(only byte-level BPE, 'gpt2')"
+                "(supported: byte-level BPE 'gpt2', SentencePiece BPE 'llama')"
             )
+        self.kind = str(kind)
         self.tokens: list[str] = list(model.meta("tokenizer.ggml.tokens"))
+        scores = model.meta("tokenizer.ggml.scores")
+        self.scores: list[float] = list(scores) if scores is not None else []
+        if self.kind == "llama" and len(self.scores) != len(self.tokens):
+            raise ExportError(
+                "failed to export the tokenizer: a SentencePiece ('llama') vocabulary needs "
+                f"tokenizer.ggml.scores for each of its {len(self.tokens)} tokens")
         types = model.meta("tokenizer.ggml.token_type")
         self.types: list[int] = list(types) if types is not None else [NORMAL] * len(self.tokens)
         self.merges: list[str] = list(model.meta("tokenizer.ggml.merges") or [])
@@ -72,6 +110,8 @@ class TokenizerData:
         self.unk = model.meta("tokenizer.ggml.unknown_token_id")
         self.add_bos = bool(model.meta("tokenizer.ggml.add_bos_token", False))
         self.add_eos = bool(model.meta("tokenizer.ggml.add_eos_token", False))
+        self.add_space_prefix = bool(model.meta("tokenizer.ggml.add_space_prefix",
+                                                self.kind == "llama"))
         self.chat_template = model.meta("tokenizer.chat_template")
         self.context_length = model.hp.context_length
         self.arch = model.hp.arch
@@ -96,7 +136,8 @@ class TokenizerData:
                 ids.append(int(cand))
         # chat models end a turn with <|im_end|>, base text with <|endoftext|>
         lookup = {tok: i for i, tok, _ in self.added()}
-        for name in ("<|im_end|>", "<|endoftext|>"):
+        # gemma ends a turn with <end_of_turn> (Hugging Face's generation_config stops on both)
+        for name in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>"):
             if name in lookup and lookup[name] not in ids:
                 if name == "<|im_end|>" and not (self.chat_template and name in self.chat_template):
                     continue
@@ -104,6 +145,8 @@ class TokenizerData:
         return ids
 
     def tokenizer_json(self) -> dict[str, Any]:
+        if self.kind == "llama":
+            return self.spm_tokenizer_json()
         normalizer, pre = pre_tokenizer_for(self.pre)
         vocab = {tok: i for i, tok in enumerate(self.tokens)}
         added = [
@@ -134,6 +177,63 @@ class TokenizerData:
             },
         }
 
+    def added_tokens(self) -> list[dict[str, Any]]:
+        return [
+            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": special}
+            for i, tok, special in self.added()
+        ]
+
+    def spm_tokenizer_json(self) -> dict[str, Any]:
+        """SentencePiece BPE as llama.cpp's SPM tokenizer runs it (see the module doc)."""
+        normalizers: list[dict[str, Any]] = []
+        if self.add_space_prefix:
+            normalizers.append({"type": "Prepend", "prepend": "▁"})
+        normalizers.append({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})
+        decoders: list[dict[str, Any]] = [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]
+        if self.add_space_prefix:
+            decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+        post = None
+        bos = self.token(self.bos)
+        if self.add_bos and bos is not None:
+            spec = {"id": bos, "ids": [int(self.bos)], "tokens": [bos]}
+            post = {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: spec},
+            }
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": self.added_tokens(),
+            "normalizer": {"type": "Sequence", "normalizers": normalizers},
+            "pre_tokenizer": None,
+            "post_processor": post,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": self.token(self.unk),
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": True,
+                "byte_fallback": True,
+                "ignore_merges": False,
+                "vocab": {tok: i for i, tok in enumerate(self.tokens)},
+                "merges": spm_merges(self.tokens, self.scores, self.types),
+            },
+        }
+
     def tokenizer_config(self) -> dict[str, Any]:
         decoder = {
             str(i): {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
@@ -153,8 +253,13 @@ class TokenizerData:
             "errors": "replace",
             "model_max_length": self.context_length,
             "split_special_tokens": False,
-            "tokenizer_class": "Qwen2Tokenizer" if self.pre == "qwen2" else "GPT2Tokenizer",
+            "tokenizer_class": self.tokenizer_class(),
         }
         if self.chat_template:
             cfg["chat_template"] = self.chat_template
         return cfg
+
+    def tokenizer_class(self) -> str:
+        if self.kind == "llama":
+            return "GemmaTokenizer" if self.arch == "gemma3" else "LlamaTokenizer"
+        return "Qwen2Tokenizer" if self.pre == "qwen2" else "GPT2Tokenizer"

@@ -1,9 +1,11 @@
 """Tiny GGUF models written with the gguf package, for the exporter's tests.
 
-Both architectures (llama with llama.cpp's q/k row permutation, qwen2 with q/k/v biases) and
-several tensor types: F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 through gguf's own quantizer, and the
-K-quants (Q2_K .. Q6_K) built block by block from random bytes with sane float16 scales (gguf can
-only dequantize those).
+Three architectures (llama with llama.cpp's q/k row permutation, qwen2 with q/k/v biases, gemma3
+with q/k norms, post norms, head_dim != hidden/heads and a tiny sliding window) and several tensor
+types: F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 through gguf's own quantizer, and the K-quants
+(Q2_K .. Q6_K) built block by block from random bytes with sane float16 scales (gguf can only
+dequantize those). gemma3 fixtures carry a small SentencePiece ("llama") vocabulary with scores,
+byte tokens and user-defined whitespace tokens.
 """
 
 from __future__ import annotations
@@ -51,6 +53,39 @@ def vocabulary() -> tuple[list[str], list[str], list[int]]:
         tokens.append(f"[PAD{len(tokens)}]")
         types.append(gguf.TokenType.UNUSED)
     return tokens, merges, [int(t) for t in types]
+
+
+SPM_PIECES = ["▁", "e", "t", "a", "o", "n", "r", "i", "s", "d", "f", "u", "l", "(", ")", ":",
+              "x", "1", "2", "h", "p", "m", "c", "y", "=", "+", ",", "."]
+SPM_MERGED = ["▁t", "re", "▁d", "de", "▁de", "▁def", "in", "▁re", "ur", "rn", "urn", "▁return",
+              "on", "er", "▁(", "he", "▁the", "en", "or", "at", "▁f", "x)", "(x", "ef", "et",
+              "ret", "retu", "return", "▁ret", "▁retu", "rr"]
+
+
+def spm_vocabulary() -> tuple[list[str], list[float], list[int]]:
+    """A small SentencePiece vocabulary laid out like gemma's: control tokens, user-defined
+    whitespace runs, the 256 byte tokens, then pieces with decreasing scores."""
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    types = [gguf.TokenType.CONTROL] * len(tokens)
+    for ws in ("\n", "\n\n", "  ", "    ", "\t"):
+        tokens.append(ws)
+        types.append(gguf.TokenType.USER_DEFINED)
+    scores = [0.0] * len(tokens)
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        types.append(gguf.TokenType.BYTE)
+        scores.append(0.0)
+    pieces = SPM_PIECES + [m for m in SPM_MERGED if m not in SPM_PIECES]
+    for rank, piece in enumerate(pieces):
+        tokens.append(piece)
+        types.append(gguf.TokenType.NORMAL)
+        # single characters score lowest, as SentencePiece's do; merged pieces by their rank
+        scores.append(-1000.0 - rank if len(piece) == 1 else -float(rank))
+    while len(tokens) < 320:
+        tokens.append(f"<unused{len(tokens)}>")
+        types.append(gguf.TokenType.CONTROL)
+        scores.append(0.0)
+    return tokens, scores, [int(t) for t in types]
 
 
 def _q4_k_blocks(rows: int, cols: int, rng) -> np.ndarray:
@@ -175,6 +210,73 @@ def write_fixture(path: str, arch: str, types: dict[str, Q] | None = None, seed:
     writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
     if "head" in types:  # an untied lm_head; otherwise tied to token_embd
         _add(writer, "output.weight", mat(vocab, hidden, 0.1), types["head"], rng)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"vocab": vocab, "layers": layers, "n_kv": n_kv, "head_dim": head_dim}
+
+
+def write_gemma3_fixture(path: str, types: dict[str, Q] | None = None, seed: int = 0,
+                         hidden: int = 256, n_heads: int = 8, n_kv: int = 1, inter: int = 512,
+                         layers: int = 7, head_dim: int = 64, window: int = 4) -> dict:
+    """A tiny gemma3 as llama.cpp's converter writes one: norm weights already (1 + w), no q/k
+    permutation, head_dim set apart from hidden/heads, layers 0-4 and 6 sliding, 5 global."""
+    types = types or {}
+    rng = np.random.default_rng(seed)
+    tokens, scores, token_types = spm_vocabulary()
+    vocab = len(tokens)
+    writer = gguf.GGUFWriter(path, "gemma3")
+    writer.add_name("tiny-gemma3")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(inter)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_kv)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(1e6)
+    writer.add_sliding_window(window)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(token_types)
+    writer.add_bos_token_id(tokens.index("<bos>"))
+    writer.add_eos_token_id(tokens.index("<eos>"))
+    writer.add_unk_token_id(tokens.index("<unk>"))
+    writer.add_pad_token_id(tokens.index("<pad>"))
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+
+    def mat(rows, cols, scale):
+        return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    _add(writer, "token_embd.weight", mat(vocab, hidden, 0.05), types.get("embd", Q.F32), rng)
+    for i in range(layers):
+        b = f"blk.{i}"
+        for name in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            writer.add_tensor(f"{b}.{name}.weight", norm(hidden))
+        writer.add_tensor(f"{b}.attn_q_norm.weight", norm(head_dim))
+        writer.add_tensor(f"{b}.attn_k_norm.weight", norm(head_dim))
+        _add(writer, f"{b}.attn_q.weight", mat(n_heads * head_dim, hidden, 0.08),
+             types.get("q", Q.F32), rng)
+        _add(writer, f"{b}.attn_k.weight", mat(n_kv * head_dim, hidden, 0.08),
+             types.get("k", Q.F32), rng)
+        _add(writer, f"{b}.attn_v.weight", mat(n_kv * head_dim, hidden, 0.08),
+             types.get("v", Q.F32), rng)
+        _add(writer, f"{b}.attn_output.weight", mat(hidden, n_heads * head_dim, 0.06),
+             types.get("o", Q.F32), rng)
+        _add(writer, f"{b}.ffn_gate.weight", mat(inter, hidden, 0.06), types.get("gate", Q.F32), rng)
+        _add(writer, f"{b}.ffn_up.weight", mat(inter, hidden, 0.06), types.get("up", Q.F32), rng)
+        _add(writer, f"{b}.ffn_down.weight", mat(hidden, inter, 0.04), types.get("down", Q.F32), rng)
+    writer.add_tensor("output_norm.weight", norm(hidden))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -24,8 +24,9 @@ sys.path.insert(0, HERE)
 from exporter import quant  # noqa: E402
 from exporter.export import export  # noqa: E402
 from exporter.gguf_model import ExportError, GGUFModel  # noqa: E402
-from exporter.reference import Reference  # noqa: E402
-from fixtures import write_fixture  # noqa: E402
+from exporter.reference import Reference, reference_for  # noqa: E402
+from exporter.tokenizer import spm_merges  # noqa: E402
+from fixtures import write_fixture, write_gemma3_fixture  # noqa: E402
 
 PROMPT = [5, 17, 260, 99, 3, 200, 42]
 DECODE = [77, 150, 9]
@@ -80,12 +81,17 @@ class ExporterTest(unittest.TestCase):
     def fixture(self, name: str, arch: str, types=None, **kw) -> str:
         path = os.path.join(self.tmp, f"{name}.gguf")
         if not os.path.exists(path):
-            write_fixture(path, arch, types, **kw)
+            if arch == "gemma3":
+                write_gemma3_fixture(path, types, **kw)
+            else:
+                write_fixture(path, arch, types, **kw)
         return path
 
     def compare(self, gguf_path: str, target: str, precision: str, rtol: float,
-                argmax: bool = True, accuracy_level: int | None = None) -> float:
-        """Prefill + 3 decode steps; returns the worst max-abs difference relative to scale."""
+                argmax: bool = True, accuracy_level: int | None = None,
+                chunks: list[list[int]] | None = None) -> float:
+        """Prefill + 3 decode steps (or `chunks`, fed in turn); returns the worst max-abs
+        difference relative to scale."""
         out = os.path.join(self.tmp, f"{os.path.basename(gguf_path)}-{target}-{precision}"
                            f"-{accuracy_level}")
         export(gguf_path, out, target, precision, accuracy_level=accuracy_level)
@@ -93,9 +99,9 @@ class ExporterTest(unittest.TestCase):
                      "tokenizer.json", "tokenizer_config.json", "genai_config.json"):
             self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
         run = Runner(out)
-        ref = Reference(GGUFModel(gguf_path), precision)
+        ref = reference_for(GGUFModel(gguf_path), precision)
         worst = 0.0
-        for chunk in [PROMPT] + [[t] for t in DECODE]:
+        for chunk in chunks or [PROMPT] + [[t] for t in DECODE]:
             got = run.step(chunk)
             want = ref.forward(chunk)
             self.assertEqual(got.shape, want.shape)
@@ -243,6 +249,131 @@ class ExporterTest(unittest.TestCase):
         enc = t.encode("the ret 12<|im_end|>")
         self.assertEqual(t.decode(enc.ids, skip_special_tokens=False), "the ret 12<|im_end|>")
 
+    # -- gemma3 ------------------------------------------------------------------------------
+    # window 4: the 7-token prompt, a 3-token chunk after a cache and the decode steps all reach
+    # past the window, so an off-by-one in the sliding window shows in every layer but one
+    GEMMA_CHUNKS = [PROMPT, [40, 41, 42], [77], [150], [9]]
+
+    def test_gemma3_f32_weights_fp32(self):
+        self.compare(self.fixture("gemma3-f32", "gemma3"), "cpu", "fp32", 1e-4,
+                     chunks=self.GEMMA_CHUNKS)
+
+    def test_gemma3_mixed_quant_types_fp32(self):
+        self.compare(self.fixture("gemma3-mixed", "gemma3", MIXED), "cpu", "fp32", 1e-4,
+                     chunks=self.GEMMA_CHUNKS)
+
+    def test_gemma3_int8_and_int4_weights(self):
+        path = self.fixture("gemma3-mixed", "gemma3", MIXED)
+        self.compare(path, "cpu", "int8", 1e-3, chunks=self.GEMMA_CHUNKS)
+        self.compare(path, "cpu", "int4", 1e-3, accuracy_level=0, chunks=self.GEMMA_CHUNKS)
+
+    def test_gemma3_cuda_target_keeps_the_residual_stream_in_fp32(self):
+        # gemma-3-270m's residual stream reaches ~1e5, past float16's range
+        path = self.fixture("gemma3-f32", "gemma3")
+        out = os.path.join(self.tmp, "gemma3-cuda-fp16")
+        export(path, out, "cuda", "fp16")
+        model = onnx.load(os.path.join(out, "model.onnx"), load_external_data=False)
+        types = {t.name: t.data_type for t in model.graph.initializer}
+        skips = [n for n in model.graph.node if n.op_type == "SkipSimplifiedLayerNormalization"]
+        self.assertEqual(len(skips), 2 * 7)
+        for node in skips:
+            self.assertEqual(types[node.input[2]], onnx.TensorProto.FLOAT, node.name)
+        try:
+            got = Runner(out).step(PROMPT)
+        except Exception as exc:  # noqa: BLE001 - not every fp16 kernel exists on CPU
+            self.skipTest(f"fp16 graph does not run on the CPU provider here: {exc}")
+        want = reference_for(GGUFModel(path)).forward(PROMPT)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        self.assertLess(rel, 2e-2)
+
+    def test_gemma3_sliding_window_matters(self):
+        # the fixture's window does change the logits, so the comparisons above check it
+        model = GGUFModel(self.fixture("gemma3-f32", "gemma3"))
+        with_window = reference_for(model).forward(PROMPT)
+        model.hp.sliding_window = 10**6
+        without = reference_for(model).forward(PROMPT)
+        self.assertGreater(float(np.abs(with_window - without).max()), 1e-3)
+        np.testing.assert_allclose(with_window[:4], without[:4], rtol=1e-5, atol=1e-5)
+
+    def test_gemma3_batch_of_two(self):
+        path = self.fixture("gemma3-f32", "gemma3")
+        out = os.path.join(self.tmp, "gemma3-batch")
+        export(path, out, "cpu", "fp32")
+        run = Runner(out)
+        other = [7, 8, 9, 10, 11, 12, 13]
+        feeds = {"input_ids": np.array([PROMPT, other], np.int64),
+                 "attention_mask": np.ones((2, len(PROMPT)), np.int64)}
+        for i in range(run.layers):
+            for kind in ("key", "value"):
+                feeds[f"past_key_values.{i}.{kind}"] = np.zeros((2, run.kv, 0, run.head_dim),
+                                                                np.float32)
+        got = run.sess.run(None, feeds)[0]
+        for row, ids in enumerate((PROMPT, other)):
+            want = reference_for(GGUFModel(path)).forward(ids)
+            np.testing.assert_allclose(got[row], want, atol=1e-4 * np.abs(want).max())
+
+    def test_gemma3_graph_layout_and_configs(self):
+        path = self.fixture("gemma3-f32", "gemma3")
+        out = os.path.join(self.tmp, "gemma3-layout")
+        export(path, out, "cpu", "int4")
+        model = onnx.load(os.path.join(out, "model.onnx"), load_external_data=False)
+        windows, caches = [], set()
+        for node in model.graph.node:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "GroupQueryAttention":
+                self.assertTrue(all(node.input[:3]), "separate query, key and value inputs")
+                windows.append(attrs["local_window_size"])
+                caches.add(node.input[7])
+                self.assertAlmostEqual(attrs["scale"], 1 / 8)  # 1/sqrt(head_dim 64)
+        # local_window_size counts the current position, as HF's sliding_window; layer 5 global
+        self.assertEqual(windows, [4, 4, 4, 4, 4, -1, 4])
+        self.assertEqual(len(caches), 2, "one cos cache per rope base")
+        names = [i.name for i in model.graph.input]
+        self.assertEqual(names[:4], ["input_ids", "attention_mask", "past_key_values.0.key",
+                                     "past_key_values.0.value"])
+        self.assertEqual([o.name for o in model.graph.output][:3],
+                         ["logits", "present.0.key", "present.0.value"])
+        cfg = _load(os.path.join(out, "config.json"))
+        self.assertEqual((cfg["model_type"], cfg["architectures"]),
+                         ("gemma3_text", ["Gemma3ForCausalLM"]))
+        self.assertEqual((cfg["head_dim"], cfg["sliding_window"]), (64, 4))
+        self.assertEqual(cfg["layer_types"][4:6], ["sliding_attention", "full_attention"])
+        self.assertEqual(cfg["eos_token_id"], [1, 5])  # <eos>, <end_of_turn>
+        self.assertEqual(_load(os.path.join(out, "genai_config.json"))["model"]["type"],
+                         "gemma3_text")
+        tok_cfg = _load(os.path.join(out, "tokenizer_config.json"))
+        self.assertEqual((tok_cfg["bos_token"], tok_cfg["add_bos_token"]), ("<bos>", True))
+
+    def test_spm_merges_follow_scores(self):
+        tokens = ["a", "b", "c", "ab", "bc", "abc", "<0x41>"]
+        scores = [-100, -100, -100, -2, -1, -3, 0]
+        types = [1, 1, 1, 1, 1, 1, 6]
+        self.assertEqual(spm_merges(tokens, scores, types),
+                         [["b", "c"], ["a", "b"], ["a", "bc"], ["ab", "c"]])
+
+    def test_spm_tokenizer_json(self):
+        path = self.fixture("gemma3-f32", "gemma3")
+        out = os.path.join(self.tmp, "gemma3-tok")
+        export(path, out, "cpu", "fp32")
+        tok = _load(os.path.join(out, "tokenizer.json"))
+        self.assertTrue(tok["model"]["byte_fallback"])
+        self.assertIn(["▁", "t"], tok["model"]["merges"])
+        added = {t["content"]: t["special"] for t in tok["added_tokens"]}
+        self.assertEqual((added["<bos>"], added["\n"], added["  "]), (True, False, False))
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            return  # the structure is checked; encoding is checked where `tokenizers` exists
+        t = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+        vocab = GGUFModel(path)
+        tokens = list(vocab.meta("tokenizer.ggml.tokens"))
+        scores = list(vocab.meta("tokenizer.ggml.scores"))
+        for text in ("def f(x):\n    return x + 1\n", "the  retu\trn", "é✓ de", " d"):
+            enc = t.encode(text)
+            self.assertEqual(enc.ids[0], 2, "<bos> first")
+            self.assertEqual(enc.ids[1:], spm_reference(text, tokens, scores), text)
+            self.assertEqual(t.decode(enc.ids, skip_special_tokens=True), text)
+
     def test_unsupported_architecture_is_a_clear_error(self):
         import gguf
         path = os.path.join(self.tmp, "phi.gguf")
@@ -257,6 +388,47 @@ class ExporterTest(unittest.TestCase):
             export(path, os.path.join(self.tmp, "phi"), "cpu", "fp32")
         self.assertIn("failed to", str(ctx.exception))
         self.assertIn("phi3", str(ctx.exception))
+
+
+def spm_reference(text: str, tokens: list[str], scores: list[float]) -> list[int]:
+    """llama.cpp's SPM tokenizer, written out: user-defined whitespace tokens split out first
+    (longest first), then per fragment spaces as "▁", characters merged highest-score pair
+    first (leftmost on ties), unknown characters as their UTF-8 byte tokens."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    user = sorted(("\n\n", "\n", "    ", "  ", "\t"), key=len, reverse=True)
+    out: list[int] = []
+    i = 0
+    frag = ""
+
+    def flush(frag: str) -> None:
+        syms = list(frag.replace(" ", "▁"))
+        while True:
+            best = None
+            for j in range(len(syms) - 1):
+                pair = syms[j] + syms[j + 1]
+                if pair in ids and (best is None or scores[ids[pair]] > scores[ids[best[1]]]):
+                    best = (j, pair)
+            if best is None:
+                break
+            syms[best[0]:best[0] + 2] = [best[1]]
+        for sym in syms:
+            if sym in ids:
+                out.append(ids[sym])
+            else:
+                out.extend(ids[f"<0x{b:02X}>"] for b in sym.encode("utf-8"))
+
+    while i < len(text):
+        match = next((u for u in user if text.startswith(u, i)), None)
+        if match:
+            flush(frag)
+            frag = ""
+            out.append(ids[match])
+            i += len(match)
+        else:
+            frag += text[i]
+            i += 1
+    flush(frag)
+    return out
 
 
 class QuantTest(unittest.TestCase):

@@ -156,7 +156,7 @@ enum ModelsCommand {
     },
     /// Show the cached model folders, their size and where they are.
     List,
-    /// Export your own GGUF file (architectures llama and qwen2).
+    /// Export your own GGUF file (architectures llama, qwen2 and gemma3).
     Export {
         /// Path to the .gguf file.
         gguf: PathBuf,

@@ -411,4 +411,51 @@ mod tests {
         };
         assert_eq!(tight.batches(&jobs, 8), vec![0..2, 2..4, 4..5, 5..6]);
     }
+
+    /// A SentencePiece-style tokenizer.json as the exporter writes it for gemma3: "▁" for
+    /// spaces, byte fallback, and `<bos>` added by the post-processor.
+    const SPM_TOKENIZER: &str = r#"{
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+            {"id": 0, "content": "<bos>", "single_word": false, "lstrip": false,
+             "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": "\n", "single_word": false, "lstrip": false,
+             "rstrip": false, "normalized": false, "special": false}],
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        "pre_tokenizer": null,
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [0], "tokens": ["<bos>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+            "byte_fallback": true, "ignore_merges": false,
+            "vocab": {"<bos>": 0, "\n": 1, "d": 2, "e": 3, "f": 4, "▁": 5, "x": 6, "de": 7,
+                      "def": 8, "▁x": 9},
+            "merges": [["d", "e"], ["de", "f"], ["▁", "x"]]}
+    }"#;
+
+    #[test]
+    fn completion_prompts_get_the_post_processors_bos() {
+        let encoder = Encoder {
+            dir: PathBuf::from("gemma"),
+            tokenizer: SPM_TOKENIZER.parse().unwrap(),
+            chat_template: None,
+            template_tokens: TemplateTokens {
+                bos_token: "<bos>".into(),
+                eos_token: String::new(),
+            },
+        };
+        let prompt = Prompt::Complete {
+            prefix: "def x\n".into(),
+        };
+        assert_eq!(encoder.encode(&prompt).unwrap(), vec![0, 8, 9, 1]);
+        let text = encoder.tokenizer.decode(&[8, 9, 1], false).unwrap();
+        assert_eq!(text, "def x\n");
+    }
 }
