@@ -98,14 +98,10 @@ class Gemma3Builder(GraphBuilder):
                 outputs.append(helper.make_tensor_value_info(
                     f"present.{i}.{kind}", self.act_onnx, present_shape))
 
-        # embeddings: float table (fp32 for fp32 exports, else fp16), Gather, * sqrt(hidden),
-        # in float32: the residual stream
+        # embeddings (GraphBuilder.embedding), * sqrt(hidden), in float32: the residual stream
         self.progress("embeddings")
-        emb = self.m.raw("token_embd.weight")
-        emb_dtype = np.float32 if self.precision == "fp32" else np.float16
-        table = self.const("model.embed_tokens.weight", emb.astype(emb_dtype))
-        x = self.node("Gather", [table, "input_ids"], name="model/embed_tokens/Gather")[0]
-        if np.dtype(emb_dtype) != np.dtype(np.float32):
+        x = self.embedding()
+        if np.dtype(self.act) != np.dtype(np.float32):
             x = self.cast(x, TensorProto.FLOAT)
         scale = self.const("model.embed_tokens.scale", np.array(np.sqrt(hp.hidden), np.float32))
         x = self.node("Mul", [x, scale], name="model/embed_tokens/Mul")[0]
@@ -139,9 +135,9 @@ class Gemma3Builder(GraphBuilder):
                 h, residual = self.skip_rms(f"/{p}/input_layernorm", pending, residual,
                                             f"{b}.attn_norm.weight")
             h = self.to_act(h)
-            q = self.linear(f"{p}.attn.q_proj", h, self.m.hf_weight(f"{b}.attn_q.weight"))
-            k = self.linear(f"{p}.attn.k_proj", h, self.m.hf_weight(f"{b}.attn_k.weight"))
-            v = self.linear(f"{p}.attn.v_proj", h, self.m.hf_weight(f"{b}.attn_v.weight"))
+            q = self.linear(f"{p}.attn.q_proj", h, f"{b}.attn_q.weight")
+            k = self.linear(f"{p}.attn.k_proj", h, f"{b}.attn_k.weight")
+            v = self.linear(f"{p}.attn.v_proj", h, f"{b}.attn_v.weight")
             q = self.head_norm(f"/{p}/attn/q_norm", q, hp.n_heads, f"{b}.attn_q_norm.weight")
             k = self.head_norm(f"/{p}/attn/k_norm", k, hp.n_kv_heads, f"{b}.attn_k_norm.weight")
             sliding = hp.swa_layers[i]
@@ -161,17 +157,17 @@ class Gemma3Builder(GraphBuilder):
                 num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
                 rotary_interleaved=0, scale=float(attn_scale), local_window_size=window)
             o = self.linear(f"{p}.attn.o_proj", attn,
-                            self.m.hf_weight(f"{b}.attn_output.weight"))
+                            f"{b}.attn_output.weight")
             o = self.rms(f"/{p}/post_attention_layernorm", o, f"{b}.post_attention_norm.weight")
             h2, residual = self.skip_rms(f"/{p}/pre_feedforward_layernorm", self.to_residual(o),
                                          residual, f"{b}.ffn_norm.weight")
             h2 = self.to_act(h2)
-            gate = self.linear(f"{p}.mlp.gate_proj", h2, self.m.hf_weight(f"{b}.ffn_gate.weight"))
-            up = self.linear(f"{p}.mlp.up_proj", h2, self.m.hf_weight(f"{b}.ffn_up.weight"))
+            gate = self.linear(f"{p}.mlp.gate_proj", h2, f"{b}.ffn_gate.weight")
+            up = self.linear(f"{p}.mlp.up_proj", h2, f"{b}.ffn_up.weight")
             act = self.node("Gelu", [gate], name=f"/{p}/mlp/act_fn/Gelu", approximate="tanh")[0]
             prod = self.node("Mul", [act, up], name=f"/{p}/mlp/Mul")[0]
             down = self.linear(f"{p}.mlp.down_proj", prod,
-                               self.m.hf_weight(f"{b}.ffn_down.weight"))
+                               f"{b}.ffn_down.weight")
             pending = self.to_residual(self.rms(f"/{p}/post_feedforward_layernorm", down,
                                                 f"{b}.post_ffw_norm.weight"))
 
@@ -179,8 +175,7 @@ class Gemma3Builder(GraphBuilder):
         hf, _ = self.skip_rms("/model/norm", pending, residual, "output_norm.weight")
         hf = self.to_act(hf)
         head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
-        head = emb if head_name == "token_embd.weight" else self.m.raw(head_name)
-        logits = self.linear("lm_head", hf, head, precision=self.head_precision)
+        logits = self.linear("lm_head", hf, head_name, precision=self.head_precision)
         if np.dtype(self.act) != np.dtype(np.float32):
             self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
         else:

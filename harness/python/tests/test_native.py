@@ -28,10 +28,10 @@ sys.path.insert(0, HERE)
 from exporter import native  # noqa: E402
 from exporter.export import export  # noqa: E402
 from exporter.graph import OPSET, GraphBuilder, WeightFile  # noqa: E402
-from fixtures import random_blocks, write_fixture  # noqa: E402
+from fixtures import random_blocks, write_fixture, write_gemma3_fixture  # noqa: E402
 from test_exporter import PROMPT, DECODE, Runner  # noqa: E402
 from exporter.gguf_model import GGUFModel  # noqa: E402
-from exporter.reference import Reference  # noqa: E402
+from exporter.reference import reference_for  # noqa: E402
 
 N, K = 48, 512
 
@@ -129,12 +129,18 @@ class NativeExportTest(unittest.TestCase):
 
     def run_model(self, arch: str, types: dict, target: str = "cpu") -> dict:
         path = os.path.join(self.tmp, f"{arch}-{target}.gguf")
-        write_fixture(path, arch, types)
+        if arch == "gemma3":
+            write_gemma3_fixture(path, types)
+        else:
+            write_fixture(path, arch, types)
         out = os.path.join(self.tmp, f"{arch}-{target}-native")
         export(path, out, target, "native", accuracy_level=0)
         run = Runner(out)
-        ref = Reference(GGUFModel(path), "fp32")
-        for chunk in [PROMPT] + [[t] for t in DECODE]:
+        ref = reference_for(GGUFModel(path), "fp32")
+        # gemma3 fixtures have a 4-token sliding window: longer decode chunks cross it
+        chunks = [PROMPT, [40, 41, 42], [77], [150], [9]] if arch == "gemma3" else \
+            [PROMPT] + [[t] for t in DECODE]
+        for chunk in chunks:
             got, want = run.step(chunk), ref.forward(chunk)
             rel = float(np.abs(got - want).max() / np.abs(want).max())
             limit = 1e-4 if target == "cpu" else 2e-2
@@ -159,6 +165,13 @@ class NativeExportTest(unittest.TestCase):
         self.assertIn("F16 -> float32 MatMul (exact", forms["blk.0.ffn_gate.weight"])
         self.assertIn("Q5_0 -> GatherBlockQuantized bits=8 block=32 zero=16",
                       forms["token_embd.weight"])
+
+    def test_gemma3_native(self):
+        types = {"embd": Q.Q8_0, "q": Q.Q4_K, "k": Q.Q5_0, "v": Q.Q6_K, "o": Q.Q4_0,
+                 "gate": Q.Q5_K, "up": Q.Q4_1, "down": Q.Q6_K}
+        forms = self.run_model("gemma3", types)["tensors"]
+        self.assertIn("Q8_0 -> GatherBlockQuantized", forms["token_embd.weight"])
+        self.assertIn("Q8_0 -> MatMulNBits bits=8", forms["token_embd.weight as lm_head"])
 
     def test_cuda_target_runs_on_cpu(self):
         types = {"embd": Q.Q5_0, "q": Q.Q4_K, "k": Q.Q5_0, "v": Q.Q8_0, "o": Q.Q6_K,
