@@ -185,6 +185,20 @@ fn valid_folders_pass_every_check() {
     }
 }
 
+/// The default model, exported native into the user's cache (the suite's own model: in CI the
+/// main job has already built it; otherwise this downloads and exports it once, under a lock).
+#[test]
+fn the_default_model_passes_every_check() {
+    let (success, json) = doctor(&["qwen2.5-coder-0.5b-instruct"]);
+    let model = &json["models"][0];
+    assert!(success, "{json:#}");
+    assert_eq!(model["verdict"], "ok", "{json:#}");
+    assert_eq!(model["precision"], "native", "{json:#}");
+    for check in ["chat-template", "graph", "generate:cpu", "repeatable:cpu"] {
+        assert_eq!(verdict(&json, check)["status"], "ok", "{json:#}");
+    }
+}
+
 #[test]
 fn a_missing_graph_fails_files() {
     let (_t, dir) = broken("genai", |d| fs::remove_file(d.join("model.onnx")).unwrap());
