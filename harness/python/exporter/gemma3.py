@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from .graph import MS_OPSET, OPSET, GraphBuilder
+from .graph import GraphBuilder
 
 
 class Gemma3Builder(GraphBuilder):
@@ -79,24 +79,7 @@ class Gemma3Builder(GraphBuilder):
 
     def build(self) -> onnx.ModelProto:
         hp = self.hp
-        kv_shape = ["batch_size", hp.n_kv_heads, "past_sequence_length", hp.head_dim]
-        present_shape = ["batch_size", hp.n_kv_heads, "total_sequence_length", hp.head_dim]
-        inputs = [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64,
-                                          ["batch_size", "sequence_length"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                          ["batch_size", "total_sequence_length"]),
-        ]
-        outputs = [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                          ["batch_size", "sequence_length", hp.vocab_size]),
-        ]
-        for i in range(hp.n_layers):
-            for kind in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(
-                    f"past_key_values.{i}.{kind}", self.act_onnx, kv_shape))
-                outputs.append(helper.make_tensor_value_info(
-                    f"present.{i}.{kind}", self.act_onnx, present_shape))
+        inputs, outputs = self.graph_io()
 
         # embeddings (GraphBuilder.embedding), * sqrt(hidden), in float32: the residual stream
         self.progress("embeddings")
@@ -106,18 +89,7 @@ class Gemma3Builder(GraphBuilder):
         scale = self.const("model.embed_tokens.scale", np.array(np.sqrt(hp.hidden), np.float32))
         x = self.node("Mul", [x, scale], name="model/embed_tokens/Mul")[0]
 
-        # seqlens_k and total_sequence_length from attention_mask (as graph.py)
-        axes = self.const("model.constants.axes_1", np.array([1], dtype=np.int64))
-        one64 = self.const("model.constants.one_i64", np.array(1, dtype=np.int64))
-        summed = self.node("ReduceSum", ["attention_mask", axes], name="model/attn_mask/ReduceSum",
-                           keepdims=0)[0]
-        minus = self.node("Sub", [summed, one64], name="model/attn_mask/Sub")[0]
-        seqlens_k = self.node("Cast", [minus], ["seqlens_k"], name="model/attn_mask/seqlens_k",
-                              to=TensorProto.INT32)[0]
-        shape = self.node("Shape", ["attention_mask"], name="model/attn_mask/Shape")[0]
-        total64 = self.node("Gather", [shape, one64], name="model/attn_mask/Gather", axis=0)[0]
-        total_len = self.node("Cast", [total64], ["total_seq_len"],
-                              name="model/attn_mask/total_seq_len", to=TensorProto.INT32)[0]
+        seqlens_k, total_len = self.sequence_lengths()
 
         rope_global = self.rotary_caches("global", hp.rope_base)
         rope_local = self.rotary_caches("local", hp.rope_local_base) if any(hp.swa_layers) else None
@@ -181,13 +153,4 @@ class Gemma3Builder(GraphBuilder):
         else:
             self.node("Identity", [logits], ["logits"], name="lm_head/Identity")
 
-        graph = helper.make_graph(self.nodes, "decoder", inputs, outputs,
-                                  initializer=self.w.initializers)
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET),
-                           helper.make_opsetid("com.microsoft", MS_OPSET)],
-            producer_name="codegen-harness-exporter",
-        )
-        model.ir_version = 10
-        return model
+        return self.model_proto(inputs, outputs)

@@ -271,8 +271,9 @@ class GraphBuilder:
     def norm_weight(self, name: str) -> str:
         return self.const(name, self.m.raw(name).astype(self.act))
 
-    # -- graph ------------------------------------------------------------------------------
-    def build(self) -> onnx.ModelProto:
+    # -- shared by every architecture's build() ----------------------------------------------
+    def graph_io(self) -> tuple[list, list]:
+        """The decoder's inputs and outputs: the contract the engine checks (folder.rs)."""
         hp = self.hp
         kv_shape = ["batch_size", hp.n_kv_heads, "past_sequence_length", hp.head_dim]
         present_shape = ["batch_size", hp.n_kv_heads, "total_sequence_length", hp.head_dim]
@@ -292,11 +293,11 @@ class GraphBuilder:
                     f"past_key_values.{i}.{kind}", self.act_onnx, kv_shape))
                 outputs.append(helper.make_tensor_value_info(
                     f"present.{i}.{kind}", self.act_onnx, present_shape))
+        return inputs, outputs
 
-        self.progress("embeddings")
-        x = self.embedding()
-
-        # seqlens_k and total_sequence_length from attention_mask
+    def sequence_lengths(self) -> tuple[str, str]:
+        """GroupQueryAttention's seqlens_k (sum(attention_mask) - 1) and total_sequence_length,
+        int32, computed inside the graph from attention_mask."""
         axes = self.const("model.constants.axes_1", np.array([1], dtype=np.int64))
         one64 = self.const("model.constants.one_i64", np.array(1, dtype=np.int64))
         summed = self.node("ReduceSum", ["attention_mask", axes], name="model/attn_mask/ReduceSum",
@@ -308,6 +309,29 @@ class GraphBuilder:
         total64 = self.node("Gather", [shape, one64], name="model/attn_mask/Gather", axis=0)[0]
         total_len = self.node("Cast", [total64], ["total_seq_len"],
                               name="model/attn_mask/total_seq_len", to=TensorProto.INT32)[0]
+        return seqlens_k, total_len
+
+    def model_proto(self, inputs: list, outputs: list) -> onnx.ModelProto:
+        """The nodes and initializers made so far as one model (opset 21 + com.microsoft)."""
+        graph = helper.make_graph(self.nodes, "decoder", inputs, outputs,
+                                  initializer=self.w.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", MS_OPSET)],
+            producer_name="codegen-harness-exporter",
+        )
+        model.ir_version = 10
+        return model
+
+    # -- graph ------------------------------------------------------------------------------
+    def build(self) -> onnx.ModelProto:
+        hp = self.hp
+        inputs, outputs = self.graph_io()
+
+        self.progress("embeddings")
+        x = self.embedding()
+
+        seqlens_k, total_len = self.sequence_lengths()
 
         # rotary caches [max_len, head_dim/2]
         half = hp.head_dim // 2
@@ -378,12 +402,4 @@ class GraphBuilder:
         else:
             self.node("Identity", [logits], ["logits"], name="lm_head/Identity")
 
-        graph = helper.make_graph(self.nodes, "decoder", inputs, outputs,
-                                  initializer=self.w.initializers)
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", MS_OPSET)],
-            producer_name="codegen-harness-exporter",
-        )
-        model.ir_version = 10
-        return model
+        return self.model_proto(inputs, outputs)
