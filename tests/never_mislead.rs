@@ -167,8 +167,11 @@ fn slow_case(name: &str, seconds: f64) -> String {
 #[test]
 fn an_interrupted_run_keeps_the_last_complete_results_and_a_rerun_matches() {
     let p = Project::new(&config("snapshot = false", REFERENCE));
+    // 1.5 s per case leaves seconds between the first journaled case and the end of the run,
+    // so the interrupt lands mid-run even on a loaded machine (0.6 s once lost the race in CI-like
+    // conditions: the run finished before the signal and the partial journal was gone).
     for name in ["a1", "a2", "a3", "a4"] {
-        p.write(&format!("cases/math/{name}.toml"), &slow_case(name, 0.6));
+        p.write(&format!("cases/math/{name}.toml"), &slow_case(name, 1.5));
     }
     let files = [
         "results-ref.jsonl",
