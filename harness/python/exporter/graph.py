@@ -188,13 +188,23 @@ class GraphBuilder:
                 outputs.append(self.block_matmul(sub, x, bw))
                 continue
             kind = self.m.tensor_type(name)
-            dtype = np.float32 if self.target == "cpu" else np.float16
-            why = "exact" if self.target == "cpu" else "activation precision of the cuda target"
-            self.record(name, prefix, f"{kind} -> {np.dtype(dtype).name} MatMul ({why}; "
-                        "no exact MatMulNBits form)")
             w = np.ascontiguousarray(self.m.hf_weight(name).T)
-            wt = self.float_weight(f"{sub}.MatMul.weight", w, dtype)
-            outputs.append(self.node("MatMul", [x, wt], name=f"{sub}/MatMul")[0])
+            if self.target == "cpu" or kind == "F16":
+                # float32 on cpu; an F16 tensor is exact in the cuda target's float16
+                dtype = np.float32 if self.target == "cpu" else np.float16
+                self.record(name, prefix, f"{kind} -> {np.dtype(dtype).name} MatMul (exact; "
+                            "no MatMulNBits form)")
+                wt = self.float_weight(f"{sub}.MatMul.weight", w, dtype)
+                outputs.append(self.node("MatMul", [x, wt], name=f"{sub}/MatMul")[0])
+                continue
+            # cuda target, a format float16 cannot hold exactly: the weight stays float32 (never
+            # narrower) and this one MatMul runs in float32 between casts
+            self.record(name, prefix, f"{kind} -> float32 MatMul between float16 casts (exact "
+                        "weights; no MatMulNBits form)")
+            wt = self.const(f"{sub}.MatMul.weight", w.astype(np.float32))
+            x32 = self.cast(x, TensorProto.FLOAT)
+            y32 = self.node("MatMul", [x32, wt], name=f"{sub}/MatMul")[0]
+            outputs.append(self.cast(y32, self.act_onnx))
         if len(outputs) == 1:
             return outputs[0]
         return self.node("Concat", outputs, name=f"{prefix}/Concat", axis=-1)[0]

@@ -18,8 +18,8 @@ Both are exact representations of gguf's float32 weights: evaluating the graph o
 matrix reproduces `gguf.quants.dequantize` bit for bit on the cpu target (float32 scales); on the
 cuda target scales and adds are float16, so the weights agree within that rounding
 (`tests/test_native.py`). A format not listed here (IQ*, TQ*, MXFP4, ...) is not representable
-exactly by MatMulNBits, so it goes to the next wider exact form: float weights (float32 on the cpu
-target; on the cuda target float16, the activations' own precision). `describe` says per tensor
+exactly by MatMulNBits, so it goes to the next wider exact form: float32 weights (on the cuda
+target an F16 tensor stays float16, exact; the others run float32 between casts). `describe` says per tensor
 what it became; the exporter records that in config.json.
 """
 

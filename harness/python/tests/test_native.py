@@ -176,8 +176,10 @@ class NativeExportTest(unittest.TestCase):
     def test_cuda_target_runs_on_cpu(self):
         types = {"embd": Q.Q5_0, "q": Q.Q4_K, "k": Q.Q5_0, "v": Q.Q8_0, "o": Q.Q6_K,
                  "gate": Q.Q4_1, "up": Q.Q5_0, "down": Q.Q6_K}
+        types["up"] = Q.F32  # not exact in float16: stays float32 on the cuda target too
         forms = self.run_model("qwen2", types, "cuda")["tensors"]
         self.assertIn("Q5_0 -> float16 Gather", forms["token_embd.weight"])
+        self.assertIn("F32 -> float32 MatMul between float16 casts", forms["blk.0.ffn_up.weight"])
 
 
 if __name__ == "__main__":
