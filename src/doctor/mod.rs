@@ -103,12 +103,7 @@ impl Verdict {
         detail: impl Into<String>,
         remedy: impl Into<String>,
     ) -> Verdict {
-        Verdict {
-            check: check.into(),
-            status: Status::Warn,
-            detail: detail.into(),
-            remedy: Some(remedy.into()),
-        }
+        Verdict::with_remedy(Status::Warn, check.into(), detail.into(), remedy.into())
     }
 
     pub fn fail(
@@ -116,15 +111,18 @@ impl Verdict {
         detail: impl Into<String>,
         remedy: impl Into<String>,
     ) -> Verdict {
+        Verdict::with_remedy(Status::Fail, check.into(), detail.into(), remedy.into())
+    }
+
+    fn with_remedy(status: Status, check: String, detail: String, remedy: String) -> Verdict {
         Verdict {
-            check: check.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            remedy: Some(remedy.into()),
+            check,
+            status,
+            detail,
+            remedy: Some(remedy),
         }
     }
 
-    /// Not run because `because` (a check name) failed or is missing.
     pub fn skip(check: impl Into<String>, because: &str) -> Verdict {
         Verdict {
             check: check.into(),

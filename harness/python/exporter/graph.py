@@ -139,20 +139,25 @@ class GraphBuilder:
         """y = x @ w.T (+ bias). `w` is a float32 [N, K] array, or the GGUF name(s) of the weight
         (several names: their rows stacked, as for packed QKV)."""
         precision = precision or self.precision
-        if precision == "native" and not isinstance(w, np.ndarray):
+        if precision == "native":
+            if isinstance(w, np.ndarray):
+                # an array has lost its GGUF blocks: native needs the tensor's name
+                raise ValueError(f"{prefix}: the native precision takes GGUF tensor names")
             y = self.native_linear(prefix, x, [w] if isinstance(w, str) else list(w))
         else:
             if isinstance(w, str):
                 w = self.m.hf_weight(w)
             elif isinstance(w, list):
                 w = np.concatenate([self.m.hf_weight(name) for name in w])
-            y = self.requantized_linear(prefix, x, w, "int4" if precision == "native" else precision)
+            y = self.array_linear(prefix, x, w, precision)
         if bias is not None:
             bname = self.const(f"{prefix}.Add.bias", bias.astype(self.act))
             y = self.node("Add", [y, bname], name=f"{prefix}/Add")[0]
         return y
 
-    def requantized_linear(self, prefix: str, x: str, w: np.ndarray, precision: str) -> str:
+    def array_linear(self, prefix: str, x: str, w: np.ndarray, precision: str) -> str:
+        """x @ w.T from a float32 array w [N, K] stored at `precision` (int4/int8 re-quantized,
+        fp16/fp32 float)."""
         n, k = w.shape
         if precision in ("int4", "int8"):
             bits = 4 if precision == "int4" else 8
@@ -188,20 +193,19 @@ class GraphBuilder:
                 outputs.append(self.block_matmul(sub, x, bw))
                 continue
             kind = self.m.tensor_type(name)
-            w = np.ascontiguousarray(self.m.hf_weight(name).T)
+            w = self.m.hf_weight(name)
             if self.target == "cpu" or kind == "F16":
                 # float32 on cpu; an F16 tensor is exact in the cuda target's float16
-                dtype = np.float32 if self.target == "cpu" else np.float16
-                self.record(name, prefix, f"{kind} -> {np.dtype(dtype).name} MatMul (exact; "
-                            "no MatMulNBits form)")
-                wt = self.float_weight(f"{sub}.MatMul.weight", w, dtype)
-                outputs.append(self.node("MatMul", [x, wt], name=f"{sub}/MatMul")[0])
+                precision = "fp32" if self.target == "cpu" else "fp16"
+                self.record(name, prefix, f"{kind} -> {'float32' if precision == 'fp32' else 'float16'}"
+                            " MatMul (exact; no MatMulNBits form)")
+                outputs.append(self.array_linear(sub, x, w, precision))
                 continue
             # cuda target, a format float16 cannot hold exactly: the weight stays float32 (never
             # narrower) and this one MatMul runs in float32 between casts
             self.record(name, prefix, f"{kind} -> float32 MatMul between float16 casts (exact "
                         "weights; no MatMulNBits form)")
-            wt = self.const(f"{sub}.MatMul.weight", w.astype(np.float32))
+            wt = self.const(f"{sub}.MatMul.weight", np.ascontiguousarray(w.T, dtype=np.float32))
             x32 = self.cast(x, TensorProto.FLOAT)
             y32 = self.node("MatMul", [x32, wt], name=f"{sub}/MatMul")[0]
             outputs.append(self.cast(y32, self.act_onnx))
