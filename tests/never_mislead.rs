@@ -6,6 +6,8 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,25 +156,42 @@ fn a_measurement_run_exits_with_the_gates_verdict() {
     );
 }
 
-/// A case whose reference takes a while, so a run can be interrupted in the middle.
-fn slow_case(name: &str, seconds: f64) -> String {
+/// A case whose reference waits until `gate` exists, so a run can be held in the middle for as
+/// long as the test needs: no race against the machine's load.
+fn gated_case(name: &str, gate: &Path) -> String {
     GOOD_CASE
         .replace(
             "def add(a, b):\n    return a + b",
-            &format!("import time\ndef {name}(a, b):\n    time.sleep({seconds})\n    return a + b"),
+            &format!(
+                "import os, time\ndef {name}(a, b):\n    while not os.path.exists({gate:?}):\n        time.sleep(0.02)\n    return a + b"
+            ),
         )
         .replace("add", name)
 }
 
 #[test]
 fn an_interrupted_run_keeps_the_last_complete_results_and_a_rerun_matches() {
-    let p = Project::new(&config("snapshot = false", REFERENCE));
-    // 1.5 s per case leaves seconds between the first journaled case and the end of the run,
-    // so the interrupt lands mid-run even on a loaded machine (0.6 s once lost the race in CI-like
-    // conditions: the run finished before the signal and the partial journal was gone).
-    for name in ["a1", "a2", "a3", "a4"] {
-        p.write(&format!("cases/math/{name}.toml"), &slow_case(name, 1.5));
+    // The gate file lives where the sandboxed reference can see it: level "none" reads the host,
+    // and the folder is world-readable because a root harness runs generated code as `nobody`.
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or("python3");
+    let p = Project::new(&config(
+        "snapshot = false",
+        &format!(
+            "[sandbox]\nlevel = \"none\"\npython = \"{python}\"\nallow_host_root = true\n{REFERENCE}"
+        ),
+    ));
+    let gate_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(gate_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let gate = gate_dir.path().join("open");
+    // a1 never waits, so the interrupted run journals it; a2..a4 hold the run until the gate opens.
+    p.write("cases/math/a1.toml", &GOOD_CASE.replace("add", "a1"));
+    for name in ["a2", "a3", "a4"] {
+        p.write(&format!("cases/math/{name}.toml"), &gated_case(name, &gate));
     }
+    fs::write(&gate, "").unwrap();
     let files = [
         "results-ref.jsonl",
         "summary-ref.json",
@@ -188,6 +207,7 @@ fn an_interrupted_run_keeps_the_last_complete_results_and_a_rerun_matches() {
     let (out, text) = p.run(&[], &["--test-threads", "1"]);
     assert!(out.status.success(), "{text}");
     let complete = read_all();
+    fs::remove_file(&gate).unwrap();
 
     // Interrupt a second run once it has journaled a case.
     let mut child = Command::new(env!("CARGO_BIN_EXE_codegen"))
@@ -218,6 +238,7 @@ fn an_interrupted_run_keeps_the_last_complete_results_and_a_rerun_matches() {
     }
     let _ = child.wait();
     assert!(partial.exists());
+    fs::write(&gate, "").unwrap();
     assert_eq!(
         read_all(),
         complete,
