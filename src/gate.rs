@@ -155,6 +155,7 @@ mod tests {
             overall: t(rate),
             categories: [("algos".to_string(), t(cat_rate))].into(),
             uncertainty: None,
+            resources: None,
         }
     }
 

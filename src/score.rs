@@ -100,6 +100,36 @@ pub struct Summary {
     pub overall: Totals,
     pub categories: BTreeMap<String, Totals>,
     pub uncertainty: Option<UncertaintyStats>,
+    /// What generation used, when the source measured it (a model; not replayed answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// What generating the run's completions used: tokens, and the peak memory of the process on
+/// the host and on the GPU (ONNX Runtime's arena holds its high-water mark, so the largest
+/// reading is the run's peak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub generated_tokens: usize,
+    pub peak_host_bytes: Option<u64>,
+    pub peak_device_bytes: Option<u64>,
+}
+
+impl Resources {
+    fn of<'a>(outcomes: impl Iterator<Item = &'a CaseOutcome>) -> Option<Resources> {
+        let timings: Vec<_> = outcomes
+            .flat_map(|o| o.samples.iter())
+            .filter_map(|s| s.timing.as_ref())
+            .collect();
+        if timings.is_empty() {
+            return None;
+        }
+        Some(Resources {
+            generated_tokens: timings.iter().map(|t| t.generated_tokens).sum(),
+            peak_host_bytes: timings.iter().filter_map(|t| t.peak_host_bytes).max(),
+            peak_device_bytes: timings.iter().filter_map(|t| t.peak_device_bytes).max(),
+        })
+    }
 }
 
 impl Summary {
@@ -118,7 +148,8 @@ impl Summary {
             model: model.to_string(),
             overall: Totals::of(mine.clone()),
             categories,
-            uncertainty: uncertainty(mine),
+            uncertainty: uncertainty(mine.clone()),
+            resources: Resources::of(mine),
         }
     }
 }

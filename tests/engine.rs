@@ -12,7 +12,7 @@ use codegen_harness::case::{self, Case};
 use codegen_harness::device::Provider;
 use codegen_harness::engine::onnx::{self, OnnxOptions, OnnxSource};
 use codegen_harness::engine::{
-    Completion, CompletionSource, FinishReason, GenerationSettings, Request, TokenTrace,
+    BatchSize, Completion, CompletionSource, FinishReason, GenerationSettings, Request, TokenTrace,
 };
 use codegen_harness::env::Env;
 use codegen_harness::prompt::Prompt;
@@ -201,7 +201,7 @@ fn greedy_matches_reference(folder: &str) {
         .map(|(i, p)| complete_case(&format!("c{i}"), p, 24, &[]))
         .collect();
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
-    // Batched (the scheduler, batch_size 8, right padding) ...
+    // Batched (the scheduler, batch_size auto: 8 on a CPU, right padding) ...
     for (got, prompt) in batched(&src, &cases, 1).iter().zip(&prompts) {
         let ids = src.prompt_ids(prompt).unwrap();
         let tokens = got.tokens.as_ref().unwrap();
@@ -240,7 +240,7 @@ fn greedy_matches_reference_genai_layout() {
 #[test]
 fn shared_and_growing_kv_cache_agree() {
     let settings = GenerationSettings {
-        batch_size: 4,
+        batch_size: BatchSize::Rows(4),
         ..GenerationSettings::default()
     };
     let cases: Vec<Case> = PREFIXES
@@ -468,7 +468,7 @@ fn same_settings_give_identical_bytes_with_all_cores() {
         temperature: 0.7,
         top_p: 0.9,
         seed: 3,
-        batch_size: 3,
+        batch_size: BatchSize::Rows(3),
         ..GenerationSettings::default()
     };
     let cases: Vec<Case> = PREFIXES
@@ -553,7 +553,7 @@ fn fixed_width_decode_agrees_with_the_growing_mask() {
         let mut opts = test_options(GenerationSettings::default());
         opts.device_head = Some(true);
         opts.cuda_graph = Some(true);
-        opts.settings.batch_size = 1;
+        opts.settings.batch_size = BatchSize::Rows(1);
         opts.graphs_per_session = Some(1);
         let src = onnx::open_with(&models().join(folder), opts).unwrap();
         outs.push(batched_traces(&src, &cases));
@@ -598,7 +598,7 @@ fn an_oversized_prompt_fails_alone_and_its_batch_mate_generates() {
     let huge = complete_case("huge", &"x = 1\n".repeat(400), 8, &[]);
     let fine = complete_case("fine", PREFIXES[0], 8, &[]);
     let settings = GenerationSettings {
-        batch_size: 2,
+        batch_size: BatchSize::Rows(2),
         ..GenerationSettings::default()
     };
     let src = source("genai", settings);
@@ -633,21 +633,22 @@ fn an_oversized_prompt_fails_alone_and_its_batch_mate_generates() {
 }
 
 #[test]
-fn a_batch_is_cut_to_the_kv_budget_before_it_is_allocated() {
-    // A budget of 120 positions x rows (f32 KV): the batch of 3 is cut in two, same tokens.
+fn a_batch_is_cut_to_the_memory_budget_before_it_is_allocated() {
+    // A budget of about 120 positions x rows (f32 KV, plus each prefill's activations): the
+    // batch of 3 is cut, same tokens.
     let cases: Vec<Case> = PREFIXES
         .iter()
         .enumerate()
         .map(|(i, p)| complete_case(&format!("b{i}"), p, 6, &[]))
         .collect();
     let settings = GenerationSettings {
-        batch_size: 4,
+        batch_size: BatchSize::Rows(4),
         ..GenerationSettings::default()
     };
     let wide = batched_traces(&source("genai", settings.clone()), &cases);
     let mut opts = test_options(settings);
     // genai fixture: 2 layers x 2 KV heads x 16 dims x 2 (keys, values) x 4 bytes per position.
-    opts.kv_budget_bytes = Some(512 * 120);
+    opts.memory_budget_bytes = Some(512 * 120);
     let narrow = onnx::open_with(&models().join("genai"), opts).unwrap();
     assert_traces_agree(
         &wide,
@@ -656,11 +657,11 @@ fn a_batch_is_cut_to_the_kv_budget_before_it_is_allocated() {
     );
     // A budget too small for any sequence fails each case with the figures.
     let mut opts = test_options(GenerationSettings::default());
-    opts.kv_budget_bytes = Some(1024);
+    opts.memory_budget_bytes = Some(1024);
     let none = onnx::open_with(&models().join("genai"), opts).unwrap();
     let err = batched_err(&none, &cases[0]);
     assert!(
-        err.contains("KiB of KV cache") && err.contains("budget of 1 KiB"),
+        err.contains("KiB of memory (KV cache of") && err.contains("budget of 1 KiB"),
         "{err}"
     );
 }

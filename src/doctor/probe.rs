@@ -169,7 +169,7 @@ fn generate_once(
     let settings = GenerationSettings {
         max_new_tokens: options.max_new_tokens,
         top_logprobs: 1,
-        batch_size: 1,
+        batch_size: crate::engine::BatchSize::Rows(1),
         ..GenerationSettings::default()
     };
     let mut o = OnnxOptions::new(

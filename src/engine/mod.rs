@@ -160,8 +160,89 @@ pub struct GenerationSettings {
     pub stop: Vec<String>,
     /// How many alternatives to record per generated token.
     pub top_logprobs: usize,
-    /// Most sequences decoded together.
-    pub batch_size: usize,
+    /// How many sequences decode together.
+    pub batch_size: BatchSize,
+}
+
+/// How many sequences decode together: `"auto"` (the default) or a number.
+///
+/// `auto` is 8 on a CPU, where more rows stop paying once every core is busy; under CUDA it
+/// is as many as the device's free memory holds (each sequence costing its KV cache and its
+/// prefill's activations, see the engine's `Limits`), up to [`BatchSize::AUTO_CUDA_MAX`]. So
+/// one config runs on a 24 GB card and on an H200, each as wide as it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "BatchSizeValue", into = "BatchSizeValue")]
+pub enum BatchSize {
+    #[default]
+    Auto,
+    Rows(usize),
+}
+
+impl BatchSize {
+    /// `auto` on a CPU.
+    pub const AUTO_CPU: usize = 8;
+    /// The widest `auto` batch under CUDA.
+    pub const AUTO_CUDA_MAX: usize = 256;
+
+    /// The most rows a batch may hold on `provider` (before the memory budget cuts it).
+    pub fn rows(self, provider: crate::device::Provider) -> usize {
+        match (self, provider) {
+            (BatchSize::Rows(n), _) => n.max(1),
+            (BatchSize::Auto, crate::device::Provider::Cpu) => Self::AUTO_CPU,
+            (BatchSize::Auto, crate::device::Provider::Cuda) => Self::AUTO_CUDA_MAX,
+        }
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchSize::Auto => f.write_str("auto"),
+            BatchSize::Rows(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BatchSize, String> {
+        match s.trim() {
+            "auto" => Ok(BatchSize::Auto),
+            n => match n.parse::<usize>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "failed to parse batch_size `{s}`: expected \"auto\" or a number of at least 1"
+                )),
+                Ok(n) => Ok(BatchSize::Rows(n)),
+            },
+        }
+    }
+}
+
+/// What `batch_size` looks like in TOML: `"auto"` or a number.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum BatchSizeValue {
+    Rows(usize),
+    Name(String),
+}
+
+impl TryFrom<BatchSizeValue> for BatchSize {
+    type Error = String;
+    fn try_from(v: BatchSizeValue) -> Result<BatchSize, String> {
+        match v {
+            BatchSizeValue::Rows(n) => n.to_string().parse(),
+            BatchSizeValue::Name(s) => s.parse(),
+        }
+    }
+}
+
+impl From<BatchSize> for BatchSizeValue {
+    fn from(b: BatchSize) -> BatchSizeValue {
+        match b {
+            BatchSize::Auto => BatchSizeValue::Name("auto".into()),
+            BatchSize::Rows(n) => BatchSizeValue::Rows(n),
+        }
+    }
 }
 
 impl Default for GenerationSettings {
@@ -175,7 +256,7 @@ impl Default for GenerationSettings {
             samples: 1,
             stop: Vec::new(),
             top_logprobs: 5,
-            batch_size: 8,
+            batch_size: BatchSize::Auto,
         }
     }
 }

@@ -57,6 +57,16 @@ pub use catalog::{DEFAULT_MODELS, DefaultModel, WheelPart, default_model};
 /// The marker written into a model folder once it is complete.
 pub const COMPLETE_MARKER: &str = ".codegen-complete";
 
+/// What the marker holds: the version of the exported graph's contract. A cached folder whose
+/// marker says otherwise was made by an older exporter and is exported again (version 2: the
+/// optional `logits_positions` input, so a prefill computes one row of logits per sequence).
+pub const EXPORT_FORMAT: &str = "2";
+
+/// Whether `dir` is a complete folder of the current [`EXPORT_FORMAT`].
+pub fn is_current_export(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(COMPLETE_MARKER)).is_ok_and(|m| m.trim() == EXPORT_FORMAT)
+}
+
 /// What the exporter writes into every model folder.
 pub const MODEL_FILES: &[&str] = &[
     "model.onnx",
@@ -149,7 +159,7 @@ fn ensure_folder(
     out: &Path,
     build: impl FnOnce(&ProgressBar) -> Result<(), ModelError>,
 ) -> Result<PathBuf, ModelError> {
-    if out.join(COMPLETE_MARKER).is_file() {
+    if is_current_export(out) {
         return Ok(out.to_path_buf());
     }
     let name = out
@@ -164,9 +174,14 @@ fn ensure_folder(
     let progress = spinner(&name);
     progress.set_message("waiting for the lock");
     let _lock = DirLock::acquire(&lock_dir).map_err(|e| ModelError::io("lock", lock_dir, e))?;
-    if out.join(COMPLETE_MARKER).is_file() {
+    if is_current_export(out) {
         progress.finish_and_clear();
         return Ok(out.to_path_buf());
+    }
+    if out.join(COMPLETE_MARKER).is_file() {
+        // An older exporter's folder: exported again from scratch.
+        progress.set_message("exported by an older exporter: exporting again");
+        fs::remove_dir_all(out).map_err(|e| ModelError::io("remove", out.to_path_buf(), e))?;
     }
     let result = build(&progress);
     match &result {
@@ -175,7 +190,7 @@ fn ensure_folder(
     }
     result?;
     let marker = out.join(COMPLETE_MARKER);
-    fs::write(&marker, "").map_err(|e| ModelError::io("write", marker, e))?;
+    fs::write(&marker, EXPORT_FORMAT).map_err(|e| ModelError::io("write", marker, e))?;
     Ok(out.to_path_buf())
 }
 
@@ -311,7 +326,7 @@ pub fn export_gguf(
     }
     result?;
     let marker = out.join(COMPLETE_MARKER);
-    fs::write(&marker, "").map_err(|e| ModelError::io("write", marker, e))
+    fs::write(&marker, EXPORT_FORMAT).map_err(|e| ModelError::io("write", marker, e))
 }
 
 fn export_gguf_with(
@@ -374,7 +389,7 @@ pub fn list_cached_in(dir: &Path) -> Result<Vec<CachedModel>, ModelError> {
         }
         out.push(CachedModel {
             bytes: folder_size(&path),
-            complete: path.join(COMPLETE_MARKER).is_file(),
+            complete: is_current_export(&path),
             name,
             path,
         });
@@ -466,18 +481,23 @@ mod tests {
         let done = dir.path().join("m-cpu-int4");
         fs::create_dir_all(&done).unwrap();
         fs::write(done.join("model.onnx"), vec![0u8; 1000]).unwrap();
-        fs::write(done.join(COMPLETE_MARKER), "").unwrap();
+        fs::write(done.join(COMPLETE_MARKER), EXPORT_FORMAT).unwrap();
         let half = dir.path().join("m-cuda-fp16");
         fs::create_dir_all(&half).unwrap();
         fs::write(half.join("model.onnx"), vec![0u8; 10]).unwrap();
+        // An older exporter's folder (empty marker) is not current: it is exported again.
+        let old = dir.path().join("m-cuda-int4");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join(COMPLETE_MARKER), "").unwrap();
         fs::create_dir_all(dir.path().join(".locks").join("x")).unwrap();
         fs::create_dir_all(dir.path().join("y.partial")).unwrap();
         let list = list_cached_in(dir.path()).unwrap();
         let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["m-cpu-int4", "m-cuda-fp16"]);
-        assert_eq!(list[0].bytes, 1000);
+        assert_eq!(names, ["m-cpu-int4", "m-cuda-fp16", "m-cuda-int4"]);
+        assert_eq!(list[0].bytes, 1000 + EXPORT_FORMAT.len() as u64);
         assert!(list[0].complete);
         assert!(!list[1].complete);
+        assert!(!list[2].complete);
         assert!(
             list_cached_in(&dir.path().join("missing"))
                 .unwrap()

@@ -16,6 +16,34 @@ use crate::gate::{Baseline, GateFailure};
 use crate::score::{Summary, Totals};
 
 /// Render the summary table for one model.
+/// "generated N tokens; peak memory: host X MiB, device Y MiB" (device only where measured).
+pub fn resources_line(r: &crate::score::Resources) -> String {
+    let mib = |b: u64| format!("{} MiB", b >> 20);
+    let mut parts = Vec::new();
+    if let Some(h) = r.peak_host_bytes {
+        parts.push(format!("host {}", mib(h)));
+    }
+    if let Some(d) = r.peak_device_bytes {
+        parts.push(format!("device {}", mib(d)));
+    }
+    let memory = match parts.is_empty() {
+        true => "not measured".to_string(),
+        false => parts.join(", "),
+    };
+    format!(
+        "generated {} tokens; peak memory: {memory}",
+        r.generated_tokens
+    )
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "codegen summary for model `{}`", summary.model);
@@ -62,6 +90,9 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
             "  not measured: {} case(s) (errors, not wrong answers; not in the rates above)",
             summary.overall.errors
         );
+    }
+    if let Some(r) = &summary.resources {
+        let _ = writeln!(s, "  {}", resources_line(r));
     }
     if let Some(b) = baseline {
         let _ = writeln!(
@@ -121,6 +152,9 @@ pub fn markdown(
             "\n**Not measured: {} case(s)** (errors, not wrong answers; not in the rates above).",
             summary.overall.errors
         );
+    }
+    if let Some(r) = &summary.resources {
+        let _ = writeln!(s, "\n{}.", capitalized(&resources_line(r)));
     }
     if let Some(b) = baseline {
         let _ = writeln!(
@@ -388,8 +422,17 @@ mod tests {
             overall: t.clone(),
             categories: [("strings".to_string(), t)].into(),
             uncertainty: None,
+            resources: Some(crate::score::Resources {
+                generated_tokens: 1234,
+                peak_host_bytes: Some(3 << 30),
+                peak_device_bytes: Some(5 << 29),
+            }),
         };
         let table = summary_table(&summary, None);
+        assert!(
+            table.contains("  generated 1234 tokens; peak memory: host 3072 MiB, device 2560 MiB"),
+            "{table}"
+        );
         assert!(
             table.contains("  strings        2       1      50.0%        100.0%"),
             "{table}"

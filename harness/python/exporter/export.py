@@ -64,6 +64,9 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
             "precision": precision,
             "activation_dtype": "float32" if target == "cpu" else "float16",
             "logits_dtype": "float32",
+            # the optional input that names the positions whose logits the graph computes
+            # (ONNX Runtime lists an input with a default among the initializers, not the inputs)
+            "logits_positions": "logits_positions",
             "gguf_tensor_types": model.tensor_types(),
             # native: what each GGUF weight became (exact block form or a wider float)
             "tensors": tensor_forms or {},

@@ -147,7 +147,8 @@ class Gemma3Builder(GraphBuilder):
         hf, _ = self.skip_rms("/model/norm", pending, residual, "output_norm.weight")
         hf = self.to_act(hf)
         head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
-        logits = self.linear("lm_head", hf, head_name, precision=self.head_precision)
+        logits = self.linear("lm_head", self.logits_rows(hf), head_name,
+                             precision=self.head_precision)
         if np.dtype(self.act) != np.dtype(np.float32):
             self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
         else:

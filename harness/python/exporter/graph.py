@@ -1,8 +1,14 @@
 """Build the decoder graph in onnxruntime-genai's model-builder layout.
 
 Inputs:  input_ids int64 [B, S], attention_mask int64 [B, T],
-         past_key_values.{i}.key|value  ACT [B, kv_heads, P, head_dim]
-Outputs: logits float32 [B, S, vocab], present.{i}.key|value ACT [B, kv_heads, T', head_dim]
+         past_key_values.{i}.key|value  ACT [B, kv_heads, P, head_dim],
+         logits_positions int64 [B, L] (optional: the positions of input_ids whose logits to
+         compute; default [1, 0], meaning every position, which is what onnxruntime-genai expects)
+Outputs: logits float32 [B, L or S, vocab], present.{i}.key|value ACT [B, kv_heads, T', head_dim]
+
+Why logits_positions: a batched prefill needs one position per row (its last prompt token), and
+[B, S, vocab] float32 logits of a 151936-token vocabulary are 0.6 MB per prompt token: 164
+HumanEval prompts of ~300 tokens came to tens of GB on the GPU for logits nobody reads.
 
 ACT is float32 for the cpu target and float16 for the cuda target. Attention is
 com.microsoft GroupQueryAttention with packed QKV and fused rotate-half rotary (cos/sin caches);
@@ -299,7 +305,7 @@ class GraphBuilder:
         ]
         outputs = [
             helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                          ["batch_size", "sequence_length", hp.vocab_size]),
+                                          ["batch_size", "logits_length", hp.vocab_size]),
         ]
         for i in range(hp.n_layers):
             for kind in ("key", "value"):
@@ -307,7 +313,48 @@ class GraphBuilder:
                     f"past_key_values.{i}.{kind}", self.act_onnx, kv_shape))
                 outputs.append(helper.make_tensor_value_info(
                     f"present.{i}.{kind}", self.act_onnx, present_shape))
+        inputs.append(helper.make_tensor_value_info("logits_positions", TensorProto.INT64,
+                                                    ["batch_size", "logits_length"]))
+        # An initializer of the same name makes the input optional: its default [1, 0] selects
+        # every position (see logits_rows).
+        self.w.initializers.append(helper.make_tensor(
+            "logits_positions", TensorProto.INT64, [1, 0], []))
         return inputs, outputs
+
+    def logits_rows(self, hf: str) -> str:
+        """The rows of the final hidden states `hf` [B, S, H] that the lm_head gets: those named
+        by `logits_positions` [B, L], or all S when it is [1, 0] (its default).
+
+        Every device op reads device data: the all-positions index comes from input_ids
+        (CumSum of ones), and only Slice's `ends` is computed from shapes, which ONNX Runtime
+        keeps on the CPU, so CUDA graph capture sees no copies between devices."""
+        hp = self.hp
+        c = "model.logits_rows"
+        zero = self.const(f"{c}.zero", np.array([0], dtype=np.int64))
+        one = self.const(f"{c}.one", np.array([1], dtype=np.int64))
+        one_s = self.const(f"{c}.one_scalar", np.array(1, dtype=np.int64))
+        ones = self.node("Mul", ["input_ids", self.const(f"{c}.zero_scalar", np.array(0, np.int64))],
+                         name=f"{c}/Zeros")[0]
+        ones = self.node("Add", [ones, one_s], name=f"{c}/Ones")[0]
+        count = self.node("CumSum", [ones, one_s], name=f"{c}/CumSum")[0]
+        every = self.node("Sub", [count, one_s], name=f"{c}/Every")[0]           # [B, S]: 0..S-1
+        # How many of `every` to keep: S when logits_positions is empty, else 0.
+        n_given = self.node("Shape", ["logits_positions"], name=f"{c}/GivenShape", start=1, end=2)[0]
+        empty = self.node("Equal", [n_given, zero], name=f"{c}/Empty")[0]
+        empty = self.node("Cast", [empty], name=f"{c}/EmptyInt", to=TensorProto.INT64)[0]
+        s_len = self.node("Shape", ["input_ids"], name=f"{c}/SeqShape", start=1, end=2)[0]
+        keep = self.node("Mul", [empty, s_len], name=f"{c}/Keep")[0]
+        every = self.node("Slice", [every, zero, keep, one], name=f"{c}/EverySlice")[0]
+        b_len = self.node("Shape", ["input_ids"], name=f"{c}/BatchShape", start=0, end=1)[0]
+        given_shape = self.node("Concat", [b_len, n_given], name=f"{c}/GivenBatch", axis=0)[0]
+        given = self.node("Expand", ["logits_positions", given_shape], name=f"{c}/Given")[0]
+        rows = self.node("Concat", [given, every], name=f"{c}/Rows", axis=1)[0]   # [B, L]
+        rows = self.node("Unsqueeze", [rows, self.const(f"{c}.axis2", np.array([2], np.int64))],
+                         name=f"{c}/Unsqueeze")[0]
+        rows = self.node("Expand", [rows, self.const(f"{c}.hidden", np.array([1, 1, hp.hidden],
+                                                                              np.int64))],
+                         name=f"{c}/Index")[0]                                    # [B, L, H]
+        return self.node("GatherElements", [hf, rows], name=f"{c}/Gather", axis=1)[0]
 
     def sequence_lengths(self) -> tuple[str, str]:
         """GroupQueryAttention's seqlens_k (sum(attention_mask) - 1) and total_sequence_length,
@@ -410,7 +457,8 @@ class GraphBuilder:
             ["/model/norm/output_0", "", "", "/model/norm/output_3"],
             domain="com.microsoft", name="/model/norm", epsilon=hp.rms_eps)
         head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
-        logits = self.linear("lm_head", hf, head_name, precision=self.head_precision)
+        logits = self.linear("lm_head", self.logits_rows(hf), head_name,
+                             precision=self.head_precision)
         if np.dtype(self.act) != np.dtype(np.float32):
             self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
         else:

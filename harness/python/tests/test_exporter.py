@@ -169,6 +169,12 @@ class ExporterTest(unittest.TestCase):
                 feeds[f"past_key_values.{i}.{kind}"] = np.zeros((2, run.kv, 0, run.head_dim),
                                                                 np.float32)
         out0 = run.sess.run(None, feeds)
+        # logits_positions: one position per row, the same numbers as those rows of the full
+        # logits (the prefill's memory no longer scales with the vocabulary times the prompt).
+        picked = run.sess.run(["logits"], {**feeds, "logits_positions": np.array([[6], [2]])})[0]
+        self.assertEqual(picked.shape, (2, 1, out0[0].shape[2]))
+        np.testing.assert_allclose(picked[0, 0], out0[0][0, 6], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(picked[1, 0], out0[0][1, 2], rtol=1e-5, atol=1e-5)
         # one decode step for both rows
         feeds = {"input_ids": np.array([[DECODE[0]], [DECODE[1]]], np.int64),
                  "attention_mask": np.ones((2, len(PROMPT) + 1), np.int64)}
@@ -311,6 +317,9 @@ class ExporterTest(unittest.TestCase):
         for row, ids in enumerate((PROMPT, other)):
             want = reference_for(GGUFModel(path)).forward(ids)
             np.testing.assert_allclose(got[row], want, atol=1e-4 * np.abs(want).max())
+        last = run.sess.run(["logits"], {**feeds, "logits_positions": np.array([[6, 0], [3, 4]])})[0]
+        np.testing.assert_allclose(last[0], got[0][[6, 0]], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(last[1], got[1][[3, 4]], rtol=1e-5, atol=1e-5)
 
     def test_gemma3_graph_layout_and_configs(self):
         path = self.fixture("gemma3-f32", "gemma3")

@@ -253,7 +253,7 @@ fn run_genai(
 fn open(opts: &BenchOptions, env: &Env, batch_size: usize) -> Result<OnnxSource, BenchError> {
     let settings = GenerationSettings {
         max_new_tokens: opts.max_new_tokens,
-        batch_size,
+        batch_size: codegen_harness::engine::BatchSize::Rows(batch_size),
         top_logprobs: opts.top_logprobs,
         ..GenerationSettings::default()
     };

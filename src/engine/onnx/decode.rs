@@ -219,6 +219,8 @@ impl Model {
 
         let mut step = 0usize;
         let mut run_secs = 0.0f64;
+        // Choosing tokens' text, detokenizing and checking stop strings, row by row.
+        let mut host_secs = 0.0f64;
         let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
         // The logits' vocabulary size, known after the first run.
         let mut vocab = 0usize;
@@ -234,6 +236,17 @@ impl Model {
                 self.tokens.pad,
                 width,
             );
+            // Only the position each row continues from: its last prompt token at prefill, the
+            // one new token after.
+            let logits_positions = match self.graph.logits_positions {
+                true => {
+                    let at: Vec<i64> = (0..b)
+                        .map(|r| if step == 0 { lens[r] as i64 - 1 } else { 0 })
+                        .collect();
+                    Some(Tensor::<i64>::from_array(([b, 1], at)).map_err(EngineError::run)?)
+                }
+                false => None,
+            };
             let inputs = StepInputs {
                 step,
                 ids: Tensor::<i64>::from_array(([b, q], ids)).map_err(EngineError::run)?,
@@ -242,6 +255,7 @@ impl Model {
                 shape: [b, q],
                 vocab,
                 logits_on_device: use_head,
+                logits_positions,
             };
             let run_started = Instant::now();
             let logits = kv.run(self, inputs)?;
@@ -253,13 +267,15 @@ impl Model {
             }
             let lq = shape[1] as usize;
             vocab = shape[2] as usize;
-            if lq != q && !(lq == 1 && lens.iter().all(|&l| l == s)) {
+            let want = if self.graph.logits_positions { 1 } else { q };
+            if lq != want && !(lq == 1 && lens.iter().all(|&l| l == s)) {
                 return Err(EngineError::Run(format!(
                     "the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
                 )));
             }
             // The position each row continues from: its last prompt token at prefill.
             let at_of = |r: usize| if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
+            debug_assert!(!self.graph.logits_positions || lq == 1);
             let mut picks: Vec<Option<sampling::Pick>> = vec![None; b];
             match (&mut self.head, use_head) {
                 (Some(head), true) => {
@@ -319,6 +335,7 @@ impl Model {
                 }
             }
             drop(logits);
+            let host_started = Instant::now();
             let now = start.elapsed().as_secs_f64();
             for (r, pick) in picks.into_iter().enumerate() {
                 let Some(pick) = pick else {
@@ -342,6 +359,7 @@ impl Model {
                 on_token();
                 row.accept(tok, &jobs[r], &self.tokens.eos, &self.tokenizer, max_stop)?;
             }
+            host_secs += host_started.elapsed().as_secs_f64();
             if rows.iter().all(Row::done) {
                 break;
             }
@@ -350,10 +368,15 @@ impl Model {
         let total_ms = start.elapsed().as_secs_f64() * 1000.0;
         if self.profile {
             eprintln!(
-                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime",
+                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, prompts up to {s} tokens, device memory {} MiB",
                 step + 1,
                 total_ms,
-                run_secs * 1000.0
+                run_secs * 1000.0,
+                host_secs * 1000.0,
+                match self.provider {
+                    Provider::Cuda => metrics::device_bytes().map_or(0, |b| b >> 20),
+                    Provider::Cpu => 0,
+                }
             );
         }
         let peak = metrics::peak_host_bytes();

@@ -45,7 +45,7 @@ pub enum EngineError {
     },
     /// One sequence whose KV cache alone is over the memory budget of a batch.
     #[error(
-        "failed to generate: the sequence needs {} of KV cache ({positions} positions), more than the budget of {} for a batch (OnnxOptions::kv_budget_bytes)",
+        "failed to generate: the sequence needs {} of memory (KV cache of {positions} positions and its prefill), more than the budget of {} for a batch (free device memory under CUDA, half of this machine's memory on a CPU; OnnxOptions::memory_budget_bytes)",
         size(*needed_bytes),
         size(*budget_bytes)
     )]

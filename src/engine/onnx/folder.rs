@@ -49,7 +49,13 @@ pub(crate) struct GraphSpec {
     pub logits_type: Float,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// The graph takes `logits_positions` [batch, n]: it computes logits only at those positions
+    /// (our exporter's graphs; a prefill then needs one row per sequence, not one per token).
+    pub logits_positions: bool,
 }
+
+/// The name of the optional input that selects the positions whose logits the graph computes.
+pub(crate) const LOGITS_POSITIONS: &str = "logits_positions";
 
 fn float_of(element: &Element, what: &str) -> Result<Float, String> {
     match element {
@@ -143,7 +149,7 @@ pub(crate) fn graph_spec(
     if let Some(unknown) = inputs.iter().find(|v| {
         !matches!(
             v.name.as_str(),
-            "input_ids" | "attention_mask" | "position_ids"
+            "input_ids" | "attention_mask" | "position_ids" | LOGITS_POSITIONS
         ) && !v.name.starts_with("past_key_values.")
     }) {
         return Err(bad(format!(
@@ -151,6 +157,13 @@ pub(crate) fn graph_spec(
             unknown.name
         )));
     }
+    // ONNX Runtime lists an input with a default value among the initializers, so the
+    // exporter also names it in config.json.
+    let logits_positions = input(LOGITS_POSITIONS).is_some()
+        || config
+            .pointer("/codegen_export/logits_positions")
+            .and_then(Json::as_str)
+            == Some(LOGITS_POSITIONS);
     Ok(GraphSpec {
         layout,
         layers,
@@ -158,6 +171,7 @@ pub(crate) fn graph_spec(
         logits_type,
         kv_heads,
         head_dim,
+        logits_positions,
     })
 }
 
@@ -173,6 +187,7 @@ pub(crate) const KV_HEAD_KEYS: &[&str] = &[
 ];
 pub(crate) const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "d_model"];
 pub(crate) const VOCAB_KEYS: &[&str] = &["vocab_size", "n_vocab", "padded_vocab_size"];
+pub(crate) const INTERMEDIATE_KEYS: &[&str] = &["intermediate_size", "n_inner", "ffn_hidden_size"];
 
 /// The sizes `config.json` states (`None` where it says nothing under any alias).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -185,6 +200,7 @@ pub(crate) struct ConfigSizes {
     /// As stated; absent means `hidden / heads`.
     pub head_dim: Option<usize>,
     pub vocab: Option<usize>,
+    pub intermediate: Option<usize>,
 }
 
 impl ConfigSizes {
@@ -214,6 +230,7 @@ pub(crate) fn config_sizes(config: &Json) -> ConfigSizes {
         kv_heads: config_usize(config, KV_HEAD_KEYS),
         hidden: config_usize(config, HIDDEN_KEYS),
         head_dim: config_usize(config, &["head_dim"]),
+        intermediate: config_usize(config, INTERMEDIATE_KEYS),
         vocab: config_usize(config, VOCAB_KEYS),
     }
 }
@@ -366,8 +383,14 @@ mod tests {
                 logits_type: Float::F32,
                 kv_heads: 2,
                 head_dim: 8,
+                logits_positions: false,
             }
         );
+        // Our exporter names the optional input in config.json (ONNX Runtime does not list it).
+        let config =
+            serde_json::json!({"codegen_export": {"logits_positions": "logits_positions"}});
+        let spec = graph_spec(Path::new("m"), &inputs, &outputs, &config).unwrap();
+        assert!(spec.logits_positions);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
 use super::error::EngineError;
-use super::folder::Layout;
+use super::folder::{LOGITS_POSITIONS, Layout};
 use super::model::Model;
 use super::tensor::memory_info;
 
@@ -25,6 +25,9 @@ pub(crate) struct StepInputs {
     pub vocab: usize,
     /// Leave the logits on the device for the device head.
     pub logits_on_device: bool,
+    /// [batch, 1]: the position of each row whose logits the step needs, for graphs that take
+    /// `logits_positions` (`None`: the graph returns logits for every position).
+    pub logits_positions: Option<Tensor<i64>>,
 }
 
 /// A step's logits: a value of its own, or the fixed buffer the step wrote into.
@@ -65,7 +68,7 @@ fn run_bound(
     session: &mut Session,
     binding: &mut ort::session::IoBinding,
     logits_at: &ort::memory::MemoryInfo<'static>,
-    (ids, mask): (&Tensor<i64>, &Tensor<i64>),
+    (ids, mask, positions): (&Tensor<i64>, &Tensor<i64>, Option<&Tensor<i64>>),
     options: Option<&ort::session::RunOptions>,
     sync: bool,
 ) -> Result<DynValue, EngineError> {
@@ -77,6 +80,11 @@ fn run_bound(
     binding
         .bind_input("attention_mask", mask)
         .map_err(run_err)?;
+    if let Some(positions) = positions {
+        binding
+            .bind_input(LOGITS_POSITIONS, positions)
+            .map_err(run_err)?;
+    }
     let mut out = match options {
         Some(options) => session.run_binding_with_options(binding, options),
         None => session.run_binding(binding),
@@ -134,6 +142,9 @@ impl KvCache for GrowingKv {
                 .map_err(EngineError::run)?;
             feed.push(("position_ids".into(), positions.into_dyn().into()));
         }
+        if let Some(positions) = inputs.logits_positions {
+            feed.push((LOGITS_POSITIONS.into(), positions.into_dyn().into()));
+        }
         for (name, value) in self.input_names.iter().zip(self.past.drain(..)) {
             feed.push((Cow::Owned(name.clone()), value.into()));
         }
@@ -189,7 +200,7 @@ impl KvCache for SharedKv {
             &mut model.session,
             &mut self.binding,
             at,
-            (&inputs.ids, &inputs.mask),
+            (&inputs.ids, &inputs.mask, inputs.logits_positions.as_ref()),
             model.uncaptured.as_ref(),
             inputs.logits_on_device,
         )
@@ -213,6 +224,9 @@ pub(crate) struct FixedKv {
     _kv: Vec<DynValue>,
     ids: Tensor<i64>,
     mask: Tensor<i64>,
+    /// [batch, 1] on the device, for graphs that take `logits_positions`: every decode step
+    /// wants the logits of its one position.
+    positions: Option<Tensor<i64>>,
     /// Made at the first decode step, when the vocabulary size is known.
     logits: Option<DynValue>,
     /// Width of the mask: the KV buffers' length.
@@ -227,6 +241,7 @@ impl FixedKv {
         kv: Vec<DynValue>,
         ids: Tensor<i64>,
         mask: Tensor<i64>,
+        positions: Option<Tensor<i64>>,
         len: usize,
         graph: Option<ort::session::RunOptions>,
     ) -> FixedKv {
@@ -235,6 +250,7 @@ impl FixedKv {
             _kv: kv,
             ids,
             mask,
+            positions,
             logits: None,
             len,
             graph,
@@ -262,7 +278,7 @@ impl KvCache for FixedKv {
                 &mut model.session,
                 &mut self.binding,
                 &head.logits_memory,
-                (&inputs.ids, &inputs.mask),
+                (&inputs.ids, &inputs.mask, inputs.logits_positions.as_ref()),
                 model.uncaptured.as_ref(),
                 true,
             )
@@ -281,6 +297,13 @@ impl KvCache for FixedKv {
             self.binding
                 .bind_output("logits", &mut logits)
                 .map_err(run_err)?;
+            if let (Some(fixed), Some(step)) = (&mut self.positions, &inputs.logits_positions) {
+                // The same for every decode step (position 0 of one new token): copied once.
+                step.copy_into(&mut *fixed).map_err(run_err)?;
+                self.binding
+                    .bind_input(LOGITS_POSITIONS, &*fixed)
+                    .map_err(run_err)?;
+            }
             self.logits = Some(logits);
         }
         inputs.ids.copy_into(&mut self.ids).map_err(run_err)?;

@@ -40,3 +40,34 @@ pub(crate) fn device_bytes() -> Option<u64> {
             .map(|mib| mib * 1024 * 1024)
     })
 }
+
+/// Free memory of the GPU this process runs on (device 0, as the CUDA provider is opened), from
+/// `nvidia-smi`, in bytes. Asked once the weights are loaded, so what is free is what batches
+/// can have.
+pub(crate) fn device_free_bytes() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.free",
+            "--format=csv,noheader,nounits",
+            "--id=0",
+        ])
+        .output()
+        .ok()?;
+    parse_mib(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The first line of `nvidia-smi`'s csv output as MiB, in bytes.
+fn parse_mib(text: &str) -> Option<u64> {
+    let mib: u64 = text.lines().next()?.trim().parse().ok()?;
+    Some(mib * 1024 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nvidia_smi_mib_become_bytes() {
+        assert_eq!(super::parse_mib("81559\n"), Some(81559 << 20));
+        assert_eq!(super::parse_mib("[N/A]\n"), None);
+        assert_eq!(super::parse_mib(""), None);
+    }
+}

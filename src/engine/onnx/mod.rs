@@ -95,10 +95,12 @@ pub struct OnnxOptions {
     pub graphs_per_session: Option<usize>,
     /// Print where each batch spent its time.
     pub profile: bool,
-    /// Most bytes of KV cache one batch may allocate (`None`: half of this machine's memory).
+    /// Most bytes one batch may take: its KV cache and its prefill's activations (`None`: under
+    /// CUDA, 85% of the device's free memory once the weights are loaded, less 1 GiB for
+    /// ONNX Runtime's workspaces and captured graphs; on a CPU, half of this machine's memory).
     /// Batches are cut to fit before anything is allocated; a sequence that alone does not fit
     /// fails its own case.
-    pub kv_budget_bytes: Option<u64>,
+    pub memory_budget_bytes: Option<u64>,
 }
 
 impl OnnxOptions {
@@ -122,7 +124,7 @@ impl OnnxOptions {
             cuda_graph: None,
             graphs_per_session: None,
             profile: false,
-            kv_budget_bytes: None,
+            memory_budget_bytes: None,
         }
     }
 
@@ -155,13 +157,19 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         chat_template: model.tokens.chat_template.clone(),
         template_tokens: model.tokens.template_tokens.clone(),
     };
+    let budget_bytes = options
+        .memory_budget_bytes
+        .or_else(|| match model.provider {
+            Provider::Cuda => metrics::device_free_bytes()
+                .map(|free| (free / 100 * 85).saturating_sub(1 << 30).max(256 << 20)),
+            Provider::Cpu => metrics::total_host_bytes().map(|b| b / 2),
+        })
+        .unwrap_or(4 << 30);
     let limits = Limits {
         context: model.context_length,
         kv_bytes_per_position: model.kv_bytes_per_position(),
-        kv_budget_bytes: options
-            .kv_budget_bytes
-            .or_else(|| metrics::total_host_bytes().map(|b| b / 2))
-            .unwrap_or(4 << 30),
+        footprint: model.footprint,
+        budget_bytes,
     };
     let facts = KeyFacts {
         model_hash: model_hash.clone(),

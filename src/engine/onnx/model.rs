@@ -28,6 +28,38 @@ use crate::runtime::{self, RuntimeSpec};
 /// session again takes about a second.
 pub(crate) const GRAPHS_PER_SESSION: usize = 64;
 
+/// What a sequence costs in memory besides its KV cache: the activations its prefill holds
+/// per prompt token, and what it holds once per step (its logits row), in bytes. An estimate
+/// from `config.json`'s sizes, for cutting batches to the device's free memory before anything is
+/// allocated; the KV cache, which dominates long generations, is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Footprint {
+    pub prefill_bytes_per_token: u64,
+    pub bytes_per_sequence: u64,
+}
+
+impl Footprint {
+    pub fn of(sizes: &folder::ConfigSizes, graph: &folder::GraphSpec) -> Footprint {
+        let element: u64 = match graph.kv_type {
+            Float::F32 => 4,
+            Float::F16 => 2,
+        };
+        let hidden = sizes.hidden.unwrap_or(graph.kv_heads * graph.head_dim * 4) as u64;
+        let intermediate = sizes.intermediate.map_or(4 * hidden, |i| i as u64);
+        let heads = sizes.heads.unwrap_or(graph.kv_heads) as u64;
+        let qkv = (heads + 2 * graph.kv_heads as u64) * graph.head_dim as u64;
+        // Live at once in a layer: the residual stream and its norm (float32 where the graph
+        // keeps it so), the packed QKV and attention output, and the MLP's gate, up and product.
+        let per_token = element * (qkv + 2 * hidden + 3 * intermediate) + 4 * 2 * hidden;
+        // float32 logits plus the activation-typed copy before the cast.
+        let vocab_row = sizes.vocab.unwrap_or(0) as u64 * (4 + element);
+        Footprint {
+            prefill_bytes_per_token: per_token + if graph.logits_positions { 0 } else { vocab_row },
+            bytes_per_sequence: vocab_row,
+        }
+    }
+}
+
 /// A loaded model folder.
 pub(crate) struct Model {
     pub dir: PathBuf,
@@ -37,6 +69,8 @@ pub(crate) struct Model {
     pub tokens: TokenSpec,
     /// Positions the model was trained for, when `config.json` says.
     pub context_length: Option<usize>,
+    /// What one sequence of a batch costs in memory beyond its KV cache.
+    pub footprint: Footprint,
     pub provider: Provider,
     pub threads: usize,
     pub library: PathBuf,
@@ -183,6 +217,7 @@ impl Model {
             session,
             tokenizer,
             context_length: folder::context_length(&config),
+            footprint: Footprint::of(&folder::config_sizes(&config), &graph),
             graph,
             tokens,
             provider,
@@ -331,11 +366,16 @@ impl Model {
             what: "the decode buffers",
             message: e.to_string(),
         };
-        let (ids, mask) = self
+        let with_positions = self.graph.logits_positions;
+        let (ids, mask, positions) = self
             .with_buffer_allocator(|alloc| {
                 Ok((
                     Tensor::<i64>::new(alloc, [batch, 1])?,
                     Tensor::<i64>::new(alloc, [batch, max_len])?,
+                    match with_positions {
+                        true => Some(Tensor::<i64>::new(alloc, [batch, 1])?),
+                        false => None,
+                    },
                 ))
             })
             .map_err(err)?;
@@ -346,7 +386,9 @@ impl Model {
         } else {
             None
         };
-        Ok(FixedKv::new(binding, kv, ids, mask, max_len, graph))
+        Ok(FixedKv::new(
+            binding, kv, ids, mask, positions, max_len, graph,
+        ))
     }
 
     /// The logits buffer [batch, 1, vocab] for fixed decode steps.

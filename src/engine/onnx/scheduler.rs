@@ -16,7 +16,7 @@ use super::ENGINE_VERSION;
 use super::decode::SeqJob;
 use super::error::EngineError;
 use super::gencache::GenerationCache;
-use super::model::Model;
+use super::model::{Footprint, Model};
 use super::sampling::Sampler;
 use crate::cache::hex;
 use crate::device::Provider;
@@ -66,12 +66,14 @@ pub(crate) struct KeyFacts {
     pub cuda_graph: bool,
 }
 
-/// What a batch may hold: the model's context length and the KV memory budget.
+/// What a batch may hold: the model's context length and the memory budget, which the KV
+/// cache of every row and its prefill's activations ([`Footprint`]) must fit.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub context: Option<usize>,
     pub kv_bytes_per_position: u64,
-    pub kv_budget_bytes: u64,
+    pub footprint: Footprint,
+    pub budget_bytes: u64,
 }
 
 impl Limits {
@@ -80,9 +82,13 @@ impl Limits {
         job.prompt_ids.len() + job.max_new + 1
     }
 
-    /// KV bytes of a batch of `rows` sequences padded to `positions`.
-    fn batch_bytes(&self, rows: usize, positions: usize) -> u64 {
-        rows as u64 * positions as u64 * self.kv_bytes_per_position
+    /// Bytes of a batch of `rows` sequences whose KV caches are padded to `positions` and whose
+    /// prompts are padded to `prompt` tokens.
+    fn batch_bytes(&self, rows: usize, positions: usize, prompt: usize) -> u64 {
+        rows as u64
+            * (positions as u64 * self.kv_bytes_per_position
+                + prompt as u64 * self.footprint.prefill_bytes_per_token
+                + self.footprint.bytes_per_sequence)
     }
 
     /// Whether one sequence can be generated at all.
@@ -97,12 +103,12 @@ impl Limits {
             });
         }
         let positions = Self::positions(job);
-        let needed = self.batch_bytes(1, positions);
-        if needed > self.kv_budget_bytes {
+        let needed = self.batch_bytes(1, positions, job.prompt_ids.len());
+        if needed > self.budget_bytes {
             return Err(EngineError::OverBudget {
                 positions,
                 needed_bytes: needed,
-                budget_bytes: self.kv_budget_bytes,
+                budget_bytes: self.budget_bytes,
             });
         }
         Ok(())
@@ -112,18 +118,22 @@ impl Limits {
     /// fits the budget. Every job passed [`Limits::check`], so each fits alone.
     fn batches<T>(&self, jobs: &[(T, SeqJob)], batch_size: usize) -> Vec<std::ops::Range<usize>> {
         let mut out = Vec::new();
-        let (mut start, mut longest) = (0, 0);
+        let (mut start, mut longest, mut prompt) = (0, 0, 0);
         for (i, (_, job)) in jobs.iter().enumerate() {
             let positions = longest.max(Self::positions(job));
+            let prompt_len = prompt.max(job.prompt_ids.len());
             let rows = i - start + 1;
             if i > start
-                && (rows > batch_size || self.batch_bytes(rows, positions) > self.kv_budget_bytes)
+                && (rows > batch_size
+                    || self.batch_bytes(rows, positions, prompt_len) > self.budget_bytes)
             {
                 out.push(start..i);
                 start = i;
                 longest = Self::positions(job);
+                prompt = job.prompt_ids.len();
             } else {
                 longest = positions;
+                prompt = prompt_len;
             }
         }
         if start < jobs.len() {
@@ -304,7 +314,7 @@ impl Scheduler {
         };
         let started = Instant::now();
         let mut tokens = 0u64;
-        let batch_size = self.settings.batch_size.max(1);
+        let batch_size = self.settings.batch_size.rows(self.facts.provider);
         for range in self.limits.batches(&todo, batch_size) {
             let chunk = &todo[range];
             let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
@@ -369,7 +379,11 @@ mod tests {
     const LIMITS: Limits = Limits {
         context: Some(100),
         kv_bytes_per_position: 10,
-        kv_budget_bytes: 2_000,
+        footprint: Footprint {
+            prefill_bytes_per_token: 0,
+            bytes_per_sequence: 0,
+        },
+        budget_bytes: 2_000,
     };
 
     #[test]
@@ -382,7 +396,7 @@ mod tests {
         );
         let small = Limits {
             context: None,
-            kv_budget_bytes: 500,
+            budget_bytes: 500,
             ..LIMITS
         };
         assert!(matches!(
@@ -406,10 +420,22 @@ mod tests {
         assert_eq!(LIMITS.batches(&jobs, 8), vec![0..5, 5..6]);
         assert_eq!(LIMITS.batches(&jobs, 2), vec![0..2, 2..4, 4..6]);
         let tight = Limits {
-            kv_budget_bytes: 800,
+            budget_bytes: 800,
             ..LIMITS
         };
         assert_eq!(tight.batches(&jobs, 8), vec![0..2, 2..4, 4..5, 5..6]);
+        // The prefill's activations count per padded prompt token, and each row's logits once:
+        // 1 byte per prompt token and 60 per row make rows of 40 positions and 30 prompt tokens
+        // cost 400 + 30 + 60 = 490, so four fit in 2000, not five; the last two rows pad to 70
+        // positions and 60 prompt tokens: 2 x (700 + 60 + 60) = 1640.
+        let prefill = Limits {
+            footprint: Footprint {
+                prefill_bytes_per_token: 1,
+                bytes_per_sequence: 60,
+            },
+            ..LIMITS
+        };
+        assert_eq!(prefill.batches(&jobs, 8), vec![0..4, 4..6]);
     }
 
     /// A SentencePiece-style tokenizer.json as the exporter writes it for gemma3: "▁" for
