@@ -171,6 +171,63 @@ fn step_tensors(
     (ids, mask, pos, q)
 }
 
+/// What every row's bookkeeping reads during a step.
+struct StepShared<'a> {
+    pieces: &'a std::collections::HashMap<u32, String>,
+    tokenizer: &'a Tokenizer,
+    eos: &'a [u32],
+    max_stop: usize,
+    now: f64,
+}
+
+/// Record each row's pick (its trace, its text, whether it finished), on up to `threads`
+/// threads when the batch is wide enough to pay for them.
+fn record_rows(
+    work: Vec<(&mut Row, Option<sampling::Pick>, &SeqJob)>,
+    shared: &StepShared<'_>,
+    threads: usize,
+) -> Result<(), EngineError> {
+    const ROWS_PER_THREAD: usize = 16;
+    let record = |(row, pick, job): (&mut Row, Option<sampling::Pick>, &SeqJob)| {
+        let Some(pick) = pick else {
+            return Ok(());
+        };
+        let tok = pick.token as u32;
+        let piece = |id: u32| shared.pieces.get(&id).cloned().unwrap_or_default();
+        let top: Vec<(u32, String, f32)> = pick
+            .top
+            .into_iter()
+            .map(|(i, l)| (i as u32, piece(i as u32), l))
+            .collect();
+        row.trace.ids.push(tok);
+        row.trace.pieces.push(piece(tok));
+        row.trace.logprobs.push(pick.logprob);
+        row.trace.top.push(top);
+        row.first_at.get_or_insert(shared.now);
+        row.last_at = shared.now;
+        row.accept(tok, job, shared.eos, shared.tokenizer, shared.max_stop)
+    };
+    let threads = threads.min(work.len() / ROWS_PER_THREAD).max(1);
+    if threads == 1 {
+        return work.into_iter().try_for_each(record);
+    }
+    let per = work.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<_>> = Vec::new();
+    let mut work = work.into_iter().peekable();
+    while work.peek().is_some() {
+        chunks.push(work.by_ref().take(per).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(|| chunk.into_iter().try_for_each(&record)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("row bookkeeping thread"))
+    })
+}
+
 impl Model {
     /// Generate every job of `jobs` together (one batch). `on_token` is called once per token
     /// generated (any row).
@@ -337,27 +394,37 @@ impl Model {
             drop(logits);
             let host_started = Instant::now();
             let now = start.elapsed().as_secs_f64();
-            for (r, pick) in picks.into_iter().enumerate() {
-                let Some(pick) = pick else {
-                    continue;
-                };
-                let tok = pick.token as u32;
-                let top: Vec<(u32, String, f32)> = pick
-                    .top
-                    .into_iter()
-                    .map(|(i, l)| (i as u32, self.piece(i as u32), l))
-                    .collect();
-                let piece = self.piece(tok);
-                let row = &mut rows[r];
-                row.trace.ids.push(tok);
-                row.trace.pieces.push(piece);
-                row.trace.logprobs.push(pick.logprob);
-                row.trace.top.push(top);
-                row.first_at.get_or_insert(now);
-                row.last_at = now;
-                last_tokens[r] = tok;
+            // Every piece this step needs, decoded once (serially: the cache is shared), then
+            // the rows in parallel: detokenizing and searching stop strings is per-row work
+            // that at a batch of 100+ rows takes longer than the GPU's step.
+            for pick in picks.iter().flatten() {
+                self.piece(pick.token as u32);
+                for &(i, _) in &pick.top {
+                    self.piece(i as u32);
+                }
+            }
+            let chosen = picks.iter().flatten().count();
+            for (r, pick) in picks.iter().enumerate() {
+                if let Some(pick) = pick {
+                    last_tokens[r] = pick.token as u32;
+                }
+            }
+            let shared = StepShared {
+                pieces: &self.pieces,
+                tokenizer: &self.tokenizer,
+                eos: &self.tokens.eos,
+                max_stop,
+                now,
+            };
+            let work: Vec<(&mut Row, Option<sampling::Pick>, &SeqJob)> = rows
+                .iter_mut()
+                .zip(picks)
+                .zip(jobs)
+                .map(|((row, pick), job)| (row, pick, job))
+                .collect();
+            record_rows(work, &shared, self.sampling_threads)?;
+            for _ in 0..chosen {
                 on_token();
-                row.accept(tok, &jobs[r], &self.tokens.eos, &self.tokenizer, max_stop)?;
             }
             host_secs += host_started.elapsed().as_secs_f64();
             if rows.iter().all(Row::done) {
