@@ -3,9 +3,10 @@
 //!
 //! Where they come from, in order: a folder the user names (`CODEGEN_CUDA_LIBS`, and nothing
 //! else then); else libraries the system already provides (the `ldconfig` cache) and those a
-//! Python environment already has (`site-packages/nvidia/*/lib` of the base Python's `sys.path`),
-//! library by library; else the pinned wheels ([`crate::provision::CUDA_WHEELS`], hash-checked), their
-//! `nvidia/**/lib*.so*` unpacked under `<cache>/cuda/<version-set>/lib`.
+//! Python environment already has (`site-packages/nvidia/*/lib` of the base Python's
+//! `sys.path`), library by library; else the pinned wheels
+//! ([`crate::provision::CUDA_WHEELS`], hash-checked), their `nvidia/**/lib*.so*` unpacked under
+//! `<cache>/cuda/<version-set>/lib` ([`fetch`]).
 //!
 //! The libraries are then opened with `RTLD_NOW | RTLD_GLOBAL` in dependency order ([`LIBS`])
 //! before the provider is registered: the provider's `DT_NEEDED` entries and its (and cuDNN's)
