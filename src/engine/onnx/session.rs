@@ -51,7 +51,14 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
         .with_deterministic_compute(spec.deterministic)
         .map_err(builder_err)?;
     let mut provider = Provider::Cpu;
-    if spec.provider == Provider::Cuda {
+    if spec.provider == Provider::Cuda
+        && let Some(why) = rt.cuda_unavailable()
+    {
+        if !spec.cpu_fallback {
+            return Err(EngineError::Cuda(why.to_string()));
+        }
+        eprintln!("codegen: CUDA is not usable ({why}); running on CPU");
+    } else if spec.provider == Provider::Cuda {
         let cuda = ort::ep::CUDA::default().with_cuda_graph(spec.graph);
         match cuda.register(&mut builder) {
             Ok(()) => provider = Provider::Cuda,
