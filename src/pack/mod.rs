@@ -251,6 +251,7 @@ pub fn project_entries(
         ..ProjectPlan::default()
     };
     let mut add = |path: &Path| -> Result<(), PackError> {
+        relative(path, root)?;
         for file in files_under(path)? {
             let rel = relative(&file, root)?;
             if !plan.entries.iter().any(|e| e.path == rel) {
