@@ -45,6 +45,11 @@ pub const VARIABLES: &[Variable] = &[
         effect: "the Python that builds the exporter's venv and downloads wheels (default python3)",
     },
     Variable {
+        name: "CODEGEN_WHEELHOUSE",
+        value: "path",
+        effect: "install and download Python wheels from this folder only (pip --no-index --find-links; `codegen unpack` fills one)",
+    },
+    Variable {
         name: "ORT_DYLIB_PATH",
         value: "path",
         effect: "load this libonnxruntime.so instead of the cached wheel's",
@@ -161,6 +166,8 @@ pub struct Env {
     /// The per-user cache folder, already resolved from `CODEGEN_CACHE`, `XDG_CACHE_HOME`, `HOME`.
     pub cache: PathBuf,
     pub python: Option<PathBuf>,
+    /// `CODEGEN_WHEELHOUSE`: pip takes wheels from this folder only.
+    pub wheelhouse: Option<PathBuf>,
     pub ort_dylib: Option<PathBuf>,
     /// `CODEGEN_CUDA_LIBS`: the folder of CUDA libraries to use.
     pub cuda_libs: Option<PathBuf>,
@@ -198,6 +205,7 @@ impl Env {
             }),
             cache: reader.cache_dir(),
             python: reader.path("CODEGEN_PYTHON"),
+            wheelhouse: reader.path("CODEGEN_WHEELHOUSE"),
             ort_dylib: reader.path("ORT_DYLIB_PATH"),
             cuda_libs: reader.path("CODEGEN_CUDA_LIBS"),
             sandbox_level: reader.parsed(
@@ -346,8 +354,10 @@ mod tests {
             ("CODEGEN_CUDA_GRAPH", "0"),
             ("CODEGEN_SANDBOX_LEVEL", "basic"),
             ("CODEGEN_ALLOW_HOST_ROOT", "1"),
+            ("CODEGEN_WHEELHOUSE", "/w"),
         ])
         .unwrap();
+        assert_eq!(e.wheelhouse, Some(PathBuf::from("/w")));
         assert_eq!(e.models, Some(vec!["a".to_string(), "b".to_string()]));
         assert_eq!(e.cache, PathBuf::from("/c"));
         assert!(e.engine.no_cache);

@@ -39,6 +39,7 @@ pub mod gate;
 pub mod harness;
 pub mod import;
 pub mod models;
+pub mod pack;
 pub mod profile;
 pub mod prompt;
 pub mod provision;

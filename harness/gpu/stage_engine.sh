@@ -4,9 +4,9 @@
 #
 #   harness/gpu/stage_engine.sh DEST CODEGEN_BINARY MODEL_DIR
 #
-# DEST (ignored by git) gets p1..pN, each under 60 MiB. Send them in order with
-#   mkdir -p /tmp/stage && cp DEST/pI/part.* /tmp/stage/
-# and after the last one run `bash DEST/pN/unstage.sh && source /tmp/stage/env.sh`, which gives
+# Only for `codegen bench engine` (a suite run travels with `codegen pack`, CONTRIBUTING.md).
+# DEST (ignored by git) gets p1..pN, each under 60 MiB, and the script prints the command that
+# sends each (the last one unstages with DEST/pN/unstage.sh and sources env.sh), which gives
 # /tmp/stage/codegen, /tmp/stage/model, /tmp/stage/py (onnxruntime-gpu + onnxruntime-genai-cuda),
 # ORT_DYLIB_PATH, LD_LIBRARY_PATH (the image's CUDA 13 / cuDNN 9 wheels), PYTHONPATH and
 # CODEGEN_GENAI_PYTHON / CODEGEN_BENCH_GENAI_SCRIPT for `codegen bench engine --device cuda`.
@@ -47,4 +47,11 @@ EOV
 echo "staged: $(ls /tmp/stage | tr '\n' ' ')"
 EOS
 chmod +x "$dest/p$n/unstage.sh"
-echo "staged $n part(s) under $dest"
+echo "staged $n part(s) under $dest; send each line below as one command, in order, carrying the folder it names:" >&2
+for i in $(seq 1 "$n"); do
+  if [ "$i" -lt "$n" ]; then
+    echo "mkdir -p /tmp/stage && cp $dest/p$i/part.* /tmp/stage/"
+  else
+    echo "mkdir -p /tmp/stage && cp $dest/p$i/part.* /tmp/stage/ && bash $dest/p$i/unstage.sh && . /tmp/stage/env.sh && /tmp/stage/codegen bench engine --model /tmp/stage/model --device cuda"
+  fi
+done

