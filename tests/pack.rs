@@ -44,7 +44,7 @@ fn pack(project: &Path, cache: &Path) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_codegen"))
         .current_dir(project)
         .args(["pack", "--config", "harness/packed.toml", "--out", "out"])
-        .args(["--part-size", "4M", "--no-gpu-runtime"])
+        .args(["--part-size", "4M", "--gpu-runtime", "none"])
         .env("CODEGEN_CACHE", cache)
         .env_remove("CODEGEN_MODELS")
         .output()

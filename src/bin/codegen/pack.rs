@@ -28,15 +28,25 @@ pub struct PackArgs {
     /// Python versions (of the GPU machine) to bundle the exporter's wheels for.
     #[arg(long = "python-version", default_values = ["3.11", "3.12", "3.13"])]
     python_versions: Vec<String>,
-    /// Leave out the GPU runtime wheels (a CPU-only run).
-    #[arg(long)]
-    no_gpu_runtime: bool,
+    /// What of the GPU runtime to bundle for cuda/auto profiles: `all` (onnxruntime-gpu and the
+    /// CUDA 13 / cuDNN 9 wheels, ~1.5 GB), `onnxruntime` (onnxruntime-gpu only, for GPU machines
+    /// that have CUDA 13 and cuDNN 9 installed, as `codegen doctor` there shows) or `none`.
+    #[arg(long, value_enum, default_value = "all")]
+    gpu_runtime: GpuRuntime,
     /// Model profiles to bundle, comma-separated (default: the enabled ones).
     #[arg(long)]
     models: Option<String>,
     /// Folder on the device the printed commands copy the parts into.
     #[arg(long, default_value = "/tmp/codegen-bundle")]
     stage: String,
+}
+
+/// How much of the GPU runtime a bundle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuRuntime {
+    All,
+    Onnxruntime,
+    None,
 }
 
 #[derive(Args)]
@@ -125,8 +135,12 @@ pub fn pack(args: PackArgs, env: &Env, provisioner: &Provisioner) -> anyhow::Res
         if devices.iter().any(|d| *d != Device::Cuda) {
             wheels.push(provision::ONNXRUNTIME);
         }
-        if !args.no_gpu_runtime && devices.iter().any(|d| *d != Device::Cpu) {
-            wheels.extend(provision::gpu_runtime_wheels());
+        if devices.iter().any(|d| *d != Device::Cpu) {
+            match args.gpu_runtime {
+                GpuRuntime::All => wheels.extend(provision::gpu_runtime_wheels()),
+                GpuRuntime::Onnxruntime => wheels.push(provision::ONNXRUNTIME_GPU),
+                GpuRuntime::None => {}
+            }
         }
         for wheel in wheels {
             let path = provisioner.wheel(&wheel)?;
