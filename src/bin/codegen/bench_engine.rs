@@ -33,7 +33,7 @@ pub struct BenchOptions {
     pub provider: Provider,
     pub cases: usize,
     pub max_new_tokens: usize,
-    pub batch_size: usize,
+    pub batch_size: codegen_harness::engine::BatchSize,
     /// Prompts measured one at a time for the batch-1 figures.
     pub batch1_prompts: usize,
     /// Case files to take prompts from; built-in coding prompts when absent or empty.
@@ -157,10 +157,14 @@ fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
 
 /// Open the model for one measurement: the generation cache off, `batch_size` sequences at a
 /// time, no progress bar.
-fn open(opts: &BenchOptions, env: &Env, batch_size: usize) -> Result<OnnxSource, BenchError> {
+fn open(
+    opts: &BenchOptions,
+    env: &Env,
+    batch_size: codegen_harness::engine::BatchSize,
+) -> Result<OnnxSource, BenchError> {
     let settings = GenerationSettings {
         max_new_tokens: opts.max_new_tokens,
-        batch_size: codegen_harness::engine::BatchSize::Rows(batch_size),
+        batch_size,
         top_logprobs: opts.top_logprobs,
         ..GenerationSettings::default()
     };
@@ -190,7 +194,7 @@ fn batch1(
     prompts: &[Prompt],
     k: usize,
 ) -> Result<(f64, f64), BenchError> {
-    let src = open(opts, env, 1)?;
+    let src = open(opts, env, codegen_harness::engine::BatchSize::Rows(1))?;
     let mut warm = cases[0].clone();
     warm.key = "warm-up".into();
     warm.max_new_tokens = Some(4);
@@ -220,7 +224,7 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     }
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let t = Instant::now();
-    let src = open(opts, env, opts.batch_size.max(1))?;
+    let src = open(opts, env, opts.batch_size)?;
     let load_s = t.elapsed().as_secs_f64();
     let ids: Vec<Vec<u32>> = prompts
         .iter()
@@ -264,7 +268,8 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         .map(|r| src.complete(r).map(|mut c| c.remove(0)))
         .collect::<Result<_, _>>()?;
     ours.suite_seconds = t.elapsed().as_secs_f64();
-    ours.suite_batch = opts.batch_size.max(1);
+    // `auto` shows as the widest batch the scheduler may cut (memory cuts it further).
+    ours.suite_batch = opts.batch_size.rows(opts.provider);
     ours.outputs = outs
         .iter()
         .map(|c| c.tokens.as_ref().map(|t| t.ids.clone()).unwrap_or_default())

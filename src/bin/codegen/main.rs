@@ -97,8 +97,10 @@ enum BenchCmd {
         cases: usize,
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
+        /// Sequences decoded together in our suite run: a number or `auto` (as the config's
+        /// `batch_size`: as wide as the device's free memory holds under CUDA, 8 on a CPU).
+        #[arg(long, default_value = "auto")]
+        batch_size: codegen_harness::engine::BatchSize,
         /// Prompts measured one at a time for the batch-1 figures.
         #[arg(long, default_value_t = 3)]
         batch1_prompts: usize,
