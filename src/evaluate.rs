@@ -151,6 +151,18 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// Do now what every model's trial of `case` shares: evaluate its expected values and
+    /// calibrate its timeout. The harness calls it while the models generate, so that once a
+    /// completion arrives only its own execution is left. Errors are left for the trial to
+    /// report.
+    pub fn warm(&self, case: &Case) {
+        if self.expected(case).is_ok()
+            && let Ok(sandbox) = self.sandbox()
+        {
+            self.test_timeout(case, &sandbox);
+        }
+    }
+
     /// The evaluated expected values of a case (once per case, shared by every model).
     fn expected(&self, case: &Case) -> Result<Vec<Option<Value>>, EvalError> {
         let cell = self
@@ -245,6 +257,7 @@ fn job(case: &Case, program: String, test_timeout: Duration, config: &SandboxCon
         check: case.check.clone(),
         test_timeout,
         load_timeout: Duration::from_millis(config.load_timeout_ms),
+        stop_after_timeout: config.stop_after_timeout,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::prompt::Prompt;
 use crate::report::{self, Journal};
 use crate::score::Summary;
 use crate::snapshot;
+use crate::timeline::{Timed, Timeline};
 
 /// A profile's source, opened on first use (the error is shared by every trial that needs it).
 type OpenedSource = Result<Arc<dyn CompletionSource>, Arc<ProfileError>>;
@@ -46,6 +47,7 @@ pub struct Harness {
     evaluator: Evaluator,
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
+    timeline: Timeline,
 }
 
 impl Harness {
@@ -85,6 +87,7 @@ impl Harness {
             models,
             outcomes: Mutex::new(Vec::new()),
             journal,
+            timeline: Timeline::new(),
         })
     }
 
@@ -148,8 +151,12 @@ impl Harness {
         let model = &self.models[m];
         match self.source(m) {
             Ok(source) => {
-                self.evaluator
-                    .evaluate(case, &model.name, source.as_ref(), self.samples(m))
+                let timed = Timed::new(source.as_ref(), &self.timeline);
+                let outcome = self
+                    .evaluator
+                    .evaluate(case, &model.name, &timed, self.samples(m));
+                self.timeline.verdict(&case.key, timed.arrived());
+                outcome
             }
             Err(e) => {
                 let mut outcome = CaseOutcome::new(case, &model.name, &Prompt::for_case(case));
@@ -160,6 +167,7 @@ impl Harness {
     }
 
     fn run_trial(&self, m: usize, c: usize) -> Result<(), Failed> {
+        self.timeline.setup_done();
         let loaded = &self.cases[c];
         let model = &self.models[m];
         let case = match &loaded.case {
@@ -275,6 +283,7 @@ impl Harness {
             if !isolation.is_empty() {
                 println!("  sandbox: {isolation}");
             }
+            println!("  {}", self.timeline.line());
             let source_warnings = self.source_warnings(m);
             for w in &source_warnings {
                 println!("  warning: {w}");
@@ -392,6 +401,7 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     }
     if !args.list {
         prepare_sources(&harness, &requests);
+        warm_evaluator(&harness, &requests);
     }
     if !args.list
         && let Some(why) = harness.nothing_to_measure()
@@ -462,6 +472,35 @@ fn quiet_snapshot_panics() {
             default_hook(info);
         }
     }));
+}
+
+/// Evaluate expected values and calibrate timeouts of the selected cases on a few background
+/// threads while the models generate (both are per case, whatever the completion).
+fn warm_evaluator(harness: &Arc<Harness>, requests: &[(usize, usize)]) {
+    const THREADS: usize = 4;
+    let mut cases: Vec<usize> = requests.iter().map(|(_, c)| *c).collect();
+    cases.sort_unstable();
+    cases.dedup();
+    let cases = Arc::new(cases);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for i in 0..THREADS.min(cases.len()) {
+        let (harness, cases, next) = (Arc::clone(harness), Arc::clone(&cases), Arc::clone(&next));
+        let warm = move || {
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&c) = cases.get(k) else { break };
+                if let Ok(case) = &harness.cases[c].case {
+                    harness.evaluator.warm(case);
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("codegen-warm-{i}"))
+            .spawn(warm)
+        {
+            eprintln!("warning: failed to start a warm-up thread: {e}");
+        }
+    }
 }
 
 /// Hand every selected request to its source before the trials run, so that an engine can

@@ -49,6 +49,7 @@ pub mod sandbox;
 pub mod score;
 pub mod snapshot;
 pub mod syntax;
+pub mod timeline;
 mod toml_error;
 pub mod value;
 pub mod verdict;

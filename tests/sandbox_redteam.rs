@@ -48,6 +48,7 @@ fn job(program: &str, calls: &[&str]) -> Job {
         check: None,
         test_timeout: Duration::from_millis(1500),
         load_timeout: Duration::from_secs(3),
+        stop_after_timeout: false,
     }
 }
 
@@ -198,6 +199,22 @@ probe!(p06_infinite_loop_times_out_then_next_call_runs, {
         rep.calls[0]
     );
     assert_eq!(returned(&rep.calls[1]), "1");
+});
+
+probe!(p06b_stop_after_timeout_leaves_later_calls_unrun, {
+    let mut j = job(
+        "def f(x):\n    while x: pass\n    return 1\n",
+        &["f(1)", "f(0)", "f(1)"],
+    );
+    j.stop_after_timeout = true;
+    j.test_timeout = Duration::from_millis(400);
+    let rep = sandbox().execute(&j).unwrap();
+    assert!(
+        matches!(rep.calls[0], RawOutcome::TimedOut(_)),
+        "{:?}",
+        rep.calls[0]
+    );
+    assert_eq!(rep.calls[1..], [RawOutcome::NotRun, RawOutcome::NotRun]);
 });
 
 probe!(p07_sleep_times_out, {

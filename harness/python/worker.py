@@ -782,6 +782,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             start = index + 1
             if start >= n:
                 break
+            if job.get("stop_after_timeout") and end.get("kind") == "timeout":
+                break  # later calls stay unrun: a loop would cost one timeout per call
         return {
             "event": "report",
             "load": load or {"kind": "crashed", "reason": "no answer"},

@@ -51,6 +51,11 @@ pub struct SandboxConfig {
     pub timeout_factor: f64,
     /// Largest per-call timeout calibration may give, in ms.
     pub timeout_ceiling_ms: u64,
+    /// A test that times out ends the case's run; its later tests are reported "not run". Off
+    /// by default (every test gets its own verdict); HumanEval's configs turn it on, as
+    /// HumanEval's own check stops at its first failing assert, so a looping completion costs
+    /// one timeout rather than one per test.
+    pub stop_after_timeout: bool,
     /// RLIMIT_NPROC (processes and threads of the sandbox's uid; process creation is also
     /// denied by seccomp at the strict and basic levels).
     pub max_processes: u64,
@@ -83,6 +88,7 @@ impl Default for SandboxConfig {
             timeout_floor_ms: 1000,
             timeout_factor: 4.0,
             timeout_ceiling_ms: 20_000,
+            stop_after_timeout: false,
             max_processes: 64,
             open_files: 64,
             file_size: 16 << 20,

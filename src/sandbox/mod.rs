@@ -55,6 +55,9 @@ pub struct Job {
     pub test_timeout: Duration,
     /// Deadline for loading the program (its top-level code and setup).
     pub load_timeout: Duration,
+    /// A call that times out ends the run: later calls are not run (see
+    /// [`SandboxConfig::stop_after_timeout`]).
+    pub stop_after_timeout: bool,
 }
 
 /// Where in generated or test code an exception came from.

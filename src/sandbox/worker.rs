@@ -331,6 +331,7 @@ impl WorkerSandbox {
             "check": job.check,
             "load_timeout": job.load_timeout.as_secs_f64(),
             "test_timeout": job.test_timeout.as_secs_f64(),
+            "stop_after_timeout": job.stop_after_timeout,
         });
         let runs = if job.check.is_some() { 1 } else { n.max(1) } as u32;
         // Each call may time out and restart the program: load + call per call, plus slack.

@@ -245,6 +245,8 @@ fn run_sandbox(
             check: Some(p.test.clone()),
             test_timeout: Duration::from_secs(3),
             load_timeout: Duration::from_secs(3),
+            // One check block: nothing runs after it either way.
+            stop_after_timeout: false,
         })
         .collect();
     let total = jobs.len() * rounds;
