@@ -634,8 +634,9 @@ fn an_oversized_prompt_fails_alone_and_its_batch_mate_generates() {
 
 #[test]
 fn a_batch_is_cut_to_the_memory_budget_before_it_is_allocated() {
-    // A budget of about 120 positions x rows (f32 KV, plus each prefill's activations): the
-    // batch of 3 is cut, same tokens.
+    // A budget of 1 MiB: the longest of these sequences needs 640 KiB (96 positions of f32 KV
+    // cache, its prefill's activations and logits), so three padded to it do not fit and the
+    // batch is cut; the tokens are the same.
     let cases: Vec<Case> = PREFIXES
         .iter()
         .enumerate()
@@ -648,7 +649,7 @@ fn a_batch_is_cut_to_the_memory_budget_before_it_is_allocated() {
     let wide = batched_traces(&source("genai", settings.clone()), &cases);
     let mut opts = test_options(settings);
     // genai fixture: 2 layers x 2 KV heads x 16 dims x 2 (keys, values) x 4 bytes per position.
-    opts.memory_budget_bytes = Some(512 * 120);
+    opts.memory_budget_bytes = Some(1 << 20);
     let narrow = onnx::open_with(&models().join("genai"), opts).unwrap();
     assert_traces_agree(
         &wide,

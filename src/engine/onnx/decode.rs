@@ -171,6 +171,15 @@ fn step_tensors(
     (ids, mask, pos, q)
 }
 
+/// What a finished row's timing says beyond its own tokens.
+struct Usage {
+    prompt_tokens: usize,
+    /// Since the batch started, until the row finished.
+    total_ms: f64,
+    peak_host_bytes: Option<u64>,
+    peak_device_bytes: Option<u64>,
+}
+
 /// What every row's bookkeeping reads during a step.
 struct StepShared<'a> {
     pieces: &'a std::collections::HashMap<u32, String>,
@@ -230,15 +239,18 @@ fn record_rows(
 
 impl Model {
     /// Generate every job of `jobs` together (one batch). `on_token` is called once per token
-    /// generated (any row).
+    /// generated (any row); `on_done(r, completion)` once per row, as soon as row `r` finishes
+    /// (mid-batch for rows that stop early, so their callers can score them while the batch
+    /// runs on). An error is the batch's: rows not yet handed over have no completion.
     pub(crate) fn generate_batch(
         &mut self,
         jobs: &[SeqJob],
         on_token: &mut dyn FnMut(),
-    ) -> Result<Vec<Completion>, EngineError> {
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<(), EngineError> {
         let b = jobs.len();
         if b == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let lens: Vec<usize> = jobs.iter().map(|j| j.prompt_ids.len()).collect();
         if lens.contains(&0) {
@@ -276,6 +288,9 @@ impl Model {
 
         let mut step = 0usize;
         let mut run_secs = 0.0f64;
+        // Rows already handed to `on_done`, and the device memory reading they carry.
+        let mut published = vec![false; b];
+        let mut device_peak: Option<u64> = None;
         // Choosing tokens' text, detokenizing and checking stop strings, row by row.
         let mut host_secs = 0.0f64;
         let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
@@ -426,6 +441,27 @@ impl Model {
             for _ in 0..chosen {
                 on_token();
             }
+            if step <= 1 {
+                // The arena reaches its high-water mark with the prefill and the first decode
+                // step (the graph's capture); later steps reuse it. Read after each of those
+                // two for the rows that finish early.
+                device_peak = match self.provider {
+                    Provider::Cuda => metrics::device_bytes(),
+                    Provider::Cpu => None,
+                };
+            }
+            for r in 0..b {
+                if rows[r].done() && !published[r] {
+                    published[r] = true;
+                    let usage = Usage {
+                        prompt_tokens: lens[r],
+                        total_ms: start.elapsed().as_secs_f64() * 1000.0,
+                        peak_host_bytes: metrics::peak_host_bytes(),
+                        peak_device_bytes: device_peak,
+                    };
+                    on_done(r, self.finish_row(&mut rows[r], usage)?);
+                }
+            }
             host_secs += host_started.elapsed().as_secs_f64();
             if rows.iter().all(Row::done) {
                 break;
@@ -446,44 +482,41 @@ impl Model {
                 }
             );
         }
-        let peak = metrics::peak_host_bytes();
-        let device_peak = match self.provider {
-            Provider::Cuda => metrics::device_bytes(),
-            Provider::Cpu => None,
-        };
-        rows.into_iter()
-            .zip(&lens)
-            .map(|(mut row, &prompt_tokens)| {
-                if !matches!(row.finish, Some(FinishReason::Stop(_))) {
-                    let rest = row
-                        .detok
-                        .flush(&self.tokenizer)
-                        .map_err(EngineError::Generate)?;
-                    row.text.push_str(&rest);
-                }
-                let n = row.trace.ids.len();
-                let first = row.first_at.unwrap_or(0.0);
-                let decode_s = row.last_at - first;
-                Ok(Completion {
-                    text: row.text,
-                    timing: Some(Timing {
-                        prompt_tokens,
-                        generated_tokens: n,
-                        time_to_first_token_ms: first * 1000.0,
-                        decode_tokens_per_s: if n > 1 && decode_s > 0.0 {
-                            (n - 1) as f64 / decode_s
-                        } else {
-                            0.0
-                        },
-                        total_ms,
-                        peak_host_bytes: peak,
-                        peak_device_bytes: device_peak,
-                    }),
-                    tokens: Some(row.trace),
-                    finish_reason: row.finish,
-                })
-            })
-            .collect()
+        Ok(())
+    }
+
+    /// Hand over a finished row: its text (what the detokenizer still held included), its
+    /// trace and its timing. The row keeps only its finish reason.
+    fn finish_row(&self, row: &mut Row, usage: Usage) -> Result<Completion, EngineError> {
+        if !matches!(row.finish, Some(FinishReason::Stop(_))) {
+            let rest = row
+                .detok
+                .flush(&self.tokenizer)
+                .map_err(EngineError::Generate)?;
+            row.text.push_str(&rest);
+        }
+        let trace = std::mem::take(&mut row.trace);
+        let n = trace.ids.len();
+        let first = row.first_at.unwrap_or(0.0);
+        let decode_s = row.last_at - first;
+        Ok(Completion {
+            text: std::mem::take(&mut row.text),
+            timing: Some(Timing {
+                prompt_tokens: usage.prompt_tokens,
+                generated_tokens: n,
+                time_to_first_token_ms: first * 1000.0,
+                decode_tokens_per_s: if n > 1 && decode_s > 0.0 {
+                    (n - 1) as f64 / decode_s
+                } else {
+                    0.0
+                },
+                total_ms: usage.total_ms,
+                peak_host_bytes: usage.peak_host_bytes,
+                peak_device_bytes: usage.peak_device_bytes,
+            }),
+            tokens: Some(trace),
+            finish_reason: row.finish.clone(),
+        })
     }
 
     /// The text of one token, decoded once and remembered.

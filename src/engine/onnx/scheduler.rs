@@ -318,8 +318,23 @@ impl Scheduler {
         for range in self.limits.batches(&todo, batch_size) {
             let chunk = &todo[range];
             let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
+            let mut handed = vec![false; chunk.len()];
             let result = {
                 let mut model = self.model.lock().expect("model lock");
+                // Each row is published the moment it finishes: its caller scores it while
+                // the batch's longer rows are still generating.
+                let mut on_done = |r: usize, out: Completion| {
+                    let key = &chunk[r].0;
+                    handed[r] = true;
+                    self.cache.put(key, &out);
+                    {
+                        let mut st = self.results.lock().expect("scheduler lock");
+                        st.pending.remove(key);
+                        st.done.insert(key.clone(), Ok(out));
+                    }
+                    self.finished.notify_all();
+                    bar.inc(1);
+                };
                 let mut on_token = || {
                     tokens += 1;
                     if tokens.is_multiple_of(16) {
@@ -329,7 +344,7 @@ impl Scheduler {
                 };
                 // A panic must not leave `complete` callers waiting forever.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    model.generate_batch(&jobs, &mut on_token)
+                    model.generate_batch(&jobs, &mut on_token, &mut on_done)
                 }))
                 .unwrap_or_else(|p| {
                     let what = p
@@ -342,26 +357,26 @@ impl Scheduler {
                     )))
                 })
             };
-            {
+            // Rows the batch did not hand over share its error.
+            let failed: Vec<&String> = chunk
+                .iter()
+                .zip(&handed)
+                .filter(|(_, handed)| !**handed)
+                .map(|((key, _), _)| key)
+                .collect();
+            if !failed.is_empty() {
+                let e = result.err().unwrap_or_else(|| {
+                    EngineError::Generate("the batch ended without this sequence".into())
+                });
                 let mut st = self.results.lock().expect("scheduler lock");
-                match result {
-                    Ok(outs) => {
-                        for ((key, _), out) in chunk.iter().zip(outs) {
-                            self.cache.put(key, &out);
-                            st.pending.remove(key);
-                            st.done.insert(key.clone(), Ok(out));
-                        }
-                    }
-                    Err(e) => {
-                        for (key, _) in chunk {
-                            st.pending.remove(key);
-                            st.done.insert(key.clone(), Err(e.clone()));
-                        }
-                    }
+                for key in &failed {
+                    st.pending.remove(*key);
+                    st.done.insert((*key).clone(), Err(e.clone()));
                 }
+                drop(st);
+                self.finished.notify_all();
+                bar.inc(failed.len() as u64);
             }
-            self.finished.notify_all();
-            bar.inc(chunk.len() as u64);
         }
         *self.generated.lock().expect("counter lock") += todo.len() as u64;
         bar.finish_and_clear();
