@@ -1,7 +1,7 @@
 //! Per-case timeouts calibrated from the reference solution's runtime on this machine (as
 //! EvalPlus does), with a floor, so that a slow machine does not turn passes into timeouts.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError};
 
@@ -34,9 +34,11 @@ impl Default for TimeoutPolicy {
 
 /// Run `reference` (a job whose program is the reference solution, with generous timeouts)
 /// `policy.runs` times and return the per-call timeout to use for this case:
-/// `clamp(factor x slowest whole-execution time, floor, ceiling)`. The whole execution bounds
-/// every single call, so the result is conservative. Fails if the reference does not pass
-/// cleanly (every call returns, or the check block passes).
+/// `clamp(factor x slowest execution time, floor, ceiling)`, where the execution time is the
+/// program's and all its calls' (the sandbox's [`Sandbox::execute_timed`]: not the wait for a
+/// free worker, which on a busy machine once turned a 1 s timeout into 10 s). The whole
+/// execution bounds every single call, so the result is conservative. Fails if the reference
+/// does not pass cleanly (every call returns, or the check block passes).
 pub fn calibrate(
     sandbox: &dyn Sandbox,
     reference: &Job,
@@ -44,9 +46,7 @@ pub fn calibrate(
 ) -> Result<Duration, SandboxError> {
     let mut slowest = Duration::ZERO;
     for _ in 0..policy.runs.max(1) {
-        let t0 = Instant::now();
-        let rep = sandbox.execute(reference)?;
-        let took = t0.elapsed();
+        let (rep, took) = sandbox.execute_timed(reference)?;
         if rep.load != LoadOutcome::Loaded {
             return Err(SandboxError::Calibration(format!(
                 "the reference did not load: {:?}",

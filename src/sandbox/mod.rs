@@ -163,6 +163,16 @@ pub trait Sandbox: Send + Sync {
     /// Execute one job and report every call's outcome.
     fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError>;
 
+    /// [`Sandbox::execute`], with how long the program and its calls ran. By default the
+    /// whole wall time; a sandbox that can tell leaves out waiting for a free worker and its
+    /// own overhead, which is what timeout calibration must measure (a busy machine queues
+    /// jobs, and queueing is not the reference solution's speed).
+    fn execute_timed(&self, job: &Job) -> Result<(ExecReport, Duration), SandboxError> {
+        let t0 = std::time::Instant::now();
+        let rep = self.execute(job)?;
+        Ok((rep, t0.elapsed()))
+    }
+
     /// Evaluate trusted expressions (a case's expected values) to canonical values.
     fn evaluate_expected(&self, exprs: &[String]) -> Result<Vec<Value>, SandboxError>;
 

@@ -374,7 +374,11 @@ impl WorkerSandbox {
 
 impl Sandbox for WorkerSandbox {
     fn execute(&self, job: &Job) -> Result<ExecReport, SandboxError> {
-        self.execute_timed(job).map(|(rep, _)| rep)
+        WorkerSandbox::execute_timed(self, job).map(|(rep, _)| rep)
+    }
+
+    fn execute_timed(&self, job: &Job) -> Result<(ExecReport, Duration), SandboxError> {
+        WorkerSandbox::execute_timed(self, job)
     }
 
     fn evaluate_expected(&self, exprs: &[String]) -> Result<Vec<Value>, SandboxError> {

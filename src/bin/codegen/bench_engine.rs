@@ -269,7 +269,7 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         .collect::<Result<_, _>>()?;
     ours.suite_seconds = t.elapsed().as_secs_f64();
     // `auto` shows as the widest batch the scheduler may cut (memory cuts it further).
-    ours.suite_batch = opts.batch_size.rows(opts.provider);
+    ours.suite_batch = opts.batch_size.rows(opts.provider).min(requests.len());
     ours.outputs = outs
         .iter()
         .map(|c| c.tokens.as_ref().map(|t| t.ids.clone()).unwrap_or_default())

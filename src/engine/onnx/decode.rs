@@ -189,6 +189,26 @@ struct StepShared<'a> {
     now: f64,
 }
 
+/// Each row with its pick and its job, for [`record_rows`].
+fn rows_with<'a>(
+    rows: &'a mut [Row],
+    picks: Vec<Option<sampling::Pick>>,
+    jobs: &'a [SeqJob],
+) -> Vec<(&'a mut Row, Option<sampling::Pick>, &'a SeqJob)> {
+    rows.iter_mut()
+        .zip(picks)
+        .zip(jobs)
+        .map(|((row, pick), job)| (row, pick, job))
+        .collect()
+}
+
+/// The text of one token, decoded once and remembered in `pieces`.
+fn piece(pieces: &mut std::collections::HashMap<u32, String>, tokenizer: &Tokenizer, id: u32) {
+    pieces
+        .entry(id)
+        .or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default());
+}
+
 /// Record each row's pick (its trace, its text, whether it finished), on up to `threads`
 /// threads when the batch is wide enough to pay for them.
 fn record_rows(
@@ -294,6 +314,13 @@ impl Model {
         // Choosing tokens' text, detokenizing and checking stop strings, row by row.
         let mut host_secs = 0.0f64;
         let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
+        // The previous step's picks, recorded while the next step runs (device-head path).
+        let mut pending: Option<(Vec<Option<sampling::Pick>>, f64)> = None;
+        // Taken out of the model for the batch: the bookkeeping thread reads them while the
+        // model runs.
+        let mut pieces = std::mem::take(&mut self.pieces);
+        let tokenizer = std::sync::Arc::clone(&self.tokenizer);
+        let eos = self.tokens.eos.clone();
         // The logits' vocabulary size, known after the first run.
         let mut vocab = 0usize;
         loop {
@@ -330,7 +357,44 @@ impl Model {
                 logits_positions,
             };
             let run_started = Instant::now();
-            let logits = kv.run(self, inputs)?;
+            // Pipelined (greedy on the device head): the previous step's bookkeeping runs on
+            // another thread while the GPU runs this step; rows it finishes are published now.
+            let (logits, recorded) = std::thread::scope(|scope| {
+                let record = pending.take().map(|(picks, now): (Vec<_>, f64)| {
+                    let rows = &mut rows;
+                    let (pieces, tokenizer, eos) = (&pieces, &*tokenizer, &eos[..]);
+                    let threads = self.sampling_threads;
+                    scope.spawn(move || {
+                        let shared = StepShared {
+                            pieces,
+                            tokenizer,
+                            eos,
+                            max_stop,
+                            now,
+                        };
+                        record_rows(rows_with(rows, picks, jobs), &shared, threads)
+                    })
+                });
+                let logits = kv.run(self, inputs);
+                let recorded = record.map_or(Ok(()), |h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EngineError::Generate(
+                            "the bookkeeping thread panicked".into(),
+                        ))
+                    })
+                });
+                (logits, recorded)
+            });
+            recorded?;
+            let logits = logits?;
+            self.publish_done(
+                &mut rows,
+                &mut published,
+                &lens,
+                start,
+                device_peak,
+                on_done,
+            )?;
             let shape: Vec<i64> = logits.shape().to_vec();
             if shape.len() != 3 || shape[0] as usize != b {
                 return Err(EngineError::Run(format!(
@@ -411,11 +475,11 @@ impl Model {
             let now = start.elapsed().as_secs_f64();
             // Every piece this step needs, decoded once (serially: the cache is shared), then
             // the rows in parallel: detokenizing and searching stop strings is per-row work
-            // that at a batch of 100+ rows takes longer than the GPU's step.
+            // that at a batch of 100+ rows takes as long as the GPU's step.
             for pick in picks.iter().flatten() {
-                self.piece(pick.token as u32);
+                piece(&mut pieces, &tokenizer, pick.token as u32);
                 for &(i, _) in &pick.top {
-                    self.piece(i as u32);
+                    piece(&mut pieces, &tokenizer, i as u32);
                 }
             }
             let chosen = picks.iter().flatten().count();
@@ -424,20 +488,6 @@ impl Model {
                     last_tokens[r] = pick.token as u32;
                 }
             }
-            let shared = StepShared {
-                pieces: &self.pieces,
-                tokenizer: &self.tokenizer,
-                eos: &self.tokens.eos,
-                max_stop,
-                now,
-            };
-            let work: Vec<(&mut Row, Option<sampling::Pick>, &SeqJob)> = rows
-                .iter_mut()
-                .zip(picks)
-                .zip(jobs)
-                .map(|((row, pick), job)| (row, pick, job))
-                .collect();
-            record_rows(work, &shared, self.sampling_threads)?;
             for _ in 0..chosen {
                 on_token();
             }
@@ -450,24 +500,42 @@ impl Model {
                     Provider::Cpu => None,
                 };
             }
-            for r in 0..b {
-                if rows[r].done() && !published[r] {
-                    published[r] = true;
-                    let usage = Usage {
-                        prompt_tokens: lens[r],
-                        total_ms: start.elapsed().as_secs_f64() * 1000.0,
-                        peak_host_bytes: metrics::peak_host_bytes(),
-                        peak_device_bytes: device_peak,
-                    };
-                    on_done(r, self.finish_row(&mut rows[r], usage)?);
+            if use_head {
+                host_secs += host_started.elapsed().as_secs_f64();
+                if chosen == 0 {
+                    break; // every row finished by the previous step
                 }
+                pending = Some((picks, now));
+                step += 1;
+                continue;
             }
+            let shared = StepShared {
+                pieces: &pieces,
+                tokenizer: &tokenizer,
+                eos: &eos,
+                max_stop,
+                now,
+            };
+            record_rows(
+                rows_with(&mut rows, picks, jobs),
+                &shared,
+                self.sampling_threads,
+            )?;
+            self.publish_done(
+                &mut rows,
+                &mut published,
+                &lens,
+                start,
+                device_peak,
+                on_done,
+            )?;
             host_secs += host_started.elapsed().as_secs_f64();
             if rows.iter().all(Row::done) {
                 break;
             }
             step += 1;
         }
+        self.pieces = pieces;
         let total_ms = start.elapsed().as_secs_f64() * 1000.0;
         if self.profile {
             eprintln!(
@@ -481,6 +549,31 @@ impl Model {
                     Provider::Cpu => 0,
                 }
             );
+        }
+        Ok(())
+    }
+
+    /// Hand every newly finished row to `on_done`.
+    fn publish_done(
+        &self,
+        rows: &mut [Row],
+        published: &mut [bool],
+        lens: &[usize],
+        start: Instant,
+        device_peak: Option<u64>,
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<(), EngineError> {
+        for r in 0..rows.len() {
+            if rows[r].done() && !published[r] {
+                published[r] = true;
+                let usage = Usage {
+                    prompt_tokens: lens[r],
+                    total_ms: start.elapsed().as_secs_f64() * 1000.0,
+                    peak_host_bytes: metrics::peak_host_bytes(),
+                    peak_device_bytes: device_peak,
+                };
+                on_done(r, self.finish_row(&mut rows[r], usage)?);
+            }
         }
         Ok(())
     }
@@ -517,15 +610,6 @@ impl Model {
             tokens: Some(trace),
             finish_reason: row.finish.clone(),
         })
-    }
-
-    /// The text of one token, decoded once and remembered.
-    fn piece(&mut self, id: u32) -> String {
-        let tokenizer = &self.tokenizer;
-        self.pieces
-            .entry(id)
-            .or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default())
-            .clone()
     }
 }
 

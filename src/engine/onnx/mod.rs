@@ -153,7 +153,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         })?;
     let encoder = Encoder {
         dir: model.dir.clone(),
-        tokenizer: model.tokenizer.clone(),
+        tokenizer: (*model.tokenizer).clone(),
         chat_template: model.tokens.chat_template.clone(),
         template_tokens: model.tokens.template_tokens.clone(),
     };

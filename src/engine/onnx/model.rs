@@ -64,7 +64,8 @@ impl Footprint {
 pub(crate) struct Model {
     pub dir: PathBuf,
     pub session: Session,
-    pub tokenizer: Tokenizer,
+    /// Shared with the decode loop's bookkeeping thread.
+    pub tokenizer: std::sync::Arc<Tokenizer>,
     pub graph: folder::GraphSpec,
     pub tokens: TokenSpec,
     /// Positions the model was trained for, when `config.json` says.
@@ -215,7 +216,7 @@ impl Model {
         Ok(Model {
             dir: dir.to_path_buf(),
             session,
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             context_length: folder::context_length(&config),
             footprint: Footprint::of(&folder::config_sizes(&config), &graph),
             graph,
