@@ -220,7 +220,15 @@ impl Evaluator {
             let prompt = Prompt::for_case(case);
             let extraction = extract(reference, &prompt, &case.entry_point, &test_names(case));
             let job = job(case, extraction.code, policy.ceiling, &self.config);
-            calibrate(sandbox.as_ref(), &job, &policy).unwrap_or(policy.ceiling)
+            calibrate(sandbox.as_ref(), &job, &policy).unwrap_or_else(|e| {
+                // Said, not silent: the ceiling makes every timeout of this case that long.
+                eprintln!(
+                    "warning: failed to calibrate the timeout of {} from its reference ({e}); using the ceiling of {} ms",
+                    case.key,
+                    policy.ceiling.as_millis()
+                );
+                policy.ceiling
+            })
         })
     }
 }

@@ -107,13 +107,24 @@ pub fn import_humaneval(
         tests: 0,
     };
     for p in &problems {
+        // HumanEval's canonical solution is a function body that continues the prompt. A
+        // completion continues the prompt too, but a chat answer is a whole program: in chat
+        // mode the reference is the prompt's code and the body together, so it runs as it is
+        // (the reference source, and the timeout calibration that runs it).
+        let whole;
+        let reference = if mode == "chat" {
+            whole = format!("{}{}", p.prefix, p.reference);
+            &whole
+        } else {
+            &p.reference
+        };
         let file = CaseFile {
             mode,
             entry_point: &p.entry_point,
             tags: vec!["humaneval"],
             prefix: &p.prefix,
             prompt: &p.prompt,
-            reference: &p.reference,
+            reference,
             check: p.check.as_deref(),
             tests: &p.tests,
         };
