@@ -171,6 +171,9 @@ fn step_tensors(
     (ids, mask, pos, q)
 }
 
+/// Rows per bookkeeping thread (and the narrowest batch that is pipelined).
+const ROWS_PER_THREAD: usize = 16;
+
 /// What a finished row's timing says beyond its own tokens.
 struct Usage {
     prompt_tokens: usize,
@@ -216,7 +219,6 @@ fn record_rows(
     shared: &StepShared<'_>,
     threads: usize,
 ) -> Result<(), EngineError> {
-    const ROWS_PER_THREAD: usize = 16;
     let record = |(row, pick, job): (&mut Row, Option<sampling::Pick>, &SeqJob)| {
         let Some(pick) = pick else {
             return Ok(());
@@ -297,6 +299,9 @@ impl Model {
             .max()
             .unwrap_or(0)
             .max(1);
+        // Wide greedy batches on the device head record each step while the next one runs; a
+        // narrow batch's bookkeeping is shorter than starting a thread for it.
+        let pipelined = use_head && b >= ROWS_PER_THREAD;
         let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
         let mut kv: Box<dyn KvCache> = if use_head && self.cuda_graph() {
             Box::new(self.fixed_decode(b, max_len)?)
@@ -310,7 +315,11 @@ impl Model {
         let mut run_secs = 0.0f64;
         // Rows already handed to `on_done`, and the device memory reading they carry.
         let mut published = vec![false; b];
-        let mut device_peak: Option<u64> = None;
+        // The last reading (earlier batches': the arena only grows); this batch's is taken on
+        // another thread after its first decode step, as `nvidia-smi` takes tens of ms that
+        // must not land inside a sequence's decode time.
+        let mut device_peak: Option<u64> = self.device_peak;
+        let mut reading: Option<std::thread::JoinHandle<Option<u64>>> = None;
         // Choosing tokens' text, detokenizing and checking stop strings, row by row.
         let mut host_secs = 0.0f64;
         let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
@@ -491,16 +500,19 @@ impl Model {
             for _ in 0..chosen {
                 on_token();
             }
-            if step <= 1 {
-                // The arena reaches its high-water mark with the prefill and the first decode
-                // step (the graph's capture); later steps reuse it. Read after each of those
-                // two for the rows that finish early.
-                device_peak = match self.provider {
-                    Provider::Cuda => metrics::device_bytes(),
-                    Provider::Cpu => None,
-                };
+            // The arena reaches its high-water mark with the prefill and the first decode step
+            // (the graph's capture); later steps reuse it.
+            if step == 1 && self.provider == Provider::Cuda {
+                reading = std::thread::Builder::new()
+                    .name("codegen-device-memory".into())
+                    .spawn(metrics::device_bytes)
+                    .ok();
             }
-            if use_head {
+            if reading.as_ref().is_some_and(|h| h.is_finished()) {
+                let read = reading.take().and_then(|h| h.join().ok()).flatten();
+                device_peak = device_peak.max(read);
+            }
+            if pipelined {
                 host_secs += host_started.elapsed().as_secs_f64();
                 if chosen == 0 {
                     break; // every row finished by the previous step
@@ -536,6 +548,10 @@ impl Model {
             step += 1;
         }
         self.pieces = pieces;
+        if let Some(h) = reading {
+            device_peak = device_peak.max(h.join().ok().flatten());
+        }
+        self.device_peak = device_peak;
         let total_ms = start.elapsed().as_secs_f64() * 1000.0;
         if self.profile {
             eprintln!(

@@ -85,6 +85,8 @@ pub(crate) struct Model {
     pub pieces: std::collections::HashMap<u32, String>,
     /// Greedy token choice on the model's device (see [`DeviceHead`]).
     pub head: Option<DeviceHead>,
+    /// The last reading of the GPU memory this process holds (ONNX Runtime's arena only grows).
+    pub device_peak: Option<u64>,
     /// Zero KV buffers in device memory (off only to reproduce what uninitialised buffers do).
     zero_kv: bool,
     /// Greedy batches decode on fixed buffers ([`FixedKv`]).
@@ -217,6 +219,7 @@ impl Model {
             dir: dir.to_path_buf(),
             session,
             tokenizer: std::sync::Arc::new(tokenizer),
+            device_peak: None,
             context_length: folder::context_length(&config),
             footprint: Footprint::of(&folder::config_sizes(&config), &graph),
             graph,
