@@ -527,6 +527,50 @@ fn device_head_agrees_with_the_host_path() {
     }
 }
 
+/// A wide greedy batch on the device head (16+ rows) records each step's tokens on another
+/// thread while the next step runs, and hands each row back as soon as it finishes. Rows that
+/// stop at different steps (max_new_tokens from 2 to 21, a stop string on some) get the same
+/// tokens and texts as the host path, which records each step before the next.
+#[test]
+fn a_wide_pipelined_batch_agrees_with_the_host_path() {
+    let cases: Vec<Case> = (0..20)
+        .map(|i| {
+            let stop: &[&str] = if i % 3 == 0 { &["\n"] } else { &[] };
+            complete_case(
+                &format!("wide{i}"),
+                PREFIXES[i % PREFIXES.len()],
+                2 + i,
+                stop,
+            )
+        })
+        .collect();
+    let mut outs = Vec::new();
+    for head in [false, true] {
+        let mut opts = test_options(GenerationSettings {
+            batch_size: BatchSize::Rows(32),
+            ..GenerationSettings::default()
+        });
+        opts.device_head = Some(head);
+        opts.cuda_graph = Some(head);
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        outs.push(batched(&src, &cases, 1));
+    }
+    let traces = |c: &[Completion]| -> Vec<TokenTrace> {
+        c.iter().map(|c| c.tokens.clone().unwrap()).collect()
+    };
+    assert_traces_agree(&traces(&outs[0]), &traces(&outs[1]), "wide batch");
+    for ((host, head), case) in outs[0].iter().zip(&outs[1]).zip(&cases) {
+        assert_eq!(host.text, head.text, "{}", case.key);
+        assert_eq!(host.finish_reason, head.finish_reason, "{}", case.key);
+        let n = head.tokens.as_ref().unwrap().ids.len();
+        assert!(
+            n <= case.max_new_tokens.unwrap(),
+            "{}: {n} tokens",
+            case.key
+        );
+    }
+}
+
 /// Greedy batches decode on fixed buffers under CUDA (so that a CUDA graph can be replayed),
 /// with an attention mask as wide as the KV buffers. Forced on here, on CPU (the same buffers,
 /// no graph), it gives the same tokens and log-probabilities as the growing mask, with batched

@@ -348,6 +348,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn batch_size_is_auto_or_a_positive_number() {
+        #[derive(Deserialize)]
+        struct T {
+            batch_size: BatchSize,
+        }
+        let parse = |text: &str| toml::from_str::<T>(text).map(|t| t.batch_size);
+        assert_eq!(parse("batch_size = \"auto\"").unwrap(), BatchSize::Auto);
+        assert_eq!(parse("batch_size = 16").unwrap(), BatchSize::Rows(16));
+        for bad in ["batch_size = 0", "batch_size = \"wide\"", "batch_size = -1"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let err = parse("batch_size = \"wide\"").unwrap_err().to_string();
+        assert!(err.contains("expected \"auto\" or a number"), "{err}");
+        assert_eq!(GenerationSettings::default().batch_size, BatchSize::Auto);
+        use crate::device::Provider;
+        assert_eq!(BatchSize::Auto.rows(Provider::Cpu), BatchSize::AUTO_CPU);
+        assert_eq!(
+            BatchSize::Auto.rows(Provider::Cuda),
+            BatchSize::AUTO_CUDA_MAX
+        );
+        assert_eq!(BatchSize::Rows(3).rows(Provider::Cuda), 3);
+        assert_eq!("auto".parse::<BatchSize>().unwrap().to_string(), "auto");
+    }
+
+    #[test]
     fn finish_reasons_keep_their_words_and_read_back() {
         for stop in [
             "",

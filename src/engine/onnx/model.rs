@@ -424,3 +424,49 @@ impl Model {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::onnx::folder::{ConfigSizes, GraphSpec, Layout};
+
+    fn graph(logits_positions: bool) -> GraphSpec {
+        GraphSpec {
+            layout: Layout::Genai,
+            layers: 24,
+            kv_type: Float::F16,
+            logits_type: Float::F32,
+            kv_heads: 2,
+            head_dim: 64,
+            logits_positions,
+        }
+    }
+
+    #[test]
+    fn a_prefill_costs_its_activations_and_logits_only_where_the_graph_computes_them() {
+        // Qwen2.5-Coder-0.5B's sizes.
+        let sizes = ConfigSizes {
+            layers: Some(24),
+            heads: Some(14),
+            kv_heads: Some(2),
+            hidden: Some(896),
+            head_dim: Some(64),
+            vocab: Some(151_936),
+            intermediate: Some(4864),
+        };
+        let with = Footprint::of(&sizes, &graph(true));
+        // (QKV 18 heads x 64 + 2 x 896 + 3 x 4864) fp16 + 2 x 896 float32.
+        assert_eq!(
+            with.prefill_bytes_per_token,
+            2 * (1152 + 1792 + 14_592) + 8 * 896
+        );
+        // One logits row per sequence: float32 and the fp16 copy before the cast.
+        assert_eq!(with.bytes_per_sequence, 151_936 * 6);
+        // A graph without logits_positions computes a logits row for every prompt token.
+        let without = Footprint::of(&sizes, &graph(false));
+        assert_eq!(
+            without.prefill_bytes_per_token,
+            with.prefill_bytes_per_token + 151_936 * 6
+        );
+    }
+}
