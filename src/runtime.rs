@@ -9,8 +9,7 @@
 //! ([`crate::cuda`]); the outcome is kept in [`Runtime::cuda`] so that opening a session either
 //! falls back to CPU saying what was missing (`auto`) or fails with it (`cuda`).
 
-use std::fs;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -146,47 +145,13 @@ pub fn library_path(spec: &RuntimeSpec) -> Result<PathBuf, RuntimeError> {
 
 /// Copy every `onnxruntime/capi/lib*.so*` of the wheel into `dir`.
 fn unpack_libraries(wheel: &Path, dir: &Path) -> Result<(), RuntimeError> {
-    let unpack = |message: String| RuntimeError::Unpack {
-        path: wheel.display().to_string(),
-        message,
-    };
-    let file = fs::File::open(wheel).map_err(io_err(wheel))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| unpack(e.to_string()))?;
-    let names: Vec<String> = zip
-        .file_names()
-        .filter(|n| n.starts_with("onnxruntime/capi/lib") && n.contains(".so"))
-        .map(str::to_string)
-        .collect();
-    let total: u64 = names
-        .iter()
-        .filter_map(|n| zip.by_name(n).ok().map(|f| f.size()))
-        .sum();
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "unpacking ONNX Runtime {bar:30} {bytes}/{total_bytes}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    for name in names {
-        let mut entry = zip.by_name(&name).map_err(|e| unpack(e.to_string()))?;
-        let base = name.rsplit('/').next().unwrap_or(&name).to_string();
-        let part = dir.join(format!("{base}.part"));
-        let mut out = fs::File::create(&part).map_err(io_err(&part))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| unpack(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n]).map_err(io_err(&part))?;
-            bar.inc(n as u64);
-        }
-        drop(out);
-        fs::rename(&part, dir.join(&base)).map_err(io_err(&part))?;
-    }
-    bar.finish_and_clear();
-    Ok(())
+    provision::unpack_wheel(wheel, dir, "ONNX Runtime", |n| {
+        n.strip_prefix("onnxruntime/capi/")
+            .filter(|base| base.starts_with("lib") && base.contains(".so") && !base.contains('/'))
+            .map(str::to_string)
+    })
+    .map(|_| ())
+    .map_err(|e| RuntimeError::Fetch(e.to_string()))
 }
 
 /// The process-wide ONNX Runtime: the library that was loaded, the environment built on it,

@@ -4,8 +4,7 @@
 //! under a [`DirLock`], marked ready only when every wheel is in.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -46,60 +45,14 @@ pub(super) fn download(spec: &CudaSpec) -> Result<PathBuf, CudaError> {
     let provisioner = Provisioner::new(spec.cache.clone(), spec.python.clone());
     for wheel in provision::CUDA_WHEELS {
         let path = provisioner.wheel(wheel)?;
-        unpack(&path, &lib, wheel.package)?;
+        // The wheel's `nvidia/**/lib/lib*.so*`, flat into `lib`.
+        provision::unpack_wheel(&path, &lib, wheel.package, |n| {
+            wheel_library(n).map(str::to_string)
+        })?;
     }
     let files: Vec<&str> = provision::CUDA_WHEELS.iter().map(|w| w.file).collect();
     fs::write(&ready, files.join("\n")).map_err(|e| FileError::new("write", &ready, e))?;
     Ok(lib)
-}
-
-/// Copy the wheel's `nvidia/**/lib/lib*.so*` into `dir`, with a progress bar.
-fn unpack(wheel: &Path, dir: &Path, package: &str) -> Result<(), CudaError> {
-    let unpack_err = |message: String| CudaError::Unpack {
-        path: wheel.display().to_string(),
-        message,
-    };
-    let file = fs::File::open(wheel).map_err(|e| FileError::new("open", wheel, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| unpack_err(e.to_string()))?;
-    let names: Vec<String> = zip
-        .file_names()
-        .filter(|n| wheel_library(n).is_some())
-        .map(str::to_string)
-        .collect();
-    let total: u64 = names
-        .iter()
-        .filter_map(|n| zip.by_name(n).ok().map(|f| f.size()))
-        .sum();
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "unpacking {package} {{bar:30}} {{bytes}}/{{total_bytes}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let mut buf = vec![0u8; 1 << 20];
-    for name in names {
-        let base = wheel_library(&name).unwrap_or(&name).to_string();
-        let mut entry = zip.by_name(&name).map_err(|e| unpack_err(e.to_string()))?;
-        let part = dir.join(format!("{base}.part"));
-        let mut out = fs::File::create(&part).map_err(|e| FileError::new("create", &part, e))?;
-        loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| unpack_err(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n])
-                .map_err(|e| FileError::new("write", &part, e))?;
-            bar.inc(n as u64);
-        }
-        drop(out);
-        let dest = dir.join(&base);
-        fs::rename(&part, &dest).map_err(|e| FileError::new("move", &part, e))?;
-    }
-    bar.finish_and_clear();
-    Ok(())
 }
 
 #[cfg(test)]
