@@ -121,6 +121,10 @@ pub struct GateConfig {
     pub categories: BTreeMap<String, Rate>,
     /// Largest allowed drop of the pass rate against the accepted snapshots (0.0 - 1.0).
     pub max_drop: Option<Rate>,
+    /// With a significance level (e.g. 0.05), a drop larger than `max_drop` fails the gate only
+    /// when an exact McNemar test on the cases both runs measured (passed in the accepted
+    /// baseline vs now) gives p below it. Without it, any drop larger than `max_drop` fails.
+    pub significance: Option<Rate>,
     /// Gate on the measured cases only, even when some could not be measured (a malformed
     /// case file, a generation or sandbox failure). Off: any such case fails the gate.
     pub allow_errors: bool,
@@ -396,6 +400,14 @@ mod tests {
     }
 
     #[test]
+    fn parses_gate_significance() {
+        let c = parse("[gate]\nmax_drop = 0.03\nsignificance = 0.05\n").unwrap();
+        assert_eq!(c.gate.significance, Rate::new(0.05));
+        assert_eq!(c.gate.max_drop, Rate::new(0.03));
+        assert_eq!(parse("").unwrap().gate.significance, None);
+    }
+
+    #[test]
     fn errors_have_line_numbers() {
         let e = parse("[suite]\ncasez = 1\n").unwrap_err();
         assert!(e.to_string().starts_with("c.toml:2:1:"), "{e}");
@@ -403,6 +415,10 @@ mod tests {
         assert!(e.to_string().starts_with("c.toml:3:"), "{e}");
         assert!(e.to_string().contains("between 0.0 and 1.0"), "{e}");
         assert!(e.to_string().contains("(in `max_drop = 1.5`)"), "{e}");
+        let e = parse("[gate]\nmax_drop = 0.03\nsignificance = 5\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:3:"), "{e}");
+        assert!(e.to_string().contains("between 0.0 and 1.0"), "{e}");
+        assert!(e.to_string().contains("(in `significance = 5`)"), "{e}");
         let e = parse("[suite]\ncases = \"a\nb\"\n").unwrap_err();
         assert!(
             e.to_string()

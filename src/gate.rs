@@ -1,6 +1,7 @@
 //! Turn pass rates into a CI verdict: every case measured (a case that could not be measured
 //! is not a measured 0), minimum pass rate overall and per category, and the largest allowed
-//! drop against the accepted baseline (the verdicts in accepted snapshots).
+//! drop against the accepted baseline (the verdicts in accepted snapshots), optionally only
+//! when an exact McNemar test on the paired verdicts finds the drop significant.
 
 use std::fmt;
 
@@ -8,13 +9,19 @@ use serde::Serialize;
 
 use crate::config::{GateConfig, Rate};
 use crate::score::Summary;
+use crate::stats::{self, McNemar};
 
-/// The accepted pass rate over the same cases that ran.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// The accepted pass rate over the same cases that ran, and the paired verdicts of the cases
+/// measured in both runs, reduced to their discordant counts (all McNemar needs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Baseline {
     /// Cases that ran and have an accepted snapshot.
     pub cases: usize,
     pub passed: usize,
+    /// Cases measured now that passed in the accepted snapshot and fail now.
+    pub lost: usize,
+    /// Cases measured now that failed in the accepted snapshot and pass now.
+    pub gained: usize,
 }
 
 impl Baseline {
@@ -25,6 +32,20 @@ impl Baseline {
             self.passed as f64 / self.cases as f64
         }
     }
+
+    /// Exact McNemar test of the accepted verdicts against now (`b` = lost, `c` = gained).
+    pub fn mcnemar(&self) -> McNemar {
+        stats::mcnemar_exact(self.lost, self.gained)
+    }
+}
+
+/// The gate's verdict: the thresholds not met, and which rule let a drop larger than
+/// `max_drop` pass (a line for the summary), if one did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Verdict {
+    pub failures: Vec<GateFailure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One threshold that was not met.
@@ -50,13 +71,38 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
+/// A p-value with three decimals, or in scientific notation when smaller than that shows.
+fn p_value(p: f64) -> String {
+    if p >= 0.001 || p == 0.0 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
+/// "McNemar p = 0.109 on 8 lost vs 2 gained discordant cases".
+fn mcnemar_text(m: &McNemar) -> String {
+    format!(
+        "McNemar p = {} on {} lost vs {} gained discordant cases",
+        p_value(m.p),
+        m.b,
+        m.c
+    )
+}
+
 /// Check a model's summary against its gate. Categories that did not run are not judged.
 pub fn evaluate(
     summary: &Summary,
     gate: &GateConfig,
     baseline: Option<Baseline>,
 ) -> Vec<GateFailure> {
+    judge(summary, gate, baseline).failures
+}
+
+/// [`evaluate`], with the line that says when `significance` let a large drop pass.
+pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -> Verdict {
     let mut failures = Vec::new();
+    let mut note = None;
     let model = &summary.model;
     let errors = summary.overall.errors;
     if errors > 0 && !gate.allow_errors {
@@ -73,7 +119,7 @@ pub fn evaluate(
         });
     }
     if summary.overall.cases == 0 {
-        return failures;
+        return Verdict { failures, note };
     }
     if let Some(min) = gate.min_pass_rate.map(Rate::get) {
         let actual = summary.overall.pass_rate;
@@ -118,7 +164,26 @@ pub fn evaluate(
         && base.cases > 0
     {
         let drop = base.rate() - summary.overall.pass_rate;
-        if drop > max_drop + 1e-12 {
+        let test = gate.significance.map(|alpha| (alpha.get(), base.mcnemar()));
+        let significant = test.is_none_or(|(alpha, m)| m.p < alpha);
+        if drop > max_drop + 1e-12 && !significant {
+            let (alpha, m) = test.expect("only a test can find a drop insignificant");
+            note = Some(format!(
+                "passed (drop of {:.1} points > max_drop {:.1}, but not significant: {}, significance {alpha})",
+                drop * 100.0,
+                max_drop * 100.0,
+                mcnemar_text(&m)
+            ));
+        } else if drop > max_drop + 1e-12 {
+            let why = match test {
+                Some((alpha, m)) => {
+                    format!(
+                        ", and significant: {}, below significance {alpha}",
+                        mcnemar_text(&m)
+                    )
+                }
+                None => String::new(),
+            };
             failures.push(GateFailure {
                 model: model.clone(),
                 scope: "overall".into(),
@@ -126,7 +191,7 @@ pub fn evaluate(
                 threshold: max_drop,
                 actual: drop,
                 message: format!(
-                    "gate failed for model `{model}`: pass rate {} dropped {:.1} points from the accepted baseline {} ({} cases), more than max_drop {:.1} points",
+                    "gate failed for model `{model}`: pass rate {} dropped {:.1} points from the accepted baseline {} ({} cases), more than max_drop {:.1} points{why}",
                     pct(summary.overall.pass_rate),
                     drop * 100.0,
                     pct(base.rate()),
@@ -136,7 +201,7 @@ pub fn evaluate(
             });
         }
     }
-    failures
+    Verdict { failures, note }
 }
 
 #[cfg(test)]
@@ -206,11 +271,13 @@ mod tests {
             ]
             .into(),
             max_drop: Rate::new(0.05),
+            significance: None,
             allow_errors: false,
         };
         let base = Baseline {
             cases: 10,
             passed: 9,
+            ..Baseline::default()
         };
         let f = evaluate(&summary(0.8, 0.7), &gate, Some(base));
         assert_eq!(f.len(), 2, "{f:?}");
@@ -221,5 +288,71 @@ mod tests {
             "{}",
             f[1]
         );
+    }
+
+    fn drop_gate(significance: f64) -> GateConfig {
+        GateConfig {
+            max_drop: Rate::new(0.03),
+            significance: Rate::new(significance),
+            ..GateConfig::default()
+        }
+    }
+
+    #[test]
+    fn insignificant_drop_passes_and_says_why() {
+        // 60% -> 54% of 100 cases: 8 passed before and fail now, 2 the reverse.
+        let base = Baseline {
+            cases: 100,
+            passed: 60,
+            lost: 8,
+            gained: 2,
+        };
+        let v = judge(&summary(0.54, 1.0), &drop_gate(0.05), Some(base));
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert_eq!(
+            v.note.as_deref(),
+            Some(
+                "passed (drop of 6.0 points > max_drop 3.0, but not significant: McNemar p = 0.109 on 8 lost vs 2 gained discordant cases, significance 0.05)"
+            )
+        );
+        // The same drop without `significance` fails, as before.
+        let f = evaluate(
+            &summary(0.54, 1.0),
+            &GateConfig {
+                significance: None,
+                ..drop_gate(0.05)
+            },
+            Some(base),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(!f[0].message.contains("McNemar"), "{}", f[0]);
+        // A drop within max_drop needs no test and no note.
+        let v = judge(&summary(0.58, 1.0), &drop_gate(0.05), Some(base));
+        assert_eq!(v, Verdict::default());
+    }
+
+    #[test]
+    fn significant_drop_fails_and_names_the_test() {
+        let base = Baseline {
+            cases: 100,
+            passed: 60,
+            lost: 9,
+            gained: 0,
+        };
+        let v = judge(&summary(0.51, 1.0), &drop_gate(0.05), Some(base));
+        assert_eq!(v.note, None);
+        assert_eq!(v.failures.len(), 1, "{:?}", v.failures);
+        assert_eq!(v.failures[0].threshold_name, "max_drop");
+        // 2 / 2^9 = 0.0039.
+        assert!(
+            v.failures[0].message.ends_with(
+                "more than max_drop 3.0 points, and significant: McNemar p = 0.004 on 9 lost vs 0 gained discordant cases, below significance 0.05"
+            ),
+            "{}",
+            v.failures[0]
+        );
+        // The same counts at a stricter level pass.
+        let v = judge(&summary(0.51, 1.0), &drop_gate(0.001), Some(base));
+        assert!(v.failures.is_empty() && v.note.is_some(), "{v:?}");
     }
 }

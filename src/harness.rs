@@ -225,15 +225,20 @@ impl Harness {
             &self.config.resolve(&self.config.suite.snapshots),
             &model.name,
         );
-        let mut b = Baseline {
-            cases: 0,
-            passed: 0,
-        };
+        let mut b = Baseline::default();
         for o in ran {
             if let Some(passed) = snapshot::accepted_verdict(&dir, &snapshot::snapshot_name(&o.key))
             {
                 b.cases += 1;
                 b.passed += passed as usize;
+                // Paired verdicts for McNemar: only cases measured now.
+                if o.error.is_none() {
+                    match (passed, o.passed()) {
+                        (true, false) => b.lost += 1,
+                        (false, true) => b.gained += 1,
+                        _ => {}
+                    }
+                }
             }
         }
         (b.cases > 0).then_some(b)
@@ -273,7 +278,8 @@ impl Harness {
             }
             let summary = Summary::of(&model.name, &outcomes);
             let baseline = self.baseline(model, &ran);
-            let failures = gate::evaluate(&summary, self.config.gate_for(model), baseline);
+            let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
+            let failures = &verdict.failures;
             println!();
             print!("{}", report::summary_table(&summary, baseline));
             for o in ran.iter().filter(|o| o.error.is_some()) {
@@ -293,18 +299,21 @@ impl Harness {
                 &outcomes,
                 &isolation,
                 baseline,
-                &failures,
+                &verdict,
                 &source_warnings,
             ) {
                 Ok(path) => println!("  results: {}", path.display()),
                 Err(e) => eprintln!("warning: failed to write the results: {e}"),
             }
-            for f in &failures {
+            for f in failures {
                 println!("  {f}");
                 ok = false;
             }
             if failures.is_empty() {
-                println!("  gate: passed");
+                match &verdict.note {
+                    Some(note) => println!("  gate: {note}"),
+                    None => println!("  gate: passed"),
+                }
             }
         }
         ok

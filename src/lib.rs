@@ -48,6 +48,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod score;
 pub mod snapshot;
+pub mod stats;
 pub mod syntax;
 pub mod timeline;
 mod toml_error;

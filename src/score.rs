@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::evaluate::{CaseOutcome, Confidence};
+use crate::stats::{self, Interval};
 
 /// Unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
 pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
@@ -39,6 +40,9 @@ pub struct Totals {
     pub syntax_valid_samples: usize,
     /// Mean over cases of pass@1.
     pub pass_rate: f64,
+    /// 95% Wilson score interval of `pass_rate` over the measured cases (the whole range 0 - 1
+    /// when none was measured).
+    pub pass_rate_ci: Interval,
     pub syntax_valid_rate: f64,
     /// Unbiased pass@k for k = 1, 2, 5, 10 up to the number of samples.
     pub pass_at_k: BTreeMap<usize, f64>,
@@ -64,6 +68,7 @@ impl Totals {
         if t.cases > 0 {
             t.pass_rate = rate_sum / t.cases as f64;
         }
+        t.pass_rate_ci = stats::wilson(rate_sum, t.cases);
         if t.samples > 0 {
             t.syntax_valid_rate = t.syntax_valid_samples as f64 / t.samples as f64;
         }
@@ -254,6 +259,12 @@ mod tests {
         assert_eq!(s.overall.cases, 2);
         assert_eq!(s.overall.errors, 1);
         assert_eq!(s.overall.pass_rate, 0.5);
+        // Wilson 95% for 1 of 2: 0.5 ± 1.95996·sqrt(0.125 + 0.24005) / 2.92078.
+        let ci = s.overall.pass_rate_ci;
+        assert!(
+            (ci.low - 0.0945).abs() < 1e-3 && (ci.high - 0.9055).abs() < 1e-3,
+            "{ci:?}"
+        );
         assert_eq!(s.overall.syntax_valid_rate, 1.0);
         let only_errors = Summary::of("m", &[outcome("b", None)]);
         assert_eq!(only_errors.overall.cases, 0);

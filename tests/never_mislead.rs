@@ -333,7 +333,7 @@ fn malformed_case_files_do_not_lower_syntax_validity() {
     let (out, text) = p.run(&[], &[]);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("overall        2       2     100.0%        100.0%"),
+        text.contains("overall        2       2     100.0%   [34.2, 100.0]        100.0%"),
         "{text}"
     );
     assert!(text.contains("not measured: 1 case(s)"), "{text}");

@@ -12,8 +12,18 @@ use serde::Serialize;
 pub mod html;
 
 use crate::evaluate::CaseOutcome;
-use crate::gate::{Baseline, GateFailure};
+use crate::gate::{Baseline, GateFailure, Verdict};
 use crate::score::{Summary, Totals};
+use crate::stats::Interval;
+
+/// The line under the tables that names how the intervals were computed.
+pub const INTERVAL_METHOD: &str =
+    "pass rate intervals: 95% Wilson score interval over the measured cases";
+
+/// `[49.7, 64.6]`: an interval in percent.
+fn interval(i: Interval) -> String {
+    format!("[{:.1}, {:.1}]", i.low * 100.0, i.high * 100.0)
+}
 
 /// Render the summary table for one model.
 /// "generated N tokens; peak memory: host X MiB, device Y MiB" (device only where measured).
@@ -56,25 +66,27 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
         .max("category".len());
     let _ = writeln!(
         s,
-        "  {:<width$}  {:>6}  {:>6}  {:>9}  {:>12}",
-        "category", "cases", "passed", "pass rate", "syntax valid"
+        "  {:<width$}  {:>6}  {:>6}  {:>9}  {:>14}  {:>12}",
+        "category", "cases", "passed", "pass rate", "95% CI", "syntax valid"
     );
     let row = |s: &mut String, name: &str, t: &Totals| {
         let _ = writeln!(
             s,
-            "  {:<width$}  {:>6}  {:>6}  {:>8.1}%  {:>11.1}%",
+            "  {:<width$}  {:>6}  {:>6}  {:>8.1}%  {:>14}  {:>11.1}%",
             name,
             t.cases,
             t.passed,
             t.pass_rate * 100.0,
+            interval(t.pass_rate_ci),
             t.syntax_valid_rate * 100.0
         );
     };
     for (cat, t) in &summary.categories {
         row(&mut s, cat, t);
     }
-    let _ = writeln!(s, "  {}", "-".repeat(width + 43));
+    let _ = writeln!(s, "  {}", "-".repeat(width + 59));
     row(&mut s, "overall", &summary.overall);
+    let _ = writeln!(s, "  {INTERVAL_METHOD}");
     if summary.overall.pass_at_k.len() > 1 || summary.overall.samples > summary.overall.cases {
         let ks: Vec<String> = summary
             .overall
@@ -124,6 +136,7 @@ pub fn markdown(
     outcomes: &[CaseOutcome],
     baseline: Option<Baseline>,
     gate: &[GateFailure],
+    gate_note: Option<&str>,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "### codegen: `{}`\n", summary.model);
@@ -135,10 +148,11 @@ pub fn markdown(
     let row = |s: &mut String, name: &str, t: &Totals| {
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {:.1}% | {:.1}% |",
+            "| {name} | {} | {} | {:.1}% {} | {:.1}% |",
             t.cases,
             t.passed,
             t.pass_rate * 100.0,
+            interval(t.pass_rate_ci),
             t.syntax_valid_rate * 100.0
         );
     };
@@ -146,6 +160,7 @@ pub fn markdown(
         row(&mut s, cat, t);
     }
     row(&mut s, "**overall**", &summary.overall);
+    let _ = writeln!(s, "\n{}.", capitalized(INTERVAL_METHOD));
     if summary.overall.errors > 0 {
         let _ = writeln!(
             s,
@@ -164,7 +179,9 @@ pub fn markdown(
             b.cases
         );
     }
-    if gate.is_empty() {
+    if let (true, Some(note)) = (gate.is_empty(), gate_note) {
+        let _ = writeln!(s, "\nGate: {note}.");
+    } else if gate.is_empty() {
         let _ = writeln!(s, "\nGate: passed.");
     } else {
         let _ = writeln!(s, "\nGate: **failed**");
@@ -288,6 +305,9 @@ struct SummaryFile<'a> {
     isolation: &'a str,
     baseline: Option<Baseline>,
     gate_failures: &'a [GateFailure],
+    /// Which rule let a drop larger than `max_drop` pass (`significance`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_note: Option<&'a str>,
     /// What the completion source holds that no trial reported (unreadable replay rows, rows
     /// for tasks that match no case).
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -356,7 +376,7 @@ impl Journal {
         outcomes: &[CaseOutcome],
         isolation: &str,
         baseline: Option<Baseline>,
-        gate_failures: &[GateFailure],
+        verdict: &Verdict,
         source_warnings: &[String],
     ) -> io::Result<PathBuf> {
         let model = &summary.model;
@@ -372,7 +392,14 @@ impl Journal {
         )?;
         replace_file(
             &self.dir.join(format!("summary-{model}.md")),
-            markdown(summary, outcomes, baseline, gate_failures).as_bytes(),
+            markdown(
+                summary,
+                outcomes,
+                baseline,
+                &verdict.failures,
+                verdict.note.as_deref(),
+            )
+            .as_bytes(),
         )?;
         replace_file(
             &self.dir.join(format!("junit-{model}.xml")),
@@ -383,7 +410,8 @@ impl Journal {
             summary,
             isolation,
             baseline,
-            gate_failures,
+            gate_failures: &verdict.failures,
+            gate_note: verdict.note.as_deref(),
             source_warnings,
         })
         .map_err(io::Error::other)?;
@@ -414,6 +442,7 @@ mod tests {
             passed_samples: 1,
             syntax_valid_samples: 2,
             pass_rate: 0.5,
+            pass_rate_ci: crate::stats::wilson(1.0, 2),
             syntax_valid_rate: 1.0,
             pass_at_k: [(1, 0.5)].into(),
         };
@@ -433,13 +462,38 @@ mod tests {
             table.contains("  generated 1234 tokens; peak memory: host 3072 MiB, device 2560 MiB"),
             "{table}"
         );
+        // The interval column sits between the pass rate and the syntax-valid rate, right-aligned
+        // under its header.
         assert!(
-            table.contains("  strings        2       1      50.0%        100.0%"),
+            table.contains("  category   cases  passed  pass rate          95% CI  syntax valid"),
             "{table}"
         );
         assert!(
-            table.contains("  overall        2       1      50.0%        100.0%"),
+            table.contains("  strings        2       1      50.0%     [9.5, 90.5]        100.0%"),
             "{table}"
         );
+        assert!(
+            table.contains("  overall        2       1      50.0%     [9.5, 90.5]        100.0%"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "\n  pass rate intervals: 95% Wilson score interval over the measured cases\n"
+            ),
+            "{table}"
+        );
+        let md = markdown(&summary, &[], None, &[], None);
+        assert!(
+            md.contains("| strings | 2 | 1 | 50.0% [9.5, 90.5] | 100.0% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("\nPass rate intervals: 95% Wilson score interval"),
+            "{md}"
+        );
+        assert!(md.contains("\nGate: passed.\n"), "{md}");
+        let note = "passed (drop of 6.0 points > max_drop 3.0, but not significant: …)";
+        let md = markdown(&summary, &[], None, &[], Some(note));
+        assert!(md.contains(&format!("\nGate: {note}.\n")), "{md}");
     }
 }
