@@ -145,6 +145,32 @@ fn changed_completion_fails_with_a_diff_until_accepted() {
     );
 }
 
+/// With `significance`, a drop past `max_drop` on too few discordant cases passes the gate,
+/// which says so: the harness pairs the accepted verdicts with the new ones.
+#[test]
+fn insignificant_drop_passes_the_gate_with_the_mcnemar_line() {
+    let p = Project::new(
+        "[suite]\nsnapshot = true\n[gate]\nmax_drop = 0.0\nsignificance = 0.05\n[[models]]\nname = \"replay\"\nsource = \"replay\"\npath = \"samples.jsonl\"\n",
+    );
+    p.write("cases/math/add.toml", GOOD_CASE);
+    p.write("cases/math/other.toml", &GOOD_CASE.replace("add", "plus"));
+    let right = "{\"task_id\": \"math/add\", \"completion\": \"def add(a, b):\\n    return a + b\\n\"}\n{\"task_id\": \"math/other\", \"completion\": \"def plus(a, b):\\n    return a + b\\n\"}\n";
+    p.write("samples.jsonl", right);
+    let (out, text) = p.run(&[("INSTA_UPDATE", "always")], &[]);
+    assert!(out.status.success(), "{text}");
+    p.write(
+        "samples.jsonl",
+        &right.replacen("return a + b", "return a - b", 1),
+    );
+    // The changed trial fails against its snapshot; the gate itself passes, and says why.
+    let (_, text) = p.run(&[], &[]);
+    assert!(
+        text.contains("gate: passed (drop of 50.0 points > max_drop 0.0, but not significant: McNemar p = 1.000 on 1 lost vs 0 gained discordant cases, significance 0.05)"),
+        "{text}"
+    );
+    assert!(!text.contains("gate failed"), "{text}");
+}
+
 #[test]
 fn gate_above_measured_rate_fails_with_threshold() {
     let p = Project::new(
