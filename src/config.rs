@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::device::{Device, Precision};
 use crate::engine::GenerationSettings;
+use crate::prompt::PromptProtocol;
 use crate::sandbox::SandboxConfig;
 
 /// A problem with the configuration file.
@@ -157,6 +158,9 @@ pub struct ModelProfile {
     pub gate: Option<GateConfig>,
     /// Generation overrides for this profile.
     pub generation: Option<GenerationSettings>,
+    /// How this profile's chat prompts are asked (`[models.prompt]`; the harness's own when
+    /// absent). Replay and reference sources ignore it; results record it.
+    pub prompt: PromptProtocol,
 }
 
 /// The kinds of source a profile can name.
@@ -194,6 +198,7 @@ struct ProfileToml {
     enabled: bool,
     gate: Option<GateConfig>,
     generation: Option<GenerationSettings>,
+    prompt: Option<PromptProtocol>,
 }
 
 impl TryFrom<ProfileToml> for ModelProfile {
@@ -254,6 +259,7 @@ impl TryFrom<ProfileToml> for ModelProfile {
             enabled: raw.enabled,
             gate: raw.gate,
             generation: raw.generation,
+            prompt: raw.prompt.unwrap_or_default(),
         })
     }
 }
@@ -448,5 +454,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn parses_prompt_protocols() {
+        use crate::prompt::SystemMessage;
+        let c = parse(
+            "[[models]]\nname = \"a\"\nsource = \"reference\"\n\n[[models]]\nname = \"b\"\nsource = \"reference\"\n[models.prompt]\nsystem = false\n\n[[models]]\nname = \"c\"\nsource = \"reference\"\n[models.prompt]\nsystem = \"Be brief.\"\nprefill = \"```python\\n\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.models[0].prompt, PromptProtocol::default());
+        assert!(c.models[0].prompt.is_default());
+        assert_eq!(c.models[1].prompt.system, SystemMessage::None);
+        assert_eq!(c.models[1].prompt.prefill, None);
+        assert_eq!(
+            c.models[2].prompt,
+            PromptProtocol {
+                system: SystemMessage::Text("Be brief.".into()),
+                prefill: Some("```python\n".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn prompt_errors_name_the_line_and_field() {
+        let head = "[[models]]\nname = \"a\"\nsource = \"reference\"\n[models.prompt]\n";
+        let e = parse(&format!("{head}system = false\nprefil = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:6:"), "{e}");
+        assert!(e.contains("unknown field `prefil`"), "{e}");
+        let e = parse(&format!("{head}system = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:5:"), "{e}");
+        assert!(e.contains("(in `system = true`)"), "{e}");
+        let e = parse(&format!("{head}system = 3\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:5:"), "{e}");
+        assert!(e.contains("or false for none"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::case::{Case, Expectation};
 use crate::engine::{CompletionSource, FinishReason, Request, Timing, TokenTrace};
 use crate::extract::{Extraction, extract, names_used};
-use crate::prompt::Prompt;
+use crate::prompt::{Prompt, PromptProtocol};
 use crate::sandbox::{
     Job, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy, WorkerSandbox, calibrate,
 };
@@ -89,16 +89,19 @@ impl Evaluator {
             .unwrap_or_default()
     }
 
-    /// Generate, extract, check, run and judge one case for one model.
+    /// Generate, extract, check, run and judge one case for one model, asked under the
+    /// model profile's prompt protocol.
     pub fn evaluate(
         &self,
         case: &Case,
         model: &str,
+        protocol: &PromptProtocol,
         source: &dyn CompletionSource,
         samples: usize,
     ) -> CaseOutcome {
-        let prompt = Prompt::for_case(case);
+        let prompt = Prompt::for_case_with(case, protocol);
         let mut outcome = CaseOutcome::new(case, model, &prompt);
+        outcome.protocol = protocol.clone();
         match self.samples(case, &prompt, source, samples) {
             Ok(samples) => outcome.samples = samples,
             Err(e) => outcome.error = Some(e.to_string()),
@@ -340,6 +343,9 @@ pub struct CaseOutcome {
     pub category: String,
     pub model: String,
     pub mode: String,
+    /// The profile's prompt protocol; left out of results when it is the harness's own.
+    #[serde(skip_serializing_if = "PromptProtocol::is_default")]
+    pub protocol: PromptProtocol,
     pub samples: Vec<SampleOutcome>,
     /// Set when the case could not be evaluated at all (bad case file, source failure).
     pub error: Option<String>,
@@ -353,6 +359,7 @@ impl CaseOutcome {
             category: case.category.clone(),
             model: model.to_string(),
             mode: prompt.mode_name().to_string(),
+            protocol: PromptProtocol::default(),
             samples: Vec::new(),
             error: None,
         }

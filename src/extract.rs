@@ -556,6 +556,7 @@ mod tests {
                 role: "user".into(),
                 content: "x".into(),
             }],
+            prefill: None,
         }
     }
 

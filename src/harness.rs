@@ -152,14 +152,20 @@ impl Harness {
         match self.source(m) {
             Ok(source) => {
                 let timed = Timed::new(source.as_ref(), &self.timeline);
-                let outcome = self
-                    .evaluator
-                    .evaluate(case, &model.name, &timed, self.samples(m));
+                let outcome = self.evaluator.evaluate(
+                    case,
+                    &model.name,
+                    &model.prompt,
+                    &timed,
+                    self.samples(m),
+                );
                 self.timeline.verdict(&case.key, timed.arrived());
                 outcome
             }
             Err(e) => {
-                let mut outcome = CaseOutcome::new(case, &model.name, &Prompt::for_case(case));
+                let prompt = Prompt::for_case_with(case, &model.prompt);
+                let mut outcome = CaseOutcome::new(case, &model.name, &prompt);
+                outcome.protocol = model.prompt.clone();
                 outcome.error = Some(e.to_string());
                 outcome
             }
@@ -178,6 +184,7 @@ impl Harness {
                     category: loaded.category.clone(),
                     model: model.name.clone(),
                     mode: String::new(),
+                    protocol: model.prompt.clone(),
                     samples: Vec::new(),
                     error: Some(e.to_string()),
                 });
@@ -528,7 +535,11 @@ fn prepare_sources(harness: &Harness, requests: &[(usize, usize)]) {
             continue; // each trial reports the error
         };
         let samples = harness.samples(m);
-        let prompts: Vec<Prompt> = cases.iter().map(|c| Prompt::for_case(c)).collect();
+        let protocol = &harness.models[m].prompt;
+        let prompts: Vec<Prompt> = cases
+            .iter()
+            .map(|c| Prompt::for_case_with(c, protocol))
+            .collect();
         let reqs: Vec<Request<'_>> = cases
             .iter()
             .zip(&prompts)

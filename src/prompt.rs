@@ -1,8 +1,12 @@
 //! Turn a case into model input: a chat conversation (rendered later with the model's own chat
-//! template) or a completion prefix (a signature and docstring, as HumanEval does).
+//! template) or a completion prefix (a signature and docstring, as HumanEval does). A profile's
+//! [`PromptProtocol`] (`[models.prompt]`) picks the system message and a prefilled start of the
+//! assistant's reply for its chat prompts.
+
+use std::fmt;
 
 use minijinja::{Environment, context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::case::{Case, PromptMode};
@@ -10,6 +14,65 @@ use crate::case::{Case, PromptMode};
 /// The system message sent with chat prompts. Part of the prompt, so part of the cache key.
 pub const SYSTEM_MESSAGE: &str = "You are a careful Python programmer. Answer with one complete, \
 self-contained Python code block that defines the requested function. Do not include example usage or tests.";
+
+/// The system message a profile's chat prompts start with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemMessage {
+    /// The harness's [`SYSTEM_MESSAGE`].
+    #[default]
+    Default,
+    /// No system message: the chat template's own default (if any) applies.
+    None,
+    /// This text.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for SystemMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SystemMessage, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SystemMessage;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a system message (a string), or false for none")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SystemMessage, E> {
+                if v {
+                    Err(E::custom(
+                        "system = true is not a message: write the message as a string, false for none, or leave it out for the harness's own",
+                    ))
+                } else {
+                    Ok(SystemMessage::None)
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SystemMessage, E> {
+                Ok(SystemMessage::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// How a profile asks its chat questions (`[models.prompt]`): the system message and an
+/// optional prefilled start of the assistant's reply. The default is the harness's system
+/// message and no prefill; completion-mode cases (a prefix) ignore the protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptProtocol {
+    /// `system = "..."` for a message of its own, `system = false` for none.
+    pub system: SystemMessage,
+    /// Text the assistant's turn starts with (written after the template's generation prompt);
+    /// the completion a source returns starts with it, so the extractor sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
+}
+
+impl PromptProtocol {
+    /// The harness's own protocol (recorded in results only when a profile changes it).
+    pub fn is_default(&self) -> bool {
+        *self == PromptProtocol::default()
+    }
+}
 
 /// One message of a chat conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,8 +84,12 @@ pub struct Message {
 /// What a completion source is asked to continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
-    /// A conversation; the engine renders it with the model's chat template.
-    Chat { messages: Vec<Message> },
+    /// A conversation; the engine renders it with the model's chat template, then writes
+    /// `prefill` (the start of the assistant's reply) after the generation prompt.
+    Chat {
+        messages: Vec<Message>,
+        prefill: Option<String>,
+    },
     /// Raw text the model continues; the program is `prefix + completion`.
     Complete { prefix: String },
 }
@@ -30,27 +97,54 @@ pub enum Prompt {
 impl Prompt {
     /// A chat prompt: the harness's system message, then `instruction` from the user.
     pub fn chat(instruction: &str) -> Prompt {
+        Prompt::chat_with(instruction, &PromptProtocol::default())
+    }
+
+    /// A chat prompt under `protocol`: its system message (if any), then `instruction` from
+    /// the user, and its prefill.
+    pub fn chat_with(instruction: &str, protocol: &PromptProtocol) -> Prompt {
+        let system = match &protocol.system {
+            SystemMessage::Default => Some(SYSTEM_MESSAGE),
+            SystemMessage::None => None,
+            SystemMessage::Text(text) => Some(text.as_str()),
+        };
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
+            messages.push(Message {
+                role: "system".into(),
+                content: system.into(),
+            });
+        }
+        messages.push(Message {
+            role: "user".into(),
+            content: instruction.to_string(),
+        });
         Prompt::Chat {
-            messages: vec![
-                Message {
-                    role: "system".into(),
-                    content: SYSTEM_MESSAGE.into(),
-                },
-                Message {
-                    role: "user".into(),
-                    content: instruction.to_string(),
-                },
-            ],
+            messages,
+            prefill: protocol.prefill.clone(),
         }
     }
 
-    /// Build the prompt for a case according to its mode.
+    /// Build the prompt for a case according to its mode, under the harness's own protocol.
     pub fn for_case(case: &Case) -> Prompt {
+        Prompt::for_case_with(case, &PromptProtocol::default())
+    }
+
+    /// Build the prompt for a case according to its mode, under a profile's protocol.
+    pub fn for_case_with(case: &Case, protocol: &PromptProtocol) -> Prompt {
         match case.mode {
-            PromptMode::Chat => Prompt::chat(case.prompt.trim()),
+            PromptMode::Chat => Prompt::chat_with(case.prompt.trim(), protocol),
             PromptMode::Complete => Prompt::Complete {
                 prefix: case.prefix.clone().unwrap_or_default(),
             },
+        }
+    }
+
+    /// The prefilled start of the assistant's reply, if any (chat prompts only).
+    pub fn prefill(&self) -> Option<&str> {
+        match self {
+            Prompt::Chat { prefill, .. } => prefill.as_deref(),
+            Prompt::Complete { .. } => None,
         }
     }
 
@@ -65,10 +159,16 @@ impl Prompt {
     /// A stable text form of the prompt (used in cache keys and reports).
     pub fn canonical_text(&self) -> String {
         match self {
-            Prompt::Chat { messages } => messages
-                .iter()
-                .map(|m| format!("<|{}|>\n{}\n", m.role, m.content))
-                .collect(),
+            Prompt::Chat { messages, prefill } => {
+                let mut text: String = messages
+                    .iter()
+                    .map(|m| format!("<|{}|>\n{}\n", m.role, m.content))
+                    .collect();
+                if let Some(prefill) = prefill {
+                    text.push_str(&format!("<|assistant|>\n{prefill}"));
+                }
+                text
+            }
             Prompt::Complete { prefix } => prefix.clone(),
         }
     }
@@ -130,6 +230,19 @@ pub fn render_chat_template(
     .map_err(TemplateError::Render)
 }
 
+/// The text an engine feeds the model for a chat prompt: `messages` rendered with the template
+/// and its generation prompt, then the prefill (the start of the assistant's reply), if any.
+pub fn render_chat_prompt(
+    template: &str,
+    messages: &[Message],
+    prefill: Option<&str>,
+    tokens: &TemplateTokens,
+) -> Result<String, TemplateError> {
+    let mut text = render_chat_template(template, messages, tokens, true)?;
+    text.push_str(prefill.unwrap_or_default());
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +267,84 @@ mod tests {
         let t = "{{ raise_exception('no system role') }}";
         let err = render_chat_template(t, &[], &TemplateTokens::default(), false).unwrap_err();
         assert!(err.to_string().contains("no system role"), "{err}");
+    }
+
+    fn user(content: &str) -> Message {
+        Message {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn the_default_protocol_is_the_old_prompt_byte_for_byte() {
+        // The prompt before protocols existed: part of cache keys and snapshots.
+        let old = vec![
+            Message {
+                role: "system".into(),
+                content: SYSTEM_MESSAGE.into(),
+            },
+            user("Write f."),
+        ];
+        let Prompt::Chat { messages, prefill } = Prompt::chat("Write f.") else {
+            panic!("a chat prompt")
+        };
+        assert_eq!((messages, prefill), (old.clone(), None));
+        assert_eq!(
+            Prompt::chat_with("Write f.", &PromptProtocol::default()),
+            Prompt::chat("Write f.")
+        );
+        assert_eq!(
+            Prompt::chat("Write f.").canonical_text(),
+            format!("<|system|>\n{SYSTEM_MESSAGE}\n<|user|>\nWrite f.\n")
+        );
+        let out = render_chat_prompt(CHATML, &old, None, &TemplateTokens::default()).unwrap();
+        assert_eq!(
+            out,
+            render_chat_template(CHATML, &old, &TemplateTokens::default(), true).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_protocol_picks_the_system_message_and_prefill() {
+        let none = PromptProtocol {
+            system: SystemMessage::None,
+            prefill: None,
+        };
+        let Prompt::Chat { messages, .. } = Prompt::chat_with("q", &none) else {
+            panic!("a chat prompt")
+        };
+        assert_eq!(messages, vec![user("q")]);
+        let own = PromptProtocol {
+            system: SystemMessage::Text("Be brief.".into()),
+            prefill: Some("```python\n".into()),
+        };
+        let prompt = Prompt::chat_with("q", &own);
+        let Prompt::Chat { messages, prefill } = &prompt else {
+            panic!("a chat prompt")
+        };
+        assert_eq!(messages[0].content, "Be brief.");
+        assert_eq!(prefill.as_deref(), Some("```python\n"));
+        assert_eq!(prompt.prefill(), Some("```python\n"));
+        assert!(
+            prompt
+                .canonical_text()
+                .ends_with("<|user|>\nq\n<|assistant|>\n```python\n")
+        );
+    }
+
+    #[test]
+    fn the_prefill_follows_the_generation_prompt() {
+        let out = render_chat_prompt(
+            CHATML,
+            &[user("hi")],
+            Some("```python\n"),
+            &TemplateTokens::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n```python\n"
+        );
     }
 }

@@ -220,6 +220,7 @@ pub(crate) mod tests {
             category: "cat".into(),
             model: "m".into(),
             mode: "chat".into(),
+            protocol: Default::default(),
             error: None,
             samples: vec![SampleOutcome {
                 extraction: Extraction {

@@ -362,7 +362,7 @@ pub fn chat_template(snap: &Snapshot) -> Verdict {
         );
     };
     let user = "Write a Python function `add(a, b)` that returns their sum.";
-    let Prompt::Chat { messages } = Prompt::chat(user) else {
+    let Prompt::Chat { messages, .. } = Prompt::chat(user) else {
         unreachable!("Prompt::chat builds a chat prompt")
     };
     let text = match render_chat_template(&template, &messages, &spec.template_tokens, true) {

@@ -295,10 +295,18 @@ impl CompletionSource for OnnxSource {
         // Not prepared (or prepared elsewhere): generate here.
         let todo = self.scheduler.claim(plan.jobs);
         self.scheduler.run(todo);
+        // The model continued the prefill: the reply is the prefill and what it generated
+        // (the cache, keyed by the prompt's token ids, holds the generated text alone).
+        let prefill = request.prompt.prefill().unwrap_or_default();
         self.scheduler
             .wait(&plan.keys)
             .into_iter()
-            .map(|r| r.map_err(fail))
+            .map(|r| {
+                r.map_err(fail).map(|mut c| {
+                    c.text.insert_str(0, prefill);
+                    c
+                })
+            })
             .collect()
     }
 

@@ -21,7 +21,7 @@ use super::sampling::Sampler;
 use crate::cache::hex;
 use crate::device::Provider;
 use crate::engine::{Completion, GenerationSettings, Request};
-use crate::prompt::{Prompt, TemplateTokens, render_chat_template};
+use crate::prompt::{Prompt, TemplateTokens, render_chat_prompt};
 
 /// Prompt rendering and tokenization, usable while the model is busy.
 #[derive(Clone)]
@@ -33,18 +33,24 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    /// The token ids of a prompt, exactly as the engine feeds them.
+    /// The token ids of a prompt, exactly as the engine feeds them (a chat prompt's prefill
+    /// after the template's generation prompt).
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         let (text, special) = match prompt {
-            Prompt::Chat { messages } => {
+            Prompt::Chat { messages, prefill } => {
                 let template = self.chat_template.as_deref().ok_or_else(|| {
                     EngineError::ChatPrompt(format!(
                         "{}/tokenizer_config.json has no `chat_template`",
                         self.dir.display()
                     ))
                 })?;
-                let text = render_chat_template(template, messages, &self.template_tokens, true)
-                    .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
+                let text = render_chat_prompt(
+                    template,
+                    messages,
+                    prefill.as_deref(),
+                    &self.template_tokens,
+                )
+                .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
                 (text, false)
             }
             Prompt::Complete { prefix } => (prefix.clone(), true),
