@@ -15,7 +15,7 @@ use codegen_harness::engine::{
     BatchSize, Completion, CompletionSource, FinishReason, GenerationSettings, Request, TokenTrace,
 };
 use codegen_harness::env::Env;
-use codegen_harness::prompt::Prompt;
+use codegen_harness::prompt::{Prompt, PromptProtocol, SystemMessage};
 use codegen_harness::provision::{Provisioner, TINY_MODELS_VENV};
 use codegen_harness::runtime::RuntimeSpec;
 use sha2::{Digest, Sha256};
@@ -361,6 +361,37 @@ fn chat_prompts_use_the_template() {
     assert_eq!(ids[0], 269);
     let got = ask(&src, &case, 1).remove(0);
     assert_eq!(got.tokens.unwrap().ids.len(), 8);
+}
+
+#[test]
+fn a_prefill_starts_the_reply_and_the_completion() {
+    let src = source("optimum", GenerationSettings::default());
+    let case = chat_case("chat", "Write f.", 4);
+    let protocol = PromptProtocol {
+        system: SystemMessage::None,
+        prefill: Some("```python\n".into()),
+    };
+    let prompt = Prompt::for_case_with(&case, &protocol);
+    let plain = src.prompt_ids(&Prompt::for_case(&case)).unwrap();
+    let ids = src.prompt_ids(&prompt).unwrap();
+    // No system message, but the prefill's tokens end the prompt.
+    assert_ne!(ids, plain);
+    let tail = src
+        .prompt_ids(&Prompt::Complete {
+            prefix: "```python\n".into(),
+        })
+        .unwrap();
+    assert!(ids.ends_with(&tail[tail.len() - 2..]), "{ids:?} {tail:?}");
+    let got = src
+        .complete(&Request {
+            case: &case,
+            prompt: &prompt,
+            samples: 1,
+        })
+        .unwrap()
+        .remove(0);
+    assert!(got.text.starts_with("```python\n"), "{:?}", got.text);
+    assert_eq!(got.tokens.unwrap().ids.len(), 4);
 }
 
 #[test]
