@@ -101,7 +101,10 @@ impl Evaluator {
         let mut outcome = CaseOutcome::new(case, model, &prompt);
         match self.samples(case, &prompt, source, samples) {
             Ok(samples) => outcome.samples = samples,
-            Err(e) => outcome.error = Some(e.to_string()),
+            Err(e) => {
+                outcome.generation_error = matches!(e, EvalError::Source(_));
+                outcome.error = Some(e.to_string());
+            }
         }
         outcome
     }
@@ -343,6 +346,9 @@ pub struct CaseOutcome {
     pub samples: Vec<SampleOutcome>,
     /// Set when the case could not be evaluated at all (bad case file, source failure).
     pub error: Option<String>,
+    /// The error is the completion source's (generation failed), not the case's or sandbox's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub generation_error: bool,
 }
 
 impl CaseOutcome {
@@ -355,6 +361,7 @@ impl CaseOutcome {
             mode: prompt.mode_name().to_string(),
             samples: Vec::new(),
             error: None,
+            generation_error: false,
         }
     }
 

@@ -180,6 +180,7 @@ impl Harness {
                     mode: String::new(),
                     samples: Vec::new(),
                     error: Some(e.to_string()),
+                    generation_error: false,
                 });
                 return Err(e.to_string().into());
             }

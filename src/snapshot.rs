@@ -221,12 +221,14 @@ pub(crate) mod tests {
             model: "m".into(),
             mode: "chat".into(),
             error: None,
+            generation_error: false,
             samples: vec![SampleOutcome {
                 extraction: Extraction {
                     code: "def f():\n\n    return 1\n".into(),
                     origin: Origin::WholeReply,
                     dropped: vec![],
                     unpruned_reason: None,
+                    raw_syntax_valid: true,
                 },
                 syntax: SyntaxReport {
                     valid: true,

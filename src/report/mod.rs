@@ -106,6 +106,12 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     if let Some(r) = &summary.resources {
         let _ = writeln!(s, "  {}", resources_line(r));
     }
+    if summary.failures != crate::failure::FailureCounts::default() {
+        let _ = writeln!(s, "  failures: {}", summary.failures.line());
+    }
+    if let Some(d) = &summary.diversity {
+        let _ = writeln!(s, "  {}", d.line());
+    }
     if let Some(b) = baseline {
         let _ = writeln!(
             s,
@@ -170,6 +176,12 @@ pub fn markdown(
     }
     if let Some(r) = &summary.resources {
         let _ = writeln!(s, "\n{}.", capitalized(&resources_line(r)));
+    }
+    if summary.failures != crate::failure::FailureCounts::default() {
+        let _ = writeln!(s, "\nFailures: {}.", summary.failures.line());
+    }
+    if let Some(d) = &summary.diversity {
+        let _ = writeln!(s, "\n{}.", capitalized(&d.line()));
     }
     if let Some(b) = baseline {
         let _ = writeln!(
@@ -451,6 +463,8 @@ mod tests {
             overall: t.clone(),
             categories: [("strings".to_string(), t)].into(),
             uncertainty: None,
+            diversity: None,
+            failures: Default::default(),
             resources: Some(crate::score::Resources {
                 generated_tokens: 1234,
                 peak_host_bytes: Some(3 << 30),
