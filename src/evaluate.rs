@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::case::{Case, Expectation};
 use crate::engine::{CompletionSource, FinishReason, Request, Timing, TokenTrace};
 use crate::extract::{Extraction, extract, names_used};
+use crate::failure::{self, Failure};
 use crate::prompt::Prompt;
 use crate::sandbox::{
     Job, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy, WorkerSandbox, calibrate,
@@ -139,7 +140,7 @@ impl Evaluator {
             let passed = load == LoadVerdict::Ok
                 && !tests.is_empty()
                 && tests.iter().all(|t| t.verdict.is_pass());
-            out.push(SampleOutcome {
+            let mut sample = SampleOutcome {
                 extraction,
                 syntax,
                 load,
@@ -149,7 +150,10 @@ impl Evaluator {
                 finish_reason: completion.finish_reason.clone(),
                 timing: completion.timing.clone(),
                 tokens: completion.tokens.clone(),
-            });
+                failure: None,
+            };
+            sample.failure = failure::classify(&sample);
+            out.push(sample);
         }
         Ok(out)
     }
@@ -334,6 +338,9 @@ pub struct SampleOutcome {
     /// The generated tokens with their probabilities (results only; for the HTML heatmap).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenTrace>,
+    /// Why the sample failed (none when it passed): class, first failing test, generated line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
 }
 
 /// The outcome of one case for one model.

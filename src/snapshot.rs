@@ -74,6 +74,12 @@ pub fn render(outcome: &CaseOutcome) -> String {
                 let _ = writeln!(s, "  - {scope} {lines}: {} `{}`", d.reason, d.what);
             }
         }
+        if !sample.extraction.raw_syntax_valid && sample.syntax.valid {
+            let _ = writeln!(
+                s,
+                "raw code syntax: invalid (valid once the cut-off tail was dropped)"
+            );
+        }
         if sample.syntax.valid {
             let _ = writeln!(s, "syntax: valid");
         } else {
@@ -251,6 +257,7 @@ pub(crate) mod tests {
                 finish_reason: None,
                 timing: None,
                 tokens: None,
+                failure: None,
             }],
         }
     }

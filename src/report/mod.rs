@@ -510,4 +510,28 @@ mod tests {
         let md = markdown(&summary, &[], None, &[], Some(note));
         assert!(md.contains(&format!("\nGate: {note}.\n")), "{md}");
     }
+
+    #[test]
+    fn failures_and_diversity_lines() {
+        let outcomes = [
+            crate::snapshot::tests::outcome(false),
+            crate::snapshot::tests::outcome(true),
+        ];
+        let mut summary = Summary::of("m", &outcomes);
+        assert!(!summary_table(&summary, None).contains("diversity"));
+        summary.diversity = Some(crate::diversity::Diversity {
+            cases: 4,
+            all_identical_rate: 0.25,
+            mean_distinct: 2.5,
+        });
+        let table = summary_table(&summary, None);
+        assert!(table.contains("\n  failures: wrong answer 1\n"), "{table}");
+        assert!(
+            table.contains("\n  diversity: 25.0% of 4 cases with n >= 2 all identical; mean 2.50 distinct samples\n"),
+            "{table}"
+        );
+        let md = markdown(&summary, &outcomes, None, &[], None);
+        assert!(md.contains("\nFailures: wrong answer 1.\n"), "{md}");
+        assert!(md.contains("\nDiversity: 25.0% of 4 cases"), "{md}");
+    }
 }
