@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::case::{Case, Expectation};
 use crate::engine::{CompletionSource, FinishReason, Request, Timing, TokenTrace};
 use crate::extract::{Extraction, extract, names_used};
+use crate::failure::{self, Failure};
 use crate::prompt::{Prompt, PromptProtocol};
 use crate::sandbox::{
     Job, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy, WorkerSandbox, calibrate,
@@ -104,7 +105,10 @@ impl Evaluator {
         outcome.protocol = protocol.clone();
         match self.samples(case, &prompt, source, samples) {
             Ok(samples) => outcome.samples = samples,
-            Err(e) => outcome.error = Some(e.to_string()),
+            Err(e) => {
+                outcome.generation_error = matches!(e, EvalError::Source(_));
+                outcome.error = Some(e.to_string());
+            }
         }
         outcome
     }
@@ -139,7 +143,7 @@ impl Evaluator {
             let passed = load == LoadVerdict::Ok
                 && !tests.is_empty()
                 && tests.iter().all(|t| t.verdict.is_pass());
-            out.push(SampleOutcome {
+            let mut sample = SampleOutcome {
                 extraction,
                 syntax,
                 load,
@@ -149,7 +153,10 @@ impl Evaluator {
                 finish_reason: completion.finish_reason.clone(),
                 timing: completion.timing.clone(),
                 tokens: completion.tokens.clone(),
-            });
+                failure: None,
+            };
+            sample.failure = failure::classify(&sample);
+            out.push(sample);
         }
         Ok(out)
     }
@@ -334,6 +341,9 @@ pub struct SampleOutcome {
     /// The generated tokens with their probabilities (results only; for the HTML heatmap).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenTrace>,
+    /// Why the sample failed (none when it passed): class, first failing test, generated line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
 }
 
 /// The outcome of one case for one model.
@@ -349,6 +359,9 @@ pub struct CaseOutcome {
     pub samples: Vec<SampleOutcome>,
     /// Set when the case could not be evaluated at all (bad case file, source failure).
     pub error: Option<String>,
+    /// The error is the completion source's (generation failed), not the case's or sandbox's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub generation_error: bool,
 }
 
 impl CaseOutcome {
@@ -362,6 +375,7 @@ impl CaseOutcome {
             protocol: PromptProtocol::default(),
             samples: Vec::new(),
             error: None,
+            generation_error: false,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct Extraction {
     pub dropped: Vec<Dropped>,
     /// Why pruning was skipped, when it was.
     pub unpruned_reason: Option<String>,
+    /// Whether the code chosen from the reply parsed before [`crate::sanitize`] dropped an
+    /// incomplete tail (a reply cut off mid-statement); the program that ran may parse anyway.
+    pub raw_syntax_valid: bool,
 }
 
 /// Extract the program for `entry_point` from `reply`, given the prompt it answers.
@@ -71,6 +74,14 @@ pub fn extract(
         }
         Prompt::Chat { .. } => choose_block(reply, entry_point),
     };
+    let raw_syntax_valid = !syntax::parse(&code).root_node().has_error();
+    let code = match crate::sanitize::drop_incomplete_tail(&code, entry_point) {
+        Some((kept, drop)) if !raw_syntax_valid => {
+            dropped.push(drop);
+            kept
+        }
+        _ => code,
+    };
     let (code, pruned, unpruned_reason) = prune(&code, entry_point, test_names);
     dropped.extend(pruned);
     Extraction {
@@ -78,6 +89,7 @@ pub fn extract(
         origin,
         dropped,
         unpruned_reason,
+        raw_syntax_valid,
     }
 }
 
@@ -684,6 +696,19 @@ mod tests {
         );
         assert!(e.unpruned_reason.is_some());
         assert!(e.code.contains("print(1)"));
+    }
+
+    #[test]
+    fn reply_cut_mid_print_loop_runs_the_complete_function() {
+        let reply = "```python\ndef f(x):\n    return x\n\nprint(f(1))\nprint(f(";
+        let e = extract(reply, &chat(), "f", &BTreeSet::new());
+        assert!(!e.raw_syntax_valid);
+        assert_eq!(e.code, "def f(x):\n    return x\n");
+        assert!(
+            e.dropped.iter().any(|d| d.reason.contains("incomplete")),
+            "{:?}",
+            e.dropped
+        );
     }
 
     #[test]

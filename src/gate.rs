@@ -220,6 +220,8 @@ mod tests {
             overall: t(rate),
             categories: [("algos".to_string(), t(cat_rate))].into(),
             uncertainty: None,
+            diversity: None,
+            failures: Default::default(),
             resources: None,
         }
     }

@@ -187,6 +187,7 @@ impl Harness {
                     protocol: model.prompt.clone(),
                     samples: Vec::new(),
                     error: Some(e.to_string()),
+                    generation_error: false,
                 });
                 return Err(e.to_string().into());
             }

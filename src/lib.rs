@@ -7,12 +7,12 @@
 //! | cases | [`case`] | discover and parse case files (file:line:field errors) |
 //! | prompt | [`prompt`] | chat messages (the model's own template) or a completion prefix |
 //! | generate | [`engine`] | completion sources: the ONNX Runtime engine, replay files, reference solutions |
-//! | extract | [`extract`] | the program out of a reply (fenced blocks, prefix + body, tree-sitter pruning) |
+//! | extract | [`extract`] | the program out of a reply (fenced blocks, prefix + body, tree-sitter pruning; [`sanitize`]: a cut-off tail) |
 //! | syntax | [`syntax`] | tree-sitter-python diagnostics |
 //! | run | [`sandbox`] | the program against the case's tests in an isolated Python; raw facts |
 //! | judge | [`verdict`] | raw facts against expectations ([`value`]: Python values compared in Rust) |
 //! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] |
-//! | aggregate | [`score`] | pass@1, pass@k, per-category rates, uncertainty (AUROC) |
+//! | aggregate | [`score`] | pass@1, pass@k, per-category rates, uncertainty (AUROC); [`failure`] classes, [`diversity`] |
 //! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
 //! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
@@ -30,11 +30,13 @@ pub mod case;
 pub mod config;
 pub mod cuda;
 pub mod device;
+pub mod diversity;
 pub mod doctor;
 pub mod engine;
 pub mod env;
 pub mod evaluate;
 pub mod extract;
+pub mod failure;
 pub mod gate;
 pub mod harness;
 pub mod import;
@@ -46,6 +48,7 @@ pub mod provision;
 pub mod report;
 pub mod runtime;
 pub mod sandbox;
+pub mod sanitize;
 pub mod score;
 pub mod snapshot;
 pub mod stats;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::diversity::Diversity;
 use crate::evaluate::{CaseOutcome, Confidence};
+use crate::failure::FailureCounts;
 use crate::stats::{self, Interval};
 
 /// Unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
@@ -108,6 +110,11 @@ pub struct Summary {
     /// What generation used, when the source measured it (a model; not replayed answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// How different a case's samples are (only when some case has two samples or more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diversity: Option<Diversity>,
+    /// Failing samples per class.
+    pub failures: FailureCounts,
 }
 
 /// What generating the run's completions used: tokens, and the peak memory of the process on
@@ -154,7 +161,9 @@ impl Summary {
             overall: Totals::of(mine.clone()),
             categories,
             uncertainty: uncertainty(mine.clone()),
-            resources: Resources::of(mine),
+            resources: Resources::of(mine.clone()),
+            diversity: Diversity::of(mine.clone()),
+            failures: FailureCounts::of(mine),
         }
     }
 }

@@ -74,6 +74,12 @@ pub fn render(outcome: &CaseOutcome) -> String {
                 let _ = writeln!(s, "  - {scope} {lines}: {} `{}`", d.reason, d.what);
             }
         }
+        if !sample.extraction.raw_syntax_valid && sample.syntax.valid {
+            let _ = writeln!(
+                s,
+                "raw code syntax: invalid (valid once the cut-off tail was dropped)"
+            );
+        }
         if sample.syntax.valid {
             let _ = writeln!(s, "syntax: valid");
         } else {
@@ -222,12 +228,14 @@ pub(crate) mod tests {
             mode: "chat".into(),
             protocol: Default::default(),
             error: None,
+            generation_error: false,
             samples: vec![SampleOutcome {
                 extraction: Extraction {
                     code: "def f():\n\n    return 1\n".into(),
                     origin: Origin::WholeReply,
                     dropped: vec![],
                     unpruned_reason: None,
+                    raw_syntax_valid: true,
                 },
                 syntax: SyntaxReport {
                     valid: true,
@@ -250,6 +258,7 @@ pub(crate) mod tests {
                 finish_reason: None,
                 timing: None,
                 tokens: None,
+                failure: None,
             }],
         }
     }

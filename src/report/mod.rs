@@ -106,6 +106,12 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     if let Some(r) = &summary.resources {
         let _ = writeln!(s, "  {}", resources_line(r));
     }
+    if summary.failures != crate::failure::FailureCounts::default() {
+        let _ = writeln!(s, "  failures: {}", summary.failures.line());
+    }
+    if let Some(d) = &summary.diversity {
+        let _ = writeln!(s, "  {}", d.line());
+    }
     if let Some(b) = baseline {
         let _ = writeln!(
             s,
@@ -170,6 +176,12 @@ pub fn markdown(
     }
     if let Some(r) = &summary.resources {
         let _ = writeln!(s, "\n{}.", capitalized(&resources_line(r)));
+    }
+    if summary.failures != crate::failure::FailureCounts::default() {
+        let _ = writeln!(s, "\nFailures: {}.", summary.failures.line());
+    }
+    if let Some(d) = &summary.diversity {
+        let _ = writeln!(s, "\n{}.", capitalized(&d.line()));
     }
     if let Some(b) = baseline {
         let _ = writeln!(
@@ -451,6 +463,8 @@ mod tests {
             overall: t.clone(),
             categories: [("strings".to_string(), t)].into(),
             uncertainty: None,
+            diversity: None,
+            failures: Default::default(),
             resources: Some(crate::score::Resources {
                 generated_tokens: 1234,
                 peak_host_bytes: Some(3 << 30),
@@ -495,5 +509,29 @@ mod tests {
         let note = "passed (drop of 6.0 points > max_drop 3.0, but not significant: …)";
         let md = markdown(&summary, &[], None, &[], Some(note));
         assert!(md.contains(&format!("\nGate: {note}.\n")), "{md}");
+    }
+
+    #[test]
+    fn failures_and_diversity_lines() {
+        let outcomes = [
+            crate::snapshot::tests::outcome(false),
+            crate::snapshot::tests::outcome(true),
+        ];
+        let mut summary = Summary::of("m", &outcomes);
+        assert!(!summary_table(&summary, None).contains("diversity"));
+        summary.diversity = Some(crate::diversity::Diversity {
+            cases: 4,
+            all_identical_rate: 0.25,
+            mean_distinct: 2.5,
+        });
+        let table = summary_table(&summary, None);
+        assert!(table.contains("\n  failures: wrong answer 1\n"), "{table}");
+        assert!(
+            table.contains("\n  diversity: 25.0% of 4 cases with n >= 2 all identical; mean 2.50 distinct samples\n"),
+            "{table}"
+        );
+        let md = markdown(&summary, &outcomes, None, &[], None);
+        assert!(md.contains("\nFailures: wrong answer 1.\n"), "{md}");
+        assert!(md.contains("\nDiversity: 25.0% of 4 cases"), "{md}");
     }
 }
