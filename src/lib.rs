@@ -40,6 +40,7 @@ pub mod failure;
 pub mod gate;
 pub mod harness;
 pub mod import;
+pub mod machine;
 pub mod models;
 pub mod pack;
 pub mod profile;

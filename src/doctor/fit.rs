@@ -1,9 +1,9 @@
 //! Whether a model fits this machine: the memory it needs (measured, or estimated from its
 //! weights) against what [`super::machine`] found free and in total, as pure functions.
 
-use super::machine::{GpuMemory, HostMemory};
 use super::snapshot::Snapshot;
 use super::{Verdict, check};
+use crate::machine::{GpuMemory, HostMemory};
 use crate::models::human_bytes;
 
 /// Whether `need` bytes fit memory of which `available` is free out of `total`.

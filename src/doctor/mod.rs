@@ -13,11 +13,11 @@
 pub mod checks;
 pub mod fit;
 pub mod gguf;
-pub mod machine;
 mod probe;
 pub mod render;
 pub mod snapshot;
 
+use crate::machine;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;

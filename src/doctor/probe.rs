@@ -3,10 +3,10 @@
 //! (`onnx::open_with` and `CompletionSource::complete`, as the suite does) on each provider,
 //! twice, to see that it runs, that its logits are finite and that two runs agree.
 
+use crate::machine;
 use std::time::Instant;
 
 use super::checks;
-use super::machine;
 use super::snapshot::Snapshot;
 use super::{DoctorOptions, ModelReport, Status, Verdict, check};
 use crate::case::{self, Case};

@@ -13,12 +13,12 @@ use super::detok::Detokenizer;
 use super::error::EngineError;
 use super::folder::Layout;
 use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
-use super::metrics;
 use super::model::Model;
 use super::sampling::{self, Rng, Sampler};
 use super::tensor::Float;
 use crate::device::Provider;
 use crate::engine::{Completion, FinishReason, Timing, TokenTrace};
+use crate::machine;
 
 /// One sequence to generate.
 #[derive(Debug, Clone)]
@@ -505,7 +505,7 @@ impl Model {
             if step == 1 && self.provider == Provider::Cuda {
                 reading = std::thread::Builder::new()
                     .name("codegen-device-memory".into())
-                    .spawn(metrics::device_bytes)
+                    .spawn(machine::process_gpu_bytes)
                     .ok();
             }
             if reading.as_ref().is_some_and(|h| h.is_finished()) {
@@ -561,7 +561,7 @@ impl Model {
                 run_secs * 1000.0,
                 host_secs * 1000.0,
                 match self.provider {
-                    Provider::Cuda => metrics::device_bytes().map_or(0, |b| b >> 20),
+                    Provider::Cuda => machine::process_gpu_bytes().map_or(0, |b| b >> 20),
                     Provider::Cpu => 0,
                 }
             );
@@ -585,7 +585,7 @@ impl Model {
                 let usage = Usage {
                     prompt_tokens: lens[r],
                     total_ms: start.elapsed().as_secs_f64() * 1000.0,
-                    peak_host_bytes: metrics::peak_host_bytes(),
+                    peak_host_bytes: machine::peak_host_bytes(),
                     peak_device_bytes: device_peak,
                 };
                 on_done(r, self.finish_row(&mut rows[r], usage)?);

@@ -27,7 +27,6 @@ pub(crate) mod folder;
 mod gencache;
 mod head;
 mod kv;
-mod metrics;
 pub(crate) mod model;
 mod sampling;
 mod scheduler;
@@ -44,6 +43,7 @@ pub use head::{HEAD_F16, HEAD_F32};
 use super::{Completion, CompletionSource, GenerationSettings, Request, SourceError};
 use crate::device::Provider;
 use crate::env::EngineEnv;
+use crate::machine;
 use crate::prompt::Prompt;
 use crate::runtime::RuntimeSpec;
 use model::Model;
@@ -160,9 +160,10 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
     let budget_bytes = options
         .memory_budget_bytes
         .or_else(|| match model.provider {
-            Provider::Cuda => metrics::device_free_bytes()
+            Provider::Cuda => machine::gpu_memory()
+                .map(|g| g.free)
                 .map(|free| (free / 100 * 85).saturating_sub(1 << 30).max(256 << 20)),
-            Provider::Cpu => metrics::total_host_bytes().map(|b| b / 2),
+            Provider::Cpu => machine::host_memory().map(|m| m.total / 2),
         })
         .unwrap_or(4 << 30);
     let limits = Limits {

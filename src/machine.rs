@@ -1,6 +1,8 @@
-//! What this machine has for a model: free host memory (`/proc/meminfo`), the GPU's memory
-//! (`nvidia-smi`, when there is one), and the process's peak memory, reset before each model
-//! so that every row of the doctor's table shows its own model's peak.
+//! What this machine has and what this process uses: host memory (`/proc/meminfo`), the GPU's
+//! memory and this process's share of it (`nvidia-smi`, when there is one), and the process's
+//! peak memory, which `codegen doctor` resets before each model so that every row of its table
+//! shows its own model's peak. The engine (batch budgets, timings) and the doctor read the same
+//! functions.
 
 use std::fs;
 use std::process::Command;
@@ -73,6 +75,30 @@ pub fn gpu_memory() -> Option<GpuMemory> {
     parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// GPU memory held by this process (MiB from `nvidia-smi`, which ONNX Runtime's arena keeps at
+/// its high-water mark), in bytes. Only asked under CUDA: on a CPU run there is nothing to
+/// measure and no process to spawn.
+pub fn process_gpu_bytes() -> Option<u64> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    parse_compute_apps(&String::from_utf8_lossy(&out.stdout), std::process::id())
+}
+
+/// The MiB `nvidia-smi --query-compute-apps=pid,used_memory` gives process `pid`, in bytes.
+fn parse_compute_apps(text: &str, pid: u32) -> Option<u64> {
+    let pid = pid.to_string();
+    text.lines().find_map(|l| {
+        let mut parts = l.split(',').map(str::trim);
+        (parts.next()? == pid).then_some(())?;
+        parts.next()?.parse::<u64>().ok().map(|mib| mib << 20)
+    })
+}
+
 /// Peak resident memory of this process (VmHWM), in bytes.
 pub fn peak_host_bytes() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
@@ -102,5 +128,8 @@ mod tests {
         assert_eq!(g.total, 143_771 << 20);
         assert_eq!(g.free, 140_000 << 20);
         assert!(parse_nvidia_smi("").is_none());
+        let apps = "4242, 10086\n17, 3\n";
+        assert_eq!(parse_compute_apps(apps, 4242), Some(10086 << 20));
+        assert_eq!(parse_compute_apps(apps, 1), None);
     }
 }
