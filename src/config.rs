@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::device::{Device, Precision};
+use crate::device::{Device, DeviceSpec, Gpus, Precision};
 use crate::engine::GenerationSettings;
 use crate::prompt::PromptProtocol;
 use crate::sandbox::SandboxConfig;
@@ -142,6 +142,8 @@ pub enum SourceConfig {
     Onnx {
         model: String,
         device: Device,
+        /// Which GPUs, for CUDA (`device = "cuda:0,1"`): one session per entry.
+        gpus: Gpus,
         precision: Precision,
     },
 }
@@ -192,7 +194,7 @@ struct ProfileToml {
     source: SourceKind,
     path: Option<PathBuf>,
     model: Option<String>,
-    device: Option<Device>,
+    device: Option<DeviceSpec>,
     precision: Option<Precision>,
     #[serde(default = "yes")]
     enabled: bool,
@@ -247,11 +249,15 @@ impl TryFrom<ProfileToml> for ModelProfile {
             SourceKind::Replay => SourceConfig::Replay {
                 path: raw.path.ok_or_else(|| needs("path"))?,
             },
-            SourceKind::Onnx => SourceConfig::Onnx {
-                model: raw.model.ok_or_else(|| needs("model"))?,
-                device: raw.device.unwrap_or_default(),
-                precision: raw.precision.unwrap_or_default(),
-            },
+            SourceKind::Onnx => {
+                let spec = raw.device.unwrap_or_default();
+                SourceConfig::Onnx {
+                    model: raw.model.ok_or_else(|| needs("model"))?,
+                    device: spec.device,
+                    gpus: spec.gpus,
+                    precision: raw.precision.unwrap_or_default(),
+                }
+            }
         };
         Ok(ModelProfile {
             name,
@@ -399,6 +405,7 @@ mod tests {
             SourceConfig::Onnx {
                 model: "m".into(),
                 device: Device::Cuda,
+                gpus: Gpus::First,
                 precision: Precision::Native
             }
         );
@@ -454,6 +461,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.toml:4:"), "{e}");
+        let e = parse(
+            "[[models]]\nname = \"a\"\nsource = \"onnx\"\nmodel = \"m\"\ndevice = \"cpu:0,1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("c.toml:5:") && e.contains("cuda:0,1"), "{e}");
+    }
+
+    #[test]
+    fn a_profile_runs_on_several_gpus() {
+        let c = parse(
+            "[[models]]\nname = \"a\"\nsource = \"onnx\"\nmodel = \"m\"\ndevice = \"cuda:0,1\"\n\n[[models]]\nname = \"b\"\nsource = \"onnx\"\nmodel = \"m\"\ndevice = \"gpu:all\"\n",
+        )
+        .unwrap();
+        let gpus = |m: usize| match &c.models[m].source {
+            SourceConfig::Onnx { device, gpus, .. } => (*device, gpus.clone()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(gpus(0), (Device::Cuda, Gpus::Ids(vec![0, 1])));
+        assert_eq!(gpus(1), (Device::Cuda, Gpus::All));
     }
 
     #[test]

@@ -88,6 +88,121 @@ impl fmt::Display for Device {
     }
 }
 
+/// Which GPUs a CUDA profile runs on: one ONNX Runtime session per entry, batches spread across
+/// them (data parallelism). Written after the device: `cuda:1`, `cuda:0,1`, `cuda:all`. An index
+/// may repeat (`cuda:0,0`: two sessions on one GPU), which runs the multi-device path on a
+/// machine with one GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum Gpus {
+    /// GPU 0 alone (plain `cuda`, `gpu` or `auto`).
+    #[default]
+    First,
+    /// These GPU indices, in order (as CUDA numbers the visible devices).
+    Ids(Vec<u32>),
+    /// Every GPU the driver lists.
+    All,
+}
+
+impl Gpus {
+    /// The indices to open sessions on, given how many GPUs the machine has (`None`: unknown,
+    /// so `all` cannot be resolved).
+    pub fn resolve(&self, available: Option<usize>) -> Result<Vec<u32>, ParseError> {
+        let err = |expected: &'static str| ParseError {
+            what: "GPU list",
+            value: self.to_string(),
+            expected,
+        };
+        match self {
+            Gpus::First => Ok(vec![0]),
+            Gpus::Ids(ids) => match available {
+                Some(n) if ids.iter().any(|&i| i as usize >= n) => Err(err(
+                    "indices of the GPUs this machine has (nvidia-smi -L lists them)",
+                )),
+                _ => Ok(ids.clone()),
+            },
+            Gpus::All => match available {
+                Some(n) if n > 0 => Ok((0..n as u32).collect()),
+                _ => Err(err(
+                    "a machine where nvidia-smi lists at least one GPU (`cuda:all`)",
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Gpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gpus::First => f.write_str("0"),
+            Gpus::All => f.write_str("all"),
+            Gpus::Ids(ids) => {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                f.write_str(&ids.join(","))
+            }
+        }
+    }
+}
+
+/// A profile's `device` as written: the device and, for CUDA, which GPUs (`cuda:0,1`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct DeviceSpec {
+    pub device: Device,
+    pub gpus: Gpus,
+}
+
+impl DeviceSpec {
+    pub const NAMES: &'static str =
+        "auto, cpu, cuda (gpu), or cuda with GPU indices: cuda:1, cuda:0,1, cuda:all";
+}
+
+impl FromStr for DeviceSpec {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<DeviceSpec, ParseError> {
+        let err = || ParseError {
+            what: "device",
+            value: s.to_string(),
+            expected: DeviceSpec::NAMES,
+        };
+        let Some((name, list)) = s.split_once(':') else {
+            let device = s.parse::<Device>().map_err(|_| err())?;
+            return Ok(DeviceSpec {
+                device,
+                gpus: Gpus::First,
+            });
+        };
+        if name.parse::<Device>().map_err(|_| err())? != Device::Cuda {
+            return Err(err());
+        }
+        let list = list.trim();
+        let gpus = if list.eq_ignore_ascii_case("all") {
+            Gpus::All
+        } else {
+            let ids: Result<Vec<u32>, _> = list.split(',').map(|i| i.trim().parse()).collect();
+            Gpus::Ids(ids.map_err(|_| err())?)
+        };
+        Ok(DeviceSpec {
+            device: Device::Cuda,
+            gpus,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DeviceSpec, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.gpus {
+            Gpus::First => write!(f, "{}", self.device),
+            gpus => write!(f, "{}:{gpus}", self.device),
+        }
+    }
+}
+
 /// The ONNX Runtime execution provider a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -268,6 +383,34 @@ mod tests {
         assert!(!r.fallback_to_cpu);
         assert_eq!(Device::Cpu.resolve(true).provider, Provider::Cpu);
         assert_eq!(Provider::Cuda.target(), Target::Cuda);
+    }
+
+    #[test]
+    fn gpu_lists_parse_and_resolve() {
+        let spec = |s: &str| s.parse::<DeviceSpec>();
+        assert_eq!(spec("cuda").unwrap().gpus, Gpus::First);
+        assert_eq!(spec("cpu").unwrap().device, Device::Cpu);
+        assert_eq!(spec("cuda:0,1").unwrap().gpus, Gpus::Ids(vec![0, 1]));
+        assert_eq!(spec("gpu: 1").unwrap().gpus, Gpus::Ids(vec![1]));
+        assert_eq!(spec("CUDA:all").unwrap().gpus, Gpus::All);
+        assert_eq!(spec("cuda:0,1").unwrap().to_string(), "cuda:0,1");
+        for bad in ["cpu:0", "auto:1", "cuda:", "cuda:a", "cuda:0,,1", "tpu:0"] {
+            let e = spec(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{bad}`")) && e.contains("cuda:0,1"),
+                "{e}"
+            );
+        }
+        let parsed: DeviceSpec = toml::Value::String("cuda:0,0".into()).try_into().unwrap();
+        assert_eq!(parsed.gpus.resolve(Some(1)).unwrap(), vec![0, 0]);
+        assert_eq!(Gpus::All.resolve(Some(2)).unwrap(), vec![0, 1]);
+        assert!(Gpus::All.resolve(None).is_err());
+        let e = Gpus::Ids(vec![0, 2])
+            .resolve(Some(2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`0,2`"), "{e}");
+        assert_eq!(Gpus::First.resolve(None).unwrap(), vec![0]);
     }
 
     #[test]

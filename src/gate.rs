@@ -223,6 +223,7 @@ mod tests {
             diversity: None,
             failures: Default::default(),
             resources: None,
+            devices: Vec::new(),
         }
     }
 

@@ -266,6 +266,14 @@ impl Harness {
         source.warnings(&cases)
     }
 
+    /// What each device's session of model `m` generated (empty unless it generated).
+    fn devices(&self, m: usize) -> Vec<crate::engine::DeviceUsage> {
+        match self.sources[m].get() {
+            Some(Ok(source)) => source.devices(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Summaries, tables and the gate after the trials ran. Returns false when the gate failed.
     fn finish(&self) -> bool {
         // Case order, not the order trials finished in: every figure (float sums included)
@@ -284,7 +292,8 @@ impl Harness {
             if ran.is_empty() {
                 continue;
             }
-            let summary = Summary::of(&model.name, &outcomes);
+            let mut summary = Summary::of(&model.name, &outcomes);
+            summary.devices = self.devices(m);
             let baseline = self.baseline(model, &ran);
             let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
             let failures = &verdict.failures;
@@ -296,6 +305,12 @@ impl Harness {
             }
             if !isolation.is_empty() {
                 println!("  sandbox: {isolation}");
+            }
+            // Per session, only when a profile spreads over several (one is the resources line).
+            if summary.devices.len() > 1 {
+                for d in &summary.devices {
+                    println!("  session {d}");
+                }
             }
             println!("  {}", self.timeline.line());
             let source_warnings = self.source_warnings(m);

@@ -60,43 +60,69 @@ pub fn parse_nvidia_smi(text: &str) -> Option<GpuMemory> {
     })
 }
 
-/// The GPU's memory, `None` when there is no `nvidia-smi` or no GPU.
+/// The first GPU's memory, `None` when there is no `nvidia-smi` or no GPU.
 pub fn gpu_memory() -> Option<GpuMemory> {
-    let out = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name,memory.total,memory.free",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout))
+    gpu_memory_of(0)
+}
+
+/// GPU `index`'s memory (`nvidia-smi -i`), `None` when there is no `nvidia-smi` or no such GPU.
+pub fn gpu_memory_of(index: u32) -> Option<GpuMemory> {
+    parse_nvidia_smi(&nvidia_smi(&[
+        "-i",
+        &index.to_string(),
+        "--query-gpu=name,memory.total,memory.free",
+        "--format=csv,noheader,nounits",
+    ])?)
+}
+
+/// How many GPUs the driver lists (`None` without `nvidia-smi`).
+pub fn gpu_count() -> Option<usize> {
+    let text = nvidia_smi(&["--query-gpu=index", "--format=csv,noheader"])?;
+    Some(text.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
+fn nvidia_smi(args: &[&str]) -> Option<String> {
+    let out = Command::new("nvidia-smi").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// GPU memory held by this process (MiB from `nvidia-smi`, which ONNX Runtime's arena keeps at
-/// its high-water mark), in bytes. Only asked under CUDA: on a CPU run there is nothing to
-/// measure and no process to spawn.
+/// its high-water mark), in bytes, on every GPU together. Only asked under CUDA: on a CPU run
+/// there is nothing to measure and no process to spawn.
 pub fn process_gpu_bytes() -> Option<u64> {
-    let out = Command::new("nvidia-smi")
-        .args([
-            "--query-compute-apps=pid,used_memory",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .ok()?;
-    parse_compute_apps(&String::from_utf8_lossy(&out.stdout), std::process::id())
+    let text = nvidia_smi(&[
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])?;
+    parse_compute_apps(&text, std::process::id())
+}
+
+/// The same, on GPU `index` alone.
+pub fn process_gpu_bytes_on(index: u32) -> Option<u64> {
+    let text = nvidia_smi(&[
+        "-i",
+        &index.to_string(),
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])?;
+    parse_compute_apps(&text, std::process::id())
 }
 
 /// The MiB `nvidia-smi --query-compute-apps=pid,used_memory` gives process `pid`, in bytes.
 fn parse_compute_apps(text: &str, pid: u32) -> Option<u64> {
     let pid = pid.to_string();
-    text.lines().find_map(|l| {
-        let mut parts = l.split(',').map(str::trim);
-        (parts.next()? == pid).then_some(())?;
-        parts.next()?.parse::<u64>().ok().map(|mib| mib << 20)
-    })
+    let mine: Vec<u64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split(',').map(str::trim);
+            (parts.next()? == pid).then_some(())?;
+            parts.next()?.parse::<u64>().ok().map(|mib| mib << 20)
+        })
+        .collect();
+    // One line per GPU the process uses.
+    (!mine.is_empty()).then(|| mine.iter().sum())
 }
 
 /// Peak resident memory of this process (VmHWM), in bytes.
@@ -131,5 +157,10 @@ mod tests {
         let apps = "4242, 10086\n17, 3\n";
         assert_eq!(parse_compute_apps(apps, 4242), Some(10086 << 20));
         assert_eq!(parse_compute_apps(apps, 1), None);
+        // A process on two GPUs has a line on each.
+        assert_eq!(
+            parse_compute_apps("4242, 100\n17, 3\n4242, 50\n", 4242),
+            Some(150 << 20)
+        );
     }
 }

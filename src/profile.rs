@@ -8,7 +8,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::config::{Config, ModelProfile, SourceConfig};
-use crate::device::{Device, Precision};
+use crate::device::{Device, Gpus, Precision, Provider};
 use crate::engine::onnx::{self, OnnxOptions};
 use crate::engine::replay::{ReferenceSource, ReplaySource};
 use crate::engine::{CompletionSource, GenerationSettings, SourceError};
@@ -30,6 +30,8 @@ pub enum ProfileError {
     },
     #[error(transparent)]
     Engine(onnx::EngineError),
+    #[error("failed to choose the GPUs: {0}")]
+    Gpus(crate::device::ParseError),
 }
 
 /// Open the completion source a profile names.
@@ -46,11 +48,13 @@ pub fn open_source(
         SourceConfig::Onnx {
             model,
             device,
+            gpus,
             precision,
         } => open_engine(
             config,
             model,
             *device,
+            gpus,
             *precision,
             config.generation_for(profile),
             env,
@@ -64,6 +68,7 @@ fn open_engine(
     config: &Config,
     model: &str,
     device: Device,
+    gpus: &Gpus,
     precision: Precision,
     settings: GenerationSettings,
     env: &Env,
@@ -72,6 +77,12 @@ fn open_engine(
     if device == Device::Auto {
         eprintln!("codegen: device auto -> {resolution}");
     }
+    let device_ids = match (resolution.provider, gpus) {
+        (_, Gpus::First) | (Provider::Cpu, _) => vec![0],
+        (Provider::Cuda, gpus) => gpus
+            .resolve(crate::machine::gpu_count())
+            .map_err(ProfileError::Gpus)?,
+    };
     // A relative folder or file is relative to the project root; a bare name is a default model.
     let resolved = config.resolve(Path::new(model));
     let name_or_path = if resolved.exists() {
@@ -92,6 +103,7 @@ fn open_engine(
     let runtime = RuntimeSpec::from_env(resolution.provider, env);
     let mut options = OnnxOptions::new(runtime, env.cache.clone(), settings);
     options.cpu_fallback = resolution.fallback_to_cpu;
+    options.device_ids = device_ids;
     options.apply_env(&env.engine);
     onnx::open_with(&dir, options)
         .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)

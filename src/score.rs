@@ -115,6 +115,9 @@ pub struct Summary {
     pub diversity: Option<Diversity>,
     /// Failing samples per class.
     pub failures: FailureCounts,
+    /// What each device's session generated, for a profile spread over several GPUs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::engine::DeviceUsage>,
 }
 
 /// What generating the run's completions used: tokens, and the peak memory of the process on
@@ -164,6 +167,7 @@ impl Summary {
             resources: Resources::of(mine.clone()),
             diversity: Diversity::of(mine.clone()),
             failures: FailureCounts::of(mine),
+            devices: Vec::new(),
         }
     }
 }

@@ -238,6 +238,40 @@ fn greedy_matches_reference_genai_layout() {
 }
 
 #[test]
+fn several_sessions_share_the_batches_and_agree_with_one() {
+    let settings = GenerationSettings {
+        batch_size: BatchSize::Rows(4),
+        ..GenerationSettings::default()
+    };
+    let cases: Vec<Case> = (0..6)
+        .map(|i| complete_case(&format!("s{i}"), PREFIXES[i % PREFIXES.len()], 12 + i, &[]))
+        .collect();
+    let mut outs = Vec::new();
+    for sessions in [1usize, 2] {
+        let mut opts = test_options(settings.clone());
+        opts.device_ids = vec![0; sessions];
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        let got: Vec<Vec<u32>> = batched_traces(&src, &cases)
+            .into_iter()
+            .map(|t| t.ids)
+            .collect();
+        let usage = src.devices();
+        assert_eq!(usage.len(), sessions);
+        // Six sequences at four per batch over two sessions: one round of three each.
+        let per: Vec<usize> = usage.iter().map(|u| u.sequences).collect();
+        match sessions {
+            1 => assert_eq!(per, vec![6]),
+            _ => assert_eq!(per, vec![3, 3], "{usage:?}"),
+        }
+        let tokens: u64 = usage.iter().map(|u| u.generated_tokens).sum();
+        assert_eq!(tokens as usize, got.iter().map(Vec::len).sum::<usize>());
+        outs.push(got);
+    }
+    // Results come back in case order whichever session generated them.
+    assert_eq!(outs[0], outs[1]);
+}
+
+#[test]
 fn shared_and_growing_kv_cache_agree() {
     let settings = GenerationSettings {
         batch_size: BatchSize::Rows(4),

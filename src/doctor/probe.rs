@@ -97,6 +97,7 @@ fn open_graph(
         graph: false,
         deterministic: true,
         spin: false,
+        device_id: 0,
     };
     let started = Instant::now();
     let opened = match session::open(&rt, &snap.dir, spec) {

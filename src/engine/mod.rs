@@ -140,6 +140,43 @@ pub struct Timing {
     pub peak_device_bytes: Option<u64>,
 }
 
+/// What one device's session did over a run (data parallelism: one per GPU of the profile).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceUsage {
+    /// `cuda:0`, `cpu`.
+    pub device: String,
+    pub batches: usize,
+    pub sequences: usize,
+    pub generated_tokens: u64,
+    /// Wall time this session spent in its batches.
+    pub busy_s: f64,
+    /// Generated tokens per busy second.
+    pub tokens_per_s: f64,
+    /// The process's memory on this GPU (several sessions on one GPU share the reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_bytes: Option<u64>,
+}
+
+impl std::fmt::Display for DeviceUsage {
+    /// `cuda:1: 3 batches, 82 sequences, 12,345 tokens in 3.1 s (3,982 tok/s), peak 5,120 MiB`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} batches, {} sequences, {} tokens in {:.1} s ({:.0} tok/s)",
+            self.device,
+            self.batches,
+            self.sequences,
+            self.generated_tokens,
+            self.busy_s,
+            self.tokens_per_s
+        )?;
+        if let Some(b) = self.peak_device_bytes {
+            write!(f, ", peak {} MiB", b >> 20)?;
+        }
+        Ok(())
+    }
+}
+
 /// How to decode: shared by every source that generates (ignored by replay sources).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -334,6 +371,11 @@ pub trait CompletionSource: Send + Sync {
     /// Facts about the source worth recording in results (model path, device, settings).
     fn describe(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+
+    /// What each device's session generated so far (empty for sources that do not generate).
+    fn devices(&self) -> Vec<DeviceUsage> {
+        Vec::new()
     }
 
     /// What the source holds that no trial will report: for a replay file, rows that could not

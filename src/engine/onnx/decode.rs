@@ -12,6 +12,7 @@ use tokenizers::Tokenizer;
 use super::detok::Detokenizer;
 use super::error::EngineError;
 use super::folder::Layout;
+use super::gate::Turn;
 use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
 use super::model::Model;
 use super::sampling::{self, Rng, Sampler};
@@ -303,6 +304,12 @@ impl Model {
         // narrow batch's bookkeeping is shorter than starting a thread for it.
         let pipelined = use_head && b >= ROWS_PER_THREAD;
         let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
+        // Other sessions of this process may decode at once: GPU work happens under a turn,
+        // exclusive for the steps that may capture a CUDA graph (see `gate`). Declared before
+        // the KV cache, so the buffers are released while the turn is still held.
+        let gate = self.gate.clone();
+        let captured = use_head && self.cuda_graph() && self.uncaptured.is_some();
+        let mut turn = gate.shared();
         let mut kv: Box<dyn KvCache> = if use_head && self.cuda_graph() {
             Box::new(self.fixed_decode(b, max_len)?)
         } else if self.shares_kv() {
@@ -310,7 +317,7 @@ impl Model {
         } else {
             Box::new(GrowingKv::new(self, b)?)
         };
-
+        let device_id = self.device_id;
         let mut step = 0usize;
         let mut run_secs = 0.0f64;
         // Rows already handed to `on_done`, and the device memory reading they carry.
@@ -333,6 +340,8 @@ impl Model {
         // The logits' vocabulary size, known after the first run.
         let mut vocab = 0usize;
         loop {
+            drop(std::mem::replace(&mut turn, Turn::Free));
+            turn = gate.step(step, captured);
             let total = if step == 0 { s } else { s + step };
             let width = kv.mask_width(step, total);
             let (ids, mask, positions, q) = step_tensors(
@@ -505,7 +514,7 @@ impl Model {
             if step == 1 && self.provider == Provider::Cuda {
                 reading = std::thread::Builder::new()
                     .name("codegen-device-memory".into())
-                    .spawn(machine::process_gpu_bytes)
+                    .spawn(move || machine::process_gpu_bytes_on(device_id))
                     .ok();
             }
             if reading.as_ref().is_some_and(|h| h.is_finished()) {
@@ -561,7 +570,8 @@ impl Model {
                 run_secs * 1000.0,
                 host_secs * 1000.0,
                 match self.provider {
-                    Provider::Cuda => machine::process_gpu_bytes().map_or(0, |b| b >> 20),
+                    Provider::Cuda =>
+                        machine::process_gpu_bytes_on(self.device_id).map_or(0, |b| b >> 20),
                     Provider::Cpu => 0,
                 }
             );

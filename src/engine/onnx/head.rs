@@ -42,15 +42,17 @@ impl std::fmt::Debug for DeviceHead {
     }
 }
 
-fn memory(device: AllocationDevice) -> Result<MemoryInfo<'static>, EngineError> {
-    memory_info(device).map_err(|e| EngineError::Session(format!("token head memory: {e}")))
+fn memory(device: AllocationDevice, device_id: u32) -> Result<MemoryInfo<'static>, EngineError> {
+    memory_info(device, device_id)
+        .map_err(|e| EngineError::Session(format!("token head memory: {e}")))
 }
 
 impl DeviceHead {
-    /// Load the head for `logits` of this element type on `provider`.
+    /// Load the head for `logits` of this element type on `provider` (CUDA device `device_id`).
     pub(crate) fn load(
         environment: &ort::environment::Environment,
         provider: Provider,
+        device_id: u32,
         logits: Float,
     ) -> Result<DeviceHead, EngineError> {
         let err = |e: ort::Error| EngineError::Session(format!("token head: {e}"));
@@ -66,6 +68,7 @@ impl DeviceHead {
         let device = match provider {
             Provider::Cuda => {
                 ort::ep::CUDA::default()
+                    .with_device_id(device_id as i32)
                     .register(&mut builder)
                     .map_err(|e| EngineError::Cuda(format!("token head: {e}")))?;
                 AllocationDevice::CUDA
@@ -80,8 +83,8 @@ impl DeviceHead {
         Ok(DeviceHead {
             session,
             bound: None,
-            cpu: memory(AllocationDevice::CPU)?,
-            logits_memory: memory(device)?,
+            cpu: memory(AllocationDevice::CPU, 0)?,
+            logits_memory: memory(device, device_id)?,
         })
     }
 

@@ -176,7 +176,7 @@ pub(crate) struct SharedKv {
 impl SharedKv {
     pub fn new(model: &mut Model, batch: usize, max_len: usize) -> Result<SharedKv, EngineError> {
         let (binding, buffers) = model.shared_kv_binding(batch, max_len)?;
-        let cpu = memory_info(ort::memory::AllocationDevice::CPU).map_err(EngineError::run)?;
+        let cpu = memory_info(ort::memory::AllocationDevice::CPU, 0).map_err(EngineError::run)?;
         Ok(SharedKv {
             binding,
             cpu,

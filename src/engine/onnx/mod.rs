@@ -24,6 +24,7 @@ mod decode;
 mod detok;
 mod error;
 pub(crate) mod folder;
+mod gate;
 mod gencache;
 mod head;
 mod kv;
@@ -101,6 +102,10 @@ pub struct OnnxOptions {
     /// Batches are cut to fit before anything is allocated; a sequence that alone does not fit
     /// fails its own case.
     pub memory_budget_bytes: Option<u64>,
+    /// CUDA devices to open one session on each (`device = "cuda:0,1"`), batches spread across
+    /// them; an index may repeat. On CPU only their count matters (several CPU sessions exist
+    /// for tests of the multi-session path; config files cannot ask for them).
+    pub device_ids: Vec<u32>,
 }
 
 impl OnnxOptions {
@@ -125,6 +130,7 @@ impl OnnxOptions {
             graphs_per_session: None,
             profile: false,
             memory_budget_bytes: None,
+            device_ids: vec![0],
         }
     }
 
@@ -143,9 +149,32 @@ impl OnnxOptions {
     }
 }
 
-/// Open a model folder.
+/// Open a model folder: one session, or one per CUDA device of `options.device_ids`.
 pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, EngineError> {
-    let model = Model::load(model_dir, &options)?;
+    let device_ids = match options.device_ids.is_empty() {
+        true => vec![0],
+        false => options.device_ids.clone(),
+    };
+    let gate = gate::StepGate::for_sessions(device_ids.len());
+    // Sessions load side by side (each takes about a second, most of it on its own GPU).
+    let models: Vec<Model> = std::thread::scope(|scope| {
+        let handles: Vec<_> = device_ids
+            .iter()
+            .map(|&id| {
+                let (options, gate) = (&options, gate.clone());
+                scope.spawn(move || Model::load(model_dir, options, id, gate))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(EngineError::Session("loading a session panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<Model>, EngineError>>()
+    })?;
+    let model = &models[0];
     let model_hash =
         gencache::model_hash(model_dir, &options.cache).map_err(|e| EngineError::Hash {
             folder: model_dir.to_path_buf(),
@@ -160,9 +189,19 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
     let budget_bytes = options
         .memory_budget_bytes
         .or_else(|| match model.provider {
-            Provider::Cuda => machine::gpu_memory()
-                .map(|g| g.free)
-                .map(|free| (free / 100 * 85).saturating_sub(1 << 30).max(256 << 20)),
+            // Each session's batch must fit its GPU beside the other sessions on that GPU.
+            Provider::Cuda => device_ids
+                .iter()
+                .map(|&id| {
+                    let sharing = device_ids.iter().filter(|&&d| d == id).count() as u64;
+                    machine::gpu_memory_of(id).map(|g| {
+                        (g.free / 100 * 85 / sharing)
+                            .saturating_sub(1 << 30)
+                            .max(256 << 20)
+                    })
+                })
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|b| b.into_iter().min()),
             Provider::Cpu => machine::host_memory().map(|m| m.total / 2),
         })
         .unwrap_or(4 << 30);
@@ -178,9 +217,16 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         device_head: model.has_device_head(),
         cuda_graph: model.cuda_graph(),
     };
-    let describe = describe(&model, &facts, &options, model_dir);
+    let mut describe = describe(model, &facts, &options, model_dir);
+    if models.len() > 1 {
+        let sessions: Vec<String> = models
+            .iter()
+            .map(|m| format!("{}:{}", m.provider, m.device_id))
+            .collect();
+        describe.insert("sessions".into(), sessions.join(","));
+    }
     let scheduler = Scheduler::new(
-        model,
+        models,
         encoder,
         facts,
         limits,
@@ -313,5 +359,9 @@ impl CompletionSource for OnnxSource {
 
     fn describe(&self) -> BTreeMap<String, String> {
         self.describe.clone()
+    }
+
+    fn devices(&self) -> Vec<crate::engine::DeviceUsage> {
+        self.scheduler.usage()
     }
 }

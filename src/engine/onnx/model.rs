@@ -15,6 +15,7 @@ use tokenizers::Tokenizer;
 use super::OnnxOptions;
 use super::error::EngineError;
 use super::folder::{self, Element, GraphValue, Layout, TokenSpec};
+use super::gate::StepGate;
 use super::head::DeviceHead;
 use super::kv::FixedKv;
 use super::session::{self, SessionSpec};
@@ -103,6 +104,10 @@ pub(crate) struct Model {
     /// How the session was opened (what a new session asks for again).
     session_spec: SessionSpec,
     runtime: RuntimeSpec,
+    /// The CUDA device this model's session runs on (0 on CPU).
+    pub device_id: u32,
+    /// Turns between this process's sessions when several decode at once.
+    pub gate: StepGate,
 }
 
 fn read_json(path: &Path) -> Result<Json, EngineError> {
@@ -129,8 +134,14 @@ pub(crate) fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
 }
 
 impl Model {
-    /// Load `dir` as `options` say.
-    pub fn load(dir: &Path, options: &OnnxOptions) -> Result<Model, EngineError> {
+    /// Load `dir` as `options` say, on CUDA device `device_id` (ignored on CPU); `gate` is
+    /// shared with the other sessions of the same engine.
+    pub fn load(
+        dir: &Path,
+        options: &OnnxOptions,
+        device_id: u32,
+        gate: StepGate,
+    ) -> Result<Model, EngineError> {
         if !dir.is_dir() {
             return Err(EngineError::folder(dir, "not a directory"));
         }
@@ -162,6 +173,7 @@ impl Model {
             graph: options.provider == Provider::Cuda && options.cuda_graph != Some(false),
             deterministic: !options.nondeterministic,
             spin: options.spin,
+            device_id,
         };
         let opened = match session::open(&rt, dir, spec) {
             // Graph capture was only wanted, not demanded: when the session with capture fails
@@ -210,6 +222,7 @@ impl Model {
             Some(DeviceHead::load(
                 &rt.environment,
                 provider,
+                device_id,
                 graph.logits_type,
             )?)
         } else {
@@ -259,6 +272,8 @@ impl Model {
             },
             head,
             runtime: options.runtime.clone(),
+            device_id,
+            gate,
         })
     }
 
@@ -297,7 +312,7 @@ impl Model {
             Provider::Cuda => {
                 let device = ort::memory::Allocator::new(
                     &self.session,
-                    memory_info(ort::memory::AllocationDevice::CUDA)?,
+                    memory_info(ort::memory::AllocationDevice::CUDA, self.device_id)?,
                 )?;
                 f(&device)
             }

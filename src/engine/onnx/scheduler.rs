@@ -1,11 +1,14 @@
 //! One scheduler per loaded model: requests become keyed sequence jobs (one per distinct
 //! sample, the key being what determines the output), jobs the generation cache or an earlier
 //! request already answers are not generated again, and the rest are generated in batches
-//! (sorted by prompt length, `batch_size` at a time) on one thread, publishing each batch's
-//! results as it finishes. Callers wait for their own keys.
+//! (sorted by prompt length, `batch_size` at a time), publishing each batch's results as it
+//! finishes. Callers wait for their own keys. With several sessions (one per GPU of
+//! `device = "cuda:0,1"`) each takes the next batch as it finishes its last, and the batches
+//! are cut so that every session gets the same number of rounds.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -20,7 +23,7 @@ use super::model::{Footprint, Model};
 use super::sampling::Sampler;
 use crate::cache::hex;
 use crate::device::Provider;
-use crate::engine::{Completion, GenerationSettings, Request};
+use crate::engine::{Completion, DeviceUsage, GenerationSettings, Request};
 use crate::prompt::{Prompt, TemplateTokens, render_chat_prompt};
 
 /// Prompt rendering and tokenization, usable while the model is busy.
@@ -161,9 +164,50 @@ pub(crate) struct Planned {
     pub jobs: Vec<(String, SeqJob)>,
 }
 
-/// The model, its cache and what is being generated.
+/// Rows per batch when `sessions` sessions share `jobs` sequences, at most `cap` per batch: as
+/// many rounds as the cap needs, and every session the same number of batches in each (the
+/// time of a batch is its longest row's, so equal rounds finish together).
+pub(crate) fn balanced_rows(jobs: usize, cap: usize, sessions: usize) -> usize {
+    let cap = cap.max(1);
+    if sessions <= 1 || jobs == 0 {
+        return cap;
+    }
+    let rounds = jobs.div_ceil(cap * sessions);
+    jobs.div_ceil(sessions * rounds).clamp(1, cap)
+}
+
+/// A call of [`Scheduler::run`] under way, counted until it returns (or unwinds).
+struct Running<'a>(&'a Scheduler);
+
+impl<'a> Running<'a> {
+    fn start(s: &'a Scheduler) -> Running<'a> {
+        *s.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Running(s)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.idle.notify_all();
+    }
+}
+
+/// The progress bar and token count every session's batches report to.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    tokens: AtomicU64,
+}
+
+/// The model (one session per device), its cache and what is being generated.
 pub(crate) struct Scheduler {
-    pub model: Mutex<Model>,
+    pub models: Vec<Mutex<Model>>,
+    /// Per session, what it generated (same order as `models`).
+    usage: Mutex<Vec<DeviceUsage>>,
+    /// Calls of `run` under way: rows are published before their batch's figures are added.
+    running: Mutex<usize>,
+    idle: Condvar,
     pub encoder: Encoder,
     pub facts: KeyFacts,
     limits: Limits,
@@ -177,7 +221,7 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     pub fn new(
-        model: Model,
+        models: Vec<Model>,
         encoder: Encoder,
         facts: KeyFacts,
         limits: Limits,
@@ -185,8 +229,24 @@ impl Scheduler {
         settings: GenerationSettings,
         progress: bool,
     ) -> Scheduler {
+        let several = models.len() > 1;
+        let usage = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| DeviceUsage {
+                device: match m.provider {
+                    Provider::Cuda => format!("cuda:{}", m.device_id),
+                    Provider::Cpu if several => format!("cpu#{i}"),
+                    Provider::Cpu => "cpu".to_string(),
+                },
+                ..DeviceUsage::default()
+            })
+            .collect();
         Scheduler {
-            model: Mutex::new(model),
+            models: models.into_iter().map(Mutex::new).collect(),
+            usage: Mutex::new(usage),
+            running: Mutex::new(0),
+            idle: Condvar::new(),
             encoder,
             facts,
             limits,
@@ -197,6 +257,16 @@ impl Scheduler {
             finished: Condvar::new(),
             generated: Mutex::new(0),
         }
+    }
+
+    /// What each session generated, once no generation is under way (every row is published
+    /// a moment before its batch's figures are counted).
+    pub fn usage(&self) -> Vec<DeviceUsage> {
+        let mut running = self.running.lock().expect("running lock");
+        while *running > 0 {
+            running = self.idle.wait(running).expect("running lock");
+        }
+        self.usage.lock().expect("usage lock").clone()
     }
 
     /// How many sequences were generated (cache hits excluded).
@@ -295,11 +365,13 @@ impl Scheduler {
         keys.iter().map(|k| st.done[k].clone()).collect()
     }
 
-    /// Generate `todo` in batches, publishing results as each batch finishes.
+    /// Generate `todo` in batches, publishing results as each batch finishes. With several
+    /// sessions, each takes the next batch when its last one ends.
     pub fn run(&self, mut todo: Vec<(String, SeqJob)>) {
         if todo.is_empty() {
             return;
         }
+        let _running = Running::start(self);
         todo.sort_by(|a, b| {
             a.1.prompt_ids
                 .len()
@@ -318,74 +390,125 @@ impl Scheduler {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let started = Instant::now();
-        let mut tokens = 0u64;
-        let batch_size = self.settings.batch_size.rows(self.facts.provider);
-        for range in self.limits.batches(&todo, batch_size) {
-            let chunk = &todo[range];
-            let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
-            let mut handed = vec![false; chunk.len()];
-            let result = {
-                let mut model = self.model.lock().expect("model lock");
-                // Each row is published the moment it finishes: its caller scores it while
-                // the batch's longer rows are still generating.
-                let mut on_done = |r: usize, out: Completion| {
-                    let key = &chunk[r].0;
-                    handed[r] = true;
-                    self.cache.put(key, &out);
-                    {
-                        let mut st = self.results.lock().expect("scheduler lock");
-                        st.pending.remove(key);
-                        st.done.insert(key.clone(), Ok(out));
+        let progress = Progress {
+            bar,
+            started: Instant::now(),
+            tokens: AtomicU64::new(0),
+        };
+        let sessions = self.models.len();
+        let cap = self.settings.batch_size.rows(self.facts.provider);
+        let rows = balanced_rows(todo.len(), cap, sessions);
+        let batches = self.limits.batches(&todo, rows);
+        if sessions == 1 {
+            for range in batches {
+                self.run_batch(0, &todo[range], &progress);
+            }
+        } else {
+            let next = AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                for session in 0..sessions {
+                    let (next, batches, todo, progress) = (&next, &batches, &todo, &progress);
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("codegen-session-{session}"))
+                        .spawn_scoped(scope, move || {
+                            loop {
+                                let i = next.fetch_add(1, Ordering::SeqCst);
+                                let Some(range) = batches.get(i) else { break };
+                                self.run_batch(session, &todo[range.clone()], progress);
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        // The other sessions take its batches.
+                        eprintln!("codegen: failed to start session {session}'s thread: {e}");
                     }
-                    self.finished.notify_all();
-                    bar.inc(1);
-                };
-                let mut on_token = || {
-                    tokens += 1;
-                    if tokens.is_multiple_of(16) {
-                        let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                        bar.set_message(format!("{rate:.1} tok/s"));
-                    }
-                };
-                // A panic must not leave `complete` callers waiting forever.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    model.generate_batch(&jobs, &mut on_token, &mut on_done)
-                }))
-                .unwrap_or_else(|p| {
-                    let what = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    Err(EngineError::Generate(format!(
-                        "the engine panicked: {what}"
-                    )))
-                })
-            };
-            // Rows the batch did not hand over share its error.
-            let failed: Vec<&String> = chunk
-                .iter()
-                .zip(&handed)
-                .filter(|(_, handed)| !**handed)
-                .map(|((key, _), _)| key)
-                .collect();
-            if !failed.is_empty() {
-                let e = result.err().unwrap_or_else(|| {
-                    EngineError::Generate("the batch ended without this sequence".into())
-                });
-                let mut st = self.results.lock().expect("scheduler lock");
-                for key in &failed {
-                    st.pending.remove(*key);
-                    st.done.insert((*key).clone(), Err(e.clone()));
                 }
-                drop(st);
-                self.finished.notify_all();
-                bar.inc(failed.len() as u64);
+            });
+            // A batch no thread could take (every spawn failed) is generated here.
+            let i = next.load(Ordering::SeqCst);
+            for range in batches.iter().skip(i) {
+                self.run_batch(0, &todo[range.clone()], &progress);
             }
         }
         *self.generated.lock().expect("counter lock") += todo.len() as u64;
-        bar.finish_and_clear();
+        progress.bar.finish_and_clear();
+    }
+
+    /// Generate one batch on session `session`, publishing each row as it finishes.
+    fn run_batch(&self, session: usize, chunk: &[(String, SeqJob)], progress: &Progress) {
+        let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
+        let mut handed = vec![false; chunk.len()];
+        let mut tokens = 0u64;
+        let batch_started = Instant::now();
+        let (result, device_peak) = {
+            let mut model = self.models[session].lock().expect("model lock");
+            // Each row is published the moment it finishes: its caller scores it while
+            // the batch's longer rows are still generating.
+            let mut on_done = |r: usize, out: Completion| {
+                let key = &chunk[r].0;
+                handed[r] = true;
+                self.cache.put(key, &out);
+                {
+                    let mut st = self.results.lock().expect("scheduler lock");
+                    st.pending.remove(key);
+                    st.done.insert(key.clone(), Ok(out));
+                }
+                self.finished.notify_all();
+                progress.bar.inc(1);
+            };
+            let mut on_token = || {
+                tokens += 1;
+                let all = progress.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+                if all.is_multiple_of(16) {
+                    let rate = all as f64 / progress.started.elapsed().as_secs_f64().max(1e-9);
+                    progress.bar.set_message(format!("{rate:.1} tok/s"));
+                }
+            };
+            // A panic must not leave `complete` callers waiting forever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                model.generate_batch(&jobs, &mut on_token, &mut on_done)
+            }))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(EngineError::Generate(format!(
+                    "the engine panicked: {what}"
+                )))
+            });
+            (result, model.device_peak)
+        };
+        {
+            let mut usage = self.usage.lock().expect("usage lock");
+            let u = &mut usage[session];
+            u.batches += 1;
+            u.sequences += chunk.len();
+            u.generated_tokens += tokens;
+            u.busy_s += batch_started.elapsed().as_secs_f64();
+            u.tokens_per_s = u.generated_tokens as f64 / u.busy_s.max(1e-9);
+            u.peak_device_bytes = u.peak_device_bytes.max(device_peak);
+        }
+        // Rows the batch did not hand over share its error.
+        let failed: Vec<&String> = chunk
+            .iter()
+            .zip(&handed)
+            .filter(|(_, handed)| !**handed)
+            .map(|((key, _), _)| key)
+            .collect();
+        if !failed.is_empty() {
+            let e = result.err().unwrap_or_else(|| {
+                EngineError::Generate("the batch ended without this sequence".into())
+            });
+            let mut st = self.results.lock().expect("scheduler lock");
+            for key in &failed {
+                st.pending.remove(*key);
+                st.done.insert((*key).clone(), Err(e.clone()));
+            }
+            drop(st);
+            self.finished.notify_all();
+            progress.bar.inc(failed.len() as u64);
+        }
     }
 }
 
@@ -424,6 +547,18 @@ mod tests {
             small.check(&job(60, 10).1),
             Err(EngineError::OverBudget { positions: 71, .. })
         ));
+    }
+
+    #[test]
+    fn sessions_get_equal_rounds() {
+        // One GPU: the cap. Two: 164 greedy rows are one round of 82 each; 1640 rows at a cap of
+        // 256 are four rounds of 205 each (not seven of 256 shared four and three).
+        assert_eq!(balanced_rows(164, 256, 1), 256);
+        assert_eq!(balanced_rows(164, 256, 2), 82);
+        assert_eq!(balanced_rows(1640, 256, 2), 205);
+        assert_eq!(balanced_rows(3, 8, 4), 1);
+        assert_eq!(balanced_rows(0, 8, 2), 8);
+        assert_eq!(balanced_rows(10, 0, 2), 1);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(crate) struct SessionSpec {
     pub graph: bool,
     pub deterministic: bool,
     pub spin: bool,
+    /// The CUDA device the session runs on (ignored on CPU).
+    pub device_id: u32,
 }
 
 /// An open session and what it runs on.
@@ -59,7 +61,9 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
         }
         eprintln!("codegen: CUDA is not usable ({why}); running on CPU");
     } else if spec.provider == Provider::Cuda {
-        let cuda = ort::ep::CUDA::default().with_cuda_graph(spec.graph);
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(spec.device_id as i32)
+            .with_cuda_graph(spec.graph);
         match cuda.register(&mut builder) {
             Ok(()) => provider = Provider::Cuda,
             Err(e) if !spec.cpu_fallback => {

@@ -11,13 +11,15 @@ pub(crate) enum Float {
     F16,
 }
 
-/// Where ONNX Runtime should put (or finds) a value: CPU or device memory, device 0.
+/// Where ONNX Runtime should put (or finds) a value: CPU memory, or the memory of CUDA device
+/// `device_id`.
 pub(crate) fn memory_info(
     device: ort::memory::AllocationDevice,
+    device_id: u32,
 ) -> Result<ort::memory::MemoryInfo<'static>, ort::Error> {
     ort::memory::MemoryInfo::new(
         device,
-        0,
+        device_id as i32,
         ort::memory::AllocatorType::Device,
         ort::memory::MemoryType::Default,
     )

@@ -1,0 +1,103 @@
+//! Turns between the sessions of one process when several decode at once (data parallelism over
+//! GPUs, `device = "cuda:0,1"`).
+//!
+//! Why: ONNX Runtime captures a CUDA graph with `cudaStreamCaptureModeGlobal`. While one thread
+//! captures, a CUDA call that may synchronise (an allocation, a copy) from any other thread of the
+//! process invalidates the capture and fails both. So every session's GPU work happens under a
+//! shared turn, and the decode steps that may capture take an exclusive one. A batch holds its
+//! shared turn from setup to its last buffer's release and gives it up only between steps, when
+//! it has nothing in flight. A process with one session has no gate and takes no lock.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Decode steps of a captured batch that run exclusively: ONNX Runtime runs a graph id twice
+/// before it captures it on the third run; one more for margin.
+pub(crate) const CAPTURE_STEPS: usize = 4;
+
+/// Shared by every session of one engine (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StepGate(Option<Arc<RwLock<()>>>);
+
+/// A held turn; dropping it gives it back.
+#[must_use]
+pub(crate) enum Turn<'a> {
+    Free,
+    Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
+}
+
+impl StepGate {
+    /// A gate for `sessions` sessions decoding at once (none for one).
+    pub fn for_sessions(sessions: usize) -> StepGate {
+        StepGate((sessions > 1).then(|| Arc::new(RwLock::new(()))))
+    }
+
+    /// A turn beside other sessions' ordinary steps.
+    pub fn shared(&self) -> Turn<'_> {
+        match &self.0 {
+            None => Turn::Free,
+            // A poisoned lock only means another session panicked mid-step; the lock itself
+            // protects no data.
+            Some(lock) => Turn::Shared(lock.read().unwrap_or_else(|p| p.into_inner())),
+        }
+    }
+
+    /// A turn no other session's GPU work overlaps.
+    pub fn exclusive(&self) -> Turn<'_> {
+        match &self.0 {
+            None => Turn::Free,
+            Some(lock) => Turn::Exclusive(lock.write().unwrap_or_else(|p| p.into_inner())),
+        }
+    }
+
+    /// The turn for decode step `step` of a batch (`captured`: it decodes with CUDA graphs).
+    pub fn step(&self, step: usize, captured: bool) -> Turn<'_> {
+        match captured && (1..=CAPTURE_STEPS).contains(&step) {
+            true => self.exclusive(),
+            false => self.shared(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn one_session_takes_no_lock() {
+        let gate = StepGate::for_sessions(1);
+        let a = gate.exclusive();
+        let b = gate.exclusive();
+        assert!(matches!((a, b), (Turn::Free, Turn::Free)));
+    }
+
+    #[test]
+    fn a_capture_step_excludes_every_other_session() {
+        let gate = StepGate::for_sessions(2);
+        let inside = AtomicUsize::new(0);
+        let overlapped = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let (gate, inside, overlapped) = (gate.clone(), &inside, &overlapped);
+                s.spawn(move || {
+                    for step in 0..40 {
+                        let captured = t == 0;
+                        let turn = gate.step(step % 6, captured);
+                        let exclusive = matches!(turn, Turn::Exclusive(_));
+                        let others = inside.fetch_add(1, Ordering::SeqCst);
+                        if exclusive && others > 0 {
+                            overlapped.fetch_add(1, Ordering::SeqCst);
+                        }
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(turn);
+                    }
+                });
+            }
+        });
+        assert_eq!(overlapped.load(Ordering::SeqCst), 0);
+        assert!(matches!(gate.step(1, false), Turn::Shared(_)));
+        assert!(matches!(gate.step(0, true), Turn::Shared(_)));
+    }
+}
