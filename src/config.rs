@@ -499,6 +499,7 @@ mod tests {
             PromptProtocol {
                 system: SystemMessage::Text("Be brief.".into()),
                 prefill: Some("```python\n".into()),
+                mode: None,
             }
         );
     }

@@ -53,9 +53,11 @@ impl<'de> Deserialize<'de> for SystemMessage {
     }
 }
 
-/// How a profile asks its chat questions (`[models.prompt]`): the system message and an
-/// optional prefilled start of the assistant's reply. The default is the harness's system
-/// message and no prefill; completion-mode cases (a prefix) ignore the protocol.
+/// How a profile asks its questions (`[models.prompt]`): the system message and an optional
+/// prefilled start of the assistant's reply, and optionally a mode that overrides the cases'
+/// (`mode = "complete"` runs a base model without a chat template on chat cases that carry a
+/// prefix). The default is the harness's system message, no prefill, each case's own mode;
+/// completion prompts ignore the system message and prefill.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromptProtocol {
@@ -65,6 +67,10 @@ pub struct PromptProtocol {
     /// the completion a source returns starts with it, so the extractor sees it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefill: Option<String>,
+    /// Ask every case this way where the case has what it needs (a `prefix` for `complete`, a
+    /// `prompt` for `chat`); a case without it keeps its own mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PromptMode>,
 }
 
 impl PromptProtocol {
@@ -132,7 +138,12 @@ impl Prompt {
 
     /// Build the prompt for a case according to its mode, under a profile's protocol.
     pub fn for_case_with(case: &Case, protocol: &PromptProtocol) -> Prompt {
-        match case.mode {
+        let mode = match protocol.mode {
+            Some(PromptMode::Complete) if case.prefix.is_some() => PromptMode::Complete,
+            Some(PromptMode::Chat) if !case.prompt.trim().is_empty() => PromptMode::Chat,
+            _ => case.mode,
+        };
+        match mode {
             PromptMode::Chat => Prompt::chat_with(case.prompt.trim(), protocol),
             PromptMode::Complete => Prompt::Complete {
                 prefix: case.prefix.clone().unwrap_or_default(),
@@ -310,6 +321,7 @@ mod tests {
         let none = PromptProtocol {
             system: SystemMessage::None,
             prefill: None,
+            mode: None,
         };
         let Prompt::Chat { messages, .. } = Prompt::chat_with("q", &none) else {
             panic!("a chat prompt")
@@ -318,6 +330,7 @@ mod tests {
         let own = PromptProtocol {
             system: SystemMessage::Text("Be brief.".into()),
             prefill: Some("```python\n".into()),
+            mode: None,
         };
         let prompt = Prompt::chat_with("q", &own);
         let Prompt::Chat { messages, prefill } = &prompt else {
@@ -331,6 +344,40 @@ mod tests {
                 .canonical_text()
                 .ends_with("<|user|>\nq\n<|assistant|>\n```python\n")
         );
+    }
+
+    #[test]
+    fn a_profile_can_ask_chat_cases_with_a_prefix_as_completions() {
+        let parse = |text: &str| {
+            crate::case::parse(
+                std::path::Path::new("cases"),
+                std::path::Path::new("cases/x/y.toml"),
+                text,
+            )
+            .unwrap()
+        };
+        let tests = "entry_point = \"f\"\n[[tests]]\ncall = \"f()\"\nexpected = \"1\"\n";
+        let with_prefix = parse(&format!(
+            "prompt = \"Write f.\"\nprefix = \"def f():\\n\"\n{tests}"
+        ));
+        let without = parse(&format!("prompt = \"Write f.\"\n{tests}"));
+        let complete: PromptProtocol = toml::from_str("mode = \"complete\"").unwrap();
+        assert_eq!(
+            Prompt::for_case_with(&with_prefix, &complete),
+            Prompt::Complete {
+                prefix: "def f():\n".into()
+            }
+        );
+        // A case without a prefix cannot be continued: it keeps its own mode.
+        assert!(matches!(
+            Prompt::for_case_with(&without, &complete),
+            Prompt::Chat { .. }
+        ));
+        assert!(matches!(
+            Prompt::for_case_with(&with_prefix, &PromptProtocol::default()),
+            Prompt::Chat { .. }
+        ));
+        assert!(toml::from_str::<PromptProtocol>("mode = \"fill\"").is_err());
     }
 
     #[test]
