@@ -80,7 +80,8 @@ impl Harness {
         let journal = Journal::new(&config.resolve(&config.suite.results));
         Ok(Harness {
             sources: models.iter().map(|_| OnceLock::new()).collect(),
-            evaluator: Evaluator::new(config.sandbox.clone()),
+            evaluator: Evaluator::new(config.sandbox.clone())
+                .with_low_prob_threshold(config.analysis.low_prob_threshold.get()),
             env: options.env.clone(),
             config,
             cases,

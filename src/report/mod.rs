@@ -457,9 +457,12 @@ mod tests {
             pass_rate_ci: crate::stats::wilson(1.0, 2),
             syntax_valid_rate: 1.0,
             pass_at_k: [(1, 0.5)].into(),
+            pass_hat_k: [(1, 0.5)].into(),
         };
         let summary = Summary {
             model: "m".into(),
+            profile: None,
+            timing: None,
             overall: t.clone(),
             categories: [("strings".to_string(), t)].into(),
             uncertainty: None,

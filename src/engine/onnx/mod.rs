@@ -40,7 +40,7 @@ use std::sync::Arc;
 pub use error::EngineError;
 pub use head::{HEAD_F16, HEAD_F32};
 
-use super::{Completion, CompletionSource, GenerationSettings, Request, SourceError};
+use super::{Completion, CompletionSource, GenerationSettings, LoadFacts, Request, SourceError};
 use crate::device::Provider;
 use crate::env::EngineEnv;
 use crate::machine;
@@ -145,7 +145,9 @@ impl OnnxOptions {
 
 /// Open a model folder.
 pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, EngineError> {
+    let started = std::time::Instant::now();
     let model = Model::load(model_dir, &options)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let model_hash =
         gencache::model_hash(model_dir, &options.cache).map_err(|e| EngineError::Hash {
             folder: model_dir.to_path_buf(),
@@ -191,6 +193,10 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
     Ok(OnnxSource {
         scheduler: Arc::new(scheduler),
         describe,
+        load: LoadFacts {
+            load_ms,
+            size_on_disk_bytes: super::folder_size(model_dir),
+        },
     })
 }
 
@@ -239,6 +245,7 @@ fn describe(
 pub struct OnnxSource {
     scheduler: Arc<Scheduler>,
     describe: BTreeMap<String, String>,
+    load: LoadFacts,
 }
 
 impl std::fmt::Debug for OnnxSource {
@@ -313,5 +320,9 @@ impl CompletionSource for OnnxSource {
 
     fn describe(&self) -> BTreeMap<String, String> {
         self.describe.clone()
+    }
+
+    fn load_facts(&self) -> Option<LoadFacts> {
+        Some(self.load)
     }
 }
