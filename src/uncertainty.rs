@@ -108,7 +108,8 @@ impl LowProbLine {
             failing_samples,
             located: located.len(),
             hits,
-            expected_hits: chances.iter().sum(),
+            // A fold from +0.0: an empty `sum` of floats is -0.0.
+            expected_hits: chances.iter().fold(0.0, |a, p| a + p),
             p_value: (!located.is_empty())
                 .then(|| stats::poisson_binomial_upper_tail(&chances, hits)),
             method: LOW_PROB_LINE_METHOD,
@@ -276,5 +277,10 @@ mod tests {
         );
         let none = LowProbLine::test(4, &[]);
         assert_eq!((none.located, none.hits, none.p_value), (0, 0, None));
+        assert!(
+            none.line().contains("(chance 0.00; p = n/a,"),
+            "{}",
+            none.line()
+        );
     }
 }
