@@ -46,6 +46,8 @@ pub struct Config {
     #[serde(default)]
     pub gate: GateConfig,
     #[serde(default)]
+    pub analysis: AnalysisConfig,
+    #[serde(default)]
     pub models: Vec<ModelProfile>,
     /// The folder relative paths are resolved against (the config file's project root).
     #[serde(skip)]
@@ -109,6 +111,53 @@ impl<'de> Deserialize<'de> for Rate {
                 "gate thresholds are rates between 0.0 and 1.0, got {value}"
             ))
         })
+    }
+}
+
+/// A token probability in (0, 1]; anything else is an error at the value's line.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Probability(f64);
+
+impl Probability {
+    pub fn new(value: f64) -> Option<Probability> {
+        (value > 0.0 && value <= 1.0).then_some(Probability(value))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Probability {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Probability, D::Error> {
+        let value = f64::deserialize(d)?;
+        Probability::new(value).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "low_prob_threshold is a token probability in (0, 1] (above 0, at most 1), got {value}"
+            ))
+        })
+    }
+}
+
+/// How samples are analysed beyond pass and fail (`[analysis]`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// A generated token under this probability is low-confidence: counted in
+    /// `low_confidence_tokens`, and runs of such tokens are the sample's low-confidence spans.
+    pub low_prob_threshold: Probability,
+}
+
+impl AnalysisConfig {
+    pub const DEFAULT_LOW_PROB_THRESHOLD: f64 = 0.5;
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            low_prob_threshold: Probability(Self::DEFAULT_LOW_PROB_THRESHOLD),
+        }
     }
 }
 
@@ -481,6 +530,40 @@ mod tests {
         };
         assert_eq!(gpus(0), (Device::Cuda, Gpus::Ids(vec![0, 1])));
         assert_eq!(gpus(1), (Device::Cuda, Gpus::All));
+    }
+
+    #[test]
+    fn parses_the_low_probability_threshold() {
+        let c = parse("").unwrap();
+        assert_eq!(c.analysis.low_prob_threshold.get(), 0.5);
+        let c = parse("[analysis]\nlow_prob_threshold = 0.25\n").unwrap();
+        assert_eq!(c.analysis.low_prob_threshold.get(), 0.25);
+        assert_eq!(
+            parse("[analysis]\nlow_prob_threshold = 1.0\n")
+                .unwrap()
+                .analysis
+                .low_prob_threshold
+                .get(),
+            1.0
+        );
+        for bad in ["0.0", "-0.1", "1.5"] {
+            let err = parse(&format!("[analysis]\nlow_prob_threshold = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(":2:"), "{err}");
+            assert!(
+                err.contains("low_prob_threshold is a token probability in (0, 1]"),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!("got {}", bad.parse::<f64>().unwrap())),
+                "{err}"
+            );
+        }
+        let err = parse("[analysis]\nthreshold = 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `threshold`"), "{err}");
     }
 
     #[test]

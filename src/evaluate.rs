@@ -10,7 +10,10 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
+pub use crate::confidence::Confidence;
+
 use crate::case::{Case, Expectation};
+use crate::config::AnalysisConfig;
 use crate::engine::{CompletionSource, FinishReason, Request, Timing, TokenTrace};
 use crate::extract::{Extraction, extract, names_used};
 use crate::failure::{self, Failure};
@@ -51,6 +54,8 @@ pub struct Evaluator {
     /// Expected values of each case, evaluated once and shared by every model.
     expected: Mutex<HashMap<String, Shared<Vec<Option<Value>>>>>,
     timeouts: Mutex<HashMap<String, Arc<OnceLock<Duration>>>>,
+    /// Tokens under this probability are low-confidence (`[analysis] low_prob_threshold`).
+    low_prob_threshold: f64,
 }
 
 impl Evaluator {
@@ -61,7 +66,15 @@ impl Evaluator {
             sandbox: OnceLock::new(),
             expected: Mutex::new(HashMap::new()),
             timeouts: Mutex::new(HashMap::new()),
+            low_prob_threshold: AnalysisConfig::DEFAULT_LOW_PROB_THRESHOLD,
         }
+    }
+
+    /// Count tokens under `threshold` as low-confidence (default
+    /// [`AnalysisConfig::DEFAULT_LOW_PROB_THRESHOLD`]).
+    pub fn with_low_prob_threshold(mut self, threshold: f64) -> Evaluator {
+        self.low_prob_threshold = threshold;
+        self
     }
 
     /// An evaluator over a given sandbox (tests use a fake one).
@@ -143,13 +156,17 @@ impl Evaluator {
             let passed = load == LoadVerdict::Ok
                 && !tests.is_empty()
                 && tests.iter().all(|t| t.verdict.is_pass());
+            let confidence = completion
+                .tokens
+                .as_ref()
+                .and_then(|t| Confidence::from_trace(t, &extraction.code, self.low_prob_threshold));
             let mut sample = SampleOutcome {
                 extraction,
                 syntax,
                 load,
                 tests,
                 passed,
-                confidence: completion.tokens.as_ref().and_then(Confidence::from_trace),
+                confidence,
                 finish_reason: completion.finish_reason.clone(),
                 timing: completion.timing.clone(),
                 tokens: completion.tokens.clone(),
@@ -288,44 +305,6 @@ fn test_names(case: &Case) -> BTreeSet<String> {
     names
 }
 
-/// Token-level confidence of one generated sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Confidence {
-    pub tokens: usize,
-    /// Mean negative log-likelihood per token (greedy NLL).
-    pub mean_nll: f64,
-    pub mean_prob: f64,
-    pub min_prob: f64,
-    /// Tokens generated with probability below 0.5.
-    pub low_confidence_tokens: usize,
-}
-
-impl Confidence {
-    pub fn from_trace(trace: &TokenTrace) -> Option<Confidence> {
-        // A NaN log-probability (fp16 logits can overflow) says nothing about confidence; it
-        // must not turn every mean into NaN.
-        let logprobs: Vec<f64> = trace
-            .logprobs
-            .iter()
-            .map(|&l| l as f64)
-            .filter(|l| !l.is_nan())
-            .map(|l| l.max(-100.0))
-            .collect();
-        if logprobs.is_empty() {
-            return None;
-        }
-        let n = logprobs.len() as f64;
-        let probs: Vec<f64> = logprobs.iter().map(|l| l.exp()).collect();
-        Some(Confidence {
-            tokens: logprobs.len(),
-            mean_nll: -logprobs.iter().sum::<f64>() / n,
-            mean_prob: probs.iter().sum::<f64>() / n,
-            min_prob: probs.iter().cloned().fold(1.0, f64::min),
-            low_confidence_tokens: probs.iter().filter(|&&p| p < 0.5).count(),
-        })
-    }
-}
-
 /// Everything about one sample of one case.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SampleOutcome {
@@ -394,21 +373,5 @@ impl CaseOutcome {
 
     pub fn passed(&self) -> bool {
         self.error.is_none() && !self.samples.is_empty() && self.samples.iter().all(|s| s.passed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn confidence_ignores_nan_logprobs() {
-        let trace = TokenTrace {
-            logprobs: vec![-0.5, f32::NAN, f32::NEG_INFINITY],
-            ..TokenTrace::default()
-        };
-        let c = Confidence::from_trace(&trace).unwrap();
-        assert_eq!(c.tokens, 2);
-        assert!(c.mean_nll.is_finite() && c.mean_nll > 0.5);
     }
 }

@@ -217,6 +217,8 @@ mod tests {
         };
         Summary {
             model: "m".into(),
+            profile: None,
+            timing: None,
             overall: t(rate),
             categories: [("algos".to_string(), t(cat_rate))].into(),
             uncertainty: None,

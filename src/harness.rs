@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, ModelProfile};
 use crate::engine::{CompletionSource, Request};
 use crate::env::Env;
 use crate::evaluate::{CaseOutcome, Evaluator};
+use crate::footprint::Profile;
 use crate::gate::{self, Baseline};
 use crate::profile::{self, ProfileError};
 use crate::prompt::Prompt;
@@ -80,7 +81,8 @@ impl Harness {
         let journal = Journal::new(&config.resolve(&config.suite.results));
         Ok(Harness {
             sources: models.iter().map(|_| OnceLock::new()).collect(),
-            evaluator: Evaluator::new(config.sandbox.clone()),
+            evaluator: Evaluator::new(config.sandbox.clone())
+                .with_low_prob_threshold(config.analysis.low_prob_threshold.get()),
             env: options.env.clone(),
             config,
             cases,
@@ -286,6 +288,7 @@ impl Harness {
         outcomes.sort_by(|a, b| (&a.model, &a.key).cmp(&(&b.model, &b.key)));
         let isolation = self.evaluator.isolation();
         let mut ok = true;
+        let mut summaries = Vec::new();
         for (m, model) in self.models.iter().enumerate() {
             let ran: Vec<&CaseOutcome> =
                 outcomes.iter().filter(|o| o.model == model.name).collect();
@@ -294,6 +297,7 @@ impl Harness {
             }
             let mut summary = Summary::of(&model.name, &outcomes);
             summary.devices = self.devices(m);
+            summary.profile = Some(self.profile(m));
             let baseline = self.baseline(model, &ran);
             let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
             let failures = &verdict.failures;
@@ -338,8 +342,28 @@ impl Harness {
                     None => println!("  gate: passed"),
                 }
             }
+            summaries.push(summary);
+        }
+        if summaries.len() >= 2 {
+            println!();
+            print!("{}", report::models::text(&summaries, &outcomes));
+            match self.journal.complete_comparison(&summaries, &outcomes) {
+                Ok(path) => println!("  comparison: {}", path.display()),
+                Err(e) => eprintln!("warning: failed to write the comparison: {e}"),
+            }
         }
         ok
+    }
+
+    /// Profile `m` as run: its configured facts, and what its source described and measured
+    /// while loading, when it opened.
+    fn profile(&self, m: usize) -> Profile {
+        let opened = self.sources[m].get().and_then(|s| s.as_ref().ok());
+        Profile::of(
+            &self.models[m],
+            &opened.map(|s| s.describe()).unwrap_or_default(),
+            opened.and_then(|s| s.load_facts()),
+        )
     }
 }
 

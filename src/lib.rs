@@ -11,8 +11,8 @@
 //! | syntax | [`syntax`] | tree-sitter-python diagnostics |
 //! | run | [`sandbox`] | the program against the case's tests in an isolated Python; raw facts |
 //! | judge | [`verdict`] | raw facts against expectations ([`value`]: Python values compared in Rust) |
-//! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] |
-//! | aggregate | [`score`] | pass@1, pass@k, per-category rates, uncertainty (AUROC); [`failure`] classes, [`diversity`] |
+//! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] ([`confidence`]: token NLL, low-confidence spans and their lines) |
+//! | aggregate | [`score`] | pass@1, pass@k, pass^k, per-category rates; [`uncertainty`] (AUROC with CIs, the low-probability line test), [`footprint`] (profile facts, timing), [`failure`] classes, [`diversity`] |
 //! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
 //! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
@@ -27,6 +27,7 @@
 
 pub mod cache;
 pub mod case;
+pub mod confidence;
 pub mod config;
 pub mod cuda;
 pub mod device;
@@ -37,6 +38,7 @@ pub mod env;
 pub mod evaluate;
 pub mod extract;
 pub mod failure;
+pub mod footprint;
 pub mod gate;
 pub mod harness;
 pub mod import;
@@ -56,6 +58,7 @@ pub mod stats;
 pub mod syntax;
 pub mod timeline;
 mod toml_error;
+pub mod uncertainty;
 pub mod value;
 pub mod verdict;
 

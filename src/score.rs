@@ -1,14 +1,18 @@
-//! Aggregates over case outcomes: pass@1, unbiased pass@k, pass rate per category,
-//! syntax-valid rate, and how well token-level uncertainty predicts failure (AUROC).
+//! Aggregates over case outcomes: pass@1, unbiased pass@k and pass^k, pass rate per category,
+//! syntax-valid rate, how well token-level uncertainty predicts failure ([`crate::uncertainty`]),
+//! and the profile's facts and timing ([`crate::footprint`]).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::diversity::Diversity;
-use crate::evaluate::{CaseOutcome, Confidence};
+use crate::evaluate::CaseOutcome;
 use crate::failure::FailureCounts;
+use crate::footprint::{Profile, TimingStats};
+pub use crate::stats::auroc;
 use crate::stats::{self, Interval};
+pub use crate::uncertainty::UncertaintyStats;
 
 /// Unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
 pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
@@ -48,6 +52,8 @@ pub struct Totals {
     pub syntax_valid_rate: f64,
     /// Unbiased pass@k for k = 1, 2, 5, 10 up to the number of samples.
     pub pass_at_k: BTreeMap<usize, f64>,
+    /// Unbiased pass^k (all k samples pass) for the same k.
+    pub pass_hat_k: BTreeMap<usize, f64>,
 }
 
 impl Totals {
@@ -82,28 +88,25 @@ impl Totals {
                     .map(|c| pass_at_k(c.samples.len(), c.passed_samples(), k))
                     .sum();
                 t.pass_at_k.insert(k, sum / t.cases as f64);
+                let sum: f64 = measured
+                    .iter()
+                    .map(|c| stats::pass_hat_k(c.samples.len(), c.passed_samples(), k))
+                    .sum();
+                t.pass_hat_k.insert(k, sum / t.cases as f64);
             }
         }
         t
     }
 }
 
-/// How well a confidence score separates passing from failing samples.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UncertaintyStats {
-    pub samples: usize,
-    pub mean_nll_passed: Option<f64>,
-    pub mean_nll_failed: Option<f64>,
-    /// AUROC of mean NLL as a predictor of failure (0.5 = no signal, 1.0 = perfect).
-    pub auroc_mean_nll: Option<f64>,
-    /// AUROC of (1 - min token probability) as a predictor of failure.
-    pub auroc_min_prob: Option<f64>,
-}
-
 /// The run's summary for one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub model: String,
+    /// The profile as run (set by the harness, which knows the source; `None` otherwise).
+    pub profile: Option<Profile>,
+    /// Generation timing (only when the source timed its samples: a model).
+    pub timing: Option<TimingStats>,
     pub overall: Totals,
     pub categories: BTreeMap<String, Totals>,
     pub uncertainty: Option<UncertaintyStats>,
@@ -161,80 +164,17 @@ impl Summary {
         }
         Summary {
             model: model.to_string(),
+            profile: None,
+            timing: TimingStats::of(mine.clone()),
             overall: Totals::of(mine.clone()),
             categories,
-            uncertainty: uncertainty(mine.clone()),
+            uncertainty: UncertaintyStats::of(mine.clone()),
             resources: Resources::of(mine.clone()),
             diversity: Diversity::of(mine.clone()),
             failures: FailureCounts::of(mine),
             devices: Vec::new(),
         }
     }
-}
-
-fn uncertainty<'a>(outcomes: impl Iterator<Item = &'a CaseOutcome>) -> Option<UncertaintyStats> {
-    let pairs: Vec<(&Confidence, bool)> = outcomes
-        .flat_map(|o| o.samples.iter())
-        .filter_map(|s| s.confidence.as_ref().map(|c| (c, s.passed)))
-        .collect();
-    if pairs.is_empty() {
-        return None;
-    }
-    let mean = |passed: bool| {
-        let xs: Vec<f64> = pairs
-            .iter()
-            .filter(|p| p.1 == passed)
-            .map(|p| p.0.mean_nll)
-            .collect();
-        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-    };
-    let failed: Vec<bool> = pairs.iter().map(|p| !p.1).collect();
-    Some(UncertaintyStats {
-        samples: pairs.len(),
-        mean_nll_passed: mean(true),
-        mean_nll_failed: mean(false),
-        auroc_mean_nll: auroc(
-            &pairs.iter().map(|p| p.0.mean_nll).collect::<Vec<_>>(),
-            &failed,
-        ),
-        auroc_min_prob: auroc(
-            &pairs.iter().map(|p| 1.0 - p.0.min_prob).collect::<Vec<_>>(),
-            &failed,
-        ),
-    })
-}
-
-/// Area under the ROC curve of `scores` for predicting `positive` (ties count half).
-/// `None` when only one class is present.
-pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
-    let pos: Vec<f64> = scores
-        .iter()
-        .zip(positive)
-        .filter(|p| *p.1)
-        .map(|p| *p.0)
-        .collect();
-    let neg: Vec<f64> = scores
-        .iter()
-        .zip(positive)
-        .filter(|p| !*p.1)
-        .map(|p| *p.0)
-        .collect();
-    if pos.is_empty() || neg.is_empty() {
-        return None;
-    }
-    let mut wins = 0.0;
-    for p in &pos {
-        for n in &neg {
-            wins += if p > n {
-                1.0
-            } else if p == n {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    Some(wins / (pos.len() * neg.len()) as f64)
 }
 
 #[cfg(test)]
@@ -282,6 +222,22 @@ mod tests {
         let only_errors = Summary::of("m", &[outcome("b", None)]);
         assert_eq!(only_errors.overall.cases, 0);
         assert_eq!(only_errors.overall.errors, 1);
+    }
+
+    #[test]
+    fn pass_hat_k_next_to_pass_at_k() {
+        // Two cases of 2 samples: one with 1 of 2 passing, one with 2 of 2.
+        let mut half = outcome("a", Some(true));
+        let mut failing = half.samples[0].clone();
+        failing.passed = false;
+        half.samples.push(failing);
+        let mut full = outcome("b", Some(true));
+        full.samples.push(full.samples[0].clone());
+        let s = Summary::of("m", &[half, full]);
+        // pass@2: (1 + 1) / 2; pass^2: (0 + 1) / 2; at k = 1 both are the pass rate 0.75.
+        assert_eq!(s.overall.pass_at_k, [(1, 0.75), (2, 1.0)].into());
+        assert_eq!(s.overall.pass_hat_k, [(1, 0.75), (2, 0.5)].into());
+        assert_eq!(s.categories["a"].pass_hat_k, [(1, 0.5), (2, 0.0)].into());
     }
 
     #[test]

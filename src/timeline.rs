@@ -137,6 +137,10 @@ impl CompletionSource for Timed<'_> {
         self.inner.describe()
     }
 
+    fn load_facts(&self) -> Option<crate::engine::LoadFacts> {
+        self.inner.load_facts()
+    }
+
     fn warnings(&self, cases: &[&crate::case::Case]) -> Vec<String> {
         self.inner.warnings(cases)
     }

@@ -404,6 +404,7 @@ fn a_prefill_starts_the_reply_and_the_completion() {
     let protocol = PromptProtocol {
         system: SystemMessage::None,
         prefill: Some("```python\n".into()),
+        mode: None,
     };
     let prompt = Prompt::for_case_with(&case, &protocol);
     let plain = src.prompt_ids(&Prompt::for_case(&case)).unwrap();

@@ -298,6 +298,31 @@ impl Default for GenerationSettings {
     }
 }
 
+/// What loading a model cost, measured by sources that load one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LoadFacts {
+    /// Wall time to load the model into the engine (sessions, tokenizer), in milliseconds.
+    pub load_ms: f64,
+    /// Total size of the files in the model folder (recursively), when it could be read.
+    pub size_on_disk_bytes: Option<u64>,
+}
+
+/// The total size of the files under `dir` (following links; recursive). `None` when the
+/// folder cannot be read.
+pub fn folder_size(dir: &std::path::Path) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        let meta = std::fs::metadata(&path).ok()?;
+        total += if meta.is_dir() {
+            folder_size(&path)?
+        } else {
+            meta.len()
+        };
+    }
+    Some(total)
+}
+
 /// A request for `samples` completions of one case.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
@@ -378,6 +403,11 @@ pub trait CompletionSource: Send + Sync {
         Vec::new()
     }
 
+    /// What loading the model cost (sources that load one).
+    fn load_facts(&self) -> Option<LoadFacts> {
+        None
+    }
+
     /// What the source holds that no trial will report: for a replay file, rows that could not
     /// be read and rows whose task matches none of `cases` (every case of the suite).
     fn warnings(&self, _cases: &[&Case]) -> Vec<String> {
@@ -412,6 +442,17 @@ mod tests {
         );
         assert_eq!(BatchSize::Rows(3).rows(Provider::Cuda), 3);
         assert_eq!("auto".parse::<BatchSize>().unwrap().to_string(), "auto");
+    }
+
+    #[test]
+    fn folder_size_sums_files_recursively() {
+        let dir = std::env::temp_dir().join(format!("codegen-folder-size-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.bin"), [0u8; 10]).unwrap();
+        std::fs::write(dir.join("sub/b.bin"), [0u8; 32]).unwrap();
+        assert_eq!(folder_size(&dir), Some(42));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(folder_size(&dir), None);
     }
 
     #[test]

@@ -10,8 +10,10 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 pub mod html;
+pub mod models;
 
 use crate::evaluate::CaseOutcome;
+use crate::footprint::Profile;
 use crate::gate::{Baseline, GateFailure, Verdict};
 use crate::score::{Summary, Totals};
 use crate::stats::Interval;
@@ -87,14 +89,18 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     let _ = writeln!(s, "  {}", "-".repeat(width + 59));
     row(&mut s, "overall", &summary.overall);
     let _ = writeln!(s, "  {INTERVAL_METHOD}");
-    if summary.overall.pass_at_k.len() > 1 || summary.overall.samples > summary.overall.cases {
-        let ks: Vec<String> = summary
-            .overall
-            .pass_at_k
-            .iter()
-            .map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0))
-            .collect();
-        let _ = writeln!(s, "  {}", ks.join(", "));
+    if several_samples(summary) {
+        let _ = writeln!(s, "  {:<width$}  {}", "", pass_k_header(&summary.overall));
+        for (cat, t) in &summary.categories {
+            let _ = writeln!(s, "  {cat:<width$}  {}", pass_k_cells(t));
+        }
+        let _ = writeln!(
+            s,
+            "  {:<width$}  {}",
+            "overall",
+            pass_k_cells(&summary.overall)
+        );
+        let _ = writeln!(s, "  {PASS_K_METHOD}");
     }
     if summary.overall.errors > 0 {
         let _ = writeln!(
@@ -120,19 +126,89 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
             b.cases
         );
     }
+    if let Some(t) = &summary.timing {
+        let _ = writeln!(s, "  {}", timing_line(t, summary.profile.as_ref()));
+    }
     if let Some(u) = &summary.uncertainty {
-        let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
-        let _ = writeln!(
-            s,
-            "  uncertainty: mean NLL passed {} / failed {}; AUROC for failure: mean NLL {}, min prob {} ({} samples)",
-            f(u.mean_nll_passed),
-            f(u.mean_nll_failed),
-            f(u.auroc_mean_nll),
-            f(u.auroc_min_prob),
-            u.samples
-        );
+        for line in uncertainty_lines(u) {
+            let _ = writeln!(s, "  {line}");
+        }
     }
     s
+}
+
+/// Whether some case has several samples (then pass@k and pass^k are worth a table).
+fn several_samples(summary: &Summary) -> bool {
+    summary.overall.pass_at_k.len() > 1 || summary.overall.samples > summary.overall.cases
+}
+
+/// The line under the pass@k / pass^k table.
+pub const PASS_K_METHOD: &str = "pass@k: at least one of k samples passes; pass^k: all k pass (unbiased estimators over each case's n samples)";
+
+fn pass_k_header(t: &Totals) -> String {
+    let mut cols: Vec<String> = t.pass_at_k.keys().map(|k| format!("pass@{k}")).collect();
+    cols.extend(
+        t.pass_hat_k
+            .keys()
+            .filter(|&&k| k > 1)
+            .map(|k| format!("pass^{k}")),
+    );
+    cols.iter()
+        .map(|c| format!("{c:>8}"))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn pass_k_cells(t: &Totals) -> String {
+    let hat = t.pass_hat_k.iter().filter(|(k, _)| **k > 1);
+    t.pass_at_k
+        .iter()
+        .chain(hat)
+        .map(|(_, v)| format!("{:>7.1}%", v * 100.0))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// `timing: TTFT 420 ms, decode 31.2 tok/s per sequence; per case mean 1.8 s, p50 1.7 s, p95
+/// 2.5 s (36 samples); engine load 2.1 s; model 1.5 GiB on disk`.
+pub fn timing_line(t: &crate::footprint::TimingStats, profile: Option<&Profile>) -> String {
+    let ms = |v: f64| match v < 1000.0 {
+        true => format!("{v:.0} ms"),
+        false => format!("{:.1} s", v / 1000.0),
+    };
+    let mut s = format!(
+        "timing: TTFT mean {}, decode {} per sequence; per case mean {}, p50 {}, p95 {} ({} samples)",
+        ms(t.mean_ttft_ms),
+        t.decode_tokens_per_s
+            .map_or_else(|| "n/a".to_string(), |v| format!("{v:.1} tok/s")),
+        ms(t.mean_case_ms),
+        ms(t.p50_case_ms),
+        ms(t.p95_case_ms),
+        t.samples
+    );
+    if let Some(load) = profile.and_then(|p| p.load_ms) {
+        let _ = write!(s, "; engine load {}", ms(load));
+    }
+    if let Some(size) = profile.and_then(|p| p.size_on_disk_bytes) {
+        let _ = write!(s, "; model {} MiB on disk", size >> 20);
+    }
+    s
+}
+
+/// The uncertainty lines: mean NLL by verdict, AUROC of each score with its interval, and the
+/// low-probability line test.
+pub fn uncertainty_lines(u: &crate::uncertainty::UncertaintyStats) -> Vec<String> {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+    vec![
+        format!(
+            "uncertainty: mean NLL passed {} / failed {} ({} samples)",
+            f(u.mean_nll_passed),
+            f(u.mean_nll_failed),
+            u.samples
+        ),
+        u.auroc_line(),
+        u.low_prob_line.line(),
+    ]
 }
 
 /// The summary as Markdown, for a pull-request comment: the table, then each failing case with
@@ -167,6 +243,33 @@ pub fn markdown(
     }
     row(&mut s, "**overall**", &summary.overall);
     let _ = writeln!(s, "\n{}.", capitalized(INTERVAL_METHOD));
+    if several_samples(summary) {
+        let t = &summary.overall;
+        let mut head: Vec<String> = t.pass_at_k.keys().map(|k| format!("pass@{k}")).collect();
+        head.extend(
+            t.pass_hat_k
+                .keys()
+                .filter(|&&k| k > 1)
+                .map(|k| format!("pass^{k}")),
+        );
+        let _ = writeln!(s, "\n| category | {} |", head.join(" | "));
+        let _ = writeln!(s, "| --- |{}", " ---: |".repeat(head.len()));
+        let cells = |t: &Totals| {
+            let hat = t.pass_hat_k.iter().filter(|(k, _)| **k > 1);
+            let v: Vec<String> = t
+                .pass_at_k
+                .iter()
+                .chain(hat)
+                .map(|(_, v)| format!("{:.1}%", v * 100.0))
+                .collect();
+            v.join(" | ")
+        };
+        for (cat, t) in &summary.categories {
+            let _ = writeln!(s, "| {cat} | {} |", cells(t));
+        }
+        let _ = writeln!(s, "| **overall** | {} |", cells(t));
+        let _ = writeln!(s, "\n{}.", capitalized(PASS_K_METHOD));
+    }
     if summary.overall.errors > 0 {
         let _ = writeln!(
             s,
@@ -182,6 +285,19 @@ pub fn markdown(
     }
     if let Some(d) = &summary.diversity {
         let _ = writeln!(s, "\n{}.", capitalized(&d.line()));
+    }
+    if let Some(t) = &summary.timing {
+        let _ = writeln!(
+            s,
+            "\n{}.",
+            capitalized(&timing_line(t, summary.profile.as_ref()))
+        );
+    }
+    if let Some(u) = &summary.uncertainty {
+        let _ = writeln!(s);
+        for line in uncertainty_lines(u) {
+            let _ = writeln!(s, "- {}.", capitalized(&line));
+        }
     }
     if let Some(b) = baseline {
         let _ = writeln!(
@@ -440,6 +556,21 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// A run of two profiles or more completed: write the profiles side by side
+    /// ([`models::markdown`]) to `<dir>/comparison.md`. Returns its path.
+    pub fn complete_comparison(
+        &self,
+        summaries: &[Summary],
+        outcomes: &[CaseOutcome],
+    ) -> io::Result<PathBuf> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join("comparison.md");
+        replace_file(&path, models::markdown(summaries, outcomes).as_bytes())?;
+        Ok(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,9 +588,12 @@ mod tests {
             pass_rate_ci: crate::stats::wilson(1.0, 2),
             syntax_valid_rate: 1.0,
             pass_at_k: [(1, 0.5)].into(),
+            pass_hat_k: [(1, 0.5)].into(),
         };
         let summary = Summary {
             model: "m".into(),
+            profile: None,
+            timing: None,
             overall: t.clone(),
             categories: [("strings".to_string(), t)].into(),
             uncertainty: None,
@@ -510,6 +644,64 @@ mod tests {
         let note = "passed (drop of 6.0 points > max_drop 3.0, but not significant: …)";
         let md = markdown(&summary, &[], None, &[], Some(note));
         assert!(md.contains(&format!("\nGate: {note}.\n")), "{md}");
+    }
+
+    #[test]
+    fn pass_k_table_timing_and_uncertainty_lines() {
+        // Two samples of one case, one passing: pass@2 100%, pass^2 0%.
+        let mut o = crate::snapshot::tests::outcome(true);
+        let mut failing = o.samples[0].clone();
+        failing.passed = false;
+        o.samples.push(failing);
+        let mut summary = Summary::of("m", &[o]);
+        summary.timing = Some(crate::footprint::TimingStats {
+            samples: 2,
+            mean_ttft_ms: 420.0,
+            decode_tokens_per_s: Some(31.25),
+            mean_case_ms: 1800.0,
+            p50_case_ms: 1700.0,
+            p95_case_ms: 2500.0,
+        });
+        let table = summary_table(&summary, None);
+        assert!(
+            table.contains("\n              pass@1  pass@2  pass^2\n  cat          50.0%  100.0%    0.0%\n  overall      50.0%  100.0%    0.0%\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\n  timing: TTFT mean 420 ms, decode 31.2 tok/s per sequence; per case mean 1.8 s, p50 1.7 s, p95 2.5 s (2 samples)\n"),
+            "{table}"
+        );
+        let md = markdown(&summary, &[], None, &[], None);
+        assert!(md.contains("\n| category | pass@1 | pass@2 | pass^2 |\n| --- | ---: | ---: | ---: |\n| cat | 50.0% | 100.0% | 0.0% |\n"), "{md}");
+        // Uncertainty: one passing and one failing sample with token traces.
+        let u = crate::uncertainty::UncertaintyStats {
+            samples: 2,
+            mean_nll_passed: Some(0.1),
+            mean_nll_failed: Some(0.4),
+            auroc_mean_nll: Some(1.0),
+            auroc_min_prob: Some(1.0),
+            scores: vec![crate::uncertainty::ScoreAuroc {
+                score: crate::uncertainty::Score::MeanNll,
+                auroc: Some(1.0),
+                ci: Some(Interval {
+                    low: 0.0,
+                    high: 1.0,
+                }),
+            }],
+            auroc_method: crate::stats::AUROC_METHOD,
+            low_prob_line: crate::uncertainty::LowProbLine::test(1, &[]),
+        };
+        summary.uncertainty = Some(u);
+        let table = summary_table(&summary, None);
+        assert!(
+            table.contains("\n  uncertainty: mean NLL passed 0.100 / failed 0.400 (2 samples)\n  AUROC for failure (95% CI, DeLong): mean NLL 1.000 [0.000, 1.000]\n  least likely token on the failing line: 0 of 0 located failures (chance 0.00; p = n/a"),
+            "{table}"
+        );
+        let md = markdown(&summary, &[], None, &[], None);
+        assert!(
+            md.contains("\n- AUROC for failure (95% CI, DeLong): mean NLL 1.000 [0.000, 1.000].\n"),
+            "{md}"
+        );
     }
 
     #[test]

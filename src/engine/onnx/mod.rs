@@ -41,7 +41,7 @@ use std::sync::Arc;
 pub use error::EngineError;
 pub use head::{HEAD_F16, HEAD_F32};
 
-use super::{Completion, CompletionSource, GenerationSettings, Request, SourceError};
+use super::{Completion, CompletionSource, GenerationSettings, LoadFacts, Request, SourceError};
 use crate::device::Provider;
 use crate::env::EngineEnv;
 use crate::machine;
@@ -151,6 +151,7 @@ impl OnnxOptions {
 
 /// Open a model folder: one session, or one per CUDA device of `options.device_ids`.
 pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, EngineError> {
+    let started = std::time::Instant::now();
     let device_ids = match options.device_ids.is_empty() {
         true => vec![0],
         false => options.device_ids.clone(),
@@ -175,6 +176,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
             .collect::<Result<Vec<Model>, EngineError>>()
     })?;
     let model = &models[0];
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let model_hash =
         gencache::model_hash(model_dir, &options.cache).map_err(|e| EngineError::Hash {
             folder: model_dir.to_path_buf(),
@@ -237,6 +239,10 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
     Ok(OnnxSource {
         scheduler: Arc::new(scheduler),
         describe,
+        load: LoadFacts {
+            load_ms,
+            size_on_disk_bytes: super::folder_size(model_dir),
+        },
     })
 }
 
@@ -285,6 +291,7 @@ fn describe(
 pub struct OnnxSource {
     scheduler: Arc<Scheduler>,
     describe: BTreeMap<String, String>,
+    load: LoadFacts,
 }
 
 impl std::fmt::Debug for OnnxSource {
@@ -363,5 +370,9 @@ impl CompletionSource for OnnxSource {
 
     fn devices(&self) -> Vec<crate::engine::DeviceUsage> {
         self.scheduler.usage()
+    }
+
+    fn load_facts(&self) -> Option<LoadFacts> {
+        Some(self.load)
     }
 }
