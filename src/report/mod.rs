@@ -9,7 +9,13 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+pub mod compare;
+pub mod compare_html;
 pub mod html;
+pub mod legend;
+pub mod model_table;
+pub mod results;
+pub mod roc;
 
 use crate::evaluate::CaseOutcome;
 use crate::gate::{Baseline, GateFailure, Verdict};
