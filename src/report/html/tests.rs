@@ -105,6 +105,10 @@ fn six_models_of_humaneval_stay_under_ten_megabytes() {
         .collect();
     let html = render_models(&models, &[]);
     let per_token = html.len() as f64 / (6.0 * 164.0 * 300.0);
+    eprintln!(
+        "6 x 164 x 300 tokens: {} bytes, {per_token:.1} per token",
+        html.len()
+    );
     assert!(
         html.len() < 10_000_000,
         "{} bytes ({per_token:.1} per token)",
