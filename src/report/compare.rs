@@ -157,6 +157,15 @@ pub fn runs(before: &[(String, Verdicts)], after: &[(String, Verdicts)]) -> RunC
     }
 }
 
+/// A p-value for people: three decimals, or scientific notation under 0.001.
+pub fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 fn list(keys: &[String]) -> String {
     if keys.is_empty() {
         "none".into()
@@ -172,13 +181,13 @@ pub fn text(c: &RunComparison, before: &str, after: &str) -> String {
         let p = &m.paired;
         let _ = writeln!(
             s,
-            "model `{}`: {} shared cases, pass rate {:.1}% -> {:.1}% ({:+.1} points), McNemar p = {:.3} ({} worse vs {} better)",
+            "model `{}`: {} shared cases, pass rate {:.1}% -> {:.1}% ({:+.1} points), McNemar p = {} ({} worse vs {} better)",
             m.model,
             p.shared,
             p.first_rate() * 100.0,
             p.second_rate() * 100.0,
             m.rate_change() * 100.0,
-            p.mcnemar.p,
+            p_value(p.mcnemar.p),
             p.mcnemar.b,
             p.mcnemar.c
         );
@@ -286,5 +295,7 @@ mod tests {
         assert!(t.contains("measured only after: k/new"));
         assert!(t.contains("models only before: gone"));
         assert!(t.contains("exact two-sided binomial test"));
+        assert_eq!(p_value(0.25), "0.250");
+        assert_eq!(p_value(2.0f64.powi(-35)), "2.9e-11");
     }
 }

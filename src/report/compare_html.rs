@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value as Json;
 
-use super::compare::{MCNEMAR_METHOD, Paired, RunComparison, Verdicts};
+use super::compare::{MCNEMAR_METHOD, Paired, RunComparison, Verdicts, p_value};
 use super::html::{PAGE_END, case_block, case_id, esc, page_start};
 use super::results::ModelResults;
 
@@ -18,13 +18,16 @@ fn links(keys: &[String], prefix: &str) -> String {
     }
     keys.iter()
         .map(|k| format!("<a href=\"#{}\">{}</a>", case_id(prefix, k), esc(k)))
-        .collect()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn mcnemar_line(p: &Paired, b_is: &str, c_is: &str) -> String {
     format!(
-        "b = {} ({b_is}), c = {} ({c_is}), McNemar p = {:.3}",
-        p.mcnemar.b, p.mcnemar.c, p.mcnemar.p
+        "b = {} ({b_is}), c = {} ({c_is}), McNemar p = {}",
+        p.mcnemar.b,
+        p.mcnemar.c,
+        p_value(p.mcnemar.p)
     )
 }
 
@@ -95,7 +98,7 @@ pub fn runs(
         let p = &m.paired;
         let _ = write!(
             s,
-            "<tr><td><a href=\"#run-{mi}\">{}</a></td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{:+.1} points</td><td>{}</td><td>{}</td><td>{:.3}</td></tr>",
+            "<tr><td><a href=\"#run-{mi}\">{}</a></td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{:+.1} points</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&m.model),
             p.shared,
             p.first_rate() * 100.0,
@@ -103,7 +106,7 @@ pub fn runs(
             m.rate_change() * 100.0,
             m.better().len(),
             m.worse().len(),
-            p.mcnemar.p
+            p_value(p.mcnemar.p)
         );
     }
     s.push_str("</table>");

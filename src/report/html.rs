@@ -151,7 +151,7 @@ fn heat_legend() -> String {
         let _ = write!(s, "<i class=\"{class}\">{low}&ndash;{high}</i> ");
         low = high;
     }
-    s.push_str("<i>&ge; 0.95 (plain)</i>; hover a coloured token for its probability and the likeliest alternatives</p>");
+    s.push_str("<i>&ge; 0.95 (plain)</i>; hover a coloured token for its probability and the two likeliest alternatives</p>");
     s
 }
 
@@ -161,7 +161,7 @@ fn visible(piece: &str) -> String {
 }
 
 /// What the model wrote, one `<i>` per uncertain token: its bucket's class, and a tooltip
-/// with its probability and up to three alternatives of 1% or more.
+/// with its probability and the two likeliest alternatives of 1% or more.
 fn heatmap(tokens: &Json) -> Option<String> {
     let pieces = tokens["pieces"].as_array()?;
     let logprobs = tokens["logprobs"].as_array()?;
@@ -184,7 +184,7 @@ fn heatmap(tokens: &Json) -> Option<String> {
             .filter(|a| a.get(0) != chosen || chosen.is_none())
             .filter_map(|a| Some((a.get(1)?.as_str()?, a.get(2)?.as_f64()?.exp())))
             .filter(|(alt, ap)| *ap >= 0.005 && Some(*alt) != piece.as_str())
-            .take(3)
+            .take(2)
         {
             let _ = write!(title, "\n`{}` {:.0}%", visible(a.0), a.1 * 100.0);
         }
