@@ -194,6 +194,32 @@ fn heatmap(tokens: &Json) -> Option<String> {
     Some(s)
 }
 
+/// A sample's failure in words: its class (with the class's details, such as an exception
+/// type), the first failing test and the generated line that raised, where known.
+fn failure_line(failure: &Json) -> Option<String> {
+    let class = match &failure["class"] {
+        Json::String(c) => c.clone(),
+        Json::Object(o) => o
+            .values()
+            .filter_map(|v| match v {
+                Json::String(s) => Some(s.clone()),
+                Json::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => return None,
+    };
+    let mut s = class;
+    if let Some(test) = failure["test"].as_str() {
+        let _ = write!(s, "; first failing test: {test}");
+    }
+    if let Some(line) = failure["source"].as_str() {
+        let _ = write!(s, "; at: {}", line.trim());
+    }
+    Some(s)
+}
+
 /// One case's block: verdict, tests, and what the model wrote (heatmap, else the code).
 pub(super) fn case_block(c: &Json, id_prefix: &str) -> String {
     let key = c["key"].as_str().unwrap_or("?");
@@ -211,8 +237,8 @@ pub(super) fn case_block(c: &Json, id_prefix: &str) -> String {
     }
     for (i, sample) in samples.iter().enumerate() {
         let _ = write!(s, "<h4>sample {}</h4>", i + 1);
-        if let Some(class) = sample["failure"]["class"].as_str() {
-            let _ = write!(s, "<p class=\"fail\">failure: {}</p>", esc(class));
+        if let Some(failure) = failure_line(&sample["failure"]) {
+            let _ = write!(s, "<p class=\"fail\">failure: {}</p>", esc(&failure));
         }
         s.push_str("<ul>");
         for t in sample["tests"].as_array().into_iter().flatten() {

@@ -19,6 +19,15 @@ fn renders_sections_cases_and_heatmap() {
     .unwrap();
     let html = render(dir.path()).unwrap();
     assert!(html.contains("got 1, expected 2"));
+    assert_eq!(
+        failure_line(&json!({"class": {"class": "exception", "type": "ValueError"}, "test": "f(1)", "source": "  raise ValueError"})).as_deref(),
+        Some("exception ValueError; first failing test: f(1); at: raise ValueError")
+    );
+    assert_eq!(
+        failure_line(&json!({"class": "wrong_answer"})).as_deref(),
+        Some("wrong_answer")
+    );
+    assert_eq!(failure_line(&Json::Null), None);
     // The sure token is plain, the unsure one coloured with its alternative (not itself).
     assert!(
         html.contains("def<i class=c1 title=\"14%\n` g` 61%\"> f</i>"),
