@@ -9,8 +9,14 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+pub mod compare;
+pub mod compare_html;
 pub mod html;
+pub mod legend;
+pub mod model_table;
 pub mod models;
+pub mod results;
+pub mod roc;
 
 use crate::evaluate::CaseOutcome;
 use crate::footprint::Profile;

@@ -57,12 +57,16 @@ enum Commands {
         #[command(subcommand)]
         what: BenchCmd,
     },
-    /// Write an HTML report (pass rates, latency, uncertainty, token heatmaps) from results.
+    /// Write an HTML report (model table, pass rates, ROC curves, model pairs, token heatmaps)
+    /// from a results folder; with two folders (before and after a change), compare the runs.
     Report {
-        /// Folder with summary-<model>.json and results-<model>.jsonl.
-        #[arg(long, default_value = "target/codegen")]
-        dir: PathBuf,
-        /// Output file (default <dir>/report.html).
+        /// A results folder (summary-<model>.json and results-<model>.jsonl), or two to compare.
+        #[arg(num_args = 0..=2, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// The results folder (same as one DIR; default target/codegen).
+        #[arg(long, conflicts_with = "dirs")]
+        dir: Option<PathBuf>,
+        /// Output file (default <DIR>/report.html; comparing: <second DIR>/compare.html).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -381,7 +385,29 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             .with_context(|| format!("failed to benchmark {}", model.display()))?;
             print!("{report}");
         }
-        Commands::Report { dir, out } => {
+        Commands::Report { dirs, dir: _, out } if dirs.len() == 2 => {
+            let (before, after) = (&dirs[0], &dirs[1]);
+            for partial in [before, after]
+                .iter()
+                .flat_map(|d| codegen_harness::report::unfinished_runs(d))
+            {
+                eprintln!(
+                    "warning: {} is the journal of a run that did not complete; the comparison uses the last completed run",
+                    partial.display()
+                );
+            }
+            let out = out.unwrap_or_else(|| after.join("compare.html"));
+            let text = codegen_harness::report::html::write_comparison(before, after, &out)
+                .context("failed to compare the runs")?;
+            print!("{text}");
+            println!("wrote {}", out.display());
+        }
+        Commands::Report { dirs, dir, out } => {
+            let dir = dirs
+                .into_iter()
+                .next()
+                .or(dir)
+                .unwrap_or_else(|| PathBuf::from("target/codegen"));
             for partial in codegen_harness::report::unfinished_runs(&dir) {
                 eprintln!(
                     "warning: {} is the journal of a run that did not complete; the report shows the last completed run",
