@@ -215,6 +215,53 @@ pub fn render(models: &[ModelResults]) -> String {
             ));
         }
     }
+    if models.iter().any(|m| {
+        m.summary_field(&["uncertainty", "low_prob_line"])
+            .is_object()
+    }) {
+        rows.push((
+            "least likely token on the failing line (hits/located, chance, p)".into(),
+            Box::new(|m| {
+                let l = m.summary_field(&["uncertainty", "low_prob_line"]);
+                match (num(l, &["hits"]), num(l, &["located"])) {
+                    (Some(h), Some(n)) if n > 0.0 => format!(
+                        "{h:.0}/{n:.0} ({:.0}%), chance {:.2}, p = {}",
+                        h / n * 100.0,
+                        num(l, &["expected_hits"]).unwrap_or(0.0),
+                        num(l, &["p_value"]).map_or_else(|| NA.into(), |p| format!("{p:.3}"))
+                    ),
+                    _ => NA.into(),
+                }
+            }),
+        ));
+    }
+    // A profile spread over several GPUs: each session's share, speed and memory.
+    if models
+        .iter()
+        .any(|m| m.summary_field(&["devices"]).is_array())
+    {
+        rows.push((
+            "sessions (per device)".into(),
+            Box::new(|m| {
+                let Some(devices) = m.summary_field(&["devices"]).as_array() else {
+                    return NA.into();
+                };
+                devices
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{}: {} seq, {:.0} tok/s, {}",
+                            esc(&text(&d["device"])),
+                            text(&d["sequences"]),
+                            num(d, &["tokens_per_s"]).unwrap_or(0.0),
+                            bytes(num(d, &["peak_device_bytes"]))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            }),
+        ));
+    }
     rows.push(("gate".into(), Box::new(gate)));
 
     let mut s = String::from("<table id=\"models\" class=\"models\"><tr><th></th>");
@@ -262,7 +309,10 @@ mod tests {
                             "syntax_valid_rate": 1.0, "pass_at_k": {"1": 0.573, "2": 0.6}, "pass_hat_k": {"1": 0.573, "2": 0.5}},
                 "categories": {"humaneval": {"cases": 164, "passed": 94, "pass_rate": 0.573, "pass_rate_ci": {"low": 0.497, "high": 0.646}}},
                 "uncertainty": {"scores": [{"score": "mean_nll", "auroc": 0.7, "ci": {"low": 0.6, "high": 0.8}}],
-                                "auroc_method": "bootstrap"}
+                                "auroc_method": "bootstrap",
+                                "low_prob_line": {"failing_samples": 70, "located": 20, "hits": 9, "expected_hits": 4.25, "p_value": 0.012}},
+                "devices": [{"device": "cuda:0", "sequences": 82, "tokens_per_s": 3980.4, "peak_device_bytes": 5368709120u64},
+                            {"device": "cuda:1", "sequences": 82, "tokens_per_s": 3901.0, "peak_device_bytes": 5368709120u64}]
             }, "gate_failures": []}),
             cases: vec![],
         };
@@ -282,6 +332,8 @@ mod tests {
             "100.0% (3/3)",
             "pass@2",
             "pass^2",
+            "9/20 (45%), chance 4.25, p = 0.012",
+            "cuda:0: 82 seq, 3980 tok/s, 5.00 GiB<br>cuda:1: 82 seq, 3901 tok/s, 5.00 GiB",
             "<td>50.0%</td>",
             "AUROC mean NLL [CI]",
             "0.700 [0.60, 0.80]",
