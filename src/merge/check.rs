@@ -114,9 +114,7 @@ pub fn problems(shards: &[(&Path, &Manifest)]) -> Vec<String> {
                 }
             }
         }
-        if !m.isolation.is_empty()
-            && !first.isolation.is_empty()
-            && m.isolation != first.isolation
+        if !m.isolation.is_empty() && !first.isolation.is_empty() && m.isolation != first.isolation
         {
             out.push(format!(
                 "{d} ran under sandbox isolation `{}`, {f} under `{}`",
@@ -320,13 +318,17 @@ mod tests {
         ms[1].settings["generation"]["max_new_tokens"] = json!(256);
         assert_eq!(
             check(&ms),
-            ["s2 and s1 ran different settings: `generation.max_new_tokens` is 256 in s2, 512 in s1"]
+            [
+                "s2 and s1 ran different settings: `generation.max_new_tokens` is 256 in s2, 512 in s1"
+            ]
         );
         let mut ms = three();
         ms[2].settings["models"][0]["precision"] = json!("int4");
         assert_eq!(
             check(&ms),
-            ["s3 and s1 ran different settings: `models[m].precision` is \"int4\" in s3, \"native\" in s1"]
+            [
+                "s3 and s1 ran different settings: `models[m].precision` is \"int4\" in s3, \"native\" in s1"
+            ]
         );
         let mut ms = three();
         ms[1].harness_version = "1.1.0".into();
@@ -370,13 +372,17 @@ mod tests {
         ms[0].ran.push(stolen.clone());
         assert_eq!(
             check(&ms),
-            [format!("shards overlap: cases ran twice: `{stolen}` (s1 and s2)")]
+            [format!(
+                "shards overlap: cases ran twice: `{stolen}` (s1 and s2)"
+            )]
         );
         let mut ms = three();
         let lost = ms[2].ran.remove(0);
         assert_eq!(
             check(&ms),
-            [format!("shards leave a gap: 1 of the suite's 12 cases ran in no shard: `{lost}` (a shard run with a libtest filter, or one that stopped early?)")]
+            [format!(
+                "shards leave a gap: 1 of the suite's 12 cases ran in no shard: `{lost}` (a shard run with a libtest filter, or one that stopped early?)"
+            )]
         );
     }
 }

@@ -95,7 +95,11 @@ fn read_results(path: &Path) -> Result<Vec<CaseOutcome>, MergeError> {
         }
     };
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let err = |message: String| MergeError::Results {
             path: path.into(),
             line: i + 1,

@@ -140,7 +140,9 @@ mod tests {
         for bad in ["3", "a/b", "1/", "-1/3", "+1/3", "1/3/4", ""] {
             assert_eq!(
                 err(bad),
-                format!("failed to read shard `{bad}`: expected K/N, two whole numbers such as 2/3")
+                format!(
+                    "failed to read shard `{bad}`: expected K/N, two whole numbers such as 2/3"
+                )
             );
         }
     }
@@ -185,7 +187,10 @@ mod tests {
     fn manifest_form_is_checked_on_the_way_in() {
         let s: Shard = serde_json::from_str(r#"{"index":2,"count":3}"#).unwrap();
         assert_eq!(s, Shard::new(2, 3).unwrap());
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"index":2,"count":3}"#);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"index":2,"count":3}"#
+        );
         assert!(serde_json::from_str::<Shard>(r#"{"index":4,"count":3}"#).is_err());
     }
 }
