@@ -283,3 +283,31 @@ impl Merged {
         Ok(written)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_read_back_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = crate::snapshot::tests::outcome(false);
+        // A float whose shortest form serde_json's fast parser reads one ulp off without
+        // `float_roundtrip` (seen in a real run's confidence).
+        o.samples[0].confidence = Some(crate::evaluate::Confidence {
+            tokens: 291,
+            mean_nll: 0.14862696866697728,
+            mean_prob: 0.8834024495843664,
+            min_prob: 0.3734256662848968,
+            low_confidence_tokens: 16,
+        });
+        o.protocol.system = crate::prompt::SystemMessage::None;
+        let line = serde_json::to_string(&o).unwrap();
+        let path = dir.path().join("results-m.jsonl");
+        fs::write(&path, format!("{line}\n")).unwrap();
+        assert_eq!(read_results(&path).unwrap(), vec![o]);
+        fs::write(&path, line.replace("\"tokens\":291", "\"tokens\":291.0")).unwrap();
+        let err = read_results(&path).unwrap_err().to_string();
+        assert!(err.contains("results-m.jsonl:1:"), "{err}");
+    }
+}
