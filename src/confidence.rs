@@ -10,12 +10,12 @@
 //! (blank lines never match). A generated line the extraction left out (prose, a fence, a
 //! pruned test block) has no code line.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::TokenTrace;
 
 /// Token-level confidence of one generated sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Confidence {
     pub tokens: usize,
     /// Mean negative log-likelihood per token (greedy NLL).
@@ -31,7 +31,7 @@ pub struct Confidence {
 }
 
 /// A maximal run of consecutive tokens under the low-probability threshold.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Span {
     /// The 1-based line of the extracted code of the run's first token that lies in the code;
     /// `None` when the whole run lies outside it.

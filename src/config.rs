@@ -162,7 +162,7 @@ impl Default for AnalysisConfig {
 }
 
 /// Pass-rate thresholds.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateConfig {
     /// Minimum overall pass rate (0.0 - 1.0).

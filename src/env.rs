@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::sandbox::Level;
+use crate::shard::{Shard, ShardError};
 
 /// One documented environment variable.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +34,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "CODEGEN_MODELS",
         value: "a,b",
         effect: "run these profiles only (also those with enabled = false)",
+    },
+    Variable {
+        name: "CODEGEN_SHARD",
+        value: "K/N",
+        effect: "run only shard K of N of the cases (1-based, by a stable hash of the case id); results go to `<results>/shard-K-of-N/` for `codegen merge`",
     },
     Variable {
         name: "CODEGEN_CACHE",
@@ -137,7 +143,7 @@ pub const VARIABLES: &[Variable] = &[
 pub struct EnvError {
     pub name: &'static str,
     pub value: String,
-    pub expected: &'static str,
+    pub expected: String,
 }
 
 /// Switches and sizes of the ONNX Runtime engine that the environment may force.
@@ -163,6 +169,8 @@ pub struct Env {
     pub config: Option<PathBuf>,
     /// Profile names from `CODEGEN_MODELS` (empty entries dropped; `None` when unset or empty).
     pub models: Option<Vec<String>>,
+    /// `CODEGEN_SHARD`: run only this shard of the cases.
+    pub shard: Option<Shard>,
     /// The per-user cache folder, already resolved from `CODEGEN_CACHE`, `XDG_CACHE_HOME`, `HOME`.
     pub cache: PathBuf,
     pub python: Option<PathBuf>,
@@ -203,6 +211,7 @@ impl Env {
                     .collect();
                 (!names.is_empty()).then_some(names)
             }),
+            shard: reader.shard("CODEGEN_SHARD")?,
             cache: reader.cache_dir(),
             python: reader.path("CODEGEN_PYTHON"),
             wheelhouse: reader.path("CODEGEN_WHEELHOUSE"),
@@ -273,7 +282,7 @@ impl Reader<'_> {
                 v.into_string().map_err(|v| EnvError {
                     name,
                     value: v.to_string_lossy().into_owned(),
-                    expected: "UTF-8 text",
+                    expected: "UTF-8 text".into(),
                 })
             })
             .transpose()
@@ -290,7 +299,7 @@ impl Reader<'_> {
             Some(v) => parse(v.trim()).map(Some).ok_or(EnvError {
                 name,
                 value: v,
-                expected,
+                expected: expected.into(),
             }),
         }
     }
@@ -301,6 +310,18 @@ impl Reader<'_> {
             "0" | "false" | "no" | "off" => Some(false),
             _ => None,
         })
+    }
+
+    /// `K/N`; the error says what was wrong with it.
+    fn shard(&self, name: &'static str) -> Result<Option<Shard>, EnvError> {
+        match self.text(name)? {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|e: ShardError| EnvError {
+                name,
+                expected: format!("K/N with 1 <= K <= N, such as 2/3 ({e})"),
+                value: v,
+            }),
+        }
     }
 
     fn count(&self, name: &'static str) -> Result<Option<usize>, EnvError> {
@@ -382,6 +403,13 @@ mod tests {
         assert_eq!(err.name, "CODEGEN_CUDA_GRAPH");
         let err = env(&[("CODEGEN_SANDBOX_LEVEL", "paranoid")]).unwrap_err();
         assert!(err.to_string().contains("strict, basic or none"), "{err}");
+        let err = env(&[("CODEGEN_SHARD", "4/3")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failed to read environment variable CODEGEN_SHARD=\"4/3\": expected K/N with 1 <= K <= N, such as 2/3 (failed to read shard 4/3: K must be between 1 and N)"
+        );
+        let shard = env(&[("CODEGEN_SHARD", "2/3")]).unwrap().shard;
+        assert_eq!(shard, Some(Shard::new(2, 3).unwrap()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use crate::confidence::Confidence;
@@ -306,7 +306,7 @@ fn test_names(case: &Case) -> BTreeSet<String> {
 }
 
 /// Everything about one sample of one case.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleOutcome {
     pub extraction: Extraction,
     pub syntax: SyntaxReport,
@@ -326,20 +326,24 @@ pub struct SampleOutcome {
 }
 
 /// The outcome of one case for one model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseOutcome {
     pub key: String,
     pub category: String,
     pub model: String,
     pub mode: String,
     /// The profile's prompt protocol; left out of results when it is the harness's own.
-    #[serde(skip_serializing_if = "PromptProtocol::is_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "PromptProtocol::is_default",
+        deserialize_with = "crate::prompt::recorded_protocol"
+    )]
     pub protocol: PromptProtocol,
     pub samples: Vec<SampleOutcome>,
     /// Set when the case could not be evaluated at all (bad case file, source failure).
     pub error: Option<String>,
     /// The error is the completion source's (generation failed), not the case's or sandbox's.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub generation_error: bool,
 }
 

@@ -8,14 +8,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tree_sitter::Node;
 
 use crate::prompt::Prompt;
 use crate::syntax;
 
 /// Which part of the text a line range refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Lines of the model's reply.
@@ -25,7 +25,7 @@ pub enum Scope {
 }
 
 /// Something the extractor left out, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {
     pub scope: Scope,
     pub first_line: usize,
@@ -35,7 +35,7 @@ pub struct Dropped {
 }
 
 /// Where the code came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
     /// Block `index` (1-based) of `count` fenced code blocks.
     FencedBlock { index: usize, count: usize },
@@ -46,7 +46,7 @@ pub enum Origin {
 }
 
 /// The program extracted from a reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extraction {
     pub code: String,
     pub origin: Origin,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::FinishReason;
 use crate::evaluate::{CaseOutcome, SampleOutcome};
@@ -15,7 +15,7 @@ use crate::sandbox::Raised;
 use crate::verdict::{LoadVerdict, TestVerdict};
 
 /// Why a sample failed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "class", content = "type", rename_all = "snake_case")]
 pub enum FailureClass {
     /// Generation stopped at max new tokens and the program failed.
@@ -59,7 +59,7 @@ impl fmt::Display for FailureClass {
 }
 
 /// One failing sample, analysed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub class: FailureClass,
     /// The label of the first failing test (none when the program did not load).

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelProfile, SourceConfig};
 use crate::engine::LoadFacts;
@@ -14,11 +14,11 @@ use crate::stats;
 
 /// A model profile as run: where its completions came from and what loading it cost. Fields
 /// that do not apply (a reference or replay profile loads no model) are `None`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub name: String,
     /// `reference`, `replay` or `onnx`.
-    pub source: &'static str,
+    pub source: String,
     /// The model the profile names (an ONNX profile's `model`).
     pub model: Option<String>,
     /// The device it ran on (the provider the engine reports, else the configured device).
@@ -62,7 +62,7 @@ impl Profile {
         };
         Profile {
             name: profile.name.clone(),
-            source,
+            source: source.to_string(),
             model,
             device,
             precision,
@@ -209,6 +209,9 @@ mod tests {
             ..onnx
         };
         let p = Profile::of(&reference, &BTreeMap::new(), None);
-        assert_eq!((p.source, p.model, p.device), ("reference", None, None));
+        assert_eq!(
+            (p.source.as_str(), p.model, p.device),
+            ("reference", None, None)
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{GateConfig, Rate};
 use crate::score::Summary;
@@ -13,7 +13,7 @@ use crate::stats::{self, McNemar};
 
 /// The accepted pass rate over the same cases that ran, and the paired verdicts of the cases
 /// measured in both runs, reduced to their discordant counts (all McNemar needs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     /// Cases that ran and have an accepted snapshot.
     pub cases: usize,

@@ -23,6 +23,7 @@ use crate::profile::{self, ProfileError};
 use crate::prompt::Prompt;
 use crate::report::{self, Journal};
 use crate::score::Summary;
+use crate::shard::{self, Shard};
 use crate::snapshot;
 use crate::timeline::{Timed, Timeline};
 
@@ -49,6 +50,8 @@ pub struct Harness {
     outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
     timeline: Timeline,
+    /// Run only this shard's cases (trials of the others are not built).
+    shard: Option<Shard>,
 }
 
 impl Harness {
@@ -78,7 +81,11 @@ impl Harness {
                     .any(|x| c.category == *x || c.category.starts_with(&format!("{x}/")))
             })
             .collect();
-        let journal = Journal::new(&config.resolve(&config.suite.results));
+        let results = config.resolve(&config.suite.results);
+        let journal = Journal::new(&match options.shard {
+            Some(s) => results.join(s.dir_name()),
+            None => results,
+        });
         Ok(Harness {
             sources: models.iter().map(|_| OnceLock::new()).collect(),
             evaluator: Evaluator::new(config.sandbox.clone())
@@ -90,6 +97,7 @@ impl Harness {
             outcomes: Mutex::new(Vec::new()),
             journal,
             timeline: Timeline::new(),
+            shard: options.shard,
         })
     }
 
@@ -277,7 +285,9 @@ impl Harness {
     }
 
     /// Summaries, tables and the gate after the trials ran. Returns false when the gate failed.
-    fn finish(&self) -> bool {
+    /// A shard writes its part and its manifest instead, and gates nothing (`failed_trials`
+    /// goes into the manifest).
+    fn finish(&self, failed_trials: usize) -> bool {
         // Case order, not the order trials finished in: every figure (float sums included)
         // and every file is the same whatever the thread count or an interrupted earlier run.
         let mut outcomes = self
@@ -299,17 +309,10 @@ impl Harness {
             summary.devices = self.devices(m);
             summary.profile = Some(self.profile(m));
             let baseline = self.baseline(model, &ran);
-            let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
-            let failures = &verdict.failures;
-            println!();
-            print!("{}", report::summary_table(&summary, baseline));
-            for o in ran.iter().filter(|o| o.error.is_some()) {
-                let error = o.error.as_deref().unwrap_or_default();
-                println!("  not measured: {}: {}", o.key, first_line(error));
-            }
-            if !isolation.is_empty() {
-                println!("  sandbox: {isolation}");
-            }
+            print!(
+                "{}",
+                report::conclusion(&summary, baseline, &ran, &isolation)
+            );
             // Per session, only when a profile spreads over several (one is the resources line).
             if summary.devices.len() > 1 {
                 for d in &summary.devices {
@@ -321,6 +324,27 @@ impl Harness {
             for w in &source_warnings {
                 println!("  warning: {w}");
             }
+            if let Some(shard) = self.shard {
+                let note = format!(
+                    "shard {shard}: {} of the suite's {} cases; partial summary, not gated (`codegen merge` gates the merged shards)",
+                    ran.len(),
+                    self.cases.len()
+                );
+                match self.journal.complete_shard(
+                    &summary,
+                    &outcomes,
+                    &isolation,
+                    baseline,
+                    &source_warnings,
+                    &note,
+                ) {
+                    Ok(path) => println!("  results: {}", path.display()),
+                    Err(e) => eprintln!("warning: failed to write the results: {e}"),
+                }
+                println!("  {note}");
+                continue;
+            }
+            let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
             match self.journal.complete(
                 &summary,
                 &outcomes,
@@ -332,15 +356,9 @@ impl Harness {
                 Ok(path) => println!("  results: {}", path.display()),
                 Err(e) => eprintln!("warning: failed to write the results: {e}"),
             }
-            for f in failures {
-                println!("  {f}");
-                ok = false;
-            }
-            if failures.is_empty() {
-                match &verdict.note {
-                    Some(note) => println!("  gate: {note}"),
-                    None => println!("  gate: passed"),
-                }
+            ok &= verdict.failures.is_empty();
+            for line in report::gate_lines(&verdict) {
+                println!("  {line}");
             }
             summaries.push(summary);
         }
@@ -351,6 +369,9 @@ impl Harness {
                 Ok(path) => println!("  comparison: {}", path.display()),
                 Err(e) => eprintln!("warning: failed to write the comparison: {e}"),
             }
+        }
+        if let Some(shard) = self.shard {
+            ok &= self.write_manifest(shard, &outcomes, &isolation, failed_trials);
         }
         ok
     }
@@ -365,10 +386,66 @@ impl Harness {
             opened.and_then(|s| s.load_facts()),
         )
     }
-}
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
+    /// The shard's manifest beside its results: what `codegen merge` checks and adds up.
+    fn write_manifest(
+        &self,
+        shard: Shard,
+        outcomes: &[CaseOutcome],
+        isolation: &str,
+        failed_trials: usize,
+    ) -> bool {
+        let mut ran: Vec<String> = outcomes.iter().map(|o| o.key.clone()).collect();
+        ran.sort();
+        ran.dedup();
+        let models = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(m, model)| {
+                let mine: Vec<&CaseOutcome> =
+                    outcomes.iter().filter(|o| o.model == model.name).collect();
+                let described = match self.sources[m].get() {
+                    Some(Ok(source)) => Some(source.describe()),
+                    _ => None,
+                };
+                shard::manifest::ModelRun {
+                    name: model.name.clone(),
+                    files_sha256: shard::manifest::files_sha256(
+                        &self.config,
+                        model,
+                        described.as_ref(),
+                    ),
+                    gate: self.config.gate_for(model).clone(),
+                    baseline: self.baseline(model, &mine),
+                    source_warnings: self.source_warnings(m),
+                    profile: Some(self.profile(m)),
+                    devices: self.devices(m),
+                }
+            })
+            .collect();
+        let manifest = shard::manifest::Manifest {
+            format: shard::manifest::FORMAT,
+            shard,
+            harness_version: shard::manifest::HARNESS_VERSION.into(),
+            settings: shard::manifest::settings(&self.config, &self.models),
+            models,
+            cases: shard::manifest::case_entries(&self.cases),
+            ran,
+            isolation: isolation.to_string(),
+            failed_trials,
+        };
+        match manifest.write(self.journal.dir()) {
+            Ok(path) => {
+                println!("\ncodegen: shard {shard} manifest: {}", path.display());
+                true
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                false
+            }
+        }
+    }
 }
 
 /// Does libtest's filter select `name`?
@@ -400,6 +477,8 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// Model profiles to run by name (default: the enabled ones).
     pub models: Option<Vec<String>>,
+    /// Run only this shard of the cases (`CODEGEN_SHARD`, `codegen run --shard`).
+    pub shard: Option<Shard>,
     /// The environment, read once by the entry point.
     pub env: Env,
 }
@@ -411,6 +490,7 @@ impl RunOptions {
             root: root.to_path_buf(),
             config: env.config.clone(),
             models: env.models.clone(),
+            shard: env.shard,
             env,
         }
     }
@@ -447,6 +527,9 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     let mut requests: Vec<(usize, usize)> = Vec::new();
     for (m, model) in harness.models.iter().enumerate() {
         for (c, case) in harness.cases.iter().enumerate() {
+            if harness.shard.is_some_and(|s| !s.contains(&case.key)) {
+                continue; // another shard's case: not listed, not generated
+            }
             let name = Harness::trial_name(model, case);
             if !args.list && selected(&args, &name) {
                 requests.push((m, c));
@@ -473,7 +556,7 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     if args.list {
         return conclusion.exit_code();
     }
-    if requests.is_empty() {
+    if requests.is_empty() && harness.shard.is_none() {
         // A filter cargo passed to every test binary (`cargo test some_unit_test`) matched no
         // trial here: nothing ran, so nothing is summarised, written or gated.
         eprintln!(
@@ -482,7 +565,11 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
         );
         return conclusion.exit_code();
     }
-    let gate_ok = harness.finish();
+    let failed_trials = match harness.config.suite.snapshot {
+        true => conclusion.num_failed as usize,
+        false => 0,
+    };
+    let gate_ok = harness.finish(failed_trials);
     // With snapshots a trial is a comparison and any mismatch fails the run; without, trials
     // are measurements and the gate alone decides.
     let trials_failed = harness.config.suite.snapshot && conclusion.has_failed();

@@ -17,6 +17,9 @@
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
 //! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
 //!
+//! A run may be one [`shard`] of N (its cases by a stable hash of their ids, with a manifest);
+//! [`merge`] checks that shards belong together and turns them into one run's files and verdict.
+//!
 //! Around the pipeline: [`config`] (`harness/codegen.toml`, typed once), [`mod@env`] (the
 //! environment, read once at the entry points), [`device`] (devices, providers, precisions),
 //! [`profile`] (a configured profile turned into a completion source), [`provision`] (what
@@ -43,6 +46,7 @@ pub mod gate;
 pub mod harness;
 pub mod import;
 pub mod machine;
+pub mod merge;
 pub mod models;
 pub mod pack;
 pub mod profile;
@@ -53,6 +57,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod sanitize;
 pub mod score;
+pub mod shard;
 pub mod snapshot;
 pub mod stats;
 pub mod syntax;

@@ -73,6 +73,37 @@ pub struct PromptProtocol {
     pub mode: Option<PromptMode>,
 }
 
+/// Read back a protocol as results JSON records it (the serialized [`SystemMessage`]:
+/// `"default"`, `"none"` or `{"text": ...}`), which differs from how the config writes one.
+pub fn recorded_protocol<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<PromptProtocol, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Recorded {
+        Default,
+        None,
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Protocol {
+        system: Recorded,
+        prefill: Option<String>,
+        mode: Option<PromptMode>,
+    }
+    let p = Protocol::deserialize(d)?;
+    Ok(PromptProtocol {
+        system: match p.system {
+            Recorded::Default => SystemMessage::Default,
+            Recorded::None => SystemMessage::None,
+            Recorded::Text(t) => SystemMessage::Text(t),
+        },
+        prefill: p.prefill,
+        mode: p.mode,
+    })
+}
+
 impl PromptProtocol {
     /// The harness's own protocol (recorded in results only when a profile changes it).
     pub fn is_default(&self) -> bool {

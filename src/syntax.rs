@@ -3,11 +3,11 @@
 
 use std::cell::RefCell;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tree_sitter::{Node, Parser, Tree};
 
 /// One syntax problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnostic {
     pub line: usize,
     pub column: usize,
@@ -15,7 +15,7 @@ pub struct Diagnostic {
 }
 
 /// The syntax verdict on a program.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyntaxReport {
     pub valid: bool,
     pub diagnostics: Vec<Diagnostic>,

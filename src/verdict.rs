@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::case::{Case, Expectation};
 use crate::sandbox::{ExecReport, LoadOutcome, Raised, RawOutcome};
 use crate::value::Value;
 
 /// The verdict on one test call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum TestVerdict {
     Passed,
@@ -129,7 +129,7 @@ fn first_line(s: &str, max: usize) -> String {
 }
 
 /// One test and its verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestResult {
     /// The call (or `check(<entry point>)`).
     pub label: String,
@@ -155,7 +155,7 @@ pub fn signal_name(signal: i32) -> &'static str {
 }
 
 /// How loading the program went, as shown to people.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "load", rename_all = "snake_case")]
 pub enum LoadVerdict {
     Ok,

@@ -446,6 +446,10 @@ struct SummaryFile<'a> {
     /// for tasks that match no case).
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     source_warnings: &'a [String],
+    /// A shard's summary: which shard, how many of the suite's cases, and that the gate was
+    /// not applied to it (`codegen merge` gates the merged results).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partial: Option<&'a str>,
 }
 
 /// The journal of an unfinished run of `model` in `dir`.
@@ -501,6 +505,37 @@ impl Journal {
         f.write_all(line.as_bytes())
     }
 
+    /// The folder the journal writes to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `results-<model>.jsonl`: the outcomes of `model`, in the order given.
+    fn write_results(&self, model: &str, outcomes: &[CaseOutcome]) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let mut results = String::new();
+        for o in outcomes.iter().filter(|o| o.model == *model) {
+            results.push_str(&serde_json::to_string(o).map_err(io::Error::other)?);
+            results.push('\n');
+        }
+        replace_file(
+            &self.dir.join(format!("results-{model}.jsonl")),
+            results.as_bytes(),
+        )
+    }
+
+    /// The run of `model` is written: drop its partial journal.
+    fn close(&self, model: &str) -> io::Result<()> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(model);
+        match fs::remove_file(partial_results_path(&self.dir, model)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The run of `summary.model` completed: write its results (the outcomes of that model, in
     /// the order given: the harness passes case order), summary, Markdown and JUnit, then drop
     /// the partial journal. Returns the summary's path.
@@ -514,16 +549,7 @@ impl Journal {
         source_warnings: &[String],
     ) -> io::Result<PathBuf> {
         let model = &summary.model;
-        fs::create_dir_all(&self.dir)?;
-        let mut results = String::new();
-        for o in outcomes.iter().filter(|o| o.model == *model) {
-            results.push_str(&serde_json::to_string(o).map_err(io::Error::other)?);
-            results.push('\n');
-        }
-        replace_file(
-            &self.dir.join(format!("results-{model}.jsonl")),
-            results.as_bytes(),
-        )?;
+        self.write_results(model, outcomes)?;
         replace_file(
             &self.dir.join(format!("summary-{model}.md")),
             markdown(
@@ -547,19 +573,84 @@ impl Journal {
             gate_failures: &verdict.failures,
             gate_note: verdict.note.as_deref(),
             source_warnings,
+            partial: None,
         })
         .map_err(io::Error::other)?;
         replace_file(&path, body.as_bytes())?;
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(model);
-        match fs::remove_file(partial_results_path(&self.dir, model)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        self.close(model)?;
         Ok(path)
     }
+
+    /// A shard of the run of `summary.model` completed: write its results, JUnit and a summary
+    /// marked `partial` (no Markdown, no gate: the shard holds part of the suite), then drop
+    /// the partial journal. Returns the summary's path.
+    pub fn complete_shard(
+        &self,
+        summary: &Summary,
+        outcomes: &[CaseOutcome],
+        isolation: &str,
+        baseline: Option<Baseline>,
+        source_warnings: &[String],
+        partial: &str,
+    ) -> io::Result<PathBuf> {
+        let model = &summary.model;
+        self.write_results(model, outcomes)?;
+        replace_file(
+            &self.dir.join(format!("junit-{model}.xml")),
+            junit(model, outcomes).as_bytes(),
+        )?;
+        let path = self.dir.join(format!("summary-{model}.json"));
+        let body = serde_json::to_string_pretty(&SummaryFile {
+            summary,
+            isolation,
+            baseline,
+            gate_failures: &[],
+            gate_note: None,
+            source_warnings,
+            partial: Some(partial),
+        })
+        .map_err(io::Error::other)?;
+        replace_file(&path, body.as_bytes())?;
+        self.close(model)?;
+        Ok(path)
+    }
+}
+
+/// What a run prints for a model after its trials, up to the run's own lines: the table, the
+/// cases not measured, and the sandbox's isolation.
+pub fn conclusion(
+    summary: &Summary,
+    baseline: Option<Baseline>,
+    ran: &[&CaseOutcome],
+    isolation: &str,
+) -> String {
+    let mut s = String::from("\n");
+    s.push_str(&summary_table(summary, baseline));
+    for o in ran.iter().filter(|o| o.error.is_some()) {
+        let error = o.error.as_deref().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  not measured: {}: {}",
+            o.key,
+            error.lines().next().unwrap_or_default()
+        );
+    }
+    if !isolation.is_empty() {
+        let _ = writeln!(s, "  sandbox: {isolation}");
+    }
+    s
+}
+
+/// The gate's lines under the table: each threshold not met, or `gate: passed` (with the note
+/// when a rule let a drop pass).
+pub fn gate_lines(verdict: &Verdict) -> Vec<String> {
+    if verdict.failures.is_empty() {
+        return vec![match &verdict.note {
+            Some(note) => format!("gate: {note}"),
+            None => "gate: passed".to_string(),
+        }];
+    }
+    verdict.failures.iter().map(|f| f.to_string()).collect()
 }
 
 impl Journal {

@@ -25,7 +25,7 @@ fn summary(
     let mut s = Summary::of(name, outcomes);
     s.profile = Some(Profile {
         name: name.into(),
-        source: "onnx",
+        source: "onnx".into(),
         model: Some("qwen".into()),
         device: Some("cpu".into()),
         precision: Some(precision.into()),

@@ -33,7 +33,7 @@ pub use worker::WorkerSandbox;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::value::Value;
@@ -61,7 +61,7 @@ pub struct Job {
 }
 
 /// Where in generated or test code an exception came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Raised {
     pub exc_type: String,
     /// The names of the exception type's MRO, for `raises = "LookupError"` matching subclasses.

@@ -7,6 +7,7 @@ mod bench_genai;
 mod bench_sandbox;
 mod bench_sessions;
 mod doctor;
+mod merge;
 mod pack;
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum Commands {
         /// Model profiles to run, comma-separated (default: the enabled ones).
         #[arg(long)]
         models: Option<String>,
+        /// Run only shard K of N of the cases (1-based; by a stable hash of the case id), writing
+        /// to <results>/shard-K-of-N/ for `codegen merge` (also CODEGEN_SHARD=K/N).
+        #[arg(long, value_name = "K/N")]
+        shard: Option<codegen_harness::shard::Shard>,
         #[arg(last = true)]
         libtest_args: Vec<String>,
     },
@@ -79,6 +84,11 @@ enum Commands {
     /// On the device: verify an extracted bundle, put its GGUFs and wheels into the cache, and
     /// print (or `--run`) the suite's command.
     Unpack(pack::UnpackArgs),
+    /// Combine the shards of a run into one run's results, summary, Markdown, JUnit and HTML
+    /// report, and apply the gate once (exit status 101 when it fails). Refuses shards of
+    /// different models, model files, settings, harness versions or case sets, and shards
+    /// that overlap or leave gaps.
+    Merge(merge::MergeArgs),
     /// Write replay files (human-eval sample format).
     Samples {
         #[command(subcommand)]
@@ -250,6 +260,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Run {
             config,
             models,
+            shard,
             libtest_args,
         } => {
             let root = std::env::current_dir().context("failed to read the current directory")?;
@@ -259,6 +270,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             }
             if let Some(models) = models {
                 options.models = Some(models.split(',').map(|s| s.trim().to_string()).collect());
+            }
+            if let Some(shard) = shard {
+                options.shard = Some(shard);
             }
             let args = libtest_mimic::Arguments::from_iter(
                 std::iter::once("codegen run".to_string()).chain(libtest_args),
@@ -287,6 +301,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Doctor(args) => return Ok(doctor::run(args, &env)),
         Commands::Pack(args) => pack::pack(args, &env, &provisioner)?,
         Commands::Unpack(args) => return pack::unpack(args, &env),
+        Commands::Merge(args) => return merge::run(args),
         Commands::Bench {
             what:
                 BenchCmd::Sessions {
