@@ -1,14 +1,28 @@
-//! Turns between the sessions of one process when several decode at once (data parallelism over
-//! GPUs, `device = "cuda:0,1"`).
+//! Turns between the CUDA sessions of one process when several decode at once (one per GPU of
+//! `device = "cuda:0,1"`, and the engines of several profiles of one run), and one engine at a
+//! time on the GPUs.
 //!
 //! Why: ONNX Runtime captures a CUDA graph with `cudaStreamCaptureModeGlobal`. While one thread
 //! captures, a CUDA call that may synchronise (an allocation, a copy) from any other thread of the
 //! process invalidates the capture and fails both. So every session's GPU work happens under a
 //! shared turn, and the decode steps that may capture take an exclusive one. A batch holds its
 //! shared turn from setup to its last buffer's release and gives it up only between steps, when
-//! it has nothing in flight. A process with one session has no gate and takes no lock.
+//! it has nothing in flight. The gate is the process's, shared by every CUDA session; CPU
+//! sessions capture nothing and take no lock.
+//!
+//! Engines of different profiles also take turns for a whole run of batches ([`engine_turn`]):
+//! each gets the GPUs' free memory for its batches (budgets read when its turn starts) and its
+//! sequences finish sooner than if all profiles shared the GPU at once.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+static CUDA_GATE: LazyLock<StepGate> = LazyLock::new(|| StepGate(Some(Arc::default())));
+static CUDA_ENGINES: Mutex<()> = Mutex::new(());
+
+/// The turn of one engine's batches on the GPUs (held by `Scheduler::run` under CUDA).
+pub(crate) fn engine_turn() -> MutexGuard<'static, ()> {
+    CUDA_ENGINES.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Decode steps of a captured batch that run exclusively: ONNX Runtime runs a graph id twice
 /// before it captures it on the third run; one more for margin.
@@ -27,9 +41,15 @@ pub(crate) enum Turn<'a> {
 }
 
 impl StepGate {
-    /// A gate for `sessions` sessions decoding at once (none for one).
-    pub fn for_sessions(sessions: usize) -> StepGate {
-        StepGate((sessions > 1).then(|| Arc::new(RwLock::new(()))))
+    /// A gate of its own (tests: the process's is [`StepGate::cuda`]).
+    #[cfg(test)]
+    fn new() -> StepGate {
+        StepGate(Some(Arc::new(RwLock::new(()))))
+    }
+
+    /// The gate every CUDA session of this process shares.
+    pub fn cuda() -> StepGate {
+        CUDA_GATE.clone()
     }
 
     /// A turn beside other sessions' ordinary steps.
@@ -65,8 +85,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
-    fn one_session_takes_no_lock() {
-        let gate = StepGate::for_sessions(1);
+    fn cpu_sessions_take_no_lock() {
+        let gate = StepGate::default();
         let a = gate.exclusive();
         let b = gate.exclusive();
         assert!(matches!((a, b), (Turn::Free, Turn::Free)));
@@ -74,7 +94,7 @@ mod tests {
 
     #[test]
     fn a_capture_step_excludes_every_other_session() {
-        let gate = StepGate::for_sessions(2);
+        let gate = StepGate::new();
         let inside = AtomicUsize::new(0);
         let overlapped = AtomicUsize::new(0);
         std::thread::scope(|s| {

@@ -156,7 +156,12 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         true => vec![0],
         false => options.device_ids.clone(),
     };
-    let gate = gate::StepGate::for_sessions(device_ids.len());
+    // CUDA sessions share the process's gate (other profiles' engines may decode at once);
+    // CPU sessions capture no graphs and need none.
+    let gate = match options.provider {
+        Provider::Cuda => gate::StepGate::cuda(),
+        Provider::Cpu => gate::StepGate::default(),
+    };
     // Sessions load side by side (each takes about a second, most of it on its own GPU).
     let models: Vec<Model> = std::thread::scope(|scope| {
         let handles: Vec<_> = device_ids
@@ -191,19 +196,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
     let budget_bytes = options
         .memory_budget_bytes
         .or_else(|| match model.provider {
-            // Each session's batch must fit its GPU beside the other sessions on that GPU.
-            Provider::Cuda => device_ids
-                .iter()
-                .map(|&id| {
-                    let sharing = device_ids.iter().filter(|&&d| d == id).count() as u64;
-                    machine::gpu_memory_of(id).map(|g| {
-                        (g.free / 100 * 85 / sharing)
-                            .saturating_sub(1 << 30)
-                            .max(256 << 20)
-                    })
-                })
-                .collect::<Option<Vec<u64>>>()
-                .and_then(|b| b.into_iter().min()),
+            Provider::Cuda => cuda_budget(&device_ids),
             Provider::Cpu => machine::host_memory().map(|m| m.total / 2),
         })
         .unwrap_or(4 << 30);
@@ -227,7 +220,9 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
             .collect();
         describe.insert("sessions".into(), sessions.join(","));
     }
-    let scheduler = Scheduler::new(
+    let budget_from_free_memory =
+        options.memory_budget_bytes.is_none() && options.provider == Provider::Cuda;
+    let mut scheduler = Scheduler::new(
         models,
         encoder,
         facts,
@@ -236,6 +231,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         options.settings,
         options.progress,
     );
+    scheduler.budget_from_free_memory = budget_from_free_memory;
     Ok(OnnxSource {
         scheduler: Arc::new(scheduler),
         describe,
@@ -244,6 +240,24 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
             size_on_disk_bytes: super::folder_size(model_dir),
         },
     })
+}
+
+/// The bytes one session's batch may take under CUDA: 85% of its GPU's free memory shared by
+/// the sessions on that GPU, less 1 GiB for ONNX Runtime's workspaces and captured graphs; the
+/// smallest over `device_ids`. `None` when a GPU's memory cannot be read.
+pub(crate) fn cuda_budget(device_ids: &[u32]) -> Option<u64> {
+    device_ids
+        .iter()
+        .map(|&id| {
+            let sharing = device_ids.iter().filter(|&&d| d == id).count() as u64;
+            machine::gpu_memory_of(id).map(|g| {
+                (g.free / 100 * 85 / sharing)
+                    .saturating_sub(1 << 30)
+                    .max(256 << 20)
+            })
+        })
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|b| b.into_iter().min())
 }
 
 /// Facts about the loaded model for results and reports (output only: nothing reads it back).

@@ -205,6 +205,9 @@ pub(crate) struct Scheduler {
     pub models: Vec<Mutex<Model>>,
     /// Per session, what it generated (same order as `models`).
     usage: Mutex<Vec<DeviceUsage>>,
+    /// Read the GPUs' free memory again when a run starts (other engines of the process may
+    /// have taken some since this one was loaded).
+    pub budget_from_free_memory: bool,
     /// Calls of `run` under way: rows are published before their batch's figures are added.
     running: Mutex<usize>,
     idle: Condvar,
@@ -247,6 +250,7 @@ impl Scheduler {
             usage: Mutex::new(usage),
             running: Mutex::new(0),
             idle: Condvar::new(),
+            budget_from_free_memory: false,
             encoder,
             facts,
             limits,
@@ -372,6 +376,20 @@ impl Scheduler {
             return;
         }
         let _running = Running::start(self);
+        // One engine at a time on the GPUs: the profiles of a run take turns, each with the
+        // free memory its turn starts with.
+        let _turn = (self.facts.provider == Provider::Cuda).then(super::gate::engine_turn);
+        let mut limits = self.limits;
+        if self.budget_from_free_memory {
+            let ids: Vec<u32> = self
+                .models
+                .iter()
+                .map(|m| m.lock().expect("model lock").device_id)
+                .collect();
+            if let Some(now) = super::cuda_budget(&ids) {
+                limits.budget_bytes = limits.budget_bytes.min(now);
+            }
+        }
         todo.sort_by(|a, b| {
             a.1.prompt_ids
                 .len()
@@ -398,7 +416,7 @@ impl Scheduler {
         let sessions = self.models.len();
         let cap = self.settings.batch_size.rows(self.facts.provider);
         let rows = balanced_rows(todo.len(), cap, sessions);
-        let batches = self.limits.batches(&todo, rows);
+        let batches = limits.batches(&todo, rows);
         if sessions == 1 {
             for range in batches {
                 self.run_batch(0, &todo[range], &progress);
