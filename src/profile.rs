@@ -34,11 +34,22 @@ pub enum ProfileError {
     Gpus(crate::device::ParseError),
 }
 
+/// How an ONNX profile's model is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loading {
+    /// Load the model now.
+    Eager,
+    /// Answer from the generation cache and load the model only for a request it misses
+    /// ([`onnx::LazyOnnxSource`]): a cargo-nextest test process, `codegen finish`.
+    Lazy,
+}
+
 /// Open the completion source a profile names.
 pub fn open_source(
     config: &Config,
     profile: &ModelProfile,
     env: &Env,
+    loading: Loading,
 ) -> Result<Arc<dyn CompletionSource>, ProfileError> {
     match &profile.source {
         SourceConfig::Reference => Ok(Arc::new(ReferenceSource)),
@@ -58,6 +69,7 @@ pub fn open_source(
             *precision,
             config.generation_for(profile),
             env,
+            loading,
         ),
     }
 }
@@ -72,6 +84,7 @@ fn open_engine(
     precision: Precision,
     settings: GenerationSettings,
     env: &Env,
+    loading: Loading,
 ) -> Result<Arc<dyn CompletionSource>, ProfileError> {
     let resolution = device.resolve(runtime::nvidia_driver_present());
     if device == Device::Auto {
@@ -105,7 +118,13 @@ fn open_engine(
     options.cpu_fallback = resolution.fallback_to_cpu;
     options.device_ids = device_ids;
     options.apply_env(&env.engine);
-    onnx::open_with(&dir, options)
-        .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
-        .map_err(ProfileError::Engine)
+    match loading {
+        Loading::Eager => {
+            onnx::open_with(&dir, options).map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+        }
+        Loading::Lazy => {
+            onnx::open_lazy(&dir, options).map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+        }
+    }
+    .map_err(ProfileError::Engine)
 }

@@ -200,6 +200,81 @@ struct Progress {
     tokens: AtomicU64,
 }
 
+/// A request's cache keys (one per sample) and the jobs of its distinct keys. With `limits`,
+/// a sequence that cannot fit is an error; without (the lazy source, which only looks keys up
+/// in the cache), nothing is checked.
+pub(crate) fn plan(
+    encoder: &Encoder,
+    facts: &KeyFacts,
+    settings: &GenerationSettings,
+    limits: Option<&Limits>,
+    request: &Request<'_>,
+) -> Result<Planned, EngineError> {
+    let s = settings;
+    let prompt_ids = encoder.encode(request.prompt)?;
+    let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
+    let mut stop = s.stop.clone();
+    for st in &request.case.stop {
+        if !stop.contains(st) {
+            stop.push(st.clone());
+        }
+    }
+    let sampler = Sampler {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+    };
+    let samples = request.samples.max(1);
+    let mut keys = Vec::with_capacity(samples);
+    let mut jobs = Vec::new();
+    for i in 0..samples {
+        // Greedy decoding gives one answer whatever the sample index: compute it once.
+        let index = if sampler.is_greedy() { 0 } else { i };
+        let mut desc = serde_json::json!({
+            "engine": ENGINE_VERSION,
+            "model": facts.model_hash,
+            "provider": facts.provider.as_str(),
+            "device_head": facts.device_head.to_string(),
+            "prompt_ids": prompt_ids,
+            "max_new_tokens": max_new,
+            "stop": stop,
+            "temperature": s.temperature,
+            "top_p": if sampler.is_greedy() { 1.0 } else { s.top_p },
+            "top_k": if sampler.is_greedy() { 0 } else { s.top_k },
+            "top_logprobs": s.top_logprobs,
+            "seed": if sampler.is_greedy() { 0 } else { s.seed },
+            "sample": index,
+        });
+        if facts.cuda_graph {
+            // Replayed graphs decode with a fixed-width attention mask: kernels may pick
+            // other tiles and differ in the last bit. Other keys stay as they were.
+            desc["cuda_graph"] = serde_json::Value::Bool(true);
+        }
+        let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
+        if !keys.contains(&key) {
+            // The stream of sample i depends on (seed, prompt, i) only.
+            let seed_hash =
+                Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
+            let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
+            let job = SeqJob {
+                prompt_ids: prompt_ids.clone(),
+                max_new,
+                stop: stop.clone(),
+                sampler,
+                seed,
+                top_logprobs: s.top_logprobs,
+            };
+            // Checked before any batch holds it: a prompt that cannot fit fails alone.
+            if let Some(limits) = limits {
+                limits.check(&job)?;
+            }
+            jobs.push((key.clone(), job));
+        }
+        keys.push(key);
+    }
+    Ok(Planned { keys, jobs })
+}
+
 /// The model (one session per device), its cache and what is being generated.
 pub(crate) struct Scheduler {
     pub models: Vec<Mutex<Model>>,
@@ -275,67 +350,13 @@ impl Scheduler {
     }
 
     pub fn plan(&self, request: &Request<'_>) -> Result<Planned, EngineError> {
-        let s = &self.settings;
-        let prompt_ids = self.encoder.encode(request.prompt)?;
-        let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
-        let mut stop = s.stop.clone();
-        for st in &request.case.stop {
-            if !stop.contains(st) {
-                stop.push(st.clone());
-            }
-        }
-        let sampler = Sampler {
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-        };
-        let samples = request.samples.max(1);
-        let mut keys = Vec::with_capacity(samples);
-        let mut jobs = Vec::new();
-        for i in 0..samples {
-            // Greedy decoding gives one answer whatever the sample index: compute it once.
-            let index = if sampler.is_greedy() { 0 } else { i };
-            let mut desc = serde_json::json!({
-                "engine": ENGINE_VERSION,
-                "model": self.facts.model_hash,
-                "provider": self.facts.provider.as_str(),
-                "device_head": self.facts.device_head.to_string(),
-                "prompt_ids": prompt_ids,
-                "max_new_tokens": max_new,
-                "stop": stop,
-                "temperature": s.temperature,
-                "top_p": if sampler.is_greedy() { 1.0 } else { s.top_p },
-                "top_k": if sampler.is_greedy() { 0 } else { s.top_k },
-                "top_logprobs": s.top_logprobs,
-                "seed": if sampler.is_greedy() { 0 } else { s.seed },
-                "sample": index,
-            });
-            if self.facts.cuda_graph {
-                // Replayed graphs decode with a fixed-width attention mask: kernels may pick
-                // other tiles and differ in the last bit. Other keys stay as they were.
-                desc["cuda_graph"] = serde_json::Value::Bool(true);
-            }
-            let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
-            if !keys.contains(&key) {
-                // The stream of sample i depends on (seed, prompt, i) only.
-                let seed_hash =
-                    Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
-                let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
-                let job = SeqJob {
-                    prompt_ids: prompt_ids.clone(),
-                    max_new,
-                    stop: stop.clone(),
-                    sampler,
-                    seed,
-                    top_logprobs: s.top_logprobs,
-                };
-                // Checked before any batch holds it: a prompt that cannot fit fails alone.
-                self.limits.check(&job)?;
-                jobs.push((key.clone(), job));
-            }
-            keys.push(key);
-        }
-        Ok(Planned { keys, jobs })
+        plan(
+            &self.encoder,
+            &self.facts,
+            &self.settings,
+            Some(&self.limits),
+            request,
+        )
     }
 
     /// Take the jobs nobody has started and that the cache does not answer.
