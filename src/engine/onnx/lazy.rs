@@ -2,8 +2,10 @@
 //! without loading the model, and loads it (once, [`super::open_with`]) only when a request has
 //! a sample the cache does not hold.
 //!
-//! A cache key needs the prompt's token ids (the tokenizer and chat template alone, no ONNX
-//! Runtime session), the model folder's hash (remembered per folder) and the facts the loaded
+//! A cache key needs the prompt's token ids (the chat template rendered, then tokenized: the ids
+//! are remembered under `<cache>/prompt-ids/` by the model's hash and the prompt's text, so a
+//! warm process does not even load the tokenizer), the model folder's hash (remembered per
+//! folder) and the facts the loaded
 //! model would report ([`KeyFacts`]: provider, device head, CUDA graphs). Those are predicted
 //! from the options as the loader decides them; a wrong prediction only makes keys miss, and a
 //! miss loads the model, which gives the same answers as an eagerly opened engine. A cached
@@ -20,16 +22,22 @@ use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
 use super::gencache::{self, GenerationCache};
-use super::scheduler::{self, Encoder, KeyFacts};
+use super::scheduler::{self, KeyFacts};
 use super::{EngineError, OnnxOptions, OnnxSource, folder};
 use crate::device::Provider;
+use crate::cache::hex;
 use crate::engine::{Completion, CompletionSource, DeviceUsage, LoadFacts, Request, SourceError};
+use crate::prompt::{Prompt, TemplateTokens};
+use sha2::{Digest, Sha256};
 
 /// The engine, loaded on the first request the generation cache cannot answer.
 pub struct LazyOnnxSource {
     dir: PathBuf,
     options: OnnxOptions,
-    encoder: Encoder,
+    chat_template: Option<String>,
+    template_tokens: TemplateTokens,
+    /// Loaded on the first prompt whose ids are not remembered.
+    tokenizer: OnceLock<Result<Tokenizer, EngineError>>,
     facts: KeyFacts,
     cache: GenerationCache,
     engine: OnceLock<Result<OnnxSource, EngineError>>,
@@ -51,22 +59,16 @@ fn read_json(dir: &Path, name: &str) -> Result<Json, EngineError> {
         .map_err(|e| EngineError::folder(dir, format!("failed to parse {name}: {e}")))
 }
 
-/// The prompt encoder of a model folder, from its tokenizer files alone.
-fn encoder_of(dir: &Path) -> Result<Encoder, EngineError> {
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| EngineError::folder(dir, format!("failed to load tokenizer.json: {e}")))?;
+/// The chat template and the tokens it names, from the folder's small config files (the end-of-
+/// sequence ids, which need the tokenizer, play no part in a prompt's text).
+fn template_of(dir: &Path) -> Result<(Option<String>, TemplateTokens), EngineError> {
     let tokenizer_config = read_json(dir, "tokenizer_config.json")?;
     let generation_config = read_json(dir, "generation_config.json").unwrap_or(Json::Null);
     let config = read_json(dir, "config.json").unwrap_or(Json::Null);
-    let tokens = folder::token_spec(dir, &tokenizer_config, &generation_config, &config, |t| {
-        tokenizer.token_to_id(t)
+    let tokens = folder::token_spec(dir, &tokenizer_config, &generation_config, &config, |_| {
+        Some(u32::MAX)
     })?;
-    Ok(Encoder {
-        dir: dir.to_path_buf(),
-        tokenizer,
-        chat_template: tokens.chat_template,
-        template_tokens: tokens.template_tokens,
-    })
+    Ok((tokens.chat_template, tokens.template_tokens))
 }
 
 /// The key facts the loader would report for `options`, predicted: the provider asked for (CPU
@@ -94,7 +96,7 @@ pub(crate) fn predicted_facts(
 
 /// Open `model_dir` lazily: read its tokenizer and hash its files, load nothing else.
 pub fn open_lazy(model_dir: &Path, options: OnnxOptions) -> Result<LazyOnnxSource, EngineError> {
-    let encoder = encoder_of(model_dir)?;
+    let (chat_template, template_tokens) = template_of(model_dir)?;
     let model_hash =
         gencache::model_hash(model_dir, &options.cache).map_err(|e| EngineError::Hash {
             folder: model_dir.to_path_buf(),
@@ -109,7 +111,9 @@ pub fn open_lazy(model_dir: &Path, options: OnnxOptions) -> Result<LazyOnnxSourc
         dir: model_dir.to_path_buf(),
         cache: GenerationCache::new(!options.no_cache, &options.cache),
         options,
-        encoder,
+        chat_template,
+        template_tokens,
+        tokenizer: OnceLock::new(),
         facts,
         engine: OnceLock::new(),
     })
@@ -137,10 +141,60 @@ impl LazyOnnxSource {
             .map_err(Clone::clone)
     }
 
+    /// The token ids of `prompt`: remembered ones, or the tokenizer's (then remembered).
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let (text, special) = scheduler::prompt_text(
+            &self.dir,
+            self.chat_template.as_deref(),
+            &self.template_tokens,
+            prompt,
+        )?;
+        let key = hex(&Sha256::digest(
+            format!("{}\0{special}\0{text}", self.facts.model_hash).as_bytes(),
+        ));
+        let memo = self
+            .options
+            .cache
+            .join("prompt-ids")
+            .join(&key[..2])
+            .join(format!("{key}.json"));
+        if let Some(ids) = std::fs::read(&memo)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<u32>>(&b).ok())
+        {
+            return Ok(ids);
+        }
+        let tokenizer = self
+            .tokenizer
+            .get_or_init(|| {
+                Tokenizer::from_file(self.dir.join("tokenizer.json")).map_err(|e| {
+                    EngineError::folder(&self.dir, format!("failed to load tokenizer.json: {e}"))
+                })
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let ids = tokenizer
+            .encode(text.as_str(), special)
+            .map_err(|e| EngineError::Tokenize(e.to_string()))?
+            .get_ids()
+            .to_vec();
+        // Best effort, written whole (a temporary file renamed): a reader sees all or nothing.
+        if let (Some(dir), Ok(bytes)) = (memo.parent(), serde_json::to_vec(&ids)) {
+            let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &memo);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Every sample of `request` from the cache, or `None` when one misses (or cannot be keyed).
     fn cached(&self, request: &Request<'_>) -> Option<Vec<Completion>> {
+        if !self.cache.enabled() {
+            return None;
+        }
         let plan = scheduler::plan(
-            &self.encoder,
+            self.prompt_ids(request.prompt).ok()?,
             &self.facts,
             &self.options.settings,
             None,

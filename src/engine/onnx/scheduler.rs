@@ -39,31 +39,42 @@ impl Encoder {
     /// The token ids of a prompt, exactly as the engine feeds them (a chat prompt's prefill
     /// after the template's generation prompt).
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
-        let (text, special) = match prompt {
-            Prompt::Chat { messages, prefill } => {
-                let template = self.chat_template.as_deref().ok_or_else(|| {
-                    EngineError::ChatPrompt(format!(
-                        "{}/tokenizer_config.json has no `chat_template`",
-                        self.dir.display()
-                    ))
-                })?;
-                let text = render_chat_prompt(
-                    template,
-                    messages,
-                    prefill.as_deref(),
-                    &self.template_tokens,
-                )
-                .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
-                (text, false)
-            }
-            Prompt::Complete { prefix } => (prefix.clone(), true),
-        };
+        let (text, special) = prompt_text(
+            &self.dir,
+            self.chat_template.as_deref(),
+            &self.template_tokens,
+            prompt,
+        )?;
         let enc = self
             .tokenizer
             .encode(text.as_str(), special)
             .map_err(|e| EngineError::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
+}
+
+/// The text a prompt is tokenized from (the chat template rendered, with the prefill after the
+/// generation prompt), and whether the tokenizer adds its special tokens (completion prompts).
+pub(crate) fn prompt_text(
+    dir: &std::path::Path,
+    chat_template: Option<&str>,
+    template_tokens: &TemplateTokens,
+    prompt: &Prompt,
+) -> Result<(String, bool), EngineError> {
+    Ok(match prompt {
+        Prompt::Chat { messages, prefill } => {
+            let template = chat_template.ok_or_else(|| {
+                EngineError::ChatPrompt(format!(
+                    "{}/tokenizer_config.json has no `chat_template`",
+                    dir.display()
+                ))
+            })?;
+            let text = render_chat_prompt(template, messages, prefill.as_deref(), template_tokens)
+                .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
+            (text, false)
+        }
+        Prompt::Complete { prefix } => (prefix.clone(), true),
+    })
 }
 
 /// What decides a generation beyond the prompt and the settings: part of every cache key.
@@ -200,18 +211,18 @@ struct Progress {
     tokens: AtomicU64,
 }
 
-/// A request's cache keys (one per sample) and the jobs of its distinct keys. With `limits`,
+/// A request's cache keys (one per sample) and the jobs of its distinct keys, its prompt
+/// being `prompt_ids`. With `limits`,
 /// a sequence that cannot fit is an error; without (the lazy source, which only looks keys up
 /// in the cache), nothing is checked.
 pub(crate) fn plan(
-    encoder: &Encoder,
+    prompt_ids: Vec<u32>,
     facts: &KeyFacts,
     settings: &GenerationSettings,
     limits: Option<&Limits>,
     request: &Request<'_>,
 ) -> Result<Planned, EngineError> {
     let s = settings;
-    let prompt_ids = encoder.encode(request.prompt)?;
     let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
     let mut stop = s.stop.clone();
     for st in &request.case.stop {
@@ -351,7 +362,7 @@ impl Scheduler {
 
     pub fn plan(&self, request: &Request<'_>) -> Result<Planned, EngineError> {
         plan(
-            &self.encoder,
+            self.encoder.encode(request.prompt)?,
             &self.facts,
             &self.settings,
             Some(&self.limits),
