@@ -63,10 +63,12 @@ pub fn open_source(
             precision,
         } => open_engine(
             config,
-            model,
-            *device,
-            gpus,
-            *precision,
+            OnnxProfile {
+                model,
+                device: *device,
+                gpus,
+                precision: *precision,
+            },
             config.generation_for(profile),
             env,
             loading,
@@ -74,18 +76,29 @@ pub fn open_source(
     }
 }
 
+/// An ONNX profile's `[[models]]` fields.
+struct OnnxProfile<'a> {
+    model: &'a str,
+    device: Device,
+    gpus: &'a Gpus,
+    precision: Precision,
+}
+
 /// Open the ONNX Runtime engine for a profile: resolve the device, make sure the model folder
 /// exists (a default model is downloaded and exported on first use), and load it.
 fn open_engine(
     config: &Config,
-    model: &str,
-    device: Device,
-    gpus: &Gpus,
-    precision: Precision,
+    profile: OnnxProfile<'_>,
     settings: GenerationSettings,
     env: &Env,
     loading: Loading,
 ) -> Result<Arc<dyn CompletionSource>, ProfileError> {
+    let OnnxProfile {
+        model,
+        device,
+        gpus,
+        precision,
+    } = profile;
     let resolution = device.resolve(runtime::nvidia_driver_present());
     if device == Device::Auto {
         eprintln!("codegen: device auto -> {resolution}");
