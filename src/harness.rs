@@ -3,7 +3,8 @@
 //! print the summary and apply the gate.
 //!
 //! Nothing heavy happens while building trials: `--list` parses case files only, and models and
-//! Python start on first use. The per-case work is [`crate::evaluate`]'s.
+//! Python start on first use. The per-case work is [`crate::evaluate`]'s. Under cargo-nextest
+//! each process runs one trial and records it instead of summarising ([`crate::nextest`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
