@@ -41,6 +41,16 @@ pub const VARIABLES: &[Variable] = &[
         effect: "run only shard K of N of the cases (1-based, by a stable hash of the case id); results go to `<results>/shard-K-of-N/` for `codegen merge`",
     },
     Variable {
+        name: "NEXTEST_EXECUTION_MODE",
+        value: "set by cargo-nextest",
+        effect: "`process-per-test`: this process runs one trial for cargo-nextest; it records the outcome under `<results>/nextest-<NEXTEST_RUN_ID>/` and prints no summary and applies no gate (`codegen finish` does, over the whole run)",
+    },
+    Variable {
+        name: "NEXTEST_RUN_ID",
+        value: "set by cargo-nextest",
+        effect: "the nextest run's id (a UUID): names the folder the run's trials are recorded in",
+    },
+    Variable {
         name: "CODEGEN_CACHE",
         value: "path",
         effect: "the per-user cache (default $XDG_CACHE_HOME/codegen-harness, else ~/.cache/codegen-harness)",
@@ -163,6 +173,14 @@ pub struct EngineEnv {
     pub profile: bool,
 }
 
+/// A test process that cargo-nextest started for one test of its run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextestProcess {
+    /// `NEXTEST_RUN_ID`: shared by every test process of one `cargo nextest run` (letters,
+    /// digits and `-` only, as it names a folder).
+    pub run_id: String,
+}
+
 /// Everything the harness takes from the environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Env {
@@ -171,6 +189,9 @@ pub struct Env {
     pub models: Option<Vec<String>>,
     /// `CODEGEN_SHARD`: run only this shard of the cases.
     pub shard: Option<Shard>,
+    /// Set when cargo-nextest runs this process for one test (`NEXTEST_EXECUTION_MODE=
+    /// process-per-test`, with `NEXTEST_RUN_ID`).
+    pub nextest: Option<NextestProcess>,
     /// The per-user cache folder, already resolved from `CODEGEN_CACHE`, `XDG_CACHE_HOME`, `HOME`.
     pub cache: PathBuf,
     pub python: Option<PathBuf>,
@@ -212,6 +233,7 @@ impl Env {
                 (!names.is_empty()).then_some(names)
             }),
             shard: reader.shard("CODEGEN_SHARD")?,
+            nextest: reader.nextest()?,
             cache: reader.cache_dir(),
             python: reader.path("CODEGEN_PYTHON"),
             wheelhouse: reader.path("CODEGEN_WHEELHOUSE"),
@@ -324,6 +346,28 @@ impl Reader<'_> {
         }
     }
 
+    /// nextest's process-per-test mode, with its run id. Other execution modes (and nextest's
+    /// list phase, which sets no mode) are not a per-test process.
+    fn nextest(&self) -> Result<Option<NextestProcess>, EnvError> {
+        if self.text("NEXTEST_EXECUTION_MODE")?.as_deref() != Some("process-per-test") {
+            return Ok(None);
+        }
+        let name = "NEXTEST_RUN_ID";
+        let run_id = self.text(name)?.unwrap_or_default();
+        let ok = !run_id.is_empty()
+            && run_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok {
+            return Err(EnvError {
+                name,
+                value: run_id,
+                expected: "a run id of letters, digits and `-` (cargo-nextest sets a UUID with NEXTEST_EXECUTION_MODE=process-per-test)".into(),
+            });
+        }
+        Ok(Some(NextestProcess { run_id }))
+    }
+
     fn count(&self, name: &'static str) -> Result<Option<usize>, EnvError> {
         self.parsed(name, "a whole number", |v| v.parse().ok())
     }
@@ -410,6 +454,30 @@ mod tests {
         );
         let shard = env(&[("CODEGEN_SHARD", "2/3")]).unwrap().shard;
         assert_eq!(shard, Some(Shard::new(2, 3).unwrap()));
+    }
+
+    #[test]
+    fn nextest_per_test_process_needs_its_run_id() {
+        assert_eq!(env(&[("NEXTEST", "1")]).unwrap().nextest, None);
+        let e = env(&[
+            ("NEXTEST_EXECUTION_MODE", "process-per-test"),
+            ("NEXTEST_RUN_ID", "1f79aa0d-4ec8-4a5c-aa83-5e8dc2f36573"),
+        ])
+        .unwrap();
+        assert_eq!(
+            e.nextest,
+            Some(NextestProcess {
+                run_id: "1f79aa0d-4ec8-4a5c-aa83-5e8dc2f36573".into()
+            })
+        );
+        let err = env(&[("NEXTEST_EXECUTION_MODE", "process-per-test")]).unwrap_err();
+        assert_eq!(err.name, "NEXTEST_RUN_ID");
+        let err = env(&[
+            ("NEXTEST_EXECUTION_MODE", "process-per-test"),
+            ("NEXTEST_RUN_ID", "../x"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("letters, digits"), "{err}");
     }
 
     #[test]

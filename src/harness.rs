@@ -3,7 +3,8 @@
 //! print the summary and apply the gate.
 //!
 //! Nothing heavy happens while building trials: `--list` parses case files only, and models and
-//! Python start on first use. The per-case work is [`crate::evaluate`]'s.
+//! Python start on first use. The per-case work is [`crate::evaluate`]'s. Under cargo-nextest
+//! each process runs one trial and records it instead of summarising ([`crate::nextest`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use crate::env::Env;
 use crate::evaluate::{CaseOutcome, Evaluator};
 use crate::footprint::Profile;
 use crate::gate::{self, Baseline};
-use crate::profile::{self, ProfileError};
+use crate::profile::{self, Loading, ProfileError};
 use crate::prompt::Prompt;
 use crate::report::{self, Journal};
 use crate::score::Summary;
@@ -41,13 +42,15 @@ pub enum LoadError {
 
 /// Everything the trials share.
 pub struct Harness {
-    config: Config,
-    env: Env,
-    cases: Vec<LoadedCase>,
-    models: Vec<ModelProfile>,
+    pub(crate) config: Config,
+    pub(crate) env: Env,
+    pub(crate) cases: Vec<LoadedCase>,
+    pub(crate) models: Vec<ModelProfile>,
     sources: Vec<OnceLock<OpenedSource>>,
-    evaluator: Evaluator,
-    outcomes: Mutex<Vec<CaseOutcome>>,
+    /// How ONNX models open: lazily in a cargo-nextest test process and in `codegen finish`.
+    loading: Loading,
+    pub(crate) evaluator: Evaluator,
+    pub(crate) outcomes: Mutex<Vec<CaseOutcome>>,
     journal: Journal,
     timeline: Timeline,
     /// Run only this shard's cases (trials of the others are not built).
@@ -88,6 +91,7 @@ impl Harness {
         });
         Ok(Harness {
             sources: models.iter().map(|_| OnceLock::new()).collect(),
+            loading: options.loading,
             evaluator: Evaluator::new(config.sandbox.clone())
                 .with_low_prob_threshold(config.analysis.low_prob_threshold.get()),
             env: options.env.clone(),
@@ -134,7 +138,7 @@ impl Harness {
         None
     }
 
-    fn trial_name(model: &ModelProfile, case: &LoadedCase) -> String {
+    pub(crate) fn trial_name(model: &ModelProfile, case: &LoadedCase) -> String {
         let id = case.key.rsplit('/').next().unwrap_or(&case.key);
         format!(
             "{}::{}::{}",
@@ -144,15 +148,16 @@ impl Harness {
         )
     }
 
-    fn source(&self, m: usize) -> OpenedSource {
+    pub(crate) fn source(&self, m: usize) -> OpenedSource {
         self.sources[m]
             .get_or_init(|| {
-                profile::open_source(&self.config, &self.models[m], &self.env).map_err(Arc::new)
+                profile::open_source(&self.config, &self.models[m], &self.env, self.loading)
+                    .map_err(Arc::new)
             })
             .clone()
     }
 
-    fn samples(&self, m: usize) -> usize {
+    pub(crate) fn samples(&self, m: usize) -> usize {
         self.config.generation_for(&self.models[m]).samples.max(1)
     }
 
@@ -225,7 +230,10 @@ impl Harness {
     }
 
     fn record(&self, outcome: CaseOutcome) {
-        if let Err(e) = self.journal.record(&outcome) {
+        // A nextest test process records its trial in the run's folder instead (crate::nextest).
+        if self.env.nextest.is_none()
+            && let Err(e) = self.journal.record(&outcome)
+        {
             eprintln!("warning: failed to journal results: {e}");
         }
         self.outcomes
@@ -288,6 +296,12 @@ impl Harness {
     /// A shard writes its part and its manifest instead, and gates nothing (`failed_trials`
     /// goes into the manifest).
     fn finish(&self, failed_trials: usize) -> bool {
+        self.finish_with(failed_trials, &self.evaluator.isolation())
+    }
+
+    /// [`Harness::finish`] with the sandbox's isolation line given (`codegen finish` ran no
+    /// case itself: the trials' processes recorded theirs).
+    pub(crate) fn finish_with(&self, failed_trials: usize, isolation: &str) -> bool {
         // Case order, not the order trials finished in: every figure (float sums included)
         // and every file is the same whatever the thread count or an interrupted earlier run.
         let mut outcomes = self
@@ -296,7 +310,7 @@ impl Harness {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         outcomes.sort_by(|a, b| (&a.model, &a.key).cmp(&(&b.model, &b.key)));
-        let isolation = self.evaluator.isolation();
+        let isolation = isolation.to_string();
         let mut ok = true;
         let mut summaries = Vec::new();
         for (m, model) in self.models.iter().enumerate() {
@@ -449,7 +463,7 @@ impl Harness {
 }
 
 /// Does libtest's filter select `name`?
-fn selected(args: &Arguments, name: &str) -> bool {
+pub(crate) fn selected(args: &Arguments, name: &str) -> bool {
     let matches = |pat: &str| {
         if args.exact {
             name == pat
@@ -479,6 +493,8 @@ pub struct RunOptions {
     pub models: Option<Vec<String>>,
     /// Run only this shard of the cases (`CODEGEN_SHARD`, `codegen run --shard`).
     pub shard: Option<Shard>,
+    /// How ONNX models open (lazily in a cargo-nextest test process).
+    pub loading: Loading,
     /// The environment, read once by the entry point.
     pub env: Env,
 }
@@ -491,6 +507,10 @@ impl RunOptions {
             config: env.config.clone(),
             models: env.models.clone(),
             shard: env.shard,
+            loading: match env.nextest {
+                Some(_) => Loading::Lazy,
+                None => Loading::Eager,
+            },
             env,
         }
     }
@@ -535,7 +555,13 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
                 requests.push((m, c));
             }
             let h = Arc::clone(&harness);
-            trials.push(Trial::test(name, move || h.run_trial(m, c)));
+            trials.push(Trial::test(name, move || {
+                let result = h.run_trial(m, c);
+                match h.env.nextest.is_some() {
+                    true => crate::nextest::record_trial(&h, m, c, result),
+                    false => result,
+                }
+            }));
         }
     }
     if !args.list {
@@ -553,7 +579,9 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
         return ExitCode::from(101);
     }
     let conclusion = libtest_mimic::run(&args, trials);
-    if args.list {
+    if args.list || harness.env.nextest.is_some() {
+        // A nextest test process ran its trial and recorded it: `codegen finish` summarises,
+        // writes and gates the whole run.
         return conclusion.exit_code();
     }
     if requests.is_empty() && harness.shard.is_none() {
@@ -648,7 +676,7 @@ fn warm_evaluator(harness: &Arc<Harness>, requests: &[(usize, usize)]) {
 
 /// Hand every selected request to its source before the trials run, so that an engine can
 /// batch all of them rather than the few that `--test-threads` lets run at once.
-fn prepare_sources(harness: &Harness, requests: &[(usize, usize)]) {
+pub(crate) fn prepare_sources(harness: &Harness, requests: &[(usize, usize)]) {
     for m in 0..harness.models.len() {
         let cases: Vec<&Case> = requests
             .iter()

@@ -48,6 +48,7 @@ pub mod import;
 pub mod machine;
 pub mod merge;
 pub mod models;
+pub mod nextest;
 pub mod pack;
 pub mod profile;
 pub mod prompt;

@@ -34,11 +34,22 @@ pub enum ProfileError {
     Gpus(crate::device::ParseError),
 }
 
+/// How an ONNX profile's model is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loading {
+    /// Load the model now.
+    Eager,
+    /// Answer from the generation cache and load the model only for a request it misses
+    /// ([`onnx::LazyOnnxSource`]): a cargo-nextest test process, `codegen finish`.
+    Lazy,
+}
+
 /// Open the completion source a profile names.
 pub fn open_source(
     config: &Config,
     profile: &ModelProfile,
     env: &Env,
+    loading: Loading,
 ) -> Result<Arc<dyn CompletionSource>, ProfileError> {
     match &profile.source {
         SourceConfig::Reference => Ok(Arc::new(ReferenceSource)),
@@ -52,27 +63,42 @@ pub fn open_source(
             precision,
         } => open_engine(
             config,
-            model,
-            *device,
-            gpus,
-            *precision,
+            OnnxProfile {
+                model,
+                device: *device,
+                gpus,
+                precision: *precision,
+            },
             config.generation_for(profile),
             env,
+            loading,
         ),
     }
+}
+
+/// An ONNX profile's `[[models]]` fields.
+struct OnnxProfile<'a> {
+    model: &'a str,
+    device: Device,
+    gpus: &'a Gpus,
+    precision: Precision,
 }
 
 /// Open the ONNX Runtime engine for a profile: resolve the device, make sure the model folder
 /// exists (a default model is downloaded and exported on first use), and load it.
 fn open_engine(
     config: &Config,
-    model: &str,
-    device: Device,
-    gpus: &Gpus,
-    precision: Precision,
+    profile: OnnxProfile<'_>,
     settings: GenerationSettings,
     env: &Env,
+    loading: Loading,
 ) -> Result<Arc<dyn CompletionSource>, ProfileError> {
+    let OnnxProfile {
+        model,
+        device,
+        gpus,
+        precision,
+    } = profile;
     let resolution = device.resolve(runtime::nvidia_driver_present());
     if device == Device::Auto {
         eprintln!("codegen: device auto -> {resolution}");
@@ -105,7 +131,13 @@ fn open_engine(
     options.cpu_fallback = resolution.fallback_to_cpu;
     options.device_ids = device_ids;
     options.apply_env(&env.engine);
-    onnx::open_with(&dir, options)
-        .map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
-        .map_err(ProfileError::Engine)
+    match loading {
+        Loading::Eager => {
+            onnx::open_with(&dir, options).map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+        }
+        Loading::Lazy => {
+            onnx::open_lazy(&dir, options).map(|s| Arc::new(s) as Arc<dyn CompletionSource>)
+        }
+    }
+    .map_err(ProfileError::Engine)
 }

@@ -114,6 +114,8 @@ fn step(dir: &Path, command: &str) -> (i32, String) {
         .env("CODEGEN", env!("CARGO_BIN_EXE_codegen"))
         .env_remove("CODEGEN_CONFIG")
         .env_remove("CODEGEN_MODELS")
+        // Under cargo-nextest this test's own process-per-test variables must not reach it.
+        .env_remove("NEXTEST_EXECUTION_MODE")
         .env_remove("CODEGEN_SHARD")
         .env_remove("INSTA_UPDATE")
         .env("CI", "true")

@@ -787,3 +787,64 @@ fn batched_err(src: &OnnxSource, case: &Case) -> String {
     .unwrap_err()
     .to_string()
 }
+
+/// The completions' texts and token ids, what must not change between two ways of answering.
+fn texts_and_ids(v: &[Completion]) -> Vec<(String, Option<Vec<u32>>)> {
+    v.iter()
+        .map(|c| (c.text.clone(), c.tokens.as_ref().map(|t| t.ids.clone())))
+        .collect()
+}
+
+#[test]
+fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        let mut opts = options_for(Provider::Cpu, GenerationSettings::default());
+        opts.threads = 1;
+        opts.progress = false;
+        opts.cache = dir.path().to_path_buf();
+        opts
+    };
+    let folder = models().join("genai");
+    let cached = complete_case("lazy-cached", PREFIXES[0], 6, &[]);
+    let missed = complete_case("lazy-missed", PREFIXES[2], 6, &[]);
+    let eager = onnx::open_with(&folder, options()).unwrap();
+    let first = ask(&eager, &cached, 1);
+    assert_eq!(eager.generated_sequences(), 1);
+
+    let lazy = onnx::open_lazy(&folder, options()).unwrap();
+    let prompt = Prompt::for_case(&cached);
+    let request = Request {
+        case: &cached,
+        prompt: &prompt,
+        samples: 1,
+    };
+    lazy.prepare(std::slice::from_ref(&request)).unwrap();
+    let again = lazy.complete(&request).unwrap();
+    assert!(!lazy.loaded(), "a cached request must not load the model");
+    assert_eq!(texts_and_ids(&again), texts_and_ids(&first));
+    assert_eq!(lazy.load_facts(), None);
+    assert_eq!(
+        lazy.describe()["model_sha256"],
+        eager.describe()["model_sha256"]
+    );
+
+    // A miss loads the model once and answers as an eager engine does.
+    let prompt = Prompt::for_case(&missed);
+    let request = Request {
+        case: &missed,
+        prompt: &prompt,
+        samples: 1,
+    };
+    let generated = lazy.complete(&request).unwrap();
+    assert!(lazy.loaded());
+    assert_eq!(lazy.generated_sequences(), 1);
+    assert!(lazy.load_facts().is_some());
+    let mut fresh = options();
+    fresh.no_cache = true;
+    let reference = onnx::open_with(&folder, fresh).unwrap();
+    assert_eq!(
+        texts_and_ids(&generated),
+        texts_and_ids(&ask(&reference, &missed, 1))
+    );
+}

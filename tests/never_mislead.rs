@@ -222,6 +222,8 @@ fn an_interrupted_run_keeps_the_last_complete_results_and_a_rerun_matches() {
         ])
         .env_remove("CODEGEN_CONFIG")
         .env_remove("CODEGEN_MODELS")
+        // Under cargo-nextest this test's own process-per-test variables must not reach it.
+        .env_remove("NEXTEST_EXECUTION_MODE")
         .env("CI", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

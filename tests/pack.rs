@@ -47,6 +47,8 @@ fn pack(project: &Path, cache: &Path) -> (Output, String) {
         .args(["--part-size", "4M", "--gpu-runtime", "none"])
         .env("CODEGEN_CACHE", cache)
         .env_remove("CODEGEN_MODELS")
+        // Under cargo-nextest this test's own process-per-test variables must not reach it.
+        .env_remove("NEXTEST_EXECUTION_MODE")
         .output()
         .unwrap();
     let t = text(&out);
@@ -136,6 +138,8 @@ fn pack_then_unpack_runs_the_suite_from_the_parts() {
         .env("CODEGEN_ALLOW_HOST_ROOT", "1")
         .env_remove("CODEGEN_CONFIG")
         .env_remove("CODEGEN_MODELS")
+        // Under cargo-nextest this test's own process-per-test variables must not reach it.
+        .env_remove("NEXTEST_EXECUTION_MODE")
         .output()
         .unwrap();
     let t = text(&out);

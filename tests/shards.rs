@@ -38,6 +38,8 @@ fn codegen(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Output, String) 
         .args(args)
         .env_remove("CODEGEN_CONFIG")
         .env_remove("CODEGEN_MODELS")
+        // Under cargo-nextest this test's own process-per-test variables must not reach it.
+        .env_remove("NEXTEST_EXECUTION_MODE")
         .env_remove("CODEGEN_SHARD")
         .env_remove("INSTA_UPDATE")
         .env("CI", "true")

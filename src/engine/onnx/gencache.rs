@@ -107,6 +107,11 @@ impl GenerationCache {
         self.dir.join(&key[..2]).join(format!("{key}.json"))
     }
 
+    /// Whether the cache is read and written (`CODEGEN_NO_CACHE` turns it off).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub fn get(&self, key: &str) -> Option<Completion> {
         if !self.enabled {
             return None;

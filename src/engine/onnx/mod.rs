@@ -28,6 +28,7 @@ mod gate;
 mod gencache;
 mod head;
 mod kv;
+mod lazy;
 pub(crate) mod model;
 mod sampling;
 mod scheduler;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 
 pub use error::EngineError;
 pub use head::{HEAD_F16, HEAD_F32};
+pub use lazy::{LazyOnnxSource, open_lazy};
 
 use super::{Completion, CompletionSource, GenerationSettings, LoadFacts, Request, SourceError};
 use crate::device::Provider;

@@ -39,31 +39,42 @@ impl Encoder {
     /// The token ids of a prompt, exactly as the engine feeds them (a chat prompt's prefill
     /// after the template's generation prompt).
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
-        let (text, special) = match prompt {
-            Prompt::Chat { messages, prefill } => {
-                let template = self.chat_template.as_deref().ok_or_else(|| {
-                    EngineError::ChatPrompt(format!(
-                        "{}/tokenizer_config.json has no `chat_template`",
-                        self.dir.display()
-                    ))
-                })?;
-                let text = render_chat_prompt(
-                    template,
-                    messages,
-                    prefill.as_deref(),
-                    &self.template_tokens,
-                )
-                .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
-                (text, false)
-            }
-            Prompt::Complete { prefix } => (prefix.clone(), true),
-        };
+        let (text, special) = prompt_text(
+            &self.dir,
+            self.chat_template.as_deref(),
+            &self.template_tokens,
+            prompt,
+        )?;
         let enc = self
             .tokenizer
             .encode(text.as_str(), special)
             .map_err(|e| EngineError::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
+}
+
+/// The text a prompt is tokenized from (the chat template rendered, with the prefill after the
+/// generation prompt), and whether the tokenizer adds its special tokens (completion prompts).
+pub(crate) fn prompt_text(
+    dir: &std::path::Path,
+    chat_template: Option<&str>,
+    template_tokens: &TemplateTokens,
+    prompt: &Prompt,
+) -> Result<(String, bool), EngineError> {
+    Ok(match prompt {
+        Prompt::Chat { messages, prefill } => {
+            let template = chat_template.ok_or_else(|| {
+                EngineError::ChatPrompt(format!(
+                    "{}/tokenizer_config.json has no `chat_template`",
+                    dir.display()
+                ))
+            })?;
+            let text = render_chat_prompt(template, messages, prefill.as_deref(), template_tokens)
+                .map_err(|e| EngineError::ChatPrompt(e.to_string()))?;
+            (text, false)
+        }
+        Prompt::Complete { prefix } => (prefix.clone(), true),
+    })
 }
 
 /// What decides a generation beyond the prompt and the settings: part of every cache key.
@@ -200,6 +211,81 @@ struct Progress {
     tokens: AtomicU64,
 }
 
+/// A request's cache keys (one per sample) and the jobs of its distinct keys, its prompt
+/// being `prompt_ids`. With `limits`,
+/// a sequence that cannot fit is an error; without (the lazy source, which only looks keys up
+/// in the cache), nothing is checked.
+pub(crate) fn plan(
+    prompt_ids: Vec<u32>,
+    facts: &KeyFacts,
+    settings: &GenerationSettings,
+    limits: Option<&Limits>,
+    request: &Request<'_>,
+) -> Result<Planned, EngineError> {
+    let s = settings;
+    let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
+    let mut stop = s.stop.clone();
+    for st in &request.case.stop {
+        if !stop.contains(st) {
+            stop.push(st.clone());
+        }
+    }
+    let sampler = Sampler {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+    };
+    let samples = request.samples.max(1);
+    let mut keys = Vec::with_capacity(samples);
+    let mut jobs = Vec::new();
+    for i in 0..samples {
+        // Greedy decoding gives one answer whatever the sample index: compute it once.
+        let index = if sampler.is_greedy() { 0 } else { i };
+        let mut desc = serde_json::json!({
+            "engine": ENGINE_VERSION,
+            "model": facts.model_hash,
+            "provider": facts.provider.as_str(),
+            "device_head": facts.device_head.to_string(),
+            "prompt_ids": prompt_ids,
+            "max_new_tokens": max_new,
+            "stop": stop,
+            "temperature": s.temperature,
+            "top_p": if sampler.is_greedy() { 1.0 } else { s.top_p },
+            "top_k": if sampler.is_greedy() { 0 } else { s.top_k },
+            "top_logprobs": s.top_logprobs,
+            "seed": if sampler.is_greedy() { 0 } else { s.seed },
+            "sample": index,
+        });
+        if facts.cuda_graph {
+            // Replayed graphs decode with a fixed-width attention mask: kernels may pick
+            // other tiles and differ in the last bit. Other keys stay as they were.
+            desc["cuda_graph"] = serde_json::Value::Bool(true);
+        }
+        let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
+        if !keys.contains(&key) {
+            // The stream of sample i depends on (seed, prompt, i) only.
+            let seed_hash =
+                Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
+            let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
+            let job = SeqJob {
+                prompt_ids: prompt_ids.clone(),
+                max_new,
+                stop: stop.clone(),
+                sampler,
+                seed,
+                top_logprobs: s.top_logprobs,
+            };
+            // Checked before any batch holds it: a prompt that cannot fit fails alone.
+            if let Some(limits) = limits {
+                limits.check(&job)?;
+            }
+            jobs.push((key.clone(), job));
+        }
+        keys.push(key);
+    }
+    Ok(Planned { keys, jobs })
+}
+
 /// The model (one session per device), its cache and what is being generated.
 pub(crate) struct Scheduler {
     pub models: Vec<Mutex<Model>>,
@@ -279,67 +365,13 @@ impl Scheduler {
     }
 
     pub fn plan(&self, request: &Request<'_>) -> Result<Planned, EngineError> {
-        let s = &self.settings;
-        let prompt_ids = self.encoder.encode(request.prompt)?;
-        let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
-        let mut stop = s.stop.clone();
-        for st in &request.case.stop {
-            if !stop.contains(st) {
-                stop.push(st.clone());
-            }
-        }
-        let sampler = Sampler {
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-        };
-        let samples = request.samples.max(1);
-        let mut keys = Vec::with_capacity(samples);
-        let mut jobs = Vec::new();
-        for i in 0..samples {
-            // Greedy decoding gives one answer whatever the sample index: compute it once.
-            let index = if sampler.is_greedy() { 0 } else { i };
-            let mut desc = serde_json::json!({
-                "engine": ENGINE_VERSION,
-                "model": self.facts.model_hash,
-                "provider": self.facts.provider.as_str(),
-                "device_head": self.facts.device_head.to_string(),
-                "prompt_ids": prompt_ids,
-                "max_new_tokens": max_new,
-                "stop": stop,
-                "temperature": s.temperature,
-                "top_p": if sampler.is_greedy() { 1.0 } else { s.top_p },
-                "top_k": if sampler.is_greedy() { 0 } else { s.top_k },
-                "top_logprobs": s.top_logprobs,
-                "seed": if sampler.is_greedy() { 0 } else { s.seed },
-                "sample": index,
-            });
-            if self.facts.cuda_graph {
-                // Replayed graphs decode with a fixed-width attention mask: kernels may pick
-                // other tiles and differ in the last bit. Other keys stay as they were.
-                desc["cuda_graph"] = serde_json::Value::Bool(true);
-            }
-            let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
-            if !keys.contains(&key) {
-                // The stream of sample i depends on (seed, prompt, i) only.
-                let seed_hash =
-                    Sha256::digest(format!("{}:{}:{:?}", s.seed, index, prompt_ids).as_bytes());
-                let seed = u64::from_le_bytes(seed_hash[..8].try_into().expect("8 bytes"));
-                let job = SeqJob {
-                    prompt_ids: prompt_ids.clone(),
-                    max_new,
-                    stop: stop.clone(),
-                    sampler,
-                    seed,
-                    top_logprobs: s.top_logprobs,
-                };
-                // Checked before any batch holds it: a prompt that cannot fit fails alone.
-                self.limits.check(&job)?;
-                jobs.push((key.clone(), job));
-            }
-            keys.push(key);
-        }
-        Ok(Planned { keys, jobs })
+        plan(
+            self.encoder.encode(request.prompt)?,
+            &self.facts,
+            &self.settings,
+            Some(&self.limits),
+            request,
+        )
     }
 
     /// Take the jobs nobody has started and that the cache does not answer.
