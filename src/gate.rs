@@ -39,13 +39,16 @@ impl Baseline {
     }
 }
 
-/// The gate's verdict: the thresholds not met, and which rule let a drop larger than
-/// `max_drop` pass (a line for the summary), if one did.
+/// The gate's verdict: the thresholds not met, which rule let a drop larger than `max_drop`
+/// pass (a line for the summary), if one did, and every rule that was checked and held (so a
+/// passing summary says what decided it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Verdict {
     pub failures: Vec<GateFailure>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
 }
 
 /// One threshold that was not met.
@@ -103,8 +106,14 @@ pub fn evaluate(
 pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -> Verdict {
     let mut failures = Vec::new();
     let mut note = None;
+    let mut held = Vec::new();
     let model = &summary.model;
     let errors = summary.overall.errors;
+    if errors > 0 && gate.allow_errors {
+        held.push(format!(
+            "{errors} unmeasured case(s) allowed by allow_errors"
+        ));
+    }
     if errors > 0 && !gate.allow_errors {
         let total = errors + summary.overall.cases;
         failures.push(GateFailure {
@@ -119,10 +128,21 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
         });
     }
     if summary.overall.cases == 0 {
-        return Verdict { failures, note };
+        return Verdict {
+            failures,
+            note,
+            held,
+        };
     }
     if let Some(min) = gate.min_pass_rate.map(Rate::get) {
         let actual = summary.overall.pass_rate;
+        if actual + 1e-12 >= min {
+            held.push(format!(
+                "pass rate {} >= min_pass_rate {}",
+                pct(actual),
+                pct(min)
+            ));
+        }
         if actual + 1e-12 < min {
             failures.push(GateFailure {
                 model: model.clone(),
@@ -144,6 +164,9 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
         let Some(t) = summary.categories.get(cat) else {
             continue;
         };
+        if t.pass_rate + 1e-12 >= min {
+            held.push(format!("`{cat}` {} >= {}", pct(t.pass_rate), pct(min)));
+        }
         if t.pass_rate + 1e-12 < min {
             failures.push(GateFailure {
                 model: model.clone(),
@@ -164,6 +187,18 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
         && base.cases > 0
     {
         let drop = base.rate() - summary.overall.pass_rate;
+        if drop <= max_drop + 1e-12 {
+            held.push(format!(
+                "{} against the accepted baseline {} ({} cases) is within max_drop {:.1} points",
+                match drop > 1e-12 {
+                    true => format!("a drop of {:.1} points", drop * 100.0),
+                    false => "no drop".to_string(),
+                },
+                pct(base.rate()),
+                base.cases,
+                max_drop * 100.0
+            ));
+        }
         let test = gate.significance.map(|alpha| (alpha.get(), base.mcnemar()));
         let significant = test.is_none_or(|(alpha, m)| m.p < alpha);
         if drop > max_drop + 1e-12 && !significant {
@@ -201,7 +236,11 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
             });
         }
     }
-    Verdict { failures, note }
+    Verdict {
+        failures,
+        note,
+        held,
+    }
 }
 
 #[cfg(test)]
@@ -331,9 +370,15 @@ mod tests {
         );
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(!f[0].message.contains("McNemar"), "{}", f[0]);
-        // A drop within max_drop needs no test and no note.
+        // A drop within max_drop needs no test and no note; the rule that held is named.
         let v = judge(&summary(0.58, 1.0), &drop_gate(0.05), Some(base));
-        assert_eq!(v, Verdict::default());
+        assert!(v.failures.is_empty() && v.note.is_none(), "{v:?}");
+        assert!(
+            v.held
+                .iter()
+                .any(|h| h.starts_with("a drop of 2.0 points against the accepted baseline 60.0% (100 cases) is within max_drop 3.0 points")),
+            "{v:?}"
+        );
     }
 
     #[test]

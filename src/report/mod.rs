@@ -647,7 +647,8 @@ pub fn gate_lines(verdict: &Verdict) -> Vec<String> {
     if verdict.failures.is_empty() {
         return vec![match &verdict.note {
             Some(note) => format!("gate: {note}"),
-            None => "gate: passed".to_string(),
+            None if verdict.held.is_empty() => "gate: passed (no threshold set)".to_string(),
+            None => format!("gate: passed ({})", verdict.held.join("; ")),
         }];
     }
     verdict.failures.iter().map(|f| f.to_string()).collect()
