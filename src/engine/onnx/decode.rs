@@ -329,6 +329,8 @@ impl Model {
         let mut reading: Option<std::thread::JoinHandle<Option<u64>>> = None;
         // Choosing tokens' text, detokenizing and checking stop strings, row by row.
         let mut host_secs = 0.0f64;
+        // Waiting for other sessions' turns, and building each step's inputs.
+        let (mut wait_secs, mut inputs_secs) = (0.0f64, 0.0f64);
         let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
         // The previous step's picks, recorded while the next step runs (device-head path).
         let mut pending: Option<(Vec<Option<sampling::Pick>>, f64)> = None;
@@ -341,7 +343,10 @@ impl Model {
         let mut vocab = 0usize;
         loop {
             drop(std::mem::replace(&mut turn, Turn::Free));
+            let waited = Instant::now();
             turn = gate.step(step, captured);
+            wait_secs += waited.elapsed().as_secs_f64();
+            let inputs_started = Instant::now();
             let total = if step == 0 { s } else { s + step };
             let width = kv.mask_width(step, total);
             let (ids, mask, positions, q) = step_tensors(
@@ -374,6 +379,7 @@ impl Model {
                 logits_on_device: use_head,
                 logits_positions,
             };
+            inputs_secs += inputs_started.elapsed().as_secs_f64();
             let run_started = Instant::now();
             // Pipelined (greedy on the device head): the previous step's bookkeeping runs on
             // another thread while the GPU runs this step; rows it finishes are published now.
@@ -564,11 +570,13 @@ impl Model {
         let total_ms = start.elapsed().as_secs_f64() * 1000.0;
         if self.profile {
             eprintln!(
-                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, prompts up to {s} tokens, device memory {} MiB",
+                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, {:.0} ms waiting for other sessions, {:.0} ms building inputs, prompts up to {s} tokens, device memory {} MiB",
                 step + 1,
                 total_ms,
                 run_secs * 1000.0,
                 host_secs * 1000.0,
+                wait_secs * 1000.0,
+                inputs_secs * 1000.0,
                 match self.provider {
                     Provider::Cuda =>
                         machine::process_gpu_bytes_on(self.device_id).map_or(0, |b| b >> 20),
