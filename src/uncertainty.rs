@@ -59,6 +59,16 @@ impl Score {
         }
     }
 
+    /// Its name in `summary.uncertainty.scores[].score` (as serde writes it).
+    pub fn key(self) -> &'static str {
+        match self {
+            Score::MeanNll => "mean_nll",
+            Score::SumNll => "sum_nll",
+            Score::MinProb => "min_prob",
+            Score::MeanProb => "mean_prob",
+        }
+    }
+
     /// How reports name it.
     pub fn label(self) -> &'static str {
         match self {
@@ -201,6 +211,13 @@ impl UncertaintyStats {
 mod tests {
     use super::*;
     use crate::confidence::LineHit;
+
+    #[test]
+    fn a_scores_key_is_its_name_in_the_summary() {
+        for score in Score::ALL {
+            assert_eq!(serde_json::to_value(score).unwrap(), score.key());
+        }
+    }
     use crate::engine::TokenTrace;
     use crate::failure::{Failure, FailureClass};
 

@@ -13,61 +13,29 @@ use super::html::esc;
 use super::legend;
 use super::results::{ModelResults, num};
 
-/// An uncertainty score: how a sample's `confidence` becomes a number that grows with the
-/// chance that the sample fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Score {
-    MeanNll,
-    SumNll,
-    MinProb,
-    MeanProb,
+/// The uncertainty scores are [`crate::uncertainty::Score`]: the same four the summary's AUROCs
+/// are computed for.
+pub use crate::uncertainty::Score;
+
+/// The colour of a score's curve and legend entry.
+fn colour(score: Score) -> &'static str {
+    match score {
+        Score::MeanNll => "#4e79a7",
+        Score::SumNll => "#f28e2b",
+        Score::MinProb => "#e15759",
+        Score::MeanProb => "#59a14f",
+    }
 }
 
-impl Score {
-    pub const ALL: [Score; 4] = [
-        Score::MeanNll,
-        Score::SumNll,
-        Score::MinProb,
-        Score::MeanProb,
-    ];
-
-    /// The name in `summary.uncertainty.scores[].score`.
-    pub fn key(self) -> &'static str {
-        match self {
-            Score::MeanNll => "mean_nll",
-            Score::SumNll => "sum_nll",
-            Score::MinProb => "min_prob",
-            Score::MeanProb => "mean_prob",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Score::MeanNll => "mean NLL",
-            Score::SumNll => "sum NLL",
-            Score::MinProb => "1 - min prob",
-            Score::MeanProb => "1 - mean prob",
-        }
-    }
-
-    fn colour(self) -> &'static str {
-        match self {
-            Score::MeanNll => "#4e79a7",
-            Score::SumNll => "#f28e2b",
-            Score::MinProb => "#e15759",
-            Score::MeanProb => "#59a14f",
-        }
-    }
-
-    /// The score of a sample's `confidence` object, if it carries the field.
-    pub fn of(self, confidence: &Json) -> Option<f64> {
-        let v = num(confidence, &[self.key()])?;
-        let s = match self {
-            Score::MeanNll | Score::SumNll => v,
-            Score::MinProb | Score::MeanProb => 1.0 - v,
-        };
-        s.is_finite().then_some(s)
-    }
+/// A score of a sample's `confidence` object as results JSON holds it (higher: more likely to
+/// fail), if it carries the field.
+pub fn score_of(score: Score, confidence: &Json) -> Option<f64> {
+    let v = num(confidence, &[score.key()])?;
+    let s = match score {
+        Score::MeanNll | Score::SumNll => v,
+        Score::MinProb | Score::MeanProb => 1.0 - v,
+    };
+    s.is_finite().then_some(s)
 }
 
 /// An ROC curve: (false positive rate, true positive rate) from (0, 0) to (1, 1).
@@ -143,7 +111,7 @@ pub fn curves(m: &ModelResults) -> Vec<Curve> {
         .filter_map(|&score| {
             let (xs, ys): (Vec<f64>, Vec<bool>) = scored
                 .iter()
-                .filter_map(|(c, failed)| Some((score.of(c)?, *failed)))
+                .filter_map(|(c, failed)| Some((score_of(score, c)?, *failed)))
                 .unzip();
             let roc = roc(&xs, &ys)?;
             let ci = cis
@@ -186,7 +154,7 @@ pub fn plot(m: &ModelResults) -> String {
                     .unwrap_or_default();
             (
                 format!("{}: AUROC {:.3}{ci}", c.score.label(), c.roc.auc),
-                c.score.colour().to_string(),
+                colour(c.score).to_string(),
             )
         })
         .collect();
@@ -240,7 +208,7 @@ pub fn plot(m: &ModelResults) -> String {
             c.score.key(),
             c.roc.auc,
             pts.join(" "),
-            c.score.colour()
+            colour(c.score)
         );
     }
     s.push_str(&legend_svg);
