@@ -24,9 +24,14 @@ use crate::profile::{self, Loading, ProfileError};
 use crate::prompt::Prompt;
 use crate::report::{self, Journal};
 use crate::score::Summary;
-use crate::shard::{self, Shard};
+use crate::shard::Shard;
 use crate::snapshot;
 use crate::timeline::{Timed, Timeline};
+
+mod process;
+mod shard_manifest;
+
+use process::{quiet_snapshot_panics, stop_when_parent_is_gone};
 
 /// A profile's source, opened on first use (the error is shared by every trial that needs it).
 type OpenedSource = Result<Arc<dyn CompletionSource>, Arc<ProfileError>>;
@@ -400,66 +405,6 @@ impl Harness {
             opened.and_then(|s| s.load_facts()),
         )
     }
-
-    /// The shard's manifest beside its results: what `codegen merge` checks and adds up.
-    fn write_manifest(
-        &self,
-        shard: Shard,
-        outcomes: &[CaseOutcome],
-        isolation: &str,
-        failed_trials: usize,
-    ) -> bool {
-        let mut ran: Vec<String> = outcomes.iter().map(|o| o.key.clone()).collect();
-        ran.sort();
-        ran.dedup();
-        let models = self
-            .models
-            .iter()
-            .enumerate()
-            .map(|(m, model)| {
-                let mine: Vec<&CaseOutcome> =
-                    outcomes.iter().filter(|o| o.model == model.name).collect();
-                let described = match self.sources[m].get() {
-                    Some(Ok(source)) => Some(source.describe()),
-                    _ => None,
-                };
-                shard::manifest::ModelRun {
-                    name: model.name.clone(),
-                    files_sha256: shard::manifest::files_sha256(
-                        &self.config,
-                        model,
-                        described.as_ref(),
-                    ),
-                    gate: self.config.gate_for(model).clone(),
-                    baseline: self.baseline(model, &mine),
-                    source_warnings: self.source_warnings(m),
-                    profile: Some(self.profile(m)),
-                    devices: self.devices(m),
-                }
-            })
-            .collect();
-        let manifest = shard::manifest::Manifest {
-            format: shard::manifest::FORMAT,
-            shard,
-            harness_version: shard::manifest::HARNESS_VERSION.into(),
-            settings: shard::manifest::settings(&self.config, &self.models),
-            models,
-            cases: shard::manifest::case_entries(&self.cases),
-            ran,
-            isolation: isolation.to_string(),
-            failed_trials,
-        };
-        match manifest.write(self.journal.dir()) {
-            Ok(path) => {
-                println!("\ncodegen: shard {shard} manifest: {}", path.display());
-                true
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                false
-            }
-        }
-    }
 }
 
 /// Does libtest's filter select `name`?
@@ -606,43 +551,6 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Stop the run when the process that started it is gone: SIGINT to `cargo test` ends cargo,
-/// and this binary would run on, re-parented. Exiting ends the sandbox workers too (their
-/// parent-death signal).
-fn stop_when_parent_is_gone() {
-    let parent = unsafe { libc::getppid() };
-    let name = std::fs::read_to_string(format!("/proc/{parent}/comm"))
-        .map(|comm| comm.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let watch = move || {
-        loop {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            if unsafe { libc::getppid() } != parent {
-                eprintln!("codegen: the parent process ({name}, pid {parent}) is gone; stopping");
-                std::process::exit(101);
-            }
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("codegen-parent-watch".into())
-        .spawn(watch)
-    {
-        eprintln!("warning: failed to watch the parent process: {e}");
-    }
-}
-
-/// insta reports a snapshot mismatch by printing the diff and then panicking; the panic message
-/// and backtrace add nothing to the diff, so they are not printed. Other panics are.
-fn quiet_snapshot_panics() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let from_insta = info.location().is_some_and(|l| l.file().contains("insta"));
-        if !from_insta {
-            default_hook(info);
-        }
-    }));
 }
 
 /// Evaluate expected values and calibrate timeouts of the selected cases on a few background

@@ -1,0 +1,224 @@
+//! The results journal: each finished case appended as the run goes (an interrupted run keeps
+//! what it measured), then the complete run's files written by rename (results, summary JSON,
+//! Markdown, JUnit, the profiles side by side).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::{junit, markdown, models};
+use crate::evaluate::CaseOutcome;
+use crate::gate::{Baseline, GateFailure, Verdict};
+use crate::score::Summary;
+
+/// Results of a run on disk. While the run goes, each finished case is appended to
+/// `results-<model>.partial.jsonl`, so an interrupted run keeps what it measured without
+/// touching the last complete run's files. When the run completes, [`Journal::complete`]
+/// writes `results-<model>.jsonl` (sorted by case), the summary, Markdown and JUnit, each by
+/// rename so no reader sees half a file, and only then removes the partial journal.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    files: Mutex<std::collections::HashMap<String, File>>,
+}
+
+#[derive(Serialize)]
+struct SummaryFile<'a> {
+    summary: &'a Summary,
+    isolation: &'a str,
+    baseline: Option<Baseline>,
+    gate_failures: &'a [GateFailure],
+    /// Which rule let a drop larger than `max_drop` pass (`significance`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_note: Option<&'a str>,
+    /// What the completion source holds that no trial reported (unreadable replay rows, rows
+    /// for tasks that match no case).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    source_warnings: &'a [String],
+    /// A shard's summary: which shard, how many of the suite's cases, and that the gate was
+    /// not applied to it (`codegen merge` gates the merged results).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partial: Option<&'a str>,
+}
+
+/// The journal of an unfinished run of `model` in `dir`.
+pub fn partial_results_path(dir: &Path, model: &str) -> PathBuf {
+    dir.join(format!("results-{model}.partial.jsonl"))
+}
+
+/// The partial journals in `dir`: runs that were interrupted (or are still going), whose
+/// results are not the ones the summary files describe.
+pub fn unfinished_runs(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("results-") && n.ends_with(".partial.jsonl"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Write `body` to `path` through a temporary file in the same folder and a rename.
+fn replace_file(path: &Path, body: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, body)?;
+    fs::rename(&tmp, path)
+}
+
+impl Journal {
+    /// Results go to `<dir>/results-<model>.jsonl` and `<dir>/summary-<model>.json`.
+    pub fn new(dir: &Path) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Append a case's outcome to its model's partial journal (created fresh on first use).
+    pub fn record(&self, outcome: &CaseOutcome) -> io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if !files.contains_key(&outcome.model) {
+            fs::create_dir_all(&self.dir)?;
+            let f = File::create(partial_results_path(&self.dir, &outcome.model))?;
+            files.insert(outcome.model.clone(), f);
+        }
+        let f = files.get_mut(&outcome.model).expect("just inserted");
+        let mut line = serde_json::to_string(outcome).map_err(io::Error::other)?;
+        line.push('\n');
+        f.write_all(line.as_bytes())
+    }
+
+    /// The folder the journal writes to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `results-<model>.jsonl`: the outcomes of `model`, in the order given.
+    fn write_results(&self, model: &str, outcomes: &[CaseOutcome]) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let mut results = String::new();
+        for o in outcomes.iter().filter(|o| o.model == *model) {
+            results.push_str(&serde_json::to_string(o).map_err(io::Error::other)?);
+            results.push('\n');
+        }
+        replace_file(
+            &self.dir.join(format!("results-{model}.jsonl")),
+            results.as_bytes(),
+        )
+    }
+
+    /// The run of `model` is written: drop its partial journal.
+    fn close(&self, model: &str) -> io::Result<()> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(model);
+        match fs::remove_file(partial_results_path(&self.dir, model)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The run of `summary.model` completed: write its results (the outcomes of that model, in
+    /// the order given: the harness passes case order), summary, Markdown and JUnit, then drop
+    /// the partial journal. Returns the summary's path.
+    pub fn complete(
+        &self,
+        summary: &Summary,
+        outcomes: &[CaseOutcome],
+        isolation: &str,
+        baseline: Option<Baseline>,
+        verdict: &Verdict,
+        source_warnings: &[String],
+    ) -> io::Result<PathBuf> {
+        let model = &summary.model;
+        self.write_results(model, outcomes)?;
+        replace_file(
+            &self.dir.join(format!("summary-{model}.md")),
+            markdown(
+                summary,
+                outcomes,
+                baseline,
+                &verdict.failures,
+                verdict.note.as_deref(),
+            )
+            .as_bytes(),
+        )?;
+        replace_file(
+            &self.dir.join(format!("junit-{model}.xml")),
+            junit(model, outcomes).as_bytes(),
+        )?;
+        let path = self.dir.join(format!("summary-{model}.json"));
+        let body = serde_json::to_string_pretty(&SummaryFile {
+            summary,
+            isolation,
+            baseline,
+            gate_failures: &verdict.failures,
+            gate_note: verdict.note.as_deref(),
+            source_warnings,
+            partial: None,
+        })
+        .map_err(io::Error::other)?;
+        replace_file(&path, body.as_bytes())?;
+        self.close(model)?;
+        Ok(path)
+    }
+
+    /// A shard of the run of `summary.model` completed: write its results, JUnit and a summary
+    /// marked `partial` (no Markdown, no gate: the shard holds part of the suite), then drop
+    /// the partial journal. Returns the summary's path.
+    pub fn complete_shard(
+        &self,
+        summary: &Summary,
+        outcomes: &[CaseOutcome],
+        isolation: &str,
+        baseline: Option<Baseline>,
+        source_warnings: &[String],
+        partial: &str,
+    ) -> io::Result<PathBuf> {
+        let model = &summary.model;
+        self.write_results(model, outcomes)?;
+        replace_file(
+            &self.dir.join(format!("junit-{model}.xml")),
+            junit(model, outcomes).as_bytes(),
+        )?;
+        let path = self.dir.join(format!("summary-{model}.json"));
+        let body = serde_json::to_string_pretty(&SummaryFile {
+            summary,
+            isolation,
+            baseline,
+            gate_failures: &[],
+            gate_note: None,
+            source_warnings,
+            partial: Some(partial),
+        })
+        .map_err(io::Error::other)?;
+        replace_file(&path, body.as_bytes())?;
+        self.close(model)?;
+        Ok(path)
+    }
+}
+
+impl Journal {
+    /// A run of two profiles or more completed: write the profiles side by side
+    /// ([`models::markdown`]) to `<dir>/comparison.md`. Returns its path.
+    pub fn complete_comparison(
+        &self,
+        summaries: &[Summary],
+        outcomes: &[CaseOutcome],
+    ) -> io::Result<PathBuf> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join("comparison.md");
+        replace_file(&path, models::markdown(summaries, outcomes).as_bytes())?;
+        Ok(path)
+    }
+}
