@@ -60,17 +60,7 @@ pub(super) const COLORS: [&str; 6] = [
 /// Grouped horizontal bars: one group per category, one bar per model, and a legend whose
 /// entries wrap instead of running into each other.
 fn pass_rate_chart(models: &[ModelResults]) -> String {
-    let mut cats: Vec<String> = models
-        .iter()
-        .flat_map(|m| {
-            m.summary_field(&["categories"])
-                .as_object()
-                .map(|o| o.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
-        .collect();
-    cats.sort();
-    cats.dedup();
+    let mut cats: Vec<String> = super::results::categories(models).into_iter().collect();
     cats.push("overall".into());
     let bar_h = 14.0;
     let group_h = bar_h * models.len() as f64 + 10.0;

@@ -178,16 +178,7 @@ pub fn render(models: &[ModelResults]) -> String {
             Box::new(|m| format!("<b>{}</b>", rate(m.summary_field(&["overall"])))),
         ),
     ];
-    let cats: BTreeSet<String> = models
-        .iter()
-        .flat_map(|m| {
-            m.summary_field(&["categories"])
-                .as_object()
-                .map(|o| o.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
-        .collect();
-    for cat in cats {
+    for cat in super::results::categories(models) {
         let label = format!("&nbsp;&nbsp;{}", esc(&cat));
         rows.push((
             label,

@@ -38,6 +38,19 @@ pub fn case_passed(case: &Json) -> Option<bool> {
     Some(samples.iter().all(|s| s["passed"] == true))
 }
 
+/// Every category any of `models` has a pass rate for, in order.
+pub fn categories(models: &[ModelResults]) -> std::collections::BTreeSet<String> {
+    models
+        .iter()
+        .flat_map(|m| {
+            m.summary_field(&["categories"])
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// The number at `path` under `j`, if there is one.
 pub fn num(j: &Json, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(j, |v, k| v.get(*k))?.as_f64()
