@@ -222,8 +222,6 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
             .collect();
         describe.insert("sessions".into(), sessions.join(","));
     }
-    let budget_from_free_memory =
-        options.memory_budget_bytes.is_none() && options.provider == Provider::Cuda;
     let mut scheduler = Scheduler::new(
         models,
         encoder,
@@ -233,7 +231,9 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         options.settings,
         options.progress,
     );
-    scheduler.budget_from_free_memory = budget_from_free_memory;
+    if options.memory_budget_bytes.is_none() && options.provider == Provider::Cuda {
+        scheduler.free_memory_budget = Some(device_ids);
+    }
     Ok(OnnxSource {
         scheduler: Arc::new(scheduler),
         describe,

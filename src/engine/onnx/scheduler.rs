@@ -291,9 +291,9 @@ pub(crate) struct Scheduler {
     pub models: Vec<Mutex<Model>>,
     /// Per session, what it generated (same order as `models`).
     usage: Mutex<Vec<DeviceUsage>>,
-    /// Read the GPUs' free memory again when a run starts (other engines of the process may
-    /// have taken some since this one was loaded).
-    pub budget_from_free_memory: bool,
+    /// The GPUs whose free memory is read again when a run starts (other engines of the
+    /// process may have taken some since this one was loaded); `None` when the budget is fixed.
+    pub free_memory_budget: Option<Vec<u32>>,
     /// Calls of `run` under way: rows are published before their batch's figures are added.
     running: Mutex<usize>,
     idle: Condvar,
@@ -336,7 +336,7 @@ impl Scheduler {
             usage: Mutex::new(usage),
             running: Mutex::new(0),
             idle: Condvar::new(),
-            budget_from_free_memory: false,
+            free_memory_budget: None,
             encoder,
             facts,
             limits,
@@ -412,15 +412,12 @@ impl Scheduler {
         // free memory its turn starts with.
         let _turn = (self.facts.provider == Provider::Cuda).then(super::gate::engine_turn);
         let mut limits = self.limits;
-        if self.budget_from_free_memory {
-            let ids: Vec<u32> = self
-                .models
-                .iter()
-                .map(|m| m.lock().expect("model lock").device_id)
-                .collect();
-            if let Some(now) = super::cuda_budget(&ids) {
-                limits.budget_bytes = limits.budget_bytes.min(now);
-            }
+        if let Some(now) = self
+            .free_memory_budget
+            .as_deref()
+            .and_then(super::cuda_budget)
+        {
+            limits.budget_bytes = limits.budget_bytes.min(now);
         }
         todo.sort_by(|a, b| {
             a.1.prompt_ids
