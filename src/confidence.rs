@@ -199,6 +199,7 @@ mod tests {
             pieces: tokens.iter().map(|t| t.0.to_string()).collect(),
             logprobs: tokens.iter().map(|t| t.1.ln() as f32).collect(),
             top: vec![Vec::new(); tokens.len()],
+            kept: Vec::new(),
         }
     }
 

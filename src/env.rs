@@ -136,6 +136,11 @@ pub const VARIABLES: &[Variable] = &[
         effect: "1: print where each generated batch spent its time",
     },
     Variable {
+        name: "CODEGEN_FOLLOW_ACCEPTED",
+        value: "0 or 1",
+        effect: "0: greedy generations decode freely instead of keeping the accepted output through near ties (`[generation.follow_accepted]`)",
+    },
+    Variable {
         name: "CODEGEN_GENAI_PYTHON",
         value: "path",
         effect: "`codegen bench engine`: a Python that has onnxruntime-genai (default: a venv it builds)",
@@ -171,6 +176,8 @@ pub struct EngineEnv {
     /// `Some(false)` leaves device KV buffers unzeroed.
     pub zero_kv: Option<bool>,
     pub profile: bool,
+    /// `Some(false)`: decode freely, whatever the accepted outputs.
+    pub follow_accepted: Option<bool>,
 }
 
 /// A test process that cargo-nextest started for one test of its run.
@@ -258,6 +265,7 @@ impl Env {
                 shared_kv: reader.switch("CODEGEN_SHARED_KV")?,
                 zero_kv: reader.switch("CODEGEN_ZERO_KV")?,
                 profile: reader.switch("CODEGEN_PROFILE")?.unwrap_or(false),
+                follow_accepted: reader.switch("CODEGEN_FOLLOW_ACCEPTED")?,
             },
             genai_python: reader.path("CODEGEN_GENAI_PYTHON"),
             genai_script: reader.path("CODEGEN_BENCH_GENAI_SCRIPT"),

@@ -14,7 +14,9 @@ pub use crate::confidence::Confidence;
 
 use crate::case::{Case, Expectation};
 use crate::config::AnalysisConfig;
-use crate::engine::{CompletionSource, FinishReason, Request, Timing, TokenTrace};
+use crate::engine::{
+    AcceptedOutput, CompletionSource, FinishReason, Followed, Request, Timing, TokenTrace,
+};
 use crate::extract::{Extraction, extract, names_used};
 use crate::failure::{self, Failure};
 use crate::prompt::{Prompt, PromptProtocol};
@@ -112,11 +114,12 @@ impl Evaluator {
         protocol: &PromptProtocol,
         source: &dyn CompletionSource,
         samples: usize,
+        accepted: Option<&AcceptedOutput>,
     ) -> CaseOutcome {
         let prompt = Prompt::for_case_with(case, protocol);
         let mut outcome = CaseOutcome::new(case, model, &prompt);
         outcome.protocol = protocol.clone();
-        match self.samples(case, &prompt, source, samples) {
+        match self.samples(case, &prompt, source, samples, accepted) {
             Ok(samples) => outcome.samples = samples,
             Err(e) => {
                 outcome.generation_error = matches!(e, EvalError::Source(_));
@@ -132,6 +135,7 @@ impl Evaluator {
         prompt: &Prompt,
         source: &dyn CompletionSource,
         samples: usize,
+        accepted: Option<&AcceptedOutput>,
     ) -> Result<Vec<SampleOutcome>, EvalError> {
         let expected = self.expected(case)?;
         let sandbox = self.sandbox()?;
@@ -140,6 +144,7 @@ impl Evaluator {
                 case,
                 prompt,
                 samples: samples.max(1),
+                accepted,
             })
             .map_err(|e| EvalError::Source(e.to_string()))?;
         let test_timeout = self.test_timeout(case, &sandbox);
@@ -171,6 +176,8 @@ impl Evaluator {
                 timing: completion.timing.clone(),
                 tokens: completion.tokens.clone(),
                 failure: None,
+                accept_key: completion.accept_key.clone(),
+                followed: completion.followed,
             };
             sample.failure = failure::classify(&sample);
             out.push(sample);
@@ -323,6 +330,12 @@ pub struct SampleOutcome {
     /// Why the sample failed (none when it passed): class, first failing test, generated line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// The key its output can be accepted under (greedy generations; see [`AcceptedOutput`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_key: Option<String>,
+    /// How the generation followed the accepted output, when it was checked against one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<Followed>,
 }
 
 /// The outcome of one case for one model.

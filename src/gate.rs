@@ -262,6 +262,7 @@ mod tests {
             categories: [("algos".to_string(), t(cat_rate))].into(),
             uncertainty: None,
             diversity: None,
+            following: None,
             failures: Default::default(),
             resources: None,
             devices: Vec::new(),

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::case::{self, Case, CaseError, LoadedCase};
 use crate::config::{Config, ConfigError, ModelProfile};
-use crate::engine::{CompletionSource, Request};
+use crate::engine::{AcceptedOutput, CompletionSource, Request};
 use crate::env::Env;
 use crate::evaluate::{CaseOutcome, Evaluator};
 use crate::footprint::Profile;
@@ -166,18 +166,37 @@ impl Harness {
         self.config.generation_for(&self.models[m]).samples.max(1)
     }
 
+    /// The output `case`'s accepted snapshot for profile `m` holds, when the suite keeps
+    /// snapshots and that one keeps generated tokens. A section that does not read back is
+    /// said (file and line) and not followed.
+    pub(crate) fn accepted(&self, m: usize, case: &Case) -> Option<AcceptedOutput> {
+        if !self.config.suite.snapshot {
+            return None;
+        }
+        let dir = snapshot::snapshot_dir(
+            &self.config.resolve(&self.config.suite.snapshots),
+            &self.models[m].name,
+        );
+        snapshot::accepted_output(&dir, &snapshot::snapshot_name(&case.key)).unwrap_or_else(|e| {
+            eprintln!("warning: failed to read the accepted tokens, not following them: {e}");
+            None
+        })
+    }
+
     /// Generate, extract, check, run and score one case for one model.
     pub fn evaluate(&self, m: usize, case: &Case) -> CaseOutcome {
         let model = &self.models[m];
         match self.source(m) {
             Ok(source) => {
                 let timed = Timed::new(source.as_ref(), &self.timeline);
+                let accepted = self.accepted(m, case);
                 let outcome = self.evaluator.evaluate(
                     case,
                     &model.name,
                     &model.prompt,
                     &timed,
                     self.samples(m),
+                    accepted.as_ref(),
                 );
                 self.timeline.verdict(&case.key, timed.arrived());
                 outcome
@@ -603,13 +622,17 @@ pub(crate) fn prepare_sources(harness: &Harness, requests: &[(usize, usize)]) {
             .iter()
             .map(|c| Prompt::for_case_with(c, protocol))
             .collect();
+        let accepted: Vec<Option<AcceptedOutput>> =
+            cases.iter().map(|c| harness.accepted(m, c)).collect();
         let reqs: Vec<Request<'_>> = cases
             .iter()
             .zip(&prompts)
-            .map(|(case, prompt)| Request {
+            .zip(&accepted)
+            .map(|((case, prompt), accepted)| Request {
                 case,
                 prompt,
                 samples,
+                accepted: accepted.as_ref(),
             })
             .collect();
         if let Err(e) = source.prepare(&reqs) {

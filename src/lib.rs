@@ -12,7 +12,7 @@
 //! | run | [`sandbox`] | the program against the case's tests in an isolated Python; raw facts |
 //! | judge | [`verdict`] | raw facts against expectations ([`value`]: Python values compared in Rust) |
 //! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] ([`confidence`]: token NLL, low-confidence spans and their lines) |
-//! | aggregate | [`score`] | pass@1, pass@k, pass^k, per-category rates; [`uncertainty`] (AUROC with CIs, the low-probability line test), [`footprint`] (profile facts, timing), [`failure`] classes, [`diversity`] |
+//! | aggregate | [`score`] | pass@1, pass@k, pass^k, per-category rates; [`uncertainty`] (AUROC with CIs, the low-probability line test), [`footprint`] (profile facts, timing), [`failure`] classes, [`diversity`], [`following`] (near ties kept toward the accepted output) |
 //! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
 //! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
@@ -41,6 +41,7 @@ pub mod env;
 pub mod evaluate;
 pub mod extract;
 pub mod failure;
+pub mod following;
 pub mod footprint;
 pub mod gate;
 pub mod harness;

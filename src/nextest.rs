@@ -383,10 +383,12 @@ pub fn generate(
             Err(e) => Some(e.to_string()),
             Ok(source) => {
                 let prompt = Prompt::for_case_with(case, &h.models[m].prompt);
+                let accepted = h.accepted(m, case);
                 let request = Request {
                     case,
                     prompt: &prompt,
                     samples: h.samples(m),
+                    accepted: accepted.as_ref(),
                 };
                 source.complete(&request).err().map(|e| e.to_string())
             }

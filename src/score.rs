@@ -121,6 +121,9 @@ pub struct Summary {
     /// What each device's session generated, for a profile spread over several GPUs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<crate::engine::DeviceUsage>,
+    /// How greedy generations followed their accepted outputs through near ties.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub following: Option<crate::following::Following>,
 }
 
 /// What generating the run's completions used: tokens, and the peak memory of the process on
@@ -171,6 +174,7 @@ impl Summary {
             uncertainty: UncertaintyStats::of(mine.clone()),
             resources: Resources::of(mine.clone()),
             diversity: Diversity::of(mine.clone()),
+            following: crate::following::Following::of(mine.clone()),
             failures: FailureCounts::of(mine),
             devices: Vec::new(),
         }

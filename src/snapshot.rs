@@ -10,8 +10,14 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use crate::engine::AcceptedOutput;
 use crate::evaluate::CaseOutcome;
 use crate::extract::{Origin, Scope};
+
+/// The heading of the section that keeps each sample's generated token ids.
+const GENERATION_HEADING: &str = "--- generated tokens ---";
+/// Token ids per line of that section.
+const IDS_PER_LINE: usize = 20;
 
 /// The file-name stem of a case's snapshot: `<category>__<id>` (insta adds `.snap`).
 pub fn snapshot_name(key: &str) -> String {
@@ -108,7 +114,73 @@ pub fn render(outcome: &CaseOutcome) -> String {
             }
         }
     }
+    render_tokens(&mut s, outcome);
     s
+}
+
+/// The token ids of every greedy sample and the key they were generated under: accepting the
+/// snapshot accepts them, and later runs keep them through near ties (see
+/// [`accepted_output`]).
+fn render_tokens(s: &mut String, outcome: &CaseOutcome) {
+    let Some(key) = outcome.samples.first().and_then(|x| x.accept_key.as_ref()) else {
+        return;
+    };
+    let _ = writeln!(s, "\n{GENERATION_HEADING}");
+    let _ = writeln!(s, "key: {key}");
+    for (i, sample) in outcome.samples.iter().enumerate() {
+        let ids: &[u32] = sample.tokens.as_ref().map_or(&[], |t| &t.ids);
+        let _ = writeln!(s, "sample {}: {} tokens", i + 1, ids.len());
+        for line in ids.chunks(IDS_PER_LINE) {
+            let line: Vec<String> = line.iter().map(u32::to_string).collect();
+            let _ = writeln!(s, "  {}", line.join(" "));
+        }
+    }
+}
+
+/// The generated output an accepted snapshot holds (its key and each sample's token ids), or
+/// `None` when there is no accepted snapshot or it keeps no tokens. A section that does not
+/// read back is an error naming the file and line.
+pub fn accepted_output(dir: &Path, name: &str) -> Result<Option<AcceptedOutput>, String> {
+    let path = dir.join(format!("{name}.snap"));
+    let Ok(text) = fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    parse_tokens(&text).map_err(|(line, why)| format!("{}:{line}: {why}", path.display()))
+}
+
+/// [`accepted_output`] of a snapshot file's text; errors carry the 1-based line.
+fn parse_tokens(file: &str) -> Result<Option<AcceptedOutput>, (usize, String)> {
+    let mut lines = file.lines().enumerate().map(|(i, l)| (i + 1, l));
+    if !lines.any(|(_, l)| l == GENERATION_HEADING) {
+        return Ok(None);
+    }
+    let (n, key_line) = lines.next().unwrap_or((0, ""));
+    let key = key_line.strip_prefix("key: ").ok_or((
+        n,
+        format!("expected `key: ...` after `{GENERATION_HEADING}`"),
+    ))?;
+    let mut samples: Vec<Vec<u32>> = Vec::new();
+    for (n, line) in lines {
+        if let Some(ids) = line.strip_prefix("  ") {
+            let sample = samples
+                .last_mut()
+                .ok_or((n, "token ids before any `sample N:` line".to_string()))?;
+            for id in ids.split_whitespace() {
+                sample.push(
+                    id.parse()
+                        .map_err(|_| (n, format!("`{id}` is not a token id")))?,
+                );
+            }
+        } else if line.starts_with("sample ") {
+            samples.push(Vec::new());
+        } else if !line.is_empty() {
+            return Err((n, format!("unexpected line `{line}` among the token ids")));
+        }
+    }
+    Ok(Some(AcceptedOutput {
+        key: key.to_string(),
+        samples,
+    }))
 }
 
 fn one_line(s: &str) -> String {
@@ -259,6 +331,8 @@ pub(crate) mod tests {
                 timing: None,
                 tokens: None,
                 failure: None,
+                accept_key: None,
+                followed: None,
             }],
         }
     }
@@ -279,6 +353,39 @@ pub(crate) mod tests {
             "{text}"
         );
         assert_eq!(text, render(&outcome(false)));
+    }
+
+    #[test]
+    fn generated_tokens_are_rendered_and_read_back() {
+        let mut o = outcome(true);
+        o.samples[0].accept_key = Some("model abc, prompt def (3 tokens), settings 012".into());
+        let ids: Vec<u32> = (0..45).map(|i| i * 1000).collect();
+        o.samples[0].tokens = Some(crate::engine::TokenTrace {
+            ids: ids.clone(),
+            ..Default::default()
+        });
+        let text = render(&o);
+        assert!(text.contains("\n--- generated tokens ---\nkey: model abc, prompt def (3 tokens), settings 012\nsample 1: 45 tokens\n  0 1000 "), "{text}");
+        let file = format!("---\nsource: x\n---\n{text}");
+        let back = parse_tokens(&file).unwrap().unwrap();
+        assert_eq!(back.key, "model abc, prompt def (3 tokens), settings 012");
+        assert_eq!(back.samples, vec![ids]);
+        // No key (replayed text, sampled runs): no section, nothing to follow.
+        assert!(!render(&outcome(true)).contains("generated tokens"));
+        assert_eq!(parse_tokens(&render(&outcome(true))).unwrap(), None);
+        // A damaged section names its line.
+        let bad = file.replace("  0 1000", "  0 x1000");
+        let (line, why) = parse_tokens(&bad).unwrap_err();
+        assert!(why.contains("`x1000` is not a token id"), "{why}");
+        assert_eq!(
+            bad.lines()
+                .nth(line - 1)
+                .unwrap()
+                .trim_start()
+                .split(' ')
+                .nth(1),
+            Some("x1000")
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use codegen_harness::case::{self, Case};
 use codegen_harness::device::Provider;
 use codegen_harness::engine::onnx::{self, OnnxOptions, OnnxSource};
 use codegen_harness::engine::{
-    BatchSize, Completion, CompletionSource, FinishReason, GenerationSettings, Request, TokenTrace,
+    AcceptedOutput, BatchSize, Completion, CompletionSource, FinishReason, FollowAccepted,
+    Followed, GenerationSettings, Request, TokenTrace,
 };
 use codegen_harness::env::Env;
 use codegen_harness::prompt::{Prompt, PromptProtocol, SystemMessage};
@@ -143,6 +144,7 @@ fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
         case,
         prompt: &prompt,
         samples,
+        accepted: None,
     })
     .unwrap()
 }
@@ -158,6 +160,7 @@ fn batched(src: &OnnxSource, cases: &[Case], samples: usize) -> Vec<Completion> 
             case,
             prompt,
             samples,
+            accepted: None,
         })
         .collect();
     src.prepare(&requests).unwrap();
@@ -422,6 +425,7 @@ fn a_prefill_starts_the_reply_and_the_completion() {
             case: &case,
             prompt: &prompt,
             samples: 1,
+            accepted: None,
         })
         .unwrap()
         .remove(0);
@@ -722,6 +726,7 @@ fn an_oversized_prompt_fails_alone_and_its_batch_mate_generates() {
             case,
             prompt,
             samples: 1,
+            accepted: None,
         })
         .collect();
     src.prepare(&requests).unwrap();
@@ -783,6 +788,7 @@ fn batched_err(src: &OnnxSource, case: &Case) -> String {
         case,
         prompt: &prompt,
         samples: 1,
+        accepted: None,
     })
     .unwrap_err()
     .to_string()
@@ -818,6 +824,7 @@ fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
         case: &cached,
         prompt: &prompt,
         samples: 1,
+        accepted: None,
     };
     lazy.prepare(std::slice::from_ref(&request)).unwrap();
     let again = lazy.complete(&request).unwrap();
@@ -835,6 +842,7 @@ fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
         case: &missed,
         prompt: &prompt,
         samples: 1,
+        accepted: None,
     };
     let generated = lazy.complete(&request).unwrap();
     assert!(lazy.loaded());
@@ -847,4 +855,106 @@ fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
         texts_and_ids(&generated),
         texts_and_ids(&ask(&reference, &missed, 1))
     );
+}
+
+/// One completion of `case`, checked against `accepted` when given.
+fn ask_following(src: &OnnxSource, case: &Case, accepted: Option<&AcceptedOutput>) -> Completion {
+    let prompt = Prompt::for_case(case);
+    src.complete(&Request {
+        case,
+        prompt: &prompt,
+        samples: 1,
+        accepted,
+    })
+    .unwrap()
+    .remove(0)
+}
+
+/// A source whose greedy generations follow accepted outputs within `tolerance`; `device`:
+/// the device head and fixed decode buffers, the code the CUDA path decodes with, forced on CPU.
+fn following_source(folder: &str, tolerance: f32, device: bool) -> OnnxSource {
+    let settings = GenerationSettings {
+        follow_accepted: FollowAccepted {
+            enabled: true,
+            tolerance,
+        },
+        ..GenerationSettings::default()
+    };
+    let mut opts = test_options(settings);
+    opts.device_head = Some(device);
+    opts.cuda_graph = Some(device);
+    onnx::open_with(&models().join(folder), opts).unwrap()
+}
+
+#[test]
+fn accepted_outputs_are_kept_through_near_ties_and_left_beyond_the_tolerance() {
+    for (folder, device) in [("genai", false), ("optimum", false), ("genai", true)] {
+        let what = format!("{folder}, device path {device}");
+        let exact = following_source(folder, 0.0, device);
+        let case = complete_case("follow", PREFIXES[2], 20, &[]);
+        let free = ask_following(&exact, &case, None);
+        assert_eq!(free.followed, None, "{what}");
+        let key = free
+            .accept_key
+            .clone()
+            .expect("greedy completions carry their key");
+        let trace = free.tokens.clone().unwrap();
+        assert_eq!(trace.ids.len(), 20, "{what}");
+
+        // Its own output, accepted: kept whole, with this machine's probabilities.
+        let own = AcceptedOutput {
+            key: key.clone(),
+            samples: vec![trace.ids.clone()],
+        };
+        let kept = ask_following(&exact, &case, Some(&own));
+        assert_eq!(
+            kept.followed,
+            Some(Followed::Kept { tolerance: 0.0 }),
+            "{what}"
+        );
+        assert_eq!(kept.text, free.text, "{what}");
+        assert_traces_agree(&[kept.tokens.clone().unwrap()], &[trace.clone()], &what);
+        assert!(kept.tokens.unwrap().kept.is_empty(), "{what}");
+
+        // An accepted output whose sixth token is this machine's second choice.
+        let (top, second) = (&trace.top[5][0], &trace.top[5][1]);
+        let gap = top.2 - second.2;
+        assert!(gap > 0.0, "{what}: a tie in the tiny model");
+        let mut other = trace.ids.clone();
+        other[5] = second.0;
+        let accepted = AcceptedOutput {
+            key: key.clone(),
+            samples: vec![other.clone()],
+        };
+        // At tolerance 0 it is left at that step, and decoding freely from there is greedy's
+        // own continuation: the free output, token for token.
+        let left = ask_following(&exact, &case, Some(&accepted));
+        match left.followed {
+            Some(Followed::Left {
+                step: 5, gap: g, ..
+            }) => {
+                assert!((g - gap).abs() < 1e-3, "{what}: gap {g} vs {gap}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(left.tokens.as_ref().unwrap().ids, trace.ids, "{what}");
+        assert_eq!(left.text, free.text, "{what}");
+
+        // Within a tolerance above the gap, every accepted token is kept and step 5 is marked.
+        let loose = following_source(folder, 1e6, device);
+        let near = ask_following(&loose, &case, Some(&accepted));
+        let near_trace = near.tokens.unwrap();
+        assert_eq!(near_trace.ids, other, "{what}");
+        assert_eq!(near_trace.kept.first().map(|k| k.step), Some(5), "{what}");
+        assert!((near_trace.kept[0].gap - gap).abs() < 1e-3, "{what}");
+
+        // Accepted under another key (another model, prompt or settings): never followed.
+        let stranger = AcceptedOutput {
+            key: "model 000000000000, prompt 000000000000 (1 tokens), settings 000000000000".into(),
+            samples: vec![other.clone()],
+        };
+        let free_again = ask_following(&loose, &case, Some(&stranger));
+        assert_eq!(free_again.followed, None, "{what}");
+        assert_eq!(free_again.tokens.unwrap().ids, trace.ids, "{what}");
+    }
 }

@@ -197,6 +197,7 @@ fn generate_once(
             case,
             prompt: &prompt,
             samples: 1,
+            accepted: None,
         })
         .map_err(|e| e.to_string())?;
     let completion = out.pop().ok_or("the engine returned no completion")?;

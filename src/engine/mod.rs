@@ -31,6 +31,68 @@ pub struct Completion {
     /// Why generation stopped, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<FinishReason>,
+    /// What decided a greedy generation (model files, prompt ids, settings): the key an
+    /// accepted output is kept under, so that it is followed only where it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_key: Option<String>,
+    /// How the generation related to the accepted output it was checked against, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<Followed>,
+}
+
+/// A greedy generation checked against its accepted output: every accepted token was within
+/// the tolerance of this machine's top choice (the output is the accepted one), or the first
+/// that was not, from which it decoded freely.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Followed {
+    /// Every accepted token was kept.
+    Kept { tolerance: f32 },
+    /// At `step` (0-based) this machine's top choice was `gap` nats above the accepted token,
+    /// more than `tolerance`: the output is this machine's own from there.
+    Left {
+        step: usize,
+        gap: f32,
+        tolerance: f32,
+    },
+}
+
+/// The output a case's accepted snapshot holds, for near-tie resolution: where this machine's
+/// top choice differs from the accepted token by no more than the tolerance, the accepted
+/// token is kept (see docs/reproducibility.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedOutput {
+    /// The [`Completion::accept_key`] it was accepted under: it is followed only under the
+    /// same key.
+    pub key: String,
+    /// Each sample's token ids, in order.
+    pub samples: Vec<Vec<u32>>,
+}
+
+/// Whether greedy generations follow their accepted output through near ties, and how near.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FollowAccepted {
+    /// Off: every generation decodes freely (accepted outputs are still recorded).
+    pub enabled: bool,
+    /// The largest gap, in nats of log-probability, between this machine's top choice and the
+    /// accepted token at which the accepted token is kept.
+    pub tolerance: f32,
+}
+
+impl FollowAccepted {
+    /// The default tolerance: above the largest gap measured where two kinds of CPU part ways
+    /// on the default suite (docs/reproducibility.md), below what a real change moves.
+    pub const DEFAULT_TOLERANCE: f32 = 0.25;
+}
+
+impl Default for FollowAccepted {
+    fn default() -> Self {
+        FollowAccepted {
+            enabled: true,
+            tolerance: Self::DEFAULT_TOLERANCE,
+        }
+    }
 }
 
 /// Why a generated sequence ended. Written in results and the generation cache as the words
@@ -98,6 +160,19 @@ pub struct TokenTrace {
     pub logprobs: Vec<f32>,
     /// For each generated token, the most likely alternatives: (token id, piece, log-probability).
     pub top: Vec<Vec<(u32, String, f32)>>,
+    /// The steps decided by the accepted output: this machine's top choice was another token,
+    /// within the tolerance, and the accepted token was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptStep>,
+}
+
+/// A step where the accepted token was kept though this machine preferred another.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KeptStep {
+    /// 0-based index into the generated tokens.
+    pub step: usize,
+    /// This machine's top log-probability minus the accepted token's, in nats.
+    pub gap: f32,
 }
 
 /// The string that Rust's `{:?}` quoted as `quoted` (the inverse of `format!("{s:?}")`).
@@ -199,6 +274,8 @@ pub struct GenerationSettings {
     pub top_logprobs: usize,
     /// How many sequences decode together.
     pub batch_size: BatchSize,
+    /// Near ties resolved toward the accepted output (greedy decoding only).
+    pub follow_accepted: FollowAccepted,
 }
 
 /// How many sequences decode together: `"auto"` (the default) or a number.
@@ -294,6 +371,7 @@ impl Default for GenerationSettings {
             stop: Vec::new(),
             top_logprobs: 5,
             batch_size: BatchSize::Auto,
+            follow_accepted: FollowAccepted::default(),
         }
     }
 }
@@ -329,6 +407,9 @@ pub struct Request<'a> {
     pub case: &'a Case,
     pub prompt: &'a Prompt,
     pub samples: usize,
+    /// The output the case's snapshot accepted, if any (followed through near ties when its
+    /// key matches).
+    pub accepted: Option<&'a AcceptedOutput>,
 }
 
 /// Why a source could not answer.

@@ -264,6 +264,7 @@ mod tests {
             case,
             prompt: &prompt,
             samples,
+            accepted: None,
         })
     }
 

@@ -302,6 +302,7 @@ pub fn render_models(models: &[ModelResults], notes: &[String]) -> String {
     }
     s.push_str("<h2>Models</h2>");
     s.push_str(&model_table::render(models));
+    s.push_str(&following(models));
     s.push_str("<h2>Pass rate by category</h2>");
     s.push_str(&pass_rate_chart(models));
     s.push_str("<h2 id=\"roc\">Does uncertainty predict failure? ROC curves</h2><p class=\"note\">Each sample that generated tokens is scored; a curve traces the share of failing samples caught (true positives) against the share of passing samples flagged (false positives) as the threshold falls. The area is the AUROC (ties count half); intervals are the summary's where it has them.</p><div class=\"rocs\">");
@@ -329,6 +330,30 @@ pub fn render_models(models: &[ModelResults], notes: &[String]) -> String {
     }
     s.push_str(PAGE_END);
     s
+}
+
+/// What near-tie resolution did, per model whose summary says (greedy runs checked against
+/// accepted snapshots).
+fn following(models: &[ModelResults]) -> String {
+    let lines: Vec<String> = models
+        .iter()
+        .filter_map(|m| {
+            let f: crate::following::Following =
+                serde_json::from_value(m.summary["summary"]["following"].clone()).ok()?;
+            Some(format!(
+                "<li><b>{}</b>: {}</li>",
+                esc(&m.name),
+                esc(&f.line())
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<h2 id=\"following\">Accepted outputs</h2><p class=\"note\">Where this machine's top choice and the accepted token were within the tolerance, the accepted token was kept; a sample that left its accepted output decoded freely from there.</p><ul>{}</ul>",
+        lines.concat()
+    )
 }
 
 /// Render the report for every model whose results are in `dir`.

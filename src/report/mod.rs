@@ -121,6 +121,9 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     if let Some(d) = &summary.diversity {
         let _ = writeln!(s, "  {}", d.line());
     }
+    if let Some(f) = &summary.following {
+        let _ = writeln!(s, "  {}", f.line());
+    }
     if let Some(b) = baseline {
         let _ = writeln!(
             s,
@@ -288,6 +291,9 @@ pub fn markdown(
     }
     if let Some(d) = &summary.diversity {
         let _ = writeln!(s, "\n{}.", capitalized(&d.line()));
+    }
+    if let Some(f) = &summary.following {
+        let _ = writeln!(s, "\n{}.", capitalized(&f.line()));
     }
     if let Some(t) = &summary.timing {
         let _ = writeln!(
@@ -484,6 +490,7 @@ mod tests {
             categories: [("strings".to_string(), t)].into(),
             uncertainty: None,
             diversity: None,
+            following: None,
             failures: Default::default(),
             resources: Some(crate::score::Resources {
                 generated_tokens: 1234,

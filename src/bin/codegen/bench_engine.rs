@@ -182,6 +182,7 @@ fn request<'a>(case: &'a Case, prompt: &'a Prompt) -> Request<'a> {
         case,
         prompt,
         samples: 1,
+        accepted: None,
     }
 }
 

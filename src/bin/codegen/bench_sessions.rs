@@ -80,6 +80,7 @@ fn run_one(
             case,
             prompt,
             samples: opts.samples.max(1),
+            accepted: None,
         })
         .collect();
     let t = Instant::now();

@@ -12,13 +12,14 @@ use tokenizers::Tokenizer;
 use super::detok::Detokenizer;
 use super::error::EngineError;
 use super::folder::Layout;
+use super::follow::{Guide, Preset};
 use super::gate::Turn;
 use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
 use super::model::Model;
 use super::sampling::{self, Rng, Sampler};
 use super::tensor::Float;
 use crate::device::Provider;
-use crate::engine::{Completion, FinishReason, Timing, TokenTrace};
+use crate::engine::{Completion, FinishReason, Followed, KeptStep, Timing, TokenTrace};
 use crate::machine;
 
 /// One sequence to generate.
@@ -30,6 +31,15 @@ pub(crate) struct SeqJob {
     pub sampler: Sampler,
     pub seed: u64,
     pub top_logprobs: usize,
+    /// The accepted output to check first (greedy jobs whose accepted key matches).
+    pub guide: Option<Guide>,
+    /// Steps already decided (the accepted tokens kept before the first that was not): the
+    /// row starts with them, and `prompt_ids` already ends with their tokens.
+    pub presets: Vec<Preset>,
+    /// What the completion may be accepted under (see [`Completion::accept_key`]).
+    pub accept_key: Option<String>,
+    /// How the job followed its accepted output (set once the check has run).
+    pub followed: Option<Followed>,
 }
 
 #[cfg(test)]
@@ -47,6 +57,10 @@ impl SeqJob {
             },
             seed: 0,
             top_logprobs: 0,
+            guide: None,
+            presets: Vec::new(),
+            accept_key: None,
+            followed: None,
         }
     }
 }
@@ -60,6 +74,8 @@ struct Row {
     finish: Option<FinishReason>,
     first_at: Option<f64>,
     last_at: f64,
+    accept_key: Option<String>,
+    followed: Option<Followed>,
 }
 
 impl Row {
@@ -72,7 +88,51 @@ impl Row {
             finish: (job.max_new == 0).then_some(FinishReason::MaxNewTokens),
             first_at: None,
             last_at: 0.0,
+            accept_key: job.accept_key.clone(),
+            followed: job.followed,
         }
+    }
+
+    /// A row that starts with the job's preset steps, taken as if it had decoded them.
+    fn seeded(job: &SeqJob, shared: &StepShared<'_>) -> Result<Row, EngineError> {
+        let mut row = Row::new(job);
+        for preset in &job.presets {
+            if row.done() {
+                break;
+            }
+            if let Some(gap) = preset.kept_over {
+                row.trace.kept.push(KeptStep {
+                    step: row.trace.ids.len(),
+                    gap,
+                });
+            }
+            row.record(preset.pick.clone(), job, shared)?;
+        }
+        row.first_at = None;
+        Ok(row)
+    }
+
+    /// Take a picked token: its trace entry, its text, whether the row finished.
+    fn record(
+        &mut self,
+        pick: sampling::Pick,
+        job: &SeqJob,
+        shared: &StepShared<'_>,
+    ) -> Result<(), EngineError> {
+        let tok = pick.token as u32;
+        let piece = |id: u32| shared.pieces.get(&id).cloned().unwrap_or_default();
+        let top: Vec<(u32, String, f32)> = pick
+            .top
+            .into_iter()
+            .map(|(i, l)| (i as u32, piece(i as u32), l))
+            .collect();
+        self.trace.ids.push(tok);
+        self.trace.pieces.push(piece(tok));
+        self.trace.logprobs.push(pick.logprob);
+        self.trace.top.push(top);
+        self.first_at.get_or_insert(shared.now);
+        self.last_at = shared.now;
+        self.accept(tok, job, shared.eos, shared.tokenizer, shared.max_stop)
     }
 
     fn done(&self) -> bool {
@@ -126,7 +186,7 @@ impl Row {
 
 /// Token ids, attention mask and positions of step `step` (0: the right-padded prompts; k >= 1:
 /// generated token k-1), for prompts of `lens` tokens padded to `s`, with a mask `width` wide.
-fn step_tensors(
+pub(crate) fn step_tensors(
     layout: Layout,
     step: usize,
     jobs: &[SeqJob],
@@ -220,24 +280,9 @@ fn record_rows(
     shared: &StepShared<'_>,
     threads: usize,
 ) -> Result<(), EngineError> {
-    let record = |(row, pick, job): (&mut Row, Option<sampling::Pick>, &SeqJob)| {
-        let Some(pick) = pick else {
-            return Ok(());
-        };
-        let tok = pick.token as u32;
-        let piece = |id: u32| shared.pieces.get(&id).cloned().unwrap_or_default();
-        let top: Vec<(u32, String, f32)> = pick
-            .top
-            .into_iter()
-            .map(|(i, l)| (i as u32, piece(i as u32), l))
-            .collect();
-        row.trace.ids.push(tok);
-        row.trace.pieces.push(piece(tok));
-        row.trace.logprobs.push(pick.logprob);
-        row.trace.top.push(top);
-        row.first_at.get_or_insert(shared.now);
-        row.last_at = shared.now;
-        row.accept(tok, job, shared.eos, shared.tokenizer, shared.max_stop)
+    let record = |(row, pick, job): (&mut Row, Option<sampling::Pick>, &SeqJob)| match pick {
+        Some(pick) => row.record(pick, job, shared),
+        None => Ok(()),
     };
     let threads = threads.min(work.len() / ROWS_PER_THREAD).max(1);
     if threads == 1 {
@@ -283,12 +328,15 @@ impl Model {
         }
         let s = *lens.iter().max().expect("non-empty");
         let start = Instant::now();
-        let mut rows: Vec<Row> = jobs.iter().map(Row::new).collect();
         let max_stop = jobs
             .iter()
             .flat_map(|j| j.stop.iter().map(|s| s.len()))
             .max()
             .unwrap_or(0);
+        let mut rows: Vec<Row> = jobs
+            .iter()
+            .map(|job| self.seeded_row(job, max_stop))
+            .collect::<Result<_, _>>()?;
 
         // Greedy batches on the shared-KV path leave the logits on the device for the head;
         // sampling needs the whole distribution on the host.
@@ -474,6 +522,17 @@ impl Model {
                         ),
                     };
                     run_secs += run_started.elapsed().as_secs_f64();
+                    let data = match self.logit_noise {
+                        Some(noise) => {
+                            let mut owned = data.into_owned();
+                            for r in 0..b {
+                                let off = (r * lq + at_of(r)) * vocab;
+                                noise.apply(&mut owned[off..off + vocab], lens[r] - 1 + step);
+                            }
+                            Cow::Owned(owned)
+                        }
+                        None => data,
+                    };
                     let row_at = |r: usize| -> &[f32] {
                         let off = (r * lq + at_of(r)) * vocab;
                         &data[off..off + vocab]
@@ -587,6 +646,51 @@ impl Model {
         Ok(())
     }
 
+    /// A row for `job` that starts with its preset steps.
+    fn seeded_row(&mut self, job: &SeqJob, max_stop: usize) -> Result<Row, EngineError> {
+        for preset in &job.presets {
+            piece(&mut self.pieces, &self.tokenizer, preset.pick.token as u32);
+            for &(i, _) in &preset.pick.top {
+                piece(&mut self.pieces, &self.tokenizer, i as u32);
+            }
+        }
+        let shared = StepShared {
+            pieces: &self.pieces,
+            tokenizer: &self.tokenizer,
+            eos: &self.tokens.eos,
+            max_stop,
+            now: 0.0,
+        };
+        Row::seeded(job, &shared)
+    }
+
+    /// The completion of a job whose preset steps finish it (every accepted token was kept),
+    /// `None` when they do not (it must decode on). `elapsed_ms`: the check's time.
+    pub(crate) fn complete_from_presets(
+        &mut self,
+        job: &SeqJob,
+        elapsed_ms: f64,
+    ) -> Result<Option<Completion>, EngineError> {
+        let max_stop = job.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut row = self.seeded_row(job, max_stop)?;
+        if !row.done() {
+            return Ok(None);
+        }
+        let usage = Usage {
+            prompt_tokens: job.prompt_ids.len(),
+            total_ms: elapsed_ms,
+            peak_host_bytes: machine::peak_host_bytes(),
+            peak_device_bytes: self.device_peak,
+        };
+        let mut completion = self.finish_row(&mut row, usage)?;
+        if let Some(t) = completion.timing.as_mut() {
+            // Checked in one pass, not decoded: no time to first token, no decode rate.
+            t.time_to_first_token_ms = elapsed_ms;
+            t.decode_tokens_per_s = 0.0;
+        }
+        Ok(Some(completion))
+    }
+
     /// Hand every newly finished row to `on_done`.
     fn publish_done(
         &self,
@@ -643,6 +747,8 @@ impl Model {
             }),
             tokens: Some(trace),
             finish_reason: row.finish.clone(),
+            accept_key: row.accept_key.clone(),
+            followed: row.followed,
         })
     }
 }

@@ -24,6 +24,7 @@ mod decode;
 mod detok;
 mod error;
 pub(crate) mod folder;
+mod follow;
 mod gate;
 mod gencache;
 mod head;
@@ -40,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::EngineError;
+pub use follow::LogitNoise;
 pub use head::{HEAD_F16, HEAD_F32};
 pub use lazy::{LazyOnnxSource, open_lazy};
 
@@ -54,7 +56,8 @@ use scheduler::{Encoder, KeyFacts, Limits, Scheduler};
 
 /// Bumped when a change to the engine changes what it generates (part of every cache key).
 /// 2: KV buffers on CUDA are zeroed (generations made on CUDA before could be corrupt).
-pub const ENGINE_VERSION: &str = "onnx-engine-2";
+/// 3: completions carry the key they can be accepted under and how they followed it.
+pub const ENGINE_VERSION: &str = "onnx-engine-3";
 
 /// Everything [`open_with`] accepts. The environment's overrides are applied with
 /// [`OnnxOptions::apply_env`] at the edge; the engine reads no environment variable.
@@ -108,6 +111,9 @@ pub struct OnnxOptions {
     /// them; an index may repeat. On CPU only their count matters (several CPU sessions exist
     /// for tests of the multi-session path; config files cannot ask for them).
     pub device_ids: Vec<u32>,
+    /// Seeded noise on every logit read on the host: tests only, to show which perturbations
+    /// the accepted-output tolerance absorbs.
+    pub logit_noise: Option<LogitNoise>,
 }
 
 impl OnnxOptions {
@@ -133,6 +139,7 @@ impl OnnxOptions {
             profile: false,
             memory_budget_bytes: None,
             device_ids: vec![0],
+            logit_noise: None,
         }
     }
 
@@ -148,6 +155,9 @@ impl OnnxOptions {
         self.shared_kv &= env.shared_kv.unwrap_or(true);
         self.zero_kv &= env.zero_kv.unwrap_or(true);
         self.profile |= env.profile;
+        if let Some(follow) = env.follow_accepted {
+            self.settings.follow_accepted.enabled = follow;
+        }
     }
 }
 

@@ -108,6 +108,8 @@ pub(crate) struct Model {
     pub device_id: u32,
     /// Turns between this process's sessions when several decode at once.
     pub gate: StepGate,
+    /// Noise added to every logit read on the host (tests of the accepted-output tolerance).
+    pub logit_noise: Option<super::follow::LogitNoise>,
 }
 
 fn read_json(path: &Path) -> Result<Json, EngineError> {
@@ -250,6 +252,7 @@ impl Model {
                 Provider::Cpu => 1,
             },
             profile: options.profile,
+            logit_noise: options.logit_noise,
             pieces: std::collections::HashMap::new(),
             zero_kv: options.zero_kv,
             fixed_decode: options.cuda_graph.unwrap_or(opened.graph_capture),

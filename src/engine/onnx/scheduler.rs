@@ -18,12 +18,13 @@ use tokenizers::Tokenizer;
 use super::ENGINE_VERSION;
 use super::decode::SeqJob;
 use super::error::EngineError;
+use super::follow::Guide;
 use super::gencache::GenerationCache;
 use super::model::{Footprint, Model};
 use super::sampling::Sampler;
 use crate::cache::hex;
 use crate::device::Provider;
-use crate::engine::{Completion, DeviceUsage, GenerationSettings, Request};
+use crate::engine::{Completion, DeviceUsage, Followed, GenerationSettings, Request};
 use crate::prompt::{Prompt, TemplateTokens, render_chat_prompt};
 
 /// Prompt rendering and tokenization, usable while the model is busy.
@@ -236,6 +237,20 @@ pub(crate) fn plan(
         top_k: s.top_k,
     };
     let samples = request.samples.max(1);
+    let accept_key = sampler
+        .is_greedy()
+        .then(|| accept_key(&facts.model_hash, &prompt_ids, max_new, &stop));
+    // The accepted output is followed only where it was made: same model files, prompt ids
+    // and settings (so a new model or prompt is never steered).
+    let guide = match (&accept_key, request.accepted) {
+        (Some(key), Some(accepted)) if s.follow_accepted.enabled && accepted.key == *key => {
+            accepted.samples.first().map(|tokens| Guide {
+                tokens: tokens.clone(),
+                tolerance: s.follow_accepted.tolerance,
+            })
+        }
+        _ => None,
+    };
     let mut keys = Vec::with_capacity(samples);
     let mut jobs = Vec::new();
     for i in 0..samples {
@@ -261,6 +276,12 @@ pub(crate) fn plan(
             // other tiles and differ in the last bit. Other keys stay as they were.
             desc["cuda_graph"] = serde_json::Value::Bool(true);
         }
+        if let Some(guide) = &guide {
+            desc["follow"] = serde_json::json!({
+                "accepted": hex(&Sha256::digest(format!("{:?}", guide.tokens).as_bytes())),
+                "tolerance": guide.tolerance,
+            });
+        }
         let key = hex(&Sha256::digest(desc.to_string().as_bytes()));
         if !keys.contains(&key) {
             // The stream of sample i depends on (seed, prompt, i) only.
@@ -274,6 +295,10 @@ pub(crate) fn plan(
                 sampler,
                 seed,
                 top_logprobs: s.top_logprobs,
+                guide: guide.clone(),
+                presets: Vec::new(),
+                accept_key: accept_key.clone(),
+                followed: None,
             };
             // Checked before any batch holds it: a prompt that cannot fit fails alone.
             if let Some(limits) = limits {
@@ -284,6 +309,26 @@ pub(crate) fn plan(
         keys.push(key);
     }
     Ok(Planned { keys, jobs })
+}
+
+/// What a greedy generation is accepted under: the model files, the prompt's token ids and the
+/// settings that decide it, as `model <12 hex>, prompt <12 hex> (<n> tokens), settings <12
+/// hex>`, so that a reviewer sees which of them changed.
+pub(crate) fn accept_key(
+    model_hash: &str,
+    prompt_ids: &[u32],
+    max_new: usize,
+    stop: &[String],
+) -> String {
+    let short = |bytes: &[u8]| hex(&Sha256::digest(bytes))[..12].to_string();
+    let settings = serde_json::json!({"greedy": true, "max_new_tokens": max_new, "stop": stop});
+    format!(
+        "model {}, prompt {} ({} tokens), settings {}",
+        &model_hash[..model_hash.len().min(12)],
+        short(format!("{prompt_ids:?}").as_bytes()),
+        prompt_ids.len(),
+        short(settings.to_string().as_bytes()),
+    )
 }
 
 /// The model (one session per device), its cache and what is being generated.
@@ -403,7 +448,7 @@ impl Scheduler {
 
     /// Generate `todo` in batches, publishing results as each batch finishes. With several
     /// sessions, each takes the next batch when its last one ends.
-    pub fn run(&self, mut todo: Vec<(String, SeqJob)>) {
+    pub fn run(&self, todo: Vec<(String, SeqJob)>) {
         if todo.is_empty() {
             return;
         }
@@ -419,12 +464,6 @@ impl Scheduler {
         {
             limits.budget_bytes = limits.budget_bytes.min(now);
         }
-        todo.sort_by(|a, b| {
-            a.1.prompt_ids
-                .len()
-                .cmp(&b.1.prompt_ids.len())
-                .then(a.0.cmp(&b.0))
-        });
         let bar = if self.progress && todo.len() > 1 {
             let bar = indicatif::ProgressBar::new(todo.len() as u64);
             bar.set_style(
@@ -442,6 +481,14 @@ impl Scheduler {
             started: Instant::now(),
             tokens: AtomicU64::new(0),
         };
+        let generated = todo.len() as u64;
+        let mut todo = self.follow_guided(todo, &progress);
+        todo.sort_by(|a, b| {
+            a.1.prompt_ids
+                .len()
+                .cmp(&b.1.prompt_ids.len())
+                .then(a.0.cmp(&b.0))
+        });
         let sessions = self.models.len();
         let cap = self.settings.batch_size.rows(self.facts.provider);
         let rows = balanced_rows(todo.len(), cap, sessions);
@@ -476,8 +523,86 @@ impl Scheduler {
                 self.run_batch(0, &todo[range.clone()], &progress);
             }
         }
-        *self.generated.lock().expect("counter lock") += todo.len() as u64;
+        *self.generated.lock().expect("counter lock") += generated;
         progress.bar.finish_and_clear();
+    }
+
+    /// Check each guided job against its accepted output (one teacher-forced pass each),
+    /// publish those whose accepted tokens were all kept, and return the rest: unguided jobs
+    /// as they were, and guided ones that left the accepted output as continuations from the
+    /// last kept token.
+    fn follow_guided(
+        &self,
+        todo: Vec<(String, SeqJob)>,
+        progress: &Progress,
+    ) -> Vec<(String, SeqJob)> {
+        let mut rest = Vec::with_capacity(todo.len());
+        for (key, mut job) in todo {
+            let Some(guide) = job.guide.take() else {
+                rest.push((key, job));
+                continue;
+            };
+            let started = Instant::now();
+            let mut model = self.models[0].lock().expect("model lock");
+            let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                model.follow(&job, &guide)
+            }))
+            .unwrap_or_else(|_| {
+                Err(EngineError::Generate(
+                    "the engine panicked while checking the accepted output".into(),
+                ))
+            });
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    self.publish(&key, Err(e), progress);
+                    continue;
+                }
+            };
+            let tolerance = guide.tolerance;
+            job.followed = Some(match found.left {
+                None => Followed::Kept { tolerance },
+                Some((step, gap)) => Followed::Left {
+                    step,
+                    gap,
+                    tolerance,
+                },
+            });
+            job.presets = found.presets;
+            if found.left.is_none() {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                match model.complete_from_presets(&job, ms) {
+                    Ok(Some(done)) => {
+                        self.publish(&key, Ok(done), progress);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.publish(&key, Err(e), progress);
+                        continue;
+                    }
+                }
+            }
+            // Decode on after the kept tokens: they are part of the prompt the batch feeds.
+            let kept: Vec<u32> = job.presets.iter().map(|p| p.pick.token as u32).collect();
+            job.prompt_ids.extend(kept);
+            rest.push((key, job));
+        }
+        rest
+    }
+
+    /// Hand one sequence's result to its waiting callers (and the cache, when it is one).
+    fn publish(&self, key: &str, result: Result<Completion, EngineError>, progress: &Progress) {
+        if let Ok(done) = &result {
+            self.cache.put(key, done);
+        }
+        {
+            let mut st = self.results.lock().expect("scheduler lock");
+            st.pending.remove(key);
+            st.done.insert(key.to_string(), result);
+        }
+        self.finished.notify_all();
+        progress.bar.inc(1);
     }
 
     /// Generate one batch on session `session`, publishing each row as it finishes.
@@ -491,16 +616,8 @@ impl Scheduler {
             // Each row is published the moment it finishes: its caller scores it while
             // the batch's longer rows are still generating.
             let mut on_done = |r: usize, out: Completion| {
-                let key = &chunk[r].0;
                 handed[r] = true;
-                self.cache.put(key, &out);
-                {
-                    let mut st = self.results.lock().expect("scheduler lock");
-                    st.pending.remove(key);
-                    st.done.insert(key.clone(), Ok(out));
-                }
-                self.finished.notify_all();
-                progress.bar.inc(1);
+                self.publish(&chunk[r].0, Ok(out), progress);
             };
             let mut on_token = || {
                 tokens += 1;
