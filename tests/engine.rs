@@ -928,7 +928,17 @@ fn accepted_outputs_are_kept_through_near_ties_and_left_beyond_the_tolerance() {
         };
         // At tolerance 0 it is left at that step, and decoding freely from there is greedy's
         // own continuation: the free output, token for token.
-        let left = ask_following(&exact, &case, Some(&accepted));
+        let left = ask_following(
+            &following_source(folder, 0.0, device),
+            &case,
+            Some(&accepted),
+        );
+        let again = ask_following(&following_source(folder, 0.0, device), &case, None);
+        assert_eq!(
+            again.tokens.as_ref().unwrap().ids,
+            trace.ids,
+            "{what}: a fresh source"
+        );
         match left.followed {
             Some(Followed::Left {
                 step: 5, gap: g, ..
@@ -940,13 +950,32 @@ fn accepted_outputs_are_kept_through_near_ties_and_left_beyond_the_tolerance() {
         assert_eq!(left.tokens.as_ref().unwrap().ids, trace.ids, "{what}");
         assert_eq!(left.text, free.text, "{what}");
 
-        // Within a tolerance above the gap, every accepted token is kept and step 5 is marked.
-        let loose = following_source(folder, 1e6, device);
-        let near = ask_following(&loose, &case, Some(&accepted));
+        // Within a tolerance just above that gap, step 5 keeps the accepted token and says by
+        // how much this machine preferred its own; later accepted tokens are kept or left by
+        // the same rule (the device head measures only the gaps of its alternatives).
+        let tolerance = gap + 1e-3;
+        let near = ask_following(
+            &following_source(folder, tolerance, device),
+            &case,
+            Some(&accepted),
+        );
         let near_trace = near.tokens.unwrap();
-        assert_eq!(near_trace.ids, other, "{what}");
+        assert_eq!(near_trace.ids[..6], other[..6], "{what}");
         assert_eq!(near_trace.kept.first().map(|k| k.step), Some(5), "{what}");
         assert!((near_trace.kept[0].gap - gap).abs() < 1e-3, "{what}");
+        assert!(near_trace.kept.iter().all(|k| k.gap <= tolerance), "{what}");
+        match near.followed {
+            Some(Followed::Kept { .. }) => assert_eq!(near_trace.ids, other, "{what}"),
+            Some(Followed::Left { step, gap, .. }) => {
+                assert!(
+                    step > 5 && gap > tolerance,
+                    "{what}: left at {step} by {gap}"
+                );
+                assert_eq!(near_trace.ids[..step], other[..step], "{what}");
+            }
+            None => panic!("{what}: not checked"),
+        }
+        let loose = following_source(folder, 1e6, device);
 
         // Accepted under another key (another model, prompt or settings): never followed.
         let stranger = AcceptedOutput {

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 K, N, BLOCK = 896, 4864, 32
 
 
-def matmul_nbits(bits, level, m, rng):
+def matmul_nbits(bits, level, m, rng, outliers=False):
     blocks = K // BLOCK
     codes = rng.integers(0, 2**bits, size=(N, blocks, BLOCK), dtype=np.uint8)
     if bits == 4:
@@ -42,6 +42,9 @@ def matmul_nbits(bits, level, m, rng):
         helper.make_tensor("z", TensorProto.UINT8, zero.shape, zero.tobytes(), raw=True),
     ]
     x = (rng.standard_normal((m, K)) * 2.0).astype(np.float32)
+    if outliers:
+        # Real hidden states have a few channels hundreds of times larger than the rest.
+        x[:, [7, 300, 641]] = [180.0, -240.0, 95.0]
     return node, inits, {"x": x}, [m, N]
 
 
@@ -68,6 +71,14 @@ CASES = {
     **{
         f"MatMulNBits {bits}-bit, accuracy level {level}, M={m}": (
             lambda rng, bits=bits, level=level, m=m: matmul_nbits(bits, level, m, rng)
+        )
+        for bits in (4, 8)
+        for level in (0, 4)
+        for m in (1, 64)
+    },
+    **{
+        f"MatMulNBits {bits}-bit, accuracy level {level}, M={m}, outlier channels": (
+            lambda rng, bits=bits, level=level, m=m: matmul_nbits(bits, level, m, rng, True)
         )
         for bits in (4, 8)
         for level in (0, 4)

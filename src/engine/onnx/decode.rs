@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 use super::detok::Detokenizer;
 use super::error::EngineError;
 use super::folder::Layout;
-use super::follow::{Guide, Preset};
+use super::follow::{Gap, Guide, Mark, follow_step};
 use super::gate::Turn;
 use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
 use super::model::Model;
@@ -31,15 +31,11 @@ pub(crate) struct SeqJob {
     pub sampler: Sampler,
     pub seed: u64,
     pub top_logprobs: usize,
-    /// The accepted output to check first (greedy jobs whose accepted key matches).
+    /// The accepted output the row is teacher-forced through (greedy jobs whose accepted key
+    /// matches), within its tolerance.
     pub guide: Option<Guide>,
-    /// Steps already decided (the accepted tokens kept before the first that was not): the
-    /// row starts with them, and `prompt_ids` already ends with their tokens.
-    pub presets: Vec<Preset>,
     /// What the completion may be accepted under (see [`Completion::accept_key`]).
     pub accept_key: Option<String>,
-    /// How the job followed its accepted output (set once the check has run).
-    pub followed: Option<Followed>,
 }
 
 #[cfg(test)]
@@ -58,9 +54,7 @@ impl SeqJob {
             seed: 0,
             top_logprobs: 0,
             guide: None,
-            presets: Vec::new(),
             accept_key: None,
-            followed: None,
         }
     }
 }
@@ -89,36 +83,32 @@ impl Row {
             first_at: None,
             last_at: 0.0,
             accept_key: job.accept_key.clone(),
-            followed: job.followed,
+            followed: job.guide.as_ref().map(|g| Followed::Kept {
+                tolerance: g.tolerance,
+            }),
         }
     }
 
-    /// A row that starts with the job's preset steps, taken as if it had decoded them.
-    fn seeded(job: &SeqJob, shared: &StepShared<'_>) -> Result<Row, EngineError> {
-        let mut row = Row::new(job);
-        for preset in &job.presets {
-            if row.done() {
-                break;
-            }
-            if let Some(gap) = preset.kept_over {
-                row.trace.kept.push(KeptStep {
-                    step: row.trace.ids.len(),
-                    gap,
-                });
-            }
-            row.record(preset.pick.clone(), job, shared)?;
-        }
-        row.first_at = None;
-        Ok(row)
-    }
-
-    /// Take a picked token: its trace entry, its text, whether the row finished.
+    /// Take a picked token: its trace entry, its text, whether the row finished; and what the
+    /// accepted output's rule decided at this step, if the row is guided.
     fn record(
         &mut self,
-        pick: sampling::Pick,
+        (pick, mark): Choice,
         job: &SeqJob,
         shared: &StepShared<'_>,
     ) -> Result<(), EngineError> {
+        let step = self.trace.ids.len();
+        match (mark, self.followed) {
+            (Some(Mark::Kept { gap }), _) => self.trace.kept.push(KeptStep { step, gap }),
+            (Some(Mark::Left { gap }), Some(Followed::Kept { tolerance })) => {
+                self.followed = Some(Followed::Left {
+                    step,
+                    gap,
+                    tolerance,
+                })
+            }
+            _ => {}
+        }
         let tok = pick.token as u32;
         let piece = |id: u32| shared.pieces.get(&id).cloned().unwrap_or_default();
         let top: Vec<(u32, String, f32)> = pick
@@ -232,6 +222,35 @@ pub(crate) fn step_tensors(
     (ids, mask, pos, q)
 }
 
+/// Alternatives the device head returns for a guided row: an accepted token within any
+/// sensible tolerance of the top choice is among them.
+const GUIDED_HEAD_K: usize = 8;
+
+/// `pick` for a row, or the accepted token in its place where the rule keeps it. `guided`: the
+/// row's place in its accepted tokens, `None` once it decodes freely; `gap(accepted)`: how far
+/// below the pick the accepted token is on this machine.
+fn guide_pick(
+    guided: &mut Option<usize>,
+    job: &SeqJob,
+    pick: sampling::Pick,
+    gap: impl Fn(usize) -> Gap,
+) -> Choice {
+    let (Some(next), Some(guide)) = (*guided, job.guide.as_ref()) else {
+        return (pick, None);
+    };
+    let Some(&accepted) = guide.tokens.get(next) else {
+        // Past the accepted output's end (it cannot be, under the same key): decode freely.
+        *guided = None;
+        return (pick, None);
+    };
+    let (pick, mark) = follow_step(pick, accepted, gap(accepted as usize), guide.tolerance);
+    *guided = match mark {
+        Some(Mark::Left { .. }) => None,
+        _ => Some(next + 1),
+    };
+    (pick, mark)
+}
+
 /// Rows per bookkeeping thread (and the narrowest batch that is pipelined).
 const ROWS_PER_THREAD: usize = 16;
 
@@ -253,12 +272,15 @@ struct StepShared<'a> {
     now: f64,
 }
 
+/// A row's pick for one step, and what the accepted output's rule decided there.
+type Choice = (sampling::Pick, Option<Mark>);
+
 /// Each row with its pick and its job, for [`record_rows`].
 fn rows_with<'a>(
     rows: &'a mut [Row],
-    picks: Vec<Option<sampling::Pick>>,
+    picks: Vec<Option<Choice>>,
     jobs: &'a [SeqJob],
-) -> Vec<(&'a mut Row, Option<sampling::Pick>, &'a SeqJob)> {
+) -> Vec<(&'a mut Row, Option<Choice>, &'a SeqJob)> {
     rows.iter_mut()
         .zip(picks)
         .zip(jobs)
@@ -276,11 +298,11 @@ fn piece(pieces: &mut std::collections::HashMap<u32, String>, tokenizer: &Tokeni
 /// Record each row's pick (its trace, its text, whether it finished), on up to `threads`
 /// threads when the batch is wide enough to pay for them.
 fn record_rows(
-    work: Vec<(&mut Row, Option<sampling::Pick>, &SeqJob)>,
+    work: Vec<(&mut Row, Option<Choice>, &SeqJob)>,
     shared: &StepShared<'_>,
     threads: usize,
 ) -> Result<(), EngineError> {
-    let record = |(row, pick, job): (&mut Row, Option<sampling::Pick>, &SeqJob)| match pick {
+    let record = |(row, pick, job): (&mut Row, Option<Choice>, &SeqJob)| match pick {
         Some(pick) => row.record(pick, job, shared),
         None => Ok(()),
     };
@@ -333,18 +355,22 @@ impl Model {
             .flat_map(|j| j.stop.iter().map(|s| s.len()))
             .max()
             .unwrap_or(0);
-        let mut rows: Vec<Row> = jobs
-            .iter()
-            .map(|job| self.seeded_row(job, max_stop))
-            .collect::<Result<_, _>>()?;
+        let mut rows: Vec<Row> = jobs.iter().map(Row::new).collect();
+        // Where each guided row is in its accepted tokens (`None`: decoding freely).
+        let mut guided: Vec<Option<usize>> =
+            jobs.iter().map(|j| j.guide.as_ref().map(|_| 0)).collect();
 
         // Greedy batches on the shared-KV path leave the logits on the device for the head;
         // sampling needs the whole distribution on the host.
         let use_head =
             self.head.is_some() && self.shares_kv() && jobs.iter().all(|j| j.sampler.is_greedy());
+        // Guided rows need the accepted token among the alternatives to measure its gap.
         let head_k = jobs
             .iter()
-            .map(|j| j.top_logprobs)
+            .map(|j| match j.guide {
+                Some(_) => j.top_logprobs.max(GUIDED_HEAD_K),
+                None => j.top_logprobs,
+            })
             .max()
             .unwrap_or(0)
             .max(1);
@@ -381,7 +407,7 @@ impl Model {
         let (mut wait_secs, mut inputs_secs) = (0.0f64, 0.0f64);
         let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
         // The previous step's picks, recorded while the next step runs (device-head path).
-        let mut pending: Option<(Vec<Option<sampling::Pick>>, f64)> = None;
+        let mut pending: Option<(Vec<Option<Choice>>, f64)> = None;
         // Taken out of the model for the batch: the bookkeeping thread reads them while the
         // model runs.
         let mut pieces = std::mem::take(&mut self.pieces);
@@ -484,23 +510,26 @@ impl Model {
             // The position each row continues from: its last prompt token at prefill.
             let at_of = |r: usize| if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
             debug_assert!(!self.graph.logits_positions || lq == 1);
-            let mut picks: Vec<Option<sampling::Pick>> = vec![None; b];
+            let mut picks: Vec<Option<Choice>> = vec![None; b];
             match (&mut self.head, use_head) {
                 (Some(head), true) => {
                     let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
                     let tops = head.top(&logits, &index, lq, head_k)?;
                     run_secs += run_started.elapsed().as_secs_f64();
-                    for (r, mut top) in tops.into_iter().enumerate() {
+                    for (r, top) in tops.into_iter().enumerate() {
                         if rows[r].done() {
                             continue;
                         }
                         let (token, logprob) = top[0];
-                        top.truncate(jobs[r].top_logprobs);
-                        picks[r] = Some(sampling::Pick {
+                        let mut shown = top.clone();
+                        shown.truncate(jobs[r].top_logprobs);
+                        let pick = sampling::Pick {
                             token,
                             logprob,
-                            top,
-                        });
+                            top: shown,
+                        };
+                        let gap = |accepted| Gap::from_top(&top, accepted);
+                        picks[r] = Some(guide_pick(&mut guided[r], &jobs[r], pick, gap));
                     }
                 }
                 _ => {
@@ -549,7 +578,9 @@ impl Model {
                         })
                         .collect();
                     for (r, p) in sampling::pick_rows(&row_at, &mut active, self.sampling_threads) {
-                        picks[r] = Some(p);
+                        let top = p.token;
+                        let gap = |accepted| Gap::from_logits(row_at(r), top, accepted);
+                        picks[r] = Some(guide_pick(&mut guided[r], &jobs[r], p, gap));
                     }
                 }
             }
@@ -559,7 +590,7 @@ impl Model {
             // Every piece this step needs, decoded once (serially: the cache is shared), then
             // the rows in parallel: detokenizing and searching stop strings is per-row work
             // that at a batch of 100+ rows takes as long as the GPU's step.
-            for pick in picks.iter().flatten() {
+            for (pick, _) in picks.iter().flatten() {
                 piece(&mut pieces, &tokenizer, pick.token as u32);
                 for &(i, _) in &pick.top {
                     piece(&mut pieces, &tokenizer, i as u32);
@@ -567,7 +598,7 @@ impl Model {
             }
             let chosen = picks.iter().flatten().count();
             for (r, pick) in picks.iter().enumerate() {
-                if let Some(pick) = pick {
+                if let Some((pick, _)) = pick {
                     last_tokens[r] = pick.token as u32;
                 }
             }
@@ -644,51 +675,6 @@ impl Model {
             );
         }
         Ok(())
-    }
-
-    /// A row for `job` that starts with its preset steps.
-    fn seeded_row(&mut self, job: &SeqJob, max_stop: usize) -> Result<Row, EngineError> {
-        for preset in &job.presets {
-            piece(&mut self.pieces, &self.tokenizer, preset.pick.token as u32);
-            for &(i, _) in &preset.pick.top {
-                piece(&mut self.pieces, &self.tokenizer, i as u32);
-            }
-        }
-        let shared = StepShared {
-            pieces: &self.pieces,
-            tokenizer: &self.tokenizer,
-            eos: &self.tokens.eos,
-            max_stop,
-            now: 0.0,
-        };
-        Row::seeded(job, &shared)
-    }
-
-    /// The completion of a job whose preset steps finish it (every accepted token was kept),
-    /// `None` when they do not (it must decode on). `elapsed_ms`: the check's time.
-    pub(crate) fn complete_from_presets(
-        &mut self,
-        job: &SeqJob,
-        elapsed_ms: f64,
-    ) -> Result<Option<Completion>, EngineError> {
-        let max_stop = job.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut row = self.seeded_row(job, max_stop)?;
-        if !row.done() {
-            return Ok(None);
-        }
-        let usage = Usage {
-            prompt_tokens: job.prompt_ids.len(),
-            total_ms: elapsed_ms,
-            peak_host_bytes: machine::peak_host_bytes(),
-            peak_device_bytes: self.device_peak,
-        };
-        let mut completion = self.finish_row(&mut row, usage)?;
-        if let Some(t) = completion.timing.as_mut() {
-            // Checked in one pass, not decoded: no time to first token, no decode rate.
-            t.time_to_first_token_ms = elapsed_ms;
-            t.decode_tokens_per_s = 0.0;
-        }
-        Ok(Some(completion))
     }
 
     /// Hand every newly finished row to `on_done`.

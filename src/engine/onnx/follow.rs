@@ -1,47 +1,91 @@
 //! Near-tie resolution toward the accepted output. Greedy decoding flips where two tokens are
-//! nearly tied and kernels round differently (int8 activations on AVX2 and on AVX-512 VNNI,
-//! another GPU, another batch): the same model, prompt and settings then write another text.
-//! A job with a [`Guide`] is first checked in one teacher-forced pass over its prompt and the
-//! accepted tokens: every accepted token within `tolerance` nats of this machine's top choice
-//! is kept ([`Preset`]), and decoding goes on freely from the first that is not. The pass is a
-//! prefill, so a suite whose outputs are kept costs prefill time, not decode time.
+//! nearly tied and kernels round differently (another instruction set, another GPU): the same
+//! model, prompt and settings then write another text. A row with a [`Guide`] is
+//! teacher-forced through the ordinary decode loop: at each step the accepted token is kept
+//! when it is within `tolerance` nats of this machine's top choice, and from the first step
+//! where it is not the row decodes freely.
 //!
-//! The rule ([`decide`]) is a pure function of one step's logits, the same on every provider:
-//! the pass copies its logits to the host whatever the device.
+//! Forcing happens in the decode loop itself, not in a separate prefill over the accepted
+//! tokens: on one machine a prefill and incremental decoding differ by up to 0.25 nats at some
+//! steps (docs/reproducibility.md), while the decode loop gives the accepted tokens back exactly
+//! on the machine that accepted them. The rule ([`follow_step`]) is one function for the host
+//! path and the device head: it sees the pick and the gap, wherever they were computed.
 
-use std::borrow::Cow;
+use super::sampling::{Pick, Rng};
 
-use ort::value::Tensor;
-
-use super::decode::{SeqJob, step_tensors};
-use super::error::EngineError;
-use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
-use super::model::Model;
-use super::sampling::{self, Pick, Rng};
-use super::tensor::Float;
-
-/// The accepted tokens a job is checked against.
+/// The accepted tokens a row is checked against, and where it is in them.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Guide {
     pub tokens: Vec<u32>,
     pub tolerance: f32,
 }
 
-/// A step decided before decoding: the accepted token with this machine's probabilities.
-#[derive(Debug, Clone)]
-pub(crate) struct Preset {
-    pub pick: Pick,
-    /// `Some(gap)` when this machine's top choice was another token, `gap` nats ahead.
-    pub kept_over: Option<f32>,
+/// What the rule decided at one step of a guided row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Mark {
+    /// The accepted token was kept though this machine's top choice was `gap` nats ahead.
+    Kept { gap: f32 },
+    /// The accepted token was `gap` nats (at least) below the top choice, more than the
+    /// tolerance: the row takes this machine's choice and decodes freely from here.
+    Left { gap: f32 },
 }
 
-/// What the teacher-forced pass found.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct FollowOutcome {
-    /// The accepted tokens kept, in order.
-    pub presets: Vec<Preset>,
-    /// The first step whose accepted token was too far below the top choice, and the gap.
-    pub left: Option<(usize, f32)>,
+/// How far below this machine's top choice the accepted token is, in nats of log-probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Gap {
+    Exact(f32),
+    /// The accepted token is not among the alternatives the device head returned: it is at
+    /// least this far below (never kept: the rule keeps only what it can measure).
+    AtLeast(f32),
+}
+
+impl Gap {
+    /// The gap from a row's logits (the host path): log-probabilities share the normaliser,
+    /// so their gap is the logits' gap.
+    pub fn from_logits(logits: &[f32], top: usize, accepted: usize) -> Gap {
+        match (logits.get(top), logits.get(accepted)) {
+            (Some(t), Some(a)) => Gap::Exact(t - a),
+            _ => Gap::AtLeast(f32::INFINITY),
+        }
+    }
+
+    /// The gap from the alternatives the device head returned (token, log-probability), best
+    /// first.
+    pub fn from_top(top: &[(usize, f32)], accepted: usize) -> Gap {
+        let Some(&(_, best)) = top.first() else {
+            return Gap::AtLeast(f32::INFINITY);
+        };
+        match top.iter().find(|(t, _)| *t == accepted) {
+            Some(&(_, lp)) => Gap::Exact(best - lp),
+            None => Gap::AtLeast(top.last().map_or(f32::INFINITY, |&(_, lp)| best - lp)),
+        }
+    }
+}
+
+/// The rule, one step: keep `accepted` when it is this machine's pick, or when the gap to
+/// the pick is at most `tolerance`; otherwise take the pick and say by how much it won.
+pub(crate) fn follow_step(
+    pick: Pick,
+    accepted: u32,
+    gap: Gap,
+    tolerance: f32,
+) -> (Pick, Option<Mark>) {
+    let accepted = accepted as usize;
+    if pick.token == accepted {
+        return (pick, None);
+    }
+    match gap {
+        Gap::Exact(gap) if gap <= tolerance => {
+            let logprob = pick.logprob - gap;
+            let kept = Pick {
+                token: accepted,
+                logprob,
+                top: pick.top,
+            };
+            (kept, Some(Mark::Kept { gap }))
+        }
+        Gap::Exact(gap) | Gap::AtLeast(gap) => (pick, Some(Mark::Left { gap })),
+    }
 }
 
 /// Uniform noise added to every logit, a fixed function of (seed, position): for tests that
@@ -64,172 +108,54 @@ impl LogitNoise {
     }
 }
 
-/// One step's decision: keep `accepted` when this machine's top choice is at most `tolerance`
-/// nats of log-probability above it. `Ok` carries the kept pick, `Err` the gap.
-pub(crate) fn decide(
-    logits: &[f32],
-    accepted: u32,
-    tolerance: f32,
-    top_logprobs: usize,
-    threads: usize,
-) -> Result<Preset, f32> {
-    let accepted = accepted as usize;
-    let best = sampling::argmax(logits);
-    let Some(&chosen) = logits.get(accepted) else {
-        return Err(f32::INFINITY); // a token the vocabulary does not have
-    };
-    // Log-probabilities share the normaliser: their gap is the logits' gap.
-    let gap = logits[best] - chosen;
-    if gap > tolerance || gap.is_nan() {
-        return Err(gap);
-    }
-    let lse = sampling::log_sum_exp(logits, logits[best], threads);
-    let lp = |i: usize| (logits[i] as f64 - lse) as f32;
-    Ok(Preset {
-        pick: Pick {
-            token: accepted,
-            logprob: lp(accepted),
-            top: sampling::top_k(logits, top_logprobs)
-                .into_iter()
-                .map(|(i, _)| (i, lp(i)))
-                .collect(),
-        },
-        kept_over: (best != accepted).then_some(gap),
-    })
-}
-
-impl Model {
-    /// Check `guide`'s tokens after `job`'s prompt in one teacher-forced pass.
-    pub(crate) fn follow(
-        &mut self,
-        job: &SeqJob,
-        guide: &Guide,
-    ) -> Result<FollowOutcome, EngineError> {
-        let n = guide.tokens.len();
-        if n == 0 {
-            return Ok(FollowOutcome::default());
-        }
-        let p = job.prompt_ids.len();
-        let mut ids = job.prompt_ids.clone();
-        ids.extend_from_slice(&guide.tokens[..n - 1]);
-        let len = ids.len();
-        let forced = SeqJob {
-            prompt_ids: ids,
-            ..job.clone()
-        };
-        let _turn = self.gate.clone();
-        let _turn = _turn.step(0, false);
-        let mut kv: Box<dyn KvCache> = if self.shares_kv() {
-            Box::new(SharedKv::new(self, 1, len + 1)?)
-        } else {
-            Box::new(GrowingKv::new(self, 1)?)
-        };
-        let width = kv.mask_width(0, len);
-        let (ids, mask, positions, q) = step_tensors(
-            self.graph.layout,
-            0,
-            std::slice::from_ref(&forced),
-            &[len],
-            &[],
-            self.tokens.pad,
-            width,
-        );
-        // The positions whose logits predict each accepted token.
-        let wanted: Vec<i64> = (0..n).map(|i| (p - 1 + i) as i64).collect();
-        let logits_positions = match self.graph.logits_positions {
-            true => Some(Tensor::<i64>::from_array(([1, n], wanted)).map_err(EngineError::run)?),
-            false => None,
-        };
-        let inputs = StepInputs {
-            step: 0,
-            ids: Tensor::<i64>::from_array(([1, q], ids)).map_err(EngineError::run)?,
-            mask: Tensor::<i64>::from_array(([1, width], mask)).map_err(EngineError::run)?,
-            positions,
-            shape: [1, q],
-            vocab: 0,
-            logits_on_device: false,
-            logits_positions,
-        };
-        let logits_type = self.graph.logits_type;
-        let with_positions = self.graph.logits_positions;
-        let (threads, noise) = (self.sampling_threads, self.logit_noise);
-        let logits = kv.run(self, inputs)?;
-        let shape: Vec<i64> = logits.shape().to_vec();
-        let rows = if with_positions { n } else { len };
-        if shape.len() != 3 || shape[1] as usize != rows {
-            return Err(EngineError::Run(format!(
-                "the accepted-output pass got logits of shape {shape:?}, expected [1, {rows}, vocab]"
-            )));
-        }
-        let vocab = shape[2] as usize;
-        let data: Cow<'_, [f32]> = match logits_type {
-            Float::F32 => Cow::Borrowed(
-                logits
-                    .try_extract_tensor::<f32>()
-                    .map_err(EngineError::run)?
-                    .1,
-            ),
-            Float::F16 => Cow::Owned(
-                logits
-                    .try_extract_tensor::<half::f16>()
-                    .map_err(EngineError::run)?
-                    .1
-                    .iter()
-                    .map(|x| x.to_f32())
-                    .collect(),
-            ),
-        };
-        let mut out = FollowOutcome::default();
-        let mut noisy = Vec::new();
-        for (i, &token) in guide.tokens.iter().enumerate() {
-            let at = if with_positions { i } else { p - 1 + i };
-            let mut row = &data[at * vocab..(at + 1) * vocab];
-            if let Some(noise) = noise {
-                noisy.clear();
-                noisy.extend_from_slice(row);
-                noise.apply(&mut noisy, p - 1 + i);
-                row = &noisy;
-            }
-            match decide(row, token, guide.tolerance, job.top_logprobs, threads) {
-                Ok(preset) => out.presets.push(preset),
-                Err(gap) => {
-                    out.left = Some((i, gap));
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pick(top: &[(usize, f32)]) -> Pick {
+        Pick {
+            token: top[0].0,
+            logprob: top[0].1,
+            top: top.to_vec(),
+        }
+    }
+
     #[test]
     fn a_near_tie_keeps_the_accepted_token_and_says_by_how_much() {
-        // Token 1 is the top choice; token 2 is 0.1 behind.
         let logits = [0.0, 5.0, 4.9, 1.0];
-        let kept = decide(&logits, 2, 0.25, 2, 1).unwrap();
-        assert_eq!(kept.pick.token, 2);
-        assert!((kept.kept_over.unwrap() - 0.1).abs() < 1e-5);
-        assert_eq!(
-            kept.pick.top.iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
-        // The top choice itself is kept with no gap.
-        assert_eq!(decide(&logits, 1, 0.25, 2, 1).unwrap().kept_over, None);
+        let p = pick(&[(1, -0.5), (2, -0.6)]);
+        let (kept, mark) = follow_step(p.clone(), 2, Gap::from_logits(&logits, 1, 2), 0.25);
+        assert_eq!(kept.token, 2);
+        assert!((kept.logprob + 0.6).abs() < 1e-5, "{}", kept.logprob);
+        assert!(matches!(mark, Some(Mark::Kept { gap }) if (gap - 0.1).abs() < 1e-5));
+        // The device head's alternatives give the same decision.
+        let (kept, mark) = follow_step(p.clone(), 2, Gap::from_top(&p.top, 2), 0.25);
+        assert_eq!(kept.token, 2);
+        assert!(matches!(mark, Some(Mark::Kept { gap }) if (gap - 0.1).abs() < 1e-5));
+        // This machine's own choice is no decision at all.
+        assert_eq!(follow_step(p.clone(), 1, Gap::Exact(0.0), 0.25).1, None);
     }
 
     #[test]
     fn a_shift_above_the_tolerance_is_never_masked() {
         let logits = [0.0, 5.0, 4.7, 1.0];
-        let gap = decide(&logits, 2, 0.25, 2, 1).unwrap_err();
-        assert!((gap - 0.3).abs() < 1e-5, "{gap}");
-        assert!(decide(&logits, 0, 0.25, 2, 1).is_err());
-        assert_eq!(decide(&logits, 9, 0.25, 2, 1).unwrap_err(), f32::INFINITY);
-        // NaN logits are never a near tie.
-        assert!(decide(&[f32::NAN, 1.0], 0, 0.25, 1, 1).is_err());
+        let p = pick(&[(1, -0.5), (2, -0.8)]);
+        let (taken, mark) = follow_step(p.clone(), 2, Gap::from_logits(&logits, 1, 2), 0.25);
+        assert_eq!(taken.token, 1);
+        assert!(matches!(mark, Some(Mark::Left { gap }) if (gap - 0.3).abs() < 1e-5));
+        // Not among the head's alternatives: left, with the gap it is at least.
+        let (taken, mark) = follow_step(p.clone(), 3, Gap::from_top(&p.top, 3), 10.0);
+        assert_eq!(taken.token, 1);
+        assert!(matches!(mark, Some(Mark::Left { gap }) if (gap - 0.3).abs() < 1e-5));
+        // A token the vocabulary does not have, and NaN logits, are never kept.
+        assert!(matches!(
+            follow_step(p.clone(), 9, Gap::from_logits(&logits, 1, 9), 0.25).1,
+            Some(Mark::Left { .. })
+        ));
+        assert!(matches!(
+            follow_step(p, 0, Gap::from_logits(&[f32::NAN, 1.0], 1, 0), 0.25).1,
+            Some(Mark::Left { .. })
+        ));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::model::{Footprint, Model};
 use super::sampling::Sampler;
 use crate::cache::hex;
 use crate::device::Provider;
-use crate::engine::{Completion, DeviceUsage, Followed, GenerationSettings, Request};
+use crate::engine::{Completion, DeviceUsage, GenerationSettings, Request};
 use crate::prompt::{Prompt, TemplateTokens, render_chat_prompt};
 
 /// Prompt rendering and tokenization, usable while the model is busy.
@@ -296,9 +296,7 @@ pub(crate) fn plan(
                 seed,
                 top_logprobs: s.top_logprobs,
                 guide: guide.clone(),
-                presets: Vec::new(),
                 accept_key: accept_key.clone(),
-                followed: None,
             };
             // Checked before any batch holds it: a prompt that cannot fit fails alone.
             if let Some(limits) = limits {
@@ -448,7 +446,7 @@ impl Scheduler {
 
     /// Generate `todo` in batches, publishing results as each batch finishes. With several
     /// sessions, each takes the next batch when its last one ends.
-    pub fn run(&self, todo: Vec<(String, SeqJob)>) {
+    pub fn run(&self, mut todo: Vec<(String, SeqJob)>) {
         if todo.is_empty() {
             return;
         }
@@ -482,7 +480,6 @@ impl Scheduler {
             tokens: AtomicU64::new(0),
         };
         let generated = todo.len() as u64;
-        let mut todo = self.follow_guided(todo, &progress);
         todo.sort_by(|a, b| {
             a.1.prompt_ids
                 .len()
@@ -525,70 +522,6 @@ impl Scheduler {
         }
         *self.generated.lock().expect("counter lock") += generated;
         progress.bar.finish_and_clear();
-    }
-
-    /// Check each guided job against its accepted output (one teacher-forced pass each),
-    /// publish those whose accepted tokens were all kept, and return the rest: unguided jobs
-    /// as they were, and guided ones that left the accepted output as continuations from the
-    /// last kept token.
-    fn follow_guided(
-        &self,
-        todo: Vec<(String, SeqJob)>,
-        progress: &Progress,
-    ) -> Vec<(String, SeqJob)> {
-        let mut rest = Vec::with_capacity(todo.len());
-        for (key, mut job) in todo {
-            let Some(guide) = job.guide.take() else {
-                rest.push((key, job));
-                continue;
-            };
-            let started = Instant::now();
-            let mut model = self.models[0].lock().expect("model lock");
-            let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                model.follow(&job, &guide)
-            }))
-            .unwrap_or_else(|_| {
-                Err(EngineError::Generate(
-                    "the engine panicked while checking the accepted output".into(),
-                ))
-            });
-            let found = match found {
-                Ok(found) => found,
-                Err(e) => {
-                    self.publish(&key, Err(e), progress);
-                    continue;
-                }
-            };
-            let tolerance = guide.tolerance;
-            job.followed = Some(match found.left {
-                None => Followed::Kept { tolerance },
-                Some((step, gap)) => Followed::Left {
-                    step,
-                    gap,
-                    tolerance,
-                },
-            });
-            job.presets = found.presets;
-            if found.left.is_none() {
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                match model.complete_from_presets(&job, ms) {
-                    Ok(Some(done)) => {
-                        self.publish(&key, Ok(done), progress);
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.publish(&key, Err(e), progress);
-                        continue;
-                    }
-                }
-            }
-            // Decode on after the kept tokens: they are part of the prompt the batch feeds.
-            let kept: Vec<u32> = job.presets.iter().map(|p| p.pick.token as u32).collect();
-            job.prompt_ids.extend(kept);
-            rest.push((key, job));
-        }
-        rest
     }
 
     /// Hand one sequence's result to its waiting callers (and the cache, when it is one).
