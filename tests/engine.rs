@@ -913,7 +913,11 @@ fn accepted_outputs_are_kept_through_near_ties_and_left_beyond_the_tolerance() {
             "{what}"
         );
         assert_eq!(kept.text, free.text, "{what}");
-        assert_traces_agree(&[kept.tokens.clone().unwrap()], &[trace.clone()], &what);
+        assert_traces_agree(
+            &[kept.tokens.clone().unwrap()],
+            std::slice::from_ref(&trace),
+            &what,
+        );
         assert!(kept.tokens.unwrap().kept.is_empty(), "{what}");
 
         // An accepted output whose sixth token is this machine's second choice.

@@ -554,9 +554,9 @@ impl Model {
                     let data = match self.logit_noise {
                         Some(noise) => {
                             let mut owned = data.into_owned();
-                            for r in 0..b {
+                            for (r, len) in lens.iter().enumerate() {
                                 let off = (r * lq + at_of(r)) * vocab;
-                                noise.apply(&mut owned[off..off + vocab], lens[r] - 1 + step);
+                                noise.apply(&mut owned[off..off + vocab], len - 1 + step);
                             }
                             Cow::Owned(owned)
                         }
