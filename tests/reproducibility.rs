@@ -88,8 +88,11 @@ fn accepted_cases() -> Vec<(Case, AcceptedOutput)> {
         .collect()
 }
 
+/// One case's run: its key, the tokens it generated, how it followed, the accepted tokens.
+type CaseRun = (String, Vec<u32>, Option<Followed>, Vec<u32>);
+
 /// What each case generated, checked against its accepted output, all in one batch.
-fn generate(noise: Option<LogitNoise>) -> Vec<(String, Vec<u32>, Option<Followed>, Vec<u32>)> {
+fn generate(noise: Option<LogitNoise>) -> Vec<CaseRun> {
     let src = source(noise);
     let cases = accepted_cases();
     let prompts: Vec<Prompt> = cases.iter().map(|(c, _)| Prompt::for_case(c)).collect();
