@@ -2,41 +2,61 @@
 //! outcome it must get. After every probe the harness must still be alive (a sane job still
 //! passes), and nothing may have been written outside the sandbox's scratch directories.
 //!
-//! Network probes target a listener this test starts on 127.0.0.1 only.
+//! Network probes target a listener this test starts on 127.0.0.1 only, or Unix sockets it
+//! creates in a world-writable folder of its own under /tmp (outside every scratch directory).
+//!
+//! The probes run at the configured level (`strict` unless `CODEGEN_SANDBOX_LEVEL` says
+//! otherwise); those that must hold at `basic` too (the GPU configs use it) also run on a
+//! second sandbox at `basic`. Run the file as root and as an unprivileged user: the results
+//! must be the same.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use codegen_harness::env::Env;
 use codegen_harness::sandbox::{
-    ExecReport, Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy,
-    WorkerSandbox, calibrate,
+    ExecReport, Job, Level, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError,
+    TimeoutPolicy, WorkerSandbox, calibrate,
 };
 
 fn sandbox() -> &'static WorkerSandbox {
     static SB: OnceLock<WorkerSandbox> = OnceLock::new();
-    SB.get_or_init(|| {
-        // The probes test the namespaces, Landlock, seccomp and limits. Whether the workers
-        // also drop to `nobody` depends on the machine's Python (a root harness whose Python
-        // lies under /root cannot drop); the isolation line printed below says which.
-        let mut cfg = SandboxConfig {
-            workers: 2,
-            memory_mb: 512,
-            output_bytes: 256 << 10,
-            allow_host_root: true,
-            ..SandboxConfig::default()
-        };
-        let env = Env::from_process().expect("a valid environment");
-        if let Some(py) = &env.python {
-            cfg.python = py.to_string_lossy().into_owned();
-        }
-        cfg.apply_env(&env);
-        let sb = WorkerSandbox::new(&cfg).expect("the sandbox starts");
-        eprintln!("{}", sb.isolation());
-        sb
-    })
+    SB.get_or_init(|| new_sandbox(None))
+}
+
+/// A sandbox at `basic`, whatever the configured level (for the probes that must hold there).
+fn basic_sandbox() -> &'static WorkerSandbox {
+    static SB: OnceLock<WorkerSandbox> = OnceLock::new();
+    SB.get_or_init(|| new_sandbox(Some(Level::Basic)))
+}
+
+fn new_sandbox(level: Option<Level>) -> WorkerSandbox {
+    // The probes test the namespaces, Landlock, seccomp and limits. Whether the workers
+    // also drop to `nobody` depends on the machine's Python (a root harness whose Python
+    // lies under /root cannot drop); the isolation line printed below says which.
+    let mut cfg = SandboxConfig {
+        workers: 2,
+        memory_mb: 512,
+        output_bytes: 256 << 10,
+        allow_host_root: true,
+        ..SandboxConfig::default()
+    };
+    let env = Env::from_process().expect("a valid environment");
+    if let Some(py) = &env.python {
+        cfg.python = py.to_string_lossy().into_owned();
+    }
+    cfg.apply_env(&env);
+    if let Some(level) = level {
+        cfg.level = level;
+    }
+    let sb = WorkerSandbox::new(&cfg).expect("the sandbox starts");
+    eprintln!("{}", sb.isolation());
+    sb
 }
 
 fn job(program: &str, calls: &[&str]) -> Job {
@@ -619,6 +639,101 @@ probe!(p43_unix_socketpair_allowed, {
         )),
         "b'ok'"
     );
+});
+
+/// A folder under /tmp that anyone may write to (mode 777, as a careless socket folder under
+/// a home directory would be), outside every scratch directory; removed when dropped.
+struct HostDir(PathBuf);
+
+impl HostDir {
+    fn new(name: &str) -> HostDir {
+        let dir = PathBuf::from(marker(name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        HostDir(dir)
+    }
+
+    /// A path in the folder, for a socket anyone may connect to.
+    fn socket(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open_to_all(path: &str) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// The code connects to a listening Unix socket (by path, then by abstract name) and sends a
+/// datagram to a bound Unix datagram socket (as to `/dev/log`): every one is blocked, and
+/// nothing reaches the host's sockets.
+fn host_unix_sockets_are_unreachable(sb: &WorkerSandbox, tag: &str) {
+    let dir = HostDir::new(&format!("unix-{tag}"));
+    let stream = dir.socket("agent.sock");
+    let listener = UnixListener::bind(&stream).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    open_to_all(&stream);
+    let abstract_name = format!("codegen-redteam-{}-{tag}", std::process::id());
+    let abstract_listener =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(&abstract_name).unwrap()).unwrap();
+    abstract_listener.set_nonblocking(true).unwrap();
+    let log = dir.socket("log");
+    let datagrams = UnixDatagram::bind(&log).unwrap();
+    datagrams.set_nonblocking(true).unwrap();
+    open_to_all(&log);
+
+    let probes = [
+        format!(
+            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.connect({stream:?})\n    s.sendall(b'hi')\n    return 1\n"
+        ),
+        format!(
+            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.connect('\\0{abstract_name}')\n    s.sendall(b'hi')\n    return 1\n"
+        ),
+        format!(
+            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n    s.sendto(b'<13>hi', {log:?})\n    return 1\n"
+        ),
+        // Straight through libc: socket(AF_UNIX, SOCK_STREAM, 0) answers -1.
+        "import ctypes\ndef f():\n    return ctypes.CDLL(None).socket(1, 1, 0)\n".to_string(),
+        // A datagram pair is refused too: only stream pairs (asyncio's self-pipe) remain.
+        "import socket\ndef f():\n    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n    return 1\n"
+            .to_string(),
+    ];
+    for program in &probes {
+        let rep = sb
+            .execute(&job(program, &["f()"]))
+            .expect("no harness error");
+        assert_eq!(rep.load, LoadOutcome::Loaded, "{rep:?}");
+        match &rep.calls[0] {
+            RawOutcome::Returned(v) => assert_eq!(v.repr(), "-1", "{program}"),
+            o => assert!(matches!(o, RawOutcome::Blocked { .. }), "{program}: {o:?}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(listener.accept().is_err(), "the sandbox reached {stream}");
+    assert!(
+        abstract_listener.accept().is_err(),
+        "the sandbox reached the abstract socket {abstract_name}"
+    );
+    let mut buf = [0u8; 64];
+    assert!(
+        datagrams.recv(&mut buf).is_err(),
+        "the sandbox sent to {log}"
+    );
+}
+
+probe!(p43b_host_unix_sockets_unreachable, {
+    host_unix_sockets_are_unreachable(sandbox(), "configured");
+    assert_alive();
+});
+
+probe!(p43c_host_unix_sockets_unreachable_at_basic, {
+    host_unix_sockets_are_unreachable(basic_sandbox(), "basic");
 });
 
 // ------------------------------------------------------------------ kernel attack surface

@@ -6,7 +6,8 @@ on stdin, forks a child per execution, and writes one JSON report per job on fd 
 
 The child locks itself down before any generated code runs: rlimits, a Landlock ruleset (read-only
 Python and shared libraries, a private writable scratch directory), and a seccomp filter built in
-Rust (no new processes, no exec, no ptrace, no mount or namespace calls, no sockets but AF_UNIX...).
+Rust (no new processes, no exec, no ptrace, no mount or namespace calls, no sockets: only
+stream socket pairs).
 The worker never runs generated code itself; it enforces per-call deadlines and the output limit,
 checks the child's messages (a per-execution token and a strict order), and reports in words.
 
