@@ -194,18 +194,7 @@ pub fn judge(
     expected: &[Option<Value>],
     report: &ExecReport,
 ) -> (LoadVerdict, Vec<TestResult>) {
-    let load = match &report.load {
-        LoadOutcome::Loaded => LoadVerdict::Ok,
-        LoadOutcome::Raised(e) => LoadVerdict::Raised { error: e.clone() },
-        LoadOutcome::TimedOut(d) => LoadVerdict::TimedOut { after_ms: ms(*d) },
-        LoadOutcome::Crashed(why) => LoadVerdict::Crashed { why: why.clone() },
-        LoadOutcome::MemoryLimit => LoadVerdict::MemoryLimit,
-        LoadOutcome::OutputLimit(bytes) => LoadVerdict::OutputLimit { bytes: *bytes },
-        LoadOutcome::Blocked { operation } => LoadVerdict::Blocked {
-            operation: operation.clone(),
-        },
-        LoadOutcome::KilledBySignal(signal) => LoadVerdict::KilledBySignal { signal: *signal },
-    };
+    let load = load_verdict(&report.load);
     let not_loaded = || TestVerdict::NotRun {
         why: "the program did not load".into(),
     };
@@ -243,8 +232,7 @@ pub fn judge(
                     }
                 }
                 (Expectation::Raises(want), RawOutcome::Raised(e)) => {
-                    let short = want.rsplit('.').next().unwrap_or(want);
-                    if e.exc_type == short || e.mro.iter().any(|m| m == short) {
+                    if raised_matches(want, &e) {
                         TestVerdict::Passed
                     } else {
                         TestVerdict::WrongException {
@@ -268,6 +256,41 @@ pub fn judge(
         });
     }
     (load, results)
+}
+
+/// Is `e` the exception a `raises = "want"` test expects (its type or a subclass; `want` may
+/// be qualified, `json.JSONDecodeError`)?
+pub fn raised_matches(want: &str, e: &Raised) -> bool {
+    let short = want.rsplit('.').next().unwrap_or(want);
+    e.exc_type == short || e.mro.iter().any(|m| m == short)
+}
+
+/// A raw outcome that is not a plain returned value, in the words of its verdict.
+pub fn describe_raw(raw: &RawOutcome) -> String {
+    match raw {
+        RawOutcome::Returned(v) => format!("returned {}", v.repr()),
+        other => raw_failure(other).describe(),
+    }
+}
+
+/// How loading went, in the words of its verdict.
+pub fn describe_load(load: &LoadOutcome) -> String {
+    load_verdict(load).describe()
+}
+
+fn load_verdict(load: &LoadOutcome) -> LoadVerdict {
+    match load {
+        LoadOutcome::Loaded => LoadVerdict::Ok,
+        LoadOutcome::Raised(e) => LoadVerdict::Raised { error: e.clone() },
+        LoadOutcome::TimedOut(d) => LoadVerdict::TimedOut { after_ms: ms(*d) },
+        LoadOutcome::Crashed(why) => LoadVerdict::Crashed { why: why.clone() },
+        LoadOutcome::MemoryLimit => LoadVerdict::MemoryLimit,
+        LoadOutcome::OutputLimit(bytes) => LoadVerdict::OutputLimit { bytes: *bytes },
+        LoadOutcome::Blocked { operation } => LoadVerdict::Blocked {
+            operation: operation.clone(),
+        },
+        LoadOutcome::KilledBySignal(signal) => LoadVerdict::KilledBySignal { signal: *signal },
+    }
 }
 
 fn raw_failure(raw: &RawOutcome) -> TestVerdict {

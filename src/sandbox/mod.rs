@@ -26,7 +26,7 @@ mod protocol;
 pub mod seccomp;
 pub mod worker;
 
-pub use calibrate::{TimeoutPolicy, calibrate};
+pub use calibrate::{TimeoutPolicy, calibrate, calibrate_expecting};
 pub use config::{Level, SandboxConfig};
 pub use isolation::IsolationReport;
 pub use worker::WorkerSandbox;
