@@ -296,11 +296,7 @@ impl Harness {
         let Some(Ok(source)) = self.sources[m].get() else {
             return Vec::new();
         };
-        let cases: Vec<&Case> = self
-            .cases
-            .iter()
-            .filter_map(|c| c.case.as_ref().ok())
-            .collect();
+        let cases: Vec<&LoadedCase> = self.cases.iter().collect();
         source.warnings(&cases)
     }
 
