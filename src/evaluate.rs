@@ -298,6 +298,8 @@ fn job(case: &Case, program: String, test_timeout: Duration, config: &SandboxCon
         entry_point: case.entry_point.clone(),
         calls: case.tests.iter().map(|t| t.call.clone()).collect(),
         check: case.check.clone(),
+        // The check block's helpers come from the trusted prompt, never from the candidate.
+        prelude: case.check.as_ref().and_then(|_| case.prefix.clone()),
         test_timeout,
         load_timeout: Duration::from_millis(config.load_timeout_ms),
         stop_after_timeout: config.stop_after_timeout,

@@ -36,6 +36,8 @@ pub enum FailureClass {
     /// Printed more than the sandbox's output limit.
     OutputLimit,
     Blocked,
+    /// Wrote on the harness's result channel what the harness did not ask for.
+    Tampering,
     /// Crashed or killed by a signal.
     Crash,
     /// The completion source failed: no program to judge.
@@ -58,6 +60,7 @@ impl fmt::Display for FailureClass {
             FailureClass::Memory => f.write_str("memory"),
             FailureClass::OutputLimit => f.write_str("output limit"),
             FailureClass::Blocked => f.write_str("blocked"),
+            FailureClass::Tampering => f.write_str("tampering"),
             FailureClass::Crash => f.write_str("crash"),
             FailureClass::GenerationError => f.write_str("generation error"),
             FailureClass::Other => f.write_str("other"),
@@ -112,6 +115,7 @@ pub fn classify(sample: &SampleOutcome) -> Option<Failure> {
         LoadVerdict::MemoryLimit => load_class(&mut failure, FailureClass::Memory),
         LoadVerdict::Blocked { .. } => load_class(&mut failure, FailureClass::Blocked),
         LoadVerdict::OutputLimit { .. } => load_class(&mut failure, FailureClass::OutputLimit),
+        LoadVerdict::Tampered { .. } => load_class(&mut failure, FailureClass::Tampering),
         LoadVerdict::Crashed { .. } | LoadVerdict::KilledBySignal { .. } => {
             load_class(&mut failure, FailureClass::Crash)
         }
@@ -161,6 +165,7 @@ fn test_class(v: &TestVerdict) -> FailureClass {
         TestVerdict::MemoryLimit => FailureClass::Memory,
         TestVerdict::Blocked { .. } => FailureClass::Blocked,
         TestVerdict::OutputLimit { .. } => FailureClass::OutputLimit,
+        TestVerdict::Tampered { .. } => FailureClass::Tampering,
         TestVerdict::Uncomparable { .. } => FailureClass::Uncomparable,
         TestVerdict::Crashed { .. } | TestVerdict::KilledBySignal { .. } => FailureClass::Crash,
         TestVerdict::Passed | TestVerdict::NotRun { .. } => FailureClass::Other,

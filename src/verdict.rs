@@ -59,6 +59,10 @@ pub enum TestVerdict {
     KilledBySignal {
         signal: i32,
     },
+    /// The program wrote on the harness's result channel what the harness did not ask for.
+    Tampered {
+        what: String,
+    },
 }
 
 impl TestVerdict {
@@ -96,6 +100,9 @@ impl TestVerdict {
             TestVerdict::Blocked { operation } => format!("blocked by the sandbox: {operation}"),
             TestVerdict::KilledBySignal { signal } => {
                 format!("killed by signal {signal} ({})", signal_name(*signal))
+            }
+            TestVerdict::Tampered { what } => {
+                format!("tampered with the harness's result channel: {what}")
             }
         }
     }
@@ -166,6 +173,7 @@ pub enum LoadVerdict {
     OutputLimit { bytes: u64 },
     Blocked { operation: String },
     KilledBySignal { signal: i32 },
+    Tampered { what: String },
 }
 
 impl LoadVerdict {
@@ -182,6 +190,9 @@ impl LoadVerdict {
             LoadVerdict::Blocked { operation } => format!("blocked by the sandbox: {operation}"),
             LoadVerdict::KilledBySignal { signal } => {
                 format!("killed by signal {signal} ({})", signal_name(*signal))
+            }
+            LoadVerdict::Tampered { what } => {
+                format!("tampered with the harness's result channel: {what}")
             }
         }
     }
@@ -290,6 +301,7 @@ fn load_verdict(load: &LoadOutcome) -> LoadVerdict {
             operation: operation.clone(),
         },
         LoadOutcome::KilledBySignal(signal) => LoadVerdict::KilledBySignal { signal: *signal },
+        LoadOutcome::Tampered(what) => LoadVerdict::Tampered { what: what.clone() },
     }
 }
 
@@ -312,6 +324,7 @@ fn raw_failure(raw: &RawOutcome) -> TestVerdict {
             operation: operation.clone(),
         },
         RawOutcome::KilledBySignal(signal) => TestVerdict::KilledBySignal { signal: *signal },
+        RawOutcome::Tampered(what) => TestVerdict::Tampered { what: what.clone() },
     }
 }
 

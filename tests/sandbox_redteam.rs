@@ -66,6 +66,7 @@ fn job(program: &str, calls: &[&str]) -> Job {
         entry_point: "f".into(),
         calls: calls.iter().map(|c| c.to_string()).collect(),
         check: None,
+        prelude: None,
         test_timeout: Duration::from_millis(1500),
         load_timeout: Duration::from_secs(3),
         stop_after_timeout: false,
@@ -123,6 +124,18 @@ fn blocked(o: &RawOutcome, needle: &str) {
             )
         }
         other => panic!("expected blocked ({needle}), got {other:?}"),
+    }
+}
+
+fn tampered(o: &RawOutcome, needle: &str) {
+    match o {
+        RawOutcome::Tampered(what) => {
+            assert!(
+                what.contains(needle),
+                "tampered `{what}`, wanted `{needle}`"
+            )
+        }
+        other => panic!("expected tampering ({needle}), got {other:?}"),
     }
 }
 
@@ -793,7 +806,7 @@ probe!(p49_write_forged_result_to_fd3, {
         "f()",
     );
     not_a_pass(&o, "42");
-    blocked(&o, "result channel");
+    tampered(&o, "answers no request");
 });
 
 probe!(p50_spray_all_fds, {
@@ -863,16 +876,178 @@ probe!(p56_check_block_with_patched_builtins_does_not_pass, {
 });
 
 probe!(p57_check_block_passes_honest_solution, {
+    // The check's helpers come from the trusted prompt (the prelude), not the program.
     let mut j = job(
         "def helper(x):\n    return x + 1\ndef f(x):\n    return helper(x)\n",
         &[],
     );
     j.check = Some("def check(candidate):\n    assert candidate(1) == helper(1) == 2\n".into());
+    j.prelude = Some("def helper(x):\n    return x + 1\ndef f(x):\n    \"\"\"doc\"\"\"\n".into());
     assert_eq!(
         sandbox().execute(&j).unwrap().check,
         Some(RawOutcome::CheckPassed)
     );
 });
+
+// ------------------------------------------------------------------ forging verdicts (#21)
+
+/// Python that walks the interpreter's frames from `start` (an expression giving a frame) and
+/// collects every string of 32 hex digits (a token) and every function named `send` it finds
+/// in their locals and globals, as `tokens` and `senders`.
+fn frame_walk(start: &str) -> String {
+    format!(
+        "    tokens, senders = [], []\n    fr = {start}\n    while fr is not None:\n        for d in (fr.f_locals, fr.f_globals):\n            for k, v in list(d.items()):\n                if isinstance(v, str) and len(v) == 32:\n                    tokens.append(v)\n                if callable(v) and getattr(v, '__name__', '') == 'send':\n                    senders.append(v)\n        fr = fr.f_back\n"
+    )
+}
+
+/// Forge, with everything the frame walk found: the old protocol's messages (with each
+/// token), the new one's replies for requests 1 to 4 and its end, a check verdict; then
+/// `after` (e.g. `return 0`, `os._exit(0)`).
+fn forge(after: &str) -> String {
+    "    import os, json\n    msgs = []\n    for t in tokens + [None]:\n        msgs += [{'event': 'test', 'index': i, 'kind': 'returned', 'value': ['int', '42'], 't': t} for i in range(3)]\n        msgs += [{'event': 'check', 'kind': 'passed', 't': t}, {'event': 'done', 't': t}]\n    msgs += [{'event': 'reply', 'seq': s, 'kind': 'returned', 'value': ['int', '42']} for s in range(1, 5)]\n    msgs += [{'op': 'done', 'kind': 'passed'}, {'event': 'end', 'seq': 2, 'busy': 0.0}]\n    for m in msgs:\n        for send in senders:\n            try:\n                send(dict(m))\n            except Exception:\n                pass\n        try:\n            os.write(3, (json.dumps(m) + '\\n').encode())\n        except OSError:\n            pass\n".to_string()
+        + "    "
+        + after
+        + "\n"
+}
+
+probe!(p58_frame_walk_to_the_token_forges_no_value, {
+    // During call 0, forge "test 1 returned 42" (and every other message) with whatever the
+    // frames hold: call 0 is reported as tampering and call 1, run afresh, as what it returned.
+    let program = format!(
+        "import sys\ndef forge_all():\n{}{}def f(x):\n    if x == 0:\n        forge_all()\n    return 7\n",
+        frame_walk("sys._getframe()"),
+        forge("pass")
+    );
+    let rep = sandbox()
+        .execute(&job(&program, &["f(0)", "f(1)"]))
+        .expect("no harness error");
+    assert_alive();
+    not_a_pass(&rep.calls[0], "42");
+    assert!(matches!(rep.calls[0], RawOutcome::Tampered(_)), "{rep:?}");
+    assert_eq!(returned(&rep.calls[1]), "7");
+});
+
+probe!(p59_frame_walk_to_send_after_an_exception_then_exit, {
+    // The traceback's frames lead to the worker's functions; forge, then os._exit(0) so that
+    // no honest reply follows.
+    let program = format!(
+        "def f(x):\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        tb = e.__traceback__\n{}{}    return 7\n",
+        frame_walk("tb.tb_frame"),
+        forge("os._exit(0)")
+    );
+    let rep = sandbox()
+        .execute(&job(&program, &["f(0)", "f(1)"]))
+        .expect("no harness error");
+    assert_alive();
+    for call in &rep.calls {
+        not_a_pass(call, "42");
+        assert!(
+            matches!(call, RawOutcome::Tampered(_) | RawOutcome::Crashed(_)),
+            "{rep:?}"
+        );
+    }
+});
+
+fn check_job(program: &str, check: &str, prelude: Option<&str>) -> Job {
+    let mut j = job(program, &[]);
+    j.check = Some(check.into());
+    j.prelude = prelude.map(str::to_string);
+    j
+}
+
+fn check_outcome(j: &Job) -> RawOutcome {
+    let rep = sandbox().execute(j).expect("no harness error");
+    assert_alive();
+    assert_eq!(rep.load, LoadOutcome::Loaded, "{rep:?}");
+    rep.check.expect("a check outcome")
+}
+
+probe!(p60_check_block_forged_pass_then_exit_is_not_a_pass, {
+    // The wrong answer forges every verdict it can name, then exits before the check sees a
+    // value: the check, in its own process, never passes.
+    for (start, after) in [
+        ("sys._getframe()", "os._exit(0)"),
+        ("sys._getframe()", "return 2"),
+    ] {
+        let program = format!(
+            "import sys\ndef f(x):\n{}{}    return 2\n",
+            frame_walk(start),
+            forge(after)
+        );
+        let o = check_outcome(&check_job(
+            &program,
+            "def check(candidate):\n    assert candidate(1) == 1\n",
+            None,
+        ));
+        assert_ne!(o, RawOutcome::CheckPassed, "{after}: {o:?}");
+        assert!(
+            matches!(o, RawOutcome::Tampered(_) | RawOutcome::Crashed(_)),
+            "{after}: {o:?}"
+        );
+    }
+});
+
+probe!(p61_check_block_helpers_come_from_the_prompt, {
+    // HumanEval/32: the check judges find_zero with the prompt's poly. A candidate that
+    // redefines poly (to 0 everywhere) passed on main; the prompt's poly is used now.
+    let prelude = "import math\ndef poly(xs: list, x: float):\n    return sum([coeff * math.pow(x, i) for i, coeff in enumerate(xs)])\ndef find_zero(xs: list):\n    \"\"\"doc\"\"\"\n";
+    let cheat = "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 12345.0\n";
+    let honest = "import math\ndef poly(xs, x):\n    return sum([c * math.pow(x, i) for i, c in enumerate(xs)])\ndef find_zero(xs):\n    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n        lo *= 2.0\n        hi *= 2.0\n    while hi - lo > 1e-10:\n        mid = (lo + hi) / 2.0\n        if poly(xs, mid) * poly(xs, lo) > 0:\n            lo = mid\n        else:\n            hi = mid\n    return lo\n";
+    let check = "def check(candidate):\n    import copy\n    for coeffs in ([1, 2], [-6, 11, -6, 1], [3, -4, 1]):\n        solution = candidate(copy.deepcopy(coeffs))\n        assert abs(poly(coeffs, solution)) < 1e-4\n";
+    let find_zero = |program: &str| {
+        let mut j = check_job(program, check, Some(prelude));
+        j.entry_point = "find_zero".into();
+        check_outcome(&j)
+    };
+    let o = find_zero(cheat);
+    assert!(
+        matches!(&o, RawOutcome::Raised(r) if r.exc_type == "AssertionError"),
+        "{o:?}"
+    );
+    assert_eq!(find_zero(honest), RawOutcome::CheckPassed);
+    // The entry point's name is the candidate too (HumanEval/33 calls sort_third by name),
+    // whatever else the program binds to it.
+    let by_name = "def check(candidate):\n    assert f(1) == 2\n";
+    let program = "def f(x):\n    return 3\ndef g():\n    pass\n";
+    let o = check_outcome(&check_job(
+        program,
+        by_name,
+        Some("def f(x):\n    \"\"\"doc\"\"\"\n"),
+    ));
+    assert!(
+        matches!(&o, RawOutcome::Raised(r) if r.exc_type == "AssertionError"),
+        "{o:?}"
+    );
+});
+
+probe!(
+    p62_check_block_channel_carries_values_mutations_and_exceptions,
+    {
+        // Arguments the candidate changes in place come back; its exceptions arrive as the
+        // nearest builtin type, with its own type and line in the verdict when uncaught.
+        let program = "class MyError(ValueError):\n    pass\ndef f(xs, d=None):\n    if xs is None:\n        raise MyError('no list')\n    xs.sort()\n    if d is not None:\n        d['seen'] = len(xs)\n    return len(xs)\n";
+        let check = "def check(candidate):\n    xs = [3, 1, 2]\n    d = {}\n    assert candidate(xs, d=d) == 3\n    assert xs == [1, 2, 3] and d == {'seen': 3}\n    try:\n        candidate(None)\n        assert False\n    except ValueError as e:\n        assert str(e) == 'no list'\n    candidate(None)\n";
+        match check_outcome(&check_job(program, check, None)) {
+            RawOutcome::Raised(r) => {
+                assert_eq!(r.exc_type, "MyError");
+                assert_eq!(r.location.as_deref(), Some("program"));
+                assert_eq!(r.line, Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A generator (or any object) cannot cross: a clear verdict, even when the check
+        // swallows the refusal.
+        let o = check_outcome(&check_job(
+            "def f(x):\n    yield x\n",
+            "def check(candidate):\n    try:\n        list(candidate(1))\n    except BaseException:\n        pass\n",
+            None,
+        ));
+        assert!(
+            matches!(&o, RawOutcome::Unsupported(w) if w.contains("generator")),
+            "{o:?}"
+        );
+    }
+);
 
 // ------------------------------------------------------------------ reporting
 

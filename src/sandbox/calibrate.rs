@@ -149,6 +149,7 @@ mod tests {
             entry_point: "f".into(),
             calls: vec!["f(1)".into(), "f(None)".into()],
             check: None,
+            prelude: None,
             test_timeout: Duration::from_secs(20),
             load_timeout: Duration::from_secs(20),
             stop_after_timeout: false,

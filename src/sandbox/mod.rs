@@ -49,8 +49,12 @@ pub struct Job {
     pub entry_point: String,
     /// Python call expressions, reported one by one.
     pub calls: Vec<String>,
-    /// A HumanEval-style `def check(candidate)` block, run once after the program.
+    /// A HumanEval-style `def check(candidate)` block, run once after the program, in a
+    /// trusted process of its own that calls the candidate through a value-only channel.
     pub check: Option<String>,
+    /// Trusted code the check block may use (the case's prompt: HumanEval's helpers such as
+    /// `poly`), run before it in the check's process; never the candidate's definitions.
+    pub prelude: Option<String>,
     /// Deadline for each call (and for the check block as a whole).
     pub test_timeout: Duration,
     /// Deadline for loading the program (its top-level code and setup).
@@ -102,6 +106,9 @@ pub enum RawOutcome {
     Blocked { operation: String },
     /// The process was killed by this signal (e.g. 11 for SIGSEGV) while running the call.
     KilledBySignal(i32),
+    /// The program wrote on the harness's result channel what the harness did not ask for (a
+    /// second reply, a reply before its call, a line that is no reply): what it was.
+    Tampered(String),
 }
 
 /// How loading the program went.
@@ -118,6 +125,7 @@ pub enum LoadOutcome {
         operation: String,
     },
     KilledBySignal(i32),
+    Tampered(String),
 }
 
 /// Everything one execution produced.
