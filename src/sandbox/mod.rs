@@ -8,7 +8,9 @@
 //! the shared libraries readable; signals and abstract sockets scoped; TCP denied) and a
 //! seccomp filter built in Rust ([`seccomp`]). Per-call deadlines and the output limit are
 //! enforced by the worker, a backstop by Rust; a worker that dies is replaced and its case
-//! reported.
+//! reported. The child answers the worker's requests, one reply each (anything else is
+//! [`RawOutcome::Tampered`]); a check block runs in a trusted process of its own that calls the
+//! candidate through the worker with values only (docs/sandbox.md).
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
 //! '/etc/shadow'"); judging them against expected values is the job of [`crate::verdict`],
