@@ -310,7 +310,10 @@ fn raw_failure(raw: &RawOutcome) -> TestVerdict {
         RawOutcome::Returned(v) => TestVerdict::Crashed {
             why: format!("unexpected value {}", v.repr()),
         },
-        RawOutcome::CheckPassed => TestVerdict::Passed,
+        // Only a check block passes as a whole (judged above); for a test call it is no value.
+        RawOutcome::CheckPassed => TestVerdict::Crashed {
+            why: "the sandbox reported a check block's verdict for a test call".into(),
+        },
         RawOutcome::Unsupported(what) => TestVerdict::Uncomparable { what: what.clone() },
         RawOutcome::Raised(e) => TestVerdict::Raised { error: e.clone() },
         RawOutcome::TimedOut(d) => TestVerdict::TimedOut { after_ms: ms(*d) },

@@ -948,6 +948,31 @@ probe!(p59_frame_walk_to_send_after_an_exception_then_exit, {
     }
 });
 
+probe!(p59b_a_reply_of_kind_passed_is_tampering, {
+    // Only the trusted side says "passed" or "timed out". The child's message of that kind for
+    // the waiting call (with main's token, then as a reply) is tampering; on main it passed a
+    // value test. In a check block's call, the same.
+    let program = format!(
+        "import os, sys, json\ndef forge(kind):\n{}    for t in tokens:\n        os.write(3, (json.dumps({{'event': 'test', 'index': 0, 'kind': kind, 't': t}}) + '\\n').encode())\n    os.write(3, (json.dumps({{'event': 'reply', 'seq': 1, 'kind': kind}}) + '\\n').encode())\n    os._exit(0)\ndef f(kind):\n    forge(kind)\n",
+        frame_walk("sys._getframe()")
+    );
+    for kind in ["passed", "timeout", "crashed"] {
+        let call = format!("f('{kind}')");
+        let rep = sandbox()
+            .execute(&job(&program, &[&call]))
+            .expect("no harness error");
+        assert_alive();
+        not_a_pass(&rep.calls[0], "");
+        tampered(&rep.calls[0], "");
+    }
+    let o = check_outcome(&check_job(
+        &program,
+        "def check(candidate):\n    candidate('passed')\n",
+        None,
+    ));
+    assert!(matches!(o, RawOutcome::Tampered(_)), "{o:?}");
+});
+
 fn check_job(program: &str, check: &str, prelude: Option<&str>) -> Job {
     let mut j = job(program, &[]);
     j.check = Some(check.into());

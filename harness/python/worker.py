@@ -610,14 +610,21 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 raise Refused(refused[-1])
             rep = receive()
             kind = rep.get("kind") if rep is not None else None
-            if kind == "returned":
-                passed = list(args) + list(kwargs.values())
-                for old, new in zip(passed, rep.get("args") or []):
-                    if new is not None:
-                        copy_back(old, decanon(new))
-                return decanon(rep["value"])
+            try:
+                if kind == "returned":
+                    passed = list(args) + list(kwargs.values())
+                    for old, new in zip(passed, rep.get("args") or []):
+                        if new is not None:
+                            copy_back(old, decanon(new))
+                    return decanon(rep["value"])
+                if kind == "raised":
+                    exc = candidate_exception(rep)
+            except Exception:
+                # A reply no honest child sends: never an exception the check might expect.
+                refused.append("a malformed reply from the candidate")
+                raise Refused(refused[-1])
             if kind == "raised":
-                raise candidate_exception(rep)
+                raise exc
             refused.append("the candidate returned %s" % (rep or {}).get("what", "nothing"))
             raise Refused(refused[-1])
 
@@ -745,6 +752,14 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             except RecursionError:
                 pass
 
+    # The outcomes a child may report, per message: the rest (a timeout, a crash, a check's
+    # verdict) are the worker's or the check process's to decide.
+    CHILD_KINDS = {
+        "load": ("ok", "raised", "memory", "blocked"),
+        "reply": ("returned", "unsupported", "raised", "memory", "blocked"),
+        "expected": ("returned", "unsupported", "raised", "memory", "blocked"),
+    }
+
     # How the check's stub starts a call (its encoder keeps the keys in this order).
     CALL_PREFIX = b'{"op":"call",'
 
@@ -852,6 +867,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if ev == "setup_failed":
                 raise RuntimeError("the sandbox could not lock the child down: "
                                    + str(msg.get("message")))
+            if ev in CHILD_KINDS and msg.get("kind") not in CHILD_KINDS[ev]:
+                # A verdict ("passed") or an outcome only the worker decides (a timeout).
+                return self.tamper("a %s message of kind %r" % (ev, msg.get("kind")))
             want, index, _ = self.cur
             if ev in ("load", "expected"):
                 if ev != want or msg.pop("index", index) != index:
@@ -873,7 +891,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             elif want == "test":
                 self.results.append((index, msg))
                 self.advance()
-            elif msg.get("kind") in ("returned", "raised", "unsupported"):
+            elif msg["kind"] in ("returned", "raised", "unsupported"):
                 # As it came (its event and seq fields are the stub's to ignore): a value
                 # decoded and encoded again would cost the worker twice.
                 self.queue(self.check[3], line + b"\n")
