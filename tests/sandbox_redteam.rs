@@ -927,6 +927,19 @@ probe!(p58_frame_walk_to_the_token_forges_no_value, {
     assert_eq!(returned(&rep.calls[1]), "7");
 });
 
+probe!(p58b_a_reply_before_its_request_is_tampering, {
+    // Replies in the new protocol's own format, written at once during call 0: the one for
+    // call 0 is a value the code could have returned; the one for call 1, written before the
+    // harness asked for call 1, is tampering.
+    let program = "import os\ndef f(x):\n    if x == 0:\n        os.write(3, b'{\"event\":\"reply\",\"seq\":1,\"kind\":\"returned\",\"value\":[\"int\",\"42\"]}\\n{\"event\":\"reply\",\"seq\":2,\"kind\":\"returned\",\"value\":[\"int\",\"42\"]}\\n')\n        os._exit(0)\n    return 7\n";
+    let rep = sandbox()
+        .execute(&job(program, &["f(0)", "f(1)"]))
+        .expect("no harness error");
+    assert_alive();
+    not_a_pass(&rep.calls[1], "42");
+    tampered(&rep.calls[1], "before the harness sent it");
+});
+
 probe!(p59_frame_walk_to_send_after_an_exception_then_exit, {
     // The traceback's frames lead to the worker's functions; forge, then os._exit(0) so that
     // no honest reply follows.

@@ -790,6 +790,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             self.results = []  # (index, outcome), later entries override earlier ones
             self.seq = 0
             self.pending = None  # the request the child must answer now
+            self.read_seq = 0  # requests sent before the child's last message was read
             self.answered = {}  # seq -> the phase index it was for
             self.check = None  # (pid, scratch, messages, requests) of the check process
             self.cur = None
@@ -881,6 +882,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             seq = msg.pop("seq", None)
             if type(seq) is not int:
                 seq = None
+            if seq is not None and seq > self.read_seq:
+                return self.tamper("a reply to request %d before the harness sent it" % seq, seq)
             if seq != self.pending or ev not in ("reply", "end") or (ev == "end") != (
                     want == "end"):
                 return self.tamper(self.unasked(ev, seq), seq)
@@ -968,6 +971,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if fd in self.tails:
                 return self.on_output(fd, data)
             buf = self.bufs[fd] + data
+            # Requests sent after this read cannot have been answered in it.
+            self.read_seq = self.seq
             if len(buf) > limits["result_bytes"]:
                 self.end = {"kind": "output_limit", "bytes": len(buf)}
                 return
