@@ -892,11 +892,11 @@ probe!(p57_check_block_passes_honest_solution, {
 // ------------------------------------------------------------------ forging verdicts (#21)
 
 /// Python that walks the interpreter's frames from `start` (an expression giving a frame) and
-/// collects every string of 32 hex digits (a token) and every function named `send` it finds
-/// in their locals and globals, as `tokens` and `senders`.
+/// collects every string named `token` (main's per-execution secret) and every function named
+/// `send` it finds in their locals and globals, as `tokens` and `senders`.
 fn frame_walk(start: &str) -> String {
     format!(
-        "    tokens, senders = [], []\n    fr = {start}\n    while fr is not None:\n        for d in (fr.f_locals, fr.f_globals):\n            for k, v in list(d.items()):\n                if isinstance(v, str) and len(v) == 32:\n                    tokens.append(v)\n                if callable(v) and getattr(v, '__name__', '') == 'send':\n                    senders.append(v)\n        fr = fr.f_back\n"
+        "    tokens, senders = [], []\n    fr = {start}\n    while fr is not None:\n        for d in (fr.f_locals, fr.f_globals):\n            for k, v in list(d.items()):\n                if k == 'token' and isinstance(v, str):\n                    tokens.append(v)\n                if callable(v) and getattr(v, '__name__', '') == 'send':\n                    senders.append(v)\n        fr = fr.f_back\n"
     )
 }
 
@@ -1001,16 +1001,13 @@ fn check_outcome(j: &Job) -> RawOutcome {
 }
 
 probe!(p60_check_block_forged_pass_then_exit_is_not_a_pass, {
-    // The wrong answer forges every verdict it can name, then exits before the check sees a
-    // value: the check, in its own process, never passes.
-    for (start, after) in [
-        ("sys._getframe()", "os._exit(0)"),
-        ("sys._getframe()", "return 2"),
-    ] {
+    // The wrong answer forges the check's verdict with everything the frames hold (main's
+    // token and send function; the new protocol's messages too), then exits or returns: the
+    // check, in its own process, never passes.
+    for after in ["os._exit(0)", "return 2"] {
         let program = format!(
-            "import sys\ndef f(x):\n{}{}    return 2\n",
-            frame_walk(start),
-            forge(after)
+            "import sys, os, json\ndef f(x):\n{}    msgs = [{{'event': 'check', 'kind': 'passed', 't': t}} for t in tokens]\n    msgs += [{{'event': 'done', 't': t}} for t in tokens]\n    msgs += [{{'event': 'reply', 'seq': 1, 'kind': 'passed'}}, {{'op': 'done', 'kind': 'passed'}}, {{'event': 'end', 'seq': 2}}]\n    for m in msgs:\n        for send in senders:\n            send(dict(m))\n        os.write(3, (json.dumps(m) + '\\n').encode())\n    {after}\n",
+            frame_walk("sys._getframe()")
         );
         let o = check_outcome(&check_job(
             &program,
@@ -1018,10 +1015,7 @@ probe!(p60_check_block_forged_pass_then_exit_is_not_a_pass, {
             None,
         ));
         assert_ne!(o, RawOutcome::CheckPassed, "{after}: {o:?}");
-        assert!(
-            matches!(o, RawOutcome::Tampered(_) | RawOutcome::Crashed(_)),
-            "{after}: {o:?}"
-        );
+        assert!(matches!(o, RawOutcome::Tampered(_)), "{after}: {o:?}");
     }
 });
 
