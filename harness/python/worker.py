@@ -791,7 +791,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             self.seq = 0
             self.pending = None  # the request the child must answer now
             self.read_seq = 0  # requests sent before the child's last message was read
-            self.answered = {}  # seq -> the phase index it was for
+            self.asked = {}  # seq -> the phase index its request was for
             self.check = None  # (pid, scratch, messages, requests) of the check process
             self.cur = None
             self.deadline = 0.0
@@ -818,7 +818,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             self.seq += 1
             obj["seq"] = self.seq
             self.pending = self.seq
-            self.answered[self.seq] = self.cur[1]
+            self.asked[self.seq] = self.cur[1]
             self.queue(self.qw, (json.dumps(obj) + "\n").encode())
 
         def queue(self, fd, data):
@@ -851,7 +851,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
 
         def tamper(self, what, seq=None):
             """Stop the child for tampering; a second reply counts against the call it was for."""
-            index = self.answered.get(seq)
+            index = self.asked.get(seq)
             if seq is not None and seq != self.pending and index not in (None, "end"):
                 self.results.append((index, tampered(what)))
             self.end = tampered(what)
@@ -905,7 +905,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             """What was wrong with message `ev` carrying sequence number `seq`, in words."""
             if seq is None:
                 return "a %s message that answers no request" % (ev or "malformed",)
-            if seq in self.answered and seq != self.pending:
+            if seq in self.asked and seq != self.pending:
                 return "a second reply to request %d" % seq
             if seq > self.seq:
                 return "a reply to request %d before the harness sent it" % seq
@@ -916,7 +916,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 # The stub's call, forwarded as it came with a sequence number in front.
                 self.seq += 1
                 self.pending = self.seq
-                self.answered[self.seq] = "check"
+                self.asked[self.seq] = "check"
                 self.queue(self.qw, b'{"seq":%d,' % self.seq + line[len(CALL_PREFIX):] + b"\n")
                 return
             msg = json.loads(line)
