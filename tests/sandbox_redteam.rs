@@ -1081,6 +1081,33 @@ probe!(
     }
 );
 
+probe!(
+    p63_a_check_that_does_not_finish_gets_a_fresh_check_process,
+    {
+        // The trusted check process serves one check after another; one stopped in the middle of
+        // a check (here: its own loop) is killed, and the next checks run in a fresh one, with
+        // nothing left of the last check's names.
+        let mut j = check_job(
+            "def f(x):\n    return x\n",
+            "LEFT = 1\ndef check(candidate):\n    while candidate(1) == 1:\n        pass\n",
+            None,
+        );
+        j.test_timeout = Duration::from_millis(700);
+        assert!(
+            matches!(check_outcome(&j), RawOutcome::TimedOut(_)),
+            "a looping check block"
+        );
+        for _ in 0..4 {
+            let o = check_outcome(&check_job(
+                "def f(x):\n    return x + 1\n",
+                "def check(candidate):\n    assert 'LEFT' not in globals()\n    assert candidate(1) == 2\n",
+                None,
+            ));
+            assert_eq!(o, RawOutcome::CheckPassed);
+        }
+    }
+);
+
 // ------------------------------------------------------------------ reporting
 
 #[test]

@@ -225,8 +225,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     )
     _strict_child = level != "none"
 
-    def lock_down():
-        for res, v in _rlimits:
+    def lock_down(cpu=True):
+        # The check server lives for many checks: a CPU-time limit would add them up (the
+        # worker's deadline bounds each check instead).
+        for res, v in (_rlimits if cpu else _rlimits[1:]):
             _setrlimit(res, v)
         if _strict_child:
             libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
@@ -460,7 +462,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             os.chdir(scratch)
             if "tempfile" in sys.modules:
                 sys.modules["tempfile"].tempdir = scratch
-            lock_down()
+            lock_down(cpu=role != "check")
             for sig in _default_signals:
                 _setsignal(sig, 0)  # SIG_DFL
             _setsignal(_SIGINT, _default_int_handler)
@@ -482,7 +484,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 send(ev)
             serve(None, job, (), {}, time.perf_counter())
         if role == "check":
-            check_main(job)
+            check_server()
         candidate_main(job)
 
     def candidate_main(job):
@@ -590,11 +592,24 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             old.clear()
             old.update(new)
 
-    def check_main(job):
-        """The trusted check process: the prompt's helpers, then the check block, with the
-        entry point's name and `candidate` bound to a stub that calls the candidate in the
-        sandboxed child through the worker (values only, one reply per request). Nothing the
-        candidate defines reaches this process. Never returns."""
+    def check_server():
+        """The trusted check process: forked from the worker, it never runs generated code, and
+        runs the check blocks the worker sends it, one at a time, each in a fresh namespace
+        (one process for many checks: a fork per check doubled the sandbox's cost). The worker
+        kills it when a check does not finish, and starts another. Never returns."""
+        while True:
+            job = receive()
+            if job is None:
+                _exit(0)
+            ev = run_check(job)
+            ev["op"] = "done"
+            send(ev)
+
+    def run_check(job):
+        """One check block: the prompt's helpers, then the check, with the entry point's name
+        and `candidate` bound to a stub that calls the candidate in the sandboxed child through
+        the worker (values only, one reply per request). Nothing the candidate defines reaches
+        this process. Returns the check's outcome."""
         sources = {"<check>": job["check"]}
         filenames = {"<check>", "<prompt>"}
         refused = []
@@ -642,10 +657,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             ev = dict(origin) if origin is not None else exception_event(e, filenames, sources)
         if refused:
             ev = {"kind": "unsupported", "what": refused[0]}
-        ev["op"] = "done"
-        send(ev)
-        receive()  # the worker kills this process
-        _exit(0)
+        return ev
 
     # ---------------------------------------------------------------- the worker's side
     counter = [0]
@@ -760,6 +772,38 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         "expected": ("returned", "unsupported", "raised", "memory", "blocked"),
     }
 
+    check_proc = [None]  # (pid, scratch, messages, requests) of the check server, once started
+
+    def check_server_ready():
+        """The check server, started (again) when there is none or it died."""
+        if check_proc[0] is not None:
+            pid = check_proc[0][0]
+            try:
+                alive = os.waitpid(pid, os.WNOHANG) == (0, 0)
+            except ChildProcessError:
+                alive = False
+            if alive:
+                return check_proc[0]
+            retire_check_server(reaped=True)
+        pid, scratch, mr, qw, _, _ = spawn_child({}, 0, "check")
+        check_proc[0] = (pid, scratch, mr, qw)
+        return check_proc[0]
+
+    def retire_check_server(reaped=False):
+        """Kill the check server (stopped in the middle of a check, or dead) and forget it."""
+        pid, scratch, mr, qw = check_proc[0]
+        check_proc[0] = None
+        for fd in (mr, qw):
+            os.close(fd)
+        if reaped:
+            rmtree(scratch)
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deferred.append((pid, scratch))
+
     # How the check's stub starts a call (its encoder keeps the keys in this order).
     CALL_PREFIX = b'{"op":"call",'
 
@@ -808,11 +852,13 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             elif what == "end":
                 self.request({"end": True})
             elif what == "check":
-                pid, scratch, mr, qw, _, _ = spawn_child(self.job, 0, "check")
-                self.check = (pid, scratch, mr, qw)
+                self.check = check_server_ready()
+                mr, qw = self.check[2], self.check[3]
                 self.bufs[mr] = b""
                 self.open_fds.add(mr)
                 self.poller.register(mr, select.POLLIN)
+                job = {k: self.job.get(k) for k in ("check", "prelude", "entry_point")}
+                self.queue(qw, (json.dumps(job) + "\n").encode())
 
         def request(self, obj):
             self.seq += 1
@@ -923,13 +969,15 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             op = msg.pop("op", None)
             if op == "done":
                 self.results.append(("check", msg))
-                self.stop_check()
+                self.release_check(finished=True)
                 self.advance()
             else:
                 raise RuntimeError("the check process sent %r out of turn" % (op,))
 
-        def stop_check(self):
-            pid, scratch, mr, qw = self.check
+        def release_check(self, finished):
+            """Stop listening to the check server; one stopped in the middle of a check is
+            killed (the next check gets a fresh one)."""
+            _, _, mr, qw = self.check
             self.check = None
             for fd in (mr, qw):
                 if fd in self.open_fds:
@@ -938,12 +986,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 if fd in self.outq:
                     del self.outq[fd]
                     self.poller.unregister(fd)
-                os.close(fd)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            deferred.append((pid, scratch))
+            if not finished:
+                retire_check_server()
 
         def on_output(self, fd, data):
             self.out_total += len(data)
@@ -1021,7 +1065,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             """Stop the processes and close the channels. Returns the child's wait status
             when it ended by itself (the channel closed), else None."""
             if self.check is not None:
-                self.stop_check()
+                self.release_check(finished=False)
             status = None
             if self.end == "eof":
                 # The channel closed: give a dying child a moment to be reapable, so that
