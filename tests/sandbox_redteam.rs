@@ -1108,6 +1108,52 @@ probe!(
     }
 );
 
+probe!(p64_tampering_with_the_check_channel_is_reported, {
+    // The candidate answers a check's calls on fd 7, straight to the trusted check process,
+    // which holds the same rules: one reply per request, by sequence number, of a kind a
+    // child may report.
+    let check =
+        "def check(candidate):\n    assert candidate(1) == 1\n    assert candidate(2) == 2\n";
+    for (forged, what) in [
+        // a second reply to request 1 (a value it could have returned, then the honest one;
+        // caught as a second reply or, when it comes late, as no reply to request 2)
+        (
+            "{\"event\":\"reply\",\"seq\":1,\"kind\":\"returned\",\"value\":[\"int\",\"1\"]}",
+            "reply",
+        ),
+        // a verdict only the check decides
+        (
+            "{\"event\":\"reply\",\"seq\":1,\"kind\":\"passed\"}",
+            "kind",
+        ),
+        // a reply to request 2 before it was sent, then the honest reply to request 1
+        (
+            "{\"event\":\"reply\",\"seq\":2,\"kind\":\"returned\",\"value\":[\"int\",\"2\"]}",
+            "reply",
+        ),
+    ] {
+        let program = format!(
+            "import os\ndef f(x):\n    if x == 1:\n        os.write(7, b'{}\\n')\n    return x\n",
+            forged.replace('\\', "\\\\")
+        );
+        let o = check_outcome(&check_job(&program, check, None));
+        tampered(&o, what);
+    }
+    // Forging the value of the waiting call and leaving: a value it could have returned.
+    let program = "import os\ndef f(x):\n    os.write(7, b'{\"event\":\"reply\",\"seq\":%d,\"kind\":\"returned\",\"value\":[\"int\",\"%d\"]}\\n' % (x, x))\n    os._exit(0)\n";
+    let once = "def check(candidate):\n    assert candidate(1) == 1\n";
+    assert_eq!(
+        check_outcome(&check_job(program, once, None)),
+        RawOutcome::CheckPassed
+    );
+    // The next call finds it gone: how it ended is the check's outcome.
+    let o = check_outcome(&check_job(program, check, None));
+    assert!(
+        matches!(&o, RawOutcome::Crashed(w) if w.contains("code 0")),
+        "{o:?}"
+    );
+});
+
 // ------------------------------------------------------------------ reporting
 
 #[test]

@@ -12,9 +12,9 @@ The worker never runs generated code itself; it enforces per-call deadlines and 
 asks the child for each call (one reply per request, by sequence number: a second reply, a reply
 before its request or a line nobody asked for is reported as tampering), and reports in words.
 
-A check block runs in a trusted process of its own, forked from the worker beside the child: the
+A check block runs in a trusted process of its own (one per worker, forked from it): the
 case's prompt (its helpers), then the check, with the entry point bound to a stub that calls the
-candidate through the worker with values only. Nothing the candidate defines or sends can be
+candidate directly over two pipes, with values only. Nothing the candidate defines or sends can be
 a verdict of the check. docs/sandbox.md says what crosses that channel.
 
 Expected values never come here. The child reports what each call returned in a strict canonical
@@ -30,6 +30,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     import json
     import os
     import select
+    import _socket
     import signal
     import struct
     import time
@@ -196,8 +197,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     # costs copy-on-write faults there, and the worker's rulesets are never enforced on itself.
     WRITE_RIGHTS = FS_ALL & ~(EXEC | READ | READDIR)
     # A child's channels: it writes its messages on fd 3 and reads the worker's requests on
-    # fd 4; it finds its Landlock ruleset on fd 5.
-    OUT_FD, IN_FD, RULESET_FD = 3, 4, 5
+    # fd 4; it finds its Landlock ruleset on fd 5. A candidate whose job has a check block
+    # reads the check's calls on fd 6 and answers them on fd 7, straight to the check process.
+    OUT_FD, IN_FD, RULESET_FD, CHECK_IN_FD, CHECK_OUT_FD = 3, 4, 5, 6, 7
+    PARK_FD = 200  # where a child's fds wait while they move into place
 
     def child_ruleset(scratch):
         return landlock_ruleset(
@@ -272,24 +275,24 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     _fromhex = bytes.fromhex
     _issubclass = issubclass
 
-    def send(obj):
+    def send(obj, fd=OUT_FD):
         data = (_join(_enc(obj, 0)) + "\n").encode()
         view = memoryview(data)
         while view:
-            n = _write(OUT_FD, view)
+            n = _write(fd, view)
             view = view[n:]
 
-    _inbuf = [b""]
+    _inbufs = {}
 
-    def receive():
-        """The next request of the worker (one JSON line on fd 4), or None at its end."""
-        buf = _inbuf[0]
+    def receive(fd=IN_FD):
+        """The next request on `fd` (one JSON line; fd 4: the worker's), or None at its end."""
+        buf = _inbufs.get(fd, b"")
         while b"\n" not in buf:
-            data = _read(IN_FD, 1 << 16)
+            data = _read(fd, 1 << 16)
             if not data:
                 return None
             buf += data
-        line, _inbuf[0] = buf.split(b"\n", 1)
+        line, _inbufs[fd] = buf.split(b"\n", 1)
         return _scan(line.decode("utf-8"), 0)[0]
 
     class Unsupported(Exception):
@@ -456,7 +459,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         last_op[0] = None
         if role == "candidate":
             # Not the candidate's to read: the check block holds expected values.
-            job.pop("check", None)
+            job["checked"] = bool(job.pop("check", None))
             job.pop("prelude", None)
         try:
             os.chdir(scratch)
@@ -505,16 +508,21 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             send(ev)
             serve(None, job, filenames, sources, _t_run)
         send({"event": "load", "kind": "ok"})
+        if job.get("checked"):
+            serve(namespace, job, filenames, sources, _t_run, CHECK_IN_FD, CHECK_OUT_FD)
         serve(namespace, job, filenames, sources, _t_run)
 
-    def serve(namespace, job, filenames, sources, t_run):
-        """Answer the worker's requests, one reply each, until it stops asking: run test call
-        `i`, call the entry point with a check block's arguments, or say that the run ended.
-        Never returns."""
+    def serve(namespace, job, filenames, sources, t_run, fd_in=IN_FD, fd_out=OUT_FD):
+        """Answer the requests on `fd_in`, one reply each on `fd_out`, until they end: run test
+        call `i`, call the entry point with a check block's arguments, or say that the run
+        ended. On the worker's channel it never returns; on the check's, when the check is
+        over."""
         tests = job.get("tests") or []
         while True:
-            req = receive()
+            req = receive(fd_in)
             if req is None:
+                if fd_in != IN_FD:
+                    return
                 _exit(0)
             seq = req["seq"]
             if "end" in req:
@@ -532,7 +540,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 ev = call_entry_point(namespace, job["entry_point"], req, filenames, sources)
             ev["event"] = "reply"
             ev["seq"] = seq
-            send(ev)
+            send(ev, fd_out)
 
     def call_entry_point(namespace, entry, req, filenames, sources):
         """One call a check block made: the arguments from their canonical form, the value back
@@ -595,20 +603,110 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     def check_server():
         """The trusted check process: forked from the worker, it never runs generated code, and
         runs the check blocks the worker sends it, one at a time, each in a fresh namespace
-        (one process for many checks: a fork per check doubled the sandbox's cost). The worker
-        kills it when a check does not finish, and starts another. Never returns."""
+        (one process for many checks: a fork per check doubled the sandbox's cost). With each
+        check come the two ends of its channel to the candidate, which it talks to directly
+        (through the worker, every call cost twice the system calls). The worker kills it when
+        a check does not finish, and starts another. Never returns."""
+        sock = _socket.socket(fileno=IN_FD)
         while True:
-            job = receive()
-            if job is None:
+            got = receive_job(sock)
+            if got is None:
                 _exit(0)
-            ev = run_check(job)
+            job, (to_cand, from_cand) = got
+            channel = CandidateChannel(to_cand, from_cand)
+            ev = run_check(job, channel)
+            os.close(to_cand)
+            if channel.stop is None and channel.readable():
+                channel.stop = tampered("a reply after the check block ended")
+            os.close(from_cand)
+            if channel.stop is not None:
+                ev = channel.stop
             ev["op"] = "done"
             send(ev)
 
-    def run_check(job):
+    def receive_job(sock):
+        """A check job and the two file descriptors that came with it, or None at the end."""
+        data, anc, _flags, _addr = sock.recvmsg(1 << 16, _socket.CMSG_SPACE(8))
+        if not data:
+            return None
+        fds = struct.unpack("ii", anc[0][2][:8])
+        while not data.endswith(b"\n"):
+            more = sock.recv(1 << 16)
+            if not more:
+                return None
+            data += more
+        return _scan(data.decode("utf-8"), 0)[0], fds
+
+    class ChannelStop(BaseException):
+        """The check stops: the candidate tampered with its channel, ran out of memory, was
+        blocked, or is gone (a BaseException: the check's `except Exception` does not catch
+        it, and a check that catches everything is judged by `stop` anyway)."""
+
+    class CandidateChannel:
+        """The check's channel to the candidate: one request, one reply, by sequence number;
+        anything else is tampering."""
+
+        def __init__(self, to_cand, from_cand):
+            self.to_cand, self.from_cand = to_cand, from_cand
+            self.seq = 0
+            self.buf = b""
+            self.stop = None  # the outcome the check ends with, once the channel failed
+
+        def readable(self):
+            """Has the candidate written what nobody asked for (its end closing is not that)?"""
+            if not self.buf and select.select([self.from_cand], [], [], 0)[0]:
+                try:
+                    self.buf = _read(self.from_cand, 1 << 16)
+                except OSError:
+                    pass
+            return bool(self.buf)
+
+        def fail(self, outcome):
+            if self.stop is None:
+                self.stop = outcome
+            raise ChannelStop()
+
+        def __call__(self, payload):
+            if self.stop is not None:
+                raise ChannelStop()
+            if self.readable():
+                self.fail(tampered("a reply before its request was sent"))
+            self.seq += 1
+            payload["seq"] = self.seq
+            data = memoryview((_join(_enc(payload, 0)) + "\n").encode())
+            try:
+                while data:
+                    data = data[_write(self.to_cand, data):]
+                while b"\n" not in self.buf:
+                    more = _read(self.from_cand, 1 << 16)
+                    if not more:
+                        self.fail({"kind": "gone"})
+                    self.buf += more
+                    if _len(self.buf) > limits["result_bytes"]:
+                        self.fail({"kind": "output_limit", "bytes": _len(self.buf)})
+            except OSError:
+                self.fail({"kind": "gone"})
+            line, self.buf = self.buf.split(b"\n", 1)
+            try:
+                msg = _scan(line.decode("utf-8"), 0)[0]
+                ok = _type(msg) is dict and msg.get("event") == "reply"
+            except Exception:
+                ok = False
+            if not ok or msg.get("seq") != self.seq:
+                self.fail(tampered("a line that is not the reply to request %d" % self.seq))
+            kind = msg.get("kind")
+            if kind in ("memory", "blocked"):
+                self.fail(msg)
+            if kind not in ("returned", "raised", "unsupported"):
+                self.fail(tampered("a reply message of kind %r" % (kind,)))
+            if self.buf:
+                self.fail(tampered("a second reply to request %d" % self.seq))
+            return msg
+
+    def run_check(job, call):
         """One check block: the prompt's helpers, then the check, with the entry point's name
         and `candidate` bound to a stub that calls the candidate in the sandboxed child through
-        the worker (values only, one reply per request). Nothing the candidate defines reaches
+        `call` (values only, one reply per request). Nothing the candidate defines reaches
         this process. Returns the check's outcome."""
         sources = {"<check>": job["check"]}
         filenames = {"<check>", "<prompt>"}
@@ -617,15 +715,15 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         def candidate(*args, **kwargs):
             try:
                 budget = [MAX_ITEMS]
-                send({"op": "call", "args": [canon(a, budget) for a in args],
-                      "kwargs": [[k, canon(v, budget)] for k, v in kwargs.items()]})
+                payload = {"args": [canon(a, budget) for a in args],
+                           "kwargs": [[k, canon(v, budget)] for k, v in kwargs.items()]}
             except (Unsupported, RecursionError) as e:
                 refused.append("the check passed the candidate %s, which only exact builtin "
                                "types can cross" % e)
                 raise Refused(refused[-1])
-            rep = receive()
-            kind = rep.get("kind") if rep is not None else None
+            rep = call(payload)
             try:
+                kind = rep.get("kind")
                 if kind == "returned":
                     passed = list(args) + list(kwargs.values())
                     for old, new in zip(passed, rep.get("args") or []):
@@ -640,7 +738,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 raise Refused(refused[-1])
             if kind == "raised":
                 raise exc
-            refused.append("the candidate returned %s" % (rep or {}).get("what", "nothing"))
+            refused.append("the candidate returned %s" % rep.get("what", "nothing"))
             raise Refused(refused[-1])
 
         ns = {"__name__": "__check__"}
@@ -652,6 +750,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             exec(compile(job["check"], "<check>", "exec"), ns)
             ns["check"](candidate)
             ev = {"kind": "passed"}
+        except ChannelStop:
+            ev = {"kind": "stopped"}  # the channel's outcome replaces it
         except BaseException as e:
             origin = getattr(e, "_codegen_origin", None)
             ev = dict(origin) if origin is not None else exception_event(e, filenames, sources)
@@ -694,15 +794,17 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except OSError:
             pass
 
-    def spawn_child(job, start, role):
+    def spawn_child(job, start, role, check_fds=None, inward=-1):
         """Fork a child playing `role` for `job` (from call `start` on); it locks itself down
-        first. Returns (pid, scratch, its messages' read end, its requests' write end
-        (non-blocking), its stdout and stderr read ends or -1)."""
+        first. `check_fds` (a candidate's ends of its channel to the check process) become its
+        fds 6 and 7; `inward` (the check process's socket from the worker) its fd 4 instead of
+        a requests pipe. Returns (pid, scratch, its messages' read end, its requests' write end
+        (non-blocking; -1 with `inward`), its stdout and stderr read ends or -1)."""
         counter[0] += 1
         scratch = os.path.join(base, "x%d" % counter[0])
         os.mkdir(scratch, 0o700)
         mr, mw = os.pipe()
-        qr, qw = os.pipe()
+        qr, qw = os.pipe() if inward < 0 else (inward, -1)
         outr, outw = os.pipe() if role != "check" else (-1, devnull_w)
         errr, errw = os.pipe() if role != "check" else (-1, devnull_w)
         # Set in the worker, which reads neither, and inherited: done in the child, it would
@@ -710,15 +812,13 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         os.environ["HOME"] = scratch
         os.environ["TMPDIR"] = scratch
         rfd = child_ruleset(scratch) if abi else -1
+        mine = [fd for fd in (mr, mw, outr, errr, rfd) if fd >= 0]
+        mine += [fd for fd in (qr, qw, outw, errw) if fd >= 0 and fd not in (inward, devnull_w)]
         try:
             pid = os.fork()
         except BaseException:
-            for fd in (mr, mw, qr, qw, outr, errr, rfd):
-                if fd >= 0:
-                    os.close(fd)
-            for fd in (outw, errw):
-                if fd != devnull_w:
-                    os.close(fd)
+            for fd in mine:
+                os.close(fd)
             raise
         if pid == 0:
             try:
@@ -726,21 +826,29 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     _prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
                     if os.getppid() != worker_pid:
                         _exit(71)
-                os.dup2(devnull, 0)
-                os.dup2(outw, 1)
-                os.dup2(errw, 2)
-                os.dup2(mw, OUT_FD)
-                os.dup2(qr, IN_FD)
+                moves = [(devnull, 0), (outw, 1), (errw, 2), (mw, OUT_FD), (qr, IN_FD)]
                 if rfd >= 0:
-                    os.dup2(rfd, RULESET_FD)
-                os.closerange(RULESET_FD + 1 if rfd >= 0 else RULESET_FD, 1 << 16)
+                    moves.append((rfd, RULESET_FD))
+                if check_fds is not None:
+                    moves += [(check_fds[0], CHECK_IN_FD), (check_fds[1], CHECK_OUT_FD)]
+                # Parked first, so that no source is overwritten before it is moved.
+                for i, (src, _dst) in enumerate(moves):
+                    os.dup2(src, PARK_FD + i)
+                for i, (_src, dst) in enumerate(moves):
+                    os.dup2(PARK_FD + i, dst)
+                kept = {dst for _src, dst in moves}
+                for fd in range(3, CHECK_OUT_FD + 1):
+                    if fd not in kept:
+                        os.close(fd)
+                os.closerange(CHECK_OUT_FD + 1, 1 << 16)
                 child_main(role, scratch, job, start)
             finally:
                 os._exit(71)
         for fd in (mw, qr, outw, errw, rfd):
-            if fd >= 0 and fd != devnull_w:
+            if fd >= 0 and fd not in (devnull_w, inward):
                 os.close(fd)
-        os.set_blocking(qw, False)
+        if qw >= 0:
+            os.set_blocking(qw, False)
         return pid, scratch, mr, qw, outr, errr
 
     # Without a pid namespace, a child running generated code would outlive a killed worker:
@@ -785,16 +893,23 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if alive:
                 return check_proc[0]
             retire_check_server(reaped=True)
-        pid, scratch, mr, qw, _, _ = spawn_child({}, 0, "check")
-        check_proc[0] = (pid, scratch, mr, qw)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            pid, scratch, mr, _, _, _ = spawn_child({}, 0, "check", inward=theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        check_proc[0] = (pid, scratch, mr, ours)
         return check_proc[0]
 
     def retire_check_server(reaped=False):
         """Kill the check server (stopped in the middle of a check, or dead) and forget it."""
-        pid, scratch, mr, qw = check_proc[0]
+        pid, scratch, mr, sock = check_proc[0]
         check_proc[0] = None
-        for fd in (mr, qw):
-            os.close(fd)
+        os.close(mr)
+        sock.close()
         if reaped:
             rmtree(scratch)
             return
@@ -803,9 +918,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except ProcessLookupError:
             pass
         deferred.append((pid, scratch))
-
-    # How the check's stub starts a call (its encoder keeps the keys in this order).
-    CALL_PREFIX = b'{"op":"call",'
 
     def tampered(what):
         return {"kind": "tampered", "what": what}
@@ -821,8 +933,19 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         def __init__(self, job, start, phases, role="candidate"):
             self.job = job
             self.phases = iter(phases)
-            self.pid, self.scratch, self.mr, self.qw, self.outr, self.errr = spawn_child(
-                job, start, role)
+            # A check's channel to the candidate: requests (server -> child) and replies.
+            self.check_ends = []
+            check_fds = None
+            if role == "candidate" and job.get("check"):
+                req_r, req_w = os.pipe()
+                rep_r, rep_w = os.pipe()
+                check_fds, self.check_ends = (req_r, rep_w), [req_w, rep_r]
+            try:
+                self.pid, self.scratch, self.mr, self.qw, self.outr, self.errr = spawn_child(
+                    job, start, role, check_fds)
+            finally:
+                for fd in check_fds or ():
+                    os.close(fd)
             self.poller = select.poll()
             for fd in (self.mr, self.outr, self.errr):
                 self.poller.register(fd, select.POLLIN)
@@ -852,13 +975,24 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             elif what == "end":
                 self.request({"end": True})
             elif what == "check":
-                self.check = check_server_ready()
-                mr, qw = self.check[2], self.check[3]
-                self.bufs[mr] = b""
-                self.open_fds.add(mr)
-                self.poller.register(mr, select.POLLIN)
-                job = {k: self.job.get(k) for k in ("check", "prelude", "entry_point")}
-                self.queue(qw, (json.dumps(job) + "\n").encode())
+                self.start_check()
+
+        def start_check(self):
+            """Hand the check block and its channel's ends to the check process."""
+            self.check = check_server_ready()
+            mr, sock = self.check[2], self.check[3]
+            self.bufs[mr] = b""
+            self.open_fds.add(mr)
+            self.poller.register(mr, select.POLLIN)
+            job = {k: self.job.get(k) for k in ("check", "prelude", "entry_point")}
+            data = (json.dumps(job) + "\n").encode()
+            fds = struct.pack("ii", *self.check_ends)
+            sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            if sent < len(data):
+                sock.sendall(data[sent:])
+            for fd in self.check_ends:
+                os.close(fd)
+            self.check_ends = []
 
         def request(self, obj):
             self.seq += 1
@@ -937,15 +1071,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if ev == "end":
                 busy[0] += float(msg.get("busy") or 0.0)
                 self.done = True
-            elif want == "test":
+            else:
                 self.results.append((index, msg))
                 self.advance()
-            elif msg["kind"] in ("returned", "raised", "unsupported"):
-                # As it came (its event and seq fields are the stub's to ignore): a value
-                # decoded and encoded again would cost the worker twice.
-                self.queue(self.check[3], line + b"\n")
-            else:
-                self.end = msg  # memory, blocked...: what happened to the check
 
         def unasked(self, ev, seq):
             """What was wrong with message `ev` carrying sequence number `seq`, in words."""
@@ -958,34 +1086,25 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             return "a %s message where the harness waited for another reply" % (ev or "malformed",)
 
         def on_check(self, line):
-            if line.startswith(CALL_PREFIX) and self.pending is None and self.cur[0] == "check":
-                # The stub's call, forwarded as it came with a sequence number in front.
-                self.seq += 1
-                self.pending = self.seq
-                self.asked[self.seq] = "check"
-                self.queue(self.qw, b'{"seq":%d,' % self.seq + line[len(CALL_PREFIX):] + b"\n")
-                return
             msg = json.loads(line)
-            op = msg.pop("op", None)
-            if op == "done":
-                self.results.append(("check", msg))
-                self.release_check(finished=True)
-                self.advance()
-            else:
-                raise RuntimeError("the check process sent %r out of turn" % (op,))
+            if msg.pop("op", None) != "done":
+                raise RuntimeError("the check process sent %r" % (line[:200],))
+            self.release_check(finished=True)
+            if msg.get("kind") == "gone":
+                # The candidate closed the check's channel: its own end says how it went.
+                self.end = "eof"
+                return
+            self.results.append(("check", msg))
+            self.advance()
 
         def release_check(self, finished):
             """Stop listening to the check server; one stopped in the middle of a check is
             killed (the next check gets a fresh one)."""
-            _, _, mr, qw = self.check
+            mr = self.check[2]
             self.check = None
-            for fd in (mr, qw):
-                if fd in self.open_fds:
-                    self.poller.unregister(fd)
-                    self.open_fds.discard(fd)
-                if fd in self.outq:
-                    del self.outq[fd]
-                    self.poller.unregister(fd)
+            if mr in self.open_fds:
+                self.poller.unregister(mr)
+                self.open_fds.discard(mr)
             if not finished:
                 retire_check_server()
 
@@ -1066,6 +1185,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             when it ended by itself (the channel closed), else None."""
             if self.check is not None:
                 self.release_check(finished=False)
+            for fd in self.check_ends:
+                os.close(fd)
+            self.check_ends = []
             status = None
             if self.end == "eof":
                 # The channel closed: give a dying child a moment to be reapable, so that

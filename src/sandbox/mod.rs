@@ -10,7 +10,7 @@
 //! enforced by the worker, a backstop by Rust; a worker that dies is replaced and its case
 //! reported. The child answers the worker's requests, one reply each (anything else is
 //! [`RawOutcome::Tampered`]); a check block runs in a trusted process of its own that calls the
-//! candidate through the worker with values only (docs/sandbox.md).
+//! candidate directly over two pipes, with values only (docs/sandbox.md).
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
 //! '/etc/shadow'"); judging them against expected values is the job of [`crate::verdict`],
