@@ -1139,12 +1139,15 @@ probe!(p64_tampering_with_the_check_channel_is_reported, {
         let o = check_outcome(&check_job(&program, check, None));
         tampered(&o, what);
     }
-    // Forging the value of the waiting call and leaving: a value it could have returned.
+    // Forging the value of the waiting call and leaving: a value it could have returned, so
+    // the check passes, or the exit is seen first and the program crashed; never tampering.
     let program = "import os\ndef f(x):\n    os.write(7, b'{\"event\":\"reply\",\"seq\":%d,\"kind\":\"returned\",\"value\":[\"int\",\"%d\"]}\\n' % (x, x))\n    os._exit(0)\n";
     let once = "def check(candidate):\n    assert candidate(1) == 1\n";
-    assert_eq!(
-        check_outcome(&check_job(program, once, None)),
-        RawOutcome::CheckPassed
+    let o = check_outcome(&check_job(program, once, None));
+    assert!(
+        o == RawOutcome::CheckPassed
+            || matches!(&o, RawOutcome::Crashed(w) if w.contains("code 0")),
+        "{o:?}"
     );
     // The next call finds it gone: how it ended is the check's outcome.
     let o = check_outcome(&check_job(program, check, None));

@@ -14,7 +14,7 @@ before its request or a line nobody asked for is reported as tampering), and rep
 
 A check block runs in a trusted process of its own (one per worker, forked from it): the
 case's prompt (its helpers), then the check, with the entry point bound to a stub that calls the
-candidate directly over two pipes, with values only. Nothing the candidate defines or sends can be
+candidate directly over two pipes (fds 6 and 7 in the candidate), with values only. Nothing the candidate defines or sends can be
 a verdict of the check. docs/sandbox.md says what crosses that channel.
 
 Expected values never come here. The child reports what each call returned in a strict canonical
@@ -30,7 +30,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     import json
     import os
     import select
-    import _socket
     import signal
     import struct
     import time
@@ -603,39 +602,23 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     def check_server():
         """The trusted check process: forked from the worker, it never runs generated code, and
         runs the check blocks the worker sends it, one at a time, each in a fresh namespace
-        (one process for many checks: a fork per check doubled the sandbox's cost). With each
-        check come the two ends of its channel to the candidate, which it talks to directly
-        (through the worker, every call cost twice the system calls). The worker kills it when
-        a check does not finish, and starts another. Never returns."""
-        sock = _socket.socket(fileno=IN_FD)
+        (one process for many checks: a fork per check doubled the sandbox's cost). It talks to
+        the candidate directly, over two pipes made with it whose other ends each candidate
+        of a check job gets (through the worker, every call cost twice the system calls). The
+        worker kills it when a check does not finish, and starts another. Never returns."""
+        channel = CandidateChannel(CHECK_OUT_FD, CHECK_IN_FD)
         while True:
-            got = receive_job(sock)
-            if got is None:
+            job = receive()
+            if job is None:
                 _exit(0)
-            job, (to_cand, from_cand) = got
-            channel = CandidateChannel(to_cand, from_cand)
+            channel.start()
             ev = run_check(job, channel)
-            os.close(to_cand)
             if channel.stop is None and channel.readable():
                 channel.stop = tampered("a reply after the check block ended")
-            os.close(from_cand)
             if channel.stop is not None:
                 ev = channel.stop
             ev["op"] = "done"
             send(ev)
-
-    def receive_job(sock):
-        """A check job and the two file descriptors that came with it, or None at the end."""
-        data, anc, _flags, _addr = sock.recvmsg(1 << 16, _socket.CMSG_SPACE(8))
-        if not data:
-            return None
-        fds = struct.unpack("ii", anc[0][2][:8])
-        while not data.endswith(b"\n"):
-            more = sock.recv(1 << 16)
-            if not more:
-                return None
-            data += more
-        return _scan(data.decode("utf-8"), 0)[0], fds
 
     class ChannelStop(BaseException):
         """The check stops: the candidate tampered with its channel, ran out of memory, was
@@ -651,6 +634,12 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             self.seq = 0
             self.buf = b""
             self.stop = None  # the outcome the check ends with, once the channel failed
+
+        def start(self):
+            """A new check, a new candidate: what an earlier (killed) one left is dropped."""
+            self.seq, self.buf, self.stop = 0, b"", None
+            while self.readable():
+                self.buf = b""
 
         def readable(self):
             """Has the candidate written what nobody asked for (its end closing is not that)?"""
@@ -669,8 +658,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         def __call__(self, payload):
             if self.stop is not None:
                 raise ChannelStop()
-            if self.readable():
-                self.fail(tampered("a reply before its request was sent"))
+            # A line written before its request is read as this reply: a wrong sequence
+            # number is tampering, the right one a value the code could have returned.
             self.seq += 1
             payload["seq"] = self.seq
             data = memoryview((_join(_enc(payload, 0)) + "\n").encode())
@@ -679,13 +668,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     data = data[_write(self.to_cand, data):]
                 while b"\n" not in self.buf:
                     more = _read(self.from_cand, 1 << 16)
-                    if not more:
-                        self.fail({"kind": "gone"})
                     self.buf += more
                     if _len(self.buf) > limits["result_bytes"]:
                         self.fail({"kind": "output_limit", "bytes": _len(self.buf)})
             except OSError:
-                self.fail({"kind": "gone"})
+                self.fail({"kind": "crashed", "reason": "the check's channel failed"})
             line, self.buf = self.buf.split(b"\n", 1)
             try:
                 msg = _scan(line.decode("utf-8"), 0)[0]
@@ -702,6 +689,20 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if self.buf:
                 self.fail(tampered("a second reply to request %d" % self.seq))
             return msg
+
+    _compiled = {}
+
+    def compiled(source, filename):
+        """`source` compiled, once per check process: a case's check block and prompt come
+        again for every sample and calibration run (code objects are immutable, so reuse is
+        safe)."""
+        key = (source, filename)
+        code = _compiled.get(key)
+        if code is None:
+            if _len(_compiled) >= 512:
+                _compiled.clear()
+            code = _compiled[key] = compile(source, filename, "exec")
+        return code
 
     def run_check(job, call):
         """One check block: the prompt's helpers, then the check, with the entry point's name
@@ -745,9 +746,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         try:
             if job.get("prelude"):
                 sources["<prompt>"] = job["prelude"]
-                exec(compile(job["prelude"], "<prompt>", "exec"), ns)
+                exec(compiled(job["prelude"], "<prompt>"), ns)
             ns[job["entry_point"]] = candidate
-            exec(compile(job["check"], "<check>", "exec"), ns)
+            exec(compiled(job["check"], "<check>"), ns)
             ns["check"](candidate)
             ev = {"kind": "passed"}
         except ChannelStop:
@@ -794,17 +795,17 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except OSError:
             pass
 
-    def spawn_child(job, start, role, check_fds=None, inward=-1):
+    def spawn_child(job, start, role, check_fds=None):
         """Fork a child playing `role` for `job` (from call `start` on); it locks itself down
-        first. `check_fds` (a candidate's ends of its channel to the check process) become its
-        fds 6 and 7; `inward` (the check process's socket from the worker) its fd 4 instead of
-        a requests pipe. Returns (pid, scratch, its messages' read end, its requests' write end
-        (non-blocking; -1 with `inward`), its stdout and stderr read ends or -1)."""
+        first. `check_fds` (its ends of the channel between a candidate and the check process:
+        what it reads, what it writes) become its fds 6 and 7. Returns (pid, scratch, its
+        messages' read end, its requests' write end (non-blocking), its stdout and stderr read
+        ends or -1)."""
         counter[0] += 1
         scratch = os.path.join(base, "x%d" % counter[0])
         os.mkdir(scratch, 0o700)
         mr, mw = os.pipe()
-        qr, qw = os.pipe() if inward < 0 else (inward, -1)
+        qr, qw = os.pipe()
         outr, outw = os.pipe() if role != "check" else (-1, devnull_w)
         errr, errw = os.pipe() if role != "check" else (-1, devnull_w)
         # Set in the worker, which reads neither, and inherited: done in the child, it would
@@ -813,7 +814,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         os.environ["TMPDIR"] = scratch
         rfd = child_ruleset(scratch) if abi else -1
         mine = [fd for fd in (mr, mw, outr, errr, rfd) if fd >= 0]
-        mine += [fd for fd in (qr, qw, outw, errw) if fd >= 0 and fd not in (inward, devnull_w)]
+        mine += [fd for fd in (qr, qw, outw, errw) if fd != devnull_w]
         try:
             pid = os.fork()
         except BaseException:
@@ -845,10 +846,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             finally:
                 os._exit(71)
         for fd in (mw, qr, outw, errw, rfd):
-            if fd >= 0 and fd not in (devnull_w, inward):
+            if fd >= 0 and fd != devnull_w:
                 os.close(fd)
-        if qw >= 0:
-            os.set_blocking(qw, False)
+        os.set_blocking(qw, False)
         return pid, scratch, mr, qw, outr, errr
 
     # Without a pid namespace, a child running generated code would outlive a killed worker:
@@ -880,7 +880,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         "expected": ("returned", "unsupported", "raised", "memory", "blocked"),
     }
 
-    check_proc = [None]  # (pid, scratch, messages, requests) of the check server, once started
+    # The check server: (pid, scratch, its messages, its requests, and the candidates' ends of
+    # its channel: the requests' read end and the replies' write end), once started.
+    check_proc = [None]
 
     def check_server_ready():
         """The check server, started (again) when there is none or it died."""
@@ -893,23 +895,26 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if alive:
                 return check_proc[0]
             retire_check_server(reaped=True)
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
         try:
-            pid, scratch, mr, _, _, _ = spawn_child({}, 0, "check", inward=theirs.fileno())
+            pid, scratch, mr, qw, _, _ = spawn_child({}, 0, "check", (rep_r, req_w))
         except BaseException:
-            ours.close()
+            for fd in (req_r, rep_w):
+                os.close(fd)
             raise
         finally:
-            theirs.close()
-        check_proc[0] = (pid, scratch, mr, ours)
+            for fd in (rep_r, req_w):
+                os.close(fd)
+        check_proc[0] = (pid, scratch, mr, qw, req_r, rep_w)
         return check_proc[0]
 
     def retire_check_server(reaped=False):
         """Kill the check server (stopped in the middle of a check, or dead) and forget it."""
-        pid, scratch, mr, sock = check_proc[0]
+        pid, scratch = check_proc[0][:2]
+        for fd in check_proc[0][2:]:
+            os.close(fd)
         check_proc[0] = None
-        os.close(mr)
-        sock.close()
         if reaped:
             rmtree(scratch)
             return
@@ -918,6 +923,12 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except ProcessLookupError:
             pass
         deferred.append((pid, scratch))
+
+    def drain(fd):
+        """Drop what waits in pipe `fd` (requests a killed candidate never read)."""
+        while select.select([fd], [], [], 0)[0]:
+            if not os.read(fd, 1 << 16):
+                break
 
     def tampered(what):
         return {"kind": "tampered", "what": what}
@@ -932,20 +943,15 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
 
         def __init__(self, job, start, phases, role="candidate"):
             self.job = job
+            self.t0 = time.monotonic()
             self.phases = iter(phases)
-            # A check's channel to the candidate: requests (server -> child) and replies.
-            self.check_ends = []
+            # For a check block, the candidate gets its ends of the check server's channel.
             check_fds = None
             if role == "candidate" and job.get("check"):
-                req_r, req_w = os.pipe()
-                rep_r, rep_w = os.pipe()
-                check_fds, self.check_ends = (req_r, rep_w), [req_w, rep_r]
-            try:
-                self.pid, self.scratch, self.mr, self.qw, self.outr, self.errr = spawn_child(
-                    job, start, role, check_fds)
-            finally:
-                for fd in check_fds or ():
-                    os.close(fd)
+                check_fds = check_server_ready()[4:]
+                drain(check_fds[0])
+            self.pid, self.scratch, self.mr, self.qw, self.outr, self.errr = spawn_child(
+                job, start, role, check_fds)
             self.poller = select.poll()
             for fd in (self.mr, self.outr, self.errr):
                 self.poller.register(fd, select.POLLIN)
@@ -980,19 +986,12 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         def start_check(self):
             """Hand the check block and its channel's ends to the check process."""
             self.check = check_server_ready()
-            mr, sock = self.check[2], self.check[3]
+            mr, qw = self.check[2], self.check[3]
             self.bufs[mr] = b""
             self.open_fds.add(mr)
             self.poller.register(mr, select.POLLIN)
             job = {k: self.job.get(k) for k in ("check", "prelude", "entry_point")}
-            data = (json.dumps(job) + "\n").encode()
-            fds = struct.pack("ii", *self.check_ends)
-            sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-            if sent < len(data):
-                sock.sendall(data[sent:])
-            for fd in self.check_ends:
-                os.close(fd)
-            self.check_ends = []
+            self.queue(qw, (json.dumps(job) + "\n").encode())
 
         def request(self, obj):
             self.seq += 1
@@ -1090,21 +1089,22 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if msg.pop("op", None) != "done":
                 raise RuntimeError("the check process sent %r" % (line[:200],))
             self.release_check(finished=True)
-            if msg.get("kind") == "gone":
-                # The candidate closed the check's channel: its own end says how it went.
-                self.end = "eof"
-                return
             self.results.append(("check", msg))
-            self.advance()
+            # The check's verdict ends the run: the child answered on the check's channel only.
+            busy[0] += time.monotonic() - self.t0
+            self.done = True
 
         def release_check(self, finished):
             """Stop listening to the check server; one stopped in the middle of a check is
             killed (the next check gets a fresh one)."""
-            mr = self.check[2]
+            mr, qw = self.check[2], self.check[3]
             self.check = None
             if mr in self.open_fds:
                 self.poller.unregister(mr)
                 self.open_fds.discard(mr)
+            if qw in self.outq:
+                del self.outq[qw]
+                self.poller.unregister(qw)
             if not finished:
                 retire_check_server()
 
@@ -1185,9 +1185,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             when it ended by itself (the channel closed), else None."""
             if self.check is not None:
                 self.release_check(finished=False)
-            for fd in self.check_ends:
-                os.close(fd)
-            self.check_ends = []
+
             status = None
             if self.end == "eof":
                 # The channel closed: give a dying child a moment to be reapable, so that
@@ -1257,7 +1255,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 phases.append(("check", "check", tt))
             else:
                 phases += [("test", i, tt) for i in range(start, n)]
-            phases.append(("end", "end", 5.0))
+                phases.append(("end", "end", 5.0))
             results, stopped_at, end, tails = Run(job, start, phases).go()
             for index, msg in results:
                 if index == "load":
