@@ -327,6 +327,9 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                              for k, v in dict.items(x)]]
         raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
 
+    # Canonical tags of values that cannot change in place.
+    SCALARS = frozenset(("none", "bool", "int", "float", "complex", "str", "bytes"))
+
     def decanon(c):
         """A value from its canonical form (what `canon` made of it)."""
         tag = c[0]
@@ -558,6 +561,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         if ev["kind"] != "returned":
             return ev
         before = req["args"] + [v for _, v in req["kwargs"]]
+        if all(c[0] in SCALARS for c in before):
+            return ev  # nothing the candidate could change in place
         try:
             budget = [MAX_ITEMS]
             after = [canon(a, budget) for a in args] + [canon(v, budget)
