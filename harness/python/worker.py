@@ -744,7 +744,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 raise Refused(refused[-1])
             if kind == "raised":
                 raise exc
-            refused.append("the candidate returned %s" % rep.get("what", "nothing"))
+            refused.append(rep.get("what", "nothing"))  # "returned <what>" in the verdict
             raise Refused(refused[-1])
 
         ns = {"__name__": "__check__"}
