@@ -44,6 +44,26 @@ impl DirLock {
         file.lock()?;
         Ok(DirLock { _file: file })
     }
+
+    /// [`DirLock::acquire`], calling `waiting(dir)` first when another process holds the lock
+    /// (so the wait is said, not silent).
+    pub fn acquire_or_wait(dir: &Path, waiting: impl FnOnce(&Path)) -> io::Result<DirLock> {
+        fs::create_dir_all(dir)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                waiting(dir);
+                file.lock()?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        Ok(DirLock { _file: file })
+    }
 }
 
 /// The sha256 of a file's content, as lower-case hex, read in 1 MiB chunks.

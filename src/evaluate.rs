@@ -21,7 +21,7 @@ use crate::extract::{Extraction, extract, names_used};
 use crate::failure::{self, Failure};
 use crate::prompt::{Prompt, PromptProtocol};
 use crate::sandbox::{
-    Job, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy, WorkerSandbox, calibrate,
+    Job, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy, WorkerSandbox, calibrate_expecting,
 };
 use crate::syntax::{self, SyntaxReport};
 use crate::value::Value;
@@ -254,7 +254,15 @@ impl Evaluator {
             let prompt = Prompt::for_case(case);
             let extraction = extract(reference, &prompt, &case.entry_point, &test_names(case));
             let job = job(case, extraction.code, policy.ceiling, &self.config);
-            calibrate(sandbox.as_ref(), &job, &policy).unwrap_or_else(|e| {
+            let raises: Vec<Option<String>> = case
+                .tests
+                .iter()
+                .map(|t| match &t.expect {
+                    Expectation::Raises(name) => Some(name.clone()),
+                    Expectation::Value(_) => None,
+                })
+                .collect();
+            calibrate_expecting(sandbox.as_ref(), &job, &raises, &policy).unwrap_or_else(|e| {
                 // Said, not silent: the ceiling makes every timeout of this case that long.
                 eprintln!(
                     "warning: failed to calibrate the timeout of {} from its reference ({e}); using the ceiling of {} ms",
@@ -297,6 +305,8 @@ fn job(case: &Case, program: String, test_timeout: Duration, config: &SandboxCon
         entry_point: case.entry_point.clone(),
         calls: case.tests.iter().map(|t| t.call.clone()).collect(),
         check: case.check.clone(),
+        // The check block's helpers come from the trusted prompt, never from the candidate.
+        prelude: case.check.as_ref().and_then(|_| case.prefix.clone()),
         test_timeout,
         load_timeout: Duration::from_millis(config.load_timeout_ms),
         stop_after_timeout: config.stop_after_timeout,

@@ -1,6 +1,6 @@
 //! Failure analysis: why a sample failed, as one class (syntax error, import error, exception
-//! with its type, wrong answer, returned None, timeout, memory, blocked, crash, generation
-//! error, truncated at max tokens), with the first failing test and, where the traceback names
+//! with its type, wrong answer, returned None, uncomparable value, timeout, memory, output
+//! limit, blocked, crash, generation error, truncated at max tokens), with the first failing test and, where the traceback names
 //! one, the generated line that raised; and the counts per class over a model's cases.
 //! Pure: no I/O.
 
@@ -28,14 +28,21 @@ pub enum FailureClass {
     WrongAnswer,
     /// A wrong answer whose value was `None` (a missing `return`).
     ReturnedNone,
+    /// Returned a value that cannot be compared outside the process (a subclass of a builtin
+    /// with a forged `__eq__`, a custom object, a generator).
+    Uncomparable,
     Timeout,
     Memory,
+    /// Printed more than the sandbox's output limit.
+    OutputLimit,
     Blocked,
-    /// Crashed, killed by a signal, or printed past the output limit.
+    /// Wrote on the harness's result channel what the harness did not ask for.
+    Tampering,
+    /// Crashed or killed by a signal.
     Crash,
     /// The completion source failed: no program to judge.
     GenerationError,
-    /// A returned value that cannot be compared, or nothing that says more.
+    /// Nothing that says more.
     Other,
 }
 
@@ -48,9 +55,12 @@ impl fmt::Display for FailureClass {
             FailureClass::Exception(t) => write!(f, "exception {t}"),
             FailureClass::WrongAnswer => f.write_str("wrong answer"),
             FailureClass::ReturnedNone => f.write_str("returned None"),
+            FailureClass::Uncomparable => f.write_str("uncomparable value"),
             FailureClass::Timeout => f.write_str("timeout"),
             FailureClass::Memory => f.write_str("memory"),
+            FailureClass::OutputLimit => f.write_str("output limit"),
             FailureClass::Blocked => f.write_str("blocked"),
+            FailureClass::Tampering => f.write_str("tampering"),
             FailureClass::Crash => f.write_str("crash"),
             FailureClass::GenerationError => f.write_str("generation error"),
             FailureClass::Other => f.write_str("other"),
@@ -104,9 +114,11 @@ pub fn classify(sample: &SampleOutcome) -> Option<Failure> {
         LoadVerdict::TimedOut { .. } => load_class(&mut failure, FailureClass::Timeout),
         LoadVerdict::MemoryLimit => load_class(&mut failure, FailureClass::Memory),
         LoadVerdict::Blocked { .. } => load_class(&mut failure, FailureClass::Blocked),
-        LoadVerdict::Crashed { .. }
-        | LoadVerdict::OutputLimit { .. }
-        | LoadVerdict::KilledBySignal { .. } => load_class(&mut failure, FailureClass::Crash),
+        LoadVerdict::OutputLimit { .. } => load_class(&mut failure, FailureClass::OutputLimit),
+        LoadVerdict::Tampered { .. } => load_class(&mut failure, FailureClass::Tampering),
+        LoadVerdict::Crashed { .. } | LoadVerdict::KilledBySignal { .. } => {
+            load_class(&mut failure, FailureClass::Crash)
+        }
     };
     if let Some(e) = raised.filter(|e| e.location.as_deref() == Some("program")) {
         failure.line = e.line;
@@ -152,12 +164,11 @@ fn test_class(v: &TestVerdict) -> FailureClass {
         TestVerdict::TimedOut { .. } => FailureClass::Timeout,
         TestVerdict::MemoryLimit => FailureClass::Memory,
         TestVerdict::Blocked { .. } => FailureClass::Blocked,
-        TestVerdict::Crashed { .. }
-        | TestVerdict::KilledBySignal { .. }
-        | TestVerdict::OutputLimit { .. } => FailureClass::Crash,
-        TestVerdict::Passed | TestVerdict::NotRun { .. } | TestVerdict::Uncomparable { .. } => {
-            FailureClass::Other
-        }
+        TestVerdict::OutputLimit { .. } => FailureClass::OutputLimit,
+        TestVerdict::Tampered { .. } => FailureClass::Tampering,
+        TestVerdict::Uncomparable { .. } => FailureClass::Uncomparable,
+        TestVerdict::Crashed { .. } | TestVerdict::KilledBySignal { .. } => FailureClass::Crash,
+        TestVerdict::Passed | TestVerdict::NotRun { .. } => FailureClass::Other,
     }
 }
 
@@ -334,6 +345,27 @@ mod tests {
         assert_eq!(class(&sample(ok.clone(), b)), FailureClass::Blocked);
         let k = TestVerdict::KilledBySignal { signal: 11 };
         assert_eq!(class(&sample(ok, k)), FailureClass::Crash);
+    }
+
+    #[test]
+    fn output_limit_and_uncomparable_values_are_named() {
+        let ok = LoadVerdict::Ok;
+        let printed = TestVerdict::OutputLimit { bytes: 1 << 20 };
+        let c = class(&sample(ok.clone(), printed));
+        assert_eq!(
+            (c.to_string(), c),
+            ("output limit".into(), FailureClass::OutputLimit)
+        );
+        let load = LoadVerdict::OutputLimit { bytes: 1 << 20 };
+        assert_eq!(class(&sample(load, wrong("2"))), FailureClass::OutputLimit);
+        let forged = TestVerdict::Uncomparable {
+            what: "a value of type `L`".into(),
+        };
+        let c = class(&sample(ok, forged));
+        assert_eq!(
+            (c.to_string(), c),
+            ("uncomparable value".into(), FailureClass::Uncomparable)
+        );
     }
 
     #[test]

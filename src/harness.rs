@@ -258,12 +258,27 @@ impl Harness {
         if self.env.nextest.is_none()
             && let Err(e) = self.journal.record(&outcome)
         {
-            eprintln!("warning: failed to journal results: {e}");
+            // Said as it happens; the run fails when it writes its results at the end.
+            eprintln!("warning: {e}");
         }
         self.outcomes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(outcome);
+    }
+
+    /// Lock the results folder for this run. One run at a time writes a results folder: a
+    /// second waits (saying so) rather than mix its journal into the first's. A nextest test
+    /// process writes only its own trial's record elsewhere and takes no lock, so the processes
+    /// of one nextest run never wait for each other; `codegen finish` takes it.
+    pub(crate) fn lock_results(&self) -> Result<crate::cache::DirLock, crate::cache::FileError> {
+        self.journal.lock(|dir| {
+            eprintln!(
+                "codegen: waiting for another run that writes to {} to finish (lock {})",
+                dir.display(),
+                dir.join(".lock").display()
+            )
+        })
     }
 
     /// The accepted verdicts for the cases of `model` that ran.
@@ -300,11 +315,7 @@ impl Harness {
         let Some(Ok(source)) = self.sources[m].get() else {
             return Vec::new();
         };
-        let cases: Vec<&Case> = self
-            .cases
-            .iter()
-            .filter_map(|c| c.case.as_ref().ok())
-            .collect();
+        let cases: Vec<&LoadedCase> = self.cases.iter().collect();
         source.warnings(&cases)
     }
 
@@ -377,7 +388,7 @@ impl Harness {
                     &note,
                 ) {
                     Ok(path) => println!("  results: {}", path.display()),
-                    Err(e) => eprintln!("warning: failed to write the results: {e}"),
+                    Err(e) => ok &= results_not_written(&e),
                 }
                 println!("  {note}");
                 continue;
@@ -392,7 +403,7 @@ impl Harness {
                 &source_warnings,
             ) {
                 Ok(path) => println!("  results: {}", path.display()),
-                Err(e) => eprintln!("warning: failed to write the results: {e}"),
+                Err(e) => ok &= results_not_written(&e),
             }
             ok &= verdict.failures.is_empty();
             for line in report::gate_lines(&verdict) {
@@ -405,7 +416,7 @@ impl Harness {
             print!("{}", report::models::text(&summaries, &outcomes));
             match self.journal.complete_comparison(&summaries, &outcomes) {
                 Ok(path) => println!("  comparison: {}", path.display()),
-                Err(e) => eprintln!("warning: failed to write the comparison: {e}"),
+                Err(e) => ok &= results_not_written(&e),
             }
         }
         if let Some(shard) = self.shard {
@@ -424,6 +435,13 @@ impl Harness {
             opened.and_then(|s| s.load_facts()),
         )
     }
+}
+
+/// A run whose results could not be written fails (a green run that wrote nothing would be
+/// read as a measurement): say so, naming the file. Returns false.
+fn results_not_written(e: &crate::cache::FileError) -> bool {
+    eprintln!("error: {e}; the run fails because its results were not written");
+    false
 }
 
 /// Does libtest's filter select `name`?
@@ -528,6 +546,17 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
             }));
         }
     }
+    let measures = !args.list && (!requests.is_empty() || harness.shard.is_some());
+    let _results_lock = match measures && harness.env.nextest.is_none() {
+        true => match harness.lock_results() {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("error: {e}; nothing was run");
+                return ExitCode::from(101);
+            }
+        },
+        false => None,
+    };
     if !args.list {
         prepare_sources(&harness, &requests);
         warm_evaluator(&harness, &requests);

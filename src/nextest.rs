@@ -74,6 +74,8 @@ pub enum NextestError {
     Refused { path: PathBuf, message: String },
     #[error("failed to read the trial list {path}: {message}")]
     TrialList { path: PathBuf, message: String },
+    #[error(transparent)]
+    Results(#[from] crate::cache::FileError),
 }
 
 /// The folder the trials of nextest run `run_id` are recorded in.
@@ -309,6 +311,7 @@ pub fn finish(options: &RunOptions, dirs: &[PathBuf]) -> Result<Finished, Nextes
     }
     let recorded = outcomes.len();
     *h.outcomes.lock().unwrap_or_else(|e| e.into_inner()) = outcomes;
+    let _results_lock = h.lock_results()?;
     let gate_ok = h.finish_with(failed_trials, &isolation);
     let trials_failed = h.config.suite.snapshot && failed_trials > 0;
     Ok(Finished {

@@ -141,7 +141,7 @@ impl CompletionSource for Timed<'_> {
         self.inner.load_facts()
     }
 
-    fn warnings(&self, cases: &[&crate::case::Case]) -> Vec<String> {
+    fn warnings(&self, cases: &[&crate::case::LoadedCase]) -> Vec<String> {
         self.inner.warnings(cases)
     }
 }

@@ -59,6 +59,10 @@ pub enum TestVerdict {
     KilledBySignal {
         signal: i32,
     },
+    /// The program wrote on the harness's result channel what the harness did not ask for.
+    Tampered {
+        what: String,
+    },
 }
 
 impl TestVerdict {
@@ -96,6 +100,9 @@ impl TestVerdict {
             TestVerdict::Blocked { operation } => format!("blocked by the sandbox: {operation}"),
             TestVerdict::KilledBySignal { signal } => {
                 format!("killed by signal {signal} ({})", signal_name(*signal))
+            }
+            TestVerdict::Tampered { what } => {
+                format!("tampered with the harness's result channel: {what}")
             }
         }
     }
@@ -166,6 +173,7 @@ pub enum LoadVerdict {
     OutputLimit { bytes: u64 },
     Blocked { operation: String },
     KilledBySignal { signal: i32 },
+    Tampered { what: String },
 }
 
 impl LoadVerdict {
@@ -183,6 +191,9 @@ impl LoadVerdict {
             LoadVerdict::KilledBySignal { signal } => {
                 format!("killed by signal {signal} ({})", signal_name(*signal))
             }
+            LoadVerdict::Tampered { what } => {
+                format!("tampered with the harness's result channel: {what}")
+            }
         }
     }
 }
@@ -194,18 +205,7 @@ pub fn judge(
     expected: &[Option<Value>],
     report: &ExecReport,
 ) -> (LoadVerdict, Vec<TestResult>) {
-    let load = match &report.load {
-        LoadOutcome::Loaded => LoadVerdict::Ok,
-        LoadOutcome::Raised(e) => LoadVerdict::Raised { error: e.clone() },
-        LoadOutcome::TimedOut(d) => LoadVerdict::TimedOut { after_ms: ms(*d) },
-        LoadOutcome::Crashed(why) => LoadVerdict::Crashed { why: why.clone() },
-        LoadOutcome::MemoryLimit => LoadVerdict::MemoryLimit,
-        LoadOutcome::OutputLimit(bytes) => LoadVerdict::OutputLimit { bytes: *bytes },
-        LoadOutcome::Blocked { operation } => LoadVerdict::Blocked {
-            operation: operation.clone(),
-        },
-        LoadOutcome::KilledBySignal(signal) => LoadVerdict::KilledBySignal { signal: *signal },
-    };
+    let load = load_verdict(&report.load);
     let not_loaded = || TestVerdict::NotRun {
         why: "the program did not load".into(),
     };
@@ -243,8 +243,7 @@ pub fn judge(
                     }
                 }
                 (Expectation::Raises(want), RawOutcome::Raised(e)) => {
-                    let short = want.rsplit('.').next().unwrap_or(want);
-                    if e.exc_type == short || e.mro.iter().any(|m| m == short) {
+                    if raised_matches(want, &e) {
                         TestVerdict::Passed
                     } else {
                         TestVerdict::WrongException {
@@ -270,12 +269,51 @@ pub fn judge(
     (load, results)
 }
 
+/// Is `e` the exception a `raises = "want"` test expects (its type or a subclass; `want` may
+/// be qualified, `json.JSONDecodeError`)?
+pub fn raised_matches(want: &str, e: &Raised) -> bool {
+    let short = want.rsplit('.').next().unwrap_or(want);
+    e.exc_type == short || e.mro.iter().any(|m| m == short)
+}
+
+/// A raw outcome that is not a plain returned value, in the words of its verdict.
+pub fn describe_raw(raw: &RawOutcome) -> String {
+    match raw {
+        RawOutcome::Returned(v) => format!("returned {}", v.repr()),
+        other => raw_failure(other).describe(),
+    }
+}
+
+/// How loading went, in the words of its verdict.
+pub fn describe_load(load: &LoadOutcome) -> String {
+    load_verdict(load).describe()
+}
+
+fn load_verdict(load: &LoadOutcome) -> LoadVerdict {
+    match load {
+        LoadOutcome::Loaded => LoadVerdict::Ok,
+        LoadOutcome::Raised(e) => LoadVerdict::Raised { error: e.clone() },
+        LoadOutcome::TimedOut(d) => LoadVerdict::TimedOut { after_ms: ms(*d) },
+        LoadOutcome::Crashed(why) => LoadVerdict::Crashed { why: why.clone() },
+        LoadOutcome::MemoryLimit => LoadVerdict::MemoryLimit,
+        LoadOutcome::OutputLimit(bytes) => LoadVerdict::OutputLimit { bytes: *bytes },
+        LoadOutcome::Blocked { operation } => LoadVerdict::Blocked {
+            operation: operation.clone(),
+        },
+        LoadOutcome::KilledBySignal(signal) => LoadVerdict::KilledBySignal { signal: *signal },
+        LoadOutcome::Tampered(what) => LoadVerdict::Tampered { what: what.clone() },
+    }
+}
+
 fn raw_failure(raw: &RawOutcome) -> TestVerdict {
     match raw {
         RawOutcome::Returned(v) => TestVerdict::Crashed {
             why: format!("unexpected value {}", v.repr()),
         },
-        RawOutcome::CheckPassed => TestVerdict::Passed,
+        // Only a check block passes as a whole (judged above); for a test call it is no value.
+        RawOutcome::CheckPassed => TestVerdict::Crashed {
+            why: "the sandbox reported a check block's verdict for a test call".into(),
+        },
         RawOutcome::Unsupported(what) => TestVerdict::Uncomparable { what: what.clone() },
         RawOutcome::Raised(e) => TestVerdict::Raised { error: e.clone() },
         RawOutcome::TimedOut(d) => TestVerdict::TimedOut { after_ms: ms(*d) },
@@ -289,6 +327,7 @@ fn raw_failure(raw: &RawOutcome) -> TestVerdict {
             operation: operation.clone(),
         },
         RawOutcome::KilledBySignal(signal) => TestVerdict::KilledBySignal { signal: *signal },
+        RawOutcome::Tampered(what) => TestVerdict::Tampered { what: what.clone() },
     }
 }
 

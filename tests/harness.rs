@@ -241,3 +241,43 @@ fn list_and_filters_load_no_model_and_run_no_python() {
     assert!(shows(&text, "ref::text::upper", "ok"), "{text}");
     assert!(!text.contains("ref::math::add ..."), "{text}");
 }
+
+#[test]
+fn a_reference_raising_what_its_test_expects_calibrates_the_timeout() {
+    // A looping answer then costs the calibrated timeout, not the ceiling.
+    let p = Project::new(
+        "[suite]\nsnapshot = false\n[sandbox]\ntimeout_floor_ms = 1000\ntimeout_ceiling_ms = 20000\n[[models]]\nname = \"ref\"\nsource = \"reference\"\n[[models]]\nname = \"loop\"\nsource = \"replay\"\npath = \"loop.jsonl\"\n[models.gate]\nmin_pass_rate = 0.0\n",
+    );
+    p.write(
+        "cases/math/inverse.toml",
+        r#"
+prompt = "Write inverse(x)."
+entry_point = "inverse"
+reference = '''
+def inverse(x):
+    return 1 / x
+'''
+[[tests]]
+call = "inverse(2)"
+expected = "0.5"
+[[tests]]
+call = "inverse(0)"
+raises = "ArithmeticError"
+"#,
+    );
+    p.write(
+        "loop.jsonl",
+        "{\"task_id\": \"math/inverse\", \"completion\": \"def inverse(x):\\n    while True:\\n        pass\\n\"}\n",
+    );
+    let (out, text) = p.run(&[], &[]);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("failed to calibrate"),
+        "the reference raising the expected exception failed calibration:\n{text}"
+    );
+    let results = fs::read_to_string(p.path("target/codegen/results-loop.jsonl")).unwrap();
+    assert!(
+        results.contains("\"after_ms\":1000"),
+        "the loop did not time out at the floor:\n{results}"
+    );
+}

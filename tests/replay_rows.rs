@@ -57,3 +57,33 @@ fn a_bad_replay_row_fails_only_its_task_and_strays_are_reported() {
     assert_eq!(warnings.len(), 2, "{summary}");
     assert!(warnings[1].as_str().unwrap().ends_with(stray), "{summary}");
 }
+
+#[test]
+fn rows_of_a_case_file_that_does_not_parse_point_at_the_file() {
+    let p = Project::new(
+        "[suite]\nsnapshot = false\n[[models]]\nname = \"replay\"\nsource = \"replay\"\npath = \"samples.jsonl\"\n",
+    );
+    p.write("cases/math/add.toml", GOOD_CASE);
+    p.write("cases/math/broken.toml", "prompt = \"unterminated\n");
+    let rows = [
+        r#"{"task_id": "math/add", "completion": "def add(a, b):\n    return a + b\n"}"#,
+        r#"{"task_id": "math/broken", "completion": "def broken(): pass\n"}"#,
+        r#"{"task_id": "math/broken", "completion": "def broken(): return 1\n"}"#,
+    ];
+    p.write("samples.jsonl", &(rows.join("\n") + "\n"));
+    let (out, text) = p.run(&[], &[]);
+    assert!(!out.status.success(), "{text}");
+    assert!(shows(&text, "replay::math::broken", "FAILED"), "{text}");
+    assert!(
+        !text.contains("matches no case"),
+        "the rows of a case file that does not parse were called strays:\n{text}"
+    );
+    let broken = p.path("cases/math/broken.toml");
+    assert!(
+        text.contains(&format!(
+            "samples.jsonl:2: task_id `math/broken` is for case file {}, which failed to load",
+            broken.display()
+        )),
+        "{text}"
+    );
+}

@@ -2,41 +2,61 @@
 //! outcome it must get. After every probe the harness must still be alive (a sane job still
 //! passes), and nothing may have been written outside the sandbox's scratch directories.
 //!
-//! Network probes target a listener this test starts on 127.0.0.1 only.
+//! Network probes target a listener this test starts on 127.0.0.1 only, or Unix sockets it
+//! creates in a world-writable folder of its own under /tmp (outside every scratch directory).
+//!
+//! The probes run at the configured level (`strict` unless `CODEGEN_SANDBOX_LEVEL` says
+//! otherwise); those that must hold at `basic` too (the GPU configs use it) also run on a
+//! second sandbox at `basic`. Run the file as root and as an unprivileged user: the results
+//! must be the same.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use codegen_harness::env::Env;
 use codegen_harness::sandbox::{
-    ExecReport, Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy,
-    WorkerSandbox, calibrate,
+    ExecReport, Job, Level, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError,
+    TimeoutPolicy, WorkerSandbox, calibrate,
 };
 
 fn sandbox() -> &'static WorkerSandbox {
     static SB: OnceLock<WorkerSandbox> = OnceLock::new();
-    SB.get_or_init(|| {
-        // The probes test the namespaces, Landlock, seccomp and limits. Whether the workers
-        // also drop to `nobody` depends on the machine's Python (a root harness whose Python
-        // lies under /root cannot drop); the isolation line printed below says which.
-        let mut cfg = SandboxConfig {
-            workers: 2,
-            memory_mb: 512,
-            output_bytes: 256 << 10,
-            allow_host_root: true,
-            ..SandboxConfig::default()
-        };
-        let env = Env::from_process().expect("a valid environment");
-        if let Some(py) = &env.python {
-            cfg.python = py.to_string_lossy().into_owned();
-        }
-        cfg.apply_env(&env);
-        let sb = WorkerSandbox::new(&cfg).expect("the sandbox starts");
-        eprintln!("{}", sb.isolation());
-        sb
-    })
+    SB.get_or_init(|| new_sandbox(None))
+}
+
+/// A sandbox at `basic`, whatever the configured level (for the probes that must hold there).
+fn basic_sandbox() -> &'static WorkerSandbox {
+    static SB: OnceLock<WorkerSandbox> = OnceLock::new();
+    SB.get_or_init(|| new_sandbox(Some(Level::Basic)))
+}
+
+fn new_sandbox(level: Option<Level>) -> WorkerSandbox {
+    // The probes test the namespaces, Landlock, seccomp and limits. Whether the workers
+    // also drop to `nobody` depends on the machine's Python (a root harness whose Python
+    // lies under /root cannot drop); the isolation line printed below says which.
+    let mut cfg = SandboxConfig {
+        workers: 2,
+        memory_mb: 512,
+        output_bytes: 256 << 10,
+        allow_host_root: true,
+        ..SandboxConfig::default()
+    };
+    let env = Env::from_process().expect("a valid environment");
+    if let Some(py) = &env.python {
+        cfg.python = py.to_string_lossy().into_owned();
+    }
+    cfg.apply_env(&env);
+    if let Some(level) = level {
+        cfg.level = level;
+    }
+    let sb = WorkerSandbox::new(&cfg).expect("the sandbox starts");
+    eprintln!("{}", sb.isolation());
+    sb
 }
 
 fn job(program: &str, calls: &[&str]) -> Job {
@@ -46,6 +66,7 @@ fn job(program: &str, calls: &[&str]) -> Job {
         entry_point: "f".into(),
         calls: calls.iter().map(|c| c.to_string()).collect(),
         check: None,
+        prelude: None,
         test_timeout: Duration::from_millis(1500),
         load_timeout: Duration::from_secs(3),
         stop_after_timeout: false,
@@ -103,6 +124,18 @@ fn blocked(o: &RawOutcome, needle: &str) {
             )
         }
         other => panic!("expected blocked ({needle}), got {other:?}"),
+    }
+}
+
+fn tampered(o: &RawOutcome, needle: &str) {
+    match o {
+        RawOutcome::Tampered(what) => {
+            assert!(
+                what.contains(needle),
+                "tampered `{what}`, wanted `{needle}`"
+            )
+        }
+        other => panic!("expected tampering ({needle}), got {other:?}"),
     }
 }
 
@@ -621,6 +654,101 @@ probe!(p43_unix_socketpair_allowed, {
     );
 });
 
+/// A folder under /tmp that anyone may write to (mode 777, as a careless socket folder under
+/// a home directory would be), outside every scratch directory; removed when dropped.
+struct HostDir(PathBuf);
+
+impl HostDir {
+    fn new(name: &str) -> HostDir {
+        let dir = PathBuf::from(marker(name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        HostDir(dir)
+    }
+
+    /// A path in the folder, for a socket anyone may connect to.
+    fn socket(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open_to_all(path: &str) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// The code connects to a listening Unix socket (by path, then by abstract name) and sends a
+/// datagram to a bound Unix datagram socket (as to `/dev/log`): every one is blocked, and
+/// nothing reaches the host's sockets.
+fn host_unix_sockets_are_unreachable(sb: &WorkerSandbox, tag: &str) {
+    let dir = HostDir::new(&format!("unix-{tag}"));
+    let stream = dir.socket("agent.sock");
+    let listener = UnixListener::bind(&stream).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    open_to_all(&stream);
+    let abstract_name = format!("codegen-redteam-{}-{tag}", std::process::id());
+    let abstract_listener =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(&abstract_name).unwrap()).unwrap();
+    abstract_listener.set_nonblocking(true).unwrap();
+    let log = dir.socket("log");
+    let datagrams = UnixDatagram::bind(&log).unwrap();
+    datagrams.set_nonblocking(true).unwrap();
+    open_to_all(&log);
+
+    let probes = [
+        format!(
+            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.connect({stream:?})\n    s.sendall(b'hi')\n    return 1\n"
+        ),
+        format!(
+            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.connect('\\0{abstract_name}')\n    s.sendall(b'hi')\n    return 1\n"
+        ),
+        format!(
+            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n    s.sendto(b'<13>hi', {log:?})\n    return 1\n"
+        ),
+        // Straight through libc: socket(AF_UNIX, SOCK_STREAM, 0) answers -1.
+        "import ctypes\ndef f():\n    return ctypes.CDLL(None).socket(1, 1, 0)\n".to_string(),
+        // A datagram pair is refused too: only stream pairs (asyncio's self-pipe) remain.
+        "import socket\ndef f():\n    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n    return 1\n"
+            .to_string(),
+    ];
+    for program in &probes {
+        let rep = sb
+            .execute(&job(program, &["f()"]))
+            .expect("no harness error");
+        assert_eq!(rep.load, LoadOutcome::Loaded, "{rep:?}");
+        match &rep.calls[0] {
+            RawOutcome::Returned(v) => assert_eq!(v.repr(), "-1", "{program}"),
+            o => assert!(matches!(o, RawOutcome::Blocked { .. }), "{program}: {o:?}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(listener.accept().is_err(), "the sandbox reached {stream}");
+    assert!(
+        abstract_listener.accept().is_err(),
+        "the sandbox reached the abstract socket {abstract_name}"
+    );
+    let mut buf = [0u8; 64];
+    assert!(
+        datagrams.recv(&mut buf).is_err(),
+        "the sandbox sent to {log}"
+    );
+}
+
+probe!(p43b_host_unix_sockets_unreachable, {
+    host_unix_sockets_are_unreachable(sandbox(), "configured");
+    assert_alive();
+});
+
+probe!(p43c_host_unix_sockets_unreachable_at_basic, {
+    host_unix_sockets_are_unreachable(basic_sandbox(), "basic");
+});
+
 // ------------------------------------------------------------------ kernel attack surface
 
 probe!(p44_ptrace_unshare_mount_bpf_io_uring_denied, {
@@ -678,7 +806,7 @@ probe!(p49_write_forged_result_to_fd3, {
         "f()",
     );
     not_a_pass(&o, "42");
-    blocked(&o, "result channel");
+    tampered(&o, "answers no request");
 });
 
 probe!(p50_spray_all_fds, {
@@ -748,14 +876,284 @@ probe!(p56_check_block_with_patched_builtins_does_not_pass, {
 });
 
 probe!(p57_check_block_passes_honest_solution, {
+    // The check's helpers come from the trusted prompt (the prelude), not the program.
     let mut j = job(
         "def helper(x):\n    return x + 1\ndef f(x):\n    return helper(x)\n",
         &[],
     );
     j.check = Some("def check(candidate):\n    assert candidate(1) == helper(1) == 2\n".into());
+    j.prelude = Some("def helper(x):\n    return x + 1\ndef f(x):\n    \"\"\"doc\"\"\"\n".into());
     assert_eq!(
         sandbox().execute(&j).unwrap().check,
         Some(RawOutcome::CheckPassed)
+    );
+});
+
+// ------------------------------------------------------------------ forging verdicts (#21)
+
+/// Python that walks the interpreter's frames from `start` (an expression giving a frame) and
+/// collects every string named `token` (main's per-execution secret) and every function named
+/// `send` it finds in their locals and globals, as `tokens` and `senders`.
+fn frame_walk(start: &str) -> String {
+    format!(
+        "    tokens, senders = [], []\n    fr = {start}\n    while fr is not None:\n        for d in (fr.f_locals, fr.f_globals):\n            for k, v in list(d.items()):\n                if k == 'token' and isinstance(v, str):\n                    tokens.append(v)\n                if callable(v) and getattr(v, '__name__', '') == 'send':\n                    senders.append(v)\n        fr = fr.f_back\n"
+    )
+}
+
+/// Forge, with everything the frame walk found: the old protocol's messages (with each
+/// token), the new one's replies for requests 1 to 4 and its end, a check verdict; then
+/// `after` (e.g. `return 0`, `os._exit(0)`).
+fn forge(after: &str) -> String {
+    "    import os, json\n    msgs = []\n    for t in tokens + [None]:\n        msgs += [{'event': 'test', 'index': i, 'kind': 'returned', 'value': ['int', '42'], 't': t} for i in range(3)]\n        msgs += [{'event': 'check', 'kind': 'passed', 't': t}, {'event': 'done', 't': t}]\n    msgs += [{'event': 'reply', 'seq': s, 'kind': 'returned', 'value': ['int', '42']} for s in range(1, 5)]\n    msgs += [{'op': 'done', 'kind': 'passed'}, {'event': 'end', 'seq': 2, 'busy': 0.0}]\n    for m in msgs:\n        for send in senders:\n            try:\n                send(dict(m))\n            except Exception:\n                pass\n        try:\n            os.write(3, (json.dumps(m) + '\\n').encode())\n        except OSError:\n            pass\n".to_string()
+        + "    "
+        + after
+        + "\n"
+}
+
+probe!(p58_frame_walk_to_the_token_forges_no_value, {
+    // During call 0, forge "test 1 returned 42" (and every other message) with whatever the
+    // frames hold: call 0 is reported as tampering and call 1, run afresh, as what it returned.
+    let program = format!(
+        "import sys\ndef forge_all():\n{}{}def f(x):\n    if x == 0:\n        forge_all()\n    return 7\n",
+        frame_walk("sys._getframe()"),
+        forge("pass")
+    );
+    let rep = sandbox()
+        .execute(&job(&program, &["f(0)", "f(1)"]))
+        .expect("no harness error");
+    assert_alive();
+    not_a_pass(&rep.calls[0], "42");
+    assert!(matches!(rep.calls[0], RawOutcome::Tampered(_)), "{rep:?}");
+    assert_eq!(returned(&rep.calls[1]), "7");
+});
+
+probe!(p58b_a_reply_before_its_request_is_tampering, {
+    // Replies in the new protocol's own format, written at once during call 0: the one for
+    // call 0 is a value the code could have returned; the one for call 1, written before the
+    // harness asked for call 1, is tampering.
+    let program = "import os\ndef f(x):\n    if x == 0:\n        os.write(3, b'{\"event\":\"reply\",\"seq\":1,\"kind\":\"returned\",\"value\":[\"int\",\"42\"]}\\n{\"event\":\"reply\",\"seq\":2,\"kind\":\"returned\",\"value\":[\"int\",\"42\"]}\\n')\n        os._exit(0)\n    return 7\n";
+    let rep = sandbox()
+        .execute(&job(program, &["f(0)", "f(1)"]))
+        .expect("no harness error");
+    assert_alive();
+    not_a_pass(&rep.calls[1], "42");
+    tampered(&rep.calls[1], "before the harness sent it");
+});
+
+probe!(p59_frame_walk_to_send_after_an_exception_then_exit, {
+    // The traceback's frames lead to the worker's functions; forge, then os._exit(0) so that
+    // no honest reply follows.
+    let program = format!(
+        "def f(x):\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        tb = e.__traceback__\n{}{}    return 7\n",
+        frame_walk("tb.tb_frame"),
+        forge("os._exit(0)")
+    );
+    let rep = sandbox()
+        .execute(&job(&program, &["f(0)", "f(1)"]))
+        .expect("no harness error");
+    assert_alive();
+    for call in &rep.calls {
+        not_a_pass(call, "42");
+        assert!(
+            matches!(call, RawOutcome::Tampered(_) | RawOutcome::Crashed(_)),
+            "{rep:?}"
+        );
+    }
+});
+
+probe!(p59b_a_reply_of_kind_passed_is_tampering, {
+    // Only the trusted side says "passed" or "timed out". The child's message of that kind for
+    // the waiting call (with main's token, then as a reply) is tampering; on main it passed a
+    // value test. In a check block's call, the same.
+    let program = format!(
+        "import os, sys, json\ndef forge(kind):\n{}    for t in tokens:\n        os.write(3, (json.dumps({{'event': 'test', 'index': 0, 'kind': kind, 't': t}}) + '\\n').encode())\n    os.write(3, (json.dumps({{'event': 'reply', 'seq': 1, 'kind': kind}}) + '\\n').encode())\n    os._exit(0)\ndef f(kind):\n    forge(kind)\n",
+        frame_walk("sys._getframe()")
+    );
+    for kind in ["passed", "timeout", "crashed"] {
+        let call = format!("f('{kind}')");
+        let rep = sandbox()
+            .execute(&job(&program, &[&call]))
+            .expect("no harness error");
+        assert_alive();
+        not_a_pass(&rep.calls[0], "");
+        tampered(&rep.calls[0], "");
+    }
+    let o = check_outcome(&check_job(
+        &program,
+        "def check(candidate):\n    candidate('passed')\n",
+        None,
+    ));
+    assert!(matches!(o, RawOutcome::Tampered(_)), "{o:?}");
+});
+
+fn check_job(program: &str, check: &str, prelude: Option<&str>) -> Job {
+    let mut j = job(program, &[]);
+    j.check = Some(check.into());
+    j.prelude = prelude.map(str::to_string);
+    j
+}
+
+fn check_outcome(j: &Job) -> RawOutcome {
+    let rep = sandbox().execute(j).expect("no harness error");
+    assert_alive();
+    assert_eq!(rep.load, LoadOutcome::Loaded, "{rep:?}");
+    rep.check.expect("a check outcome")
+}
+
+probe!(p60_check_block_forged_pass_then_exit_is_not_a_pass, {
+    // The wrong answer forges the check's verdict with everything the frames hold (main's
+    // token and send function; the new protocol's messages too), then exits or returns: the
+    // check, in its own process, never passes.
+    for after in ["os._exit(0)", "return 2"] {
+        let program = format!(
+            "import sys, os, json\ndef f(x):\n{}    msgs = [{{'event': 'check', 'kind': 'passed', 't': t}} for t in tokens]\n    msgs += [{{'event': 'done', 't': t}} for t in tokens]\n    msgs += [{{'event': 'reply', 'seq': 1, 'kind': 'passed'}}, {{'op': 'done', 'kind': 'passed'}}, {{'event': 'end', 'seq': 2}}]\n    for m in msgs:\n        for send in senders:\n            send(dict(m))\n        os.write(3, (json.dumps(m) + '\\n').encode())\n    {after}\n",
+            frame_walk("sys._getframe()")
+        );
+        let o = check_outcome(&check_job(
+            &program,
+            "def check(candidate):\n    assert candidate(1) == 1\n",
+            None,
+        ));
+        assert_ne!(o, RawOutcome::CheckPassed, "{after}: {o:?}");
+        assert!(matches!(o, RawOutcome::Tampered(_)), "{after}: {o:?}");
+    }
+});
+
+probe!(p61_check_block_helpers_come_from_the_prompt, {
+    // HumanEval/32: the check judges find_zero with the prompt's poly. A candidate that
+    // redefines poly (to 0 everywhere) passed on main; the prompt's poly is used now.
+    let prelude = "import math\ndef poly(xs: list, x: float):\n    return sum([coeff * math.pow(x, i) for i, coeff in enumerate(xs)])\ndef find_zero(xs: list):\n    \"\"\"doc\"\"\"\n";
+    let cheat = "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 12345.0\n";
+    let honest = "import math\ndef poly(xs, x):\n    return sum([c * math.pow(x, i) for i, c in enumerate(xs)])\ndef find_zero(xs):\n    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n        lo *= 2.0\n        hi *= 2.0\n    while hi - lo > 1e-10:\n        mid = (lo + hi) / 2.0\n        if poly(xs, mid) * poly(xs, lo) > 0:\n            lo = mid\n        else:\n            hi = mid\n    return lo\n";
+    let check = "def check(candidate):\n    import copy\n    for coeffs in ([1, 2], [-6, 11, -6, 1], [3, -4, 1]):\n        solution = candidate(copy.deepcopy(coeffs))\n        assert abs(poly(coeffs, solution)) < 1e-4\n";
+    let find_zero = |program: &str| {
+        let mut j = check_job(program, check, Some(prelude));
+        j.entry_point = "find_zero".into();
+        check_outcome(&j)
+    };
+    let o = find_zero(cheat);
+    assert!(
+        matches!(&o, RawOutcome::Raised(r) if r.exc_type == "AssertionError"),
+        "{o:?}"
+    );
+    assert_eq!(find_zero(honest), RawOutcome::CheckPassed);
+    // The entry point's name is the candidate too (HumanEval/33 calls sort_third by name),
+    // whatever else the program binds to it.
+    let by_name = "def check(candidate):\n    assert f(1) == 2\n";
+    let program = "def f(x):\n    return 3\ndef g():\n    pass\n";
+    let o = check_outcome(&check_job(
+        program,
+        by_name,
+        Some("def f(x):\n    \"\"\"doc\"\"\"\n"),
+    ));
+    assert!(
+        matches!(&o, RawOutcome::Raised(r) if r.exc_type == "AssertionError"),
+        "{o:?}"
+    );
+});
+
+probe!(
+    p62_check_block_channel_carries_values_mutations_and_exceptions,
+    {
+        // Arguments the candidate changes in place come back; its exceptions arrive as the
+        // nearest builtin type, with its own type and line in the verdict when uncaught.
+        let program = "class MyError(ValueError):\n    pass\ndef f(xs, d=None):\n    if xs is None:\n        raise MyError('no list')\n    xs.sort()\n    if d is not None:\n        d['seen'] = len(xs)\n    return len(xs)\n";
+        let check = "def check(candidate):\n    xs = [3, 1, 2]\n    d = {}\n    assert candidate(xs, d=d) == 3\n    assert xs == [1, 2, 3] and d == {'seen': 3}\n    try:\n        candidate(None)\n        assert False\n    except ValueError as e:\n        assert str(e) == 'no list'\n    candidate(None)\n";
+        match check_outcome(&check_job(program, check, None)) {
+            RawOutcome::Raised(r) => {
+                assert_eq!(r.exc_type, "MyError");
+                assert_eq!(r.location.as_deref(), Some("program"));
+                assert_eq!(r.line, Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A generator (or any object) cannot cross: a clear verdict, even when the check
+        // swallows the refusal.
+        let o = check_outcome(&check_job(
+            "def f(x):\n    yield x\n",
+            "def check(candidate):\n    try:\n        list(candidate(1))\n    except BaseException:\n        pass\n",
+            None,
+        ));
+        assert!(
+            matches!(&o, RawOutcome::Unsupported(w) if w.contains("generator")),
+            "{o:?}"
+        );
+    }
+);
+
+probe!(
+    p63_a_check_that_does_not_finish_gets_a_fresh_check_process,
+    {
+        // The trusted check process serves one check after another; one stopped in the middle of
+        // a check (here: its own loop) is killed, and the next checks run in a fresh one, with
+        // nothing left of the last check's names.
+        let mut j = check_job(
+            "def f(x):\n    return x\n",
+            "LEFT = 1\ndef check(candidate):\n    while candidate(1) == 1:\n        pass\n",
+            None,
+        );
+        j.test_timeout = Duration::from_millis(700);
+        assert!(
+            matches!(check_outcome(&j), RawOutcome::TimedOut(_)),
+            "a looping check block"
+        );
+        for _ in 0..4 {
+            let o = check_outcome(&check_job(
+                "def f(x):\n    return x + 1\n",
+                "def check(candidate):\n    assert 'LEFT' not in globals()\n    assert candidate(1) == 2\n",
+                None,
+            ));
+            assert_eq!(o, RawOutcome::CheckPassed);
+        }
+    }
+);
+
+probe!(p64_tampering_with_the_check_channel_is_reported, {
+    // The candidate answers a check's calls on fd 7, straight to the trusted check process,
+    // which holds the same rules: one reply per request, by sequence number, of a kind a
+    // child may report.
+    let check =
+        "def check(candidate):\n    assert candidate(1) == 1\n    assert candidate(2) == 2\n";
+    for (forged, what) in [
+        // a second reply to request 1 (a value it could have returned, then the honest one;
+        // caught as a second reply or, when it comes late, as no reply to request 2)
+        (
+            "{\"event\":\"reply\",\"seq\":1,\"kind\":\"returned\",\"value\":[\"int\",\"1\"]}",
+            "reply",
+        ),
+        // a verdict only the check decides
+        (
+            "{\"event\":\"reply\",\"seq\":1,\"kind\":\"passed\"}",
+            "kind",
+        ),
+        // a reply to request 2 before it was sent, then the honest reply to request 1
+        (
+            "{\"event\":\"reply\",\"seq\":2,\"kind\":\"returned\",\"value\":[\"int\",\"2\"]}",
+            "reply",
+        ),
+    ] {
+        let program = format!(
+            "import os\ndef f(x):\n    if x == 1:\n        os.write(7, b'{}\\n')\n    return x\n",
+            forged.replace('\\', "\\\\")
+        );
+        let o = check_outcome(&check_job(&program, check, None));
+        tampered(&o, what);
+    }
+    // Forging the value of the waiting call and leaving: a value it could have returned, so
+    // the check passes, or the exit is seen first and the program crashed; never tampering.
+    let program = "import os\ndef f(x):\n    os.write(7, b'{\"event\":\"reply\",\"seq\":%d,\"kind\":\"returned\",\"value\":[\"int\",\"%d\"]}\\n' % (x, x))\n    os._exit(0)\n";
+    let once = "def check(candidate):\n    assert candidate(1) == 1\n";
+    let o = check_outcome(&check_job(program, once, None));
+    assert!(
+        o == RawOutcome::CheckPassed
+            || matches!(&o, RawOutcome::Crashed(w) if w.contains("code 0")),
+        "{o:?}"
+    );
+    // The next call finds it gone: how it ended is the check's outcome.
+    let o = check_outcome(&check_job(program, check, None));
+    assert!(
+        matches!(&o, RawOutcome::Crashed(w) if w.contains("code 0")),
+        "{o:?}"
     );
 });
 

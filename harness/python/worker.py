@@ -6,9 +6,16 @@ on stdin, forks a child per execution, and writes one JSON report per job on fd 
 
 The child locks itself down before any generated code runs: rlimits, a Landlock ruleset (read-only
 Python and shared libraries, a private writable scratch directory), and a seccomp filter built in
-Rust (no new processes, no exec, no ptrace, no mount or namespace calls, no sockets but AF_UNIX...).
+Rust (no new processes, no exec, no ptrace, no mount or namespace calls, no sockets: only
+stream socket pairs).
 The worker never runs generated code itself; it enforces per-call deadlines and the output limit,
-checks the child's messages (a per-execution token and a strict order), and reports in words.
+asks the child for each call (one reply per request, by sequence number: a second reply, a reply
+before its request or a line nobody asked for is reported as tampering), and reports in words.
+
+A check block runs in a trusted process of its own (one per worker, forked from it): the
+case's prompt (its helpers), then the check, with the entry point bound to a stub that calls the
+candidate directly over two pipes (fds 6 and 7 in the candidate), with values only. Nothing the candidate defines or sends can be
+a verdict of the check. docs/sandbox.md says what crosses that channel.
 
 Expected values never come here. The child reports what each call returned in a strict canonical
 form built from exact builtin types; Rust compares.
@@ -188,7 +195,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     # restrict_self) and the child only enforces it: every Python-level step in the child
     # costs copy-on-write faults there, and the worker's rulesets are never enforced on itself.
     WRITE_RIGHTS = FS_ALL & ~(EXEC | READ | READDIR)
-    RULESET_FD = 4  # where the child finds its ruleset
+    # A child's channels: it writes its messages on fd 3 and reads the worker's requests on
+    # fd 4; it finds its Landlock ruleset on fd 5. A candidate whose job has a check block
+    # reads the check's calls on fd 6 and answers them on fd 7, straight to the check process.
+    OUT_FD, IN_FD, RULESET_FD, CHECK_IN_FD, CHECK_OUT_FD = 3, 4, 5, 6, 7
+    PARK_FD = 200  # where a child's fds wait while they move into place
 
     def child_ruleset(scratch):
         return landlock_ruleset(
@@ -216,8 +227,10 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     )
     _strict_child = level != "none"
 
-    def lock_down():
-        for res, v in _rlimits:
+    def lock_down(cpu=True):
+        # The check server lives for many checks: a CPU-time limit would add them up (the
+        # worker's deadline bounds each check instead).
+        for res, v in (_rlimits if cpu else _rlimits[1:]):
             _setrlimit(res, v)
         if _strict_child:
             libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
@@ -228,8 +241,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     # ---------------------------------------------------------------- the child's runner
     # What the child uses to report, built once here in the worker (which never runs
     # generated code), so every child starts with pristine copies and pays nothing for them.
-    _state = [None]  # the execution's token, set in the child
     _write = os.write
+    _read = os.read
     _type = type
     _len = len
     _str = str
@@ -255,16 +268,31 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     _join = "".join
     _snapshot_builtins = dict(__builtins__.__dict__ if _type(__builtins__) is _type(sys)
                               else __builtins__)
-    _settrace = sys.settrace
-    _setprofile = sys.setprofile
+    # The C scanner, likewise: a child reads the worker's requests with it.
+    _scan = _json.make_scanner(json.JSONDecoder())
+    _int, _float, _complex, _tuple, _frozenset = int, float, complex, tuple, frozenset
+    _fromhex = bytes.fromhex
+    _issubclass = issubclass
 
-    def send(obj):
-        obj["t"] = _state[0]
+    def send(obj, fd=OUT_FD):
         data = (_join(_enc(obj, 0)) + "\n").encode()
         view = memoryview(data)
         while view:
-            n = _write(3, view)
+            n = _write(fd, view)
             view = view[n:]
+
+    _inbufs = {}
+
+    def receive(fd=IN_FD):
+        """The next request on `fd` (one JSON line; fd 4: the worker's), or None at its end."""
+        buf = _inbufs.get(fd, b"")
+        while b"\n" not in buf:
+            data = _read(fd, 1 << 16)
+            if not data:
+                return None
+            buf += data
+        line, _inbufs[fd] = buf.split(b"\n", 1)
+        return _scan(line.decode("utf-8"), 0)[0]
 
     class Unsupported(Exception):
         pass
@@ -298,6 +326,36 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             return ["dict", [[canon(k, budget, depth + 1), canon(v, budget, depth + 1)]
                              for k, v in dict.items(x)]]
         raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
+
+    # Canonical tags of values that cannot change in place.
+    SCALARS = frozenset(("none", "bool", "int", "float", "complex", "str", "bytes"))
+
+    def decanon(c):
+        """A value from its canonical form (what `canon` made of it)."""
+        tag = c[0]
+        if tag == "none":
+            return None
+        if tag == "bool" or tag == "str":
+            return c[1]
+        if tag == "int":
+            return _int(c[1])
+        if tag == "float":
+            return _float(c[1])
+        if tag == "complex":
+            return _complex(_float(c[1]), _float(c[2]))
+        if tag == "bytes":
+            return _fromhex(c[1])
+        if tag == "list":
+            return [decanon(i) for i in c[1]]
+        if tag == "tuple":
+            return _tuple([decanon(i) for i in c[1]])
+        if tag == "set":
+            return {decanon(i) for i in c[1]}
+        if tag == "frozenset":
+            return _frozenset([decanon(i) for i in c[1]])
+        if tag == "dict":
+            return {decanon(k): decanon(v) for k, v in c[1]}
+        raise Unsupported("a value tagged %r" % (tag,))
 
     last_op = [None]
     interesting = {
@@ -392,18 +450,24 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     _SIGINT = int(signal.SIGINT)
     _default_signals = tuple(int(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
                                               signal.SIGUSR2, signal.SIGQUIT, signal.SIGALRM))
+    _perf = time.perf_counter
 
-    def child_main(token, scratch, job, start):
-        """Runs in the forked child: locks down, then runs `job` from call `start` on. The child
-        is forked once the job has arrived and inherits it parsed: no job pipe and no second
-        parse, each of which cost copy-on-write faults in every child. Never returns."""
-        _state[0] = token
+    def child_main(role, scratch, job, start):
+        """Runs in a forked child: locks down, then plays `role`: "candidate" (the program and
+        its calls, from call `start` on), "check" (the trusted check block) or "evaluate" (the
+        expected values). The child is forked once the job has arrived and inherits it parsed:
+        no job pipe and no second parse, each of which cost copy-on-write faults in every
+        child. Never returns."""
         last_op[0] = None
+        if role == "candidate":
+            # Not the candidate's to read: the check block holds expected values.
+            job["checked"] = bool(job.pop("check", None))
+            job.pop("prelude", None)
         try:
             os.chdir(scratch)
             if "tempfile" in sys.modules:
                 sys.modules["tempfile"].tempdir = scratch
-            lock_down()
+            lock_down(cpu=role != "check")
             for sig in _default_signals:
                 _setsignal(sig, 0)  # SIG_DFL
             _setsignal(_SIGINT, _default_int_handler)
@@ -413,8 +477,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 send({"event": "setup_failed", "message": "%s: %s" % (type(e).__name__, e)})
             finally:
                 _exit(70)
-
-        if job.get("mode") == "evaluate":
+        if role == "evaluate":
             for i, expr in enumerate(job["exprs"]):
                 try:
                     ev = value_event(eval(compile(expr.strip(), "<expected>", "eval"), {}))
@@ -424,13 +487,16 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 ev["event"] = "expected"
                 ev["index"] = i
                 send(ev)
-            send({"event": "done"})
-            _exit(0)
+            serve(None, job, (), {}, time.perf_counter())
+        if role == "check":
+            check_server()
+        candidate_main(job)
 
-        _perf = time.perf_counter
+    def candidate_main(job):
+        """Load the program, say how it went, then answer the worker's requests."""
         _t_run = _perf()
         sources = {"<program>": job["program"]}
-        filenames = {"<program>", "<test>", "<check>"}
+        filenames = {"<program>", "<test>"}
         namespace = {"__name__": "__codegen__", "__builtins__": __builtins__}
         try:
             if job.get("setup"):
@@ -442,55 +508,262 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             ev = exception_event(e, filenames | {"<setup>"}, sources)
             ev["event"] = "load"
             send(ev)
-            send({"event": "done", "busy": _perf() - _t_run})
-            _exit(0)
+            serve(None, job, filenames, sources, _t_run)
         send({"event": "load", "kind": "ok"})
-        if job.get("check"):
-            sources["<check>"] = job["check"]
-            # The check block compares inside this process, so: it sees the builtins as they
-            # were before the program ran, no trace or profile hooks, and a candidate whose
-            # results must be exact builtin types (an object with a forged __eq__ fails).
-            try:
-                _settrace(None)
-                _setprofile(None)
-                candidate_fn = namespace[job["entry_point"]]
+        if job.get("checked"):
+            serve(namespace, job, filenames, sources, _t_run, CHECK_IN_FD, CHECK_OUT_FD)
+        serve(namespace, job, filenames, sources, _t_run)
 
-                def candidate(*args, **kwargs):
-                    v = candidate_fn(*args, **kwargs)
-                    canon(v, [MAX_ITEMS])
-                    return v
-
-                check_ns = dict(namespace)  # HumanEval checks use helpers from the prompt
-                # The worker's snapshot itself, not a copy: this child's copy-on-write view of
-                # it is pristine (the worker never runs generated code), and copying it would
-                # touch (and so copy) every page holding a builtin.
-                check_ns["__builtins__"] = _snapshot_builtins
-                last_op[0] = None
-                exec(compile(job["check"], "<check>", "exec"), check_ns)
-                check_ns["check"](candidate)
-                ev = {"kind": "passed"}
-            except Unsupported as e:
-                ev = {"kind": "unsupported", "what": _str(e)}
-            except _BaseException as e:
-                ev = exception_event(e, filenames, sources)
-            ev["event"] = "check"
-            send(ev)
-        else:
-            for i, call in enumerate(job["tests"]):
-                if i < start:
-                    continue
+    def serve(namespace, job, filenames, sources, t_run, fd_in=IN_FD, fd_out=OUT_FD):
+        """Answer the requests on `fd_in`, one reply each on `fd_out`, until they end: run test
+        call `i`, call the entry point with a check block's arguments, or say that the run
+        ended. On the worker's channel it never returns; on the check's, when the check is
+        over."""
+        tests = job.get("tests") or []
+        while True:
+            req = receive(fd_in)
+            if req is None:
+                if fd_in != IN_FD:
+                    return
+                _exit(0)
+            seq = req["seq"]
+            if "end" in req:
+                send({"event": "end", "seq": seq, "busy": _perf() - t_run})
+                continue
+            last_op[0] = None
+            if "call" in req:
+                call = tests[req["call"]]
                 sources["<test>"] = call
-                last_op[0] = None
                 try:
-                    value = eval(compile(call.strip(), "<test>", "eval"), namespace)
-                    ev = value_event(value)
+                    ev = value_event(eval(compile(call.strip(), "<test>", "eval"), namespace))
                 except _BaseException as e:
                     ev = exception_event(e, filenames, sources)
-                ev["event"] = "test"
-                ev["index"] = i
-                send(ev)
-        send({"event": "done", "busy": _perf() - _t_run})
-        _exit(0)
+            else:
+                ev = call_entry_point(namespace, job["entry_point"], req, filenames, sources)
+            ev["event"] = "reply"
+            ev["seq"] = seq
+            send(ev, fd_out)
+
+    def call_entry_point(namespace, entry, req, filenames, sources):
+        """One call a check block made: the arguments from their canonical form, the value back
+        in it, and each argument the candidate changed in place (the check may read it
+        afterwards), as its canonical form (None where unchanged)."""
+        try:
+            fn = dict.get(namespace, entry)
+            if fn is None:
+                raise NameError("name %r is not defined" % (entry,))
+            args = [decanon(a) for a in req["args"]]
+            kwargs = {k: decanon(v) for k, v in req["kwargs"]}
+            value = fn(*args, **kwargs)
+        except _BaseException as e:
+            return exception_event(e, filenames, sources)
+        ev = value_event(value)
+        if ev["kind"] != "returned":
+            return ev
+        before = req["args"] + [v for _, v in req["kwargs"]]
+        if all(c[0] in SCALARS for c in before):
+            return ev  # nothing the candidate could change in place
+        try:
+            budget = [MAX_ITEMS]
+            after = [canon(a, budget) for a in args] + [canon(v, budget)
+                                                        for v in dict.values(kwargs)]
+        except Unsupported as e:
+            return {"kind": "unsupported", "what": "an argument changed into %s" % _str(e)}
+        except RecursionError:
+            return {"kind": "unsupported", "what": "an argument nested too deeply"}
+        if after != before:
+            ev["args"] = [None if a == b else a for a, b in zip(after, before)]
+        return ev
+
+    class Refused(BaseException):
+        """A call the channel cannot carry: arguments or a value that are not exact builtin
+        types (a BaseException, so that a check's `except Exception` does not swallow it; the
+        verdict does not depend on that either)."""
+
+    def candidate_exception(rep):
+        """The candidate's exception as the nearest builtin exception type of its MRO, with
+        the candidate's own report attached (its type, message and program line)."""
+        for name in (rep.get("mro") or []) + ["Exception"]:
+            cls = _snapshot_builtins.get(name)
+            if _type(cls) is type and _issubclass(cls, BaseException):
+                try:
+                    exc = cls(rep.get("message", ""))
+                except Exception:
+                    continue  # a constructor that wants more (UnicodeDecodeError)
+                exc._codegen_origin = rep
+                return exc
+        return Exception(rep.get("message", ""))
+
+    def copy_back(old, new):
+        """The candidate changed argument `old` into `new`: do the same to the check's object,
+        in place, where it can change (a list, dict or set)."""
+        t = _type(old)
+        if t is list and _type(new) is list:
+            old[:] = new
+        elif (t is dict and _type(new) is dict) or (t is set and _type(new) is set):
+            old.clear()
+            old.update(new)
+
+    def check_server():
+        """The trusted check process: forked from the worker, it never runs generated code, and
+        runs the check blocks the worker sends it, one at a time, each in a fresh namespace
+        (one process for many checks: a fork per check doubled the sandbox's cost). It talks to
+        the candidate directly, over two pipes made with it whose other ends each candidate
+        of a check job gets (through the worker, every call cost twice the system calls). The
+        worker kills it when a check does not finish, and starts another. Never returns."""
+        channel = CandidateChannel(CHECK_OUT_FD, CHECK_IN_FD)
+        while True:
+            job = receive()
+            if job is None:
+                _exit(0)
+            channel.start()
+            ev = run_check(job, channel)
+            if channel.stop is None and channel.readable():
+                channel.stop = tampered("a reply after the check block ended")
+            if channel.stop is not None:
+                ev = channel.stop
+            ev["op"] = "done"
+            send(ev)
+
+    class ChannelStop(BaseException):
+        """The check stops: the candidate tampered with its channel, ran out of memory, was
+        blocked, or is gone (a BaseException: the check's `except Exception` does not catch
+        it, and a check that catches everything is judged by `stop` anyway)."""
+
+    class CandidateChannel:
+        """The check's channel to the candidate: one request, one reply, by sequence number;
+        anything else is tampering."""
+
+        def __init__(self, to_cand, from_cand):
+            self.to_cand, self.from_cand = to_cand, from_cand
+            self.seq = 0
+            self.buf = b""
+            self.stop = None  # the outcome the check ends with, once the channel failed
+
+        def start(self):
+            """A new check, a new candidate: what an earlier (killed) one left is dropped."""
+            self.seq, self.buf, self.stop = 0, b"", None
+            while self.readable():
+                self.buf = b""
+
+        def readable(self):
+            """Has the candidate written what nobody asked for (its end closing is not that)?"""
+            if not self.buf and select.select([self.from_cand], [], [], 0)[0]:
+                try:
+                    self.buf = _read(self.from_cand, 1 << 16)
+                except OSError:
+                    pass
+            return bool(self.buf)
+
+        def fail(self, outcome):
+            if self.stop is None:
+                self.stop = outcome
+            raise ChannelStop()
+
+        def __call__(self, payload):
+            if self.stop is not None:
+                raise ChannelStop()
+            # A line written before its request is read as this reply: a wrong sequence
+            # number is tampering, the right one a value the code could have returned.
+            self.seq += 1
+            payload["seq"] = self.seq
+            data = memoryview((_join(_enc(payload, 0)) + "\n").encode())
+            try:
+                while data:
+                    data = data[_write(self.to_cand, data):]
+                while b"\n" not in self.buf:
+                    more = _read(self.from_cand, 1 << 16)
+                    self.buf += more
+                    if _len(self.buf) > limits["result_bytes"]:
+                        self.fail({"kind": "output_limit", "bytes": _len(self.buf)})
+            except OSError:
+                self.fail({"kind": "crashed", "reason": "the check's channel failed"})
+            line, self.buf = self.buf.split(b"\n", 1)
+            try:
+                msg = _scan(line.decode("utf-8"), 0)[0]
+                ok = _type(msg) is dict and msg.get("event") == "reply"
+            except Exception:
+                ok = False
+            if not ok or msg.get("seq") != self.seq:
+                self.fail(tampered("a line that is not the reply to request %d" % self.seq))
+            kind = msg.get("kind")
+            if kind in ("memory", "blocked"):
+                self.fail(msg)
+            if kind not in ("returned", "raised", "unsupported"):
+                self.fail(tampered("a reply message of kind %r" % (kind,)))
+            if self.buf:
+                self.fail(tampered("a second reply to request %d" % self.seq))
+            return msg
+
+    _compiled = {}
+
+    def compiled(source, filename):
+        """`source` compiled, once per check process: a case's check block and prompt come
+        again for every sample and calibration run (code objects are immutable, so reuse is
+        safe)."""
+        key = (source, filename)
+        code = _compiled.get(key)
+        if code is None:
+            if _len(_compiled) >= 512:
+                _compiled.clear()
+            code = _compiled[key] = compile(source, filename, "exec")
+        return code
+
+    def run_check(job, call):
+        """One check block: the prompt's helpers, then the check, with the entry point's name
+        and `candidate` bound to a stub that calls the candidate in the sandboxed child through
+        `call` (values only, one reply per request). Nothing the candidate defines reaches
+        this process. Returns the check's outcome."""
+        sources = {"<check>": job["check"]}
+        filenames = {"<check>", "<prompt>"}
+        refused = []
+
+        def candidate(*args, **kwargs):
+            try:
+                budget = [MAX_ITEMS]
+                payload = {"args": [canon(a, budget) for a in args],
+                           "kwargs": [[k, canon(v, budget)] for k, v in kwargs.items()]}
+            except (Unsupported, RecursionError) as e:
+                refused.append("the check passed the candidate %s, which only exact builtin "
+                               "types can cross" % e)
+                raise Refused(refused[-1])
+            rep = call(payload)
+            try:
+                kind = rep.get("kind")
+                if kind == "returned":
+                    passed = list(args) + list(kwargs.values())
+                    for old, new in zip(passed, rep.get("args") or []):
+                        if new is not None:
+                            copy_back(old, decanon(new))
+                    return decanon(rep["value"])
+                if kind == "raised":
+                    exc = candidate_exception(rep)
+            except Exception:
+                # A reply no honest child sends: never an exception the check might expect.
+                refused.append("a malformed reply from the candidate")
+                raise Refused(refused[-1])
+            if kind == "raised":
+                raise exc
+            refused.append(rep.get("what", "nothing"))  # "returned <what>" in the verdict
+            raise Refused(refused[-1])
+
+        ns = {"__name__": "__check__"}
+        try:
+            if job.get("prelude"):
+                sources["<prompt>"] = job["prelude"]
+                exec(compiled(job["prelude"], "<prompt>"), ns)
+            ns[job["entry_point"]] = candidate
+            exec(compiled(job["check"], "<check>"), ns)
+            ns["check"](candidate)
+            ev = {"kind": "passed"}
+        except ChannelStop:
+            ev = {"kind": "stopped"}  # the channel's outcome replaces it
+        except BaseException as e:
+            origin = getattr(e, "_codegen_origin", None)
+            ev = dict(origin) if origin is not None else exception_event(e, filenames, sources)
+        if refused:
+            ev = {"kind": "unsupported", "what": refused[0]}
+        return ev
 
     # ---------------------------------------------------------------- the worker's side
     counter = [0]
@@ -527,26 +800,31 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         except OSError:
             pass
 
-    def spawn_child(job, start):
-        """Fork a child for `job` from call `start` on; it locks itself down first."""
+    def spawn_child(job, start, role, check_fds=None):
+        """Fork a child playing `role` for `job` (from call `start` on); it locks itself down
+        first. `check_fds` (its ends of the channel between a candidate and the check process:
+        what it reads, what it writes) become its fds 6 and 7. Returns (pid, scratch, its
+        messages' read end, its requests' write end (non-blocking), its stdout and stderr read
+        ends or -1)."""
         counter[0] += 1
         scratch = os.path.join(base, "x%d" % counter[0])
         os.mkdir(scratch, 0o700)
-        rr, rw = os.pipe()
-        outr, outw = os.pipe()
-        errr, errw = os.pipe()
-        token = os.urandom(16).hex()
+        mr, mw = os.pipe()
+        qr, qw = os.pipe()
+        outr, outw = os.pipe() if role != "check" else (-1, devnull_w)
+        errr, errw = os.pipe() if role != "check" else (-1, devnull_w)
         # Set in the worker, which reads neither, and inherited: done in the child, it would
         # copy the pages of os.environ and libc's environment there.
         os.environ["HOME"] = scratch
         os.environ["TMPDIR"] = scratch
         rfd = child_ruleset(scratch) if abi else -1
+        mine = [fd for fd in (mr, mw, outr, errr, rfd) if fd >= 0]
+        mine += [fd for fd in (qr, qw, outw, errw) if fd != devnull_w]
         try:
             pid = os.fork()
         except BaseException:
-            for fd in (rr, rw, outr, outw, errr, errw, rfd):
-                if fd >= 0:
-                    os.close(fd)
+            for fd in mine:
+                os.close(fd)
             raise
         if pid == 0:
             try:
@@ -554,20 +832,29 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     _prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
                     if os.getppid() != worker_pid:
                         _exit(71)
-                os.dup2(devnull, 0)
-                os.dup2(outw, 1)
-                os.dup2(errw, 2)
-                os.dup2(rw, 3)
+                moves = [(devnull, 0), (outw, 1), (errw, 2), (mw, OUT_FD), (qr, IN_FD)]
                 if rfd >= 0:
-                    os.dup2(rfd, RULESET_FD)
-                os.closerange(RULESET_FD + 1 if rfd >= 0 else RULESET_FD, 1 << 16)
-                child_main(token, scratch, job, start)
+                    moves.append((rfd, RULESET_FD))
+                if check_fds is not None:
+                    moves += [(check_fds[0], CHECK_IN_FD), (check_fds[1], CHECK_OUT_FD)]
+                # Parked first, so that no source is overwritten before it is moved.
+                for i, (src, _dst) in enumerate(moves):
+                    os.dup2(src, PARK_FD + i)
+                for i, (_src, dst) in enumerate(moves):
+                    os.dup2(PARK_FD + i, dst)
+                kept = {dst for _src, dst in moves}
+                for fd in range(3, CHECK_OUT_FD + 1):
+                    if fd not in kept:
+                        os.close(fd)
+                os.closerange(CHECK_OUT_FD + 1, 1 << 16)
+                child_main(role, scratch, job, start)
             finally:
                 os._exit(71)
-        for fd in (rw, outw, errw, rfd):
-            if fd >= 0:
+        for fd in (mw, qr, outw, errw, rfd):
+            if fd >= 0 and fd != devnull_w:
                 os.close(fd)
-        return pid, scratch, token, rr, outr, errr
+        os.set_blocking(qw, False)
+        return pid, scratch, mr, qw, outr, errr
 
     # Without a pid namespace, a child running generated code would outlive a killed worker:
     # it dies with the worker instead (in a pid namespace, it dies with pid 1).
@@ -576,6 +863,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     _prctl, _SIGKILL = libc.prctl, int(signal.SIGKILL)  # looked up once, not in each child
     deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # each child's stdin
+    devnull_w = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)  # the check's stdout, stderr
 
     def reap_deferred():
         while deferred:
@@ -589,158 +877,372 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             except RecursionError:
                 pass
 
-    def run_child(job, start, phases):
-        """Run one child from call `start`. `phases` yields (expected event, index, timeout).
+    # The outcomes a child may report, per message: the rest (a timeout, a crash, a check's
+    # verdict) are the worker's or the check process's to decide.
+    CHILD_KINDS = {
+        "load": ("ok", "raised", "memory", "blocked"),
+        "reply": ("returned", "unsupported", "raised", "memory", "blocked"),
+        "expected": ("returned", "unsupported", "raised", "memory", "blocked"),
+    }
 
-        Returns (events: list of (index or key, outcome), tails)."""
-        pid, scratch, token, rr, outr, errr = spawn_child(job, start)
-        poller = select.poll()
-        for fd in (rr, outr, errr):
-            poller.register(fd, select.POLLIN)
-        open_fds = {rr, outr, errr}
-        buf = b""
-        tails = {outr: bytearray(), errr: bytearray()}
-        out_total = 0
-        results = []
-        phase_iter = iter(phases)
-        cur = next(phase_iter)
-        deadline = time.monotonic() + cur[2]
-        end = None  # outcome for the current phase when the child is stopped
-        done = False
+    # The check server: (pid, scratch, its messages, its requests, and the candidates' ends of
+    # its channel: the requests' read end and the replies' write end), once started.
+    check_proc = [None]
+
+    def check_server_ready():
+        """The check server, started (again) when there is none or it died."""
+        if check_proc[0] is not None:
+            pid = check_proc[0][0]
+            try:
+                alive = os.waitpid(pid, os.WNOHANG) == (0, 0)
+            except ChildProcessError:
+                alive = False
+            if alive:
+                return check_proc[0]
+            retire_check_server(reaped=True)
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
         try:
-            while not done and end is None:
-                left = deadline - time.monotonic()
+            pid, scratch, mr, qw, _, _ = spawn_child({}, 0, "check", (rep_r, req_w))
+        except BaseException:
+            for fd in (req_r, rep_w):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (rep_r, req_w):
+                os.close(fd)
+        check_proc[0] = (pid, scratch, mr, qw, req_r, rep_w)
+        return check_proc[0]
+
+    def retire_check_server(reaped=False):
+        """Kill the check server (stopped in the middle of a check, or dead) and forget it."""
+        pid, scratch = check_proc[0][:2]
+        for fd in check_proc[0][2:]:
+            os.close(fd)
+        check_proc[0] = None
+        if reaped:
+            rmtree(scratch)
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deferred.append((pid, scratch))
+
+    def drain(fd):
+        """Drop what waits in pipe `fd` (requests a killed candidate never read)."""
+        while select.select([fd], [], [], 0)[0]:
+            if not os.read(fd, 1 << 16):
+                break
+
+    def tampered(what):
+        return {"kind": "tampered", "what": what}
+
+    class Run:
+        """One candidate child running `phases` of a job, and for a check block the trusted
+        check process beside it. A phase is (what, index, timeout): "load" and "expected" are
+        messages the child sends unasked; "test", "check" and "end" start with a request, and
+        the child must answer each request once, with its sequence number. Anything else on
+        the child's channel (a second reply, a reply before its request, a reply to another
+        request, a line the worker did not ask for) is tampering, reported as such."""
+
+        def __init__(self, job, start, phases, role="candidate"):
+            self.job = job
+            self.t0 = time.monotonic()
+            self.phases = iter(phases)
+            # For a check block, the candidate gets its ends of the check server's channel.
+            check_fds = None
+            if role == "candidate" and job.get("check"):
+                check_fds = check_server_ready()[4:]
+                drain(check_fds[0])
+            self.pid, self.scratch, self.mr, self.qw, self.outr, self.errr = spawn_child(
+                job, start, role, check_fds)
+            self.poller = select.poll()
+            for fd in (self.mr, self.outr, self.errr):
+                self.poller.register(fd, select.POLLIN)
+            self.open_fds = {self.mr, self.outr, self.errr}
+            self.bufs = {self.mr: b""}
+            self.outq = {}  # write end -> bytes waiting for the reader
+            self.tails = {self.outr: bytearray(), self.errr: bytearray()}
+            self.out_total = 0
+            self.results = []  # (index, outcome), later entries override earlier ones
+            self.seq = 0
+            self.pending = None  # the request the child must answer now
+            self.read_seq = 0  # requests sent before the child's last message was read
+            self.asked = {}  # seq -> the phase index its request was for
+            self.check = None  # (pid, scratch, messages, requests) of the check process
+            self.cur = None
+            self.deadline = 0.0
+            self.end = None  # the outcome of the current phase when the child is stopped
+            self.done = False
+            self.advance()
+
+        def advance(self, phase=None):
+            self.cur = phase or next(self.phases)
+            what, index, timeout = self.cur
+            self.deadline = time.monotonic() + timeout
+            if what == "test":
+                self.request({"call": index})
+            elif what == "end":
+                self.request({"end": True})
+            elif what == "check":
+                self.start_check()
+
+        def start_check(self):
+            """Hand the check block and its channel's ends to the check process."""
+            self.check = check_server_ready()
+            mr, qw = self.check[2], self.check[3]
+            self.bufs[mr] = b""
+            self.open_fds.add(mr)
+            self.poller.register(mr, select.POLLIN)
+            job = {k: self.job.get(k) for k in ("check", "prelude", "entry_point")}
+            self.queue(qw, (json.dumps(job) + "\n").encode())
+
+        def request(self, obj):
+            self.seq += 1
+            obj["seq"] = self.seq
+            self.pending = self.seq
+            self.asked[self.seq] = self.cur[1]
+            self.queue(self.qw, (json.dumps(obj) + "\n").encode())
+
+        def queue(self, fd, data):
+            """Write `data` to the non-blocking `fd`; what does not fit waits for POLLOUT."""
+            q = self.outq.get(fd)
+            if q is not None:
+                q += data
+                return
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except BrokenPipeError:
+                return  # the reader is gone; its end of the channel says why
+            if n < len(data):
+                self.outq[fd] = bytearray(data[n:])
+                self.poller.register(fd, select.POLLOUT)
+
+        def flush(self, fd):
+            q = self.outq[fd]
+            try:
+                del q[:os.write(fd, q)]
+            except BlockingIOError:
+                return
+            except BrokenPipeError:
+                del q[:]
+            if not q:
+                del self.outq[fd]
+                self.poller.unregister(fd)
+
+        def tamper(self, what, seq=None):
+            """Stop the child for tampering; a second reply counts against the call it was for."""
+            index = self.asked.get(seq)
+            if seq is not None and seq != self.pending and index not in (None, "end"):
+                self.results.append((index, tampered(what)))
+            self.end = tampered(what)
+
+        def on_child(self, line):
+            try:
+                msg = json.loads(line)
+                ok = type(msg) is dict
+            except Exception:
+                ok = False
+            if not ok:
+                return self.tamper("a line on the harness's result channel that is not a reply")
+            ev = msg.pop("event", None)
+            if ev == "setup_failed":
+                raise RuntimeError("the sandbox could not lock the child down: "
+                                   + str(msg.get("message")))
+            if ev in CHILD_KINDS and msg.get("kind") not in CHILD_KINDS[ev]:
+                # A verdict ("passed") or an outcome only the worker decides (a timeout).
+                return self.tamper("a %s message of kind %r" % (ev, msg.get("kind")))
+            want, index, _ = self.cur
+            if ev in ("load", "expected"):
+                if ev != want or msg.pop("index", index) != index:
+                    return self.tamper("a second %s message" % ev)
+                self.results.append((index, msg))
+                if ev == "load" and msg.get("kind") != "ok":
+                    return self.advance(("end", "end", 5.0))
+                return self.advance()
+            seq = msg.pop("seq", None)
+            if type(seq) is not int:
+                seq = None
+            if seq is not None and seq > self.read_seq:
+                return self.tamper("a reply to request %d before the harness sent it" % seq, seq)
+            if seq != self.pending or ev not in ("reply", "end") or (ev == "end") != (
+                    want == "end"):
+                return self.tamper(self.unasked(ev, seq), seq)
+            self.pending = None
+            if ev == "end":
+                busy[0] += float(msg.get("busy") or 0.0)
+                self.done = True
+            else:
+                self.results.append((index, msg))
+                self.advance()
+
+        def unasked(self, ev, seq):
+            """What was wrong with message `ev` carrying sequence number `seq`, in words."""
+            if seq is None:
+                return "a %s message that answers no request" % (ev or "malformed",)
+            if seq in self.asked and seq != self.pending:
+                return "a second reply to request %d" % seq
+            if seq > self.seq:
+                return "a reply to request %d before the harness sent it" % seq
+            return "a %s message where the harness waited for another reply" % (ev or "malformed",)
+
+        def on_check(self, line):
+            msg = json.loads(line)
+            if msg.pop("op", None) != "done":
+                raise RuntimeError("the check process sent %r" % (line[:200],))
+            self.release_check(finished=True)
+            self.results.append(("check", msg))
+            # The check's verdict ends the run: the child answered on the check's channel only.
+            busy[0] += time.monotonic() - self.t0
+            self.done = True
+
+        def release_check(self, finished):
+            """Stop listening to the check server; one stopped in the middle of a check is
+            killed (the next check gets a fresh one)."""
+            mr, qw = self.check[2], self.check[3]
+            self.check = None
+            if mr in self.open_fds:
+                self.poller.unregister(mr)
+                self.open_fds.discard(mr)
+            if qw in self.outq:
+                del self.outq[qw]
+                self.poller.unregister(qw)
+            if not finished:
+                retire_check_server()
+
+        def on_output(self, fd, data):
+            self.out_total += len(data)
+            t = self.tails[fd]
+            t += data
+            if len(t) > 2 * TAIL:
+                del t[:-TAIL]
+            if self.out_total > limits["output_bytes"]:
+                self.end = {"kind": "output_limit", "bytes": self.out_total}
+
+        def on_readable(self, fd):
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.poller.unregister(fd)
+                self.open_fds.discard(fd)
+                if fd == self.mr:
+                    self.end = "eof"
+                elif self.check is not None and fd == self.check[2]:
+                    self.end = {"kind": "crashed",
+                                "reason": "the check process ended without a verdict"}
+                return
+            if fd in self.tails:
+                return self.on_output(fd, data)
+            buf = self.bufs[fd] + data
+            # Requests sent after this read cannot have been answered in it.
+            self.read_seq = self.seq
+            if len(buf) > limits["result_bytes"]:
+                self.end = {"kind": "output_limit", "bytes": len(buf)}
+                return
+            while b"\n" in buf and self.end is None and not self.done:
+                line, buf = buf.split(b"\n", 1)
+                (self.on_child if fd == self.mr else self.on_check)(line)
+            self.bufs[fd] = buf
+
+        def loop(self):
+            while not self.done and self.end is None:
+                left = self.deadline - time.monotonic()
                 if left <= 0:
-                    end = {"kind": "timeout", "seconds": cur[2] if cur else 5.0}
+                    self.end = {"kind": "timeout", "seconds": self.cur[2]}
                     break
                 try:
-                    ready = poller.poll(max(1, int(left * 1000) + 1))
+                    ready = self.poller.poll(max(1, int(left * 1000) + 1))
                 except InterruptedError:
                     continue
                 for fd, _ev in ready:
-                    try:
-                        data = os.read(fd, 65536)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        poller.unregister(fd)
-                        open_fds.discard(fd)
-                        if fd == rr:
-                            end = "eof"
-                        continue
-                    if fd == rr:
-                        buf += data
-                        if len(buf) > limits["result_bytes"]:
-                            end = {"kind": "output_limit", "bytes": len(buf)}
-                            break
-                        while b"\n" in buf and end is None and not done:
-                            line, buf = buf.split(b"\n", 1)
-                            try:
-                                msg = json.loads(line)
-                                ok = type(msg) is dict and msg.pop("t", None) == token
-                            except Exception:
-                                ok = False
-                            if not ok:
-                                end = {"kind": "blocked",
-                                       "operation": "writing to the harness's result channel"}
-                                break
-                            evname = msg.pop("event", None)
-                            if evname == "setup_failed":
-                                raise RuntimeError("the sandbox could not lock the child down: "
-                                                   + str(msg.get("message")))
-                            if cur is None:
-                                if evname == "done":
-                                    busy[0] += float(msg.get("busy") or 0.0)
-                                    done = True
-                                    break
-                                end = {"kind": "blocked",
-                                       "operation": "writing to the harness's result channel"}
-                                break
-                            want, index, _ = cur
-                            if evname != want or msg.pop("index", index) != index:
-                                end = {"kind": "blocked",
-                                       "operation": "writing to the harness's result channel"}
-                                break
-                            results.append((index, msg))
-                            cur = next(phase_iter, None)
-                            if cur is not None:
-                                deadline = time.monotonic() + cur[2]
-                            else:
-                                deadline = time.monotonic() + 5.0
-                            if want == "load" and msg.get("kind") != "ok":
-                                cur = None
-                    else:
-                        out_total += len(data)
-                        t = tails[fd]
-                        t += data
-                        if len(t) > 2 * TAIL:
-                            del t[:-TAIL]
-                        if out_total > limits["output_bytes"]:
-                            end = {"kind": "output_limit", "bytes": out_total}
-                            break
-                if end is not None or done:
-                    break
-        finally:
+                    if fd in self.outq:
+                        self.flush(fd)
+                    elif fd in self.open_fds:
+                        self.on_readable(fd)
+                    if self.end is not None or self.done:
+                        break
+
+        def go(self):
+            """Run to the end. Returns (results, the phase stopped in or None, the outcome
+            it was stopped with, (stdout tail, stderr tail))."""
+            try:
+                self.loop()
+            finally:
+                status = self.cleanup()
+            end = self.end
+            if end == "eof":
+                if os.WIFSIGNALED(status):
+                    end = signal_outcome(os.WTERMSIG(status))
+                else:
+                    end = {"kind": "crashed",
+                           "reason": "the process exited with code %d" % os.WEXITSTATUS(status)}
+            tails = tuple(bytes(self.tails[fd][-TAIL:]).decode("utf-8", "replace")
+                          for fd in (self.outr, self.errr))
+            return self.results, (self.cur if end is not None else None), end, tails
+
+        def cleanup(self):
+            """Stop the processes and close the channels. Returns the child's wait status
+            when it ended by itself (the channel closed), else None."""
+            if self.check is not None:
+                self.release_check(finished=False)
+
             status = None
-            if end == "eof" and not done:
-                # The channel closed: give a dying child a moment to be reapable, so that its
-                # own exit status (not our SIGKILL) is what gets reported.
+            if self.end == "eof":
+                # The channel closed: give a dying child a moment to be reapable, so that
+                # its own exit status (not our SIGKILL) is what gets reported.
                 for _ in range(200):
-                    wpid, st = os.waitpid(pid, os.WNOHANG)
+                    wpid, st = os.waitpid(self.pid, os.WNOHANG)
                     if wpid:
                         status = st
                         break
                     time.sleep(0.0005)
-            reap_later = False
+            reap_later = status is None and self.done
             if status is None:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(self.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                if done:
+                if reap_later:
                     # A clean finish: reap it and remove its scratch dir after the report is
                     # sent, so its teardown is not on the critical path.
-                    reap_later = True
-                    deferred.append((pid, scratch))
+                    deferred.append((self.pid, self.scratch))
                 else:
-                    _, st = os.waitpid(pid, 0)
-                    if end == "eof":
-                        end = {"kind": "crashed",
-                               "reason": "the program closed the harness's result channel"}
-            for fd in list(open_fds):
-                if fd != rr:
-                    # Drain what is left without blocking (the child is dead).
-                    os.set_blocking(fd, False)
-                    try:
-                        while True:
-                            data = os.read(fd, 65536)
-                            if not data:
-                                break
-                            tails[fd] += data
-                            del tails[fd][:-TAIL]
-                    except OSError:
-                        pass
-            for fd in (rr, outr, errr):
+                    _, status = os.waitpid(self.pid, 0)
+                    if self.end == "eof":
+                        self.end = {"kind": "crashed",
+                                    "reason": "the program closed the harness's result channel"}
+            for fd in (self.outr, self.errr):
+                if fd in self.open_fds:
+                    self.drain(fd)
+            for fd in (self.mr, self.qw, self.outr, self.errr):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
             if not reap_later:
                 try:
-                    rmtree(scratch)
+                    rmtree(self.scratch)
                 except RecursionError:
                     pass  # absurdly deep: left on the tmpfs, which dies with the worker
-        if end == "eof" and not done:
-            if os.WIFSIGNALED(status):
-                end = signal_outcome(os.WTERMSIG(status))
-            else:
-                end = {"kind": "crashed",
-                       "reason": "the process exited with code %d" % os.WEXITSTATUS(status)}
-        tails_s = (
-            bytes(tails[outr][-TAIL:]).decode("utf-8", "replace"),
-            bytes(tails[errr][-TAIL:]).decode("utf-8", "replace"),
-        )
-        return results, (cur if end is not None else None), end, tails_s
+            return status
+
+        def drain(self, fd):
+            """Read what is left without blocking (the child is dead)."""
+            os.set_blocking(fd, False)
+            try:
+                while True:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        break
+                    self.tails[fd] += data
+                    del self.tails[fd][:-TAIL]
+            except OSError:
+                pass
 
     def run_job(job):
         n = len(job.get("tests") or [])
@@ -758,7 +1260,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 phases.append(("check", "check", tt))
             else:
                 phases += [("test", i, tt) for i in range(start, n)]
-            results, stopped_at, end, tails = run_child(job, start, phases)
+                phases.append(("end", "end", 5.0))
+            results, stopped_at, end, tails = Run(job, start, phases).go()
             for index, msg in results:
                 if index == "load":
                     load = msg
@@ -769,7 +1272,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             if end is None:
                 break
             # The child was stopped (timeout, crash, limit, tampering) during `stopped_at`.
-            if stopped_at is None:
+            if stopped_at is None or stopped_at[1] == "end":
                 break  # after its last answer: nothing lost
             _, index, _ = stopped_at
             if index == "load":
@@ -797,12 +1300,13 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     def evaluate_job(job):
         exprs = job["exprs"]
         phases = [("expected", i, job.get("timeout", 30.0)) for i in range(len(exprs))]
-        # Reuse the run machinery: no load phase for evaluation.
-        results, stopped_at, end, tails = run_child(job, 0, phases)
+        phases.append(("end", "end", 5.0))
+        run = Run(job, 0, phases, "evaluate")
+        results, stopped_at, end, tails = run.go()
         values = [None] * len(exprs)
         for index, msg in results:
             values[index] = msg
-        if end is not None and stopped_at is not None:
+        if end is not None and stopped_at is not None and stopped_at[1] != "end":
             values[stopped_at[1]] = end
         return {"event": "report", "values": values, "stderr": tails[1]}
 

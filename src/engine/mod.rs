@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::case::Case;
+use crate::case::{Case, LoadedCase};
 use crate::prompt::Prompt;
 
 /// One generated (or replayed) answer to one case.
@@ -490,8 +490,9 @@ pub trait CompletionSource: Send + Sync {
     }
 
     /// What the source holds that no trial will report: for a replay file, rows that could not
-    /// be read and rows whose task matches none of `cases` (every case of the suite).
-    fn warnings(&self, _cases: &[&Case]) -> Vec<String> {
+    /// be read and rows whose task matches none of `cases` (every case file of the suite, those
+    /// that failed to parse included: their rows are for a case whose own trial says why).
+    fn warnings(&self, _cases: &[&LoadedCase]) -> Vec<String> {
         Vec::new()
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{Completion, CompletionSource, Request, SourceError};
-use crate::case::Case;
+use crate::case::{Case, LoadedCase};
 
 #[derive(Debug, Deserialize)]
 struct SampleRow {
@@ -118,6 +118,18 @@ fn takes(case: &Case, task: &str) -> bool {
     task == case.key || task == case.id || task.replace('/', "_") == case.id
 }
 
+/// Does a row for `task` belong to this case file? A file that failed to parse is matched by
+/// the key its path gives (`<category>/<file stem>`), as [`takes`] would match it parsed.
+fn takes_loaded(case: &LoadedCase, task: &str) -> bool {
+    match &case.case {
+        Ok(c) => takes(c, task),
+        Err(_) => {
+            let id = case.key.rsplit('/').next().unwrap_or(&case.key);
+            task == case.key || task == id || task.replace('/', "_") == id
+        }
+    }
+}
+
 /// The `task_id` of a row that is not a valid sample: from the row parsed as any JSON object,
 /// else from the text after the first `"task_id"` key (a row cut short or with a stray quote).
 fn recover_task_id(line: &str) -> Option<String> {
@@ -183,7 +195,7 @@ impl CompletionSource for ReplaySource {
         [("replay".to_string(), self.display_path())].into()
     }
 
-    fn warnings(&self, cases: &[&Case]) -> Vec<String> {
+    fn warnings(&self, cases: &[&LoadedCase]) -> Vec<String> {
         let path = self.display_path();
         let mut found: Vec<(usize, String)> = self
             .unreadable
@@ -197,17 +209,23 @@ impl CompletionSource for ReplaySource {
                 (bad.line, format!("{e} (no task_id could be read from it)"))
             })
             .collect();
-        found.extend(
-            self.first_line
-                .iter()
-                .filter(|(task, _)| !cases.iter().any(|c| takes(c, task)))
-                .map(|(task, &line)| {
-                    (
-                        line,
-                        format!("{path}:{line}: task_id `{task}` matches no case; its rows were not used"),
-                    )
-                }),
-        );
+        for (task, &line) in &self.first_line {
+            match cases.iter().find(|c| takes_loaded(c, task)) {
+                None => found.push((
+                    line,
+                    format!("{path}:{line}: task_id `{task}` matches no case; its rows were not used"),
+                )),
+                // Its trial fails with the parse error: the file is where to look.
+                Some(c) if c.case.is_err() => found.push((
+                    line,
+                    format!(
+                        "{path}:{line}: task_id `{task}` is for case file {}, which failed to load (its trial says why); its rows were not used",
+                        c.path.display()
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
         found.sort();
         found.into_iter().map(|(_, w)| w).collect()
     }
@@ -323,13 +341,22 @@ mod tests {
         }
     }
 
+    fn loaded(case: Case) -> LoadedCase {
+        LoadedCase {
+            key: case.key.clone(),
+            category: case.category.clone(),
+            path: case.path.clone(),
+            case: Ok(case),
+        }
+    }
+
     #[test]
     fn warnings_name_unreadable_rows_and_tasks_without_a_case() {
         let src = ReplaySource::parse(
             Path::new("s.jsonl"),
             "{\"task_id\": \"he/x\", \"completion\": \"a\"}\n\n{oops}\n{\"task_id\": \"he/nope\", \"completion\": \"b\"}\n",
         );
-        let x = case_with_id("x");
+        let x = loaded(case_with_id("x"));
         let warnings = src.warnings(&[&x]);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
@@ -340,6 +367,31 @@ mod tests {
         assert_eq!(
             warnings[1],
             "s.jsonl:4: task_id `he/nope` matches no case; its rows were not used"
+        );
+    }
+
+    #[test]
+    fn rows_of_a_case_file_that_does_not_parse_point_at_the_file() {
+        let src = ReplaySource::parse(
+            Path::new("s.jsonl"),
+            "{\"task_id\": \"he/broken\", \"completion\": \"a\"}\n{\"task_id\": \"he/broken\", \"completion\": \"b\"}\n",
+        );
+        let path = PathBuf::from("cases/he/broken.toml");
+        let broken = LoadedCase {
+            key: "he/broken".into(),
+            category: "he".into(),
+            path: path.clone(),
+            case: Err(crate::case::CaseError::Read {
+                path,
+                message: "bad TOML".into(),
+            }),
+        };
+        let warnings = src.warnings(&[&broken]);
+        assert_eq!(
+            warnings,
+            [
+                "s.jsonl:1: task_id `he/broken` is for case file cases/he/broken.toml, which failed to load (its trial says why); its rows were not used"
+            ]
         );
     }
 

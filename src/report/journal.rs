@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::{junit, markdown, models};
+use crate::cache::{DirLock, FileError};
 use crate::evaluate::CaseOutcome;
 use crate::gate::{Baseline, GateFailure, Verdict};
 use crate::score::Summary;
@@ -68,10 +69,25 @@ pub fn unfinished_runs(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Write `body` to `path` through a temporary file in the same folder and a rename.
-fn replace_file(path: &Path, body: &[u8]) -> io::Result<()> {
+fn replace_file(path: &Path, body: &[u8]) -> Result<(), FileError> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, body)?;
-    fs::rename(&tmp, path)
+    fs::write(&tmp, body).map_err(|e| FileError::new("write", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| FileError::new("write", path, e))
+}
+
+/// Create the results folder `dir` (and its parents).
+fn create_dir(dir: &Path) -> Result<(), FileError> {
+    fs::create_dir_all(dir).map_err(|e| FileError::new("create the results folder", dir, e))
+}
+
+/// A value as JSON (the outcomes and summaries are plain data, so this does not fail in
+/// practice; when it does, the file it was meant for is named).
+fn to_json<T: Serialize>(value: &T, path: &Path, pretty: bool) -> Result<String, FileError> {
+    let json = match pretty {
+        true => serde_json::to_string_pretty(value),
+        false => serde_json::to_string(value),
+    };
+    json.map_err(|e| FileError::new("serialize the results for", path, io::Error::other(e)))
 }
 
 impl Journal {
@@ -83,18 +99,30 @@ impl Journal {
         }
     }
 
+    /// Take the results folder for this run: create it and lock it (`<dir>/.lock`), so that a
+    /// second run on the same folder waits instead of mixing its journal into this one's.
+    /// `waiting` is called once when another run holds the lock. Fails, naming the folder,
+    /// when it cannot be created or written (a regular file in its place, no permission).
+    pub fn lock(&self, waiting: impl FnOnce(&Path)) -> Result<DirLock, FileError> {
+        create_dir(&self.dir)?;
+        DirLock::acquire_or_wait(&self.dir, waiting)
+            .map_err(|e| FileError::new("lock the results folder", &self.dir, e))
+    }
+
     /// Append a case's outcome to its model's partial journal (created fresh on first use).
-    pub fn record(&self, outcome: &CaseOutcome) -> io::Result<()> {
+    pub fn record(&self, outcome: &CaseOutcome) -> Result<(), FileError> {
+        let path = partial_results_path(&self.dir, &outcome.model);
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(&outcome.model) {
-            fs::create_dir_all(&self.dir)?;
-            let f = File::create(partial_results_path(&self.dir, &outcome.model))?;
+            create_dir(&self.dir)?;
+            let f = File::create(&path).map_err(|e| FileError::new("create", &path, e))?;
             files.insert(outcome.model.clone(), f);
         }
         let f = files.get_mut(&outcome.model).expect("just inserted");
-        let mut line = serde_json::to_string(outcome).map_err(io::Error::other)?;
+        let mut line = to_json(outcome, &path, false)?;
         line.push('\n');
         f.write_all(line.as_bytes())
+            .map_err(|e| FileError::new("append to", &path, e))
     }
 
     /// The folder the journal writes to.
@@ -103,27 +131,28 @@ impl Journal {
     }
 
     /// `results-<model>.jsonl`: the outcomes of `model`, in the order given.
-    fn write_results(&self, model: &str, outcomes: &[CaseOutcome]) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+    fn write_results(&self, model: &str, outcomes: &[CaseOutcome]) -> Result<(), FileError> {
+        create_dir(&self.dir)?;
+        let path = self.dir.join(format!("results-{model}.jsonl"));
         let mut results = String::new();
         for o in outcomes.iter().filter(|o| o.model == *model) {
-            results.push_str(&serde_json::to_string(o).map_err(io::Error::other)?);
+            results.push_str(&to_json(o, &path, false)?);
             results.push('\n');
         }
-        replace_file(
-            &self.dir.join(format!("results-{model}.jsonl")),
-            results.as_bytes(),
-        )
+        replace_file(&path, results.as_bytes())
     }
 
     /// The run of `model` is written: drop its partial journal.
-    fn close(&self, model: &str) -> io::Result<()> {
+    fn close(&self, model: &str) -> Result<(), FileError> {
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(model);
-        match fs::remove_file(partial_results_path(&self.dir, model)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        let path = partial_results_path(&self.dir, model);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(FileError::new("remove", &path, e))
+            }
             _ => Ok(()),
         }
     }
@@ -139,7 +168,7 @@ impl Journal {
         baseline: Option<Baseline>,
         verdict: &Verdict,
         source_warnings: &[String],
-    ) -> io::Result<PathBuf> {
+    ) -> Result<PathBuf, FileError> {
         let model = &summary.model;
         self.write_results(model, outcomes)?;
         replace_file(
@@ -158,7 +187,7 @@ impl Journal {
             junit(model, outcomes).as_bytes(),
         )?;
         let path = self.dir.join(format!("summary-{model}.json"));
-        let body = serde_json::to_string_pretty(&SummaryFile {
+        let file = SummaryFile {
             summary,
             isolation,
             baseline,
@@ -166,8 +195,8 @@ impl Journal {
             gate_note: verdict.note.as_deref(),
             source_warnings,
             partial: None,
-        })
-        .map_err(io::Error::other)?;
+        };
+        let body = to_json(&file, &path, true)?;
         replace_file(&path, body.as_bytes())?;
         self.close(model)?;
         Ok(path)
@@ -184,7 +213,7 @@ impl Journal {
         baseline: Option<Baseline>,
         source_warnings: &[String],
         partial: &str,
-    ) -> io::Result<PathBuf> {
+    ) -> Result<PathBuf, FileError> {
         let model = &summary.model;
         self.write_results(model, outcomes)?;
         replace_file(
@@ -192,7 +221,7 @@ impl Journal {
             junit(model, outcomes).as_bytes(),
         )?;
         let path = self.dir.join(format!("summary-{model}.json"));
-        let body = serde_json::to_string_pretty(&SummaryFile {
+        let file = SummaryFile {
             summary,
             isolation,
             baseline,
@@ -200,8 +229,8 @@ impl Journal {
             gate_note: None,
             source_warnings,
             partial: Some(partial),
-        })
-        .map_err(io::Error::other)?;
+        };
+        let body = to_json(&file, &path, true)?;
         replace_file(&path, body.as_bytes())?;
         self.close(model)?;
         Ok(path)
@@ -215,8 +244,8 @@ impl Journal {
         &self,
         summaries: &[Summary],
         outcomes: &[CaseOutcome],
-    ) -> io::Result<PathBuf> {
-        fs::create_dir_all(&self.dir)?;
+    ) -> Result<PathBuf, FileError> {
+        create_dir(&self.dir)?;
         let path = self.dir.join("comparison.md");
         replace_file(&path, models::markdown(summaries, outcomes).as_bytes())?;
         Ok(path)

@@ -8,7 +8,9 @@
 //! the shared libraries readable; signals and abstract sockets scoped; TCP denied) and a
 //! seccomp filter built in Rust ([`seccomp`]). Per-call deadlines and the output limit are
 //! enforced by the worker, a backstop by Rust; a worker that dies is replaced and its case
-//! reported.
+//! reported. The child answers the worker's requests, one reply each (anything else is
+//! [`RawOutcome::Tampered`]); a check block runs in a trusted process of its own that calls the
+//! candidate directly over two pipes, with values only (docs/sandbox.md).
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
 //! '/etc/shadow'"); judging them against expected values is the job of [`crate::verdict`],
@@ -26,7 +28,7 @@ mod protocol;
 pub mod seccomp;
 pub mod worker;
 
-pub use calibrate::{TimeoutPolicy, calibrate};
+pub use calibrate::{TimeoutPolicy, calibrate, calibrate_expecting};
 pub use config::{Level, SandboxConfig};
 pub use isolation::IsolationReport;
 pub use worker::WorkerSandbox;
@@ -49,8 +51,12 @@ pub struct Job {
     pub entry_point: String,
     /// Python call expressions, reported one by one.
     pub calls: Vec<String>,
-    /// A HumanEval-style `def check(candidate)` block, run once after the program.
+    /// A HumanEval-style `def check(candidate)` block, run once after the program, in a
+    /// trusted process of its own that calls the candidate through a value-only channel.
     pub check: Option<String>,
+    /// Trusted code the check block may use (the case's prompt: HumanEval's helpers such as
+    /// `poly`), run before it in the check's process; never the candidate's definitions.
+    pub prelude: Option<String>,
     /// Deadline for each call (and for the check block as a whole).
     pub test_timeout: Duration,
     /// Deadline for loading the program (its top-level code and setup).
@@ -102,6 +108,9 @@ pub enum RawOutcome {
     Blocked { operation: String },
     /// The process was killed by this signal (e.g. 11 for SIGSEGV) while running the call.
     KilledBySignal(i32),
+    /// The program wrote on the harness's result channel what the harness did not ask for (a
+    /// second reply, a reply before its call, a line that is no reply): what it was.
+    Tampered(String),
 }
 
 /// How loading the program went.
@@ -118,6 +127,7 @@ pub enum LoadOutcome {
         operation: String,
     },
     KilledBySignal(i32),
+    Tampered(String),
 }
 
 /// Everything one execution produced.

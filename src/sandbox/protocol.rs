@@ -57,6 +57,7 @@ pub(super) fn parse_outcome(ev: &Json) -> RawOutcome {
         },
         Some("signal") => RawOutcome::KilledBySignal(ev["signal"].as_i64().unwrap_or(0) as i32),
         Some("crashed") => RawOutcome::Crashed(ev["reason"].as_str().unwrap_or("?").to_string()),
+        Some("tampered") => RawOutcome::Tampered(ev["what"].as_str().unwrap_or("?").to_string()),
         other => RawOutcome::Crashed(format!("the child sent an unknown outcome {other:?}")),
     }
 }
@@ -73,6 +74,7 @@ pub(super) fn parse_load(ev: &Json) -> LoadOutcome {
         RawOutcome::Blocked { operation } => LoadOutcome::Blocked { operation },
         RawOutcome::KilledBySignal(s) => LoadOutcome::KilledBySignal(s),
         RawOutcome::Crashed(why) => LoadOutcome::Crashed(why),
+        RawOutcome::Tampered(what) => LoadOutcome::Tampered(what),
         other => LoadOutcome::Crashed(format!("unexpected load outcome {other:?}")),
     }
 }

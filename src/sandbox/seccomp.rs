@@ -5,8 +5,13 @@
 //! Two filters: `clone3` answers ENOSYS (so glibc falls back to `clone`, where the flags can be
 //! inspected), and everything in [`DENIED`] answers EPERM: new processes (`clone` without
 //! `CLONE_THREAD`, fork, vfork), exec, ptrace and cross-process memory access, mount and
-//! namespace calls, bpf, io_uring, perf, keyrings, kernel modules, raising rlimits, and sockets
-//! of any family but AF_UNIX. Threads stay allowed.
+//! namespace calls, bpf, io_uring, perf, keyrings, kernel modules, raising rlimits, and every
+//! socket: `socket(2)` of any family (AF_UNIX included), `connect(2)` and `bind(2)`. Landlock
+//! does not govern connecting to a Unix socket, so a socket file in any host directory the
+//! code can name (a Docker, D-Bus or agent socket) would otherwise be reachable; an abstract
+//! socket or a datagram to `/dev/log` needs `socket(2)` too. Only `socketpair(2)` of AF_UNIX
+//! stream sockets stays, which asyncio's self-pipe needs and which reaches nothing outside the
+//! process. Threads stay allowed.
 
 use std::collections::BTreeMap;
 
@@ -73,7 +78,14 @@ pub const DENIED: &[(&str, i64)] = &[
     ("settimeofday", libc::SYS_settimeofday),
     ("clock_settime", libc::SYS_clock_settime),
     ("sethostname", libc::SYS_sethostname),
+    // Every socket the code could open or address: see the module's doc.
+    ("socket", libc::SYS_socket),
+    ("connect", libc::SYS_connect),
+    ("bind", libc::SYS_bind),
 ];
+
+/// The bits of `socket(2)`'s type argument that hold the type (the rest are flags).
+const SOCK_TYPE_MASK: u64 = 0xf;
 
 fn arch() -> Result<TargetArch, String> {
     std::env::consts::ARCH
@@ -113,18 +125,23 @@ pub fn programs() -> Result<Vec<BpfProgram>, String> {
             0,
         )])],
     );
-    // Sockets and socket pairs of any family but AF_UNIX.
-    for nr in [libc::SYS_socket, libc::SYS_socketpair] {
-        rules.insert(
-            nr,
-            vec![rule(vec![cond(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Ne,
-                libc::AF_UNIX as u64,
-            )])],
-        );
+    // Socket pairs of anything but AF_UNIX stream sockets: the family, or any type (its low
+    // four bits; SOCK_CLOEXEC and SOCK_NONBLOCK are flags above them) other than SOCK_STREAM.
+    let mut pair_rules = vec![rule(vec![cond(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Ne,
+        libc::AF_UNIX as u64,
+    )])];
+    for kind in (0..=SOCK_TYPE_MASK).filter(|&t| t != libc::SOCK_STREAM as u64) {
+        pair_rules.push(rule(vec![cond(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
+            kind,
+        )]));
     }
+    rules.insert(libc::SYS_socketpair, pair_rules);
     // prlimit64 that sets a limit (a non-null new-limit pointer).
     rules.insert(
         libc::SYS_prlimit64,

@@ -329,6 +329,7 @@ impl WorkerSandbox {
             "entry_point": job.entry_point,
             "tests": job.calls,
             "check": job.check,
+            "prelude": job.prelude,
             "load_timeout": job.load_timeout.as_secs_f64(),
             "test_timeout": job.test_timeout.as_secs_f64(),
             "stop_after_timeout": job.stop_after_timeout,

@@ -243,6 +243,7 @@ fn run_sandbox(
             entry_point: p.entry_point.clone(),
             calls: Vec::new(),
             check: Some(p.test.clone()),
+            prelude: Some(p.prompt.clone()),
             test_timeout: Duration::from_secs(3),
             load_timeout: Duration::from_secs(3),
             // One check block: nothing runs after it either way.
