@@ -83,7 +83,7 @@ pub struct FollowAccepted {
 impl FollowAccepted {
     /// The default tolerance: above the largest gap measured where two kinds of CPU part ways
     /// on the default suite (docs/reproducibility.md), below what a real change moves.
-    pub const DEFAULT_TOLERANCE: f32 = 0.25;
+    pub const DEFAULT_TOLERANCE: f32 = 0.3;
 }
 
 impl Default for FollowAccepted {
