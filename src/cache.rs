@@ -35,14 +35,7 @@ pub struct DirLock {
 impl DirLock {
     /// Create `dir` if needed and take its lock.
     pub fn acquire(dir: &Path) -> io::Result<DirLock> {
-        fs::create_dir_all(dir)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".lock"))?;
-        file.lock()?;
-        Ok(DirLock { _file: file })
+        DirLock::acquire_or_wait(dir, |_| {})
     }
 
     /// [`DirLock::acquire`], calling `waiting(dir)` first when another process holds the lock
