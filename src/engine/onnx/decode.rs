@@ -516,19 +516,23 @@ impl Model {
                     let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
                     let tops = head.top(&logits, &index, lq, head_k)?;
                     run_secs += run_started.elapsed().as_secs_f64();
-                    for (r, top) in tops.into_iter().enumerate() {
+                    for (r, mut top) in tops.into_iter().enumerate() {
                         if rows[r].done() {
                             continue;
                         }
                         let (token, logprob) = top[0];
-                        let mut shown = top.clone();
-                        shown.truncate(jobs[r].top_logprobs);
+                        // Only a guided row needs the alternatives beyond those it records.
+                        let all = guided[r].map(|_| top.clone());
+                        top.truncate(jobs[r].top_logprobs);
                         let pick = sampling::Pick {
                             token,
                             logprob,
-                            top: shown,
+                            top,
                         };
-                        let gap = |accepted| Gap::from_top(&top, accepted);
+                        let gap = |accepted| match &all {
+                            Some(all) => Gap::from_top(all, accepted),
+                            None => Gap::AtLeast(f32::INFINITY),
+                        };
                         picks[r] = Some(guide_pick(&mut guided[r], &jobs[r], pick, gap));
                     }
                 }
