@@ -70,6 +70,10 @@ pub struct SuiteConfig {
     pub snapshot: bool,
     /// Where results JSON is journaled.
     pub results: PathBuf,
+    /// For a suite without snapshots: the results folder of an earlier run whose greedy
+    /// outputs are the accepted ones (`results-<profile>.jsonl` in it), followed through near
+    /// ties as accepted snapshots are (docs/reproducibility.md). Ignored when snapshots are on.
+    pub accepted_outputs: Option<PathBuf>,
     /// A run that finds no case files or selects no profile succeeds (it fails otherwise:
     /// zero cases measured is not a pass).
     pub allow_empty: bool,
@@ -83,6 +87,7 @@ impl Default for SuiteConfig {
             snapshots: "snapshots".into(),
             snapshot: true,
             results: "target/codegen".into(),
+            accepted_outputs: None,
             allow_empty: false,
         }
     }

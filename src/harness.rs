@@ -28,10 +28,12 @@ use crate::shard::Shard;
 use crate::snapshot;
 use crate::timeline::{Timed, Timeline};
 
+mod accepted;
 mod prepare;
 mod process;
 mod shard_manifest;
 
+use accepted::AcceptedRuns;
 pub(crate) use prepare::prepare_sources;
 use prepare::warm_evaluator;
 use process::{quiet_snapshot_panics, stop_when_parent_is_gone};
@@ -55,6 +57,8 @@ pub struct Harness {
     pub(crate) cases: Vec<LoadedCase>,
     pub(crate) models: Vec<ModelProfile>,
     sources: Vec<OnceLock<OpenedSource>>,
+    /// The accepted run a suite without snapshots follows (`[suite] accepted_outputs`).
+    accepted_runs: AcceptedRuns,
     /// How ONNX models open: lazily in a cargo-nextest test process and in `codegen finish`.
     loading: Loading,
     pub(crate) evaluator: Evaluator,
@@ -97,8 +101,17 @@ impl Harness {
             Some(s) => results.join(s.dir_name()),
             None => results,
         });
+        let accepted_runs = AcceptedRuns::new(
+            config
+                .suite
+                .accepted_outputs
+                .as_ref()
+                .map(|p| config.resolve(p)),
+            models.len(),
+        );
         Ok(Harness {
             sources: models.iter().map(|_| OnceLock::new()).collect(),
+            accepted_runs,
             loading: options.loading,
             evaluator: Evaluator::new(config.sandbox.clone())
                 .with_low_prob_threshold(config.analysis.low_prob_threshold.get()),
@@ -170,11 +183,12 @@ impl Harness {
     }
 
     /// The output `case`'s accepted snapshot for profile `m` holds, when the suite keeps
-    /// snapshots and that one keeps generated tokens. A section that does not read back is
-    /// said (file and line) and not followed.
+    /// snapshots and that one keeps generated tokens; without snapshots, the accepted run's
+    /// (`[suite] accepted_outputs`), if the suite names one. A section that does not read back
+    /// is said (file and line) and not followed.
     pub(crate) fn accepted(&self, m: usize, case: &Case) -> Option<AcceptedOutput> {
         if !self.config.suite.snapshot {
-            return None;
+            return self.accepted_runs.get(m, &self.models[m].name, &case.key);
         }
         let dir = snapshot::snapshot_dir(
             &self.config.resolve(&self.config.suite.snapshots),

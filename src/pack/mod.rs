@@ -227,7 +227,8 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, PackError> {
 }
 
 /// What a project contributes to a bundle for `models`: the project's files (config, cases,
-/// replay files, accepted snapshots when the suite compares them, model files named by path)
+/// replay files, accepted snapshots when the suite compares them or else the accepted run it
+/// follows, model files named by path)
 /// and the default models whose GGUFs must travel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProjectPlan {
@@ -266,6 +267,13 @@ pub fn project_entries(
     };
     add(&config.path)?;
     add(&config.resolve(&config.suite.cases))?;
+    // The run the suite follows instead of snapshots travels with it, or the device would
+    // decode freely (it says so, and the results would not be the accepted ones).
+    if let Some(accepted) = config.suite.accepted_outputs.as_ref() {
+        if !config.suite.snapshot {
+            add(&config.resolve(accepted))?;
+        }
+    }
     for m in models {
         match &m.source {
             SourceConfig::Reference => {}

@@ -172,6 +172,26 @@ fn the_project_plan_follows_the_config() {
 }
 
 #[test]
+fn a_suite_without_snapshots_carries_the_run_it_follows() {
+    let root = tempfile::tempdir().unwrap();
+    write(root.path(), "cases/a/one.toml", "x");
+    write(root.path(), "accepted/h200/results-ref.jsonl", "{}");
+    let text = "[suite]\nsnapshot = false\naccepted_outputs = \"accepted/h200\"\n";
+    let cfg_path = write(root.path(), "harness/c.toml", text);
+    let config = Config::load(&cfg_path, root.path()).unwrap();
+    let plan = project_entries(&config, &[]).unwrap();
+    let paths: Vec<&str> = plan.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "harness/c.toml",
+            "cases/a/one.toml",
+            "accepted/h200/results-ref.jsonl"
+        ]
+    );
+}
+
+#[test]
 fn commands_copy_each_part_and_the_last_runs_the_script() {
     let parts = [
         "out dir/part.000".to_string(),
