@@ -31,7 +31,9 @@ if [ ! -d "$RUNS/reference" ]; then
 fi
 
 # The same config, following the reference's outputs.
-sed "s#^results = .*#&\naccepted_outputs = \"$RUNS/reference\"#" "$CONFIG" >harness/reruns-follow.toml
+# (The config's own accepted_outputs, if any, is replaced: a table of reruns compares with the
+# first run of this session.)
+grep -v '^accepted_outputs' "$CONFIG" | sed "s#^results = .*#&\naccepted_outputs = \"$RUNS/reference\"#" >harness/reruns-follow.toml
 sed 's#^batch_size = .*#batch_size = 32#' harness/reruns-follow.toml >harness/reruns-batch32.toml
 
 # run NAME CONFIG [VAR=VALUE ...]: one run with the generation cache off.
