@@ -269,10 +269,10 @@ pub fn project_entries(
     add(&config.resolve(&config.suite.cases))?;
     // The run the suite follows instead of snapshots travels with it, or the device would
     // decode freely (it says so, and the results would not be the accepted ones).
-    if let Some(accepted) = config.suite.accepted_outputs.as_ref() {
-        if !config.suite.snapshot {
-            add(&config.resolve(accepted))?;
-        }
+    if let Some(accepted) = config.suite.accepted_outputs.as_ref()
+        && !config.suite.snapshot
+    {
+        add(&config.resolve(accepted))?;
     }
     for m in models {
         match &m.source {
