@@ -11,7 +11,7 @@ from typing import Callable
 
 import onnx
 
-from . import __version__
+from . import __version__, contract
 from .gguf_model import ExportError, GGUFModel
 from .gemma3 import Gemma3Builder
 from .graph import PRECISIONS, TARGETS, GraphBuilder, WeightFile
@@ -150,6 +150,19 @@ def genai_config(model: GGUFModel, tok: TokenizerData, target: str) -> dict:
     }
 
 
+def check(gguf_path: str) -> dict:
+    """What the export checks before building anything, without building: the architecture,
+    every tensor name known to its graph, every metadata key read or allow-listed, and the
+    tokenizer. Raises ExportError naming the first problem."""
+    model = GGUFModel(gguf_path)
+    TokenizerData(model)
+    contract.check_metadata(model)
+    hp = model.hp
+    return {"ok": True, "architecture": hp.arch, "layers": hp.n_layers, "hidden": hp.hidden,
+            "tensors": len(model.tensors), "metadata_keys": len(model.reader.fields),
+            "rope_freq_factors": hp.rope_freq_factors}
+
+
 def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "native",
            progress: Callable[[str], None] | None = None,
            accuracy_level: int | None = None, head_precision: str | None = None) -> dict:
@@ -163,6 +176,7 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     started = time.time()
     model = GGUFModel(gguf_path)
     tok = TokenizerData(model)
+    contract.check_metadata(model)
     out_dir = os.path.abspath(out_dir)
     tmp = out_dir + ".partial"
     if os.path.exists(tmp):
@@ -175,6 +189,7 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
             builder = builder_class(model, target, precision, weights, progress, accuracy_level,
                                     head_precision)
             onnx_model = builder.build()
+            contract.check_all_read(model)
         finally:
             weights.close()
         progress("writing model.onnx")

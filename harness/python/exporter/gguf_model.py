@@ -16,18 +16,17 @@ from typing import Any
 import numpy as np
 import gguf
 
-from . import native
+from . import contract, native
+from .contract import ExportError
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+
+ROPE_FREQS = "rope_freqs.weight"
 
 # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th layer is global, the others use a
 # sliding window and rope base 10000 (hard-coded there, not in the GGUF).
 GEMMA3_SWA_PATTERN = 6
 GEMMA3_LOCAL_ROPE_BASE = 10000.0
-
-
-class ExportError(Exception):
-    """An error with a message meant for the user."""
 
 
 @dataclasses.dataclass
@@ -52,6 +51,11 @@ class HParams:
     swa_layers: list[bool] = dataclasses.field(default_factory=list)
     rope_local_base: float = 0.0
     attn_scale: float = 0.0
+    # llama: positions are multiplied by this before the rotary (linear rope scaling:
+    # 1 / rope.scaling.factor); whether `rope_freqs.weight` divides the inverse frequencies
+    # (Llama 3.1/3.2's "llama3" rope scaling, stored as a tensor)
+    rope_freq_scale: float = 1.0
+    rope_freq_factors: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,10 +76,24 @@ class GGUFModel:
         except Exception as exc:  # noqa: BLE001 - gguf raises plain exceptions
             raise ExportError(f"failed to read GGUF file {path}: {exc}") from exc
         self.tensors = {t.name: t for t in self.reader.tensors}
+        # what the export read: every tensor and metadata key must be read or known not to
+        # matter (`contract.py`), or the export fails naming it
+        self.read_keys: set[str] = set()
+        self.read_tensors: set[str] = set()
         self.hp = self._hparams()
+        contract.check_tensor_names(self, contract.known_tensors(self.hp, self.tensors))
+        # llama3 rope scaling: per-frequency divisors of the rotary's inverse frequencies
+        self.rope_factors: np.ndarray | None = None
+        if self.hp.rope_freq_factors:
+            self.rope_factors = self.raw(ROPE_FREQS).reshape(-1).astype(np.float64)
+            if self.rope_factors.shape[0] != self.hp.head_dim // 2:
+                raise ExportError(
+                    f"failed to export: {ROPE_FREQS} has {self.rope_factors.shape[0]} entries, "
+                    f"expected head_dim/2 = {self.hp.head_dim // 2}")
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
+        self.read_keys.add(key)
         field = self.reader.fields.get(key)
         if field is None:
             return default
@@ -90,17 +108,22 @@ class GGUFModel:
     def _hparams(self) -> HParams:
         arch = self._require("general.architecture")
         if arch not in SUPPORTED_ARCHS:
+            reason = contract.unsupported_reason(arch)
             raise ExportError(
                 f"failed to export: architecture {arch!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ARCHS)})"
+                + (f"(missing: {reason}) " if reason else "")
+                + f"(supported: {', '.join(SUPPORTED_ARCHS)})"
             )
-        scaling = self.meta(f"{arch}.rope.scaling.type")
-        if scaling not in (None, "none"):
-            raise ExportError(f"failed to export: rope scaling {scaling!r} is not supported")
+        contract.check_arch_keys(self, arch)
+        freq_scale = self._rope_scaling(arch)
         hidden = int(self._require(f"{arch}.embedding_length"))
         n_heads = int(self._require(f"{arch}.attention.head_count"))
         n_kv = int(self.meta(f"{arch}.attention.head_count_kv", n_heads))
         head_dim = int(self.meta(f"{arch}.attention.key_length", hidden // n_heads))
+        value_dim = int(self.meta(f"{arch}.attention.value_length", head_dim))
+        if value_dim != head_dim:
+            raise ExportError(f"failed to export: value head size {value_dim} differs from the "
+                              f"key head size {head_dim}")
         rope_dim = int(self.meta(f"{arch}.rope.dimension_count", head_dim))
         if rope_dim != head_dim:
             raise ExportError(
@@ -133,8 +156,27 @@ class GGUFModel:
             tied_embeddings="output.weight" not in self.tensors,
             qkv_bias="blk.0.attn_q.bias" in self.tensors,
             name=str(self.meta("general.name", "model")),
+            rope_freq_scale=freq_scale,
+            rope_freq_factors=ROPE_FREQS in self.tensors,
             **extra,
         )
+
+    def _rope_scaling(self, arch: str) -> float:
+        """The position scale llama.cpp derives from `rope.scaling.*` (linear: 1/factor; a
+        factor without a type is linear there too); other scaling types fail by name."""
+        scaling = self.meta(f"{arch}.rope.scaling.type")
+        factor = float(self.meta(f"{arch}.rope.scaling.factor",
+                                 self.meta(f"{arch}.rope.scale_linear", 0.0)) or 0.0)
+        # read and irrelevant unless yarn (which fails below): the training context, and
+        # whether the model was fine-tuned at the longer context
+        self.meta(f"{arch}.rope.scaling.original_context_length")
+        self.meta(f"{arch}.rope.scaling.finetuned")
+        if scaling in (None, "linear"):
+            return 1.0 if factor in (0.0, 1.0) else 1.0 / factor
+        if scaling == "none":
+            return 1.0
+        raise ExportError(f"failed to export: {arch}.rope.scaling.type {scaling!r} is not "
+                          "supported (supported: none, linear, and llama3's rope_freqs.weight)")
 
     def _gemma3_hparams(self, n_layers: int, hidden: int, n_heads: int,
                         head_dim: int) -> dict[str, Any]:
@@ -170,6 +212,7 @@ class GGUFModel:
         t = self.tensors.get(name)
         if t is None:
             raise ExportError(f"failed to export: tensor {name!r} is missing")
+        self.read_tensors.add(name)
         try:
             data = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError as exc:
@@ -204,6 +247,7 @@ class GGUFModel:
         t = self.tensors.get(name)
         if t is None:
             raise ExportError(f"failed to export: tensor {name!r} is missing")
+        self.read_tensors.add(name)
         shape = tuple(int(d) for d in reversed(t.shape))
         if len(shape) != 2:
             return None
@@ -215,6 +259,10 @@ class GGUFModel:
         if heads is None:
             return bw
         return bw.take_rows(unpermute_rows(np.arange(shape[0]), heads))
+
+    def unread_tensors(self) -> list[str]:
+        """Tensors of the file the export has not read (in file order)."""
+        return [t.name for t in self.reader.tensors if t.name not in self.read_tensors]
 
     def tensor_types(self) -> dict[str, int]:
         out: dict[str, int] = {}

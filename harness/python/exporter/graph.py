@@ -37,6 +37,18 @@ MS_OPSET = 1
 ALIGN = 4096
 
 
+def rope_angles(n_pos: int, dim: int, base: float, freq_scale: float = 1.0,
+                factors: np.ndarray | None = None, positions: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Rotary angles [positions, dim/2] in float64: pos * freq_scale * base^(-2i/dim) / f[i]."""
+    inv_freq = 1.0 / (base ** (np.arange(0, dim // 2, dtype=np.float64) * 2.0 / dim))
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, np.float64)
+    pos = np.arange(n_pos, dtype=np.float64) if positions is None else \
+        np.asarray(positions, np.float64)
+    return np.outer(pos * freq_scale, inv_freq)
+
+
 class WeightFile:
     """Appends initializers to one external-data file as they are made (bounded memory)."""
 
@@ -288,6 +300,18 @@ class GraphBuilder:
         x = self.node("Add", [x, add], name="model/embed_tokens/add/Add")[0]
         return self.node("Reshape", [x, merged], name="model/embed_tokens/add/Merge")[0]
 
+    def rotary_caches(self, name: str, base: float, freq_scale: float = 1.0,
+                      factors: np.ndarray | None = None) -> tuple[str, str]:
+        """cos/sin caches [context_length, head_dim/2], as llama.cpp's ggml_rope_ext computes
+        the angles: position * freq_scale * base^(-2i/head_dim) / factors[i] (factors: llama3's
+        `rope_freqs.weight`; freq_scale: linear rope scaling)."""
+        hp = self.hp
+        angles = rope_angles(hp.context_length, hp.head_dim, base, freq_scale, factors)
+        prefix = f"{name}." if name else ""
+        cos = self.const(f"{prefix}cos_cache", np.cos(angles).astype(self.act))
+        sin = self.const(f"{prefix}sin_cache", np.sin(angles).astype(self.act))
+        return cos, sin
+
     def norm_weight(self, name: str) -> str:
         return self.const(name, self.m.raw(name).astype(self.act))
 
@@ -394,13 +418,7 @@ class GraphBuilder:
 
         seqlens_k, total_len = self.sequence_lengths()
 
-        # rotary caches [max_len, head_dim/2]
-        half = hp.head_dim // 2
-        inv_freq = 1.0 / (hp.rope_base ** (np.arange(0, half, dtype=np.float64) * 2.0 / hp.head_dim))
-        pos = np.arange(hp.context_length, dtype=np.float64)
-        freqs = np.outer(pos, inv_freq)
-        cos = self.const("cos_cache", np.cos(freqs).astype(self.act))
-        sin = self.const("sin_cache", np.sin(freqs).astype(self.act))
+        cos, sin = self.rotary_caches("", hp.rope_base, hp.rope_freq_scale, self.m.rope_factors)
 
         residual = None
         pending = None  # output of the previous block's MLP, not yet added to the residual

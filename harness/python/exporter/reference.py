@@ -15,6 +15,7 @@ import numpy as np
 
 from . import quant
 from .gguf_model import GGUFModel
+from .graph import rope_angles
 
 LINEAR = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
           "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
@@ -38,11 +39,11 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return (x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps) * w).astype(np.float32)
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, base: float, interleaved: bool) -> np.ndarray:
+def _rope(x: np.ndarray, pos: np.ndarray, base: float, interleaved: bool,
+          freq_scale: float = 1.0, factors: np.ndarray | None = None) -> np.ndarray:
     """x: [S, H, D]; pos: [S]."""
     d = x.shape[-1]
-    inv = 1.0 / (base ** (np.arange(0, d // 2, dtype=np.float64) * 2.0 / d))
-    ang = pos[:, None].astype(np.float64) * inv[None, :]
+    ang = rope_angles(0, d, base, freq_scale, factors, positions=pos)
     cos = np.cos(ang)[:, None, :]
     sin = np.sin(ang)[:, None, :]
     if interleaved:
@@ -97,8 +98,9 @@ class Reference:
                 q = q + w[f"blk.{i}.attn_q.bias"]
                 k = k + w[f"blk.{i}.attn_k.bias"]
                 v = v + w[f"blk.{i}.attn_v.bias"]
-            q = _rope(q.reshape(s, hp.n_heads, hp.head_dim), pos, hp.rope_base, interleaved)
-            k = _rope(k.reshape(s, hp.n_kv_heads, hp.head_dim), pos, hp.rope_base, interleaved)
+            rope = (hp.rope_base, interleaved, hp.rope_freq_scale, self.m.rope_factors)
+            q = _rope(q.reshape(s, hp.n_heads, hp.head_dim), pos, *rope)
+            k = _rope(k.reshape(s, hp.n_kv_heads, hp.head_dim), pos, *rope)
             v = v.reshape(s, hp.n_kv_heads, hp.head_dim)
             self.k_cache[i] = np.concatenate([self.k_cache[i], k])
             self.v_cache[i] = np.concatenate([self.v_cache[i], v])
@@ -142,12 +144,13 @@ class Gemma3Reference(Reference):
             b = f"blk.{i}"
             sliding = hp.swa_layers[i]
             base = hp.rope_local_base if sliding else hp.rope_base
+            pscale = 1.0 if sliding else hp.rope_freq_scale
             h = _rms(x, w[f"{b}.attn_norm.weight"], hp.rms_eps)
             q = (h @ w[f"{b}.attn_q.weight"].T).reshape(s, hp.n_heads, hp.head_dim)
             k = (h @ w[f"{b}.attn_k.weight"].T).reshape(s, hp.n_kv_heads, hp.head_dim)
             v = (h @ w[f"{b}.attn_v.weight"].T).reshape(s, hp.n_kv_heads, hp.head_dim)
-            q = _rope(_rms(q, w[f"{b}.attn_q_norm.weight"], hp.rms_eps), pos, base, False)
-            k = _rope(_rms(k, w[f"{b}.attn_k_norm.weight"], hp.rms_eps), pos, base, False)
+            q = _rope(_rms(q, w[f"{b}.attn_q_norm.weight"], hp.rms_eps), pos, base, False, pscale)
+            k = _rope(_rms(k, w[f"{b}.attn_k_norm.weight"], hp.rms_eps), pos, base, False, pscale)
             self.k_cache[i] = np.concatenate([self.k_cache[i], k])
             self.v_cache[i] = np.concatenate([self.v_cache[i], v])
             kk = np.repeat(self.k_cache[i], group, axis=1)  # [T, H, D]

@@ -1,0 +1,201 @@
+"""Tiny GGUFs of each architecture the exporter supports, with random weights in the real tensor
+layout, metadata and quantization types of that family's files, and the family's tokenizer type
+over a small synthetic vocabulary. Written from a seed, so they are the same on every machine
+(numpy's PCG64 and gguf's writer are pinned by requirements.txt); `goldens.py` records
+llama.cpp's logits on them and checks the exporter's against those.
+
+    python tiny_archs.py OUT_DIR [NAME ...]     # write NAME.gguf (default: all)
+
+Weights are scaled so that the logits are far from flat (a logit spread of tens), which makes
+greedy choices decisive: a mismatch in the graph shows as different tokens, not as noise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "tests"))
+sys.path.insert(0, HERE)
+
+from exporter.gguf_model import permute_rows  # noqa: E402
+from fixtures import MERGE_PAIRS, _byte_chars, random_blocks  # noqa: E402
+
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+
+
+def bpe_vocabulary(specials: list[str], size: int) -> tuple[list[str], list[str], list[int]]:
+    """Byte-level BPE (GPT-2 alphabet), a few merges, the family's special tokens (CONTROL),
+    then reserved CONTROL tokens up to `size`, as Llama 3's vocabulary ends."""
+    tokens = _byte_chars()
+    merges = []
+    for a, b in MERGE_PAIRS + [("Ġ", "x"), ("Ġ", "+"), ("Ġ", "="), ("Ġ", "Ġ"), ("ĠĠ", "ĠĠ")]:
+        if a in tokens and b in tokens and a + b not in tokens:
+            tokens.append(a + b)
+            merges.append(f"{a} {b}")
+    types = [int(gguf.TokenType.NORMAL)] * len(tokens)
+    for s in specials:
+        tokens.append(s)
+        types.append(int(gguf.TokenType.CONTROL))
+    n = 0
+    while len(tokens) < size:
+        tokens.append(f"<|reserved_special_token_{n}|>")
+        types.append(int(gguf.TokenType.CONTROL))
+        n += 1
+    return tokens, merges, types
+
+
+def kquant(qtype: Q, w_shape: tuple[int, int], rng, scale: float) -> np.ndarray:
+    """Random blocks of a K-quant (or legacy) type with their float16 scales multiplied by
+    `scale` (the fixtures' blocks give weights of ~0.3)."""
+    from fixtures import _F16_FIELDS
+    blocks = random_blocks(qtype, w_shape[0], w_shape[1], rng)
+    size, fields = _F16_FIELDS[qtype]
+    flat = blocks.reshape(-1, size)
+    for off in fields:
+        d = flat[:, off:off + 2].copy().view(np.float16).astype(np.float32) * scale
+        flat[:, off:off + 2] = d.astype(np.float16).view(np.uint8)
+    return flat.reshape(blocks.shape)
+
+
+class Writer:
+    """A GGUFWriter plus the tensor helpers of the tiny models."""
+
+    def __init__(self, path: str, arch: str, seed: int):
+        self.w = gguf.GGUFWriter(path, arch)
+        self.rng = np.random.default_rng(seed)
+
+    def mat(self, rows: int, cols: int, std: float) -> np.ndarray:
+        return (self.rng.standard_normal((rows, cols)) * std).astype(np.float32)
+
+    def norm(self, n: int) -> np.ndarray:
+        return (1.0 + 0.2 * self.rng.standard_normal(n)).astype(np.float32)
+
+    def add(self, name: str, w: np.ndarray | tuple[int, int], qtype: Q,
+            kscale: float = 0.15) -> None:
+        """A weight [rows, cols]: a float array quantized by gguf (float and legacy types), or
+        a shape for random K-quant blocks."""
+        if qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K):
+            shape = w if isinstance(w, tuple) else w.shape
+            self.w.add_tensor(name, kquant(qtype, shape, self.rng, kscale), raw_dtype=qtype)
+        elif qtype == Q.F32:
+            self.w.add_tensor(name, np.asarray(w, np.float32))
+        elif qtype == Q.F16:
+            self.w.add_tensor(name, np.asarray(w, np.float16))
+        else:
+            self.w.add_tensor(name, gguf.quants.quantize(np.asarray(w, np.float32), qtype),
+                              raw_dtype=qtype)
+
+    def close(self) -> None:
+        self.w.write_header_to_file()
+        self.w.write_kv_data_to_file()
+        self.w.write_tensors_to_file()
+        self.w.close()
+
+
+def llama3_rope_freqs(head_dim: int, base: float, factor: float, low: float, high: float,
+                      original: int) -> np.ndarray:
+    """`rope_freqs.weight` as llama.cpp's convert_hf_to_gguf.py computes it for rope_type
+    llama3 (LlamaModel.generate_extra_tensors)."""
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    low_wl, high_wl = original / low, original / high
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < high_wl:
+            out.append(1)
+        elif wavelen > low_wl:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_llama3(path: str, seed: int = 3) -> None:
+    """Llama 3.2 style: GQA, tied embeddings, llama3 rope scaling as `rope_freqs.weight`
+    (a tiny original context of 16 so that the divisors reach most frequencies of a 256-token
+    context), tiktoken-style byte-level BPE (pre-tokenizer llama-bpe), Q4_K_M's mix of types
+    (Q4_K, Q6_K for attn_v/ffn_down/token_embd), q/k rows permuted as llama.cpp's converter
+    stores them."""
+    hidden, n_heads, n_kv, head_dim, inter, layers, ctx = 256, 4, 2, 64, 512, 2, 256
+    base = 500000.0
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
+    tokens, merges, types = bpe_vocabulary(specials, 320)
+    g = Writer(path, "llama", seed)
+    w = g.w
+    w.add_name("tiny-llama3")
+    w.add_block_count(layers)
+    w.add_context_length(ctx)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(base)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
+    w.add_eos_token_id(tokens.index("<|eot_id|>"))
+    w.add_add_bos_token(True)
+    w.add_chat_template(LLAMA3_TEMPLATE)
+    vocab = len(tokens)
+    g.add("token_embd.weight", (vocab, hidden), Q.Q6_K, kscale=0.6)
+    g.w.add_tensor("rope_freqs.weight", llama3_rope_freqs(head_dim, base, 8.0, 1.0, 4.0, 16))
+    for i in range(layers):
+        b = f"blk.{i}"
+        g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
+        wq = g.mat(n_heads * head_dim, hidden, 0.1)
+        wk = g.mat(n_kv * head_dim, hidden, 0.1)
+        # float weights quantized by gguf (Q8_0/Q5_0 here) keep the permuted rows' values
+        g.add(f"{b}.attn_q.weight", permute_rows(wq, n_heads), Q.Q8_0)
+        g.add(f"{b}.attn_k.weight", permute_rows(wk, n_kv), Q.Q5_0)
+        g.add(f"{b}.attn_v.weight", (n_kv * head_dim, hidden), Q.Q6_K)
+        g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), Q.Q4_K)
+        g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
+        g.add(f"{b}.ffn_gate.weight", (inter, hidden), Q.Q4_K)
+        g.add(f"{b}.ffn_up.weight", (inter, hidden), Q.Q4_K)
+        g.add(f"{b}.ffn_down.weight", (hidden, inter), Q.Q6_K)
+    g.w.add_tensor("output_norm.weight", g.norm(hidden))
+    g.close()
+
+
+# name -> (writer, what llama.cpp hard-codes or reads that the goldens exercise)
+MODELS = {
+    "llama3": (write_llama3, "llama3 rope scaling: rope_freqs.weight divides the inverse "
+                             "frequencies"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    out, names = argv[0], argv[1:] or list(MODELS)
+    os.makedirs(out, exist_ok=True)
+    for name in names:
+        MODELS[name][0](os.path.join(out, f"{name}.gguf"))
+        print(os.path.join(out, f"{name}.gguf"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
