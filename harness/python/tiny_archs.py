@@ -86,6 +86,8 @@ class Writer:
             kscale: float = 0.15) -> None:
         """A weight [rows, cols]: a float array quantized by gguf (float and legacy types), or
         a shape for random K-quant blocks."""
+        if isinstance(w, tuple) and qtype not in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K):
+            w = self.mat(w[0], w[1], 0.4 * kscale)  # about the K-quant blocks' magnitude
         if qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K):
             shape = w if isinstance(w, tuple) else w.shape
             self.w.add_tensor(name, kquant(qtype, shape, self.rng, kscale), raw_dtype=qtype)
@@ -123,65 +125,119 @@ def llama3_rope_freqs(head_dim: int, base: float, factor: float, low: float, hig
     return np.array(out, dtype=np.float32)
 
 
-def write_llama3(path: str, seed: int = 3) -> None:
-    """Llama 3.2 style: GQA, tied embeddings, llama3 rope scaling as `rope_freqs.weight`
-    (a tiny original context of 16 so that the divisors reach most frequencies of a 256-token
-    context), tiktoken-style byte-level BPE (pre-tokenizer llama-bpe), Q4_K_M's mix of types
-    (Q4_K, Q6_K for attn_v/ffn_down/token_embd), q/k rows permuted as llama.cpp's converter
-    stores them."""
-    hidden, n_heads, n_kv, head_dim, inter, layers, ctx = 256, 4, 2, 64, 512, 2, 256
-    base = 500000.0
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
-    tokens, merges, types = bpe_vocabulary(specials, 320)
-    g = Writer(path, "llama", seed)
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[str],
+                  bos: str | None, eos: str, add_bos: bool, template: str,
+                  hidden: int = 256, n_heads: int = 4, n_kv: int = 2, head_dim: int = 64,
+                  inter: int = 512, layers: int = 2, ctx: int = 256, base: float = 10000.0,
+                  rope_freqs: np.ndarray | None = None, qk_norm: bool = False,
+                  permute: bool = False, types: dict[str, Q] | None = None,
+                  file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M, tied: bool = True) -> None:
+    """A llama-family decoder (RMSNorm, SwiGLU, GQA) as llama.cpp's converter writes one, with a
+    byte-level BPE vocabulary of 320 tokens."""
+    types = {"embd": Q.Q6_K, "q": Q.Q8_0, "k": Q.Q5_0, "v": Q.Q6_K, "o": Q.Q4_K,
+             "gate": Q.Q4_K, "up": Q.Q4_K, "down": Q.Q6_K, "head": Q.Q6_K, **(types or {})}
+    tokens, merges, token_types = bpe_vocabulary(specials, 320)
+    g = Writer(path, arch, seed)
     w = g.w
-    w.add_name("tiny-llama3")
+    w.add_name(f"tiny-{arch}")
     w.add_block_count(layers)
     w.add_context_length(ctx)
     w.add_embedding_length(hidden)
     w.add_feed_forward_length(inter)
     w.add_head_count(n_heads)
     w.add_head_count_kv(n_kv)
+    if head_dim != hidden // n_heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(base)
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_file_type(file_type)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
-    w.add_token_types(types)
+    w.add_token_types(token_types)
     w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
-    w.add_eos_token_id(tokens.index("<|eot_id|>"))
-    w.add_add_bos_token(True)
-    w.add_chat_template(LLAMA3_TEMPLATE)
+    if bos is not None:
+        w.add_bos_token_id(tokens.index(bos))
+    w.add_eos_token_id(tokens.index(eos))
+    w.add_add_bos_token(add_bos)
+    w.add_chat_template(template)
     vocab = len(tokens)
-    g.add("token_embd.weight", (vocab, hidden), Q.Q6_K, kscale=0.6)
-    g.w.add_tensor("rope_freqs.weight", llama3_rope_freqs(head_dim, base, 8.0, 1.0, 4.0, 16))
+    g.add("token_embd.weight", (vocab, hidden), types["embd"], kscale=0.6)
+    if rope_freqs is not None:
+        g.w.add_tensor("rope_freqs.weight", rope_freqs)
     for i in range(layers):
         b = f"blk.{i}"
         g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
         wq = g.mat(n_heads * head_dim, hidden, 0.1)
         wk = g.mat(n_kv * head_dim, hidden, 0.1)
-        # float weights quantized by gguf (Q8_0/Q5_0 here) keep the permuted rows' values
-        g.add(f"{b}.attn_q.weight", permute_rows(wq, n_heads), Q.Q8_0)
-        g.add(f"{b}.attn_k.weight", permute_rows(wk, n_kv), Q.Q5_0)
-        g.add(f"{b}.attn_v.weight", (n_kv * head_dim, hidden), Q.Q6_K)
-        g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), Q.Q4_K)
+        if permute:  # llama.cpp's converter permutes q/k rows for its interleaved rotary
+            wq, wk = permute_rows(wq, n_heads), permute_rows(wk, n_kv)
+        g.add(f"{b}.attn_q.weight", wq, types["q"])
+        g.add(f"{b}.attn_k.weight", wk, types["k"])
+        g.add(f"{b}.attn_v.weight", (n_kv * head_dim, hidden), types["v"])
+        if qk_norm:
+            g.w.add_tensor(f"{b}.attn_q_norm.weight", g.norm(head_dim))
+            g.w.add_tensor(f"{b}.attn_k_norm.weight", g.norm(head_dim))
+        g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), types["o"])
         g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
-        g.add(f"{b}.ffn_gate.weight", (inter, hidden), Q.Q4_K)
-        g.add(f"{b}.ffn_up.weight", (inter, hidden), Q.Q4_K)
-        g.add(f"{b}.ffn_down.weight", (hidden, inter), Q.Q6_K)
+        g.add(f"{b}.ffn_gate.weight", (inter, hidden), types["gate"])
+        g.add(f"{b}.ffn_up.weight", (inter, hidden), types["up"])
+        g.add(f"{b}.ffn_down.weight", (hidden, inter), types["down"])
     g.w.add_tensor("output_norm.weight", g.norm(hidden))
+    if not tied:
+        g.add("output.weight", (vocab, hidden), types["head"], kscale=0.6)
     g.close()
+
+
+def write_llama3(path: str) -> None:
+    """Llama 3.2 style: GQA, tied embeddings, llama3 rope scaling as `rope_freqs.weight`
+    (a tiny original context of 16 so that the divisors reach most frequencies of a 256-token
+    context), tiktoken-style byte-level BPE (pre-tokenizer llama-bpe), Q4_K_M's mix of types,
+    q/k rows permuted as llama.cpp's converter stores them."""
+    base = 500000.0
+    write_decoder(path, "llama", 3, pre="llama-bpe", specials=LLAMA3_SPECIALS,
+                  bos="<|begin_of_text|>", eos="<|eot_id|>", add_bos=True,
+                  template=LLAMA3_TEMPLATE, base=base, permute=True,
+                  rope_freqs=llama3_rope_freqs(64, base, 8.0, 1.0, 4.0, 16))
+
+
+def write_qwen3(path: str) -> None:
+    """Qwen3 style: q/k RMSNorm per head, head_dim 128 != hidden/heads, no biases, NEOX rotary
+    (rows as stored), untied Q6_K lm_head, ChatML, pre-tokenizer qwen2, no BOS."""
+    write_decoder(path, "qwen3", 5, pre="qwen2", specials=CHATML_SPECIALS, bos="<|endoftext|>",
+                  eos="<|im_end|>", add_bos=False, template=CHATML_TEMPLATE, base=1e6,
+                  head_dim=128, qk_norm=True, tied=False,
+                  types={"q": Q.Q4_K, "k": Q.Q4_K, "embd": Q.Q4_K})
+
+
+def write_smollm3(path: str) -> None:
+    """SmolLM3 style: llama layout (permuted q/k) with 4 layers so that layer 3 is one of the
+    rope-free layers llama.cpp hard-codes (every 4th), Llama 3's tokenizer type."""
+    write_decoder(path, "smollm3", 7, pre="llama-bpe", specials=LLAMA3_SPECIALS,
+                  bos="<|begin_of_text|>", eos="<|eot_id|>", add_bos=True,
+                  template=LLAMA3_TEMPLATE, base=2e6, permute=True, layers=4,
+                  types={"q": Q.Q4_0, "k": Q.Q4_1, "v": Q.Q8_0, "gate": Q.Q5_K})
 
 
 # name -> (writer, what llama.cpp hard-codes or reads that the goldens exercise)
 MODELS = {
     "llama3": (write_llama3, "llama3 rope scaling: rope_freqs.weight divides the inverse "
                              "frequencies"),
+    "qwen3": (write_qwen3, "q/k RMSNorm per head before a NEOX rotary; head_dim != "
+                           "hidden/heads"),
+    "smollm3": (write_smollm3, "no rotary on every 4th layer (hard-coded in llama.cpp, not in "
+                               "the file)"),
 }
 
 

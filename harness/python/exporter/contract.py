@@ -90,6 +90,8 @@ ARCH_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # llama: rope_freqs.weight holds llama3 rope scaling's per-frequency divisors
     "llama": (_GLOBAL + ("rope_freqs.weight",), _DECODER),
     "qwen2": (_GLOBAL, _DECODER + ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
+    "qwen3": (_GLOBAL, _DECODER + ("attn_q_norm.weight", "attn_k_norm.weight")),
+    "smollm3": (_GLOBAL, _DECODER),
     "gemma3": (_GLOBAL, _DECODER + ("attn_q_norm.weight", "attn_k_norm.weight",
                                     "post_attention_norm.weight", "post_ffw_norm.weight")),
 }

@@ -34,6 +34,7 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
               tensor_forms: dict[str, str] | None = None) -> dict:
     hp = model.hp
     arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM",
                   "gemma3": "Gemma3ForCausalLM"}
     eos = tok.eos_ids()
     config = {

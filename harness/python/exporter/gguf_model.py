@@ -19,7 +19,12 @@ import gguf
 from . import contract, native
 from .contract import ExportError
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "smollm3")
+
+# architectures whose q/k rows llama.cpp's converter permuted for its interleaved ("NORM") rotary
+PERMUTED_QK = ("llama", "smollm3")
+# smollm3 (llama.cpp's llm_build_smollm3, hard-coded there): every 4th layer has no rotary
+SMOLLM3_NO_ROPE_STEP = 4
 
 ROPE_FREQS = "rope_freqs.weight"
 
@@ -56,6 +61,10 @@ class HParams:
     # (Llama 3.1/3.2's "llama3" rope scaling, stored as a tensor)
     rope_freq_scale: float = 1.0
     rope_freq_factors: bool = False
+    # qwen3: RMSNorm of each head of q and k (attn_q_norm/attn_k_norm) before the rotary
+    qk_norm: bool = False
+    # per layer: True where the layer has no rotary (smollm3: every 4th)
+    no_rope_layers: list[bool] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +167,9 @@ class GGUFModel:
             name=str(self.meta("general.name", "model")),
             rope_freq_scale=freq_scale,
             rope_freq_factors=ROPE_FREQS in self.tensors,
+            qk_norm=arch == "qwen3",
+            no_rope_layers=[arch == "smollm3" and (i + 1) % SMOLLM3_NO_ROPE_STEP == 0
+                            for i in range(n_layers)],
             **extra,
         )
 
@@ -226,7 +238,7 @@ class GGUFModel:
     def hf_weight(self, name: str) -> np.ndarray:
         """Dequantized tensor in Hugging Face layout (q/k permutation undone for llama)."""
         w = self.raw(name)
-        if self.hp.arch == "llama":
+        if self.hp.arch in PERMUTED_QK:
             base = name.rsplit(".", 1)[0]
             if base.endswith("attn_q"):
                 w = unpermute_rows(w, self.hp.n_heads)
@@ -252,7 +264,7 @@ class GGUFModel:
         if len(shape) != 2:
             return None
         bw = native.decompose(t.tensor_type.name, t.data, shape)
-        if bw is None or self.hp.arch != "llama":
+        if bw is None or self.hp.arch not in PERMUTED_QK:
             return bw
         base = name.rsplit(".", 1)[0]
         heads = {"attn_q": self.hp.n_heads, "attn_k": self.hp.n_kv_heads}.get(base.split(".")[-1])

@@ -312,6 +312,17 @@ class GraphBuilder:
         sin = self.const(f"{prefix}sin_cache", np.sin(angles).astype(self.act))
         return cos, sin
 
+    def per_head_rms(self, name: str, x: str, heads: int, weight: str) -> str:
+        """RMSNorm over each head of x [B, S, heads*head_dim] (weight [head_dim])."""
+        hp = self.hp
+        split = self.const(f"{name}.shape_split", np.array([0, 0, heads, hp.head_dim], np.int64))
+        joined = self.const(f"{name}.shape_join", np.array([0, 0, heads * hp.head_dim], np.int64))
+        h = self.node("Reshape", [x, split], name=f"{name}/Reshape_split")[0]
+        h = self.node("SimplifiedLayerNormalization", [h, self.norm_weight(weight)],
+                      name=f"{name}/SimplifiedLayerNormalization", epsilon=hp.rms_eps, axis=-1,
+                      stash_type=1)[0]
+        return self.node("Reshape", [h, joined], name=f"{name}/Reshape_join")[0]
+
     def norm_weight(self, name: str) -> str:
         return self.const(name, self.m.raw(name).astype(self.act))
 
@@ -435,23 +446,38 @@ class GraphBuilder:
                     "SkipSimplifiedLayerNormalization", [pending, residual, w_in],
                     [f"/{p}/input_layernorm/output_0", "", "", f"/{p}/input_layernorm/output_3"],
                     domain="com.microsoft", name=f"/{p}/input_layernorm", epsilon=hp.rms_eps)
-            # packed QKV projection
-            bias = None
-            if self.m.has(f"blk.{i}.attn_q.bias"):
-                bias = np.concatenate([
-                    self.m.hf_weight(f"blk.{i}.attn_q.bias"),
-                    self.m.hf_weight(f"blk.{i}.attn_k.bias"),
-                    self.m.hf_weight(f"blk.{i}.attn_v.bias"),
-                ])
-            qkv = self.linear(f"{p}.attn.qkv_proj", h,
-                              [f"blk.{i}.{t}.weight" for t in ("attn_q", "attn_k", "attn_v")], bias)
+            if hp.qk_norm:
+                # qwen3: q, k, v apart, each head of q and k RMS-normed before the rotary
+                q = self.linear(f"{p}.attn.q_proj", h, f"blk.{i}.attn_q.weight")
+                k = self.linear(f"{p}.attn.k_proj", h, f"blk.{i}.attn_k.weight")
+                v = self.linear(f"{p}.attn.v_proj", h, f"blk.{i}.attn_v.weight")
+                q = self.per_head_rms(f"/{p}/attn/q_norm", q, hp.n_heads,
+                                      f"blk.{i}.attn_q_norm.weight")
+                k = self.per_head_rms(f"/{p}/attn/k_norm", k, hp.n_kv_heads,
+                                      f"blk.{i}.attn_k_norm.weight")
+                qkv_inputs = [q, k, v]
+            else:
+                # packed QKV projection
+                bias = None
+                if self.m.has(f"blk.{i}.attn_q.bias"):
+                    bias = np.concatenate([
+                        self.m.hf_weight(f"blk.{i}.attn_q.bias"),
+                        self.m.hf_weight(f"blk.{i}.attn_k.bias"),
+                        self.m.hf_weight(f"blk.{i}.attn_v.bias"),
+                    ])
+                qkv = self.linear(f"{p}.attn.qkv_proj", h,
+                                  [f"blk.{i}.{t}.weight" for t in ("attn_q", "attn_k", "attn_v")],
+                                  bias)
+                qkv_inputs = [qkv, "", ""]
+            # smollm3: every 4th layer has no rotary
+            rotary = not hp.no_rope_layers[i]
             attn, _, _ = self.node(
                 "GroupQueryAttention",
-                [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                 seqlens_k, total_len, cos, sin],
+                qkv_inputs + [f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                              seqlens_k, total_len] + ([cos, sin] if rotary else []),
                 [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
                 domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
-                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
+                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=int(rotary),
                 rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
                 local_window_size=-1)
             o = self.linear(f"{p}.attn.o_proj", attn, f"blk.{i}.attn_output.weight")

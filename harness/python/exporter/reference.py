@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import quant
-from .gguf_model import GGUFModel
+from .gguf_model import PERMUTED_QK, GGUFModel
 from .graph import rope_angles
 
 LINEAR = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
@@ -87,7 +87,7 @@ class Reference:
         s = len(ids)
         pos = np.arange(past, past + s)
         x = w["token_embd.weight"][np.asarray(ids)]
-        interleaved = hp.arch == "llama"
+        interleaved = hp.arch in PERMUTED_QK
         group = hp.n_heads // hp.n_kv_heads
         for i in range(hp.n_layers):
             h = _rms(x, w[f"blk.{i}.attn_norm.weight"], hp.rms_eps)
@@ -99,8 +99,14 @@ class Reference:
                 k = k + w[f"blk.{i}.attn_k.bias"]
                 v = v + w[f"blk.{i}.attn_v.bias"]
             rope = (hp.rope_base, interleaved, hp.rope_freq_scale, self.m.rope_factors)
-            q = _rope(q.reshape(s, hp.n_heads, hp.head_dim), pos, *rope)
-            k = _rope(k.reshape(s, hp.n_kv_heads, hp.head_dim), pos, *rope)
+            q = q.reshape(s, hp.n_heads, hp.head_dim)
+            k = k.reshape(s, hp.n_kv_heads, hp.head_dim)
+            if hp.qk_norm:
+                q = _rms(q, w[f"blk.{i}.attn_q_norm.weight"], hp.rms_eps)
+                k = _rms(k, w[f"blk.{i}.attn_k_norm.weight"], hp.rms_eps)
+            if not hp.no_rope_layers[i]:
+                q = _rope(q, pos, *rope)
+                k = _rope(k, pos, *rope)
             v = v.reshape(s, hp.n_kv_heads, hp.head_dim)
             self.k_cache[i] = np.concatenate([self.k_cache[i], k])
             self.v_cache[i] = np.concatenate([self.v_cache[i], v])
