@@ -52,6 +52,7 @@ CODE = "def add(a, b):\n    return a + b\n\n\ndef "
 LONG = ("import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        return "
         "[line.rstrip() for line in f]\n\n\ndef count(path):\n    total = 0\n    for line in "
         "read_lines(path):\n        total += len(line)\n    return total\n\n\ndef ")
+TEXT = "The quick brown fox jumps over the lazy dog, then returns to the den."
 USER = "Write a function that returns the sum of a list."
 
 
@@ -92,6 +93,8 @@ def make(name: str, work: str) -> dict:
         text = bytes(buf[:n]).decode() if n > 0 else None
         if text is not None:
             prompts.append({"kind": "chat", "text": text, "special": True, "add_bos": False})
+    if not prompts:  # llama.cpp does not know this template: a plain text prompt instead
+        prompts.append({"kind": "text", "text": TEXT, "special": False, "add_bos": None})
     prompts.append({"kind": "code", "text": CODE, "special": False, "add_bos": None})
     prompts.append({"kind": "long", "text": LONG, "special": False, "add_bos": None})
     add_bos_default = bool(llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true")

@@ -139,7 +139,8 @@ def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[s
                   inter: int = 512, layers: int = 2, ctx: int = 256, base: float = 10000.0,
                   rope_freqs: np.ndarray | None = None, qk_norm: bool = False,
                   permute: bool = False, types: dict[str, Q] | None = None,
-                  file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M, tied: bool = True) -> None:
+                  file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M, tied: bool = True,
+                  layout: str = "llama") -> None:
     """A llama-family decoder (RMSNorm, SwiGLU, GQA) as llama.cpp's converter writes one, with a
     byte-level BPE vocabulary of 320 tokens."""
     types = {"embd": Q.Q6_K, "q": Q.Q8_0, "k": Q.Q5_0, "v": Q.Q6_K, "o": Q.Q4_K,
@@ -178,7 +179,8 @@ def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[s
         g.w.add_tensor("rope_freqs.weight", rope_freqs)
     for i in range(layers):
         b = f"blk.{i}"
-        g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
+        if layout != "olmo2":
+            g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
         wq = g.mat(n_heads * head_dim, hidden, 0.1)
         wk = g.mat(n_kv * head_dim, hidden, 0.1)
         if permute:  # llama.cpp's converter permutes q/k rows for its interleaved rotary
@@ -186,14 +188,22 @@ def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[s
         g.add(f"{b}.attn_q.weight", wq, types["q"])
         g.add(f"{b}.attn_k.weight", wk, types["k"])
         g.add(f"{b}.attn_v.weight", (n_kv * head_dim, hidden), types["v"])
-        if qk_norm:
+        if layout == "olmo2":  # q/k norms over the whole width
+            g.w.add_tensor(f"{b}.attn_q_norm.weight", g.norm(n_heads * head_dim))
+            g.w.add_tensor(f"{b}.attn_k_norm.weight", g.norm(n_kv * head_dim))
+        elif qk_norm:
             g.w.add_tensor(f"{b}.attn_q_norm.weight", g.norm(head_dim))
             g.w.add_tensor(f"{b}.attn_k_norm.weight", g.norm(head_dim))
         g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), types["o"])
-        g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
+        if layout == "olmo2":
+            g.w.add_tensor(f"{b}.attn_post_norm.weight", g.norm(hidden))
+        else:
+            g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
         g.add(f"{b}.ffn_gate.weight", (inter, hidden), types["gate"])
         g.add(f"{b}.ffn_up.weight", (inter, hidden), types["up"])
         g.add(f"{b}.ffn_down.weight", (hidden, inter), types["down"])
+        if layout == "olmo2":
+            g.w.add_tensor(f"{b}.ffn_post_norm.weight", g.norm(hidden))
     g.w.add_tensor("output_norm.weight", g.norm(hidden))
     if not tied:
         g.add("output.weight", (vocab, hidden), types["head"], kscale=0.6)
@@ -230,6 +240,110 @@ def write_smollm3(path: str) -> None:
                   types={"q": Q.Q4_0, "k": Q.Q4_1, "v": Q.Q8_0, "gate": Q.Q5_K})
 
 
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{% endfor %}")
+
+
+def write_olmo2(path: str) -> None:
+    """OLMo 2 style: no pre-norms, q/k RMSNorm over the whole width, post-attention and post-MLP
+    norms, MHA, NEOX rotary, untied lm_head, cl100k-style BPE (pre-tokenizer dbrx)."""
+    write_decoder(path, "olmo2", 11, pre="dbrx", specials=["<|endoftext|>", "<|pad|>"],
+                  bos="<|endoftext|>", eos="<|endoftext|>", add_bos=False,
+                  template=OLMO2_TEMPLATE, base=500000.0, n_kv=4, tied=False, layout="olmo2",
+                  types={"q": Q.Q5_1, "k": Q.Q5_1, "v": Q.Q8_0, "o": Q.Q5_K, "down": Q.Q3_K,
+                         "head": Q.Q6_K})
+
+
+def write_layernorm_model(path: str, arch: str, seed: int, *, pre: str, rope_dim: int = 0,
+                          hidden: int = 256, n_heads: int = 4, inter: int = 512,
+                          layers: int = 2, ctx: int = 256, fused_qkv: bool = False,
+                          tied: bool = False, types: dict[str, Q] | None = None) -> None:
+    """gpt2 / phi2 as llama.cpp's converter writes them: biased LayerNorms, q/k/v with biases
+    (fused attn_qkv or apart), GELU MLP with biases; gpt2 adds learned positions, phi2 a partial
+    NEOX rotary and an lm_head bias. No chat template (base models): completion prompts."""
+    types = {"embd": Q.Q8_0, "qkv": Q.Q4_K, "o": Q.Q5_0, "up": Q.Q4_K, "down": Q.Q6_K,
+             "head": Q.Q6_K, **(types or {})}
+    tokens, merges, token_types = bpe_vocabulary(["<|endoftext|>"], 320)
+    head_dim = hidden // n_heads
+    g = Writer(path, arch, seed)
+    w = g.w
+    w.add_name(f"tiny-{arch}")
+    w.add_block_count(layers)
+    w.add_context_length(ctx)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_heads)
+    if rope_dim:
+        w.add_rope_dimension_count(rope_dim)
+        w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(token_types)
+    w.add_token_merges(merges)
+    eot = tokens.index("<|endoftext|>")
+    w.add_bos_token_id(eot)
+    w.add_eos_token_id(eot)
+    w.add_add_bos_token(False)
+    vocab = len(tokens)
+
+    def ln(name: str) -> None:
+        g.w.add_tensor(f"{name}.weight", g.norm(hidden))
+        g.w.add_tensor(f"{name}.bias", (0.1 * g.rng.standard_normal(hidden)).astype(np.float32))
+
+    def bias(n: int) -> np.ndarray:
+        return (0.1 * g.rng.standard_normal(n)).astype(np.float32)
+
+    g.add("token_embd.weight", (vocab, hidden), types["embd"], kscale=0.6)
+    if arch == "gpt2":
+        g.w.add_tensor("position_embd.weight", g.mat(ctx, hidden, 0.1))
+    for i in range(layers):
+        b = f"blk.{i}"
+        ln(f"{b}.attn_norm")
+        if fused_qkv:
+            g.add(f"{b}.attn_qkv.weight", (3 * hidden, hidden), types["qkv"])
+            g.w.add_tensor(f"{b}.attn_qkv.bias", bias(3 * hidden))
+        else:
+            for t in "qkv":
+                g.add(f"{b}.attn_{t}.weight", (hidden, hidden), types["qkv"])
+                g.w.add_tensor(f"{b}.attn_{t}.bias", bias(hidden))
+        g.add(f"{b}.attn_output.weight", (hidden, hidden), types["o"])
+        g.w.add_tensor(f"{b}.attn_output.bias", bias(hidden))
+        if arch == "gpt2":
+            ln(f"{b}.ffn_norm")
+        g.add(f"{b}.ffn_up.weight", (inter, hidden), types["up"])
+        g.w.add_tensor(f"{b}.ffn_up.bias", bias(inter))
+        g.add(f"{b}.ffn_down.weight", (hidden, inter), types["down"])
+        g.w.add_tensor(f"{b}.ffn_down.bias", bias(hidden))
+    ln("output_norm")
+    if not tied:
+        g.add("output.weight", (vocab, hidden), types["head"], kscale=0.6)
+        if arch == "phi2":
+            g.w.add_tensor("output.bias", bias(vocab))
+    g.close()
+
+
+def write_gpt2(path: str) -> None:
+    """GPT-2 style: learned positions, fused attn_qkv with bias, no rotary, GELU, pre-tokenizer
+    gpt-2, untied Q6_K output (the converter writes output.weight)."""
+    write_layernorm_model(path, "gpt2", 13, pre="gpt-2", fused_qkv=True)
+
+
+def write_phi2(path: str) -> None:
+    """Phi-2 style: parallel attention + MLP from one LayerNorm, partial NEOX rotary (32 of 64
+    dims), q/k/v apart with biases, untied lm_head with a bias, pre-tokenizer phi-2."""
+    write_layernorm_model(path, "phi2", 17, pre="phi-2", rope_dim=32,
+                          types={"qkv": Q.Q5_K, "o": Q.Q4_K, "up": Q.Q8_0})
+
+
 # name -> (writer, what llama.cpp hard-codes or reads that the goldens exercise)
 MODELS = {
     "llama3": (write_llama3, "llama3 rope scaling: rope_freqs.weight divides the inverse "
@@ -238,6 +352,9 @@ MODELS = {
                            "hidden/heads"),
     "smollm3": (write_smollm3, "no rotary on every 4th layer (hard-coded in llama.cpp, not in "
                                "the file)"),
+    "olmo2": (write_olmo2, "no pre-norms; q/k RMSNorm over the whole width; post-norms"),
+    "gpt2": (write_gpt2, "learned positions; biased LayerNorms; fused qkv; GELU"),
+    "phi2": (write_phi2, "parallel attention and MLP; partial rotary; lm_head bias; GELU"),
 }
 
 

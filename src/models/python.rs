@@ -28,6 +28,10 @@ pub const EXPORTER_SOURCES: &[(&str, &str)] = &[
         include_str!("../../harness/python/exporter/contract.py"),
     ),
     (
+        "decoders.py",
+        include_str!("../../harness/python/exporter/decoders.py"),
+    ),
+    (
         "export.py",
         include_str!("../../harness/python/exporter/export.py"),
     ),

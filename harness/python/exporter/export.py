@@ -13,6 +13,7 @@ import onnx
 
 from . import __version__, contract
 from .gguf_model import ExportError, GGUFModel
+from .decoders import BUILDERS
 from .gemma3 import Gemma3Builder
 from .graph import PRECISIONS, TARGETS, GraphBuilder, WeightFile
 from .tokenizer import TokenizerData
@@ -35,6 +36,8 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
     hp = model.hp
     arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
                   "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM",
+                  "olmo2": "Olmo2ForCausalLM", "gpt2": "GPT2LMHeadModel",
+                  "phi2": "PhiForCausalLM",
                   "gemma3": "Gemma3ForCausalLM"}
     eos = tok.eos_ids()
     config = {
@@ -46,7 +49,7 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
         "num_attention_heads": hp.n_heads,
         "num_key_value_heads": hp.n_kv_heads,
         "head_dim": hp.head_dim,
-        "hidden_act": "gelu_pytorch_tanh" if hp.arch == "gemma3" else "silu",
+        "hidden_act": "gelu_pytorch_tanh" if hp.arch in ("gemma3", "gpt2", "phi2") else "silu",
         "rms_norm_eps": hp.rms_eps,
         "rope_theta": hp.rope_base,
         "max_position_embeddings": hp.context_length,
@@ -186,7 +189,7 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     try:
         weights = WeightFile(tmp, DATA_FILE)
         try:
-            builder_class = Gemma3Builder if model.hp.arch == "gemma3" else GraphBuilder
+            builder_class = {"gemma3": Gemma3Builder, **BUILDERS}.get(model.hp.arch, GraphBuilder)
             builder = builder_class(model, target, precision, weights, progress, accuracy_level,
                                     head_precision)
             onnx_model = builder.build()

@@ -19,7 +19,12 @@ import gguf
 from . import contract, native
 from .contract import ExportError
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "smollm3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "smollm3", "olmo2", "gpt2", "phi2")
+
+# architectures with biased LayerNorm (`layer_norm_epsilon`) instead of RMSNorm
+LAYER_NORM_ARCHS = ("gpt2", "phi2")
+# architectures whose rotary may cover only the first `rope.dimension_count` dims of a head
+PARTIAL_ROTARY_ARCHS = ("phi2",)
 
 # architectures whose q/k rows llama.cpp's converter permuted for its interleaved ("NORM") rotary
 PERMUTED_QK = ("llama", "smollm3")
@@ -61,6 +66,8 @@ class HParams:
     # (Llama 3.1/3.2's "llama3" rope scaling, stored as a tensor)
     rope_freq_scale: float = 1.0
     rope_freq_factors: bool = False
+    # dims of each head the rotary covers (phi2: partial rotary; gpt2: unused)
+    rope_dim: int = 0
     # qwen3: RMSNorm of each head of q and k (attn_q_norm/attn_k_norm) before the rotary
     qk_norm: bool = False
     # per layer: True where the layer has no rotary (smollm3: every 4th)
@@ -134,7 +141,7 @@ class GGUFModel:
             raise ExportError(f"failed to export: value head size {value_dim} differs from the "
                               f"key head size {head_dim}")
         rope_dim = int(self.meta(f"{arch}.rope.dimension_count", head_dim))
-        if rope_dim != head_dim:
+        if rope_dim != head_dim and arch not in PARTIAL_ROTARY_ARCHS:
             raise ExportError(
                 f"failed to export: partial rotary (rope dim {rope_dim} of head dim {head_dim}) "
                 "is not supported"
@@ -159,7 +166,10 @@ class GGUFModel:
             n_kv_heads=n_kv,
             head_dim=head_dim,
             rope_base=float(self.meta(f"{arch}.rope.freq_base", default_base)),
-            rms_eps=float(self._require(f"{arch}.attention.layer_norm_rms_epsilon")),
+            rms_eps=float(self._require(f"{arch}.attention.layer_norm_epsilon"
+                                        if arch in LAYER_NORM_ARCHS
+                                        else f"{arch}.attention.layer_norm_rms_epsilon")),
+            rope_dim=rope_dim,
             context_length=int(self.meta(f"{arch}.context_length", 4096)),
             vocab_size=vocab,
             tied_embeddings="output.weight" not in self.tensors,
