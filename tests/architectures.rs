@@ -57,6 +57,13 @@ macro_rules! architecture {
 }
 
 architecture!(llama3_rope_freqs_matches_llama_cpp, "llama3");
+architecture!(qwen3_matches_llama_cpp, "qwen3");
+architecture!(smollm3_matches_llama_cpp, "smollm3");
+architecture!(smollm3_tq1_0_matches_llama_cpp, "smollm3-tq1_0");
+architecture!(smollm3_tq2_0_matches_llama_cpp, "smollm3-tq2_0");
+architecture!(olmo2_matches_llama_cpp, "olmo2");
+architecture!(gpt2_matches_llama_cpp, "gpt2");
+architecture!(phi2_matches_llama_cpp, "phi2");
 
 /// Every golden file has its test above (adding a golden without a test fails here).
 #[test]

@@ -240,6 +240,18 @@ def write_smollm3(path: str) -> None:
                   types={"q": Q.Q4_0, "k": Q.Q4_1, "v": Q.Q8_0, "gate": Q.Q5_K})
 
 
+def write_smollm3_ternary(path: str, qtype: Q) -> None:
+    """SmolLM3 at 1.58 bits: every linear layer TQ1_0 or TQ2_0 (ternary), embeddings Q4_K and
+    the lm_head Q6_K, as the ternary GGUFs our users compare with full precision keep them."""
+    ternary = {k: qtype for k in ("q", "k", "v", "o", "gate", "up", "down")}
+    write_decoder(path, "smollm3", 19 if qtype == Q.TQ1_0 else 23, pre="llama-bpe",
+                  specials=LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>",
+                  add_bos=True, template=LLAMA3_TEMPLATE, base=2e6, permute=True, layers=4,
+                  tied=False, types={**ternary, "embd": Q.Q4_K, "head": Q.Q6_K},
+                  file_type=gguf.LlamaFileType.MOSTLY_TQ1_0 if qtype == Q.TQ1_0
+                  else gguf.LlamaFileType.MOSTLY_TQ2_0)
+
+
 OLMO2_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
     "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
@@ -352,6 +364,12 @@ MODELS = {
                            "hidden/heads"),
     "smollm3": (write_smollm3, "no rotary on every 4th layer (hard-coded in llama.cpp, not in "
                                "the file)"),
+    "smollm3-tq1_0": (lambda p: write_smollm3_ternary(p, Q.TQ1_0),
+                      "ternary TQ1_0 linear layers (native: MatMulNBits bits=2) and SmolLM3's "
+                      "rope-free layers"),
+    "smollm3-tq2_0": (lambda p: write_smollm3_ternary(p, Q.TQ2_0),
+                      "ternary TQ2_0 linear layers (native: MatMulNBits bits=2) and SmolLM3's "
+                      "rope-free layers"),
     "olmo2": (write_olmo2, "no pre-norms; q/k RMSNorm over the whole width; post-norms"),
     "gpt2": (write_gpt2, "learned positions; biased LayerNorms; fused qkv; GELU"),
     "phi2": (write_phi2, "parallel attention and MLP; partial rotary; lm_head bias; GELU"),

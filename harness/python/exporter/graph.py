@@ -266,6 +266,8 @@ class GraphBuilder:
         name = "token_embd.weight"
         bw = self.m.block_weight(name) if (self.precision == "native" and self.target == "cpu") \
             else None
+        if bw is not None and bw.bits == 2:  # GatherBlockQuantized takes 4- and 8-bit codes
+            bw = None
         if bw is None:
             emb = self.m.raw(name)
             emb_dtype = np.float32 if self.wdtype == np.float32 else np.float16
