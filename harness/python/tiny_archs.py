@@ -252,6 +252,120 @@ def write_smollm3_ternary(path: str, qtype: Q) -> None:
                   else gguf.LlamaFileType.MOSTLY_TQ2_0)
 
 
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+PHI3_SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"]
+
+
+def phi3_spm_vocabulary() -> tuple[list[str], list[float], list[int]]:
+    """Phi-3's SentencePiece layout: <unk> <s> </s>, the 256 byte tokens, scored pieces, then
+    the chat special tokens (CONTROL)."""
+    from fixtures import SPM_MERGED, SPM_PIECES
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [int(gguf.TokenType.UNKNOWN), int(gguf.TokenType.CONTROL),
+             int(gguf.TokenType.CONTROL)]
+    scores = [0.0, 0.0, 0.0]
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        types.append(int(gguf.TokenType.BYTE))
+        scores.append(0.0)
+    pieces = SPM_PIECES + [m for m in SPM_MERGED if m not in SPM_PIECES] + \
+        ["▁W", "W", "▁a", "▁l", "▁s", "▁o", "."]
+    seen = set(tokens)
+    for rank, piece in enumerate(pieces):
+        if piece in seen:
+            continue
+        seen.add(piece)
+        tokens.append(piece)
+        types.append(int(gguf.TokenType.NORMAL))
+        scores.append(-1000.0 - rank if len(piece) == 1 else -float(rank))
+    for sp in PHI3_SPECIALS:
+        tokens.append(sp)
+        types.append(int(gguf.TokenType.CONTROL))
+        scores.append(0.0)
+    while len(tokens) < 320:
+        tokens.append(f"<unused{len(tokens)}>")
+        types.append(int(gguf.TokenType.UNUSED))
+        scores.append(0.0)
+    return tokens, scores, types
+
+
+def write_phi3(path: str, seed: int, *, original: int, rope_dim: int, n_kv: int, tied: bool,
+               spm: bool, window: int = 0) -> None:
+    """Phi-3 / Phi-4-mini as llama.cpp's converter writes them: fused attn_qkv, fused gate|up in
+    ffn_up [2*inter], longrope (rope_factors_long/short.weight, rope.scaling.attn_factor,
+    original_context_length), NEOX rotary over rope_dim dims."""
+    hidden, n_heads, head_dim, inter, layers, ctx, base = 256, 4, 64, 512, 2, 256, 10000.0
+    factor = ctx / original
+    attn_factor = float(np.sqrt(1 + np.log(factor) / np.log(original))) if factor > 1 else 1.0
+    g = Writer(path, "phi3", seed)
+    w = g.w
+    w.add_name("tiny-phi3")
+    w.add_block_count(layers)
+    w.add_context_length(ctx)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(base)
+    w.add_rope_dimension_count(rope_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_scaling_attn_factors(attn_factor)
+    w.add_rope_scaling_orig_ctx_len(original)
+    if window:
+        w.add_sliding_window(window)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    if spm:
+        tokens, scores, types = phi3_spm_vocabulary()
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(tokens.index("<s>"))
+        w.add_eos_token_id(tokens.index("<|end|>"))
+        w.add_unk_token_id(tokens.index("<unk>"))
+        w.add_pad_token_id(tokens.index("<|endoftext|>"))
+        w.add_add_bos_token(False)
+        w.add_add_eos_token(False)
+    else:  # Phi-4-mini: o200k byte-level BPE
+        tokens, merges, types = bpe_vocabulary(PHI3_SPECIALS, 320)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-4o")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(tokens.index("<|endoftext|>"))
+        w.add_eos_token_id(tokens.index("<|end|>"))
+        w.add_add_bos_token(False)
+    w.add_chat_template(PHI3_TEMPLATE)
+    vocab = len(tokens)
+    half = rope_dim // 2
+    # longrope factors as Phi-3's config lists them: >= 1, growing with the wavelength
+    short = (1.0 + 0.5 * np.linspace(0, 1, half) ** 2).astype(np.float32)
+    long = (1.0 + (factor - 1.0) * np.linspace(0, 1, half) ** 1.5).astype(np.float32)
+    g.add("token_embd.weight", (vocab, hidden), Q.Q4_K, kscale=0.6)
+    g.w.add_tensor("rope_factors_long.weight", long)
+    g.w.add_tensor("rope_factors_short.weight", short)
+    for i in range(layers):
+        b = f"blk.{i}"
+        g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
+        g.add(f"{b}.attn_qkv.weight", ((n_heads + 2 * n_kv) * head_dim, hidden), Q.Q5_K)
+        g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), Q.Q4_K)
+        g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
+        g.add(f"{b}.ffn_up.weight", (2 * inter, hidden), Q.Q4_K)
+        g.add(f"{b}.ffn_down.weight", (hidden, inter), Q.Q6_K)
+    g.w.add_tensor("output_norm.weight", g.norm(hidden))
+    if not tied:
+        g.add("output.weight", (vocab, hidden), Q.Q6_K, kscale=0.6)
+    g.close()
+
+
 OLMO2_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
     "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
@@ -370,6 +484,14 @@ MODELS = {
     "smollm3-tq2_0": (lambda p: write_smollm3_ternary(p, Q.TQ2_0),
                       "ternary TQ2_0 linear layers (native: MatMulNBits bits=2) and SmolLM3's "
                       "rope-free layers"),
+    "phi3": (lambda p: write_phi3(p, 29, original=64, rope_dim=64, n_kv=4, tied=False,
+                                  spm=True, window=48),
+             "longrope at a fixed context: the long factors (context 256 > original 64) and "
+             "attn_factor; the GGUF's sliding window 48 ignored past it, as llama.cpp does"),
+    "phi4-mini": (lambda p: write_phi3(p, 31, original=2048, rope_dim=48, n_kv=2, tied=True,
+                                       spm=False),
+                  "longrope's short factors (context within the original 2048), partial "
+                  "rotary 48 of 64, GQA, tied embeddings, o200k pre-tokenizer"),
     "olmo2": (write_olmo2, "no pre-norms; q/k RMSNorm over the whole width; post-norms"),
     "gpt2": (write_gpt2, "learned positions; biased LayerNorms; fused qkv; GELU"),
     "phi2": (write_phi2, "parallel attention and MLP; partial rotary; lm_head bias; GELU"),

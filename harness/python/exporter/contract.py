@@ -101,6 +101,11 @@ ARCH_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
              ("attn_norm.weight", "attn_norm.bias", "attn_qkv.weight", "attn_qkv.bias",
               "attn_output.weight", "attn_output.bias", "ffn_norm.weight", "ffn_norm.bias",
               "ffn_up.weight", "ffn_up.bias", "ffn_down.weight", "ffn_down.bias")),
+    # phi3 / Phi-4-mini: fused attn_qkv (or apart), fused gate|up in ffn_up, longrope factors
+    "phi3": (_GLOBAL + ("rope_factors_long.weight", "rope_factors_short.weight"),
+             ("attn_norm.weight", "attn_qkv.weight", "attn_q.weight", "attn_k.weight",
+              "attn_v.weight", "attn_output.weight", "ffn_norm.weight", "ffn_up.weight",
+              "ffn_down.weight")),
     # phi2: one biased LayerNorm feeding attention and MLP in parallel; fused or separate qkv
     "phi2": (_GLOBAL + ("output_norm.bias", "output.bias"),
              ("attn_norm.weight", "attn_norm.bias", "attn_qkv.weight", "attn_qkv.bias",

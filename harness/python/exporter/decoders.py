@@ -176,13 +176,7 @@ class Phi2Builder(LayerNormBuilder):
         self.progress("embeddings")
         x = self.embedding()
         seqlens_k, total_len = self.sequence_lengths()
-        # GroupQueryAttention rotates the first 2 * cos_cache.shape[1] dims of each head
-        hp_dim = hp.head_dim
-        hp.head_dim = hp.rope_dim
-        try:
-            rope = self.rotary_caches("", hp.rope_base, hp.rope_freq_scale)
-        finally:
-            hp.head_dim = hp_dim
+        rope = self.rotary_caches("", hp.rope_base, hp.rope_freq_scale)
         for i in range(hp.n_layers):
             self.progress(f"layer {i + 1}/{hp.n_layers}")
             p, b = f"model.layers.{i}", f"blk.{i}"
@@ -204,4 +198,42 @@ class Phi2Builder(LayerNormBuilder):
         return self.model_proto(inputs, outputs)
 
 
-BUILDERS = {"olmo2": Olmo2Builder, "gpt2": Gpt2Builder, "phi2": Phi2Builder}
+class Phi3Builder(LayerNormBuilder):
+    """phi3 / Phi-4-mini (llama.cpp `llm_build_phi3`): RMSNorm pre-norm blocks; fused attn_qkv
+    (no bias); NEOX rotary, partial where rope.dimension_count < head_dim (Phi-4-mini), with
+    longrope's per-frequency factors (long or short, `GGUFModel.rope_factors`) and
+    rope.scaling.attn_factor on cos/sin; fused gate|up in ffn_up (SwiGLU: silu(first half) *
+    second half); lm_head tied unless output.weight is present."""
+
+    def build(self) -> onnx.ModelProto:
+        hp = self.hp
+        inputs, outputs = self.graph_io()
+        self.progress("embeddings")
+        x = self.embedding()
+        seqlens_k, total_len = self.sequence_lengths()
+        rope = self.rotary_caches("", hp.rope_base, hp.rope_freq_scale, self.m.rope_factors)
+        split = self.const("model.mlp.split", np.array([hp.intermediate, hp.intermediate],
+                                                       np.int64))
+        for i in range(hp.n_layers):
+            self.progress(f"layer {i + 1}/{hp.n_layers}")
+            p, b = f"model.layers.{i}", f"blk.{i}"
+            h = self.rms(f"/{p}/input_layernorm", x, f"{b}.attn_norm.weight")
+            attn = self.attention(p, i, self.packed_qkv(p, b, h), seqlens_k, total_len, rope)
+            o = self.linear(f"{p}.attn.o_proj", attn, f"{b}.attn_output.weight")
+            x = self.node("Add", [x, o], name=f"/{p}/attn/residual")[0]
+            h = self.rms(f"/{p}/post_attention_layernorm", x, f"{b}.ffn_norm.weight")
+            gate_up = self.linear(f"{p}.mlp.gate_up_proj", h, f"{b}.ffn_up.weight")
+            gate, up = self.node("Split", [gate_up, split], [f"/{p}/mlp/gate", f"/{p}/mlp/up"],
+                                 name=f"/{p}/mlp/Split", axis=-1)
+            sig = self.node("Sigmoid", [gate], name=f"/{p}/mlp/act_fn/Sigmoid")[0]
+            act = self.node("Mul", [gate, sig], name=f"/{p}/mlp/act_fn/Mul")[0]
+            prod = self.node("Mul", [act, up], name=f"/{p}/mlp/Mul")[0]
+            down = self.linear(f"{p}.mlp.down_proj", prod, f"{b}.ffn_down.weight")
+            x = self.node("Add", [x, down], name=f"/{p}/mlp/residual")[0]
+        self.progress("lm_head")
+        hf = self.rms("/model/norm", x, "output_norm.weight")
+        return self.finish(hf, inputs, outputs)
+
+
+BUILDERS = {"olmo2": Olmo2Builder, "gpt2": Gpt2Builder, "phi2": Phi2Builder,
+            "phi3": Phi3Builder}

@@ -37,7 +37,7 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
     arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
                   "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM",
                   "olmo2": "Olmo2ForCausalLM", "gpt2": "GPT2LMHeadModel",
-                  "phi2": "PhiForCausalLM",
+                  "phi2": "PhiForCausalLM", "phi3": "Phi3ForCausalLM",
                   "gemma3": "Gemma3ForCausalLM"}
     eos = tok.eos_ids()
     config = {

@@ -19,12 +19,13 @@ import gguf
 from . import contract, native
 from .contract import ExportError
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "smollm3", "olmo2", "gpt2", "phi2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "smollm3", "olmo2", "gpt2", "phi2",
+                   "phi3")
 
 # architectures with biased LayerNorm (`layer_norm_epsilon`) instead of RMSNorm
 LAYER_NORM_ARCHS = ("gpt2", "phi2")
 # architectures whose rotary may cover only the first `rope.dimension_count` dims of a head
-PARTIAL_ROTARY_ARCHS = ("phi2",)
+PARTIAL_ROTARY_ARCHS = ("phi2", "phi3")
 
 # architectures whose q/k rows llama.cpp's converter permuted for its interleaved ("NORM") rotary
 PERMUTED_QK = ("llama", "smollm3")
@@ -32,6 +33,8 @@ PERMUTED_QK = ("llama", "smollm3")
 SMOLLM3_NO_ROPE_STEP = 4
 
 ROPE_FREQS = "rope_freqs.weight"
+ROPE_LONG = "rope_factors_long.weight"
+ROPE_SHORT = "rope_factors_short.weight"
 
 # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th layer is global, the others use a
 # sliding window and rope base 10000 (hard-coded there, not in the GGUF).
@@ -66,6 +69,11 @@ class HParams:
     # (Llama 3.1/3.2's "llama3" rope scaling, stored as a tensor)
     rope_freq_scale: float = 1.0
     rope_freq_factors: bool = False
+    # rope.scaling.attn_factor (cos and sin scaled by it), the training context before rope
+    # scaling, and which of phi3's longrope factor sets the export uses ("" when none)
+    rope_attn_factor: float = 1.0
+    rope_original_context: int = 0
+    rope_factor_set: str = ""
     # dims of each head the rotary covers (phi2: partial rotary; gpt2: unused)
     rope_dim: int = 0
     # qwen3: RMSNorm of each head of q and k (attn_q_norm/attn_k_norm) before the rotary
@@ -99,13 +107,28 @@ class GGUFModel:
         self.hp = self._hparams()
         contract.check_tensor_names(self, contract.known_tensors(self.hp, self.tensors))
         # llama3 rope scaling: per-frequency divisors of the rotary's inverse frequencies
+        # (rope_freqs.weight); phi3's longrope: the long or the short ones, chosen as llama.cpp
+        # chooses them for a context of the export's context_length (long past the original)
         self.rope_factors: np.ndarray | None = None
+        name = None
         if self.hp.rope_freq_factors:
-            self.rope_factors = self.raw(ROPE_FREQS).reshape(-1).astype(np.float64)
-            if self.rope_factors.shape[0] != self.hp.head_dim // 2:
+            name = ROPE_FREQS
+        elif ROPE_LONG in self.tensors or ROPE_SHORT in self.tensors:
+            long = self.hp.context_length > self.hp.rope_original_context
+            name = ROPE_LONG if long else ROPE_SHORT
+            for other in (ROPE_LONG, ROPE_SHORT):
+                if other not in self.tensors:
+                    raise ExportError(f"failed to export: {other} is missing beside "
+                                      f"{ROPE_LONG if other == ROPE_SHORT else ROPE_SHORT}")
+                self.read_tensors.add(other)  # read: one of the two is chosen here
+            self.hp.rope_factor_set = "long" if long else "short"
+        if name is not None:
+            self.rope_factors = self.raw(name).reshape(-1).astype(np.float64)
+            want = (self.hp.rope_dim or self.hp.head_dim) // 2
+            if self.rope_factors.shape[0] != want:
                 raise ExportError(
-                    f"failed to export: {ROPE_FREQS} has {self.rope_factors.shape[0]} entries, "
-                    f"expected head_dim/2 = {self.hp.head_dim // 2}")
+                    f"failed to export: {name} has {self.rope_factors.shape[0]} entries, "
+                    f"expected rope_dim/2 = {want}")
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
@@ -155,6 +178,11 @@ class GGUFModel:
         default_base = 1e6 if arch in ("qwen2", "gemma3") else 1e4
         n_layers = int(self._require(f"{arch}.block_count"))
         extra: dict[str, Any] = {}
+        if arch == "phi3":
+            # read and ignored as llama.cpp ignores it: "Phi SWA is currently disabled"
+            # (llama_model_phi3::load_arch_hparams sets n_swa = 0), so every layer attends to
+            # the whole context
+            self.meta("phi3.attention.sliding_window")
         if arch == "gemma3":
             extra = self._gemma3_hparams(n_layers, hidden, n_heads, head_dim)
         return HParams(
@@ -170,6 +198,8 @@ class GGUFModel:
                                         if arch in LAYER_NORM_ARCHS
                                         else f"{arch}.attention.layer_norm_rms_epsilon")),
             rope_dim=rope_dim,
+            rope_attn_factor=self._rope_attn_factor,
+            rope_original_context=self._rope_original,
             context_length=int(self.meta(f"{arch}.context_length", 4096)),
             vocab_size=vocab,
             tied_embeddings="output.weight" not in self.tensors,
@@ -191,7 +221,9 @@ class GGUFModel:
                                  self.meta(f"{arch}.rope.scale_linear", 0.0)) or 0.0)
         # read and irrelevant unless yarn (which fails below): the training context, and
         # whether the model was fine-tuned at the longer context
-        self.meta(f"{arch}.rope.scaling.original_context_length")
+        self._rope_original = int(self.meta(f"{arch}.rope.scaling.original_context_length", 0)
+                                  or 0)
+        self._rope_attn_factor = float(self.meta(f"{arch}.rope.scaling.attn_factor", 1.0))
         self.meta(f"{arch}.rope.scaling.finetuned")
         if scaling in (None, "linear"):
             return 1.0 if factor in (0.0, 1.0) else 1.0 / factor

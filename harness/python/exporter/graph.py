@@ -308,10 +308,16 @@ class GraphBuilder:
         the angles: position * freq_scale * base^(-2i/head_dim) / factors[i] (factors: llama3's
         `rope_freqs.weight`; freq_scale: linear rope scaling)."""
         hp = self.hp
-        angles = rope_angles(hp.context_length, hp.head_dim, base, freq_scale, factors)
+        # a partial rotary (phi2, phi3) covers the first rope_dim dims: GroupQueryAttention
+        # rotates 2 * cos_cache.shape[1] dims of each head and passes the rest through
+        angles = rope_angles(hp.context_length, hp.rope_dim or hp.head_dim, base, freq_scale,
+                             factors)
+        # rope.scaling.attn_factor (phi3's longrope mscale): ggml_rope_ext scales cos and sin
         prefix = f"{name}." if name else ""
-        cos = self.const(f"{prefix}cos_cache", np.cos(angles).astype(self.act))
-        sin = self.const(f"{prefix}sin_cache", np.sin(angles).astype(self.act))
+        cos = self.const(f"{prefix}cos_cache",
+                         (np.cos(angles) * hp.rope_attn_factor).astype(self.act))
+        sin = self.const(f"{prefix}sin_cache",
+                         (np.sin(angles) * hp.rope_attn_factor).astype(self.act))
         return cos, sin
 
     def per_head_rms(self, name: str, x: str, heads: int, weight: str) -> str:

@@ -297,7 +297,37 @@ class LayerNormReference(Reference):
         return (h @ self.head.T + w.get("output.bias", 0.0)).astype(np.float32)
 
 
-REFERENCES = {"gemma3": Gemma3Reference, "olmo2": Olmo2Reference, "gpt2": LayerNormReference,
+class Phi3Reference(LayerNormReference):
+    """phi3: RMSNorm blocks, fused qkv, partial NEOX rotary with longrope factors and
+    attn_factor (q and k each scaled by it), fused gate|up."""
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        hp, w = self.hp, self.w
+        past = self.k_cache[0].shape[0]
+        s = len(ids)
+        pos = np.arange(past, past + s)
+        x = w["token_embd.weight"][np.asarray(ids)]
+        r = hp.rope_dim or hp.head_dim
+        for i in range(hp.n_layers):
+            b = f"blk.{i}"
+            h = _rms(x, w[f"{b}.attn_norm.weight"], hp.rms_eps)
+            q, k, v = self.qkv(b, h)
+
+            def rope(t):
+                rot = _rope(t[..., :r], pos, hp.rope_base, False, hp.rope_freq_scale,
+                            self.m.rope_factors) * np.float32(hp.rope_attn_factor)
+                return np.concatenate([rot, t[..., r:]], -1)
+            o = self.attend(i, rope(q), rope(k), v, pos) @ w[f"{b}.attn_output.weight"].T
+            x = x + o
+            h = _rms(x, w[f"{b}.ffn_norm.weight"], hp.rms_eps)
+            gu = h @ w[f"{b}.ffn_up.weight"].T
+            g, u = gu[:, :hp.intermediate], gu[:, hp.intermediate:]
+            x = x + ((g / (1.0 + np.exp(-g))) * u) @ w[f"{b}.ffn_down.weight"].T
+        h = _rms(x, w["output_norm.weight"], hp.rms_eps)
+        return (h @ self.head.T).astype(np.float32)
+
+
+REFERENCES = {"phi3": Phi3Reference, "gemma3": Gemma3Reference, "olmo2": Olmo2Reference, "gpt2": LayerNormReference,
               "phi2": LayerNormReference}
 
 

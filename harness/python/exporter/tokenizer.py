@@ -37,6 +37,14 @@ LLAMA3_REGEX = (
 # pre-tokenizers that llama.cpp runs with ignore_merges (llama-vocab.cpp)
 IGNORE_MERGES = ("llama-bpe", "llama3", "llama-v3")
 
+# o200k (gpt-4o, Phi-4-mini): the original tokenizer.json regex, as llama-vocab.cpp quotes it
+GPT4O_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+    r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 
 def _byte_level(add_prefix_space: bool = False, trim_offsets: bool = True, use_regex: bool = True):
     return {"type": "ByteLevel", "add_prefix_space": add_prefix_space,
@@ -55,6 +63,9 @@ def pre_tokenizer_for(pre: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     if pre in ("llama-bpe", "llama3", "llama-v3", "dbrx", "smaug-bpe"):
         return None, {"type": "Sequence", "pretokenizers": [
             _split(LLAMA3_REGEX), _byte_level(False, True, False)]}
+    if pre in ("gpt-4o", "llama4"):
+        return None, {"type": "Sequence", "pretokenizers": [
+            _split(GPT4O_REGEX), _byte_level(False, True, False)]}
     if pre in ("smollm", "starcoder", "refact", "codeshell"):
         return None, {"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": True}, _byte_level(False, True, True)]}
@@ -63,7 +74,7 @@ def pre_tokenizer_for(pre: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     raise ExportError(
         f"failed to export the tokenizer: pre-tokenizer {pre!r} is not supported "
         "(supported: qwen2, llama-bpe, llama3, dbrx, smaug-bpe, smollm, starcoder, refact, "
-        "codeshell, gpt-2, phi-2, olmo, mpt)"
+        "codeshell, gpt-2, phi-2, olmo, mpt, gpt-4o)"
     )
 
 
