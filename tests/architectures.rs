@@ -64,6 +64,7 @@ architecture!(smollm3_tq2_0_matches_llama_cpp, "smollm3-tq2_0");
 architecture!(olmo2_matches_llama_cpp, "olmo2");
 architecture!(gpt2_matches_llama_cpp, "gpt2");
 architecture!(phi2_matches_llama_cpp, "phi2");
+architecture!(mistral_window_matches_llama_cpp_within_it, "mistral");
 architecture!(phi3_long_rope_factors_match_llama_cpp, "phi3");
 architecture!(phi4_mini_short_rope_factors_match_llama_cpp, "phi4-mini");
 

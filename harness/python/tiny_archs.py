@@ -366,6 +366,65 @@ def write_phi3(path: str, seed: int, *, original: int, rope_dim: int, n_kv: int,
     g.close()
 
 
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def write_mistral(path: str) -> None:
+    """Mistral 7B v0.1 style: llama layout (permuted q/k), GQA, a sliding window of 16 (every
+    layer) named by llama.attention.sliding_window, SentencePiece vocabulary with <s> </s>."""
+    hidden, n_heads, n_kv, head_dim, inter, layers, ctx = 256, 4, 1, 64, 512, 2, 256
+    tokens, scores, types = phi3_spm_vocabulary()
+    tokens = [t if t not in PHI3_SPECIALS else f"<unused{i}>" for i, t in enumerate(tokens)]
+    tokens[tokens.index("<unused" + str(len(tokens) - 2) + ">")] = "[INST]"
+    tokens[tokens.index("<unused" + str(len(tokens) - 1) + ">")] = "[/INST]"
+    g = Writer(path, "llama", 37)
+    w = g.w
+    w.add_name("tiny-mistral")
+    w.add_block_count(layers)
+    w.add_context_length(ctx)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_sliding_window(16)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(tokens.index("<s>"))
+    w.add_eos_token_id(tokens.index("</s>"))
+    w.add_unk_token_id(tokens.index("<unk>"))
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(MISTRAL_TEMPLATE)
+    vocab = len(tokens)
+    g.add("token_embd.weight", (vocab, hidden), Q.Q4_K, kscale=0.6)
+    for i in range(layers):
+        b = f"blk.{i}"
+        g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
+        g.add(f"{b}.attn_q.weight", permute_rows(g.mat(n_heads * head_dim, hidden, 0.1), n_heads),
+              Q.Q4_0)
+        g.add(f"{b}.attn_k.weight", permute_rows(g.mat(n_kv * head_dim, hidden, 0.1), n_kv),
+              Q.Q4_1)
+        g.add(f"{b}.attn_v.weight", (n_kv * head_dim, hidden), Q.Q6_K)
+        g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), Q.Q4_K)
+        g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
+        g.add(f"{b}.ffn_gate.weight", (inter, hidden), Q.Q4_K)
+        g.add(f"{b}.ffn_up.weight", (inter, hidden), Q.Q4_K)
+        g.add(f"{b}.ffn_down.weight", (hidden, inter), Q.Q6_K)
+    g.w.add_tensor("output_norm.weight", g.norm(hidden))
+    g.add("output.weight", (vocab, hidden), Q.Q6_K, kscale=0.6)
+    g.close()
+
+
 OLMO2_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
     "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
@@ -492,6 +551,9 @@ MODELS = {
                                        spm=False),
                   "longrope's short factors (context within the original 2048), partial "
                   "rotary 48 of 64, GQA, tied embeddings, o200k pre-tokenizer"),
+    "mistral": (write_mistral, "llama with a sliding window of 16 (the GGUF's "
+                               "llama.attention.sliding_window); llama.cpp ignores it: the "
+                               "golden shows what it does past the window"),
     "olmo2": (write_olmo2, "no pre-norms; q/k RMSNorm over the whole width; post-norms"),
     "gpt2": (write_gpt2, "learned positions; biased LayerNorms; fused qkv; GELU"),
     "phi2": (write_phi2, "parallel attention and MLP; partial rotary; lm_head bias; GELU"),

@@ -76,6 +76,8 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
             "tensors": tensor_forms or {},
         },
     }
+    if hp.arch == "llama" and hp.sliding_window:
+        config["sliding_window"] = hp.sliding_window
     if hp.arch == "gemma3":
         config.update({
             "sliding_window": hp.sliding_window,

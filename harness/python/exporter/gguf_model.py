@@ -178,6 +178,13 @@ class GGUFModel:
         default_base = 1e6 if arch in ("qwen2", "gemma3") else 1e4
         n_layers = int(self._require(f"{arch}.block_count"))
         extra: dict[str, Any] = {}
+        if arch == "llama":
+            # Mistral: a sliding window where the GGUF names one (every layer; Hugging Face's
+            # MistralForCausalLM). llama.cpp's llama graph does not read this key and attends
+            # to the whole context past the window; the goldens record that difference.
+            window = int(self.meta("llama.attention.sliding_window", 0) or 0)
+            if window:
+                extra = {"sliding_window": window, "swa_layers": [True] * n_layers}
         if arch == "phi3":
             # read and ignored as llama.cpp ignores it: "Phi SWA is currently disabled"
             # (llama_model_phi3::load_arch_hparams sets n_swa = 0), so every layer attends to

@@ -487,7 +487,8 @@ class GraphBuilder:
                 domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
                 num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=int(rotary),
                 rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
-                local_window_size=-1)
+                local_window_size=hp.sliding_window if hp.swa_layers and hp.swa_layers[i]
+                else -1)
             o = self.linear(f"{p}.attn.o_proj", attn, f"blk.{i}.attn_output.weight")
             w_post = self.norm_weight(f"blk.{i}.ffn_norm.weight")
             h2, _, _, residual = self.node(

@@ -115,6 +115,8 @@ class Reference:
             t = kk.shape[0]
             scores = np.einsum("shd,thd->hst", q, kk) / np.sqrt(hp.head_dim)
             mask = (np.arange(t)[None, :] > pos[:, None])  # [S, T]
+            if hp.swa_layers and hp.swa_layers[i]:  # Mistral's window
+                mask |= pos[:, None] - np.arange(t)[None, :] >= hp.sliding_window
             scores = np.where(mask[None], -np.inf, scores)
             scores = scores - scores.max(-1, keepdims=True)
             p = np.exp(scores)
