@@ -4,7 +4,8 @@ over a small synthetic vocabulary. Written from a seed, so they are the same on 
 (numpy's PCG64 and gguf's writer are pinned by requirements.txt); `goldens.py` records
 llama.cpp's logits on them and checks the exporter's against those.
 
-    python tiny_archs.py OUT_DIR [NAME ...]     # write NAME.gguf (default: all)
+    python tiny_archs.py OUT_DIR [NAME ...]     # write NAME.gguf (default: all supported)
+    python tiny_archs.py OUT_DIR --unsupported  # MoE (mixtral, qwen2moe), mamba, jamba, chatglm
 
 Weights are scaled so that the logits are far from flat (a logit spread of tens), which makes
 greedy choices decisive: a mismatch in the graph shows as different tokens, not as noise.
@@ -560,14 +561,88 @@ MODELS = {
 }
 
 
+def write_unsupported(path: str, arch: str) -> None:
+    """A tiny GGUF of an architecture the exporter does not support, in that family's real
+    tensor layout (random weights, a byte-level vocabulary): for the doctor's table."""
+    hidden, layers, n_heads, inter, experts = 64, 2, 4, 128, 4
+    g = Writer(path, "llama" if arch == "mixtral" else arch, 41)
+    w = g.w
+    w.add_name(f"tiny-{arch}")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    tokens, merges, types = bpe_vocabulary(CHATML_SPECIALS, 320)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    vocab = len(tokens)
+    g.w.add_tensor("token_embd.weight", g.mat(vocab, hidden, 0.1))
+    g.w.add_tensor("output_norm.weight", g.norm(hidden))
+    for i in range(layers):
+        b = f"blk.{i}"
+        if arch in ("mamba", "jamba") and (arch == "mamba" or i % 2 == 0):
+            d_inner, d_state, d_conv = 2 * hidden, 16, 4
+            w.add_ssm_conv_kernel(d_conv) if i == 0 else None
+            g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
+            g.w.add_tensor(f"{b}.ssm_in.weight", g.mat(2 * d_inner, hidden, 0.1))
+            g.w.add_tensor(f"{b}.ssm_conv1d.weight", g.mat(d_inner, d_conv, 0.1))
+            g.w.add_tensor(f"{b}.ssm_x.weight", g.mat(8 + 2 * d_state, d_inner, 0.1))
+            g.w.add_tensor(f"{b}.ssm_dt.weight", g.mat(d_inner, 8, 0.1))
+            g.w.add_tensor(f"{b}.ssm_a", g.mat(d_inner, d_state, 0.1))
+            g.w.add_tensor(f"{b}.ssm_d", g.norm(d_inner))
+            g.w.add_tensor(f"{b}.ssm_out.weight", g.mat(hidden, d_inner, 0.1))
+            continue
+        g.w.add_tensor(f"{b}.attn_norm.weight", g.norm(hidden))
+        if arch == "chatglm":
+            g.w.add_tensor(f"{b}.attn_qkv.weight", g.mat(3 * hidden, hidden, 0.1))
+            g.w.add_tensor(f"{b}.attn_qkv.bias", g.norm(3 * hidden))
+        else:
+            for t in "qkv":
+                g.w.add_tensor(f"{b}.attn_{t}.weight", g.mat(hidden, hidden, 0.1))
+        g.w.add_tensor(f"{b}.attn_output.weight", g.mat(hidden, hidden, 0.1))
+        g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
+        if arch in ("mixtral", "qwen2moe", "jamba"):
+            g.w.add_tensor(f"{b}.ffn_gate_inp.weight", g.mat(experts, hidden, 0.1))
+            g.w.add_tensor(f"{b}.ffn_gate_exps.weight",
+                           (0.1 * g.rng.standard_normal((experts, inter, hidden))).astype(np.float32))
+            g.w.add_tensor(f"{b}.ffn_up_exps.weight",
+                           (0.1 * g.rng.standard_normal((experts, inter, hidden))).astype(np.float32))
+            g.w.add_tensor(f"{b}.ffn_down_exps.weight",
+                           (0.1 * g.rng.standard_normal((experts, hidden, inter))).astype(np.float32))
+        else:
+            g.w.add_tensor(f"{b}.ffn_up.weight", g.mat(2 * inter if arch == "chatglm" else inter,
+                                                      hidden, 0.1))
+            g.w.add_tensor(f"{b}.ffn_down.weight", g.mat(hidden, inter, 0.1))
+    w.add_feed_forward_length(inter)
+    if arch != "mamba":
+        w.add_head_count(n_heads)
+        w.add_head_count_kv(n_heads)
+        w.add_layer_norm_rms_eps(1e-5)
+    if arch in ("mixtral", "qwen2moe", "jamba"):
+        w.add_expert_count(experts)
+        w.add_expert_used_count(2)
+    g.close()
+
+
+UNSUPPORTED_MODELS = ("mixtral", "qwen2moe", "mamba", "jamba", "chatglm")
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
     out, names = argv[0], argv[1:] or list(MODELS)
     os.makedirs(out, exist_ok=True)
+    if names == ["--unsupported"]:
+        names = list(UNSUPPORTED_MODELS)
     for name in names:
-        MODELS[name][0](os.path.join(out, f"{name}.gguf"))
+        if name in UNSUPPORTED_MODELS:
+            write_unsupported(os.path.join(out, f"{name}.gguf"), name)
+        else:
+            MODELS[name][0](os.path.join(out, f"{name}.gguf"))
         print(os.path.join(out, f"{name}.gguf"))
     return 0
 
