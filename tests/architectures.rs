@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use codegen_harness::env::Env;
+use codegen_harness::prompt::{Message, TemplateTokens, render_chat_template};
 use codegen_harness::models::python::PythonEnv;
 use codegen_harness::provision::Provisioner;
 
@@ -27,11 +28,10 @@ fn python() -> Command {
 }
 
 /// `goldens.py check NAME --precision P` passes; its JSON summary is printed either way.
-fn check(name: &str, precision: &str) {
-    let work = tempfile::tempdir().unwrap();
+fn check(name: &str, precision: &str, work: &Path) {
     let output = python()
         .args(["goldens.py", "check", name, "--precision", precision, "--work"])
-        .arg(work.path())
+        .arg(work)
         .output()
         .expect("run goldens.py");
     let text = format!(
@@ -46,12 +46,64 @@ fn check(name: &str, precision: &str) {
     eprintln!("{text}");
 }
 
+/// The exported tokenizer and chat template against llama.cpp's, as the golden recorded them:
+/// each prompt's token ids (the tokenizers crate on the export's tokenizer.json, special tokens
+/// added where llama.cpp added BOS), and the chat prompt rendered by llama.cpp's own template
+/// code equal to the engine's rendering of the export's chat_template.
+fn tokenizer_and_template_match(name: &str, folder: &Path) {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("harness/python/goldens/{name}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let tok = tokenizers::Tokenizer::from_file(folder.join("tokenizer.json")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(folder.join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    for p in golden["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        let want: Vec<u32> = p["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let chat = p["kind"] == "chat";
+        let add = !chat && p["add_bos"].as_bool().unwrap_or(false);
+        let got = tok.encode(text, add).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "{name}: token ids of {:?} differ from llama.cpp's", p["kind"]);
+        if chat {
+            let template = cfg["chat_template"].as_str().expect("a chat_template");
+            let tokens = TemplateTokens {
+                bos_token: cfg["bos_token"].as_str().unwrap_or_default().to_string(),
+                eos_token: cfg["eos_token"].as_str().unwrap_or_default().to_string(),
+            };
+            let messages = [Message {
+                role: "user".into(),
+                content: golden_user_message().into(),
+            }];
+            let ours = render_chat_template(template, &messages, &tokens, true).unwrap();
+            assert_eq!(ours, text, "{name}: chat prompt differs from llama.cpp's rendering");
+        }
+    }
+}
+
+/// goldens.py's USER message.
+fn golden_user_message() -> &'static str {
+    "Write a function that returns the sum of a list."
+}
+
 macro_rules! architecture {
     ($test:ident, $name:literal) => {
         #[test]
         fn $test() {
-            check($name, "fp32");
-            check($name, "native0");
+            let work = tempfile::tempdir().unwrap();
+            check($name, "fp32", work.path());
+            tokenizer_and_template_match($name, &work.path().join(concat!($name, "-fp32")));
+            check($name, "native0", work.path());
         }
     };
 }
