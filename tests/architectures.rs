@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::Command;
 
 use codegen_harness::env::Env;
-use codegen_harness::prompt::{Message, TemplateTokens, render_chat_template};
 use codegen_harness::models::python::PythonEnv;
+use codegen_harness::prompt::{Message, TemplateTokens, render_chat_template};
 use codegen_harness::provision::Provisioner;
 
 fn python() -> Command {
@@ -30,7 +30,14 @@ fn python() -> Command {
 /// `goldens.py check NAME --precision P` passes; its JSON summary is printed either way.
 fn check(name: &str, precision: &str, work: &Path) {
     let output = python()
-        .args(["goldens.py", "check", name, "--precision", precision, "--work"])
+        .args([
+            "goldens.py",
+            "check",
+            name,
+            "--precision",
+            precision,
+            "--work",
+        ])
         .arg(work)
         .output()
         .expect("run goldens.py");
@@ -53,7 +60,8 @@ fn check(name: &str, precision: &str, work: &Path) {
 fn tokenizer_and_template_match(name: &str, folder: &Path) {
     let golden: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("harness/python/goldens/{name}.json")),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("harness/python/goldens/{name}.json")),
         )
         .unwrap(),
     )
@@ -74,7 +82,11 @@ fn tokenizer_and_template_match(name: &str, folder: &Path) {
         let chat = p["kind"] == "chat";
         let add = !chat && p["add_bos"].as_bool().unwrap_or(false);
         let got = tok.encode(text, add).unwrap().get_ids().to_vec();
-        assert_eq!(got, want, "{name}: token ids of {:?} differ from llama.cpp's", p["kind"]);
+        assert_eq!(
+            got, want,
+            "{name}: token ids of {:?} differ from llama.cpp's",
+            p["kind"]
+        );
         if chat {
             let template = cfg["chat_template"].as_str().expect("a chat_template");
             let tokens = TemplateTokens {
@@ -86,7 +98,10 @@ fn tokenizer_and_template_match(name: &str, folder: &Path) {
                 content: golden_user_message().into(),
             }];
             let ours = render_chat_template(template, &messages, &tokens, true).unwrap();
-            assert_eq!(ours, text, "{name}: chat prompt differs from llama.cpp's rendering");
+            assert_eq!(
+                ours, text,
+                "{name}: chat prompt differs from llama.cpp's rendering"
+            );
         }
     }
 }
@@ -114,6 +129,7 @@ architecture!(smollm3_matches_llama_cpp, "smollm3");
 architecture!(smollm3_tq1_0_matches_llama_cpp, "smollm3-tq1_0");
 architecture!(smollm3_tq2_0_matches_llama_cpp, "smollm3-tq2_0");
 architecture!(olmo2_matches_llama_cpp, "olmo2");
+architecture!(gemma3_local_rope_and_window_match_llama_cpp, "gemma3");
 architecture!(gpt2_matches_llama_cpp, "gpt2");
 architecture!(phi2_matches_llama_cpp, "phi2");
 architecture!(mistral_window_matches_llama_cpp_within_it, "mistral");

@@ -197,14 +197,14 @@ def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[s
             g.w.add_tensor(f"{b}.attn_k_norm.weight", g.norm(head_dim))
         g.add(f"{b}.attn_output.weight", (hidden, n_heads * head_dim), types["o"])
         if layout == "olmo2":
-            g.w.add_tensor(f"{b}.attn_post_norm.weight", g.norm(hidden))
+            g.w.add_tensor(f"{b}.post_attention_norm.weight", g.norm(hidden))
         else:
             g.w.add_tensor(f"{b}.ffn_norm.weight", g.norm(hidden))
         g.add(f"{b}.ffn_gate.weight", (inter, hidden), types["gate"])
         g.add(f"{b}.ffn_up.weight", (inter, hidden), types["up"])
         g.add(f"{b}.ffn_down.weight", (hidden, inter), types["down"])
         if layout == "olmo2":
-            g.w.add_tensor(f"{b}.ffn_post_norm.weight", g.norm(hidden))
+            g.w.add_tensor(f"{b}.post_ffw_norm.weight", g.norm(hidden))
     g.w.add_tensor("output_norm.weight", g.norm(hidden))
     if not tied:
         g.add("output.weight", (vocab, hidden), types["head"], kscale=0.6)
@@ -306,7 +306,9 @@ def write_phi3(path: str, seed: int, *, original: int, rope_dim: int, n_kv: int,
     attn_factor = float(np.sqrt(1 + np.log(factor) / np.log(original))) if factor > 1 else 1.0
     g = Writer(path, "phi3", seed)
     w = g.w
-    w.add_name("tiny-phi3")
+    # llama.cpp sets token attributes by general.name: a name with "phi3"/"phi-3" needs the
+    # SentencePiece <s> </s> <unk> (Phi-4-mini's real name has neither)
+    w.add_name("tiny-phi3" if spm else "tiny-phi-4-mini")
     w.add_block_count(layers)
     w.add_context_length(ctx)
     w.add_embedding_length(hidden)
@@ -530,6 +532,17 @@ def write_phi2(path: str) -> None:
                           types={"qkv": Q.Q5_K, "o": Q.Q4_K, "up": Q.Q8_0})
 
 
+def write_gemma3(path: str) -> None:
+    """Gemma 3 style (tests/fixtures.py's layout: q/k norms, post norms, head_dim 64 != hidden/8,
+    MQA, a SentencePiece vocabulary with user-defined whitespace tokens), 7 layers so that the
+    sliding-window pattern llama.cpp hard-codes (5 of every 6 local, rope base 10000 there) has a
+    global layer (5) and local ones on both sides; window 4, prompts far past it."""
+    from fixtures import write_gemma3_fixture
+    write_gemma3_fixture(path, {"embd": Q.Q8_0, "q": Q.Q4_0, "k": Q.Q8_0, "v": Q.Q8_0,
+                                "o": Q.Q5_0, "gate": Q.Q4_1, "up": Q.Q5_1, "down": Q.Q8_0},
+                         seed=43, embd_scale=0.1)
+
+
 # name -> (writer, what llama.cpp hard-codes or reads that the goldens exercise)
 MODELS = {
     "llama3": (write_llama3, "llama3 rope scaling: rope_freqs.weight divides the inverse "
@@ -555,6 +568,8 @@ MODELS = {
     "mistral": (write_mistral, "llama with a sliding window of 16 (the GGUF's "
                                "llama.attention.sliding_window); llama.cpp ignores it: the "
                                "golden shows what it does past the window"),
+    "gemma3": (write_gemma3, "gemma3's local layers: rope base 10000 and the 5-of-6 sliding "
+                             "pattern, hard-coded in llama.cpp; window 4"),
     "olmo2": (write_olmo2, "no pre-norms; q/k RMSNorm over the whole width; post-norms"),
     "gpt2": (write_gpt2, "learned positions; biased LayerNorms; fused qkv; GELU"),
     "phi2": (write_phi2, "parallel attention and MLP; partial rotary; lm_head bias; GELU"),

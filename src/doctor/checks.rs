@@ -432,18 +432,18 @@ pub fn template_specials(template: &str) -> Vec<String> {
     let mut i = 0;
     while i < bytes.len() {
         let rest = &template[i..];
-        let end = if rest.starts_with("<|") {
-            rest[2..].find("|>").map(|e| e + 4)
-        } else if rest.starts_with('<') {
-            let word = rest[1..]
+        let end = if let Some(inner) = rest.strip_prefix("<|") {
+            inner.find("|>").map(|e| e + 4)
+        } else if let Some(inner) = rest.strip_prefix('<') {
+            let word = inner
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(0);
-            (word > 1 && rest[1 + word..].starts_with('>')).then_some(word + 2)
-        } else if rest.starts_with('[') {
-            let word = rest[1..]
+            (word > 1 && inner[word..].starts_with('>')).then_some(word + 2)
+        } else if let Some(inner) = rest.strip_prefix('[') {
+            let word = inner
                 .find(|c: char| !(c.is_ascii_uppercase() || c == '/' || c == '_'))
                 .unwrap_or(0);
-            (word > 2 && rest[1 + word..].starts_with(']')).then_some(word + 2)
+            (word > 2 && inner[word..].starts_with(']')).then_some(word + 2)
         } else {
             None
         };
@@ -494,8 +494,9 @@ pub(crate) fn lint_template(
                 "the rendered prompt has {count} BOS tokens {bos_text:?} (double BOS)"
             ));
         } else if count == 1 && enc.get_ids().first() != Some(&bos) {
-            lint.problems
-                .push(format!("BOS {bos_text:?} is not the first token of the prompt"));
+            lint.problems.push(format!(
+                "BOS {bos_text:?} is not the first token of the prompt"
+            ));
         }
         let adds_bos = tok_cfg["add_bos_token"].as_bool().unwrap_or(false);
         if count == 0 && adds_bos {
@@ -518,8 +519,10 @@ pub(crate) fn lint_template(
             content: marker.into(),
         },
     ];
-    if let Ok(text) = render_chat_template(template, &turn, &spec.template_tokens, false) {
-        if let Some(at) = text.find(marker) {
+    if let Ok(text) = render_chat_template(template, &turn, &spec.template_tokens, false)
+        && let Some(at) = text.find(marker)
+    {
+        {
             let after = &text[at + marker.len()..];
             let first = tok
                 .encode(after, false)

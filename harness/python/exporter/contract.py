@@ -93,9 +93,9 @@ ARCH_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qwen3": (_GLOBAL, _DECODER + ("attn_q_norm.weight", "attn_k_norm.weight")),
     "smollm3": (_GLOBAL, _DECODER),
     "olmo2": (_GLOBAL, ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-                        "attn_q_norm.weight", "attn_k_norm.weight", "attn_post_norm.weight",
+                        "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
                         "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
-                        "ffn_post_norm.weight")),
+                        "post_ffw_norm.weight")),
     # gpt2: learned positions, biased LayerNorms, fused attn_qkv with bias, GELU MLP with biases
     "gpt2": (_GLOBAL + ("position_embd.weight", "output_norm.bias"),
              ("attn_norm.weight", "attn_norm.bias", "attn_qkv.weight", "attn_qkv.bias",

@@ -15,8 +15,8 @@ from .graph import GraphBuilder
 class Olmo2Builder(GraphBuilder):
     """olmo2 (llama.cpp `llm_build_olmo2`): no norm before attention or MLP; q and k are
     RMS-normed over their whole width (attn_q_norm [hidden], attn_k_norm [kv_heads*head_dim])
-    before a NEOX rotary; the attention and MLP outputs are RMS-normed (attn_post_norm,
-    ffn_post_norm) before their residual add; SwiGLU MLP; untied lm_head."""
+    before a NEOX rotary; the attention and MLP outputs are RMS-normed (post_attention_norm,
+    post_ffw_norm) before their residual add; SwiGLU MLP; untied lm_head."""
 
     def rms(self, name: str, x: str, weight: str) -> str:
         return self.node("SimplifiedLayerNormalization", [x, self.norm_weight(weight)],
@@ -48,7 +48,7 @@ class Olmo2Builder(GraphBuilder):
                 rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
                 local_window_size=-1)
             o = self.linear(f"{p}.attn.o_proj", attn, f"{b}.attn_output.weight")
-            o = self.rms(f"/{p}/post_attention_layernorm", o, f"{b}.attn_post_norm.weight")
+            o = self.rms(f"/{p}/post_attention_layernorm", o, f"{b}.post_attention_norm.weight")
             x = self.node("Add", [x, o], name=f"/{p}/attn/residual")[0]
             gate = self.linear(f"{p}.mlp.gate_proj", x, f"{b}.ffn_gate.weight")
             up = self.linear(f"{p}.mlp.up_proj", x, f"{b}.ffn_up.weight")
@@ -56,7 +56,7 @@ class Olmo2Builder(GraphBuilder):
             act = self.node("Mul", [gate, sig], name=f"/{p}/mlp/act_fn/Mul")[0]
             prod = self.node("Mul", [act, up], name=f"/{p}/mlp/Mul")[0]
             down = self.linear(f"{p}.mlp.down_proj", prod, f"{b}.ffn_down.weight")
-            down = self.rms(f"/{p}/post_feedforward_layernorm", down, f"{b}.ffn_post_norm.weight")
+            down = self.rms(f"/{p}/post_feedforward_layernorm", down, f"{b}.post_ffw_norm.weight")
             x = self.node("Add", [x, down], name=f"/{p}/mlp/residual")[0]
         self.progress("lm_head")
         hf = self.rms("/model/norm", x, "output_norm.weight")

@@ -207,11 +207,11 @@ class Olmo2Reference(Reference):
             attn = _attend(q, self.k_cache[i], self.v_cache[i], pos, group,
                            1.0 / np.sqrt(hp.head_dim))
             o = attn @ w[f"{b}.attn_output.weight"].T
-            x = x + _rms(o, w[f"{b}.attn_post_norm.weight"], hp.rms_eps)
+            x = x + _rms(o, w[f"{b}.post_attention_norm.weight"], hp.rms_eps)
             g = x @ w[f"{b}.ffn_gate.weight"].T
             u = x @ w[f"{b}.ffn_up.weight"].T
             down = ((g / (1.0 + np.exp(-g))) * u) @ w[f"{b}.ffn_down.weight"].T
-            x = x + _rms(down, w[f"{b}.ffn_post_norm.weight"], hp.rms_eps)
+            x = x + _rms(down, w[f"{b}.post_ffw_norm.weight"], hp.rms_eps)
         h = _rms(x, w["output_norm.weight"], hp.rms_eps)
         return (h @ self.head.T).astype(np.float32)
 

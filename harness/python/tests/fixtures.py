@@ -228,7 +228,8 @@ def write_fixture(path: str, arch: str, types: dict[str, Q] | None = None, seed:
 
 def write_gemma3_fixture(path: str, types: dict[str, Q] | None = None, seed: int = 0,
                          hidden: int = 256, n_heads: int = 8, n_kv: int = 1, inter: int = 512,
-                         layers: int = 7, head_dim: int = 64, window: int = 4) -> dict:
+                         layers: int = 7, head_dim: int = 64, window: int = 4,
+                         embd_scale: float = 0.05) -> dict:
     """A tiny gemma3 as llama.cpp's converter writes one: norm weights already (1 + w), no q/k
     permutation, head_dim set apart from hidden/heads, layers 0-4 and 6 sliding, 5 global."""
     types = types or {}
@@ -267,7 +268,8 @@ def write_gemma3_fixture(path: str, types: dict[str, Q] | None = None, seed: int
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    _add(writer, "token_embd.weight", mat(vocab, hidden, 0.05), types.get("embd", Q.F32), rng)
+    _add(writer, "token_embd.weight", mat(vocab, hidden, embd_scale), types.get("embd", Q.F32),
+         rng)
     for i in range(layers):
         b = f"blk.{i}"
         for name in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
