@@ -261,6 +261,36 @@ def check(name: str, work: str, precision: str, without_rope_freqs: bool = False
             "ok": not failures, "failures": failures}
 
 
+def table(work: str) -> str:
+    """VALIDATION.md's rows: every golden at fp32, native0 and native (one line per model)."""
+    names = sorted(f[:-5] for f in os.listdir(GOLDENS) if f.endswith(".json"))
+    lines = ["| tiny GGUF | what llama.cpp hard-codes or reads that it exercises | prompts (tokens) "
+             "| fp32: max abs / rel logit diff, greedy | native0: max rel diff, greedy "
+             "| native (int8 activations): greedy vs llama.cpp F32, max rel diff |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in names:
+        with open(os.path.join(GOLDENS, f"{name}.json"), encoding="utf-8") as fh:
+            golden = json.load(fh)
+        runs = {prec: check(name, work, prec) for prec in ("fp32", "native0", "native")}
+
+        def greedy(r):
+            return ", ".join(f"{p['greedy_agree']}/32" for p in r["prompts"])
+        f = runs["fp32"]
+        abs_d = max(p["max_abs_diff"] for p in f["prompts"])
+        rel_d = max(p["max_rel_diff"] for p in f["prompts"])
+        n0 = max(p["max_rel_diff"] for p in runs["native0"]["prompts"])
+        nd = max(p["max_rel_diff"] for p in runs["native"]["prompts"])
+        window = golden.get("llama_cpp_ignores_window")
+        note = f" (positions < {window}; llama.cpp ignores the window)" if window else ""
+        ok = "" if f["ok"] and runs["native0"]["ok"] else " **FAIL**"
+        lines.append(
+            f"| {name} | {golden['exercises']} | "
+            + ", ".join(f"{p['kind']} {p['prompt_tokens']}" for p in f["prompts"])
+            + f" | {abs_d:.1e} / {rel_d:.1e}, {greedy(f)}{note}{ok} | {n0:.1e}, {greedy(runs['native0'])}"
+            f" | {greedy(runs['native'])}, {nd:.1e} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,12 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     ck.add_argument("--work", default=None)
     ck.add_argument("--precision", choices=("fp32", "native0", "native"), default="fp32")
     ck.add_argument("--without-rope-freqs", action="store_true")
+    tb = sub.add_parser("table", help="VALIDATION.md's rows (every golden, three precisions)")
+    tb.add_argument("--work", required=True)
     args = parser.parse_args(argv)
     if args.command == "make":
         import tiny_archs
         os.makedirs(args.work, exist_ok=True)
         for name in args.names or list(tiny_archs.MODELS):
             print(json.dumps(make(name, args.work)), flush=True)
+        return 0
+    if args.command == "table":
+        os.makedirs(args.work, exist_ok=True)
+        print(table(args.work))
         return 0
     work = args.work or tempfile.mkdtemp(prefix="goldens-")
     os.makedirs(work, exist_ok=True)

@@ -130,6 +130,8 @@ class TokenizerData:
                                                 self.kind == "llama"))
         self.chat_template = model.meta("tokenizer.chat_template")
         self.context_length = model.hp.context_length
+        name = str(model.hp.name).lower()
+        self.phi3_names = "phi-3" in name or "phi3" in name
         self.arch = model.hp.arch
 
     def token(self, idx) -> str | None:
@@ -165,11 +167,7 @@ class TokenizerData:
             return self.spm_tokenizer_json()
         normalizer, pre = pre_tokenizer_for(self.pre)
         vocab = {tok: i for i, tok in enumerate(self.tokens)}
-        added = [
-            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": special}
-            for i, tok, special in self.added()
-        ]
+        added = self.added_tokens()
         return {
             "version": "1.0",
             "truncation": None,
@@ -197,10 +195,20 @@ class TokenizerData:
             },
         }
 
+    def rstrip(self, tok: str, special: bool) -> bool:
+        """Whether an added token swallows the whitespace after it. llama.cpp (llama-vocab.cpp,
+        by general.name) gives Phi-3's special tokens RSTRIP, as Phi-3's own tokenizer.json
+        does, except <unk>, <s> and <|endoftext|>."""
+        if not self.phi3_names:
+            return False
+        if tok == "</s>":
+            return True
+        return special and tok not in ("<unk>", "<s>", "<|endoftext|>")
+
     def added_tokens(self) -> list[dict[str, Any]]:
         return [
-            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": special}
+            {"id": i, "content": tok, "single_word": False, "lstrip": False,
+             "rstrip": self.rstrip(tok, special), "normalized": False, "special": special}
             for i, tok, special in self.added()
         ]
 
@@ -261,7 +269,8 @@ class TokenizerData:
 
     def tokenizer_config(self) -> dict[str, Any]:
         decoder = {
-            str(i): {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
+            str(i): {"content": tok, "lstrip": False, "normalized": False,
+                     "rstrip": self.rstrip(tok, special),
                      "single_word": False, "special": special}
             for i, tok, special in self.added()
         }
