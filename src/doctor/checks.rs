@@ -405,7 +405,7 @@ pub fn chat_template(snap: &Snapshot) -> Verdict {
         return Verdict::warn(
             NAME,
             format!("renders system + user messages ({tokens} tokens); {warning}"),
-            "check the template's BOS against the tokenizer's add_bos_token",
+            "check the template's special tokens and BOS against the tokenizer (tokenizer.json's added tokens, add_bos_token)",
         );
     }
     Verdict::ok(
@@ -478,8 +478,9 @@ pub(crate) fn lint_template(
         .filter(|s| tok.token_to_id(s).is_none())
         .collect();
     if !missing.is_empty() {
-        lint.problems.push(format!(
-            "the template writes {}, not a token of tokenizer.json (it would be split into pieces)",
+        // a warning: some templates write such markers as plain text (OLMo 2's <|user|>)
+        lint.warnings.push(format!(
+            "the template writes {}, not a token of tokenizer.json (split into pieces: plain text, or a missing special token)",
             missing.join(", ")
         ));
     }
@@ -660,6 +661,21 @@ pub(crate) fn graph(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn template_specials_finds_the_markers_a_template_writes() {
+        let t = "{{ bos_token }}<|im_start|>{{ m }}<|im_end|>\n<start_of_turn>user [INST] x [/INST] <b>{% if a < b %}";
+        assert_eq!(
+            template_specials(t),
+            vec![
+                "<|im_start|>",
+                "<|im_end|>",
+                "<start_of_turn>",
+                "[INST]",
+                "[/INST]"
+            ]
+        );
+    }
     use super::super::Status;
     use super::*;
 
