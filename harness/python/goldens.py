@@ -206,7 +206,8 @@ def compare_prompt(sess: Session, p: dict, below: int = 0) -> dict:
             "greedy_first_divergence": first, **beyond}
 
 
-def check(name: str, work: str, precision: str, without_rope_freqs: bool = False) -> dict:
+def check(name: str, work: str, precision: str, without_rope_freqs: bool = False,
+          ablate: str | None = None) -> dict:
     from exporter import gguf_model
     from exporter.export import export
     with open(os.path.join(GOLDENS, f"{name}.json"), encoding="utf-8") as fh:
@@ -218,20 +219,35 @@ def check(name: str, work: str, precision: str, without_rope_freqs: bool = False
                          f"from ({golden['gguf_sha256']}): tiny_archs.py or its pins changed; "
                          "run `goldens.py make` again")
     if without_rope_freqs:
-        # the exporter as it was before llama3 rope scaling: rope_freqs.weight ignored
+        ablate = "rope-freqs"
+    if ablate:
+        # the export without one thing llama.cpp reads or hard-codes: it must then differ
         original = gguf_model.GGUFModel.__init__
 
         def init(self, *a, **kw):
             original(self, *a, **kw)
-            self.rope_factors = None
+            hp = self.hp
+            if ablate == "rope-freqs":  # the exporter before llama3 rope scaling
+                self.rope_factors = None
+            elif ablate == "no-rope-layers":  # smollm3's rope-free layers roped
+                hp.no_rope_layers = [False] * hp.n_layers
+            elif ablate == "local-rope-base":  # gemma3's local layers at the global base
+                hp.rope_local_base = hp.rope_base
+            elif ablate == "other-rope-factors":  # phi3: the other longrope factor set
+                other = "short" if hp.rope_factor_set == "long" else "long"
+                self.rope_factors = self.raw(f"rope_factors_{other}.weight").reshape(-1)
+            elif ablate == "window":  # mistral: no sliding window, as llama.cpp runs it
+                hp.sliding_window, hp.swa_layers = 0, []
+            else:
+                raise SystemExit(f"error: unknown ablation {ablate!r}")
         gguf_model.GGUFModel.__init__ = init
-    out = os.path.join(work, f"{name}-{precision}{'-norope' if without_rope_freqs else ''}")
+    out = os.path.join(work, f"{name}-{precision}{'-' + ablate if ablate else ''}")
     if precision == "native0":
         export(path, out, "cpu", "native", accuracy_level=0)
     else:
         export(path, out, "cpu", precision)
     sess = Session(out)
-    window = int(golden.get("llama_cpp_ignores_window", 0))
+    window = 0 if ablate == "window" else int(golden.get("llama_cpp_ignores_window", 0))
     results = [compare_prompt(sess, p, window) for p in golden["prompts"]]
     strict = precision in ("fp32", "native0")
     failures = []
@@ -255,7 +271,7 @@ def check(name: str, work: str, precision: str, without_rope_freqs: bool = False
         if r["greedy_agree"] != GREEDY or r["greedy_first_divergence"] != GREEDY:
             failures.append(f"{r['kind']}: greedy tokens diverge at step "
                             f"{r['greedy_first_divergence']}")
-    return {"model": name, "precision": precision, "without_rope_freqs": without_rope_freqs,
+    return {"model": name, "precision": precision, "ablate": ablate,
             "compared_below_window": window or None,
             "tolerance": TOLERANCE if strict else None, "prompts": results,
             "ok": not failures, "failures": failures}
@@ -302,7 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     ck.add_argument("name")
     ck.add_argument("--work", default=None)
     ck.add_argument("--precision", choices=("fp32", "native0", "native"), default="fp32")
-    ck.add_argument("--without-rope-freqs", action="store_true")
+    ck.add_argument("--without-rope-freqs", action="store_true",
+                    help="the same as --ablate rope-freqs")
+    ck.add_argument("--ablate", choices=("rope-freqs", "no-rope-layers", "local-rope-base",
+                                         "other-rope-factors", "window"),
+                    help="export without one thing llama.cpp reads or hard-codes (rope_freqs, "
+                         "smollm3's rope-free layers, gemma3's local rope base, phi3's factor "
+                         "set, mistral's window) to show that the golden notices")
     tb = sub.add_parser("table", help="VALIDATION.md's rows (every golden, three precisions)")
     tb.add_argument("--work", required=True)
     args = parser.parse_args(argv)
@@ -318,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = args.work or tempfile.mkdtemp(prefix="goldens-")
     os.makedirs(work, exist_ok=True)
-    result = check(args.name, work, args.precision, args.without_rope_freqs)
+    result = check(args.name, work, args.precision, args.without_rope_freqs, args.ablate)
     print(json.dumps(result, indent=1))
     return 0 if result["ok"] else 1
 
