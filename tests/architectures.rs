@@ -143,6 +143,7 @@ macro_rules! architecture {
 }
 
 architecture!(llama3_rope_freqs_matches_llama_cpp, "llama3");
+architecture!(qwen2_matches_llama_cpp, "qwen2");
 architecture!(qwen3_matches_llama_cpp, "qwen3");
 architecture!(smollm3_matches_llama_cpp, "smollm3");
 architecture!(smollm3_tq1_0_matches_llama_cpp, "smollm3-tq1_0");

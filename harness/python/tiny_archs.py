@@ -141,7 +141,7 @@ def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[s
                   rope_freqs: np.ndarray | None = None, qk_norm: bool = False,
                   permute: bool = False, types: dict[str, Q] | None = None,
                   file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M, tied: bool = True,
-                  layout: str = "llama") -> None:
+                  layout: str = "llama", qkv_bias: bool = False) -> None:
     """A llama-family decoder (RMSNorm, SwiGLU, GQA) as llama.cpp's converter writes one, with a
     byte-level BPE vocabulary of 320 tokens."""
     types = {"embd": Q.Q6_K, "q": Q.Q8_0, "k": Q.Q5_0, "v": Q.Q6_K, "o": Q.Q4_K,
@@ -189,6 +189,10 @@ def write_decoder(path: str, arch: str, seed: int, *, pre: str, specials: list[s
         g.add(f"{b}.attn_q.weight", wq, types["q"])
         g.add(f"{b}.attn_k.weight", wk, types["k"])
         g.add(f"{b}.attn_v.weight", (n_kv * head_dim, hidden), types["v"])
+        if qkv_bias:
+            for t, n in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
+                g.w.add_tensor(f"{b}.attn_{t}.bias",
+                               (0.3 * g.rng.standard_normal(n * head_dim)).astype(np.float32))
         if layout == "olmo2":  # q/k norms over the whole width
             g.w.add_tensor(f"{b}.attn_q_norm.weight", g.norm(n_heads * head_dim))
             g.w.add_tensor(f"{b}.attn_k_norm.weight", g.norm(n_kv * head_dim))
@@ -230,6 +234,14 @@ def write_qwen3(path: str) -> None:
                   eos="<|im_end|>", add_bos=False, template=CHATML_TEMPLATE, base=1e6,
                   head_dim=128, qk_norm=True, tied=False,
                   types={"q": Q.Q4_K, "k": Q.Q4_K, "embd": Q.Q4_K})
+
+
+def write_qwen2(path: str) -> None:
+    """Qwen2.5 style: q/k/v biases, GQA, NEOX rotary (rows as stored), tied embeddings, ChatML,
+    pre-tokenizer qwen2, no BOS; Q4_K_M's mix with Q5_0/Q8_0 (the 0.5B's types)."""
+    write_decoder(path, "qwen2", 47, pre="qwen2", specials=CHATML_SPECIALS, bos="<|endoftext|>",
+                  eos="<|im_end|>", add_bos=False, template=CHATML_TEMPLATE, base=1e6,
+                  qkv_bias=True, types={"q": Q.Q5_0, "k": Q.Q5_0, "v": Q.Q8_0, "embd": Q.Q8_0})
 
 
 def write_smollm3(path: str) -> None:
@@ -547,6 +559,7 @@ def write_gemma3(path: str) -> None:
 MODELS = {
     "llama3": (write_llama3, "llama3 rope scaling: rope_freqs.weight divides the inverse "
                              "frequencies"),
+    "qwen2": (write_qwen2, "q/k/v biases; NEOX rotary on rows as stored"),
     "qwen3": (write_qwen3, "q/k RMSNorm per head before a NEOX rotary; head_dim != "
                            "hidden/heads"),
     "smollm3": (write_smollm3, "no rotary on every 4th layer (hard-coded in llama.cpp, not in "
