@@ -18,7 +18,7 @@ Both are exact representations of gguf's float32 weights: evaluating the graph o
 matrix reproduces `gguf.quants.dequantize` bit for bit on the cpu target (float32 scales); on the
 cuda target scales and adds are float16, so the weights agree within that rounding
 (`tests/test_native.py`). The ternary TQ1_0 and TQ2_0 are
-MatMulNBits with `bits` 2, zero point 1 and `block_size` 256. A format not listed here (IQ*,
+MatMulNBits with `bits` 2, zero point 1 and `block_size` 32 (each 256-block's scale repeated). A format not listed here (IQ*,
 MXFP4, ...) is not representable
 exactly by MatMulNBits, so it goes to the next wider exact form: float32 weights (on the cuda
 target an F16 tensor stays float16, exact; the others run float32 between casts). `describe` says per tensor
@@ -227,6 +227,17 @@ def _q6_k(b):
     return (low | (high << np.uint8(4))).reshape((n, QK_K)), 32, scale, None, 16
 
 
+# Ternary blocks of 256 share one scale; MatMulNBits gets them as 8 sub-blocks of 32 with that
+# scale each (exact): ONNX Runtime 1.31's CPU kernel has a fast bits=2 path for block 32 with
+# accuracy_level 4 (0.22 ms for a 2048x2048 matvec, one thread) and only a slow one for block 256
+# (25 ms, any accuracy_level).
+TERNARY_BLOCK = 32
+
+
+def _ternary_scale(d: np.ndarray) -> np.ndarray:
+    return np.repeat(_f16(d), QK_K // TERNARY_BLOCK, axis=-1)
+
+
 def _tq1_0(b):
     """TQ1_0 (ternary, base-3 packed): codes 0..2, zero 1, one float16 scale per 256."""
     n = b.shape[0]
@@ -238,7 +249,7 @@ def _tq1_0(b):
     qh = (qh.reshape((n, -1, 1, 4)) * pow3[:4].reshape((1, 1, 4, 1))).reshape((n, -1))
     q = np.concatenate([qs0, qs1, qh], axis=-1)
     codes = ((q.astype(np.uint16) * 3) >> 8).astype(np.uint8)
-    return codes, 1, _f16(d), None, QK_K
+    return codes, 1, _ternary_scale(d), None, TERNARY_BLOCK
 
 
 def _tq2_0(b):
@@ -246,7 +257,7 @@ def _tq2_0(b):
     n = b.shape[0]
     qs, d = np.hsplit(b, [QK_K // 4])
     q = qs.reshape((n, -1, 1, 32)) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape((1, 1, 4, 1))
-    return (q & np.uint8(3)).reshape((n, QK_K)), 1, _f16(d), None, QK_K
+    return (q & np.uint8(3)).reshape((n, QK_K)), 1, _ternary_scale(d), None, TERNARY_BLOCK
 
 
 # name -> (bytes per block, values per block, unpack)
@@ -267,7 +278,7 @@ FORMATS = {
 
 # Formats whose codes exceed 4 bits are stored as 8-bit codes (exact; MatMulNBits has no 5/6-bit).
 WIDE_CODES = {"Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K"}
-# Ternary formats: 2-bit codes with zero point 1, block 256 (ONNX Runtime 1.31's CPU
+# Ternary formats: 2-bit codes with zero point 1, block 32 (ONNX Runtime 1.31's CPU
 # MatMulNBits computes bits=2 exactly with accuracy_level 0: checked in tests/test_native.py)
 TERNARY = {"TQ1_0", "TQ2_0"}
 

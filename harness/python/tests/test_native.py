@@ -102,7 +102,7 @@ class NativeFormatsTest(unittest.TestCase):
                 self.check_format(qtype)
 
     def test_ternary_formats_are_exact_with_2_bit_codes(self):
-        # ONNX Runtime 1.31's CPU MatMulNBits with bits=2, block 256, zero point 1
+        # ONNX Runtime 1.31's CPU MatMulNBits with bits=2, block 32, zero point 1
         rng = np.random.default_rng(3)
         for qtype in (Q.TQ1_0, Q.TQ2_0):
             with self.subTest(qtype=qtype.name):
@@ -110,7 +110,7 @@ class NativeFormatsTest(unittest.TestCase):
                 data = gguf.quants.quantize(w, qtype)
                 want = gguf.quants.dequantize(data, qtype).reshape(8, 512).astype(np.float32)
                 bw = native.decompose(qtype.name, data, (8, 512))
-                self.assertEqual((bw.bits, bw.block), (2, 256))
+                self.assertEqual((bw.bits, bw.block), (2, 32))
                 self.assertTrue(np.array_equal(bw.dequantize(), want), f"{qtype.name}: formula")
                 got = _run_linear(bw, "cpu", self.tmp)
                 self.assertTrue(np.array_equal(got, want),
