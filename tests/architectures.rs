@@ -71,6 +71,21 @@ fn tokenizer_and_template_match(name: &str, folder: &Path) {
         &std::fs::read_to_string(folder.join("tokenizer_config.json")).unwrap(),
     )
     .unwrap();
+    for t in golden["tokenized"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let want: Vec<u32> = t["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let add = t["add_bos"].as_bool().unwrap_or(false);
+        let got = tok.encode(text, add).unwrap().get_ids().to_vec();
+        assert_eq!(
+            got, want,
+            "{name}: token ids of {text:?} differ from llama.cpp's"
+        );
+    }
     for p in golden["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
         let want: Vec<u32> = p["ids"]

@@ -53,6 +53,16 @@ LONG = ("import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n      
         "[line.rstrip() for line in f]\n\n\ndef count(path):\n    total = 0\n    for line in "
         "read_lines(path):\n        total += len(line)\n    return total\n\n\ndef ")
 TEXT = "The quick brown fox jumps over the lazy dog, then returns to the den."
+# tokenizer edge cases: llama.cpp's ids for each (its default BOS), checked through the exported
+# tokenizer.json by tests/architectures.rs (pre-tokenizer regexes, digits, contractions, case,
+# unicode, whitespace runs and tabs, special-token text)
+SNIPPETS = [
+    "def add(a, b):\n    return a + b\n",
+    "class Stack:\n\tdef push(self, x):\n\t\tself.items.append(x)  # tab-indented\n",
+    "print(f\"{name!r}: {value:>8.2f}\")\nassert s == 'héllo wörld ✓'\n",
+    "I'm sure they'll say DON'T: 1234567 HelloWorld CamelCase_x  \n\n\n   end",
+    "x = [1, 2, 3]  # 日本語 émoji 🙂\r\n",
+]
 USER = "Write a function that returns the sum of a list."
 
 
@@ -118,8 +128,12 @@ def make(name: str, work: str) -> dict:
     # llama.cpp's llama graph does not read llama.attention.sliding_window (Mistral): past the
     # window its numbers are full attention's, which the export (windowed) does not follow
     window = int(llm.metadata.get("llama.attention.sliding_window", 0) or 0)
+    tokenized = [{"text": t, "add_bos": add_bos_default,
+                  "ids": [int(i) for i in ref.tokenize(t, False, add_bos_default)]}
+                 for t in SNIPPETS]
     golden = {
         "model": name,
+        "tokenized": tokenized,
         "llama_cpp_ignores_window": window,
         "exercises": tiny_archs.MODELS[name][1],
         "gguf_sha256": sha256(path),
