@@ -553,3 +553,64 @@ fn supported_architectures_match_the_exporter() {
         "doctor::gguf::SUPPORTED_ARCHS differs from {path}'s SUPPORTED_ARCHS"
     );
 }
+
+/// Write a tiny GGUF with the exporter's Python: `code` runs with `path` bound to the file.
+fn write_gguf(path: &Path, code: &str) {
+    let python_env =
+        codegen_harness::models::python::PythonEnv::ensure(&Provisioner::from_env(env()), &|msg| {
+            eprintln!("{msg}")
+        })
+        .expect("the exporter's Python environment");
+    let harness_python = Path::new(ROOT).join("harness/python");
+    run_ok(
+        python_env
+            .command_with_path(&harness_python)
+            .env(
+                "PYTHONPATH",
+                format!(
+                    "{}:{}",
+                    harness_python.display(),
+                    harness_python.join("tests").display()
+                ),
+            )
+            .args(["-c", &format!("import sys; path = sys.argv[1]; {code}")])
+            .arg(path),
+    );
+}
+
+/// A GGUF with a tensor its architecture's graph does not read fails `gguf-contract` naming the
+/// tensor, before anything is exported; a mixture-of-experts llama (Mixtral) names what is
+/// missing.
+#[test]
+fn a_gguf_with_an_unknown_tensor_or_experts_fails_the_contract_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = tmp.path().join("tiny-llama-bias.gguf");
+    write_gguf(
+        &extra,
+        "import numpy as np, fixtures; fixtures.write_fixture(path, 'llama', hidden=64, \
+         n_heads=2, n_kv=1, inter=128, layers=1, \
+         extra_tensors={'blk.0.attn_output.bias': np.zeros(64, np.float32)})",
+    );
+    let (success, json) = doctor(&[extra.to_str().unwrap()]);
+    assert!(!success);
+    assert_eq!(json["models"][0]["first_failing_check"], "gguf-contract");
+    let detail = verdict(&json, "gguf-contract")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("blk.0.attn_output.bias"), "{detail}");
+    assert_eq!(json["models"][0]["architecture"], "llama");
+    assert_eq!(json["models"][0]["layers"], 1);
+    assert_eq!(json["models"][0]["hidden"], 64);
+    let moe = tmp.path().join("tiny-mixtral.gguf");
+    write_gguf(
+        &moe,
+        "import tiny_archs; tiny_archs.write_unsupported(path, 'mixtral')",
+    );
+    let (_, json) = doctor(&[moe.to_str().unwrap()]);
+    let detail = verdict(&json, "gguf-contract")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("mixture-of-experts"), "{detail}");
+}

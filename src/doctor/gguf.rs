@@ -14,7 +14,9 @@ use thiserror::Error;
 
 /// The GGUF architectures `harness/python/exporter` can export (its `SUPPORTED_ARCHS`; a test
 /// reads the Python file and checks that the two lists are the same).
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "gemma3"];
+pub const SUPPORTED_ARCHS: &[&str] = &[
+    "llama", "qwen2", "qwen3", "gemma3", "smollm3", "olmo2", "gpt2", "phi2", "phi3",
+];
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// Longest string the header may hold (chat templates are a few KiB; token texts are short).

@@ -31,6 +31,8 @@ use crate::runtime::RuntimeSpec;
 pub mod check {
     pub const MODEL: &str = "model";
     pub const GGUF: &str = "gguf";
+    /// The exporter's own check of a GGUF: every tensor and metadata key understood.
+    pub const CONTRACT: &str = "gguf-contract";
     pub const EXPORT: &str = "export";
     pub const FILES: &str = "files";
     pub const CONFIG: &str = "config";
@@ -139,6 +141,12 @@ pub struct ModelReport {
     /// The model as it was named (name, folder or GGUF path).
     pub model: String,
     pub folder: Option<PathBuf>,
+    /// The architecture (GGUF `general.architecture`, else `config.json`'s `model_type`).
+    pub architecture: Option<String>,
+    /// Decoder layers and hidden size (GGUF `{arch}.block_count`/`embedding_length`, else
+    /// `config.json`).
+    pub layers: Option<u64>,
+    pub hidden: Option<u64>,
     /// Bytes of the graph and its weights (`model.onnx` + `model.onnx.data`).
     pub size_bytes: Option<u64>,
     /// Weight precision (`config.json` `codegen_export.precision`, else `unknown`).
@@ -238,11 +246,49 @@ fn resolve(model: &str, options: &DoctorOptions, report: &mut ModelReport) -> Op
                 return None;
             }
         };
-        let verdict = checks::gguf_verdict(&header);
+        let arch = header.architecture().map(str::to_string);
+        if let Some(arch) = &arch {
+            let num = |key: &str| {
+                header
+                    .metadata
+                    .get(&format!("{arch}.{key}"))
+                    .and_then(gguf::GgufValue::as_u64)
+            };
+            report.layers = num("block_count");
+            report.hidden = num("embedding_length");
+        }
+        report.architecture = arch.clone();
+        let mut verdict = checks::gguf_verdict(&header);
         let supported = verdict.status == Status::Ok;
-        report.push(verdict);
+        // The exporter's own check (`python -m exporter check`): before exporting, every
+        // tensor and metadata key is one it reads or knows not to matter; for an architecture
+        // it lacks, it says what is missing.
+        let contract = arch.as_ref().map(|_| exporter_check(path, options));
         if !supported {
+            if let Some(Err(msg)) = &contract {
+                verdict.detail = format!("{}; the exporter: {msg}", verdict.detail);
+            }
+            report.push(verdict);
             return None;
+        }
+        report.push(verdict);
+        match contract {
+            Some(Ok(summary)) => report.push(Verdict::ok(
+                check::CONTRACT,
+                format!(
+                    "every tensor ({}) and metadata key ({}) is read by the {} graph or known not to matter",
+                    summary["tensors"], summary["metadata_keys"], summary["architecture"].as_str().unwrap_or("?")
+                ),
+            )),
+            Some(Err(msg)) => {
+                report.push(Verdict::fail(
+                    check::CONTRACT,
+                    msg,
+                    "the export would drop or misread what is named: use a GGUF of a supported layout, or teach harness/python/exporter what it means",
+                ));
+                return None;
+            }
+            None => {}
         }
     }
     match models::ensure_model(
@@ -283,8 +329,36 @@ fn resolve(model: &str, options: &DoctorOptions, report: &mut ModelReport) -> Op
     }
 }
 
+/// `python -m exporter check FILE.gguf`: its JSON summary, or the exporter's error message.
+fn exporter_check(path: &Path, options: &DoctorOptions) -> Result<serde_json::Value, String> {
+    let env = models::python::PythonEnv::ensure(&options.provisioner, &|_| {})
+        .map_err(|e| format!("the exporter's Python environment: {e}"))?;
+    let out = env
+        .command()
+        .args(["-m", "exporter", "check"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("failed to run the exporter's check: {e}"))?;
+    if out.status.success() {
+        return serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("the exporter's check printed no JSON: {e}"));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map_or_else(|| err.trim().to_string(), str::to_string))
+}
+
 fn diagnose_folder(folder: &Path, options: &DoctorOptions, report: &mut ModelReport) {
     let snap = snapshot::Snapshot::read(folder);
+    if report.architecture.is_none() {
+        let config = snap.config_or_null();
+        report.architecture = config["model_type"].as_str().map(str::to_string);
+        report.layers = config["num_hidden_layers"].as_u64();
+        report.hidden = config["hidden_size"].as_u64();
+    }
     report.size_bytes = snap.weights_bytes();
     report.precision = Some(snap.precision());
     for check in checks::STATIC_CHECKS {

@@ -49,6 +49,9 @@ fn or_dash<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
 pub fn table(reports: &[ModelReport]) -> String {
     let header = [
         "model",
+        "architecture",
+        "layers",
+        "hidden",
         "size",
         "precision",
         "load",
@@ -57,11 +60,14 @@ pub fn table(reports: &[ModelReport]) -> String {
         "verdict",
         "first failing check",
     ];
-    let rows: Vec<[String; 8]> = reports
+    let rows: Vec<[String; 11]> = reports
         .iter()
         .map(|r| {
             [
                 r.model.clone(),
+                r.architecture.clone().unwrap_or_else(|| "-".into()),
+                or_dash(r.layers, |n| n.to_string()),
+                or_dash(r.hidden, |n| n.to_string()),
                 or_dash(r.size_bytes, human_bytes),
                 r.precision.clone().unwrap_or_else(|| "-".into()),
                 or_dash(r.load_ms, |ms| format!("{:.2} s", ms / 1e3)),
@@ -83,7 +89,7 @@ pub fn table(reports: &[ModelReport]) -> String {
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             let sep = if i + 1 == cells.len() { "" } else { "  " };
             // Numbers read best right-aligned, words left-aligned.
-            if (1..=5).contains(&i) && i != 2 {
+            if matches!(i, 2 | 3 | 4 | 6 | 7 | 8) {
                 let _ = write!(s, "{cell:>w$}{sep}");
             } else if i + 1 == cells.len() {
                 s.push_str(cell);

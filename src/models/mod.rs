@@ -59,8 +59,10 @@ pub const COMPLETE_MARKER: &str = ".codegen-complete";
 
 /// What the marker holds: the version of the exported graph's contract. A cached folder whose
 /// marker says otherwise was made by an older exporter and is exported again (version 2: the
-/// optional `logits_positions` input, so a prefill computes one row of logits per sequence).
-pub const EXPORT_FORMAT: &str = "2";
+/// optional `logits_positions` input, so a prefill computes one row of logits per sequence;
+/// version 3: Llama 3.x's `rope_freqs.weight` read (an older export of such a GGUF used the
+/// wrong rotary), BOS and Phi-3 token rules in tokenizer.json).
+pub const EXPORT_FORMAT: &str = "3";
 
 /// Whether `dir` is a complete folder of the current [`EXPORT_FORMAT`].
 pub fn is_current_export(dir: &Path) -> bool {

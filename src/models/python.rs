@@ -24,6 +24,14 @@ pub const EXPORTER_SOURCES: &[(&str, &str)] = &[
         include_str!("../../harness/python/exporter/__main__.py"),
     ),
     (
+        "contract.py",
+        include_str!("../../harness/python/exporter/contract.py"),
+    ),
+    (
+        "decoders.py",
+        include_str!("../../harness/python/exporter/decoders.py"),
+    ),
+    (
         "export.py",
         include_str!("../../harness/python/exporter/export.py"),
     ),

@@ -1,4 +1,4 @@
-"""Command line: `python -m exporter export|info ...`."""
+"""Command line: `python -m exporter export|check|info ...`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import sys
 import zipfile
 
-from .export import export, main_progress
+from .export import check, export, main_progress
 from .gguf_model import ExportError, GGUFModel
 from .graph import PRECISIONS, TARGETS
 
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     xt.add_argument("dest")
     info = sub.add_parser("info", help="print the hyper-parameters of a GGUF file as JSON")
     info.add_argument("gguf")
+    ck = sub.add_parser("check", help="check, without exporting, that every tensor and metadata "
+                        "key of a GGUF file is understood (prints JSON; exit 2 naming the first "
+                        "that is not)")
+    ck.add_argument("gguf")
     args = parser.parse_args(argv)
     try:
         if args.command == "extract":
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             model = GGUFModel(args.gguf)
             print(json.dumps({"hparams": model.hp.to_dict(), "tensor_types": model.tensor_types()},
                              indent=2))
+            return 0
+        if args.command == "check":
+            print(json.dumps(check(args.gguf)))
             return 0
         result = export(args.gguf, args.out, args.target, args.precision, main_progress,
                         args.accuracy_level, args.lm_head_precision)

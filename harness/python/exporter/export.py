@@ -11,8 +11,9 @@ from typing import Callable
 
 import onnx
 
-from . import __version__
+from . import __version__, contract
 from .gguf_model import ExportError, GGUFModel
+from .decoders import BUILDERS
 from .gemma3 import Gemma3Builder
 from .graph import PRECISIONS, TARGETS, GraphBuilder, WeightFile
 from .tokenizer import TokenizerData
@@ -34,6 +35,9 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
               tensor_forms: dict[str, str] | None = None) -> dict:
     hp = model.hp
     arch_names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM",
+                  "olmo2": "Olmo2ForCausalLM", "gpt2": "GPT2LMHeadModel",
+                  "phi2": "PhiForCausalLM", "phi3": "Phi3ForCausalLM",
                   "gemma3": "Gemma3ForCausalLM"}
     eos = tok.eos_ids()
     config = {
@@ -45,7 +49,7 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
         "num_attention_heads": hp.n_heads,
         "num_key_value_heads": hp.n_kv_heads,
         "head_dim": hp.head_dim,
-        "hidden_act": "gelu_pytorch_tanh" if hp.arch == "gemma3" else "silu",
+        "hidden_act": "gelu_pytorch_tanh" if hp.arch in ("gemma3", "gpt2", "phi2") else "silu",
         "rms_norm_eps": hp.rms_eps,
         "rope_theta": hp.rope_base,
         "max_position_embeddings": hp.context_length,
@@ -72,6 +76,8 @@ def hf_config(model: GGUFModel, tok: TokenizerData, target: str, precision: str,
             "tensors": tensor_forms or {},
         },
     }
+    if hp.arch == "llama" and hp.sliding_window:
+        config["sliding_window"] = hp.sliding_window
     if hp.arch == "gemma3":
         config.update({
             "sliding_window": hp.sliding_window,
@@ -150,6 +156,19 @@ def genai_config(model: GGUFModel, tok: TokenizerData, target: str) -> dict:
     }
 
 
+def check(gguf_path: str) -> dict:
+    """What the export checks before building anything, without building: the architecture,
+    every tensor name known to its graph, every metadata key read or allow-listed, and the
+    tokenizer. Raises ExportError naming the first problem."""
+    model = GGUFModel(gguf_path)
+    TokenizerData(model)
+    contract.check_metadata(model)
+    hp = model.hp
+    return {"ok": True, "architecture": hp.arch, "layers": hp.n_layers, "hidden": hp.hidden,
+            "tensors": len(model.tensors), "metadata_keys": len(model.reader.fields),
+            "rope_freq_factors": hp.rope_freq_factors}
+
+
 def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "native",
            progress: Callable[[str], None] | None = None,
            accuracy_level: int | None = None, head_precision: str | None = None) -> dict:
@@ -163,6 +182,7 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     started = time.time()
     model = GGUFModel(gguf_path)
     tok = TokenizerData(model)
+    contract.check_metadata(model)
     out_dir = os.path.abspath(out_dir)
     tmp = out_dir + ".partial"
     if os.path.exists(tmp):
@@ -171,10 +191,11 @@ def export(gguf_path: str, out_dir: str, target: str = "cpu", precision: str = "
     try:
         weights = WeightFile(tmp, DATA_FILE)
         try:
-            builder_class = Gemma3Builder if model.hp.arch == "gemma3" else GraphBuilder
+            builder_class = {"gemma3": Gemma3Builder, **BUILDERS}.get(model.hp.arch, GraphBuilder)
             builder = builder_class(model, target, precision, weights, progress, accuracy_level,
                                     head_precision)
             onnx_model = builder.build()
+            contract.check_all_read(model)
         finally:
             weights.close()
         progress("writing model.onnx")

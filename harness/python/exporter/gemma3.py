@@ -32,16 +32,6 @@ from .graph import GraphBuilder
 class Gemma3Builder(GraphBuilder):
     """GraphBuilder for `general.architecture == "gemma3"`; reuses its helpers and `linear`."""
 
-    def rotary_caches(self, name: str, base: float) -> tuple[str, str]:
-        """cos/sin caches [context_length, head_dim/2] for one rope base."""
-        hp = self.hp
-        half = hp.head_dim // 2
-        inv_freq = 1.0 / (base ** (np.arange(0, half, dtype=np.float64) * 2.0 / hp.head_dim))
-        freqs = np.outer(np.arange(hp.context_length, dtype=np.float64), inv_freq)
-        cos = self.const(f"{name}.cos_cache", np.cos(freqs).astype(self.act))
-        sin = self.const(f"{name}.sin_cache", np.sin(freqs).astype(self.act))
-        return cos, sin
-
     def rms(self, name: str, x: str, weight: str, fp32: bool = False) -> str:
         """RMSNorm of x (ACT, or float32 with `fp32`) times the GGUF weight `weight`."""
         w = self.residual_weight(weight) if fp32 else self.norm_weight(weight)
@@ -91,7 +81,9 @@ class Gemma3Builder(GraphBuilder):
 
         seqlens_k, total_len = self.sequence_lengths()
 
-        rope_global = self.rotary_caches("global", hp.rope_base)
+        # llama.cpp scales the positions of the global layers only (rope_freq_scale_train_swa
+        # is 1 for the sliding-window layers)
+        rope_global = self.rotary_caches("global", hp.rope_base, hp.rope_freq_scale)
         rope_local = self.rotary_caches("local", hp.rope_local_base) if any(hp.swa_layers) else None
         attn_scale = hp.attn_scale or float(1.0 / np.sqrt(hp.head_dim))
 

@@ -16,18 +16,30 @@ from typing import Any
 import numpy as np
 import gguf
 
-from . import native
+from . import contract, native
+from .contract import ExportError
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "smollm3", "olmo2", "gpt2", "phi2",
+                   "phi3")
+
+# architectures with biased LayerNorm (`layer_norm_epsilon`) instead of RMSNorm
+LAYER_NORM_ARCHS = ("gpt2", "phi2")
+# architectures whose rotary may cover only the first `rope.dimension_count` dims of a head
+PARTIAL_ROTARY_ARCHS = ("phi2", "phi3")
+
+# architectures whose q/k rows llama.cpp's converter permuted for its interleaved ("NORM") rotary
+PERMUTED_QK = ("llama", "smollm3")
+# smollm3 (llama.cpp's llm_build_smollm3, hard-coded there): every 4th layer has no rotary
+SMOLLM3_NO_ROPE_STEP = 4
+
+ROPE_FREQS = "rope_freqs.weight"
+ROPE_LONG = "rope_factors_long.weight"
+ROPE_SHORT = "rope_factors_short.weight"
 
 # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th layer is global, the others use a
 # sliding window and rope base 10000 (hard-coded there, not in the GGUF).
 GEMMA3_SWA_PATTERN = 6
 GEMMA3_LOCAL_ROPE_BASE = 10000.0
-
-
-class ExportError(Exception):
-    """An error with a message meant for the user."""
 
 
 @dataclasses.dataclass
@@ -52,6 +64,22 @@ class HParams:
     swa_layers: list[bool] = dataclasses.field(default_factory=list)
     rope_local_base: float = 0.0
     attn_scale: float = 0.0
+    # llama: positions are multiplied by this before the rotary (linear rope scaling:
+    # 1 / rope.scaling.factor); whether `rope_freqs.weight` divides the inverse frequencies
+    # (Llama 3.1/3.2's "llama3" rope scaling, stored as a tensor)
+    rope_freq_scale: float = 1.0
+    rope_freq_factors: bool = False
+    # rope.scaling.attn_factor (cos and sin scaled by it), the training context before rope
+    # scaling, and which of phi3's longrope factor sets the export uses ("" when none)
+    rope_attn_factor: float = 1.0
+    rope_original_context: int = 0
+    rope_factor_set: str = ""
+    # dims of each head the rotary covers (phi2: partial rotary; gpt2: unused)
+    rope_dim: int = 0
+    # qwen3: RMSNorm of each head of q and k (attn_q_norm/attn_k_norm) before the rotary
+    qk_norm: bool = False
+    # per layer: True where the layer has no rotary (smollm3: every 4th)
+    no_rope_layers: list[bool] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,10 +100,39 @@ class GGUFModel:
         except Exception as exc:  # noqa: BLE001 - gguf raises plain exceptions
             raise ExportError(f"failed to read GGUF file {path}: {exc}") from exc
         self.tensors = {t.name: t for t in self.reader.tensors}
+        # what the export read: every tensor and metadata key must be read or known not to
+        # matter (`contract.py`), or the export fails naming it
+        self.read_keys: set[str] = set()
+        self.read_tensors: set[str] = set()
         self.hp = self._hparams()
+        contract.check_tensor_names(self, contract.known_tensors(self.hp, self.tensors))
+        # llama3 rope scaling: per-frequency divisors of the rotary's inverse frequencies
+        # (rope_freqs.weight); phi3's longrope: the long or the short ones, chosen as llama.cpp
+        # chooses them for a context of the export's context_length (long past the original)
+        self.rope_factors: np.ndarray | None = None
+        name = None
+        if self.hp.rope_freq_factors:
+            name = ROPE_FREQS
+        elif ROPE_LONG in self.tensors or ROPE_SHORT in self.tensors:
+            long = self.hp.context_length > self.hp.rope_original_context
+            name = ROPE_LONG if long else ROPE_SHORT
+            for other in (ROPE_LONG, ROPE_SHORT):
+                if other not in self.tensors:
+                    raise ExportError(f"failed to export: {other} is missing beside "
+                                      f"{ROPE_LONG if other == ROPE_SHORT else ROPE_SHORT}")
+                self.read_tensors.add(other)  # read: one of the two is chosen here
+            self.hp.rope_factor_set = "long" if long else "short"
+        if name is not None:
+            self.rope_factors = self.raw(name).reshape(-1).astype(np.float64)
+            want = (self.hp.rope_dim or self.hp.head_dim) // 2
+            if self.rope_factors.shape[0] != want:
+                raise ExportError(
+                    f"failed to export: {name} has {self.rope_factors.shape[0]} entries, "
+                    f"expected rope_dim/2 = {want}")
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
+        self.read_keys.add(key)
         field = self.reader.fields.get(key)
         if field is None:
             return default
@@ -90,19 +147,24 @@ class GGUFModel:
     def _hparams(self) -> HParams:
         arch = self._require("general.architecture")
         if arch not in SUPPORTED_ARCHS:
+            reason = contract.unsupported_reason(arch)
             raise ExportError(
                 f"failed to export: architecture {arch!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ARCHS)})"
+                + (f"(missing: {reason}) " if reason else "")
+                + f"(supported: {', '.join(SUPPORTED_ARCHS)})"
             )
-        scaling = self.meta(f"{arch}.rope.scaling.type")
-        if scaling not in (None, "none"):
-            raise ExportError(f"failed to export: rope scaling {scaling!r} is not supported")
+        contract.check_arch_keys(self, arch)
+        freq_scale = self._rope_scaling(arch)
         hidden = int(self._require(f"{arch}.embedding_length"))
         n_heads = int(self._require(f"{arch}.attention.head_count"))
         n_kv = int(self.meta(f"{arch}.attention.head_count_kv", n_heads))
         head_dim = int(self.meta(f"{arch}.attention.key_length", hidden // n_heads))
+        value_dim = int(self.meta(f"{arch}.attention.value_length", head_dim))
+        if value_dim != head_dim:
+            raise ExportError(f"failed to export: value head size {value_dim} differs from the "
+                              f"key head size {head_dim}")
         rope_dim = int(self.meta(f"{arch}.rope.dimension_count", head_dim))
-        if rope_dim != head_dim:
+        if rope_dim != head_dim and arch not in PARTIAL_ROTARY_ARCHS:
             raise ExportError(
                 f"failed to export: partial rotary (rope dim {rope_dim} of head dim {head_dim}) "
                 "is not supported"
@@ -116,6 +178,18 @@ class GGUFModel:
         default_base = 1e6 if arch in ("qwen2", "gemma3") else 1e4
         n_layers = int(self._require(f"{arch}.block_count"))
         extra: dict[str, Any] = {}
+        if arch == "llama":
+            # Mistral: a sliding window where the GGUF names one (every layer; Hugging Face's
+            # MistralForCausalLM). llama.cpp's llama graph does not read this key and attends
+            # to the whole context past the window; the goldens record that difference.
+            window = int(self.meta("llama.attention.sliding_window", 0) or 0)
+            if window:
+                extra = {"sliding_window": window, "swa_layers": [True] * n_layers}
+        if arch == "phi3":
+            # read and ignored as llama.cpp ignores it: "Phi SWA is currently disabled"
+            # (llama_model_phi3::load_arch_hparams sets n_swa = 0), so every layer attends to
+            # the whole context
+            self.meta("phi3.attention.sliding_window")
         if arch == "gemma3":
             extra = self._gemma3_hparams(n_layers, hidden, n_heads, head_dim)
         return HParams(
@@ -127,14 +201,43 @@ class GGUFModel:
             n_kv_heads=n_kv,
             head_dim=head_dim,
             rope_base=float(self.meta(f"{arch}.rope.freq_base", default_base)),
-            rms_eps=float(self._require(f"{arch}.attention.layer_norm_rms_epsilon")),
+            rms_eps=float(self._require(f"{arch}.attention.layer_norm_epsilon"
+                                        if arch in LAYER_NORM_ARCHS
+                                        else f"{arch}.attention.layer_norm_rms_epsilon")),
+            rope_dim=rope_dim,
+            rope_attn_factor=self._rope_attn_factor,
+            rope_original_context=self._rope_original,
             context_length=int(self.meta(f"{arch}.context_length", 4096)),
             vocab_size=vocab,
             tied_embeddings="output.weight" not in self.tensors,
             qkv_bias="blk.0.attn_q.bias" in self.tensors,
             name=str(self.meta("general.name", "model")),
+            rope_freq_scale=freq_scale,
+            rope_freq_factors=ROPE_FREQS in self.tensors,
+            qk_norm=arch == "qwen3",
+            no_rope_layers=[arch == "smollm3" and (i + 1) % SMOLLM3_NO_ROPE_STEP == 0
+                            for i in range(n_layers)],
             **extra,
         )
+
+    def _rope_scaling(self, arch: str) -> float:
+        """The position scale llama.cpp derives from `rope.scaling.*` (linear: 1/factor; a
+        factor without a type is linear there too); other scaling types fail by name."""
+        scaling = self.meta(f"{arch}.rope.scaling.type")
+        factor = float(self.meta(f"{arch}.rope.scaling.factor",
+                                 self.meta(f"{arch}.rope.scale_linear", 0.0)) or 0.0)
+        # read and irrelevant unless yarn (which fails below): the training context, and
+        # whether the model was fine-tuned at the longer context
+        self._rope_original = int(self.meta(f"{arch}.rope.scaling.original_context_length", 0)
+                                  or 0)
+        self._rope_attn_factor = float(self.meta(f"{arch}.rope.scaling.attn_factor", 1.0))
+        self.meta(f"{arch}.rope.scaling.finetuned")
+        if scaling in (None, "linear"):
+            return 1.0 if factor in (0.0, 1.0) else 1.0 / factor
+        if scaling == "none":
+            return 1.0
+        raise ExportError(f"failed to export: {arch}.rope.scaling.type {scaling!r} is not "
+                          "supported (supported: none, linear, and llama3's rope_freqs.weight)")
 
     def _gemma3_hparams(self, n_layers: int, hidden: int, n_heads: int,
                         head_dim: int) -> dict[str, Any]:
@@ -170,6 +273,7 @@ class GGUFModel:
         t = self.tensors.get(name)
         if t is None:
             raise ExportError(f"failed to export: tensor {name!r} is missing")
+        self.read_tensors.add(name)
         try:
             data = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError as exc:
@@ -183,7 +287,7 @@ class GGUFModel:
     def hf_weight(self, name: str) -> np.ndarray:
         """Dequantized tensor in Hugging Face layout (q/k permutation undone for llama)."""
         w = self.raw(name)
-        if self.hp.arch == "llama":
+        if self.hp.arch in PERMUTED_QK:
             base = name.rsplit(".", 1)[0]
             if base.endswith("attn_q"):
                 w = unpermute_rows(w, self.hp.n_heads)
@@ -204,17 +308,22 @@ class GGUFModel:
         t = self.tensors.get(name)
         if t is None:
             raise ExportError(f"failed to export: tensor {name!r} is missing")
+        self.read_tensors.add(name)
         shape = tuple(int(d) for d in reversed(t.shape))
         if len(shape) != 2:
             return None
         bw = native.decompose(t.tensor_type.name, t.data, shape)
-        if bw is None or self.hp.arch != "llama":
+        if bw is None or self.hp.arch not in PERMUTED_QK:
             return bw
         base = name.rsplit(".", 1)[0]
         heads = {"attn_q": self.hp.n_heads, "attn_k": self.hp.n_kv_heads}.get(base.split(".")[-1])
         if heads is None:
             return bw
         return bw.take_rows(unpermute_rows(np.arange(shape[0]), heads))
+
+    def unread_tensors(self) -> list[str]:
+        """Tensors of the file the export has not read (in file order)."""
+        return [t.name for t in self.reader.tensors if t.name not in self.read_tensors]
 
     def tensor_types(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -37,6 +37,18 @@ MS_OPSET = 1
 ALIGN = 4096
 
 
+def rope_angles(n_pos: int, dim: int, base: float, freq_scale: float = 1.0,
+                factors: np.ndarray | None = None, positions: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Rotary angles [positions, dim/2] in float64: pos * freq_scale * base^(-2i/dim) / f[i]."""
+    inv_freq = 1.0 / (base ** (np.arange(0, dim // 2, dtype=np.float64) * 2.0 / dim))
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, np.float64)
+    pos = np.arange(n_pos, dtype=np.float64) if positions is None else \
+        np.asarray(positions, np.float64)
+    return np.outer(pos * freq_scale, inv_freq)
+
+
 class WeightFile:
     """Appends initializers to one external-data file as they are made (bounded memory)."""
 
@@ -254,6 +266,8 @@ class GraphBuilder:
         name = "token_embd.weight"
         bw = self.m.block_weight(name) if (self.precision == "native" and self.target == "cpu") \
             else None
+        if bw is not None and bw.bits == 2:  # GatherBlockQuantized takes 4- and 8-bit codes
+            bw = None
         if bw is None:
             emb = self.m.raw(name)
             emb_dtype = np.float32 if self.wdtype == np.float32 else np.float16
@@ -287,6 +301,35 @@ class GraphBuilder:
         x = self.node("Reshape", [x, split], name="model/embed_tokens/add/Reshape")[0]
         x = self.node("Add", [x, add], name="model/embed_tokens/add/Add")[0]
         return self.node("Reshape", [x, merged], name="model/embed_tokens/add/Merge")[0]
+
+    def rotary_caches(self, name: str, base: float, freq_scale: float = 1.0,
+                      factors: np.ndarray | None = None) -> tuple[str, str]:
+        """cos/sin caches [context_length, head_dim/2], as llama.cpp's ggml_rope_ext computes
+        the angles: position * freq_scale * base^(-2i/head_dim) / factors[i] (factors: llama3's
+        `rope_freqs.weight`; freq_scale: linear rope scaling)."""
+        hp = self.hp
+        # a partial rotary (phi2, phi3) covers the first rope_dim dims: GroupQueryAttention
+        # rotates 2 * cos_cache.shape[1] dims of each head and passes the rest through
+        angles = rope_angles(hp.context_length, hp.rope_dim or hp.head_dim, base, freq_scale,
+                             factors)
+        # rope.scaling.attn_factor (phi3's longrope mscale): ggml_rope_ext scales cos and sin
+        prefix = f"{name}." if name else ""
+        cos = self.const(f"{prefix}cos_cache",
+                         (np.cos(angles) * hp.rope_attn_factor).astype(self.act))
+        sin = self.const(f"{prefix}sin_cache",
+                         (np.sin(angles) * hp.rope_attn_factor).astype(self.act))
+        return cos, sin
+
+    def per_head_rms(self, name: str, x: str, heads: int, weight: str) -> str:
+        """RMSNorm over each head of x [B, S, heads*head_dim] (weight [head_dim])."""
+        hp = self.hp
+        split = self.const(f"{name}.shape_split", np.array([0, 0, heads, hp.head_dim], np.int64))
+        joined = self.const(f"{name}.shape_join", np.array([0, 0, heads * hp.head_dim], np.int64))
+        h = self.node("Reshape", [x, split], name=f"{name}/Reshape_split")[0]
+        h = self.node("SimplifiedLayerNormalization", [h, self.norm_weight(weight)],
+                      name=f"{name}/SimplifiedLayerNormalization", epsilon=hp.rms_eps, axis=-1,
+                      stash_type=1)[0]
+        return self.node("Reshape", [h, joined], name=f"{name}/Reshape_join")[0]
 
     def norm_weight(self, name: str) -> str:
         return self.const(name, self.m.raw(name).astype(self.act))
@@ -394,13 +437,7 @@ class GraphBuilder:
 
         seqlens_k, total_len = self.sequence_lengths()
 
-        # rotary caches [max_len, head_dim/2]
-        half = hp.head_dim // 2
-        inv_freq = 1.0 / (hp.rope_base ** (np.arange(0, half, dtype=np.float64) * 2.0 / hp.head_dim))
-        pos = np.arange(hp.context_length, dtype=np.float64)
-        freqs = np.outer(pos, inv_freq)
-        cos = self.const("cos_cache", np.cos(freqs).astype(self.act))
-        sin = self.const("sin_cache", np.sin(freqs).astype(self.act))
+        cos, sin = self.rotary_caches("", hp.rope_base, hp.rope_freq_scale, self.m.rope_factors)
 
         residual = None
         pending = None  # output of the previous block's MLP, not yet added to the residual
@@ -417,25 +454,41 @@ class GraphBuilder:
                     "SkipSimplifiedLayerNormalization", [pending, residual, w_in],
                     [f"/{p}/input_layernorm/output_0", "", "", f"/{p}/input_layernorm/output_3"],
                     domain="com.microsoft", name=f"/{p}/input_layernorm", epsilon=hp.rms_eps)
-            # packed QKV projection
-            bias = None
-            if self.m.has(f"blk.{i}.attn_q.bias"):
-                bias = np.concatenate([
-                    self.m.hf_weight(f"blk.{i}.attn_q.bias"),
-                    self.m.hf_weight(f"blk.{i}.attn_k.bias"),
-                    self.m.hf_weight(f"blk.{i}.attn_v.bias"),
-                ])
-            qkv = self.linear(f"{p}.attn.qkv_proj", h,
-                              [f"blk.{i}.{t}.weight" for t in ("attn_q", "attn_k", "attn_v")], bias)
+            if hp.qk_norm:
+                # qwen3: q, k, v apart, each head of q and k RMS-normed before the rotary
+                q = self.linear(f"{p}.attn.q_proj", h, f"blk.{i}.attn_q.weight")
+                k = self.linear(f"{p}.attn.k_proj", h, f"blk.{i}.attn_k.weight")
+                v = self.linear(f"{p}.attn.v_proj", h, f"blk.{i}.attn_v.weight")
+                q = self.per_head_rms(f"/{p}/attn/q_norm", q, hp.n_heads,
+                                      f"blk.{i}.attn_q_norm.weight")
+                k = self.per_head_rms(f"/{p}/attn/k_norm", k, hp.n_kv_heads,
+                                      f"blk.{i}.attn_k_norm.weight")
+                qkv_inputs = [q, k, v]
+            else:
+                # packed QKV projection
+                bias = None
+                if self.m.has(f"blk.{i}.attn_q.bias"):
+                    bias = np.concatenate([
+                        self.m.hf_weight(f"blk.{i}.attn_q.bias"),
+                        self.m.hf_weight(f"blk.{i}.attn_k.bias"),
+                        self.m.hf_weight(f"blk.{i}.attn_v.bias"),
+                    ])
+                qkv = self.linear(f"{p}.attn.qkv_proj", h,
+                                  [f"blk.{i}.{t}.weight" for t in ("attn_q", "attn_k", "attn_v")],
+                                  bias)
+                qkv_inputs = [qkv, "", ""]
+            # smollm3: every 4th layer has no rotary
+            rotary = not hp.no_rope_layers[i]
             attn, _, _ = self.node(
                 "GroupQueryAttention",
-                [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                 seqlens_k, total_len, cos, sin],
+                qkv_inputs + [f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                              seqlens_k, total_len] + ([cos, sin] if rotary else []),
                 [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
                 domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
-                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
+                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=int(rotary),
                 rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
-                local_window_size=-1)
+                local_window_size=hp.sliding_window if hp.swa_layers and hp.swa_layers[i]
+                else -1)
             o = self.linear(f"{p}.attn.o_proj", attn, f"blk.{i}.attn_output.weight")
             w_post = self.norm_weight(f"blk.{i}.ffn_norm.weight")
             h2, _, _, residual = self.node(

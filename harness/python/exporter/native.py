@@ -17,7 +17,9 @@ for the symmetric formats). gguf's own dequantization computes exactly that in f
 Both are exact representations of gguf's float32 weights: evaluating the graph on an identity
 matrix reproduces `gguf.quants.dequantize` bit for bit on the cpu target (float32 scales); on the
 cuda target scales and adds are float16, so the weights agree within that rounding
-(`tests/test_native.py`). A format not listed here (IQ*, TQ*, MXFP4, ...) is not representable
+(`tests/test_native.py`). The ternary TQ1_0 and TQ2_0 are
+MatMulNBits with `bits` 2, zero point 1 and `block_size` 32 (each 256-block's scale repeated). A format not listed here (IQ*,
+MXFP4, ...) is not representable
 exactly by MatMulNBits, so it goes to the next wider exact form: float32 weights (on the cuda
 target an F16 tensor stays float16, exact; the others run float32 between casts). `describe` says per tensor
 what it became; the exporter records that in config.json.
@@ -37,8 +39,8 @@ class BlockWeight:
     """A matrix [n, k] as integer codes per sub-block with a scale, a zero point and an add."""
 
     source: str  # GGUF type name, e.g. "Q5_0"
-    bits: int  # storage width of a code: 4 or 8
-    block: int  # sub-block size along k: 16 or 32
+    bits: int  # storage width of a code: 2, 4 or 8
+    block: int  # sub-block size along k: 16, 32 or 256
     codes: np.ndarray  # uint8 [n, k // block, block], unpacked
     zero: np.ndarray  # uint8 [n, k // block]
     scale: np.ndarray  # float32 [n, k // block]
@@ -64,20 +66,29 @@ class BlockWeight:
             add=None if self.add is None else self.add[order])
 
     def packed_codes(self) -> np.ndarray:
-        """MatMulNBits' B: uint8 [n, k // block, block * bits / 8], low nibble first."""
+        """MatMulNBits' B: uint8 [n, k // block, block * bits / 8], lowest bits first."""
         if self.bits == 8:
             return np.ascontiguousarray(self.codes)
+        per = 8 // self.bits
         c = self.codes
-        return np.ascontiguousarray(c[..., 0::2] | (c[..., 1::2] << 4))
+        out = np.zeros(c[..., 0::per].shape, dtype=np.uint8)
+        for j in range(per):
+            out |= (c[..., j::per] << np.uint8(self.bits * j)).astype(np.uint8)
+        return np.ascontiguousarray(out)
 
     def packed_zero(self) -> np.ndarray:
-        """MatMulNBits' zero_points: uint8, 4-bit ones two per byte (rows padded to even)."""
+        """MatMulNBits' zero_points: uint8; 4- and 2-bit ones packed 2 or 4 per byte, each row
+        padded to whole bytes."""
         if self.bits == 8:
             return np.ascontiguousarray(self.zero.reshape(-1))
+        per = 8 // self.bits
         n, nb = self.zero.shape
-        z = np.zeros((n, nb + nb % 2), dtype=np.uint8)
+        z = np.zeros((n, -(-nb // per) * per), dtype=np.uint8)
         z[:, :nb] = self.zero
-        return np.ascontiguousarray((z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1))
+        out = np.zeros((n, z.shape[1] // per), dtype=np.uint8)
+        for j in range(per):
+            out |= (z[:, j::per] << np.uint8(self.bits * j)).astype(np.uint8)
+        return np.ascontiguousarray(out.reshape(-1))
 
     def describe(self) -> str:
         zeros = np.unique(self.zero)
@@ -216,6 +227,39 @@ def _q6_k(b):
     return (low | (high << np.uint8(4))).reshape((n, QK_K)), 32, scale, None, 16
 
 
+# Ternary blocks of 256 share one scale; MatMulNBits gets them as 8 sub-blocks of 32 with that
+# scale each (exact): ONNX Runtime 1.31's CPU kernel has a fast bits=2 path for block 32 with
+# accuracy_level 4 (0.22 ms for a 2048x2048 matvec, one thread) and only a slow one for block 256
+# (25 ms, any accuracy_level).
+TERNARY_BLOCK = 32
+
+
+def _ternary_scale(d: np.ndarray) -> np.ndarray:
+    return np.repeat(_f16(d), QK_K // TERNARY_BLOCK, axis=-1)
+
+
+def _tq1_0(b):
+    """TQ1_0 (ternary, base-3 packed): codes 0..2, zero 1, one float16 scale per 256."""
+    n = b.shape[0]
+    qs, rest = np.hsplit(b, [(QK_K - 4 * QK_K // 64) // 5])
+    qh, d = np.hsplit(rest, [QK_K // 64])
+    pow3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
+    qs0 = (qs[..., :32].reshape((n, -1, 1, 32)) * pow3.reshape((1, 1, 5, 1))).reshape((n, -1))
+    qs1 = (qs[..., 32:].reshape((n, -1, 1, 16)) * pow3.reshape((1, 1, 5, 1))).reshape((n, -1))
+    qh = (qh.reshape((n, -1, 1, 4)) * pow3[:4].reshape((1, 1, 4, 1))).reshape((n, -1))
+    q = np.concatenate([qs0, qs1, qh], axis=-1)
+    codes = ((q.astype(np.uint16) * 3) >> 8).astype(np.uint8)
+    return codes, 1, _ternary_scale(d), None, TERNARY_BLOCK
+
+
+def _tq2_0(b):
+    """TQ2_0 (ternary, 2-bit codes): codes 0..3 (3 unused), zero 1, one scale per 256."""
+    n = b.shape[0]
+    qs, d = np.hsplit(b, [QK_K // 4])
+    q = qs.reshape((n, -1, 1, 32)) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape((1, 1, 4, 1))
+    return (q & np.uint8(3)).reshape((n, QK_K)), 1, _ternary_scale(d), None, TERNARY_BLOCK
+
+
 # name -> (bytes per block, values per block, unpack)
 FORMATS = {
     "Q4_0": (18, 32, _q4_0),
@@ -228,10 +272,15 @@ FORMATS = {
     "Q4_K": (144, QK_K, _q4_k),
     "Q5_K": (176, QK_K, _q5_k),
     "Q6_K": (210, QK_K, _q6_k),
+    "TQ1_0": (54, QK_K, _tq1_0),
+    "TQ2_0": (66, QK_K, _tq2_0),
 }
 
 # Formats whose codes exceed 4 bits are stored as 8-bit codes (exact; MatMulNBits has no 5/6-bit).
 WIDE_CODES = {"Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K"}
+# Ternary formats: 2-bit codes with zero point 1, block 32 (ONNX Runtime 1.31's CPU
+# MatMulNBits computes bits=2 exactly with accuracy_level 0: checked in tests/test_native.py)
+TERNARY = {"TQ1_0", "TQ2_0"}
 
 
 def decompose(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> BlockWeight | None:
@@ -252,5 +301,6 @@ def decompose(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> Block
     zero = np.full((n, sub), zero, dtype=np.uint8)
     if add is not None:
         add = np.ascontiguousarray(add, dtype=np.float32).reshape((n, sub))
-    return BlockWeight(source=type_name, bits=8 if type_name in WIDE_CODES else 4, block=block,
+    bits = 8 if type_name in WIDE_CODES else 2 if type_name in TERNARY else 4
+    return BlockWeight(source=type_name, bits=bits, block=block,
                        codes=codes, zero=zero, scale=scale, add=add)

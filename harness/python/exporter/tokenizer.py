@@ -34,6 +34,18 @@ LLAMA3_REGEX = (
 )
 
 
+# pre-tokenizers that llama.cpp runs with ignore_merges (llama-vocab.cpp)
+IGNORE_MERGES = ("llama-bpe", "llama3", "llama-v3")
+
+# o200k (gpt-4o, Phi-4-mini): the original tokenizer.json regex, as llama-vocab.cpp quotes it
+GPT4O_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+    r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 def _byte_level(add_prefix_space: bool = False, trim_offsets: bool = True, use_regex: bool = True):
     return {"type": "ByteLevel", "add_prefix_space": add_prefix_space,
             "trim_offsets": trim_offsets, "use_regex": use_regex}
@@ -48,17 +60,21 @@ def pre_tokenizer_for(pre: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     if pre == "qwen2":
         return {"type": "NFC"}, {"type": "Sequence", "pretokenizers": [
             _split(QWEN2_REGEX), _byte_level(False, False, False)]}
-    if pre in ("llama-bpe", "llama3"):
+    if pre in ("llama-bpe", "llama3", "llama-v3", "dbrx", "smaug-bpe"):
         return None, {"type": "Sequence", "pretokenizers": [
             _split(LLAMA3_REGEX), _byte_level(False, True, False)]}
+    if pre in ("gpt-4o", "llama4"):
+        return None, {"type": "Sequence", "pretokenizers": [
+            _split(GPT4O_REGEX), _byte_level(False, True, False)]}
     if pre in ("smollm", "starcoder", "refact", "codeshell"):
         return None, {"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": True}, _byte_level(False, True, True)]}
-    if pre in ("gpt-2", "default", "gpt2"):
+    if pre in ("gpt-2", "default", "gpt2", "phi-2", "olmo", "mpt"):
         return None, _byte_level(False, True, True)
     raise ExportError(
         f"failed to export the tokenizer: pre-tokenizer {pre!r} is not supported "
-        "(supported: qwen2, llama-bpe, smollm, starcoder, refact, codeshell, gpt-2)"
+        "(supported: qwen2, llama-bpe, llama3, dbrx, smaug-bpe, smollm, starcoder, refact, "
+        "codeshell, gpt-2, phi-2, olmo, mpt, gpt-4o)"
     )
 
 
@@ -114,6 +130,8 @@ class TokenizerData:
                                                 self.kind == "llama"))
         self.chat_template = model.meta("tokenizer.chat_template")
         self.context_length = model.hp.context_length
+        name = str(model.hp.name).lower()
+        self.phi3_names = "phi-3" in name or "phi3" in name
         self.arch = model.hp.arch
 
     def token(self, idx) -> str | None:
@@ -149,11 +167,7 @@ class TokenizerData:
             return self.spm_tokenizer_json()
         normalizer, pre = pre_tokenizer_for(self.pre)
         vocab = {tok: i for i, tok in enumerate(self.tokens)}
-        added = [
-            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": special}
-            for i, tok, special in self.added()
-        ]
+        added = self.added_tokens()
         return {
             "version": "1.0",
             "truncation": None,
@@ -161,7 +175,9 @@ class TokenizerData:
             "added_tokens": added,
             "normalizer": normalizer,
             "pre_tokenizer": pre,
-            "post_processor": _byte_level(False, False, False),
+            "post_processor": _byte_level(False, False, False) if self.bos_processor() is None
+            else {"type": "Sequence", "processors": [_byte_level(False, False, False),
+                                                     self.bos_processor()]},
             "decoder": _byte_level(False, False, False),
             "model": {
                 "type": "BPE",
@@ -171,18 +187,48 @@ class TokenizerData:
                 "end_of_word_suffix": "",
                 "fuse_unk": False,
                 "byte_fallback": False,
-                "ignore_merges": False,
+                # llama.cpp's llama3 pre-type takes a word that is a vocabulary token whole
+                # (tiktoken), as HF's Llama 3 tokenizer.json does with ignore_merges
+                "ignore_merges": self.pre in IGNORE_MERGES,
                 "vocab": vocab,
                 "merges": self.merges,
             },
         }
 
+    def rstrip(self, tok: str, special: bool) -> bool:
+        """Whether an added token swallows the whitespace after it. llama.cpp (llama-vocab.cpp,
+        by general.name) gives Phi-3's special tokens RSTRIP, as Phi-3's own tokenizer.json
+        does, except <unk>, <s> and <|endoftext|>."""
+        if not self.phi3_names:
+            return False
+        if tok == "</s>":
+            return True
+        return special and tok not in ("<unk>", "<s>", "<|endoftext|>")
+
     def added_tokens(self) -> list[dict[str, Any]]:
         return [
-            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": special}
+            {"id": i, "content": tok, "single_word": False, "lstrip": False,
+             "rstrip": self.rstrip(tok, special), "normalized": False, "special": special}
             for i, tok, special in self.added()
         ]
+
+    def bos_processor(self) -> dict[str, Any] | None:
+        """A post-processor that puts BOS first when the GGUF's add_bos_token asks (gemma's
+        <bos>, Llama 3's <|begin_of_text|>); applied only where special tokens are added."""
+        bos = self.token(self.bos)
+        if not (self.add_bos and bos is not None):
+            return None
+        spec = {"id": bos, "ids": [int(self.bos)], "tokens": [bos]}
+        return {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: spec},
+        }
 
     def spm_tokenizer_json(self) -> dict[str, Any]:
         """SentencePiece BPE as llama.cpp's SPM tokenizer runs it (see the module doc)."""
@@ -197,20 +243,7 @@ class TokenizerData:
         ]
         if self.add_space_prefix:
             decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-        post = None
-        bos = self.token(self.bos)
-        if self.add_bos and bos is not None:
-            spec = {"id": bos, "ids": [int(self.bos)], "tokens": [bos]}
-            post = {
-                "type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                           {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                         {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": bos, "type_id": 1}},
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos: spec},
-            }
+        post = self.bos_processor()
         return {
             "version": "1.0",
             "truncation": None,
@@ -236,7 +269,8 @@ class TokenizerData:
 
     def tokenizer_config(self) -> dict[str, Any]:
         decoder = {
-            str(i): {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
+            str(i): {"content": tok, "lstrip": False, "normalized": False,
+                     "rstrip": self.rstrip(tok, special),
                      "single_word": False, "special": special}
             for i, tok, special in self.added()
         }

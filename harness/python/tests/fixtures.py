@@ -147,9 +147,12 @@ def _add(writer, name: str, w: np.ndarray, qtype: Q, rng) -> None:
 
 def write_fixture(path: str, arch: str, types: dict[str, Q] | None = None, seed: int = 0,
                   hidden: int = 256, n_heads: int = 4, n_kv: int = 2, inter: int = 512,
-                  layers: int = 2) -> dict:
+                  layers: int = 2, rope_freqs: np.ndarray | None = None,
+                  extra_tensors: dict[str, np.ndarray] | None = None,
+                  extra_meta=None) -> dict:
     """Write a tiny model; `types` maps a tensor role (embd, q, k, v, o, gate, up, down, head)
-    to its GGUF type (default F32)."""
+    to its GGUF type (default F32). `rope_freqs`: llama3 rope scaling's `rope_freqs.weight`
+    [head_dim/2]; `extra_tensors`: more tensors as they are; `extra_meta(writer)`: more keys."""
     types = types or {}
     rng = np.random.default_rng(seed)
     tokens, merges, token_types = vocabulary()
@@ -210,6 +213,12 @@ def write_fixture(path: str, arch: str, types: dict[str, Q] | None = None, seed:
     writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
     if "head" in types:  # an untied lm_head; otherwise tied to token_embd
         _add(writer, "output.weight", mat(vocab, hidden, 0.1), types["head"], rng)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
+    for name, value in (extra_tensors or {}).items():
+        writer.add_tensor(name, value)
+    if extra_meta is not None:
+        extra_meta(writer)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -219,7 +228,8 @@ def write_fixture(path: str, arch: str, types: dict[str, Q] | None = None, seed:
 
 def write_gemma3_fixture(path: str, types: dict[str, Q] | None = None, seed: int = 0,
                          hidden: int = 256, n_heads: int = 8, n_kv: int = 1, inter: int = 512,
-                         layers: int = 7, head_dim: int = 64, window: int = 4) -> dict:
+                         layers: int = 7, head_dim: int = 64, window: int = 4,
+                         embd_scale: float = 0.05) -> dict:
     """A tiny gemma3 as llama.cpp's converter writes one: norm weights already (1 + w), no q/k
     permutation, head_dim set apart from hidden/heads, layers 0-4 and 6 sliding, 5 global."""
     types = types or {}
@@ -258,7 +268,8 @@ def write_gemma3_fixture(path: str, types: dict[str, Q] | None = None, seed: int
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    _add(writer, "token_embd.weight", mat(vocab, hidden, 0.05), types.get("embd", Q.F32), rng)
+    _add(writer, "token_embd.weight", mat(vocab, hidden, embd_scale), types.get("embd", Q.F32),
+         rng)
     for i in range(layers):
         b = f"blk.{i}"
         for name in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):

@@ -101,6 +101,21 @@ class NativeFormatsTest(unittest.TestCase):
             with self.subTest(qtype=qtype.name):
                 self.check_format(qtype)
 
+    def test_ternary_formats_are_exact_with_2_bit_codes(self):
+        # ONNX Runtime 1.31's CPU MatMulNBits with bits=2, block 32, zero point 1
+        rng = np.random.default_rng(3)
+        for qtype in (Q.TQ1_0, Q.TQ2_0):
+            with self.subTest(qtype=qtype.name):
+                w = rng.standard_normal((8, 512)).astype(np.float32)
+                data = gguf.quants.quantize(w, qtype)
+                want = gguf.quants.dequantize(data, qtype).reshape(8, 512).astype(np.float32)
+                bw = native.decompose(qtype.name, data, (8, 512))
+                self.assertEqual((bw.bits, bw.block), (2, 32))
+                self.assertTrue(np.array_equal(bw.dequantize(), want), f"{qtype.name}: formula")
+                got = _run_linear(bw, "cpu", self.tmp)
+                self.assertTrue(np.array_equal(got, want),
+                                f"{qtype.name}: cpu max abs diff {np.abs(got - want).max()}")
+
     def test_formats_without_exact_form_are_not_decomposed(self):
         self.assertIsNone(native.decompose("IQ4_NL", np.zeros(18, np.uint8), (1, 32)))
         self.assertIsNone(native.decompose("F16", np.zeros(64, np.uint8), (1, 32)))
