@@ -11,24 +11,8 @@ use crate::evaluate::CaseOutcome;
 use crate::failure::FailureCounts;
 use crate::footprint::{Profile, TimingStats};
 pub use crate::stats::auroc;
-use crate::stats::{self, Interval};
+use crate::stats::{self, Interval, pass_at_k};
 pub use crate::uncertainty::UncertaintyStats;
-
-/// Unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
-pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
-    if k == 0 || n == 0 || k > n {
-        return f64::NAN;
-    }
-    if n - c < k {
-        return 1.0;
-    }
-    // Product form avoids huge binomials.
-    let mut prod = 1.0;
-    for i in (n - c + 1)..=n {
-        prod *= 1.0 - k as f64 / i as f64;
-    }
-    1.0 - prod
-}
 
 /// Counts and rates over a group of cases. Rates are over the measured cases: a case that
 /// could not be measured (a malformed case file, a generation or sandbox failure) is counted in

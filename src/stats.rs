@@ -6,7 +6,6 @@
 
 use serde::Serialize;
 
-pub use crate::score::pass_at_k;
 
 /// The standard normal quantile for a two-sided 95% interval.
 pub const Z_95: f64 = 1.959_963_984_540_054;
@@ -216,6 +215,22 @@ pub fn percentile(values: &[f64], q: f64) -> Option<f64> {
     sorted.sort_by(f64::total_cmp);
     let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.max(1) - 1])
+}
+
+/// Unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if k == 0 || n == 0 || k > n {
+        return f64::NAN;
+    }
+    if n - c < k {
+        return 1.0;
+    }
+    // Product form avoids huge binomials.
+    let mut prod = 1.0;
+    for i in (n - c + 1)..=n {
+        prod *= 1.0 - k as f64 / i as f64;
+    }
+    1.0 - prod
 }
 
 #[cfg(test)]
