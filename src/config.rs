@@ -10,8 +10,8 @@ use thiserror::Error;
 
 use crate::device::{Device, DeviceSpec, Gpus, Precision};
 use crate::engine::GenerationSettings;
+use crate::evaluate::sandbox::SandboxConfig;
 use crate::prompt::PromptProtocol;
-use crate::sandbox::SandboxConfig;
 
 /// A problem with the configuration file.
 #[derive(Debug, Error)]

@@ -28,54 +28,36 @@
 //! (HumanEval as case files), [`doctor`] (whether a model will work here, and why not), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
 //! calls. The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
 
-pub mod cache;
 pub mod case;
-pub mod confidence;
 pub mod config;
-pub mod cuda;
 pub mod device;
-pub mod diversity;
 pub mod doctor;
 pub mod engine;
-pub mod env;
 pub mod evaluate;
-pub mod extract;
-pub mod failure;
-pub mod following;
-pub mod footprint;
 pub mod gate;
-pub mod harness;
 pub mod import;
 pub mod machine;
-pub mod merge;
-pub mod models;
-pub mod nextest;
 pub mod pack;
-pub mod profile;
 pub mod prompt;
 pub mod provision;
 pub mod report;
-pub mod runtime;
-pub mod sandbox;
-pub mod sanitize;
+pub mod run;
 pub mod score;
-pub mod shard;
 pub mod snapshot;
-pub mod stats;
 pub mod syntax;
-pub mod timeline;
 mod toml_error;
-pub mod uncertainty;
-pub mod value;
-pub mod verdict;
+
+pub use evaluate::sandbox;
+pub use provision::{cache, models, runtime};
+pub use run::{env, harness, merge, nextest, shard};
 
 pub use case::{Case, CaseError, LoadedCase};
 pub use config::{Config, ConfigError, ModelProfile, SourceConfig};
 pub use device::{Device, Precision, Provider};
 pub use engine::{Completion, CompletionSource, GenerationSettings, Request, SourceError};
-pub use env::{Env, EnvError};
+pub use evaluate::sandbox::{Sandbox, SandboxConfig, WorkerSandbox};
 pub use evaluate::{CaseOutcome, Evaluator};
 pub use gate::GateFailure;
-pub use harness::{RunOptions, run};
-pub use sandbox::{Sandbox, SandboxConfig, WorkerSandbox};
+pub use run::env::{Env, EnvError};
+pub use run::harness::{RunOptions, run};
 pub use score::Summary;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::AcceptedOutput;
 use crate::evaluate::CaseOutcome;
-use crate::extract::{Origin, Scope};
+use crate::evaluate::extract::{Origin, Scope};
 
 /// The heading of the section that keeps each sample's generated token ids.
 const GENERATION_HEADING: &str = "--- generated tokens ---";
@@ -229,7 +229,7 @@ pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> 
 /// [`assert_matches`] puts the diff into the failure message instead.
 ///
 /// Must be called before any other thread exists (it sets an environment variable).
-pub fn silence_insta_output(env: &crate::env::Env) {
+pub fn silence_insta_output(env: &crate::run::env::Env) {
     if !env.insta_output_set {
         // SAFETY: called first thing in the harness's entry point, before it starts any thread,
         // so no other thread can read or write the environment concurrently.
@@ -287,9 +287,9 @@ pub(crate) mod tests {
         assert_eq!(snapshot_body(file), "verdict: passed\n");
     }
     use crate::evaluate::SampleOutcome;
-    use crate::extract::{Extraction, Origin};
+    use crate::evaluate::extract::{Extraction, Origin};
+    use crate::evaluate::verdict::{LoadVerdict, TestResult, TestVerdict};
     use crate::syntax::SyntaxReport;
-    use crate::verdict::{LoadVerdict, TestResult, TestVerdict};
 
     /// One case with one sample of one test, passed or a wrong answer (also used by `score`).
     pub(crate) fn outcome(passed: bool) -> CaseOutcome {

@@ -16,7 +16,7 @@ use crate::engine::onnx::tensor::Float;
 use crate::engine::onnx::{self, OnnxOptions, model, session};
 use crate::engine::{Completion, CompletionSource, GenerationSettings, Request};
 use crate::prompt::Prompt;
-use crate::runtime;
+use crate::provision::runtime;
 
 /// What the generation check asks in chat mode, and continues in completion mode.
 const CHAT_PROMPT: &str =

@@ -338,7 +338,7 @@ fn following(models: &[ModelResults]) -> String {
     let lines: Vec<String> = models
         .iter()
         .filter_map(|m| {
-            let f: crate::following::Following =
+            let f: crate::score::following::Following =
                 serde_json::from_value(m.summary["summary"]["following"].clone()).ok()?;
             Some(format!(
                 "<li><b>{}</b>: {}</li>",

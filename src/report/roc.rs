@@ -13,9 +13,9 @@ use super::html::esc;
 use super::legend;
 use super::results::{ModelResults, num};
 
-/// The uncertainty scores are [`crate::uncertainty::Score`]: the same four the summary's AUROCs
+/// The uncertainty scores are [`crate::score::uncertainty::Score`]: the same four the summary's AUROCs
 /// are computed for.
-pub use crate::uncertainty::Score;
+pub use crate::score::uncertainty::Score;
 
 /// The colour of a score's curve and legend entry.
 fn colour(score: Score) -> &'static str {

@@ -47,10 +47,10 @@ pub use lazy::{LazyOnnxSource, open_lazy};
 
 use super::{Completion, CompletionSource, GenerationSettings, LoadFacts, Request, SourceError};
 use crate::device::Provider;
-use crate::env::EngineEnv;
 use crate::machine;
 use crate::prompt::Prompt;
-use crate::runtime::RuntimeSpec;
+use crate::provision::runtime::RuntimeSpec;
+use crate::run::env::EngineEnv;
 use model::Model;
 use scheduler::{Encoder, KeyFacts, Limits, Scheduler};
 

@@ -21,7 +21,7 @@ use super::kv::FixedKv;
 use super::session::{self, SessionSpec};
 use super::tensor::{Float, memory_info, zeroed_buffers};
 use crate::device::Provider;
-use crate::runtime::{self, RuntimeSpec};
+use crate::provision::runtime::{self, RuntimeSpec};
 
 /// Fixed-decode batches (each with a captured CUDA graph) per session, by default. ONNX Runtime
 /// keeps every captured graph until the session is dropped, about 2 MiB of host memory each

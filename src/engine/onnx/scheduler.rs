@@ -22,10 +22,10 @@ use super::follow::Guide;
 use super::gencache::GenerationCache;
 use super::model::{Footprint, Model};
 use super::sampling::Sampler;
-use crate::cache::hex;
 use crate::device::Provider;
 use crate::engine::{Completion, DeviceUsage, GenerationSettings, Request};
 use crate::prompt::{Prompt, TemplateTokens, render_chat_prompt};
+use crate::provision::cache::hex;
 
 /// Prompt rendering and tokenization, usable while the model is busy.
 #[derive(Clone)]
