@@ -150,7 +150,8 @@ pub struct AnalysisConfig {
 }
 
 impl AnalysisConfig {
-    pub const DEFAULT_LOW_PROB_THRESHOLD: f64 = 0.5;
+    pub const DEFAULT_LOW_PROB_THRESHOLD: f64 =
+        crate::evaluate::confidence::DEFAULT_LOW_PROB_THRESHOLD;
 }
 
 impl Default for AnalysisConfig {

@@ -229,8 +229,8 @@ pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> 
 /// [`assert_matches`] puts the diff into the failure message instead.
 ///
 /// Must be called before any other thread exists (it sets an environment variable).
-pub fn silence_insta_output(env: &crate::run::env::Env) {
-    if !env.insta_output_set {
+pub fn silence_insta_output(insta_output_set: bool) {
+    if !insta_output_set {
         // SAFETY: called first thing in the harness's entry point, before it starts any thread,
         // so no other thread can read or write the environment concurrently.
         unsafe { std::env::set_var("INSTA_OUTPUT", "none") };

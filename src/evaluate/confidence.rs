@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::TokenTrace;
 
+/// A generated token under this probability is low-confidence unless `[analysis]` says
+/// otherwise.
+pub const DEFAULT_LOW_PROB_THRESHOLD: f64 = 0.5;
+
 /// Token-level confidence of one generated sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Confidence {

@@ -20,7 +20,6 @@ use thiserror::Error;
 pub use confidence::Confidence;
 
 use crate::case::{Case, Expectation};
-use crate::config::AnalysisConfig;
 use crate::engine::{
     AcceptedOutput, CompletionSource, FinishReason, Followed, Request, Timing, TokenTrace,
 };
@@ -75,12 +74,12 @@ impl Evaluator {
             sandbox: OnceLock::new(),
             expected: Mutex::new(HashMap::new()),
             timeouts: Mutex::new(HashMap::new()),
-            low_prob_threshold: AnalysisConfig::DEFAULT_LOW_PROB_THRESHOLD,
+            low_prob_threshold: confidence::DEFAULT_LOW_PROB_THRESHOLD,
         }
     }
 
     /// Count tokens under `threshold` as low-confidence (default
-    /// [`AnalysisConfig::DEFAULT_LOW_PROB_THRESHOLD`]).
+    /// [`confidence::DEFAULT_LOW_PROB_THRESHOLD`]).
     pub fn with_low_prob_threshold(mut self, threshold: f64) -> Evaluator {
         self.low_prob_threshold = threshold;
         self

@@ -275,12 +275,6 @@ impl Provisioner {
         self
     }
 
-    /// The environment's cache, base Python and wheelhouse.
-    pub fn from_env(env: &crate::run::env::Env) -> Provisioner {
-        Provisioner::new(env.cache.clone(), env.base_python())
-            .with_wheelhouse(env.wheelhouse.clone())
-    }
-
     /// pip's index arguments: none, or `--no-index --find-links DIR` with a wheelhouse.
     pub fn index_args(&self) -> Vec<std::ffi::OsString> {
         match &self.wheelhouse {

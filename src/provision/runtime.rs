@@ -25,7 +25,6 @@ pub const ORT_VERSION: &str = "1.31.1";
 
 pub use crate::device::Device;
 use crate::device::Provider;
-use crate::run::env::Env;
 
 /// Where ONNX Runtime's library comes from, decided at the edge: the provider it must serve,
 /// an explicit library (`ORT_DYLIB_PATH`), the cache the wheel is unpacked under, the Python
@@ -40,18 +39,6 @@ pub struct RuntimeSpec {
 }
 
 impl RuntimeSpec {
-    /// The library for `provider` as the environment says (`ORT_DYLIB_PATH`, the cache, the
-    /// base Python).
-    pub fn from_env(provider: Provider, env: &Env) -> RuntimeSpec {
-        RuntimeSpec {
-            provider,
-            dylib: env.ort_dylib.clone(),
-            cache: env.cache.clone(),
-            python: env.base_python(),
-            cuda_libs: env.cuda_libs.clone(),
-        }
-    }
-
     /// Where the CUDA libraries are looked for.
     pub fn cuda(&self) -> cuda::CudaSpec {
         cuda::CudaSpec {

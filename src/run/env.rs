@@ -10,7 +10,11 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::evaluate::sandbox::Level;
+use crate::device::Provider;
+use crate::engine::onnx::OnnxOptions;
+use crate::evaluate::sandbox::{Level, SandboxConfig};
+use crate::provision::Provisioner;
+use crate::provision::runtime::RuntimeSpec;
 use crate::run::shard::{Shard, ShardError};
 
 /// One documented environment variable.
@@ -289,6 +293,68 @@ impl Env {
         self.python
             .clone()
             .unwrap_or_else(|| PathBuf::from("python3"))
+    }
+}
+
+// How each setting the environment forces applies: the stages themselves read no environment
+// and know nothing of [`Env`].
+
+impl SandboxConfig {
+    /// Apply what the environment forces: `CODEGEN_SANDBOX_LEVEL`, `CODEGEN_ALLOW_HOST_ROOT`, and
+    /// a `python` named without
+    /// a folder looked up on the environment's `PATH` (the sandbox itself reads no environment).
+    pub fn apply_env(&mut self, env: &Env) {
+        if let Some(level) = env.sandbox_level {
+            self.level = level;
+        }
+        if let Some(allow) = env.allow_host_root {
+            self.allow_host_root = allow;
+        }
+        if let Some(found) = env.which(&self.python) {
+            self.python_from_path = !self.python.contains('/');
+            self.python = found.to_string_lossy().into_owned();
+        }
+    }
+}
+
+impl OnnxOptions {
+    /// Overlay what the environment forces (`CODEGEN_NO_CACHE`, `CODEGEN_ORT_THREADS`, ...).
+    pub fn apply_env(&mut self, env: &EngineEnv) {
+        self.no_cache |= env.no_cache;
+        self.threads = env.threads.unwrap_or(self.threads);
+        self.spin |= env.spin;
+        self.nondeterministic |= env.nondeterministic;
+        self.device_head = env.device_head.or(self.device_head);
+        self.cuda_graph = env.cuda_graph.or(self.cuda_graph);
+        self.graphs_per_session = env.graphs_per_session.or(self.graphs_per_session);
+        self.shared_kv &= env.shared_kv.unwrap_or(true);
+        self.zero_kv &= env.zero_kv.unwrap_or(true);
+        self.profile |= env.profile;
+        if let Some(follow) = env.follow_accepted {
+            self.settings.follow_accepted.enabled = follow;
+        }
+    }
+}
+
+impl Provisioner {
+    /// The environment's cache, base Python and wheelhouse.
+    pub fn from_env(env: &Env) -> Provisioner {
+        Provisioner::new(env.cache.clone(), env.base_python())
+            .with_wheelhouse(env.wheelhouse.clone())
+    }
+}
+
+impl RuntimeSpec {
+    /// The library for `provider` as the environment says (`ORT_DYLIB_PATH`, the cache, the
+    /// base Python).
+    pub fn from_env(provider: Provider, env: &Env) -> RuntimeSpec {
+        RuntimeSpec {
+            provider,
+            dylib: env.ort_dylib.clone(),
+            cache: env.cache.clone(),
+            python: env.base_python(),
+            cuda_libs: env.cuda_libs.clone(),
+        }
     }
 }
 

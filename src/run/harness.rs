@@ -520,7 +520,7 @@ pub fn main(root: &Path) -> ExitCode {
 ///
 /// Call it before the process starts any thread: it adjusts insta's output through the environment.
 pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
-    snapshot::silence_insta_output(&options.env);
+    snapshot::silence_insta_output(options.env.insta_output_set);
     quiet_snapshot_panics();
     stop_when_parent_is_gone();
     let harness = match Harness::load(options) {

@@ -101,22 +101,6 @@ impl Default for SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// Apply what the environment forces: `CODEGEN_SANDBOX_LEVEL`, `CODEGEN_ALLOW_HOST_ROOT`, and
-    /// a `python` named without
-    /// a folder looked up on the environment's `PATH` (the sandbox itself reads no environment).
-    pub fn apply_env(&mut self, env: &crate::run::env::Env) {
-        if let Some(level) = env.sandbox_level {
-            self.level = level;
-        }
-        if let Some(allow) = env.allow_host_root {
-            self.allow_host_root = allow;
-        }
-        if let Some(found) = env.which(&self.python) {
-            self.python_from_path = !self.python.contains('/');
-            self.python = found.to_string_lossy().into_owned();
-        }
-    }
-
     /// The number of workers to keep warm.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
