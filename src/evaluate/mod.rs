@@ -3,6 +3,7 @@
 //! shares across cases (the sandbox, evaluated expected values, calibrated timeouts) and
 //! produces the [`CaseOutcome`] that snapshots, reports and the gate read.
 
+pub mod calibrate;
 pub mod confidence;
 pub mod extract;
 pub mod failure;
@@ -25,11 +26,10 @@ use crate::engine::{
 };
 use crate::prompt::{Prompt, PromptProtocol};
 use crate::syntax::{self, SyntaxReport};
+use calibrate::{TimeoutPolicy, calibrate_expecting};
 use extract::{Extraction, extract, names_used};
 use failure::Failure;
-use sandbox::{
-    Job, Sandbox, SandboxConfig, SandboxError, TimeoutPolicy, WorkerSandbox, calibrate_expecting,
-};
+use sandbox::{Job, Sandbox, SandboxConfig, SandboxError, WorkerSandbox};
 use value::Value;
 use verdict::{LoadVerdict, TestResult};
 

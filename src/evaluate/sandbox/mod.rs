@@ -19,7 +19,6 @@
 //! [`calibrate()`] derives per-case timeouts from the reference solution. `worker` runs the
 //! pool of warm workers, `process` starts and talks to one, `protocol` reads their reports.
 
-pub mod calibrate;
 pub mod config;
 mod host_user;
 pub mod isolation;
@@ -28,7 +27,6 @@ mod protocol;
 pub mod seccomp;
 pub mod worker;
 
-pub use calibrate::{TimeoutPolicy, calibrate, calibrate_expecting};
 pub use config::{Level, SandboxConfig};
 pub use isolation::IsolationReport;
 pub use worker::WorkerSandbox;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError};
+use crate::evaluate::sandbox::{
+    Job, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError,
+};
 use crate::evaluate::verdict;
 
 /// How calibrated timeouts are derived.
