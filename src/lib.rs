@@ -49,7 +49,13 @@ mod toml_error;
 
 pub use evaluate::sandbox;
 pub use provision::{cache, models, runtime};
-pub use run::{env, harness, merge, nextest, shard};
+pub use run::{env, merge, nextest, shard};
+
+/// What a project's `tests/codegen.rs` calls (and `codegen run`).
+pub mod harness {
+    pub use crate::run::harness::{Harness, LoadError, RunOptions};
+    pub use crate::run::{main, run};
+}
 
 pub use case::{Case, CaseError, LoadedCase};
 pub use config::{Config, ConfigError, ModelProfile, SourceConfig};
@@ -59,5 +65,6 @@ pub use evaluate::sandbox::{Sandbox, SandboxConfig, WorkerSandbox};
 pub use evaluate::{CaseOutcome, Evaluator};
 pub use gate::GateFailure;
 pub use run::env::{Env, EnvError};
-pub use run::harness::{RunOptions, run};
+pub use run::harness::RunOptions;
+pub use run::run;
 pub use score::Summary;

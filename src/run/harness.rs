@@ -7,10 +7,9 @@
 //! each process runs one trial and records it instead of summarising ([`crate::run::nextest`]).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use thiserror::Error;
 
 use crate::case::{self, Case, CaseError, LoadedCase};
@@ -32,9 +31,8 @@ mod prepare;
 mod process;
 mod shard_manifest;
 
-pub(crate) use prepare::prepare_sources;
-use prepare::warm_evaluator;
-use process::{quiet_snapshot_panics, stop_when_parent_is_gone};
+pub(crate) use prepare::{prepare_sources, warm_evaluator};
+pub(crate) use process::{quiet_snapshot_panics, stop_when_parent_is_gone};
 
 /// A profile's source, opened on first use (the error is shared by every trial that needs it).
 type OpenedSource = Result<Arc<dyn CompletionSource>, Arc<ProfileError>>;
@@ -62,7 +60,7 @@ pub struct Harness {
     journal: Journal,
     timeline: Timeline,
     /// Run only this shard's cases (trials of the others are not built).
-    shard: Option<Shard>,
+    pub(crate) shard: Option<Shard>,
 }
 
 impl Harness {
@@ -116,7 +114,7 @@ impl Harness {
     /// Why this run would measure nothing although the user filtered nothing away, if so: no
     /// case files, or no model profile selected. (A libtest filter that matches no trial is
     /// not this: cargo hands the same filter to every test binary.)
-    fn nothing_to_measure(&self) -> Option<String> {
+    pub(crate) fn nothing_to_measure(&self) -> Option<String> {
         if self.models.is_empty() {
             let configured: Vec<&str> =
                 self.config.models.iter().map(|m| m.name.as_str()).collect();
@@ -214,7 +212,7 @@ impl Harness {
         }
     }
 
-    fn run_trial(&self, m: usize, c: usize) -> Result<(), Failed> {
+    pub(crate) fn run_trial(&self, m: usize, c: usize) -> Result<(), Failed> {
         self.timeline.setup_done();
         let loaded = &self.cases[c];
         let model = &self.models[m];
@@ -335,7 +333,7 @@ impl Harness {
     /// Summaries, tables and the gate after the trials ran. Returns false when the gate failed.
     /// A shard writes its part and its manifest instead, and gates nothing (`failed_trials`
     /// goes into the manifest).
-    fn finish(&self, failed_trials: usize) -> bool {
+    pub(crate) fn finish(&self, failed_trials: usize) -> bool {
         self.finish_with(failed_trials, &self.evaluator.isolation())
     }
 
@@ -500,108 +498,5 @@ impl RunOptions {
             },
             env,
         }
-    }
-}
-
-/// Entry point of `tests/codegen.rs`: run the suite found under `root`, configured by the
-/// environment, with libtest's command-line arguments.
-pub fn main(root: &Path) -> ExitCode {
-    match Env::from_process() {
-        Ok(env) => run(&RunOptions::from_env(root, env), Arguments::from_args()),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(101)
-        }
-    }
-}
-
-/// Run a suite: build the trials, run them with libtest-mimic, print the summary, apply the
-/// gate. Exit code 101 when a trial failed or the gate failed.
-///
-/// Call it before the process starts any thread: it adjusts insta's output through the environment.
-pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
-    snapshot::silence_insta_output(options.env.insta_output_set);
-    quiet_snapshot_panics();
-    stop_when_parent_is_gone();
-    let harness = match Harness::load(options) {
-        Ok(h) => Arc::new(h),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(101);
-        }
-    };
-    let mut trials = Vec::new();
-    let mut requests: Vec<(usize, usize)> = Vec::new();
-    for (m, model) in harness.models.iter().enumerate() {
-        for (c, case) in harness.cases.iter().enumerate() {
-            if harness.shard.is_some_and(|s| !s.contains(&case.key)) {
-                continue; // another shard's case: not listed, not generated
-            }
-            let name = Harness::trial_name(model, case);
-            if !args.list && selected(&args, &name) {
-                requests.push((m, c));
-            }
-            let h = Arc::clone(&harness);
-            trials.push(Trial::test(name, move || {
-                let result = h.run_trial(m, c);
-                match h.env.nextest.is_some() {
-                    true => crate::run::nextest::record_trial(&h, m, c, result),
-                    false => result,
-                }
-            }));
-        }
-    }
-    let measures = !args.list && (!requests.is_empty() || harness.shard.is_some());
-    let _results_lock = match measures && harness.env.nextest.is_none() {
-        true => match harness.lock_results() {
-            Ok(lock) => Some(lock),
-            Err(e) => {
-                eprintln!("error: {e}; nothing was run");
-                return ExitCode::from(101);
-            }
-        },
-        false => None,
-    };
-    if !args.list {
-        prepare_sources(&harness, &requests);
-        warm_evaluator(&harness, &requests);
-    }
-    if !args.list
-        && let Some(why) = harness.nothing_to_measure()
-    {
-        if harness.config.suite.allow_empty {
-            eprintln!("codegen: nothing measured ({why}); allowed by [suite] allow_empty");
-            return ExitCode::SUCCESS;
-        }
-        eprintln!("error: nothing to measure: {why}");
-        return ExitCode::from(101);
-    }
-    let conclusion = libtest_mimic::run(&args, trials);
-    if args.list || harness.env.nextest.is_some() {
-        // A nextest test process ran its trial and recorded it: `codegen finish` summarises,
-        // writes and gates the whole run.
-        return conclusion.exit_code();
-    }
-    if requests.is_empty() && harness.shard.is_none() {
-        // A filter cargo passed to every test binary (`cargo test some_unit_test`) matched no
-        // trial here: nothing ran, so nothing is summarised, written or gated.
-        eprintln!(
-            "codegen: the filter matched none of the {} trials; nothing measured, no results written",
-            harness.models.len() * harness.cases.len()
-        );
-        return conclusion.exit_code();
-    }
-    let failed_trials = match harness.config.suite.snapshot {
-        true => conclusion.num_failed as usize,
-        false => 0,
-    };
-    let gate_ok = harness.finish(failed_trials);
-    // With snapshots a trial is a comparison and any mismatch fails the run; without, trials
-    // are measurements and the gate alone decides.
-    let trials_failed = harness.config.suite.snapshot && conclusion.has_failed();
-    if trials_failed || !gate_ok {
-        ExitCode::from(101)
-    } else {
-        ExitCode::SUCCESS
     }
 }

@@ -13,10 +13,11 @@
 //! candidate directly over two pipes, with values only (docs/sandbox.md).
 //!
 //! Outcomes are raw facts ("returned this value", "raised that", "blocked: opening
-//! '/etc/shadow'"); judging them against expected values is the job of [`crate::evaluate::verdict`],
-//! outside any process that ran generated code. [`config::SandboxConfig`] is the `[sandbox]`
-//! table of `harness/codegen.toml`; [`isolation::IsolationReport`] says what is in force;
-//! [`calibrate()`] derives per-case timeouts from the reference solution. `worker` runs the
+//! '/etc/shadow'"); judging them against expected values is the job of
+//! [`crate::evaluate::verdict`], outside any process that ran generated code.
+//! [`config::SandboxConfig`] is the `[sandbox]` table of `harness/codegen.toml`;
+//! [`isolation::IsolationReport`] says what is in force; [`crate::evaluate::calibrate`] derives
+//! per-case timeouts from the reference solution (sandbox and verdict together). `worker` runs the
 //! pool of warm workers, `process` starts and talks to one, `protocol` reads their reports.
 
 pub mod config;

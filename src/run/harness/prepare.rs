@@ -10,7 +10,7 @@ use crate::prompt::Prompt;
 
 /// Evaluate expected values and calibrate timeouts of the selected cases on a few background
 /// threads while the models generate (both are per case, whatever the completion).
-pub(super) fn warm_evaluator(harness: &Arc<Harness>, requests: &[(usize, usize)]) {
+pub(crate) fn warm_evaluator(harness: &Arc<Harness>, requests: &[(usize, usize)]) {
     const THREADS: usize = 4;
     let mut cases: Vec<usize> = requests.iter().map(|(_, c)| *c).collect();
     cases.sort_unstable();

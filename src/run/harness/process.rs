@@ -4,7 +4,7 @@
 /// Stop the run when the process that started it is gone: SIGINT to `cargo test` ends cargo,
 /// and this binary would run on, re-parented. Exiting ends the sandbox workers too (their
 /// parent-death signal).
-pub(super) fn stop_when_parent_is_gone() {
+pub(crate) fn stop_when_parent_is_gone() {
     let parent = unsafe { libc::getppid() };
     let name = std::fs::read_to_string(format!("/proc/{parent}/comm"))
         .map(|comm| comm.trim().to_string())
@@ -28,7 +28,7 @@ pub(super) fn stop_when_parent_is_gone() {
 
 /// insta reports a snapshot mismatch by printing the diff and then panicking; the panic message
 /// and backtrace add nothing to the diff, so they are not printed. Other panics are.
-pub(super) fn quiet_snapshot_panics() {
+pub(crate) fn quiet_snapshot_panics() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let from_insta = info.location().is_some_and(|l| l.file().contains("insta"));
