@@ -10,6 +10,7 @@ mod journal;
 pub mod legend;
 pub mod model_table;
 pub mod models;
+pub mod page;
 pub mod results;
 pub mod roc;
 

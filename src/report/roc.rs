@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value as Json;
 
-use super::html::esc;
 use super::legend;
+use super::page::esc;
 use super::results::{ModelResults, num};
 
 /// The uncertainty scores are [`crate::score::uncertainty::Score`]: the same four the summary's AUROCs
