@@ -14,7 +14,7 @@ use super::error::EngineError;
 use super::folder::Layout;
 use super::follow::{Gap, Guide, Mark, follow_step};
 use super::gate::Turn;
-use super::kv::{GrowingKv, KvCache, SharedKv, StepInputs};
+use super::kv::{FixedKv, GrowingKv, KvCache, SharedKv, StepInputs};
 use super::model::Model;
 use super::sampling::{self, Rng, Sampler};
 use super::tensor::Float;
@@ -385,7 +385,7 @@ impl Model {
         let captured = use_head && self.cuda_graph() && self.uncaptured.is_some();
         let mut turn = gate.shared();
         let mut kv: Box<dyn KvCache> = if use_head && self.cuda_graph() {
-            Box::new(self.fixed_decode(b, max_len)?)
+            Box::new(FixedKv::new(self.fixed_decode(b, max_len)?))
         } else if self.shares_kv() {
             Box::new(SharedKv::new(self, b, max_len)?)
         } else {
