@@ -193,12 +193,7 @@ fn generate_once(
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let prompt = Prompt::for_case(case);
     let mut out = source
-        .complete(&Request {
-            case,
-            prompt: &prompt,
-            samples: 1,
-            accepted: None,
-        })
+        .complete(&Request::new(case, &prompt, 1, None))
         .map_err(|e| e.to_string())?;
     let completion = out.pop().ok_or("the engine returned no completion")?;
     Ok((completion, load_ms))

@@ -401,15 +401,44 @@ pub fn folder_size(dir: &std::path::Path) -> Option<u64> {
     Some(total)
 }
 
-/// A request for `samples` completions of one case.
+/// A request for `samples` completions of one case: what a source needs of the case, not the
+/// case itself.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    pub case: &'a Case,
+    /// The case's key (`category/id`) and id: what replay rows are matched by and errors name.
+    pub case_key: &'a str,
+    pub case_id: &'a str,
+    /// The case's reference solution (what the reference source answers).
+    pub reference: Option<&'a str>,
+    /// The case's own `max_new_tokens` (over the profile's) and extra stop strings.
+    pub max_new_tokens: Option<usize>,
+    pub stop: &'a [String],
     pub prompt: &'a Prompt,
     pub samples: usize,
     /// The output the case's snapshot accepted, if any (followed through near ties when its
     /// key matches).
     pub accepted: Option<&'a AcceptedOutput>,
+}
+
+impl<'a> Request<'a> {
+    /// A request for `samples` completions of `case` under `prompt`.
+    pub fn new(
+        case: &'a Case,
+        prompt: &'a Prompt,
+        samples: usize,
+        accepted: Option<&'a AcceptedOutput>,
+    ) -> Request<'a> {
+        Request {
+            case_key: &case.key,
+            case_id: &case.id,
+            reference: case.reference.as_deref(),
+            max_new_tokens: case.max_new_tokens,
+            stop: &case.stop,
+            prompt,
+            samples,
+            accepted,
+        }
+    }
 }
 
 /// Why a source could not answer.

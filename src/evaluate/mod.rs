@@ -146,12 +146,7 @@ impl Evaluator {
         let expected = self.expected(case)?;
         let sandbox = self.sandbox()?;
         let completions = source
-            .complete(&Request {
-                case,
-                prompt,
-                samples: samples.max(1),
-                accepted,
-            })
+            .complete(&Request::new(case, prompt, samples.max(1), accepted))
             .map_err(|e| EvalError::Source(e.to_string()))?;
         let test_timeout = self.test_timeout(case, &sandbox);
         let test_names = test_names(case);

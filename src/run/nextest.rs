@@ -387,12 +387,7 @@ pub fn generate(
             Ok(source) => {
                 let prompt = Prompt::for_case_with(case, &h.models[m].prompt);
                 let accepted = h.accepted(m, case);
-                let request = Request {
-                    case,
-                    prompt: &prompt,
-                    samples: h.samples(m),
-                    accepted: accepted.as_ref(),
-                };
+                let request = Request::new(case, &prompt, h.samples(m), accepted.as_ref());
                 source.complete(&request).err().map(|e| e.to_string())
             }
         };

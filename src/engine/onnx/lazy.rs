@@ -232,7 +232,7 @@ impl CompletionSource for LazyOnnxSource {
         }
         self.engine()
             .map_err(|e| SourceError::Generation {
-                case_id: request.case.key.clone(),
+                case_id: request.case_key.to_string(),
                 message: e.to_string(),
             })?
             .complete(request)

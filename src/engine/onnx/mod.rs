@@ -350,7 +350,7 @@ impl CompletionSource for OnnxSource {
 
     fn complete(&self, request: &Request<'_>) -> Result<Vec<Completion>, SourceError> {
         let fail = |e: EngineError| SourceError::Generation {
-            case_id: request.case.key.clone(),
+            case_id: request.case_key.to_string(),
             message: e.to_string(),
         };
         let plan = self.scheduler.plan(request).map_err(fail)?;

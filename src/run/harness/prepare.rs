@@ -64,11 +64,8 @@ pub(crate) fn prepare_sources(harness: &Harness, requests: &[(usize, usize)]) {
             .iter()
             .zip(&prompts)
             .zip(&accepted)
-            .map(|((case, prompt), accepted)| Request {
-                case,
-                prompt,
-                samples,
-                accepted: accepted.as_ref(),
+            .map(|((case, prompt), accepted)| {
+                Request::new(case, prompt, samples, accepted.as_ref())
             })
             .collect();
         if let Err(e) = source.prepare(&reqs) {
