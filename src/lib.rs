@@ -37,6 +37,7 @@ pub mod evaluate;
 pub mod gate;
 pub mod import;
 pub mod machine;
+pub mod outcome;
 pub mod pack;
 pub mod prompt;
 pub mod provision;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::AcceptedOutput;
 use crate::evaluate::CaseOutcome;
-use crate::evaluate::extract::{Origin, Scope};
+use crate::outcome::{Origin, Scope};
 
 /// The heading of the section that keeps each sample's generated token ids.
 const GENERATION_HEADING: &str = "--- generated tokens ---";

@@ -323,7 +323,7 @@ impl Harness {
     }
 
     /// What each device's session of model `m` generated (empty unless it generated).
-    fn devices(&self, m: usize) -> Vec<crate::engine::DeviceUsage> {
+    fn devices(&self, m: usize) -> Vec<crate::outcome::DeviceUsage> {
         match self.sources[m].get() {
             Some(Ok(source)) => source.devices(),
             _ => Vec::new(),

@@ -137,7 +137,7 @@ impl CompletionSource for Timed<'_> {
         self.inner.describe()
     }
 
-    fn load_facts(&self) -> Option<crate::engine::LoadFacts> {
+    fn load_facts(&self) -> Option<crate::outcome::LoadFacts> {
         self.inner.load_facts()
     }
 

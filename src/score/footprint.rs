@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelProfile, SourceConfig};
-use crate::engine::LoadFacts;
 use crate::evaluate::CaseOutcome;
+use crate::outcome::LoadFacts;
 use crate::score::stats;
 
 /// A model profile as run: where its completions came from and what loading it cost. Fields

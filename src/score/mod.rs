@@ -110,7 +110,7 @@ pub struct Summary {
     pub failures: FailureCounts,
     /// What each device's session generated, for a profile spread over several GPUs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub devices: Vec<crate::engine::DeviceUsage>,
+    pub devices: Vec<crate::outcome::DeviceUsage>,
     /// How greedy generations followed their accepted outputs through near ties.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub following: Option<following::Following>,

@@ -16,36 +16,7 @@ use tree_sitter::Node;
 use crate::prompt::Prompt;
 use crate::syntax;
 
-/// Which part of the text a line range refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Lines of the model's reply.
-    Reply,
-    /// Lines of the code chosen from the reply (before pruning).
-    Code,
-}
-
-/// Something the extractor left out, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dropped {
-    pub scope: Scope,
-    pub first_line: usize,
-    pub last_line: usize,
-    pub what: String,
-    pub reason: String,
-}
-
-/// Where the code came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Origin {
-    /// Block `index` (1-based) of `count` fenced code blocks.
-    FencedBlock { index: usize, count: usize },
-    /// The whole reply (no fences).
-    WholeReply,
-    /// The case's prefix followed by the generated body.
-    PrefixAndBody,
-}
+pub use crate::outcome::{Dropped, Origin, Scope};
 
 /// The program extracted from a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

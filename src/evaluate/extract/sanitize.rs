@@ -5,7 +5,7 @@
 //! defines the entry point and the dropped text defines nothing the kept code uses. A program
 //! whose entry point itself is broken is left as written. Pure: no I/O.
 
-use crate::evaluate::extract::{Dropped, Scope};
+use crate::outcome::{Dropped, Scope};
 use crate::syntax;
 
 /// The program with its incomplete tail dropped, and the drop; `None` when `code` parses

@@ -257,9 +257,9 @@ pub fn merge(shards: &[ShardRun]) -> Merged {
 /// Per device label, the shards' batches, sequences, tokens and busy time added up and the
 /// largest memory reading, in the order devices first appear.
 fn merged_devices<'a>(
-    shards: impl Iterator<Item = &'a Vec<crate::engine::DeviceUsage>>,
-) -> Vec<crate::engine::DeviceUsage> {
-    let mut out: Vec<crate::engine::DeviceUsage> = Vec::new();
+    shards: impl Iterator<Item = &'a Vec<crate::outcome::DeviceUsage>>,
+) -> Vec<crate::outcome::DeviceUsage> {
+    let mut out: Vec<crate::outcome::DeviceUsage> = Vec::new();
     for d in shards.flatten() {
         match out.iter_mut().find(|o| o.device == d.device) {
             Some(o) => {

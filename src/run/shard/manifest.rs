@@ -68,7 +68,7 @@ pub struct ModelRun {
     pub profile: Option<crate::score::footprint::Profile>,
     /// What each device's session generated in this shard (several GPUs).
     #[serde(default)]
-    pub devices: Vec<crate::engine::DeviceUsage>,
+    pub devices: Vec<crate::outcome::DeviceUsage>,
 }
 
 /// A case of the suite and the sha256 of its file.
