@@ -94,6 +94,7 @@ fn mcnemar_text(m: &McNemar) -> String {
 }
 
 /// Check a model's summary against its gate. Categories that did not run are not judged.
+#[cfg(test)]
 pub fn evaluate(
     summary: &Summary,
     gate: &GateConfig,

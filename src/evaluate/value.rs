@@ -8,7 +8,6 @@
 //! `["complex", "1.0", "2.0"]`, `["str", s]`, `["bytes", "hex"]`, `["list", [...]]`,
 //! `["tuple", [...]]`, `["set", [...]]`, `["frozenset", [...]]`, `["dict", [[k, v], ...]]`.
 
-use std::cmp::Ordering;
 use std::fmt::{self, Write as _};
 
 use serde_json::Value as Json;
@@ -343,11 +342,6 @@ pub fn python_str_repr(s: &str) -> String {
     }
     out.push(quote);
     out
-}
-
-/// A total order on values used to present sets deterministically.
-pub fn display_order(a: &Value, b: &Value) -> Ordering {
-    a.repr().cmp(&b.repr())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! 1 - mean probability; higher means "more likely to fail"), computed from each sample's
 //! `confidence` in `results-<model>.jsonl`. The area under a curve is the trapezoid sum over
 //! the curve's points, where tied scores make one diagonal step; that is exactly
-//! [`crate::score::auroc`] (ties count half), which a test checks.
+//! [`crate::score::stats::auroc`] (ties count half), which a test checks.
 
 use std::fmt::Write as _;
 
@@ -222,7 +222,7 @@ pub fn plot(m: &ModelResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::auroc;
+    use crate::score::stats::auroc;
     use serde_json::json;
 
     #[test]

@@ -16,7 +16,6 @@ use crate::evaluate::CaseOutcome;
 use crate::evaluate::failure::FailureCounts;
 use diversity::Diversity;
 use footprint::{Profile, TimingStats};
-pub use stats::auroc;
 use stats::{Interval, pass_at_k};
 pub use uncertainty::UncertaintyStats;
 
@@ -236,6 +235,7 @@ mod tests {
 
     #[test]
     fn auroc_basics() {
+        use super::stats::auroc;
         assert_eq!(
             auroc(&[0.9, 0.8, 0.1, 0.2], &[true, true, false, false]),
             Some(1.0)

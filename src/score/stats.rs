@@ -107,6 +107,7 @@ pub fn mcnemar_paired(pairs: impl IntoIterator<Item = (bool, bool)>) -> McNemar 
 /// Area under the ROC curve of `scores` for predicting `positive` (ties count half): the
 /// chance that a random positive scores above a random negative. `None` when only one class is
 /// present.
+#[cfg(test)]
 pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     auroc_delong(scores, positive).map(|a| a.auroc)
 }
