@@ -82,7 +82,7 @@ impl Default for SuiteConfig {
             exclude: Vec::new(),
             snapshots: "snapshots".into(),
             snapshot: true,
-            results: "target/codegen".into(),
+            results: DEFAULT_RESULTS.into(),
             allow_empty: false,
         }
     }
@@ -324,6 +324,12 @@ fn yes() -> bool {
     true
 }
 
+/// The results folder when `[suite] results` does not name one (relative to the project root).
+pub const DEFAULT_RESULTS: &str = "target/codegen";
+
+/// The config file when none is named (relative to the project root).
+pub const DEFAULT_CONFIG: &str = "harness/codegen.toml";
+
 impl Config {
     /// Read a config file; relative paths in it resolve against `root`.
     pub fn load(path: &Path, root: &Path) -> Result<Config, ConfigError> {
@@ -369,6 +375,12 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The results folder, `[suite] results` resolved against the project root: where every
+    /// subcommand reads and writes a run's files.
+    pub fn results_dir(&self) -> PathBuf {
+        self.resolve(&self.suite.results)
     }
 
     /// Resolve a path from the config against the project root.

@@ -77,6 +77,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
     }
 }
 
+/// Resolve a configured device on this machine: where `auto` meets the driver check, for every
+/// caller (profiles, `codegen bench engine`).
+pub fn resolve_device(device: Device) -> crate::device::Resolution {
+    device.resolve(nvidia_driver_present())
+}
+
 /// Whether this machine looks like it has an NVIDIA driver (decides which wheel `auto` fetches).
 pub fn nvidia_driver_present() -> bool {
     Path::new("/proc/driver/nvidia/version").exists()

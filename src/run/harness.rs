@@ -67,12 +67,7 @@ impl Harness {
     /// Load the config and the case files (no Python, no models).
     pub fn load(options: &RunOptions) -> Result<Harness, LoadError> {
         let root = options.root.as_path();
-        let config_path = options
-            .config
-            .clone()
-            .map(|p| if p.is_absolute() { p } else { root.join(p) })
-            .unwrap_or_else(|| root.join("harness/codegen.toml"));
-        let mut config = Config::load(&config_path, root)?;
+        let mut config = Config::load(&options.config_path(), root)?;
         config.sandbox.apply_env(&options.env);
         let models: Vec<ModelProfile> = config
             .selected_models(options.models.as_deref())?
@@ -90,7 +85,7 @@ impl Harness {
                     .any(|x| c.category == *x || c.category.starts_with(&format!("{x}/")))
             })
             .collect();
-        let results = config.resolve(&config.suite.results);
+        let results = config.results_dir();
         let journal = Journal::new(&match options.shard {
             Some(s) => results.join(s.dir_name()),
             None => results,
@@ -485,6 +480,25 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// The config file: the one named (relative to the root), else `harness/codegen.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        match &self.config {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => self.root.join(p),
+            None => self.root.join(crate::config::DEFAULT_CONFIG),
+        }
+    }
+
+    /// The results folder the config names (`[suite] results`); the default one when there is
+    /// no config file at all.
+    pub fn results_dir(&self) -> Result<PathBuf, ConfigError> {
+        let path = self.config_path();
+        match path.exists() {
+            true => Ok(Config::load(&path, &self.root)?.results_dir()),
+            false => Ok(self.root.join(crate::config::DEFAULT_RESULTS)),
+        }
+    }
+
     /// Options taken from the environment (`CODEGEN_CONFIG`, `CODEGEN_MODELS` and the rest).
     pub fn from_env(root: &Path, env: Env) -> RunOptions {
         RunOptions {

@@ -139,7 +139,7 @@ pub(crate) fn record_trial(
         failed: result.is_err(),
         outcome,
     };
-    let dir = run_dir(&h.config.resolve(&h.config.suite.results), &process.run_id);
+    let dir = run_dir(&h.config.results_dir(), &process.run_id);
     let path = record_path(&dir, &model.name, &case.key);
     let write = || -> io::Result<()> {
         fs::create_dir_all(path.parent().expect("a record has a folder"))?;

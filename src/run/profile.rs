@@ -99,7 +99,7 @@ fn open_engine(
         gpus,
         precision,
     } = profile;
-    let resolution = device.resolve(runtime::nvidia_driver_present());
+    let resolution = runtime::resolve_device(device);
     if device == Device::Auto {
         eprintln!("codegen: device auto -> {resolution}");
     }

@@ -69,7 +69,7 @@ enum Commands {
         /// A results folder (summary-<model>.json and results-<model>.jsonl), or two to compare.
         #[arg(num_args = 0..=2, value_name = "DIR")]
         dirs: Vec<PathBuf>,
-        /// The results folder (same as one DIR; default target/codegen).
+        /// The results folder (same as one DIR; default: the config's `[suite] results`).
         #[arg(long, conflicts_with = "dirs")]
         dir: Option<PathBuf>,
         /// Output file (default <DIR>/report.html; comparing: <second DIR>/compare.html).
@@ -309,7 +309,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Doctor(args) => return Ok(doctor::run(args, &env)),
         Commands::Pack(args) => pack::pack(args, &env, &provisioner)?,
         Commands::Unpack(args) => return pack::unpack(args, &env),
-        Commands::Merge(args) => return merge::run(args),
+        Commands::Merge(args) => return merge::run(args, env),
         Commands::Generate(args) => return nextest::generate(args, env),
         Commands::Finish(args) => return nextest::finish(args, env),
         Commands::Bench {
@@ -388,7 +388,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     genai_batch_sizes,
                 },
         } => {
-            let resolution = device.resolve(codegen_harness::runtime::nvidia_driver_present());
+            let resolution = codegen_harness::runtime::resolve_device(device);
             eprintln!("codegen: device {device} -> {resolution}");
             let report = bench_engine::run(
                 &BenchOptions {
@@ -432,7 +432,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .into_iter()
                 .next()
                 .or(dir)
-                .unwrap_or_else(|| PathBuf::from("target/codegen"));
+                .map_or_else(|| results_dir(env), Ok)?;
             for partial in codegen_harness::report::unfinished_runs(&dir) {
                 eprintln!(
                     "warning: {} is the journal of a run that did not complete; the report shows the last completed run",
@@ -513,4 +513,11 @@ fn models_command(cmd: ModelsCommand, provisioner: &Provisioner) -> anyhow::Resu
             Ok(())
         }
     }
+}
+
+/// The results folder of the project in the current directory: its config's `[suite] results`
+/// (the config named by CODEGEN_CONFIG, else harness/codegen.toml; target/codegen without one).
+fn results_dir(env: Env) -> anyhow::Result<PathBuf> {
+    let root = std::env::current_dir().context("failed to read the current directory")?;
+    Ok(codegen_harness::harness::RunOptions::from_env(&root, env).results_dir()?)
 }
