@@ -263,36 +263,7 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
         ));
     }
 
-    let prompt = match (&raw.prompt, mode) {
-        (Some(p), _) if !p.get_ref().trim().is_empty() => p.get_ref().clone(),
-        (Some(p), PromptMode::Chat) => {
-            return Err(CaseError::invalid(
-                lines.span(&p.span()),
-                "prompt",
-                "must not be empty",
-            ));
-        }
-        (None, PromptMode::Chat) => {
-            return Err(CaseError::invalid(
-                lines.at(0),
-                "prompt",
-                "missing field `prompt` (required in chat mode)",
-            ));
-        }
-        (_, PromptMode::Complete) => String::new(),
-    };
-    if mode == PromptMode::Complete && raw.prefix.is_none() {
-        let at = raw
-            .mode
-            .as_ref()
-            .map(|m| lines.span(&m.span()))
-            .unwrap_or_else(|| lines.at(0));
-        return Err(CaseError::invalid(
-            at,
-            "prefix",
-            "missing field `prefix` (required when mode = \"complete\")",
-        ));
-    }
+    let prompt = prompt_text(&lines, &raw, mode)?;
 
     for (field, code) in [
         ("prefix", &raw.prefix),
@@ -320,58 +291,12 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
         Some(t) => Some(check_tolerance(&lines, "tolerance", t)?),
         None => None,
     };
-    let mut tests = Vec::with_capacity(raw.tests.len());
-    for (i, t) in raw.tests.iter().enumerate() {
-        let field = |name: &str| format!("tests[{i}].{name}");
-        let test = t.get_ref();
-        check_python_expression(&lines, &field("call"), &test.call)?;
-        let expect = match (&test.expected, &test.raises) {
-            (Some(e), None) => {
-                check_python_expression(&lines, &field("expected"), e)?;
-                Expectation::Value(e.get_ref().clone())
-            }
-            (None, Some(r)) => {
-                let name = r.get_ref();
-                if !name.split('.').all(is_python_identifier) {
-                    return Err(CaseError::invalid(
-                        lines.span(&r.span()),
-                        &field("raises"),
-                        format!("`{name}` is not an exception type name"),
-                    ));
-                }
-                Expectation::Raises(name.clone())
-            }
-            (Some(e), Some(_)) => {
-                return Err(CaseError::invalid(
-                    lines.span(&e.span()),
-                    &format!("tests[{i}]"),
-                    "give either `expected` or `raises`, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(CaseError::invalid(
-                    lines.span(&t.span()),
-                    &format!("tests[{i}]"),
-                    "missing field `expected` (or `raises`)",
-                ));
-            }
-        };
-        let tolerance = match &test.tolerance {
-            Some(tol) => Some(check_tolerance(&lines, &field("tolerance"), tol)?),
-            None => case_tolerance,
-        };
-        tests.push(TestCase {
-            call: test.call.get_ref().clone(),
-            expect,
-            tolerance,
-            line: test
-                .expected
-                .as_ref()
-                .or(test.raises.as_ref())
-                .map_or_else(|| lines.span(&t.span()), |e| lines.span(&e.span()))
-                .line,
-        });
-    }
+    let tests = raw
+        .tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| parse_test(&lines, i, t, case_tolerance))
+        .collect::<Result<Vec<_>, _>>()?;
     if tests.is_empty() && raw.check.is_none() {
         return Err(CaseError::invalid(
             lines.at(0),
@@ -415,6 +340,100 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
         timeout_ms: raw.timeout_ms.map(Spanned::into_inner),
         max_new_tokens: raw.max_new_tokens.map(Spanned::into_inner),
         stop: raw.stop,
+    })
+}
+
+/// The case's prompt (empty in completion mode, which needs a `prefix` instead).
+fn prompt_text(lines: &LineIndex, raw: &RawCase, mode: PromptMode) -> Result<String, CaseError> {
+    let prompt = match (&raw.prompt, mode) {
+        (Some(p), _) if !p.get_ref().trim().is_empty() => p.get_ref().clone(),
+        (Some(p), PromptMode::Chat) => {
+            return Err(CaseError::invalid(
+                lines.span(&p.span()),
+                "prompt",
+                "must not be empty",
+            ));
+        }
+        (None, PromptMode::Chat) => {
+            return Err(CaseError::invalid(
+                lines.at(0),
+                "prompt",
+                "missing field `prompt` (required in chat mode)",
+            ));
+        }
+        (_, PromptMode::Complete) => String::new(),
+    };
+    if mode == PromptMode::Complete && raw.prefix.is_none() {
+        let at = raw
+            .mode
+            .as_ref()
+            .map(|m| lines.span(&m.span()))
+            .unwrap_or_else(|| lines.at(0));
+        return Err(CaseError::invalid(
+            at,
+            "prefix",
+            "missing field `prefix` (required when mode = \"complete\")",
+        ));
+    }
+    Ok(prompt)
+}
+
+/// One `[[tests]]` entry, checked: `i` is its index (errors name `tests[i].field`); a test
+/// without its own tolerance takes the case's.
+fn parse_test(
+    lines: &LineIndex,
+    i: usize,
+    t: &Spanned<RawTest>,
+    case_tolerance: Option<f64>,
+) -> Result<TestCase, CaseError> {
+    let field = |name: &str| format!("tests[{i}].{name}");
+    let test = t.get_ref();
+    check_python_expression(lines, &field("call"), &test.call)?;
+    let expect = match (&test.expected, &test.raises) {
+        (Some(e), None) => {
+            check_python_expression(lines, &field("expected"), e)?;
+            Expectation::Value(e.get_ref().clone())
+        }
+        (None, Some(r)) => {
+            let name = r.get_ref();
+            if !name.split('.').all(is_python_identifier) {
+                return Err(CaseError::invalid(
+                    lines.span(&r.span()),
+                    &field("raises"),
+                    format!("`{name}` is not an exception type name"),
+                ));
+            }
+            Expectation::Raises(name.clone())
+        }
+        (Some(e), Some(_)) => {
+            return Err(CaseError::invalid(
+                lines.span(&e.span()),
+                &format!("tests[{i}]"),
+                "give either `expected` or `raises`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(CaseError::invalid(
+                lines.span(&t.span()),
+                &format!("tests[{i}]"),
+                "missing field `expected` (or `raises`)",
+            ));
+        }
+    };
+    let tolerance = match &test.tolerance {
+        Some(tol) => Some(check_tolerance(lines, &field("tolerance"), tol)?),
+        None => case_tolerance,
+    };
+    Ok(TestCase {
+        call: test.call.get_ref().clone(),
+        expect,
+        tolerance,
+        line: test
+            .expected
+            .as_ref()
+            .or(test.raises.as_ref())
+            .map_or_else(|| lines.span(&t.span()), |e| lines.span(&e.span()))
+            .line,
     })
 }
 

@@ -36,6 +36,33 @@ pub fn main(root: &Path) -> ExitCode {
     }
 }
 
+/// One trial per case x model of this run (another shard's cases are left out), and the
+/// (model, case) pairs libtest's filter selects, which are generated before the trials run.
+fn trials(harness: &Arc<Harness>, args: &Arguments) -> (Vec<Trial>, Vec<(usize, usize)>) {
+    let mut trials = Vec::new();
+    let mut requests: Vec<(usize, usize)> = Vec::new();
+    for (m, model) in harness.models.iter().enumerate() {
+        for (c, case) in harness.cases.iter().enumerate() {
+            if harness.shard.is_some_and(|s| !s.contains(&case.key)) {
+                continue; // another shard's case: not listed, not generated
+            }
+            let name = Harness::trial_name(model, case);
+            if !args.list && selected(args, &name) {
+                requests.push((m, c));
+            }
+            let h = Arc::clone(harness);
+            trials.push(Trial::test(name, move || {
+                let result = h.run_trial(m, c);
+                match h.env.nextest.is_some() {
+                    true => nextest::record_trial(&h, m, c, result),
+                    false => result,
+                }
+            }));
+        }
+    }
+    (trials, requests)
+}
+
 /// Run a suite: build the trials, run them with libtest-mimic, print the summary, apply the
 /// gate. Exit code 101 when a trial failed or the gate failed.
 ///
@@ -51,27 +78,7 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
             return ExitCode::from(101);
         }
     };
-    let mut trials = Vec::new();
-    let mut requests: Vec<(usize, usize)> = Vec::new();
-    for (m, model) in harness.models.iter().enumerate() {
-        for (c, case) in harness.cases.iter().enumerate() {
-            if harness.shard.is_some_and(|s| !s.contains(&case.key)) {
-                continue; // another shard's case: not listed, not generated
-            }
-            let name = Harness::trial_name(model, case);
-            if !args.list && selected(&args, &name) {
-                requests.push((m, c));
-            }
-            let h = Arc::clone(&harness);
-            trials.push(Trial::test(name, move || {
-                let result = h.run_trial(m, c);
-                match h.env.nextest.is_some() {
-                    true => nextest::record_trial(&h, m, c, result),
-                    false => result,
-                }
-            }));
-        }
-    }
+    let (trials, requests) = trials(&harness, &args);
     let measures = !args.list && (!requests.is_empty() || harness.shard.is_some());
     let _results_lock = match measures && harness.env.nextest.is_none() {
         true => match harness.lock_results() {
