@@ -2,7 +2,7 @@
 //! the harness's own tests) into typed settings. The library below reads no environment
 //! variable: it is handed an [`Env`] or the part of it it needs.
 //!
-//! Every variable is listed in [`VARIABLES`] (README's table is checked against it). A value
+//! Every variable is listed in [`VARIABLES`] (docs/configuration.md's table is checked against it). A value
 //! that does not parse is an error naming the variable, what it got and what it accepts.
 
 use std::ffi::OsString;
@@ -27,7 +27,7 @@ pub struct Variable {
     pub effect: &'static str,
 }
 
-/// Every environment variable the harness reads, in the order README's table lists them.
+/// Every environment variable the harness reads, in the order docs/configuration.md's table lists them.
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "CODEGEN_CONFIG",
@@ -555,12 +555,12 @@ mod tests {
     }
 
     #[test]
-    fn every_variable_is_in_the_readme_table() {
-        let readme = include_str!("../../README.md");
+    fn every_variable_is_in_the_documented_table() {
+        let docs = include_str!("../../docs/configuration.md");
         for v in VARIABLES {
             assert!(
-                readme.contains(&format!("| `{}", v.name)),
-                "README's environment table lacks {}",
+                docs.contains(&format!("| `{}", v.name)),
+                "docs/configuration.md's environment table lacks {}",
                 v.name
             );
         }
