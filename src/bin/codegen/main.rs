@@ -312,18 +312,31 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Merge(args) => return merge::run(args, env),
         Commands::Generate(args) => return nextest::generate(args, env),
         Commands::Finish(args) => return nextest::finish(args, env),
-        Commands::Bench {
-            what:
-                BenchCmd::Sessions {
-                    model,
-                    cases_dir,
-                    cases,
-                    max_new_tokens,
-                    batch_size,
-                    samples,
-                    temperature,
-                    runs,
-                },
+        Commands::Bench { what } => bench(what, &env, &provisioner)?,
+        Commands::Report { dirs, dir, out } => report(dirs, dir, out, env)?,
+        Commands::Samples {
+            kind: SamplesKind::Constant { cases, text, out },
+        } => {
+            let n = codegen_harness::import::constant_samples(&cases, &text, &out)
+                .context("failed to write samples")?;
+            println!("wrote {n} rows to {}", out.display());
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `codegen bench sessions|sandbox|engine`.
+fn bench(what: BenchCmd, env: &Env, provisioner: &Provisioner) -> anyhow::Result<()> {
+    match what {
+        BenchCmd::Sessions {
+            model,
+            cases_dir,
+            cases,
+            max_new_tokens,
+            batch_size,
+            samples,
+            temperature,
+            runs,
         } => {
             let report = bench_sessions::run(
                 &bench_sessions::SessionsOptions {
@@ -336,21 +349,18 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     temperature,
                     runs,
                 },
-                &env,
+                env,
             )
             .with_context(|| format!("failed to benchmark sessions on {}", model.display()))?;
             print!("{report}");
         }
-        Commands::Bench {
-            what:
-                BenchCmd::Sandbox {
-                    rounds,
-                    workers,
-                    level,
-                    human_eval_workers,
-                    skip_human_eval,
-                    json,
-                },
+        BenchCmd::Sandbox {
+            rounds,
+            workers,
+            level,
+            human_eval_workers,
+            skip_human_eval,
+            json,
         } => {
             use codegen_harness::sandbox::SandboxConfig;
             let level = toml::Value::String(level).try_into()?;
@@ -364,29 +374,26 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 human_eval_workers,
                 skip_human_eval,
             };
-            opts.sandbox.apply_env(&env);
-            let report = bench_sandbox::run(&opts, &provisioner)?;
+            opts.sandbox.apply_env(env);
+            let report = bench_sandbox::run(&opts, provisioner)?;
             print!("{}", report.render());
             if let Some(path) = json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
             }
         }
-        Commands::Bench {
-            what:
-                BenchCmd::Engine {
-                    model,
-                    device,
-                    cases,
-                    max_new_tokens,
-                    batch_size,
-                    batch1_prompts,
-                    cases_dir,
-                    threads,
-                    skip_genai,
-                    rounds,
-                    top_logprobs,
-                    genai_batch_sizes,
-                },
+        BenchCmd::Engine {
+            model,
+            device,
+            cases,
+            max_new_tokens,
+            batch_size,
+            batch1_prompts,
+            cases_dir,
+            threads,
+            skip_genai,
+            rounds,
+            top_logprobs,
+            genai_batch_sizes,
         } => {
             let resolution = codegen_harness::runtime::resolve_device(device);
             eprintln!("codegen: device {device} -> {resolution}");
@@ -405,12 +412,25 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     top_logprobs,
                     genai_batch_sizes,
                 },
-                &env,
+                env,
             )
             .with_context(|| format!("failed to benchmark {}", model.display()))?;
             print!("{report}");
         }
-        Commands::Report { dirs, dir: _, out } if dirs.len() == 2 => {
+    }
+    Ok(())
+}
+
+/// `codegen report [DIR]` (the HTML report of a results folder) and `codegen report A B` (a
+/// comparison of two).
+fn report(
+    dirs: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    env: Env,
+) -> anyhow::Result<()> {
+    match (dirs, dir, out) {
+        (dirs, _, out) if dirs.len() == 2 => {
             let (before, after) = (&dirs[0], &dirs[1]);
             for partial in [before, after]
                 .iter()
@@ -427,7 +447,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             print!("{text}");
             println!("wrote {}", out.display());
         }
-        Commands::Report { dirs, dir, out } => {
+        (dirs, dir, out) => {
             let dir = dirs
                 .into_iter()
                 .next()
@@ -444,15 +464,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .context("failed to write the report")?;
             println!("wrote {}", out.display());
         }
-        Commands::Samples {
-            kind: SamplesKind::Constant { cases, text, out },
-        } => {
-            let n = codegen_harness::import::constant_samples(&cases, &text, &out)
-                .context("failed to write samples")?;
-            println!("wrote {n} rows to {}", out.display());
-        }
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn models_command(cmd: ModelsCommand, provisioner: &Provisioner) -> anyhow::Result<()> {
