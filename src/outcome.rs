@@ -1,7 +1,9 @@
 //! The facts stages record for the stages after them: what the engine's sessions did
 //! ([`DeviceUsage`]) and what loading a model cost ([`LoadFacts`]), where extracted code came
-//! from ([`Origin`]) and what was left out ([`Dropped`]). Later stages (score, snapshot,
-//! report, run) read them here, not in the stage that made them.
+//! from ([`Origin`]) and what was left out ([`Dropped`]), how a generation followed its
+//! accepted output ([`Followed`]), and the accepted output a snapshot hands the next run's
+//! engine ([`AcceptedOutput`]). Later stages (score, snapshot, report, run) read them here, not
+//! in the stage that made them.
 
 use serde::{Deserialize, Serialize};
 
@@ -80,4 +82,33 @@ pub enum Origin {
     WholeReply,
     /// The case's prefix followed by the generated body.
     PrefixAndBody,
+}
+
+/// A greedy generation checked against its accepted output: every accepted token was within
+/// the tolerance of this machine's top choice (the output is the accepted one), or the first
+/// that was not, from which it decoded freely.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Followed {
+    /// Every accepted token was kept.
+    Kept { tolerance: f32 },
+    /// At `step` (0-based) this machine's top choice was `gap` nats above the accepted token,
+    /// more than `tolerance`: the output is this machine's own from there.
+    Left {
+        step: usize,
+        gap: f32,
+        tolerance: f32,
+    },
+}
+
+/// The output a case's accepted snapshot holds, for near-tie resolution: where this machine's
+/// top choice differs from the accepted token by no more than the tolerance, the accepted
+/// token is kept (see docs/reproducibility.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedOutput {
+    /// The `Completion::accept_key` it was accepted under: it is followed only under the
+    /// same key.
+    pub key: String,
+    /// Each sample's token ids, in order.
+    pub samples: Vec<Vec<u32>>,
 }

@@ -10,8 +10,8 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use crate::engine::AcceptedOutput;
 use crate::evaluate::CaseOutcome;
+use crate::outcome::AcceptedOutput;
 use crate::outcome::{Origin, Scope};
 
 /// The heading of the section that keeps each sample's generated token ids.

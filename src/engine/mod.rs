@@ -40,34 +40,7 @@ pub struct Completion {
     pub followed: Option<Followed>,
 }
 
-/// A greedy generation checked against its accepted output: every accepted token was within
-/// the tolerance of this machine's top choice (the output is the accepted one), or the first
-/// that was not, from which it decoded freely.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Followed {
-    /// Every accepted token was kept.
-    Kept { tolerance: f32 },
-    /// At `step` (0-based) this machine's top choice was `gap` nats above the accepted token,
-    /// more than `tolerance`: the output is this machine's own from there.
-    Left {
-        step: usize,
-        gap: f32,
-        tolerance: f32,
-    },
-}
-
-/// The output a case's accepted snapshot holds, for near-tie resolution: where this machine's
-/// top choice differs from the accepted token by no more than the tolerance, the accepted
-/// token is kept (see docs/reproducibility.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedOutput {
-    /// The [`Completion::accept_key`] it was accepted under: it is followed only under the
-    /// same key.
-    pub key: String,
-    /// Each sample's token ids, in order.
-    pub samples: Vec<Vec<u32>>,
-}
+pub use crate::outcome::{AcceptedOutput, Followed};
 
 /// Whether greedy generations follow their accepted output through near ties, and how near.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Followed;
 use crate::evaluate::CaseOutcome;
+use crate::outcome::Followed;
 
 /// A sample that left its accepted output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
