@@ -10,8 +10,8 @@ use thiserror::Error;
 
 use crate::device::{Device, DeviceSpec, Gpus, Precision};
 use crate::engine::GenerationSettings;
+use crate::evaluate::sandbox::SandboxConfig;
 use crate::prompt::PromptProtocol;
-use crate::sandbox::SandboxConfig;
 
 /// A problem with the configuration file.
 #[derive(Debug, Error)]
@@ -86,7 +86,7 @@ impl Default for SuiteConfig {
             exclude: Vec::new(),
             snapshots: "snapshots".into(),
             snapshot: true,
-            results: "target/codegen".into(),
+            results: DEFAULT_RESULTS.into(),
             accepted_outputs: None,
             allow_empty: false,
         }
@@ -155,7 +155,8 @@ pub struct AnalysisConfig {
 }
 
 impl AnalysisConfig {
-    pub const DEFAULT_LOW_PROB_THRESHOLD: f64 = 0.5;
+    pub const DEFAULT_LOW_PROB_THRESHOLD: f64 =
+        crate::evaluate::confidence::DEFAULT_LOW_PROB_THRESHOLD;
 }
 
 impl Default for AnalysisConfig {
@@ -328,6 +329,12 @@ fn yes() -> bool {
     true
 }
 
+/// The results folder when `[suite] results` does not name one (relative to the project root).
+pub const DEFAULT_RESULTS: &str = "target/codegen";
+
+/// The config file when none is named (relative to the project root).
+pub const DEFAULT_CONFIG: &str = "harness/codegen.toml";
+
 impl Config {
     /// Read a config file; relative paths in it resolve against `root`.
     pub fn load(path: &Path, root: &Path) -> Result<Config, ConfigError> {
@@ -373,6 +380,12 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The results folder, `[suite] results` resolved against the project root: where every
+    /// subcommand reads and writes a run's files.
+    pub fn results_dir(&self) -> PathBuf {
+        self.resolve(&self.suite.results)
     }
 
     /// Resolve a path from the config against the project root.

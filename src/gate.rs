@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{GateConfig, Rate};
 use crate::score::Summary;
-use crate::stats::{self, McNemar};
+use crate::score::stats::{self, McNemar};
 
 /// The accepted pass rate over the same cases that ran, and the paired verdicts of the cases
 /// measured in both runs, reduced to their discordant counts (all McNemar needs).
@@ -94,6 +94,7 @@ fn mcnemar_text(m: &McNemar) -> String {
 }
 
 /// Check a model's summary against its gate. Categories that did not run are not judged.
+#[cfg(test)]
 pub fn evaluate(
     summary: &Summary,
     gate: &GateConfig,

@@ -1,81 +1,68 @@
 //! codegen-harness: measure how well language models write code, inside `cargo test`.
 //!
-//! The library is a one-way pipeline, one module per stage; nothing points back up:
+//! The library is a one-way pipeline, one folder per stage; a stage uses the stages above it
+//! and the small shared modules, never one below it, and no two modules import each other
+//! (`tests/architecture.rs` checks that no cycle comes back):
 //!
 //! | stage | module | what it does |
 //! | --- | --- | --- |
 //! | cases | [`case`] | discover and parse case files (file:line:field errors) |
 //! | prompt | [`prompt`] | chat messages (the model's own template) or a completion prefix |
 //! | generate | [`engine`] | completion sources: the ONNX Runtime engine, replay files, reference solutions |
-//! | extract | [`extract`] | the program out of a reply (fenced blocks, prefix + body, tree-sitter pruning; [`sanitize`]: a cut-off tail) |
-//! | syntax | [`syntax`] | tree-sitter-python diagnostics |
-//! | run | [`sandbox`] | the program against the case's tests in an isolated Python; raw facts |
-//! | judge | [`verdict`] | raw facts against expectations ([`value`]: Python values compared in Rust) |
-//! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] ([`confidence`]: token NLL, low-confidence spans and their lines) |
-//! | aggregate | [`score`] | pass@1, pass@k, pass^k, per-category rates; [`uncertainty`] (AUROC with CIs, the low-probability line test), [`footprint`] (profile facts, timing), [`failure`] classes, [`diversity`], [`following`] (near ties kept toward the accepted output) |
+//! | per case | `evaluate` | one case for one model: extract the program (and sanitize a cut-off tail), check its syntax, run it in the [`sandbox`], judge the raw facts (verdict, value), calibrate timeouts ([`calibrate`]), classify failures, token confidence; its [`CaseOutcome`] |
+//! | aggregate | `score` | pass@1, pass@k, pass^k, per-category rates ([`Summary`]); stats, uncertainty (AUROC with CIs), footprint, diversity, following |
 //! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
-//! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
+//! | decide | `gate` | thresholds (and unmeasured cases) into a CI verdict ([`GateFailure`]) |
+//! | run | `run` | the libtest-mimic [`harness`] `tests/codegen.rs` calls, its cargo-nextest mode ([`nextest`]), one [`shard`] of N and [`merge`], profiles into sources, the timeline, and the environment ([`env`], read once at the entry points) |
 //!
-//! A run may be one [`shard`] of N (its cases by a stable hash of their ids, with a manifest);
-//! [`merge`] checks that shards belong together and turns them into one run's files and verdict.
-//!
-//! Around the pipeline: [`config`] (`harness/codegen.toml`, typed once), [`mod@env`] (the
-//! environment, read once at the entry points), [`device`] (devices, providers, precisions),
-//! [`profile`] (a configured profile turned into a completion source), [`provision`] (what
-//! comes from PyPI: pinned wheels and venvs) with [`cache`] (locks and hashes of the per-user
-//! cache), [`models`] and [`runtime`] (default models and ONNX Runtime's library), [`import`]
-//! (HumanEval as case files), [`doctor`] (whether a model will work here, and why not), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
-//! calls. The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
+//! Shared below the stages: `outcome` (the facts stages record for later ones: device usage,
+//! load facts, where extracted code came from), [`device`] (devices, providers, precisions),
+//! [`machine`], `syntax` (tree-sitter-python). Settings come typed from [`config`]
+//! (`harness/codegen.toml`) and [`env`]; a stage reads no environment.
+//! [`provision`] is what comes from PyPI and the per-user cache ([`cache`], [`runtime`], CUDA,
+//! [`models`]). Beside the pipeline: [`import`] (HumanEval as case files), [`doctor`] (whether
+//! a model will work here, and why not) and [`pack`] (models and wheels for an offline machine).
+//! The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
 
-pub mod cache;
 pub mod case;
-pub mod confidence;
 pub mod config;
-pub mod cuda;
 pub mod device;
-pub mod diversity;
 pub mod doctor;
 pub mod engine;
-pub mod env;
-pub mod evaluate;
-pub mod extract;
-pub mod failure;
-pub mod following;
-pub mod footprint;
-pub mod gate;
-pub mod harness;
+mod evaluate;
+mod gate;
 pub mod import;
 pub mod machine;
-pub mod merge;
-pub mod models;
-pub mod nextest;
+mod outcome;
 pub mod pack;
-pub mod profile;
 pub mod prompt;
 pub mod provision;
 pub mod report;
-pub mod runtime;
-pub mod sandbox;
-pub mod sanitize;
-pub mod score;
-pub mod shard;
+mod run;
+mod score;
 pub mod snapshot;
-pub mod stats;
-pub mod syntax;
-pub mod timeline;
+mod syntax;
 mod toml_error;
-pub mod uncertainty;
-pub mod value;
-pub mod verdict;
+
+pub use evaluate::{calibrate, sandbox};
+pub use provision::{cache, models, runtime};
+pub use run::{env, merge, nextest, shard};
+
+/// What a project's `tests/codegen.rs` calls (and `codegen run`).
+pub mod harness {
+    pub use crate::run::harness::{Harness, LoadError, RunOptions};
+    pub use crate::run::{main, run};
+}
 
 pub use case::{Case, CaseError, LoadedCase};
 pub use config::{Config, ConfigError, ModelProfile, SourceConfig};
 pub use device::{Device, Precision, Provider};
 pub use engine::{Completion, CompletionSource, GenerationSettings, Request, SourceError};
-pub use env::{Env, EnvError};
+pub use evaluate::sandbox::{Sandbox, SandboxConfig, WorkerSandbox};
 pub use evaluate::{CaseOutcome, Evaluator};
 pub use gate::GateFailure;
-pub use harness::{RunOptions, run};
-pub use sandbox::{Sandbox, SandboxConfig, WorkerSandbox};
+pub use run::env::{Env, EnvError};
+pub use run::harness::RunOptions;
+pub use run::run;
 pub use score::Summary;

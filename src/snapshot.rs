@@ -10,9 +10,9 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use crate::engine::AcceptedOutput;
 use crate::evaluate::CaseOutcome;
-use crate::extract::{Origin, Scope};
+use crate::outcome::AcceptedOutput;
+use crate::outcome::{Origin, Scope};
 
 /// The heading of the section that keeps each sample's generated token ids.
 const GENERATION_HEADING: &str = "--- generated tokens ---";
@@ -229,8 +229,8 @@ pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> 
 /// [`assert_matches`] puts the diff into the failure message instead.
 ///
 /// Must be called before any other thread exists (it sets an environment variable).
-pub fn silence_insta_output(env: &crate::env::Env) {
-    if !env.insta_output_set {
+pub fn silence_insta_output(insta_output_set: bool) {
+    if !insta_output_set {
         // SAFETY: called first thing in the harness's entry point, before it starts any thread,
         // so no other thread can read or write the environment concurrently.
         unsafe { std::env::set_var("INSTA_OUTPUT", "none") };
@@ -287,9 +287,9 @@ pub(crate) mod tests {
         assert_eq!(snapshot_body(file), "verdict: passed\n");
     }
     use crate::evaluate::SampleOutcome;
-    use crate::extract::{Extraction, Origin};
+    use crate::evaluate::extract::{Extraction, Origin};
+    use crate::evaluate::verdict::{LoadVerdict, TestResult, TestVerdict};
     use crate::syntax::SyntaxReport;
-    use crate::verdict::{LoadVerdict, TestResult, TestVerdict};
 
     /// One case with one sample of one test, passed or a wrong answer (also used by `score`).
     pub(crate) fn outcome(passed: bool) -> CaseOutcome {

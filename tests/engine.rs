@@ -140,13 +140,8 @@ fn source(folder: &str, settings: GenerationSettings) -> OnnxSource {
 
 fn ask(src: &OnnxSource, case: &Case, samples: usize) -> Vec<Completion> {
     let prompt = Prompt::for_case(case);
-    src.complete(&Request {
-        case,
-        prompt: &prompt,
-        samples,
-        accepted: None,
-    })
-    .unwrap()
+    src.complete(&Request::new(case, &prompt, samples, None))
+        .unwrap()
 }
 
 /// Generate `samples` completions of every case through the scheduler (one `prepare`, then
@@ -156,12 +151,7 @@ fn batched(src: &OnnxSource, cases: &[Case], samples: usize) -> Vec<Completion> 
     let requests: Vec<Request<'_>> = cases
         .iter()
         .zip(&prompts)
-        .map(|(case, prompt)| Request {
-            case,
-            prompt,
-            samples,
-            accepted: None,
-        })
+        .map(|(case, prompt)| Request::new(case, prompt, samples, None))
         .collect();
     src.prepare(&requests).unwrap();
     requests
@@ -421,12 +411,7 @@ fn a_prefill_starts_the_reply_and_the_completion() {
         .unwrap();
     assert!(ids.ends_with(&tail[tail.len() - 2..]), "{ids:?} {tail:?}");
     let got = src
-        .complete(&Request {
-            case: &case,
-            prompt: &prompt,
-            samples: 1,
-            accepted: None,
-        })
+        .complete(&Request::new(&case, &prompt, 1, None))
         .unwrap()
         .remove(0);
     assert!(got.text.starts_with("```python\n"), "{:?}", got.text);
@@ -722,12 +707,7 @@ fn an_oversized_prompt_fails_alone_and_its_batch_mate_generates() {
     let requests: Vec<Request<'_>> = cases
         .iter()
         .zip(&prompts)
-        .map(|(case, prompt)| Request {
-            case,
-            prompt,
-            samples: 1,
-            accepted: None,
-        })
+        .map(|(case, prompt)| Request::new(case, prompt, 1, None))
         .collect();
     src.prepare(&requests).unwrap();
     let err = src.complete(&requests[0]).unwrap_err().to_string();
@@ -784,14 +764,9 @@ fn a_batch_is_cut_to_the_memory_budget_before_it_is_allocated() {
 
 fn batched_err(src: &OnnxSource, case: &Case) -> String {
     let prompt = Prompt::for_case(case);
-    src.complete(&Request {
-        case,
-        prompt: &prompt,
-        samples: 1,
-        accepted: None,
-    })
-    .unwrap_err()
-    .to_string()
+    src.complete(&Request::new(case, &prompt, 1, None))
+        .unwrap_err()
+        .to_string()
 }
 
 /// The completions' texts and token ids, what must not change between two ways of answering.
@@ -820,12 +795,7 @@ fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
 
     let lazy = onnx::open_lazy(&folder, options()).unwrap();
     let prompt = Prompt::for_case(&cached);
-    let request = Request {
-        case: &cached,
-        prompt: &prompt,
-        samples: 1,
-        accepted: None,
-    };
+    let request = Request::new(&cached, &prompt, 1, None);
     lazy.prepare(std::slice::from_ref(&request)).unwrap();
     let again = lazy.complete(&request).unwrap();
     assert!(!lazy.loaded(), "a cached request must not load the model");
@@ -838,12 +808,7 @@ fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
 
     // A miss loads the model once and answers as an eager engine does.
     let prompt = Prompt::for_case(&missed);
-    let request = Request {
-        case: &missed,
-        prompt: &prompt,
-        samples: 1,
-        accepted: None,
-    };
+    let request = Request::new(&missed, &prompt, 1, None);
     let generated = lazy.complete(&request).unwrap();
     assert!(lazy.loaded());
     assert_eq!(lazy.generated_sequences(), 1);
@@ -860,14 +825,9 @@ fn a_lazy_source_answers_from_the_cache_without_loading_the_model() {
 /// One completion of `case`, checked against `accepted` when given.
 fn ask_following(src: &OnnxSource, case: &Case, accepted: Option<&AcceptedOutput>) -> Completion {
     let prompt = Prompt::for_case(case);
-    src.complete(&Request {
-        case,
-        prompt: &prompt,
-        samples: 1,
-        accepted,
-    })
-    .unwrap()
-    .remove(0)
+    src.complete(&Request::new(case, &prompt, 1, accepted))
+        .unwrap()
+        .remove(0)
 }
 
 /// A source whose greedy generations follow accepted outputs within `tolerance`; `device`:

@@ -99,12 +99,7 @@ fn generate(noise: Option<LogitNoise>) -> Vec<CaseRun> {
     let requests: Vec<Request<'_>> = cases
         .iter()
         .zip(&prompts)
-        .map(|((case, accepted), prompt)| Request {
-            case,
-            prompt,
-            samples: 1,
-            accepted: Some(accepted),
-        })
+        .map(|((case, accepted), prompt)| Request::new(case, prompt, 1, Some(accepted)))
         .collect();
     src.prepare(&requests).unwrap();
     requests

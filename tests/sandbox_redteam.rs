@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use codegen_harness::calibrate::{TimeoutPolicy, calibrate};
 use codegen_harness::env::Env;
 use codegen_harness::sandbox::{
     ExecReport, Job, Level, LoadOutcome, RawOutcome, Sandbox, SandboxConfig, SandboxError,
-    TimeoutPolicy, WorkerSandbox, calibrate,
+    WorkerSandbox,
 };
 
 fn sandbox() -> &'static WorkerSandbox {

@@ -7,8 +7,8 @@ use super::gguf::{GgufHeader, SUPPORTED_ARCHS};
 use super::snapshot::{Loaded, Snapshot};
 use super::{Verdict, check};
 use crate::engine::onnx::folder::{self, GraphSpec, GraphValue};
-use crate::models::human_bytes;
 use crate::prompt::{Prompt, render_chat_template};
+use crate::provision::models::human_bytes;
 
 /// The checks over a snapshot alone, in order.
 pub const STATIC_CHECKS: &[fn(&Snapshot) -> Verdict] =

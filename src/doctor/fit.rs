@@ -4,7 +4,7 @@
 use super::snapshot::Snapshot;
 use super::{Verdict, check};
 use crate::machine::{GpuMemory, HostMemory};
-use crate::models::human_bytes;
+use crate::provision::models::human_bytes;
 
 /// Whether `need` bytes fit memory of which `available` is free out of `total`.
 pub fn fit(

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::device::{Precision, Provider, Target};
-use crate::models::{self, ModelError};
 use crate::provision::Provisioner;
-use crate::runtime::RuntimeSpec;
+use crate::provision::models::{self, ModelError};
+use crate::provision::runtime::RuntimeSpec;
 
 /// The names of the checks, in pipeline order.
 pub mod check {

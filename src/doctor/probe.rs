@@ -16,7 +16,7 @@ use crate::engine::onnx::tensor::Float;
 use crate::engine::onnx::{self, OnnxOptions, model, session};
 use crate::engine::{Completion, CompletionSource, GenerationSettings, Request};
 use crate::prompt::Prompt;
-use crate::runtime;
+use crate::provision::runtime;
 
 /// What the generation check asks in chat mode, and continues in completion mode.
 const CHAT_PROMPT: &str =
@@ -193,12 +193,7 @@ fn generate_once(
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let prompt = Prompt::for_case(case);
     let mut out = source
-        .complete(&Request {
-            case,
-            prompt: &prompt,
-            samples: 1,
-            accepted: None,
-        })
+        .complete(&Request::new(case, &prompt, 1, None))
         .map_err(|e| e.to_string())?;
     let completion = out.pop().ok_or("the engine returned no completion")?;
     Ok((completion, load_ms))

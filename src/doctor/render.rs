@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{ModelReport, Status, Verdict};
-use crate::models::human_bytes;
+use crate::provision::models::human_bytes;
 
 /// One model's verdicts, one line each, remedies under the checks that need one.
 pub fn details(report: &ModelReport) -> String {

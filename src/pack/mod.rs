@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::cache::sha256_file;
 use crate::config::{Config, ModelProfile, SourceConfig};
+use crate::provision::cache::sha256_file;
 
 /// The manifest's name at the bundle's root.
 pub const MANIFEST: &str = "manifest.json";

@@ -1,13 +1,13 @@
 //! Paired comparisons of per-case verdicts, as pure functions: two models of one results folder
 //! on the cases both measured, and one model across two runs (before and after a change):
 //! which cases pass on one side and fail on the other, and the exact McNemar test on those
-//! discordant cases ([`crate::stats::mcnemar_paired`]). A case passes when it was measured and
+//! discordant cases ([`crate::score::stats::mcnemar_paired`]). A case passes when it was measured and
 //! every one of its samples passed; a case that was not measured (an error) counts as absent.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::stats::{McNemar, mcnemar_paired};
+use crate::score::stats::{McNemar, mcnemar_paired};
 
 /// Each measured case's key and whether it passed.
 pub type Verdicts = BTreeMap<String, bool>;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde_json::Value as Json;
 
 use super::compare::{MCNEMAR_METHOD, Paired, RunComparison, Verdicts, p_value};
-use super::html::{PAGE_END, case_block, case_id, esc, page_start};
+use super::page::{PAGE_END, case_block, case_id, esc, page_start};
 use super::results::ModelResults;
 
 /// Links to the case blocks with these keys.

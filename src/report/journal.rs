@@ -10,9 +10,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::{junit, markdown, models};
-use crate::cache::{DirLock, FileError};
 use crate::evaluate::CaseOutcome;
 use crate::gate::{Baseline, GateFailure, Verdict};
+use crate::provision::cache::{DirLock, FileError};
 use crate::score::Summary;
 
 /// Results of a run on disk. While the run goes, each finished case is appended to

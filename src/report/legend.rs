@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::html::esc;
+use super::page::esc;
 
 /// Colour swatch size and the gaps around entries, in pixels.
 const SWATCH: f64 = 10.0;

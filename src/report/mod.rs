@@ -10,16 +10,17 @@ mod journal;
 pub mod legend;
 pub mod model_table;
 pub mod models;
+pub mod page;
 pub mod results;
 pub mod roc;
 
 pub use journal::{Journal, partial_results_path, unfinished_runs};
 
 use crate::evaluate::CaseOutcome;
-use crate::footprint::Profile;
 use crate::gate::{Baseline, GateFailure, Verdict};
+use crate::score::footprint::Profile;
+use crate::score::stats::Interval;
 use crate::score::{Summary, Totals};
-use crate::stats::Interval;
 
 /// The line under the tables that names how the intervals were computed.
 pub const INTERVAL_METHOD: &str =
@@ -115,7 +116,7 @@ pub fn summary_table(summary: &Summary, baseline: Option<Baseline>) -> String {
     if let Some(r) = &summary.resources {
         let _ = writeln!(s, "  {}", resources_line(r));
     }
-    if summary.failures != crate::failure::FailureCounts::default() {
+    if summary.failures != crate::evaluate::failure::FailureCounts::default() {
         let _ = writeln!(s, "  failures: {}", summary.failures.line());
     }
     if let Some(d) = &summary.diversity {
@@ -177,7 +178,7 @@ fn pass_k_cells(t: &Totals) -> String {
 
 /// `timing: TTFT 420 ms, decode 31.2 tok/s per sequence; per case mean 1.8 s, p50 1.7 s, p95
 /// 2.5 s (36 samples); engine load 2.1 s; model 1.5 GiB on disk`.
-pub fn timing_line(t: &crate::footprint::TimingStats, profile: Option<&Profile>) -> String {
+pub fn timing_line(t: &crate::score::footprint::TimingStats, profile: Option<&Profile>) -> String {
     let ms = |v: f64| match v < 1000.0 {
         true => format!("{v:.0} ms"),
         false => format!("{:.1} s", v / 1000.0),
@@ -203,7 +204,7 @@ pub fn timing_line(t: &crate::footprint::TimingStats, profile: Option<&Profile>)
 
 /// The uncertainty lines: mean NLL by verdict, AUROC of each score with its interval, and the
 /// low-probability line test.
-pub fn uncertainty_lines(u: &crate::uncertainty::UncertaintyStats) -> Vec<String> {
+pub fn uncertainty_lines(u: &crate::score::uncertainty::UncertaintyStats) -> Vec<String> {
     let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
     vec![
         format!(
@@ -286,7 +287,7 @@ pub fn markdown(
     if let Some(r) = &summary.resources {
         let _ = writeln!(s, "\n{}.", capitalized(&resources_line(r)));
     }
-    if summary.failures != crate::failure::FailureCounts::default() {
+    if summary.failures != crate::evaluate::failure::FailureCounts::default() {
         let _ = writeln!(s, "\nFailures: {}.", summary.failures.line());
     }
     if let Some(d) = &summary.diversity {
@@ -355,7 +356,7 @@ fn first_failure(o: &CaseOutcome) -> String {
         return e.lines().next().unwrap_or("").to_string();
     }
     for sample in &o.samples {
-        if sample.load != crate::verdict::LoadVerdict::Ok {
+        if sample.load != crate::evaluate::verdict::LoadVerdict::Ok {
             return format!("load {}", sample.load.describe());
         }
         if let Some(t) = sample.tests.iter().find(|t| !t.verdict.is_pass()) {
@@ -477,7 +478,7 @@ mod tests {
             passed_samples: 1,
             syntax_valid_samples: 2,
             pass_rate: 0.5,
-            pass_rate_ci: crate::stats::wilson(1.0, 2),
+            pass_rate_ci: crate::score::stats::wilson(1.0, 2),
             syntax_valid_rate: 1.0,
             pass_at_k: [(1, 0.5)].into(),
             pass_hat_k: [(1, 0.5)].into(),
@@ -547,7 +548,7 @@ mod tests {
         failing.passed = false;
         o.samples.push(failing);
         let mut summary = Summary::of("m", &[o]);
-        summary.timing = Some(crate::footprint::TimingStats {
+        summary.timing = Some(crate::score::footprint::TimingStats {
             samples: 2,
             mean_ttft_ms: 420.0,
             decode_tokens_per_s: Some(31.25),
@@ -567,22 +568,22 @@ mod tests {
         let md = markdown(&summary, &[], None, &[], None);
         assert!(md.contains("\n| category | pass@1 | pass@2 | pass^2 |\n| --- | ---: | ---: | ---: |\n| cat | 50.0% | 100.0% | 0.0% |\n"), "{md}");
         // Uncertainty: one passing and one failing sample with token traces.
-        let u = crate::uncertainty::UncertaintyStats {
+        let u = crate::score::uncertainty::UncertaintyStats {
             samples: 2,
             mean_nll_passed: Some(0.1),
             mean_nll_failed: Some(0.4),
             auroc_mean_nll: Some(1.0),
             auroc_min_prob: Some(1.0),
-            scores: vec![crate::uncertainty::ScoreAuroc {
-                score: crate::uncertainty::Score::MeanNll,
+            scores: vec![crate::score::uncertainty::ScoreAuroc {
+                score: crate::score::uncertainty::Score::MeanNll,
                 auroc: Some(1.0),
                 ci: Some(Interval {
                     low: 0.0,
                     high: 1.0,
                 }),
             }],
-            auroc_method: crate::stats::AUROC_METHOD,
-            low_prob_line: crate::uncertainty::LowProbLine::test(1, &[]),
+            auroc_method: crate::score::stats::AUROC_METHOD,
+            low_prob_line: crate::score::uncertainty::LowProbLine::test(1, &[]),
         };
         summary.uncertainty = Some(u);
         let table = summary_table(&summary, None);
@@ -605,7 +606,7 @@ mod tests {
         ];
         let mut summary = Summary::of("m", &outcomes);
         assert!(!summary_table(&summary, None).contains("diversity"));
-        summary.diversity = Some(crate::diversity::Diversity {
+        summary.diversity = Some(crate::score::diversity::Diversity {
             cases: 4,
             all_identical_rate: 0.25,
             mean_distinct: 2.5,

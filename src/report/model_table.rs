@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value as Json;
 
-use super::html::esc;
+use super::page::esc;
 use super::results::{ModelResults, num};
 use super::roc::Score;
 

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::evaluate::CaseOutcome;
+use crate::score::stats::{self, Interval};
+use crate::score::uncertainty::Score;
 use crate::score::{Summary, Totals};
-use crate::stats::{self, Interval};
-use crate::uncertainty::Score;
 
 const NA: &str = "n/a";
 
@@ -219,7 +219,7 @@ fn precision_pairs(summaries: &[Summary]) -> Vec<(&Summary, &Summary)> {
 /// and the exact McNemar test on the cases both measured.
 fn precision_block(a: &Summary, b: &Summary, outcomes: &[CaseOutcome]) -> (String, Table) {
     let (pa, pb) = (a.profile.as_ref(), b.profile.as_ref());
-    let precision = |p: Option<&crate::footprint::Profile>| {
+    let precision = |p: Option<&crate::score::footprint::Profile>| {
         p.and_then(|p| p.precision.clone())
             .unwrap_or_else(|| NA.into())
     };

@@ -1,8 +1,8 @@
 //! Tests of the side-by-side tables (`super`).
 
 use super::*;
-use crate::footprint::{Profile, TimingStats};
 use crate::score::Resources;
+use crate::score::footprint::{Profile, TimingStats};
 
 /// The outcome of case `key` for `model`, passed or not.
 fn outcome(model: &str, key: &str, passed: bool) -> CaseOutcome {

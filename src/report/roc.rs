@@ -3,19 +3,19 @@
 //! 1 - mean probability; higher means "more likely to fail"), computed from each sample's
 //! `confidence` in `results-<model>.jsonl`. The area under a curve is the trapezoid sum over
 //! the curve's points, where tied scores make one diagonal step; that is exactly
-//! [`crate::score::auroc`] (ties count half), which a test checks.
+//! [`crate::score::stats::auroc`] (ties count half), which a test checks.
 
 use std::fmt::Write as _;
 
 use serde_json::Value as Json;
 
-use super::html::esc;
 use super::legend;
+use super::page::esc;
 use super::results::{ModelResults, num};
 
-/// The uncertainty scores are [`crate::uncertainty::Score`]: the same four the summary's AUROCs
+/// The uncertainty scores are [`crate::score::uncertainty::Score`]: the same four the summary's AUROCs
 /// are computed for.
-pub use crate::uncertainty::Score;
+pub use crate::score::uncertainty::Score;
 
 /// The colour of a score's curve and legend entry.
 fn colour(score: Score) -> &'static str {
@@ -222,7 +222,7 @@ pub fn plot(m: &ModelResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::auroc;
+    use crate::score::stats::auroc;
     use serde_json::json;
 
     #[test]

@@ -178,12 +178,7 @@ fn open(
 }
 
 fn request<'a>(case: &'a Case, prompt: &'a Prompt) -> Request<'a> {
-    Request {
-        case,
-        prompt,
-        samples: 1,
-        accepted: None,
-    }
+    Request::new(case, prompt, 1, None)
 }
 
 /// Batch-1 figures on a freshly opened model: one warm-up request, then each of the first `k`

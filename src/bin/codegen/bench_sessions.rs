@@ -76,12 +76,7 @@ fn run_one(
     let requests: Vec<Request<'_>> = cases
         .iter()
         .zip(prompts)
-        .map(|(case, prompt)| Request {
-            case,
-            prompt,
-            samples: opts.samples.max(1),
-            accepted: None,
-        })
+        .map(|(case, prompt)| Request::new(case, prompt, opts.samples.max(1), None))
         .collect();
     let t = Instant::now();
     src.prepare(&requests)?;

@@ -69,7 +69,7 @@ enum Commands {
         /// A results folder (summary-<model>.json and results-<model>.jsonl), or two to compare.
         #[arg(num_args = 0..=2, value_name = "DIR")]
         dirs: Vec<PathBuf>,
-        /// The results folder (same as one DIR; default target/codegen).
+        /// The results folder (same as one DIR; default: the config's `[suite] results`).
         #[arg(long, conflicts_with = "dirs")]
         dir: Option<PathBuf>,
         /// Output file (default <DIR>/report.html; comparing: <second DIR>/compare.html).
@@ -309,21 +309,34 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Doctor(args) => return Ok(doctor::run(args, &env)),
         Commands::Pack(args) => pack::pack(args, &env, &provisioner)?,
         Commands::Unpack(args) => return pack::unpack(args, &env),
-        Commands::Merge(args) => return merge::run(args),
+        Commands::Merge(args) => return merge::run(args, env),
         Commands::Generate(args) => return nextest::generate(args, env),
         Commands::Finish(args) => return nextest::finish(args, env),
-        Commands::Bench {
-            what:
-                BenchCmd::Sessions {
-                    model,
-                    cases_dir,
-                    cases,
-                    max_new_tokens,
-                    batch_size,
-                    samples,
-                    temperature,
-                    runs,
-                },
+        Commands::Bench { what } => bench(what, &env, &provisioner)?,
+        Commands::Report { dirs, dir, out } => report(dirs, dir, out, env)?,
+        Commands::Samples {
+            kind: SamplesKind::Constant { cases, text, out },
+        } => {
+            let n = codegen_harness::import::constant_samples(&cases, &text, &out)
+                .context("failed to write samples")?;
+            println!("wrote {n} rows to {}", out.display());
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `codegen bench sessions|sandbox|engine`.
+fn bench(what: BenchCmd, env: &Env, provisioner: &Provisioner) -> anyhow::Result<()> {
+    match what {
+        BenchCmd::Sessions {
+            model,
+            cases_dir,
+            cases,
+            max_new_tokens,
+            batch_size,
+            samples,
+            temperature,
+            runs,
         } => {
             let report = bench_sessions::run(
                 &bench_sessions::SessionsOptions {
@@ -336,21 +349,18 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     temperature,
                     runs,
                 },
-                &env,
+                env,
             )
             .with_context(|| format!("failed to benchmark sessions on {}", model.display()))?;
             print!("{report}");
         }
-        Commands::Bench {
-            what:
-                BenchCmd::Sandbox {
-                    rounds,
-                    workers,
-                    level,
-                    human_eval_workers,
-                    skip_human_eval,
-                    json,
-                },
+        BenchCmd::Sandbox {
+            rounds,
+            workers,
+            level,
+            human_eval_workers,
+            skip_human_eval,
+            json,
         } => {
             use codegen_harness::sandbox::SandboxConfig;
             let level = toml::Value::String(level).try_into()?;
@@ -364,31 +374,28 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 human_eval_workers,
                 skip_human_eval,
             };
-            opts.sandbox.apply_env(&env);
-            let report = bench_sandbox::run(&opts, &provisioner)?;
+            opts.sandbox.apply_env(env);
+            let report = bench_sandbox::run(&opts, provisioner)?;
             print!("{}", report.render());
             if let Some(path) = json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
             }
         }
-        Commands::Bench {
-            what:
-                BenchCmd::Engine {
-                    model,
-                    device,
-                    cases,
-                    max_new_tokens,
-                    batch_size,
-                    batch1_prompts,
-                    cases_dir,
-                    threads,
-                    skip_genai,
-                    rounds,
-                    top_logprobs,
-                    genai_batch_sizes,
-                },
+        BenchCmd::Engine {
+            model,
+            device,
+            cases,
+            max_new_tokens,
+            batch_size,
+            batch1_prompts,
+            cases_dir,
+            threads,
+            skip_genai,
+            rounds,
+            top_logprobs,
+            genai_batch_sizes,
         } => {
-            let resolution = device.resolve(codegen_harness::runtime::nvidia_driver_present());
+            let resolution = codegen_harness::runtime::resolve_device(device);
             eprintln!("codegen: device {device} -> {resolution}");
             let report = bench_engine::run(
                 &BenchOptions {
@@ -405,12 +412,25 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     top_logprobs,
                     genai_batch_sizes,
                 },
-                &env,
+                env,
             )
             .with_context(|| format!("failed to benchmark {}", model.display()))?;
             print!("{report}");
         }
-        Commands::Report { dirs, dir: _, out } if dirs.len() == 2 => {
+    }
+    Ok(())
+}
+
+/// `codegen report [DIR]` (the HTML report of a results folder) and `codegen report A B` (a
+/// comparison of two).
+fn report(
+    dirs: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    env: Env,
+) -> anyhow::Result<()> {
+    match (dirs, dir, out) {
+        (dirs, _, out) if dirs.len() == 2 => {
             let (before, after) = (&dirs[0], &dirs[1]);
             for partial in [before, after]
                 .iter()
@@ -427,12 +447,12 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             print!("{text}");
             println!("wrote {}", out.display());
         }
-        Commands::Report { dirs, dir, out } => {
+        (dirs, dir, out) => {
             let dir = dirs
                 .into_iter()
                 .next()
                 .or(dir)
-                .unwrap_or_else(|| PathBuf::from("target/codegen"));
+                .map_or_else(|| results_dir(env), Ok)?;
             for partial in codegen_harness::report::unfinished_runs(&dir) {
                 eprintln!(
                     "warning: {} is the journal of a run that did not complete; the report shows the last completed run",
@@ -444,15 +464,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .context("failed to write the report")?;
             println!("wrote {}", out.display());
         }
-        Commands::Samples {
-            kind: SamplesKind::Constant { cases, text, out },
-        } => {
-            let n = codegen_harness::import::constant_samples(&cases, &text, &out)
-                .context("failed to write samples")?;
-            println!("wrote {n} rows to {}", out.display());
-        }
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn models_command(cmd: ModelsCommand, provisioner: &Provisioner) -> anyhow::Result<()> {
@@ -513,4 +526,11 @@ fn models_command(cmd: ModelsCommand, provisioner: &Provisioner) -> anyhow::Resu
             Ok(())
         }
     }
+}
+
+/// The results folder of the project in the current directory: its config's `[suite] results`
+/// (the config named by CODEGEN_CONFIG, else harness/codegen.toml; target/codegen without one).
+fn results_dir(env: Env) -> anyhow::Result<PathBuf> {
+    let root = std::env::current_dir().context("failed to read the current directory")?;
+    Ok(codegen_harness::harness::RunOptions::from_env(&root, env).results_dir()?)
 }

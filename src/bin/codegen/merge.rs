@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use codegen_harness::env::Env;
 use codegen_harness::merge;
 use codegen_harness::report;
 
@@ -15,17 +16,21 @@ pub struct MergeArgs {
     /// Shard folders (each with a manifest.json), or folders holding shard-K-of-N folders.
     #[arg(required = true)]
     dirs: Vec<PathBuf>,
-    /// Where to write the merged results.
-    #[arg(long, default_value = "target/codegen")]
-    out: PathBuf,
+    /// Where to write the merged results (default: the config's `[suite] results`).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
-pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: MergeArgs, env: Env) -> anyhow::Result<ExitCode> {
+    let out = match args.out {
+        Some(out) => out,
+        None => crate::results_dir(env)?,
+    };
     let dirs = merge::shard_dirs(&args.dirs)?;
     let shards = merge::load(&dirs)?;
     let merged = merge::merge(&shards);
     let written = merged
-        .write(&args.out)
+        .write(&out)
         .with_context(|| format!("failed to merge {} shards", shards.len()))?;
     println!(
         "codegen: merged {} shards of {}",
@@ -60,7 +65,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    println!("report: {}", args.out.join("report.html").display());
+    println!("report: {}", out.join("report.html").display());
     Ok(if merged.passed() {
         ExitCode::SUCCESS
     } else {

@@ -88,16 +88,9 @@ pub fn finish(args: FinishArgs, env: Env) -> anyhow::Result<ExitCode> {
     let options = args.suite.options(env)?;
     let dirs = match args.dirs.is_empty() {
         false => args.dirs,
-        true => {
-            let root = &options.root;
-            let config = options
-                .config
-                .clone()
-                .map(|p| if p.is_absolute() { p } else { root.join(p) })
-                .unwrap_or_else(|| root.join("harness/codegen.toml"));
-            let config = codegen_harness::Config::load(&config, root)?;
-            vec![config.resolve(&config.suite.results)]
-        }
+        true => vec![
+            codegen_harness::Config::load(&options.config_path(), &options.root)?.results_dir(),
+        ],
     };
     let dirs = nextest::run_dirs(&dirs)?;
     for d in &dirs {

@@ -8,8 +8,8 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{hex, sha256_file};
 use crate::engine::Completion;
+use crate::provision::cache::{hex, sha256_file};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct FileStamp {

@@ -11,7 +11,7 @@ use ort::value::{DynValue, Tensor};
 
 use super::error::EngineError;
 use super::folder::{LOGITS_POSITIONS, Layout};
-use super::model::Model;
+use super::model::{FixedBuffers, Model};
 use super::tensor::memory_info;
 
 /// One step's inputs: `ids` and `positions` are [batch, q], `mask` is [batch, width].
@@ -236,15 +236,16 @@ pub(crate) struct FixedKv {
 }
 
 impl FixedKv {
-    pub fn new(
-        binding: ort::session::IoBinding,
-        kv: Vec<DynValue>,
-        ids: Tensor<i64>,
-        mask: Tensor<i64>,
-        positions: Option<Tensor<i64>>,
-        len: usize,
-        graph: Option<ort::session::RunOptions>,
-    ) -> FixedKv {
+    pub fn new(buffers: FixedBuffers) -> FixedKv {
+        let FixedBuffers {
+            binding,
+            kv,
+            ids,
+            mask,
+            positions,
+            len,
+            graph,
+        } = buffers;
         FixedKv {
             binding,
             _kv: kv,

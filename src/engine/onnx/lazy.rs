@@ -24,10 +24,10 @@ use tokenizers::Tokenizer;
 use super::gencache::{self, GenerationCache};
 use super::scheduler::{self, KeyFacts};
 use super::{EngineError, OnnxOptions, OnnxSource, folder};
-use crate::cache::hex;
 use crate::device::Provider;
 use crate::engine::{Completion, CompletionSource, DeviceUsage, LoadFacts, Request, SourceError};
 use crate::prompt::{Prompt, TemplateTokens};
+use crate::provision::cache::hex;
 use sha2::{Digest, Sha256};
 
 /// The engine, loaded on the first request the generation cache cannot answer.
@@ -105,7 +105,7 @@ pub fn open_lazy(model_dir: &Path, options: OnnxOptions) -> Result<LazyOnnxSourc
     let facts = predicted_facts(
         &options,
         model_hash,
-        crate::runtime::nvidia_driver_present(),
+        crate::provision::runtime::nvidia_driver_present(),
     );
     Ok(LazyOnnxSource {
         dir: model_dir.to_path_buf(),
@@ -232,7 +232,7 @@ impl CompletionSource for LazyOnnxSource {
         }
         self.engine()
             .map_err(|e| SourceError::Generation {
-                case_id: request.case.key.clone(),
+                case_id: request.case_key.to_string(),
                 message: e.to_string(),
             })?
             .complete(request)
@@ -280,10 +280,10 @@ impl CompletionSource for LazyOnnxSource {
 mod tests {
     use super::*;
     use crate::engine::GenerationSettings;
-    use crate::runtime::RuntimeSpec;
+    use crate::provision::runtime::RuntimeSpec;
 
     fn options(provider: Provider) -> OnnxOptions {
-        let mut runtime = RuntimeSpec::from_env(provider, &crate::env::Env::default());
+        let mut runtime = RuntimeSpec::from_env(provider, &crate::run::env::Env::default());
         runtime.provider = provider;
         let mut o = OnnxOptions::new(runtime, "/c".into(), GenerationSettings::default());
         o.provider = provider;

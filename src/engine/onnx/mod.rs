@@ -47,10 +47,9 @@ pub use lazy::{LazyOnnxSource, open_lazy};
 
 use super::{Completion, CompletionSource, GenerationSettings, LoadFacts, Request, SourceError};
 use crate::device::Provider;
-use crate::env::EngineEnv;
 use crate::machine;
 use crate::prompt::Prompt;
-use crate::runtime::RuntimeSpec;
+use crate::provision::runtime::RuntimeSpec;
 use model::Model;
 use scheduler::{Encoder, KeyFacts, Limits, Scheduler};
 
@@ -140,23 +139,6 @@ impl OnnxOptions {
             memory_budget_bytes: None,
             device_ids: vec![0],
             logit_noise: None,
-        }
-    }
-
-    /// Overlay what the environment forces (`CODEGEN_NO_CACHE`, `CODEGEN_ORT_THREADS`, ...).
-    pub fn apply_env(&mut self, env: &EngineEnv) {
-        self.no_cache |= env.no_cache;
-        self.threads = env.threads.unwrap_or(self.threads);
-        self.spin |= env.spin;
-        self.nondeterministic |= env.nondeterministic;
-        self.device_head = env.device_head.or(self.device_head);
-        self.cuda_graph = env.cuda_graph.or(self.cuda_graph);
-        self.graphs_per_session = env.graphs_per_session.or(self.graphs_per_session);
-        self.shared_kv &= env.shared_kv.unwrap_or(true);
-        self.zero_kv &= env.zero_kv.unwrap_or(true);
-        self.profile |= env.profile;
-        if let Some(follow) = env.follow_accepted {
-            self.settings.follow_accepted.enabled = follow;
         }
     }
 }
@@ -368,7 +350,7 @@ impl CompletionSource for OnnxSource {
 
     fn complete(&self, request: &Request<'_>) -> Result<Vec<Completion>, SourceError> {
         let fail = |e: EngineError| SourceError::Generation {
-            case_id: request.case.key.clone(),
+            case_id: request.case_key.to_string(),
             message: e.to_string(),
         };
         let plan = self.scheduler.plan(request).map_err(fail)?;

@@ -17,11 +17,10 @@ use super::error::EngineError;
 use super::folder::{self, Element, GraphValue, Layout, TokenSpec};
 use super::gate::StepGate;
 use super::head::DeviceHead;
-use super::kv::FixedKv;
 use super::session::{self, SessionSpec};
 use super::tensor::{Float, memory_info, zeroed_buffers};
 use crate::device::Provider;
-use crate::runtime::{self, RuntimeSpec};
+use crate::provision::runtime::{self, RuntimeSpec};
 
 /// Fixed-decode batches (each with a captured CUDA graph) per session, by default. ONNX Runtime
 /// keeps every captured graph until the session is dropped, about 2 MiB of host memory each
@@ -90,7 +89,7 @@ pub(crate) struct Model {
     pub device_peak: Option<u64>,
     /// Zero KV buffers in device memory (off only to reproduce what uninitialised buffers do).
     zero_kv: bool,
-    /// Greedy batches decode on fixed buffers ([`FixedKv`]).
+    /// Greedy batches decode on fixed buffers ([`FixedBuffers`]).
     fixed_decode: bool,
     /// The session was created for CUDA graph capture: every run names its graph, and runs that
     /// must not be captured (prefill, growing caches) carry these options.
@@ -373,7 +372,11 @@ impl Model {
 
     /// Fixed decode buffers for `batch` rows and `max_len` positions, with a graph of its own
     /// under CUDA.
-    pub fn fixed_decode(&mut self, batch: usize, max_len: usize) -> Result<FixedKv, EngineError> {
+    pub fn fixed_decode(
+        &mut self,
+        batch: usize,
+        max_len: usize,
+    ) -> Result<FixedBuffers, EngineError> {
         if self.fixed_batches >= self.graphs_per_session {
             // Captured graphs live as long as the session: a new session frees them. (The
             // runtime is loaded once per process; `init` returns the loaded one.)
@@ -408,9 +411,15 @@ impl Model {
         } else {
             None
         };
-        Ok(FixedKv::new(
-            binding, kv, ids, mask, positions, max_len, graph,
-        ))
+        Ok(FixedBuffers {
+            binding,
+            kv,
+            ids,
+            mask,
+            positions,
+            len: max_len,
+            graph,
+        })
     }
 
     /// The logits buffer [batch, 1, vocab] for fixed decode steps.
@@ -441,6 +450,21 @@ impl Model {
             message: e.to_string(),
         })
     }
+}
+
+/// What a batch that decodes on fixed buffers binds ([`Model::fixed_decode`]; the KV cache
+/// over them is `kv::FixedKv`).
+pub(crate) struct FixedBuffers {
+    pub binding: ort::session::IoBinding,
+    pub kv: Vec<DynValue>,
+    pub ids: Tensor<i64>,
+    pub mask: Tensor<i64>,
+    /// [batch, 1], for graphs that take `logits_positions`.
+    pub positions: Option<Tensor<i64>>,
+    /// Width of the mask: the KV buffers' length.
+    pub len: usize,
+    /// Run options naming this batch's graph under CUDA; `None`: no graph.
+    pub graph: Option<ort::session::RunOptions>,
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ use super::follow::Guide;
 use super::gencache::GenerationCache;
 use super::model::{Footprint, Model};
 use super::sampling::Sampler;
-use crate::cache::hex;
 use crate::device::Provider;
 use crate::engine::{Completion, DeviceUsage, GenerationSettings, Request};
 use crate::prompt::{Prompt, TemplateTokens, render_chat_prompt};
+use crate::provision::cache::hex;
 
 /// Prompt rendering and tokenization, usable while the model is busy.
 #[derive(Clone)]
@@ -224,9 +224,9 @@ pub(crate) fn plan(
     request: &Request<'_>,
 ) -> Result<Planned, EngineError> {
     let s = settings;
-    let max_new = request.case.max_new_tokens.unwrap_or(s.max_new_tokens);
+    let max_new = request.max_new_tokens.unwrap_or(s.max_new_tokens);
     let mut stop = s.stop.clone();
-    for st in &request.case.stop {
+    for st in request.stop {
         if !stop.contains(st) {
             stop.push(st.clone());
         }

@@ -12,7 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 
 use super::error::EngineError;
 use crate::device::Provider;
-use crate::runtime::{self, Runtime};
+use crate::provision::runtime::{self, Runtime};
 
 /// How to open a session.
 #[derive(Debug, Clone, Copy)]

@@ -2,7 +2,8 @@
 //! HumanEval-sized report of six models costs.
 
 use super::*;
-use serde_json::json;
+use crate::report::page::{case_id, failure_line};
+use serde_json::{Value as Json, json};
 
 #[test]
 fn renders_sections_cases_and_heatmap() {
