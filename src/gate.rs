@@ -263,6 +263,7 @@ mod tests {
             uncertainty: None,
             diversity: None,
             following: None,
+            trials: None,
             failures: Default::default(),
             resources: None,
             devices: Vec::new(),

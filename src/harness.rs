@@ -22,11 +22,13 @@ use crate::footprint::Profile;
 use crate::gate::{self, Baseline};
 use crate::profile::{self, Loading, ProfileError};
 use crate::prompt::Prompt;
+use crate::report::ending::{self, GateEnd, ProfileEnd};
 use crate::report::{self, Journal};
 use crate::score::Summary;
 use crate::shard::Shard;
 use crate::snapshot;
 use crate::timeline::{Timed, Timeline};
+use crate::trial::{TrialFailure, TrialResult};
 
 mod prepare;
 mod process;
@@ -230,30 +232,49 @@ impl Harness {
                     samples: Vec::new(),
                     error: Some(e.to_string()),
                     generation_error: false,
+                    trial: Some(TrialResult::failed(TrialFailure::NotMeasured)),
                 });
                 return Err(e.to_string().into());
             }
         };
-        let outcome = self.evaluate(m, case);
-        self.record(outcome.clone());
+        let mut outcome = self.evaluate(m, case);
+        let (trial, result) = self.judge_trial(m, case, &outcome);
+        outcome.trial = Some(trial);
+        self.record(outcome);
+        result.map_err(Failed::from)
+    }
+
+    /// Whether the trial of `outcome` passes: its snapshot matches (an accepted known failure
+    /// passes), or without snapshots, the case was measured.
+    fn judge_trial(
+        &self,
+        m: usize,
+        case: &Case,
+        outcome: &CaseOutcome,
+    ) -> (TrialResult, Result<(), String>) {
         if let Some(e) = &outcome.error {
             // A harness-level failure (source, expected values) is never an accepted outcome.
-            return Err(format!("failed to evaluate {}: {e}", case.key).into());
-        }
-        if self.config.suite.snapshot {
-            let dir = snapshot::snapshot_dir(
-                &self.config.resolve(&self.config.suite.snapshots),
-                &model.name,
+            return (
+                TrialResult::failed(TrialFailure::NotMeasured),
+                Err(format!("failed to evaluate {}: {e}", case.key)),
             );
-            snapshot::assert_matches(
-                &dir,
-                &snapshot::snapshot_name(&case.key),
-                &snapshot::render(&outcome),
-            )?;
         }
-        // Without snapshots a run is a measurement: a wrong answer is a measured result for
-        // the summary, and the gate gives the verdict.
-        Ok(())
+        if !self.config.suite.snapshot {
+            // Without snapshots a run is a measurement: a wrong answer is a measured result for
+            // the summary, and the gate gives the verdict.
+            return (TrialResult::PASSED, Ok(()));
+        }
+        let dir = snapshot::snapshot_dir(
+            &self.config.resolve(&self.config.suite.snapshots),
+            &self.models[m].name,
+        );
+        let name = snapshot::snapshot_name(&case.key);
+        let existed = dir.join(format!("{name}.snap")).is_file();
+        match snapshot::assert_matches(&dir, &name, &snapshot::render(outcome)) {
+            Ok(()) => (TrialResult::PASSED, Ok(())),
+            Err(e) if existed => (TrialResult::failed(TrialFailure::SnapshotMismatch), Err(e)),
+            Err(e) => (TrialResult::failed(TrialFailure::NoSnapshot), Err(e)),
+        }
     }
 
     fn record(&self, outcome: CaseOutcome) {
@@ -351,6 +372,7 @@ impl Harness {
         let isolation = isolation.to_string();
         let mut ok = true;
         let mut summaries = Vec::new();
+        let mut ends = Vec::new();
         for (m, model) in self.models.iter().enumerate() {
             let ran: Vec<&CaseOutcome> =
                 outcomes.iter().filter(|o| o.model == model.name).collect();
@@ -382,7 +404,7 @@ impl Harness {
                     ran.len(),
                     self.cases.len()
                 );
-                match self.journal.complete_shard(
+                let written = match self.journal.complete_shard(
                     &summary,
                     &outcomes,
                     &isolation,
@@ -390,14 +412,26 @@ impl Harness {
                     &source_warnings,
                     &note,
                 ) {
-                    Ok(path) => println!("  results: {}", path.display()),
-                    Err(e) => ok &= results_not_written(&e),
-                }
+                    Ok(path) => {
+                        println!("  results: {}", path.display());
+                        Some(path)
+                    }
+                    Err(e) => {
+                        ok &= results_not_written(&e);
+                        None
+                    }
+                };
                 println!("  {note}");
+                ends.push(ProfileEnd {
+                    model: model.name.clone(),
+                    trials: summary.trials,
+                    gate: GateEnd::NotGated,
+                    results: written,
+                });
                 continue;
             }
             let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
-            match self.journal.complete(
+            let written = match self.journal.complete(
                 &summary,
                 &outcomes,
                 &isolation,
@@ -405,13 +439,25 @@ impl Harness {
                 &verdict,
                 &source_warnings,
             ) {
-                Ok(path) => println!("  results: {}", path.display()),
-                Err(e) => ok &= results_not_written(&e),
-            }
+                Ok(path) => {
+                    println!("  results: {}", path.display());
+                    Some(path)
+                }
+                Err(e) => {
+                    ok &= results_not_written(&e);
+                    None
+                }
+            };
             ok &= verdict.failures.is_empty();
             for line in report::gate_lines(&verdict) {
                 println!("  {line}");
             }
+            ends.push(ProfileEnd {
+                model: model.name.clone(),
+                trials: summary.trials,
+                gate: GateEnd::of(&verdict),
+                results: written,
+            });
             summaries.push(summary);
         }
         if summaries.len() >= 2 {
@@ -425,6 +471,7 @@ impl Harness {
         if let Some(shard) = self.shard {
             ok &= self.write_manifest(shard, &outcomes, &isolation, failed_trials);
         }
+        print!("{}", ending::lines(&ends, self.journal.dir(), None));
         ok
     }
 
@@ -492,10 +539,10 @@ impl RunOptions {
             config: env.config.clone(),
             models: env.models.clone(),
             shard: env.shard,
-            loading: match env.nextest {
-                Some(_) => Loading::Lazy,
-                None => Loading::Eager,
-            },
+            // Lazily everywhere: a run whose generations are all cached loads no model, so
+            // its files do not depend on whether (or how fast) a model was loaded, and merged
+            // shards equal an unsharded run. A miss loads the model for the whole batch.
+            loading: Loading::Lazy,
             env,
         }
     }

@@ -65,6 +65,7 @@ pub mod stats;
 pub mod syntax;
 pub mod timeline;
 mod toml_error;
+pub mod trial;
 pub mod uncertainty;
 pub mod value;
 pub mod verdict;

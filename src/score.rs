@@ -124,6 +124,9 @@ pub struct Summary {
     /// How greedy generations followed their accepted outputs through near ties.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub following: Option<crate::following::Following>,
+    /// How the profile's trials ended (their snapshots), when the run recorded them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trials: Option<crate::trial::TrialCounts>,
 }
 
 /// What generating the run's completions used: tokens, and the peak memory of the process on
@@ -175,6 +178,7 @@ impl Summary {
             resources: Resources::of(mine.clone()),
             diversity: Diversity::of(mine.clone()),
             following: crate::following::Following::of(mine.clone()),
+            trials: crate::trial::TrialCounts::of(mine.clone()),
             failures: FailureCounts::of(mine),
             devices: Vec::new(),
         }

@@ -301,6 +301,7 @@ pub(crate) mod tests {
             protocol: Default::default(),
             error: None,
             generation_error: false,
+            trial: None,
             samples: vec![SampleOutcome {
                 extraction: Extraction {
                     code: "def f():\n\n    return 1\n".into(),

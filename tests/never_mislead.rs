@@ -95,6 +95,21 @@ fn unmeasured_cases_are_errors_and_fail_the_gate() {
         "{text}"
     );
     assert!(!text.contains("gate: passed"), "{text}");
+    // The run ends with its verdict: per profile (trials, gate, results) and overall.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: Vec<&str> = stdout.trim_end().lines().rev().take(3).collect();
+    assert!(last[2] == "codegen verdict:", "{stdout}");
+    assert!(
+        last[1].starts_with(
+            "  replay: trials 1 passed, 1 failed (1 not measured); gate FAILED: gate failed for model `replay`: 1 of 2 cases could not be measured"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        last[0]
+            .starts_with("  overall: FAILED (1 trial(s) failed; gate failed for replay); results "),
+        "{stdout}"
+    );
     // The measured case is a wrong answer: a measured result, so its trial is ok.
     assert!(shows(&text, "replay::math::add", "ok"), "{text}");
     assert!(shows(&text, "replay::math::plus", "FAILED"), "{text}");
@@ -106,8 +121,16 @@ fn unmeasured_cases_are_errors_and_fail_the_gate() {
     assert_eq!(summary["summary"]["overall"]["errors"], 1);
     // JUnit and Markdown keep the distinction too.
     let junit = fs::read_to_string(p.path("target/codegen/junit-replay.xml")).unwrap();
-    assert!(junit.contains("failures=\"1\" errors=\"1\""), "{junit}");
+    // JUnit's failures are the trials' failures: the wrong answer's trial passed (a measured
+    // result), so it is no failure, and its model verdict is a property.
+    assert!(junit.contains("failures=\"0\" errors=\"1\""), "{junit}");
     assert!(junit.contains("<error message="), "{junit}");
+    assert!(
+        junit.contains(
+            "name=\"math/add\"><properties><property name=\"model_verdict\" value=\"failed: "
+        ),
+        "{junit}"
+    );
     let markdown = fs::read_to_string(p.path("target/codegen/summary-replay.md")).unwrap();
     assert!(
         markdown.contains("**Not measured: 1 case(s)**"),

@@ -383,3 +383,75 @@ fn copy_dir(from: &Path, to: &Path) {
         fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// The tiny ONNX test model's folder (built once into the cache, as tests/engine.rs builds it).
+fn tiny_model() -> PathBuf {
+    use codegen_harness::cache::DirLock;
+    use codegen_harness::provision::{Provisioner, TINY_MODELS_VENV};
+    use sha2::{Digest, Sha256};
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/harness/python/make_tiny_models.py"
+    );
+    let env = codegen_harness::Env::from_process().expect("a valid environment");
+    let tag: String = Sha256::digest(fs::read(script).unwrap())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = env.cache.join("test-models").join(format!("tiny-{tag}"));
+    let _lock = DirLock::acquire(&dir).unwrap();
+    if !dir.join("genai").join("model.onnx").exists() {
+        let python = Provisioner::from_env(&env)
+            .venv(&TINY_MODELS_VENV, &|msg| eprintln!("{msg}"))
+            .expect("the tiny-models venv")
+            .python;
+        let out = Command::new(python)
+            .arg(script)
+            .arg("build")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    dir.join("genai")
+}
+
+#[test]
+fn a_model_answered_from_a_warm_cache_merges_byte_for_byte() {
+    // An ONNX profile: once its generations are cached, neither the unsharded run nor a shard
+    // loads the model, so no load time (which differs from process to process) reaches the
+    // files, and the merged run equals the unsharded one byte for byte.
+    let p = Project::new(&format!(
+        "[suite]\nsnapshot = false\n[generation]\nmax_new_tokens = 6\n[[models]]\nname = \"tiny\"\nsource = \"onnx\"\nmodel = {:?}\ndevice = \"cpu\"\n[models.gate]\nmin_pass_rate = 0.0\n",
+        tiny_model().to_str().unwrap()
+    ));
+    for i in 0..6 {
+        p.write(
+            &format!("cases/math/c{i}.toml"),
+            &GOOD_CASE.replace("add", &format!("add{i}")),
+        );
+    }
+    // Fill the generation cache (a cold cache loads the model and generates).
+    let (out, text) = codegen(p.dir.path(), &["run", "--config", "codegen.toml"], &[]);
+    assert!(out.status.success(), "{text}");
+    assert_sharded_equals_unsharded(
+        p.dir.path(),
+        &p.path("codegen.toml"),
+        &p.path("target/codegen"),
+        &["tiny"],
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.path("target/codegen/summary-tiny.json")).unwrap())
+            .unwrap();
+    let profile = &summary["summary"]["profile"];
+    assert_eq!(
+        profile["load_facts"], "not loaded: every completion came from the generation cache",
+        "{profile}"
+    );
+    assert!(profile["load_ms"].is_null(), "{profile}");
+    assert!(
+        profile["size_on_disk_bytes"].as_u64().unwrap() > 0,
+        "{profile}"
+    );
+}

@@ -31,6 +31,7 @@ fn summary(
         precision: Some(precision.into()),
         size_on_disk_bytes: Some(3 << 29),
         load_ms: Some(2150.0),
+        load_facts: Some("loaded by this run".into()),
     });
     s.timing = Some(TimingStats {
         samples: 3,

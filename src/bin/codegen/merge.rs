@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use codegen_harness::merge;
 use codegen_harness::report;
+use codegen_harness::report::ending::{self, GateEnd, ProfileEnd};
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -60,7 +61,19 @@ pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    println!("report: {}", args.out.join("report.html").display());
+    let ends: Vec<ProfileEnd> = merged
+        .models
+        .iter()
+        .zip(&written)
+        .map(|(m, path)| ProfileEnd {
+            model: m.summary.model.clone(),
+            trials: m.summary.trials,
+            gate: GateEnd::of(&m.verdict),
+            results: Some(path.clone()),
+        })
+        .collect();
+    let report = args.out.join("report.html");
+    print!("{}", ending::lines(&ends, &args.out, Some(&report)));
     Ok(if merged.passed() {
         ExitCode::SUCCESS
     } else {
