@@ -238,7 +238,7 @@ impl Harness {
             }
         };
         let mut outcome = self.evaluate(m, case);
-        let (trial, result) = self.judge_trial(m, case, &outcome);
+        let (trial, result) = self.judge_trial(m, c, case, &outcome);
         outcome.trial = Some(trial);
         self.record(outcome);
         result.map_err(Failed::from)
@@ -249,6 +249,7 @@ impl Harness {
     fn judge_trial(
         &self,
         m: usize,
+        c: usize,
         case: &Case,
         outcome: &CaseOutcome,
     ) -> (TrialResult, Result<(), String>) {
@@ -270,7 +271,13 @@ impl Harness {
         );
         let name = snapshot::snapshot_name(&case.key);
         let existed = dir.join(format!("{name}.snap")).is_file();
-        match snapshot::assert_matches(&dir, &name, &snapshot::render(outcome)) {
+        let origin = crate::snapshot_origin::origin(
+            &self.config.root,
+            &self.cases[c].path,
+            &case.key,
+            &self.models[m].name,
+        );
+        match snapshot::assert_matches(&dir, &name, &snapshot::render(outcome), &origin) {
             Ok(()) => (TrialResult::PASSED, Ok(())),
             Err(e) if existed => (TrialResult::failed(TrialFailure::SnapshotMismatch), Err(e)),
             Err(e) => (TrialResult::failed(TrialFailure::NoSnapshot), Err(e)),

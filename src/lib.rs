@@ -61,6 +61,7 @@ pub mod sanitize;
 pub mod score;
 pub mod shard;
 pub mod snapshot;
+pub mod snapshot_origin;
 pub mod stats;
 pub mod syntax;
 pub mod timeline;
