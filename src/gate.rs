@@ -264,6 +264,7 @@ mod tests {
             diversity: None,
             following: None,
             trials: None,
+            config_order: None,
             failures: Default::default(),
             resources: None,
             devices: Vec::new(),

@@ -353,7 +353,12 @@ impl Harness {
     /// What each device's session of model `m` generated (empty unless it generated).
     fn devices(&self, m: usize) -> Vec<crate::engine::DeviceUsage> {
         match self.sources[m].get() {
-            Some(Ok(source)) => source.devices(),
+            // A session that generated nothing (every answer cached) has nothing to say.
+            Some(Ok(source)) => source
+                .devices()
+                .into_iter()
+                .filter(|d| d.sequences > 0)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -387,6 +392,7 @@ impl Harness {
                 continue;
             }
             let mut summary = Summary::of(&model.name, &outcomes);
+            summary.config_order = Some(m);
             summary.devices = self.devices(m);
             summary.profile = Some(self.profile(m));
             let baseline = self.baseline(model, &ran);
@@ -400,7 +406,10 @@ impl Harness {
                     println!("  session {d}");
                 }
             }
-            println!("  {}", self.timeline.line());
+            // Nothing to say when no trial ran here (`codegen finish`: the test processes did).
+            if let Some(line) = self.timeline.line_if_any() {
+                println!("  {line}");
+            }
             let source_warnings = self.source_warnings(m);
             for w in &source_warnings {
                 println!("  warning: {w}");
@@ -501,6 +510,29 @@ fn results_not_written(e: &crate::cache::FileError) -> bool {
     false
 }
 
+/// Where, under the results folder, a run of part of the suite (a libtest filter or `--skip`)
+/// writes its files, so the full run's summaries are not replaced by a few cases'.
+pub const FILTERED_DIR: &str = "filtered";
+
+impl Harness {
+    /// Whether libtest's filter leaves out some of this run's trials but not all of them.
+    fn filtered(&self, args: &Arguments) -> bool {
+        let (mut selected_any, mut left_out) = (false, false);
+        for model in &self.models {
+            for case in &self.cases {
+                if self.shard.is_some_and(|s| !s.contains(&case.key)) {
+                    continue;
+                }
+                match selected(args, &Self::trial_name(model, case)) {
+                    true => selected_any = true,
+                    false => left_out = true,
+                }
+            }
+        }
+        selected_any && left_out
+    }
+}
+
 /// Does libtest's filter select `name`?
 pub(crate) fn selected(args: &Arguments, name: &str) -> bool {
     let matches = |pat: &str| {
@@ -575,13 +607,27 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     snapshot::silence_insta_output(&options.env);
     quiet_snapshot_panics();
     stop_when_parent_is_gone();
-    let harness = match Harness::load(options) {
-        Ok(h) => Arc::new(h),
+    let mut harness = match Harness::load(options) {
+        Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(101);
         }
     };
+    if !args.list
+        && harness.env.nextest.is_none()
+        && harness.shard.is_none()
+        && harness.filtered(&args)
+    {
+        // Part of the suite: its files go beside the full run's instead of replacing them.
+        let dir = harness.journal.dir().join(FILTERED_DIR);
+        eprintln!(
+            "codegen: a filtered run: results go to {} (the full run's files are kept)",
+            dir.display()
+        );
+        harness.journal = Journal::new(&dir);
+    }
+    let harness = Arc::new(harness);
     let mut trials = Vec::new();
     let mut requests: Vec<(usize, usize)> = Vec::new();
     for (m, model) in harness.models.iter().enumerate() {

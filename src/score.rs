@@ -124,6 +124,9 @@ pub struct Summary {
     /// How greedy generations followed their accepted outputs through near ties.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub following: Option<crate::following::Following>,
+    /// The profile's place in the config (reports list profiles in this order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_order: Option<usize>,
     /// How the profile's trials ended (their snapshots), when the run recorded them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trials: Option<crate::trial::TrialCounts>,
@@ -178,6 +181,7 @@ impl Summary {
             resources: Resources::of(mine.clone()),
             diversity: Diversity::of(mine.clone()),
             following: crate::following::Following::of(mine.clone()),
+            config_order: None,
             trials: crate::trial::TrialCounts::of(mine.clone()),
             failures: FailureCounts::of(mine),
             devices: Vec::new(),

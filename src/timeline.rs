@@ -79,6 +79,13 @@ impl Timeline {
     pub fn line(&self) -> String {
         render(&self.with(|m| m.clone()))
     }
+
+    /// [`Timeline::line`], or `None` when nothing was marked.
+    pub fn line_if_any(&self) -> Option<String> {
+        let m = self.with(|m| m.clone());
+        let empty = m.setup.is_none() && m.last_completion.is_none() && m.last_verdict.is_none();
+        (!empty).then(|| render(&m))
+    }
 }
 
 fn render(m: &Marks) -> String {

@@ -74,6 +74,29 @@ fn an_empty_suite_is_a_failure_that_says_why() {
 }
 
 #[test]
+fn a_filtered_run_keeps_the_full_runs_files() {
+    let p = Project::new(&config(
+        "snapshot = false",
+        "[[models]]\nname = \"ref\"\nsource = \"reference\"\n",
+    ));
+    p.write("cases/math/add.toml", GOOD_CASE);
+    p.write("cases/math/plus.toml", &GOOD_CASE.replace("add", "plus"));
+    let (out, text) = p.run(&[], &[]);
+    assert!(out.status.success(), "{text}");
+    let summary = fs::read_to_string(p.path("target/codegen/summary-ref.json")).unwrap();
+    let (out, text) = p.run(&[], &["plus"]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("a filtered run: results go to "), "{text}");
+    assert_eq!(
+        fs::read_to_string(p.path("target/codegen/summary-ref.json")).unwrap(),
+        summary,
+        "the full run's summary was replaced"
+    );
+    let filtered = fs::read_to_string(p.path("target/codegen/filtered/summary-ref.json")).unwrap();
+    assert!(filtered.contains("\"cases\": 1,"), "{filtered}");
+}
+
+#[test]
 fn unmeasured_cases_are_errors_and_fail_the_gate() {
     // The replay file answers one case of two: the other is not a measured 0.
     let p = Project::new(&config(

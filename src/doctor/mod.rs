@@ -139,7 +139,8 @@ pub struct ModelReport {
     /// The model as it was named (name, folder or GGUF path).
     pub model: String,
     pub folder: Option<PathBuf>,
-    /// Bytes of the graph and its weights (`model.onnx` + `model.onnx.data`).
+    /// Bytes of the model folder's files, as the run's summary, the report and `codegen models
+    /// list` count them (else of the graph and its weights when the folder cannot be read).
     pub size_bytes: Option<u64>,
     /// Weight precision (`config.json` `codegen_export.precision`, else `unknown`).
     pub precision: Option<String>,
@@ -285,7 +286,7 @@ fn resolve(model: &str, options: &DoctorOptions, report: &mut ModelReport) -> Op
 
 fn diagnose_folder(folder: &Path, options: &DoctorOptions, report: &mut ModelReport) {
     let snap = snapshot::Snapshot::read(folder);
-    report.size_bytes = snap.weights_bytes();
+    report.size_bytes = crate::engine::folder_size(folder).or_else(|| snap.weights_bytes());
     report.precision = Some(snap.precision());
     for check in checks::STATIC_CHECKS {
         report.push(check(&snap));

@@ -197,7 +197,7 @@ pub fn timing_line(t: &crate::footprint::TimingStats, profile: Option<&Profile>)
         let _ = write!(s, "; engine load {}", ms(load));
     }
     if let Some(size) = profile.and_then(|p| p.size_on_disk_bytes) {
-        let _ = write!(s, "; model {} MiB on disk", size >> 20);
+        let _ = write!(s, "; model {} on disk", crate::models::human_bytes(size));
     }
     s
 }
@@ -524,6 +524,7 @@ mod tests {
             diversity: None,
             following: None,
             trials: None,
+            config_order: None,
             failures: Default::default(),
             resources: Some(crate::score::Resources {
                 generated_tokens: 1234,
