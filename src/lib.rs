@@ -46,6 +46,7 @@ pub mod footprint;
 pub mod gate;
 pub mod harness;
 pub mod import;
+pub mod init;
 pub mod machine;
 pub mod merge;
 pub mod models;
