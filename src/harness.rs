@@ -663,6 +663,9 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     if !args.list {
         prepare_sources(&harness, &requests);
         warm_evaluator(&harness, &requests);
+        if args.test_threads == Some(1) {
+            prepare::wait_for_generation(&harness, &requests);
+        }
     }
     if !args.list
         && let Some(why) = harness.nothing_to_measure()
