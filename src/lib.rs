@@ -13,7 +13,7 @@
 //! | judge | [`verdict`] | raw facts against expectations ([`value`]: Python values compared in Rust) |
 //! | per case | [`evaluate`] | the flow above for one case and model, producing its [`CaseOutcome`] ([`confidence`]: token NLL, low-confidence spans and their lines) |
 //! | aggregate | [`score`] | pass@1, pass@k, pass^k, per-category rates; [`uncertainty`] (AUROC with CIs, the low-probability line test), [`footprint`] (profile facts, timing), [`failure`] classes, [`diversity`], [`following`] (near ties kept toward the accepted output) |
-//! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
+//! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline ([`snapshot_origin`]: the case file, profile and what changed, in each snapshot's header; [`trial`]: how each trial ended) |
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
 //! | decide | [`gate`] | thresholds (and unmeasured cases) into a CI verdict |
 //!
@@ -25,7 +25,7 @@
 //! [`profile`] (a configured profile turned into a completion source), [`provision`] (what
 //! comes from PyPI: pinned wheels and venvs) with [`cache`] (locks and hashes of the per-user
 //! cache), [`models`] and [`runtime`] (default models and ONNX Runtime's library), [`import`]
-//! (HumanEval as case files), [`doctor`] (whether a model will work here, and why not), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
+//! (HumanEval as case files), [`init`] (a suite set up in the user's own crate), [`doctor`] (whether a model will work here, and why not), and [`harness`], the libtest-mimic glue that `tests/codegen.rs`
 //! calls. The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
 
 pub mod cache;
