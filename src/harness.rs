@@ -487,7 +487,12 @@ impl Harness {
         if let Some(shard) = self.shard {
             ok &= self.write_manifest(shard, &outcomes, &isolation, failed_trials);
         }
-        print!("{}", ending::lines(&ends, self.journal.dir(), None));
+        // Paths as the user's commands name them: relative to the project root.
+        let rel = |p: &Path| p.strip_prefix(&self.config.root).unwrap_or(p).to_path_buf();
+        for end in &mut ends {
+            end.results = end.results.as_deref().map(rel);
+        }
+        print!("{}", ending::lines(&ends, &rel(self.journal.dir()), None));
         ok
     }
 
