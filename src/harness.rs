@@ -396,47 +396,24 @@ impl Harness {
             summary.devices = self.devices(m);
             summary.profile = Some(self.profile(m));
             let baseline = self.baseline(model, &ran);
-            print!(
-                "{}",
-                report::conclusion(&summary, baseline, &ran, &isolation)
-            );
-            // Per session, only when a profile spreads over several (one is the resources line).
-            if summary.devices.len() > 1 {
-                for d in &summary.devices {
-                    println!("  session {d}");
-                }
-            }
-            // Nothing to say when no trial ran here (`codegen finish`: the test processes did).
-            if let Some(line) = self.timeline.line_if_any() {
-                println!("  {line}");
-            }
-            let source_warnings = self.source_warnings(m);
-            for w in &source_warnings {
-                println!("  warning: {w}");
-            }
+            let source_warnings = self.print_profile(m, &summary, baseline, &ran, &isolation);
             if let Some(shard) = self.shard {
                 let note = format!(
                     "shard {shard}: {} of the suite's {} cases; partial summary, not gated (`codegen merge` gates the merged shards)",
                     ran.len(),
                     self.cases.len()
                 );
-                let written = match self.journal.complete_shard(
-                    &summary,
-                    &outcomes,
-                    &isolation,
-                    baseline,
-                    &source_warnings,
-                    &note,
-                ) {
-                    Ok(path) => {
-                        println!("  results: {}", path.display());
-                        Some(path)
-                    }
-                    Err(e) => {
-                        ok &= results_not_written(&e);
-                        None
-                    }
-                };
+                let written = written(
+                    self.journal.complete_shard(
+                        &summary,
+                        &outcomes,
+                        &isolation,
+                        baseline,
+                        &source_warnings,
+                        &note,
+                    ),
+                    &mut ok,
+                );
                 println!("  {note}");
                 ends.push(ProfileEnd {
                     model: model.name.clone(),
@@ -447,23 +424,17 @@ impl Harness {
                 continue;
             }
             let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
-            let written = match self.journal.complete(
-                &summary,
-                &outcomes,
-                &isolation,
-                baseline,
-                &verdict,
-                &source_warnings,
-            ) {
-                Ok(path) => {
-                    println!("  results: {}", path.display());
-                    Some(path)
-                }
-                Err(e) => {
-                    ok &= results_not_written(&e);
-                    None
-                }
-            };
+            let written = written(
+                self.journal.complete(
+                    &summary,
+                    &outcomes,
+                    &isolation,
+                    baseline,
+                    &verdict,
+                    &source_warnings,
+                ),
+                &mut ok,
+            );
             ok &= verdict.failures.is_empty();
             for line in report::gate_lines(&verdict) {
                 println!("  {line}");
@@ -487,13 +458,45 @@ impl Harness {
         if let Some(shard) = self.shard {
             ok &= self.write_manifest(shard, &outcomes, &isolation, failed_trials);
         }
-        // Paths as the user's commands name them: relative to the project root.
+        self.print_ending(ends);
+        ok
+    }
+
+    /// Print profile `m`'s table, sessions, timeline and its source's warnings (returned).
+    fn print_profile(
+        &self,
+        m: usize,
+        summary: &Summary,
+        baseline: Option<Baseline>,
+        ran: &[&CaseOutcome],
+        isolation: &str,
+    ) -> Vec<String> {
+        print!("{}", report::conclusion(summary, baseline, ran, isolation));
+        // Per session, only when a profile spreads over several (one is the resources line).
+        if summary.devices.len() > 1 {
+            for d in &summary.devices {
+                println!("  session {d}");
+            }
+        }
+        // Nothing to say when no trial ran here (`codegen finish`: the test processes did).
+        if let Some(line) = self.timeline.line_if_any() {
+            println!("  {line}");
+        }
+        let source_warnings = self.source_warnings(m);
+        for w in &source_warnings {
+            println!("  warning: {w}");
+        }
+        source_warnings
+    }
+
+    /// The run's last lines ([`ending::lines`]), paths as the user's commands name them:
+    /// relative to the project root.
+    fn print_ending(&self, mut ends: Vec<ProfileEnd>) {
         let rel = |p: &Path| p.strip_prefix(&self.config.root).unwrap_or(p).to_path_buf();
         for end in &mut ends {
             end.results = end.results.as_deref().map(rel);
         }
         print!("{}", ending::lines(&ends, &rel(self.journal.dir()), None));
-        ok
     }
 
     /// Profile `m` as run: its configured facts, and what its source described and measured
@@ -505,6 +508,21 @@ impl Harness {
             &opened.map(|s| s.describe()).unwrap_or_default(),
             opened.and_then(|s| s.load_facts()),
         )
+    }
+}
+
+/// The summary file a profile's results were written to (said on its `results:` line), or
+/// `None` when they could not be, which fails the run (`ok`).
+fn written(result: Result<PathBuf, crate::cache::FileError>, ok: &mut bool) -> Option<PathBuf> {
+    match result {
+        Ok(path) => {
+            println!("  results: {}", path.display());
+            Some(path)
+        }
+        Err(e) => {
+            *ok &= results_not_written(&e);
+            None
+        }
     }
 }
 
@@ -520,6 +538,20 @@ fn results_not_written(e: &crate::cache::FileError) -> bool {
 pub const FILTERED_DIR: &str = "filtered";
 
 impl Harness {
+    /// A run of part of the suite (not a shard's, not a nextest process's) writes its files
+    /// beside the full run's, under [`FILTERED_DIR`], instead of replacing them.
+    fn write_filtered_apart(&mut self, args: &Arguments) {
+        if args.list || self.env.nextest.is_some() || self.shard.is_some() || !self.filtered(args) {
+            return;
+        }
+        let dir = self.journal.dir().join(FILTERED_DIR);
+        eprintln!(
+            "codegen: a filtered run: results go to {} (the full run's files are kept)",
+            dir.display()
+        );
+        self.journal = Journal::new(&dir);
+    }
+
     /// Whether libtest's filter leaves out some of this run's trials but not all of them.
     fn filtered(&self, args: &Arguments) -> bool {
         let (mut selected_any, mut left_out) = (false, false);
@@ -619,19 +651,7 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
             return ExitCode::from(101);
         }
     };
-    if !args.list
-        && harness.env.nextest.is_none()
-        && harness.shard.is_none()
-        && harness.filtered(&args)
-    {
-        // Part of the suite: its files go beside the full run's instead of replacing them.
-        let dir = harness.journal.dir().join(FILTERED_DIR);
-        eprintln!(
-            "codegen: a filtered run: results go to {} (the full run's files are kept)",
-            dir.display()
-        );
-        harness.journal = Journal::new(&dir);
-    }
+    harness.write_filtered_apart(&args);
     let harness = Arc::new(harness);
     let mut trials = Vec::new();
     let mut requests: Vec<(usize, usize)> = Vec::new();
