@@ -12,7 +12,7 @@
 //! verdict after it: the harness then starts the trials once generation has ended.)
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a progress line is written.
@@ -28,6 +28,8 @@ pub(super) struct Progress {
     /// Tokens the unfinished rows may still take plus those the finished ones took.
     budget: AtomicU64,
     last_line: Mutex<Instant>,
+    /// The closing line was written.
+    finished: AtomicBool,
 }
 
 fn secs(d: f64) -> String {
@@ -56,6 +58,7 @@ impl Progress {
             tokens: AtomicU64::new(0),
             budget: AtomicU64::new(budget),
             last_line: Mutex::new(Instant::now()),
+            finished: AtomicBool::new(false),
         }
     }
 
@@ -95,18 +98,23 @@ impl Progress {
     }
 
     /// A row finished after `generated` of its `max_new` tokens (or failed: `generated` 0).
+    /// Called before the row is handed to its caller: the closing line is written before the
+    /// last trial can print.
     pub(super) fn row_done(&self, generated: usize, max_new: usize) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         let unused = max_new.saturating_sub(generated) as u64;
         self.budget.fetch_sub(
             unused.min(self.budget.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
+        if done == self.sequences {
+            self.finish();
+        }
     }
 
-    /// Generation ended: the closing line.
+    /// Generation ended: the closing line (once).
     pub(super) fn finish(&self) {
-        if self.shown {
+        if self.shown && !self.finished.swap(true, Ordering::Relaxed) {
             let tokens = self.tokens.load(Ordering::Relaxed);
             let elapsed = self.started.elapsed().as_secs_f64();
             eprintln!(

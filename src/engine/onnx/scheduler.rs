@@ -573,13 +573,6 @@ impl Scheduler {
             let e = result.err().unwrap_or_else(|| {
                 EngineError::Generate("the batch ended without this sequence".into())
             });
-            let mut st = self.results.lock().expect("scheduler lock");
-            for key in &failed {
-                st.pending.remove(*key);
-                st.done.insert((*key).clone(), Err(e.clone()));
-            }
-            drop(st);
-            self.finished.notify_all();
             for key in &failed {
                 let max_new = chunk
                     .iter()
@@ -587,6 +580,13 @@ impl Scheduler {
                     .map_or(0, |(_, j)| j.max_new);
                 progress.row_done(0, max_new);
             }
+            let mut st = self.results.lock().expect("scheduler lock");
+            for key in &failed {
+                st.pending.remove(*key);
+                st.done.insert((*key).clone(), Err(e.clone()));
+            }
+            drop(st);
+            self.finished.notify_all();
         }
     }
 }
