@@ -264,6 +264,8 @@ mod tests {
             uncertainty: None,
             diversity: None,
             following: None,
+            trials: None,
+            config_order: None,
             failures: Default::default(),
             resources: None,
             devices: Vec::new(),

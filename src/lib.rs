@@ -11,7 +11,7 @@
 //! | generate | [`engine`] | completion sources: the ONNX Runtime engine, replay files, reference solutions |
 //! | per case | `evaluate` | one case for one model: extract the program (and sanitize a cut-off tail), check its syntax, run it in the [`sandbox`], judge the raw facts (verdict, value), calibrate timeouts ([`calibrate`]), classify failures, token confidence; its [`CaseOutcome`] |
 //! | aggregate | `score` | pass@1, pass@k, pass^k, per-category rates ([`Summary`]); stats, uncertainty (AUROC with CIs), footprint, diversity, following |
-//! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline |
+//! | review | [`snapshot`] | deterministic outcome text asserted with insta; the accepted baseline (`snapshot_origin`: the case file, profile and what changed, in each snapshot's header; `trial`: how each trial ended) |
 //! | tell | [`report`] | terminal table, results JSON, Markdown, JUnit, HTML |
 //! | decide | `gate` | thresholds (and unmeasured cases) into a CI verdict ([`GateFailure`]) |
 //! | run | `run` | the libtest-mimic [`harness`] `tests/codegen.rs` calls, its cargo-nextest mode ([`nextest`]), one [`shard`] of N and [`merge`], profiles into sources, the timeline, and the environment ([`env`], read once at the entry points) |
@@ -21,7 +21,7 @@
 //! [`machine`], `syntax` (tree-sitter-python). Settings come typed from [`config`]
 //! (`harness/codegen.toml`) and [`env`]; a stage reads no environment.
 //! [`provision`] is what comes from PyPI and the per-user cache ([`cache`], [`runtime`], CUDA,
-//! [`models`]). Beside the pipeline: [`import`] (HumanEval as case files), [`doctor`] (whether
+//! [`models`]). Beside the pipeline: [`import`] (HumanEval as case files), [`init`] (a suite set up in the user's own crate), [`doctor`] (whether
 //! a model will work here, and why not) and [`pack`] (models and wheels for an offline machine).
 //! The `codegen` binary (`src/bin/codegen/`) adds the CLI and the benchmarks.
 
@@ -33,6 +33,7 @@ pub mod engine;
 mod evaluate;
 mod gate;
 pub mod import;
+pub mod init;
 pub mod machine;
 mod outcome;
 pub mod pack;
@@ -42,8 +43,10 @@ pub mod report;
 mod run;
 mod score;
 pub mod snapshot;
+mod snapshot_origin;
 mod syntax;
 mod toml_error;
+mod trial;
 
 pub use evaluate::{calibrate, sandbox};
 pub use provision::{cache, models, runtime};

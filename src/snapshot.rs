@@ -195,31 +195,57 @@ fn one_line(s: &str) -> String {
 /// in libtest's `failures:` section under the trial's name, where it cannot interleave with other
 /// trials' output the way insta's own printing from worker threads does (see
 /// [`silence_insta_output`]).
-pub fn assert_matches(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+pub fn assert_matches(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    origin: &crate::snapshot_origin::Origin,
+) -> Result<(), String> {
+    let accepted = dir.join(format!("{name}.snap"));
+    let accepted_text = fs::read_to_string(&accepted).ok();
+    let change = match &accepted_text {
+        Some(file) if snapshot_body(file) == text => None,
+        other => Some(origin.change(other.as_deref())),
+    };
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(dir);
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
-    settings.set_description(format!("codegen-harness outcome of {name}"));
+    settings.set_description(origin.description());
+    settings.set_input_file(&origin.case_file);
+    settings.set_raw_info(&origin.info(change));
     let result = catch_unwind(AssertUnwindSafe(|| {
         settings.bind(|| {
-            insta::assert_snapshot!(name.to_string(), text);
+            // As `insta::assert_snapshot!` does, with the case file as the snapshot's source
+            // (insta would name this file and line, which tell a reviewer nothing and change
+            // from build to build).
+            insta::_macro_support::assert_snapshot(
+                (name.to_string(), text).into(),
+                &origin.root,
+                "codegen",
+                "codegen",
+                &origin.case_file.to_string_lossy(),
+                1,
+                "outcome",
+            )
         })
     }));
-    result.map_err(|_| {
-        let accepted = dir.join(format!("{name}.snap"));
-        match fs::read_to_string(&accepted) {
-            Ok(file) => format!(
-                "outcome differs from the accepted snapshot {}; review with `cargo insta review`\n{}",
-                accepted.display(),
-                outcome_diff(snapshot_body(&file), text)
-            ),
-            Err(_) => format!(
-                "no accepted snapshot yet at {}; review the new outcome with `cargo insta review`\n{}",
-                accepted.display(),
-                outcome_diff("", text)
-            ),
-        }
+    let failed = !matches!(result, Ok(Ok(())));
+    if !failed {
+        return Ok(());
+    }
+    let why = change.map_or("", |c| c.words());
+    Err(match accepted_text {
+        Some(file) => format!(
+            "outcome differs from the accepted snapshot {} ({why}); review with `cargo insta review`\n{}",
+            accepted.display(),
+            outcome_diff(snapshot_body(&file), text)
+        ),
+        None => format!(
+            "no accepted snapshot yet at {}; review the new outcome with `cargo insta review`\n{}",
+            accepted.display(),
+            outcome_diff("", text)
+        ),
     })
 }
 
@@ -301,6 +327,7 @@ pub(crate) mod tests {
             protocol: Default::default(),
             error: None,
             generation_error: false,
+            trial: None,
             samples: vec![SampleOutcome {
                 extraction: Extraction {
                     code: "def f():\n\n    return 1\n".into(),

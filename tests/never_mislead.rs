@@ -74,6 +74,29 @@ fn an_empty_suite_is_a_failure_that_says_why() {
 }
 
 #[test]
+fn a_filtered_run_keeps_the_full_runs_files() {
+    let p = Project::new(&config(
+        "snapshot = false",
+        "[[models]]\nname = \"ref\"\nsource = \"reference\"\n",
+    ));
+    p.write("cases/math/add.toml", GOOD_CASE);
+    p.write("cases/math/plus.toml", &GOOD_CASE.replace("add", "plus"));
+    let (out, text) = p.run(&[], &[]);
+    assert!(out.status.success(), "{text}");
+    let summary = fs::read_to_string(p.path("target/codegen/summary-ref.json")).unwrap();
+    let (out, text) = p.run(&[], &["plus"]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("a filtered run: results go to "), "{text}");
+    assert_eq!(
+        fs::read_to_string(p.path("target/codegen/summary-ref.json")).unwrap(),
+        summary,
+        "the full run's summary was replaced"
+    );
+    let filtered = fs::read_to_string(p.path("target/codegen/filtered/summary-ref.json")).unwrap();
+    assert!(filtered.contains("\"cases\": 1,"), "{filtered}");
+}
+
+#[test]
 fn unmeasured_cases_are_errors_and_fail_the_gate() {
     // The replay file answers one case of two: the other is not a measured 0.
     let p = Project::new(&config(
@@ -95,6 +118,21 @@ fn unmeasured_cases_are_errors_and_fail_the_gate() {
         "{text}"
     );
     assert!(!text.contains("gate: passed"), "{text}");
+    // The run ends with its verdict: per profile (trials, gate, results) and overall.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: Vec<&str> = stdout.trim_end().lines().rev().take(3).collect();
+    assert!(last[2] == "codegen verdict:", "{stdout}");
+    assert!(
+        last[1].starts_with(
+            "  replay: trials 1 passed, 1 failed (1 not measured); gate FAILED: gate failed for model `replay`: 1 of 2 cases could not be measured"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        last[0]
+            .starts_with("  overall: FAILED (1 trial(s) failed; gate failed for replay); results "),
+        "{stdout}"
+    );
     // The measured case is a wrong answer: a measured result, so its trial is ok.
     assert!(shows(&text, "replay::math::add", "ok"), "{text}");
     assert!(shows(&text, "replay::math::plus", "FAILED"), "{text}");
@@ -106,8 +144,16 @@ fn unmeasured_cases_are_errors_and_fail_the_gate() {
     assert_eq!(summary["summary"]["overall"]["errors"], 1);
     // JUnit and Markdown keep the distinction too.
     let junit = fs::read_to_string(p.path("target/codegen/junit-replay.xml")).unwrap();
-    assert!(junit.contains("failures=\"1\" errors=\"1\""), "{junit}");
+    // JUnit's failures are the trials' failures: the wrong answer's trial passed (a measured
+    // result), so it is no failure, and its model verdict is a property.
+    assert!(junit.contains("failures=\"0\" errors=\"1\""), "{junit}");
     assert!(junit.contains("<error message="), "{junit}");
+    assert!(
+        junit.contains(
+            "name=\"math/add\"><properties><property name=\"model_verdict\" value=\"failed: "
+        ),
+        "{junit}"
+    );
     let markdown = fs::read_to_string(p.path("target/codegen/summary-replay.md")).unwrap();
     assert!(
         markdown.contains("**Not measured: 1 case(s)**"),

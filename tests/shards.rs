@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{GOOD_CASE, Project};
+use common::{GOOD_CASE, Project, tiny_model};
 
 /// The files a run writes into its results folder, for `models`.
 fn run_files(models: &[&str]) -> Vec<String> {
@@ -382,4 +382,43 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+#[test]
+fn a_model_answered_from_a_warm_cache_merges_byte_for_byte() {
+    // An ONNX profile: once its generations are cached, neither the unsharded run nor a shard
+    // loads the model, so no load time (which differs from process to process) reaches the
+    // files, and the merged run equals the unsharded one byte for byte.
+    let p = Project::new(&format!(
+        "[suite]\nsnapshot = false\n[generation]\nmax_new_tokens = 6\n[[models]]\nname = \"tiny\"\nsource = \"onnx\"\nmodel = {:?}\ndevice = \"cpu\"\n[models.gate]\nmin_pass_rate = 0.0\n",
+        tiny_model().to_str().unwrap()
+    ));
+    for i in 0..6 {
+        p.write(
+            &format!("cases/math/c{i}.toml"),
+            &GOOD_CASE.replace("add", &format!("add{i}")),
+        );
+    }
+    // Fill the generation cache (a cold cache loads the model and generates).
+    let (out, text) = codegen(p.dir.path(), &["run", "--config", "codegen.toml"], &[]);
+    assert!(out.status.success(), "{text}");
+    assert_sharded_equals_unsharded(
+        p.dir.path(),
+        &p.path("codegen.toml"),
+        &p.path("target/codegen"),
+        &["tiny"],
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.path("target/codegen/summary-tiny.json")).unwrap())
+            .unwrap();
+    let profile = &summary["summary"]["profile"];
+    assert_eq!(
+        profile["load_facts"], "not loaded: every completion came from the generation cache",
+        "{profile}"
+    );
+    assert!(profile["load_ms"].is_null(), "{profile}");
+    assert!(
+        profile["size_on_disk_bytes"].as_u64().unwrap() > 0,
+        "{profile}"
+    );
 }

@@ -147,7 +147,8 @@ pub struct ModelReport {
     /// `config.json`).
     pub layers: Option<u64>,
     pub hidden: Option<u64>,
-    /// Bytes of the graph and its weights (`model.onnx` + `model.onnx.data`).
+    /// Bytes of the model folder's files, as the run's summary, the report and `codegen models
+    /// list` count them (else of the graph and its weights when the folder cannot be read).
     pub size_bytes: Option<u64>,
     /// Weight precision (`config.json` `codegen_export.precision`, else `unknown`).
     pub precision: Option<String>,
@@ -359,7 +360,7 @@ fn diagnose_folder(folder: &Path, options: &DoctorOptions, report: &mut ModelRep
         report.layers = config["num_hidden_layers"].as_u64();
         report.hidden = config["hidden_size"].as_u64();
     }
-    report.size_bytes = snap.weights_bytes();
+    report.size_bytes = crate::engine::folder_size(folder).or_else(|| snap.weights_bytes());
     report.precision = Some(snap.precision());
     for check in checks::STATIC_CHECKS {
         report.push(check(&snap));

@@ -385,7 +385,9 @@ pub enum SourceError {
         line: usize,
         message: String,
     },
-    #[error("no completion for task `{task_id}` in {path}")]
+    #[error(
+        "no completion for task `{task_id}` in {path}; add a row `{{\"task_id\": \"{task_id}\", \"completion\": \"...\"}}` to it"
+    )]
     MissingTask { task_id: String, path: String },
     /// A malformed row whose `task_id` could still be read: it fails that task alone.
     #[error("{path}:{line}: failed to parse the replay row for task `{task_id}`: {message}")]

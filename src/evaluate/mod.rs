@@ -369,6 +369,10 @@ pub struct CaseOutcome {
     /// The error is the completion source's (generation failed), not the case's or sandbox's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub generation_error: bool,
+    /// How the case's trial ended (its snapshot), beside the model's verdict: set by the
+    /// harness once the trial is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<crate::trial::TrialResult>,
 }
 
 impl CaseOutcome {
@@ -383,6 +387,7 @@ impl CaseOutcome {
             samples: Vec::new(),
             error: None,
             generation_error: false,
+            trial: None,
         }
     }
 

@@ -36,7 +36,7 @@ pub fn pairwise(models: &[(String, Verdicts)]) -> String {
     let mut s = String::from("<section id=\"pairwise\"><h2>Model pairs</h2>");
     let pairs = super::compare::pairwise(models);
     if pairs.is_empty() {
-        s.push_str("<p class=\"note\">no two models measured a case in common</p>");
+        s.push_str("<p class=\"note\">no two model profiles measured a case in common (reference and replay profiles are fixtures and are not paired)</p>");
     }
     for (i, j, p) in &pairs {
         let (a, b) = (esc(&models[*i].0), esc(&models[*j].0));

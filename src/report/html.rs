@@ -103,6 +103,7 @@ pub fn render_models(models: &[ModelResults], notes: &[String]) -> String {
     for n in notes {
         s.push_str(n);
     }
+    s.push_str(&verdict::render(models));
     s.push_str("<h2>Models</h2>");
     s.push_str(&model_table::render(models));
     s.push_str(&following(models));
@@ -113,9 +114,15 @@ pub fn render_models(models: &[ModelResults], notes: &[String]) -> String {
         s.push_str(&roc::plot(m));
     }
     s.push_str("</div>");
+    // Pairs of model profiles only: the reference solutions and replayed fixtures (mutants)
+    // are not models, and a pair with them measures the fixtures. They keep their place (the
+    // case links count models by position) with no verdicts, so they pair with nothing.
     let verdicts: Vec<(String, compare::Verdicts)> = models
         .iter()
-        .map(|m| (m.name.clone(), m.verdicts()))
+        .map(|m| match m.summary_field(&["profile", "source"]).as_str() {
+            Some("reference" | "replay") => (m.name.clone(), Default::default()),
+            _ => (m.name.clone(), m.verdicts()),
+        })
         .collect();
     s.push_str(&compare_html::pairwise(&verdicts));
     s.push_str("<h2>Cases</h2>");
@@ -199,3 +206,4 @@ pub fn write_comparison(before: &Path, after: &Path, out: &Path) -> Result<Strin
 
 #[cfg(test)]
 mod tests;
+pub(crate) mod verdict;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 pub mod compare;
 pub mod compare_html;
+pub mod ending;
 pub mod html;
 mod journal;
 pub mod legend;
@@ -197,7 +198,7 @@ pub fn timing_line(t: &crate::score::footprint::TimingStats, profile: Option<&Pr
         let _ = write!(s, "; engine load {}", ms(load));
     }
     if let Some(size) = profile.and_then(|p| p.size_on_disk_bytes) {
-        let _ = write!(s, "; model {} MiB on disk", size >> 20);
+        let _ = write!(s, "; model {} on disk", crate::models::human_bytes(size));
     }
     s
 }
@@ -317,6 +318,13 @@ pub fn markdown(
             b.cases
         );
     }
+    if let Some(t) = &summary.trials {
+        let _ = writeln!(
+            s,
+            "\nTrials (outcome against the accepted snapshots): {}.",
+            t.words()
+        );
+    }
     if let (true, Some(note)) = (gate.is_empty(), gate_note) {
         let _ = writeln!(s, "\nGate: {note}.");
     } else if gate.is_empty() {
@@ -386,13 +394,23 @@ fn xml_escape(s: &str) -> String {
     out
 }
 
-/// JUnit XML for CI systems that display test reports: one test case per case.
+/// JUnit XML for CI systems that display test reports: one test case per trial. JUnit's
+/// failures are the trials' failures (a changed or missing snapshot), so a CI's test view
+/// agrees with the run's exit status: an accepted known failure is not one. Its errors are the
+/// cases that could not be measured. The model's own verdict on each case is the testcase's
+/// `model_verdict` property, and the suite's properties say so. Results recorded without trial
+/// results count the model's wrong answers as failures, as before.
 pub fn junit(model: &str, outcomes: &[CaseOutcome]) -> String {
     let mine: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.model == model).collect();
-    // JUnit's own distinction: an error is a case that could not be measured, a failure a
-    // case the model got wrong.
     let errors = mine.iter().filter(|o| o.error.is_some()).count();
-    let failures = mine.iter().filter(|o| !o.passed()).count() - errors;
+    let trial_failed = |o: &CaseOutcome| match o.trial {
+        Some(t) => !t.passed,
+        None => !o.passed(),
+    };
+    let failures = mine
+        .iter()
+        .filter(|o| o.error.is_none() && trial_failed(o))
+        .count();
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
@@ -400,30 +418,44 @@ pub fn junit(model: &str, outcomes: &[CaseOutcome]) -> String {
         xml_escape(model),
         mine.len()
     );
+    let _ = writeln!(
+        s,
+        "  <properties><property name=\"failures\" value=\"{JUNIT_FAILURES}\"/><property name=\"model_passed\" value=\"{}\"/></properties>",
+        mine.iter().filter(|o| o.passed()).count()
+    );
     for o in mine {
         let _ = write!(
             s,
-            "  <testcase classname=\"{}\" name=\"{}\"",
+            "  <testcase classname=\"{}\" name=\"{}\"><properties><property name=\"model_verdict\" value=\"{}\"/></properties>",
             xml_escape(&format!("{model}::{}", o.category)),
-            xml_escape(&o.key)
+            xml_escape(&o.key),
+            xml_escape(&model_verdict(o))
         );
-        if o.passed() {
-            let _ = writeln!(s, "/>");
-        } else {
-            let element = if o.error.is_some() {
-                "error"
-            } else {
-                "failure"
-            };
-            let _ = writeln!(
-                s,
-                "><{element} message=\"{}\"/></testcase>",
-                xml_escape(&first_failure(o))
-            );
+        if o.error.is_some() {
+            let _ = write!(s, "<error message=\"{}\"/>", xml_escape(&first_failure(o)));
+        } else if trial_failed(o) {
+            let why = o
+                .trial
+                .and_then(|t| t.failure)
+                .map_or("the model's answer failed", |f| f.words());
+            let _ = write!(s, "<failure message=\"{}\"/>", xml_escape(why));
         }
+        let _ = writeln!(s, "</testcase>");
     }
     s.push_str("</testsuite></testsuites>\n");
     s
+}
+
+/// What JUnit's failures count, said in each JUnit file.
+const JUNIT_FAILURES: &str = "trials that failed (outcome differs from its accepted snapshot, or no accepted snapshot); the model's verdict on each case is its model_verdict property";
+
+/// The model's verdict on a case in words: `passed`, `failed: wrong answer ...`, `not measured`.
+fn model_verdict(o: &CaseOutcome) -> String {
+    match (&o.error, o.passed()) {
+        (Some(_), _) => "not measured".into(),
+        (None, true) => "passed".into(),
+        (None, false) => format!("failed: {}", first_failure(o)),
+    }
 }
 
 /// What a run prints for a model after its trials, up to the run's own lines: the table, the
@@ -492,6 +524,8 @@ mod tests {
             uncertainty: None,
             diversity: None,
             following: None,
+            trials: None,
+            config_order: None,
             failures: Default::default(),
             resources: Some(crate::score::Resources {
                 generated_tokens: 1234,

@@ -16,11 +16,9 @@ use super::roc::Score;
 const NA: &str = "n/a";
 
 fn bytes(b: Option<f64>) -> String {
+    // As every other place names a size (`codegen models list`, doctor, the summary).
     match b {
-        Some(b) if b >= 1024.0 * 1024.0 * 1024.0 => {
-            format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
-        }
-        Some(b) => format!("{:.0} MiB", b / (1024.0 * 1024.0)),
+        Some(b) => crate::models::human_bytes(b as u64),
         None => NA.into(),
     }
 }
@@ -253,6 +251,7 @@ pub fn render(models: &[ModelResults]) -> String {
             }),
         ));
     }
+    rows.push(("trials".into(), Box::new(super::html::verdict::trials_cell)));
     rows.push(("gate".into(), Box::new(gate)));
 
     let mut s = String::from("<table id=\"models\" class=\"models\"><tr><th></th>");
@@ -314,17 +313,17 @@ mod tests {
         };
         let html = render(&[full, bare]);
         for want in [
-            "3.00 GiB",
+            "3.0 GiB",
             "1234 ms",
             "150.5",
             "800 ms",
-            "2 MiB",
+            "2.0 MiB",
             "57.3% [49.7, 64.6] (94/164)",
             "100.0% (3/3)",
             "pass@2",
             "pass^2",
             "9/20 (45%), chance 4.25, p = 0.012",
-            "cuda:0: 82 seq, 3980 tok/s, 5.00 GiB<br>cuda:1: 82 seq, 3901 tok/s, 5.00 GiB",
+            "cuda:0: 82 seq, 3980 tok/s, 5.0 GiB<br>cuda:1: 82 seq, 3901 tok/s, 5.0 GiB",
             "<td>50.0%</td>",
             "AUROC mean NLL [CI]",
             "0.700 [0.60, 0.80]",

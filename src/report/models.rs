@@ -17,12 +17,7 @@ const NA: &str = "n/a";
 
 /// `1.2 GiB`, `512 MiB`, `3 KiB`.
 fn bytes(b: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    match b {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / GIB),
-        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
-        b => format!("{} KiB", b.div_ceil(1024)),
-    }
+    crate::models::human_bytes(b)
 }
 
 /// `850 ms`, `2.1 s`.

@@ -31,6 +31,7 @@ fn summary(
         precision: Some(precision.into()),
         size_on_disk_bytes: Some(3 << 29),
         load_ms: Some(2150.0),
+        load_facts: Some("loaded by this run".into()),
     });
     s.timing = Some(TimingStats {
         samples: 3,
@@ -70,7 +71,7 @@ fn one_row_per_profile_and_a_precision_comparison() {
         "420 ms",
         "31.2",
         "1.8 s",
-        "900 MiB",
+        "900.0 MiB",
         "33.3% [6.1, 79.2]",
         "100.0%",
     ] {
@@ -113,7 +114,7 @@ fn one_row_per_profile_and_a_precision_comparison() {
     );
     assert!(
         md.contains(
-            "| q-native | native | 100.0% [43.9, 100.0] | 100.0% | 1.8 s | 31.2 | 900 MiB | n/a |"
+            "| q-native | native | 100.0% [43.9, 100.0] | 100.0% | 1.8 s | 31.2 | 900.0 MiB | n/a |"
         ),
         "{md}"
     );
@@ -129,8 +130,8 @@ fn nothing_for_a_single_profile() {
 #[test]
 fn sizes_and_times_read_naturally() {
     assert_eq!(bytes(3 << 29), "1.5 GiB");
-    assert_eq!(bytes(900 << 20), "900 MiB");
-    assert_eq!(bytes(1500), "2 KiB");
+    assert_eq!(bytes(900 << 20), "900.0 MiB");
+    assert_eq!(bytes(1500), "1.5 KiB");
     assert_eq!(ms(999.4), "999 ms");
     assert_eq!(ms(2150.0), "2.1 s");
 }

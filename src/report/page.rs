@@ -143,26 +143,16 @@ pub(crate) fn case_block(c: &Json, id_prefix: &str) -> String {
         s.push_str("<ul>");
         for t in sample["tests"].as_array().into_iter().flatten() {
             let verdict = t["verdict"].as_str().unwrap_or("?");
-            let detail = match verdict {
-                "wrong_answer" => format!(
-                    "got {}, expected {}",
-                    t["got"].as_str().unwrap_or(""),
-                    t["expected"].as_str().unwrap_or("")
-                ),
-                "raised" | "wrong_exception" => format!(
-                    "{}: {}",
-                    t["error"]["exc_type"].as_str().unwrap_or(""),
-                    t["error"]["message"].as_str().unwrap_or("")
-                ),
-                _ => String::new(),
-            };
+            // In words, as the snapshots say it (`wrong answer: got 3, expected 2`).
+            let words = serde_json::from_value::<crate::evaluate::verdict::TestResult>(t.clone())
+                .map(|r| r.verdict.describe())
+                .unwrap_or_else(|_| verdict.replace('_', " "));
             let _ = write!(
                 s,
-                "<li class=\"{}\"><code>{}</code> &rarr; {} {}</li>",
+                "<li class=\"{}\"><code>{}</code> &rarr; {}</li>",
                 if verdict == "passed" { "pass" } else { "fail" },
                 esc(t["label"].as_str().unwrap_or("")),
-                esc(verdict),
-                esc(&detail)
+                esc(&words)
             );
         }
         s.push_str("</ul>");

@@ -78,7 +78,8 @@ impl ModelResults {
     }
 }
 
-/// Read every model's summary and results in `dir`, sorted by model name.
+/// Read every model's summary and results in `dir`, in the config's order (by model name
+/// where the summaries do not record it).
 pub fn load(dir: &Path) -> Result<Vec<ModelResults>, ReadError> {
     let err = |message: String| ReadError {
         dir: dir.to_path_buf(),
@@ -127,6 +128,12 @@ pub fn load(dir: &Path) -> Result<Vec<ModelResults>, ReadError> {
             cases,
         });
     }
+    // In the config's order where the summaries record it (stable: by name otherwise).
+    out.sort_by_key(|m| {
+        m.summary_field(&["config_order"])
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    });
     Ok(out)
 }
 

@@ -18,6 +18,7 @@ use crate::engine::{AcceptedOutput, CompletionSource};
 use crate::evaluate::{CaseOutcome, Evaluator};
 use crate::gate::{self, Baseline};
 use crate::prompt::Prompt;
+use crate::report::ending::{self, GateEnd, ProfileEnd};
 use crate::report::{self, Journal};
 use crate::run::env::Env;
 use crate::run::profile::{self, Loading, ProfileError};
@@ -26,6 +27,7 @@ use crate::run::timeline::{Timed, Timeline};
 use crate::score::Summary;
 use crate::score::footprint::Profile;
 use crate::snapshot;
+use crate::trial::{TrialFailure, TrialResult};
 
 mod accepted;
 mod prepare;
@@ -33,7 +35,7 @@ mod process;
 mod shard_manifest;
 
 use accepted::AcceptedRuns;
-pub(crate) use prepare::{prepare_sources, warm_evaluator};
+pub(crate) use prepare::{prepare_sources, wait_for_generation, warm_evaluator};
 pub(crate) use process::{quiet_snapshot_panics, stop_when_parent_is_gone};
 
 /// A profile's source, opened on first use (the error is shared by every trial that needs it).
@@ -237,30 +239,56 @@ impl Harness {
                     samples: Vec::new(),
                     error: Some(e.to_string()),
                     generation_error: false,
+                    trial: Some(TrialResult::failed(TrialFailure::NotMeasured)),
                 });
                 return Err(e.to_string().into());
             }
         };
-        let outcome = self.evaluate(m, case);
-        self.record(outcome.clone());
+        let mut outcome = self.evaluate(m, case);
+        let (trial, result) = self.judge_trial(m, c, case, &outcome);
+        outcome.trial = Some(trial);
+        self.record(outcome);
+        result.map_err(Failed::from)
+    }
+
+    /// Whether the trial of `outcome` passes: its snapshot matches (an accepted known failure
+    /// passes), or without snapshots, the case was measured.
+    fn judge_trial(
+        &self,
+        m: usize,
+        c: usize,
+        case: &Case,
+        outcome: &CaseOutcome,
+    ) -> (TrialResult, Result<(), String>) {
         if let Some(e) = &outcome.error {
             // A harness-level failure (source, expected values) is never an accepted outcome.
-            return Err(format!("failed to evaluate {}: {e}", case.key).into());
-        }
-        if self.config.suite.snapshot {
-            let dir = snapshot::snapshot_dir(
-                &self.config.resolve(&self.config.suite.snapshots),
-                &model.name,
+            return (
+                TrialResult::failed(TrialFailure::NotMeasured),
+                Err(format!("failed to evaluate {}: {e}", case.key)),
             );
-            snapshot::assert_matches(
-                &dir,
-                &snapshot::snapshot_name(&case.key),
-                &snapshot::render(&outcome),
-            )?;
         }
-        // Without snapshots a run is a measurement: a wrong answer is a measured result for
-        // the summary, and the gate gives the verdict.
-        Ok(())
+        if !self.config.suite.snapshot {
+            // Without snapshots a run is a measurement: a wrong answer is a measured result for
+            // the summary, and the gate gives the verdict.
+            return (TrialResult::PASSED, Ok(()));
+        }
+        let dir = snapshot::snapshot_dir(
+            &self.config.resolve(&self.config.suite.snapshots),
+            &self.models[m].name,
+        );
+        let name = snapshot::snapshot_name(&case.key);
+        let existed = dir.join(format!("{name}.snap")).is_file();
+        let origin = crate::snapshot_origin::origin(
+            &self.config.root,
+            &self.cases[c].path,
+            &case.key,
+            &self.models[m].name,
+        );
+        match snapshot::assert_matches(&dir, &name, &snapshot::render(outcome), &origin) {
+            Ok(()) => (TrialResult::PASSED, Ok(())),
+            Err(e) if existed => (TrialResult::failed(TrialFailure::SnapshotMismatch), Err(e)),
+            Err(e) => (TrialResult::failed(TrialFailure::NoSnapshot), Err(e)),
+        }
     }
 
     fn record(&self, outcome: CaseOutcome) {
@@ -334,7 +362,12 @@ impl Harness {
     /// What each device's session of model `m` generated (empty unless it generated).
     fn devices(&self, m: usize) -> Vec<crate::outcome::DeviceUsage> {
         match self.sources[m].get() {
-            Some(Ok(source)) => source.devices(),
+            // A session that generated nothing (every answer cached) has nothing to say.
+            Some(Ok(source)) => source
+                .devices()
+                .into_iter()
+                .filter(|d| d.sequences > 0)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -360,6 +393,7 @@ impl Harness {
         let isolation = isolation.to_string();
         let mut ok = true;
         let mut summaries = Vec::new();
+        let mut ends = Vec::new();
         for (m, model) in self.models.iter().enumerate() {
             let ran: Vec<&CaseOutcome> =
                 outcomes.iter().filter(|o| o.model == model.name).collect();
@@ -367,60 +401,59 @@ impl Harness {
                 continue;
             }
             let mut summary = Summary::of(&model.name, &outcomes);
+            summary.config_order = Some(m);
             summary.devices = self.devices(m);
             summary.profile = Some(self.profile(m));
             let baseline = self.baseline(model, &ran);
-            print!(
-                "{}",
-                report::conclusion(&summary, baseline, &ran, &isolation)
-            );
-            // Per session, only when a profile spreads over several (one is the resources line).
-            if summary.devices.len() > 1 {
-                for d in &summary.devices {
-                    println!("  session {d}");
-                }
-            }
-            println!("  {}", self.timeline.line());
-            let source_warnings = self.source_warnings(m);
-            for w in &source_warnings {
-                println!("  warning: {w}");
-            }
+            let source_warnings = self.print_profile(m, &summary, baseline, &ran, &isolation);
             if let Some(shard) = self.shard {
                 let note = format!(
                     "shard {shard}: {} of the suite's {} cases; partial summary, not gated (`codegen merge` gates the merged shards)",
                     ran.len(),
                     self.cases.len()
                 );
-                match self.journal.complete_shard(
+                let written = written(
+                    self.journal.complete_shard(
+                        &summary,
+                        &outcomes,
+                        &isolation,
+                        baseline,
+                        &source_warnings,
+                        &note,
+                    ),
+                    &mut ok,
+                );
+                println!("  {note}");
+                ends.push(ProfileEnd {
+                    model: model.name.clone(),
+                    trials: summary.trials,
+                    gate: GateEnd::NotGated,
+                    results: written,
+                });
+                continue;
+            }
+            let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
+            let written = written(
+                self.journal.complete(
                     &summary,
                     &outcomes,
                     &isolation,
                     baseline,
+                    &verdict,
                     &source_warnings,
-                    &note,
-                ) {
-                    Ok(path) => println!("  results: {}", path.display()),
-                    Err(e) => ok &= results_not_written(&e),
-                }
-                println!("  {note}");
-                continue;
-            }
-            let verdict = gate::judge(&summary, self.config.gate_for(model), baseline);
-            match self.journal.complete(
-                &summary,
-                &outcomes,
-                &isolation,
-                baseline,
-                &verdict,
-                &source_warnings,
-            ) {
-                Ok(path) => println!("  results: {}", path.display()),
-                Err(e) => ok &= results_not_written(&e),
-            }
+                ),
+                &mut ok,
+            );
             ok &= verdict.failures.is_empty();
             for line in report::gate_lines(&verdict) {
                 println!("  {line}");
             }
+            ends.push(ProfileEnd {
+                model: model.name.clone(),
+                trials: summary.trials,
+                gate: GateEnd::of(&verdict),
+                results: written,
+            });
             summaries.push(summary);
         }
         if summaries.len() >= 2 {
@@ -434,7 +467,45 @@ impl Harness {
         if let Some(shard) = self.shard {
             ok &= self.write_manifest(shard, &outcomes, &isolation, failed_trials);
         }
+        self.print_ending(ends);
         ok
+    }
+
+    /// Print profile `m`'s table, sessions, timeline and its source's warnings (returned).
+    fn print_profile(
+        &self,
+        m: usize,
+        summary: &Summary,
+        baseline: Option<Baseline>,
+        ran: &[&CaseOutcome],
+        isolation: &str,
+    ) -> Vec<String> {
+        print!("{}", report::conclusion(summary, baseline, ran, isolation));
+        // Per session, only when a profile spreads over several (one is the resources line).
+        if summary.devices.len() > 1 {
+            for d in &summary.devices {
+                println!("  session {d}");
+            }
+        }
+        // Nothing to say when no trial ran here (`codegen finish`: the test processes did).
+        if let Some(line) = self.timeline.line_if_any() {
+            println!("  {line}");
+        }
+        let source_warnings = self.source_warnings(m);
+        for w in &source_warnings {
+            println!("  warning: {w}");
+        }
+        source_warnings
+    }
+
+    /// The run's last lines ([`ending::lines`]), paths as the user's commands name them:
+    /// relative to the project root.
+    fn print_ending(&self, mut ends: Vec<ProfileEnd>) {
+        let rel = |p: &Path| p.strip_prefix(&self.config.root).unwrap_or(p).to_path_buf();
+        for end in &mut ends {
+            end.results = end.results.as_deref().map(rel);
+        }
+        print!("{}", ending::lines(&ends, &rel(self.journal.dir()), None));
     }
 
     /// Profile `m` as run: its configured facts, and what its source described and measured
@@ -449,11 +520,66 @@ impl Harness {
     }
 }
 
+/// The summary file a profile's results were written to (said on its `results:` line), or
+/// `None` when they could not be, which fails the run (`ok`).
+fn written(
+    result: Result<PathBuf, crate::provision::cache::FileError>,
+    ok: &mut bool,
+) -> Option<PathBuf> {
+    match result {
+        Ok(path) => {
+            println!("  results: {}", path.display());
+            Some(path)
+        }
+        Err(e) => {
+            *ok &= results_not_written(&e);
+            None
+        }
+    }
+}
+
 /// A run whose results could not be written fails (a green run that wrote nothing would be
 /// read as a measurement): say so, naming the file. Returns false.
 fn results_not_written(e: &crate::provision::cache::FileError) -> bool {
     eprintln!("error: {e}; the run fails because its results were not written");
     false
+}
+
+/// Where, under the results folder, a run of part of the suite (a libtest filter or `--skip`)
+/// writes its files, so the full run's summaries are not replaced by a few cases'.
+pub const FILTERED_DIR: &str = "filtered";
+
+impl Harness {
+    /// A run of part of the suite (not a shard's, not a nextest process's) writes its files
+    /// beside the full run's, under [`FILTERED_DIR`], instead of replacing them.
+    pub(crate) fn write_filtered_apart(&mut self, args: &Arguments) {
+        if args.list || self.env.nextest.is_some() || self.shard.is_some() || !self.filtered(args) {
+            return;
+        }
+        let dir = self.journal.dir().join(FILTERED_DIR);
+        eprintln!(
+            "codegen: a filtered run: results go to {} (the full run's files are kept)",
+            dir.display()
+        );
+        self.journal = Journal::new(&dir);
+    }
+
+    /// Whether libtest's filter leaves out some of this run's trials but not all of them.
+    fn filtered(&self, args: &Arguments) -> bool {
+        let (mut selected_any, mut left_out) = (false, false);
+        for model in &self.models {
+            for case in &self.cases {
+                if self.shard.is_some_and(|s| !s.contains(&case.key)) {
+                    continue;
+                }
+                match selected(args, &Self::trial_name(model, case)) {
+                    true => selected_any = true,
+                    false => left_out = true,
+                }
+            }
+        }
+        selected_any && left_out
+    }
 }
 
 /// Does libtest's filter select `name`?
@@ -520,10 +646,10 @@ impl RunOptions {
             config: env.config.clone(),
             models: env.models.clone(),
             shard: env.shard,
-            loading: match env.nextest {
-                Some(_) => Loading::Lazy,
-                None => Loading::Eager,
-            },
+            // Lazily everywhere: a run whose generations are all cached loads no model, so
+            // its files do not depend on whether (or how fast) a model was loaded, and merged
+            // shards equal an unsharded run. A miss loads the model for the whole batch.
+            loading: Loading::Lazy,
             env,
         }
     }

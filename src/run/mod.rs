@@ -71,13 +71,15 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     snapshot::silence_insta_output(options.env.insta_output_set);
     quiet_snapshot_panics();
     stop_when_parent_is_gone();
-    let harness = match Harness::load(options) {
-        Ok(h) => Arc::new(h),
+    let mut harness = match Harness::load(options) {
+        Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(101);
         }
     };
+    harness.write_filtered_apart(&args);
+    let harness = Arc::new(harness);
     let (trials, requests) = trials(&harness, &args);
     let measures = !args.list && (!requests.is_empty() || harness.shard.is_some());
     let _results_lock = match measures && harness.env.nextest.is_none() {
@@ -93,6 +95,9 @@ pub fn run(options: &RunOptions, args: Arguments) -> ExitCode {
     if !args.list {
         prepare_sources(&harness, &requests);
         warm_evaluator(&harness, &requests);
+        if args.test_threads == Some(1) {
+            harness::wait_for_generation(&harness, &requests);
+        }
     }
     if !args.list
         && let Some(why) = harness.nothing_to_measure()

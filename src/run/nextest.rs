@@ -185,6 +185,33 @@ pub fn run_dirs(given: &[PathBuf]) -> Result<Vec<PathBuf>, NextestError> {
     Ok(dirs)
 }
 
+/// After a finish: remove the `nextest-<run id>` folders beside the finished ones that are
+/// older than all of them (runs superseded by the one just finished), so they do not pile up
+/// under the results folder. Returns the folders removed; one that cannot be removed is kept.
+pub fn prune_older_runs(finished: &[PathBuf]) -> Vec<PathBuf> {
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(oldest) = finished.iter().filter_map(|d| modified(d)).min() else {
+        return Vec::new();
+    };
+    let parents: std::collections::BTreeSet<&Path> =
+        finished.iter().filter_map(|d| d.parent()).collect();
+    let mut removed = Vec::new();
+    for parent in parents {
+        for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let is_run = entry.file_name().to_string_lossy().starts_with("nextest-");
+            if !is_run || !path.is_dir() || finished.contains(&path) {
+                continue;
+            }
+            if modified(&path).is_some_and(|m| m < oldest) && fs::remove_dir_all(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed.sort();
+    removed
+}
+
 /// Every record under the run folders `dirs`.
 fn read_records(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, TrialRecord)>, NextestError> {
     let mut records = Vec::new();
@@ -407,6 +434,26 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finishing_removes_older_runs_beside_the_finished_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = |name: &str, age_s: u64| {
+            let d = tmp.path().join(name);
+            fs::create_dir_all(d.join("m")).unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+            fs::File::open(&d).unwrap().set_modified(t).unwrap();
+            d
+        };
+        let old = run("nextest-old", 3600);
+        let a = run("nextest-a", 60);
+        let b = run("nextest-b", 30);
+        let newer = run("nextest-newer", 0);
+        let other = tmp.path().join("shard-1-of-2");
+        fs::create_dir_all(&other).unwrap();
+        assert_eq!(prune_older_runs(&[a.clone(), b.clone()]), vec![old.clone()]);
+        assert!(!old.exists() && a.exists() && b.exists() && newer.exists() && other.exists());
+    }
 
     #[test]
     fn record_paths_keep_the_case_id_readable() {

@@ -76,8 +76,16 @@ impl Timeline {
 
     /// "timeline: setup 1.9 s, last completion at 6.1 s, last verdict at 15.8 s; slowest to
     /// score: humaneval/HumanEval_1 9.8 s".
+    #[cfg(test)]
     pub fn line(&self) -> String {
         render(&self.with(|m| m.clone()))
+    }
+
+    /// [`Timeline::line`], or `None` when nothing was marked.
+    pub fn line_if_any(&self) -> Option<String> {
+        let m = self.with(|m| m.clone());
+        let empty = m.setup.is_none() && m.last_completion.is_none() && m.last_verdict.is_none();
+        (!empty).then(|| render(&m))
     }
 }
 

@@ -28,6 +28,10 @@ pub struct Profile {
     pub size_on_disk_bytes: Option<u64>,
     /// Wall time to load the model into the engine, in milliseconds.
     pub load_ms: Option<f64>,
+    /// Where the load facts come from: `loaded by this run`, or why there are none
+    /// (`not loaded: every completion came from the generation cache`). An ONNX profile only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_facts: Option<String>,
 }
 
 impl Profile {
@@ -60,14 +64,28 @@ impl Profile {
                 Some(precision.to_string()),
             ),
         };
+        let onnx = source == "onnx";
+        // A model answered from the generation cache was not loaded: its folder's size is
+        // still known (the lazy source reads it), its load time is not.
+        let described_size = || {
+            describe
+                .get("size_on_disk_bytes")
+                .and_then(|b| b.parse().ok())
+        };
         Profile {
             name: profile.name.clone(),
             source: source.to_string(),
             model,
             device,
             precision,
-            size_on_disk_bytes: load.and_then(|l| l.size_on_disk_bytes),
+            size_on_disk_bytes: load.map_or_else(described_size, |l| l.size_on_disk_bytes),
             load_ms: load.map(|l| l.load_ms),
+            load_facts: match (onnx, load, describe.get("loaded")) {
+                (false, _, _) => None,
+                (true, Some(_), _) => Some("loaded by this run".into()),
+                (true, None, Some(why)) => Some(format!("not loaded: {why}")),
+                (true, None, None) => None,
+            },
         }
     }
 }
@@ -201,6 +219,22 @@ mod tests {
         assert_eq!(p.device.as_deref(), Some("cuda"));
         assert_eq!(p.precision.as_deref(), Some("int4"));
         assert_eq!((p.size_on_disk_bytes, p.load_ms), (Some(99), Some(1234.5)));
+        assert_eq!(p.load_facts.as_deref(), Some("loaded by this run"));
+        // Answered from the cache: the folder's size, no load time, and why.
+        let describe = [
+            (
+                "loaded".to_string(),
+                "every completion came from the generation cache".to_string(),
+            ),
+            ("size_on_disk_bytes".to_string(), "99".to_string()),
+        ]
+        .into();
+        let p = Profile::of(&onnx, &describe, None);
+        assert_eq!((p.size_on_disk_bytes, p.load_ms), (Some(99), None));
+        assert_eq!(
+            p.load_facts.as_deref(),
+            Some("not loaded: every completion came from the generation cache")
+        );
         // Not opened yet: the configured device.
         let p = Profile::of(&onnx, &BTreeMap::new(), None);
         assert_eq!((p.device.as_deref(), p.load_ms), (Some("auto"), None));

@@ -113,6 +113,12 @@ pub struct Summary {
     /// How greedy generations followed their accepted outputs through near ties.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub following: Option<following::Following>,
+    /// The profile's place in the config (reports list profiles in this order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_order: Option<usize>,
+    /// How the profile's trials ended (their snapshots), when the run recorded them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trials: Option<crate::trial::TrialCounts>,
 }
 
 /// What generating the run's completions used: tokens, and the peak memory of the process on
@@ -164,6 +170,8 @@ impl Summary {
             resources: Resources::of(mine.clone()),
             diversity: Diversity::of(mine.clone()),
             following: following::Following::of(mine.clone()),
+            config_order: None,
+            trials: crate::trial::TrialCounts::of(mine.clone().map(|o| o.trial)),
             failures: FailureCounts::of(mine),
             devices: Vec::new(),
         }

@@ -89,3 +89,36 @@ pub fn shows(text: &str, name: &str, status: &str) -> bool {
             .is_some_and(|(n, st)| n.trim_end() == name && st.trim() == status)
     })
 }
+
+/// The tiny ONNX test model's folder (built once into the cache, as tests/engine.rs builds it).
+pub fn tiny_model() -> PathBuf {
+    use codegen_harness::cache::DirLock;
+    use codegen_harness::provision::{Provisioner, TINY_MODELS_VENV};
+    use sha2::{Digest, Sha256};
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/harness/python/make_tiny_models.py"
+    );
+    let env = codegen_harness::Env::from_process().expect("a valid environment");
+    let tag: String = Sha256::digest(fs::read(script).unwrap())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = env.cache.join("test-models").join(format!("tiny-{tag}"));
+    let _lock = DirLock::acquire(&dir).unwrap();
+    if !dir.join("genai").join("model.onnx").exists() {
+        let python = Provisioner::from_env(&env)
+            .venv(&TINY_MODELS_VENV, &|msg| eprintln!("{msg}"))
+            .expect("the tiny-models venv")
+            .python;
+        let out = Command::new(python)
+            .arg(script)
+            .arg("build")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    dir.join("genai")
+}

@@ -50,6 +50,20 @@ enum Commands {
         #[arg(last = true)]
         libtest_args: Vec<String>,
     },
+    /// Set up a suite in your own crate: tests/codegen.rs, its [[test]] entry and the
+    /// dev-dependency in Cargo.toml, an optimised dev profile for dependencies, a starter
+    /// harness/codegen.toml and one case. Existing files are kept.
+    Init {
+        /// The crate's folder (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Depend on codegen-harness from this git repository instead of this build's source.
+        #[arg(long, conflicts_with = "path")]
+        git: Option<String>,
+        /// Depend on codegen-harness at this path (default: the source this binary was built from).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
     /// Write a benchmark's problems as case files.
     Import {
         #[command(subcommand)]
@@ -286,6 +300,28 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 std::iter::once("codegen run".to_string()).chain(libtest_args),
             );
             return Ok(codegen_harness::harness::run(&options, args));
+        }
+        Commands::Init { dir, git, path } => {
+            let dependency = match (git, path) {
+                (Some(url), _) => format!("{{ git = {url:?} }}"),
+                (None, path) => {
+                    let path = path.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+                    format!("{{ path = {:?} }}", path.display().to_string())
+                }
+            };
+            let done = codegen_harness::init::init(&dir, &dependency)?;
+            for p in &done.written {
+                println!("wrote {}", p.display());
+            }
+            for p in &done.kept {
+                println!("kept {} (exists)", p.display());
+            }
+            for m in &done.manifest {
+                println!("added to Cargo.toml: {m}");
+            }
+            println!(
+                "\nnext: cargo test --test codegen   (first run: the suite fails until its snapshots are accepted:\n      INSTA_UPDATE=always cargo test --test codegen, or cargo insta review)"
+            );
         }
         Commands::Import {
             suite: ImportSuite::Humaneval { out, mode, python },

@@ -10,6 +10,7 @@ use clap::Args;
 use codegen_harness::env::Env;
 use codegen_harness::merge;
 use codegen_harness::report;
+use codegen_harness::report::ending::{self, GateEnd, ProfileEnd};
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -65,7 +66,19 @@ pub fn run(args: MergeArgs, env: Env) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    println!("report: {}", out.join("report.html").display());
+    let ends: Vec<ProfileEnd> = merged
+        .models
+        .iter()
+        .zip(&written)
+        .map(|(m, path)| ProfileEnd {
+            model: m.summary.model.clone(),
+            trials: m.summary.trials,
+            gate: GateEnd::of(&m.verdict),
+            results: Some(path.clone()),
+        })
+        .collect();
+    let report = out.join("report.html");
+    print!("{}", ending::lines(&ends, &out, Some(&report)));
     Ok(if merged.passed() {
         ExitCode::SUCCESS
     } else {

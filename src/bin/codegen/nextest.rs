@@ -106,6 +106,13 @@ pub fn finish(args: FinishArgs, env: Env) -> anyhow::Result<ExitCode> {
             n => format!("; {n} failed (snapshot mismatches or errors: see nextest's output)"),
         }
     );
+    let removed = nextest::prune_older_runs(&dirs);
+    if !removed.is_empty() {
+        println!(
+            "codegen: removed {} older nextest run folder(s) beside the finished one(s)",
+            removed.len()
+        );
+    }
     Ok(match finished.passed {
         true => ExitCode::SUCCESS,
         false => ExitCode::from(101),

@@ -253,7 +253,11 @@ impl CompletionSource for LazyOnnxSource {
             ("seed", self.options.settings.seed.to_string()),
             (
                 "loaded",
-                "no (every completion from the generation cache)".into(),
+                "every completion came from the generation cache".into(),
+            ),
+            (
+                "size_on_disk_bytes",
+                crate::engine::folder_size(&self.dir).map_or_else(String::new, |b| b.to_string()),
             ),
         ]
         .into_iter()

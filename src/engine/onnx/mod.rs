@@ -31,6 +31,7 @@ mod head;
 mod kv;
 mod lazy;
 pub(crate) mod model;
+mod progress;
 mod sampling;
 mod scheduler;
 pub(crate) mod session;

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ use super::error::EngineError;
 use super::follow::Guide;
 use super::gencache::GenerationCache;
 use super::model::{Footprint, Model};
+use super::progress::Progress;
 use super::sampling::Sampler;
 use crate::device::Provider;
 use crate::engine::{Completion, DeviceUsage, GenerationSettings, Request};
@@ -203,13 +204,6 @@ impl Drop for Running<'_> {
         *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         self.0.idle.notify_all();
     }
-}
-
-/// The progress bar and token count every session's batches report to.
-struct Progress {
-    bar: indicatif::ProgressBar,
-    started: Instant,
-    tokens: AtomicU64,
 }
 
 /// A request's cache keys (one per sample) and the jobs of its distinct keys, its prompt
@@ -462,23 +456,8 @@ impl Scheduler {
         {
             limits.budget_bytes = limits.budget_bytes.min(now);
         }
-        let bar = if self.progress && todo.len() > 1 {
-            let bar = indicatif::ProgressBar::new(todo.len() as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "generating {bar:30} {pos}/{len} sequences, {msg} ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        let progress = Progress {
-            bar,
-            started: Instant::now(),
-            tokens: AtomicU64::new(0),
-        };
+        let budgets: Vec<usize> = todo.iter().map(|(_, j)| j.max_new).collect();
+        let progress = Progress::new(&budgets, self.progress);
         let generated = todo.len() as u64;
         todo.sort_by(|a, b| {
             a.1.prompt_ids
@@ -521,11 +500,11 @@ impl Scheduler {
             }
         }
         *self.generated.lock().expect("counter lock") += generated;
-        progress.bar.finish_and_clear();
+        progress.finish();
     }
 
     /// Hand one sequence's result to its waiting callers (and the cache, when it is one).
-    fn publish(&self, key: &str, result: Result<Completion, EngineError>, progress: &Progress) {
+    fn publish(&self, key: &str, result: Result<Completion, EngineError>) {
         if let Ok(done) = &result {
             self.cache.put(key, done);
         }
@@ -535,7 +514,6 @@ impl Scheduler {
             st.done.insert(key.to_string(), result);
         }
         self.finished.notify_all();
-        progress.bar.inc(1);
     }
 
     /// Generate one batch on session `session`, publishing each row as it finishes.
@@ -550,15 +528,13 @@ impl Scheduler {
             // the batch's longer rows are still generating.
             let mut on_done = |r: usize, out: Completion| {
                 handed[r] = true;
-                self.publish(&chunk[r].0, Ok(out), progress);
+                let generated = out.timing.as_ref().map_or(0, |t| t.generated_tokens);
+                progress.row_done(generated, chunk[r].1.max_new);
+                self.publish(&chunk[r].0, Ok(out));
             };
             let mut on_token = || {
                 tokens += 1;
-                let all = progress.tokens.fetch_add(1, Ordering::Relaxed) + 1;
-                if all.is_multiple_of(16) {
-                    let rate = all as f64 / progress.started.elapsed().as_secs_f64().max(1e-9);
-                    progress.bar.set_message(format!("{rate:.1} tok/s"));
-                }
+                progress.token();
             };
             // A panic must not leave `complete` callers waiting forever.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -597,6 +573,13 @@ impl Scheduler {
             let e = result.err().unwrap_or_else(|| {
                 EngineError::Generate("the batch ended without this sequence".into())
             });
+            for key in &failed {
+                let max_new = chunk
+                    .iter()
+                    .find(|(k, _)| k == *key)
+                    .map_or(0, |(_, j)| j.max_new);
+                progress.row_done(0, max_new);
+            }
             let mut st = self.results.lock().expect("scheduler lock");
             for key in &failed {
                 st.pending.remove(*key);
@@ -604,7 +587,6 @@ impl Scheduler {
             }
             drop(st);
             self.finished.notify_all();
-            progress.bar.inc(failed.len() as u64);
         }
     }
 }

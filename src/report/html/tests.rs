@@ -128,3 +128,48 @@ fn six_models_of_humaneval_stay_under_ten_megabytes() {
     assert_eq!(html.matches("<pre class=\"heat\">").count(), 6 * 164);
     assert_eq!(html.matches("<svg class=\"roc\"").count(), 6);
 }
+
+#[test]
+fn profiles_in_config_order_with_their_verdicts_first_and_only_models_paired() {
+    let dir = tempfile::tempdir().unwrap();
+    // (name, source, config order): alphabetical order would put `b-model` before `mutants`.
+    for (name, source, order) in [
+        ("reference", "reference", 0),
+        ("mutants", "replay", 1),
+        ("z-model", "onnx", 2),
+        ("b-model", "onnx", 3),
+    ] {
+        let summary = json!({"summary": {"model": name, "config_order": order,
+            "profile": {"name": name, "source": source},
+            "trials": {"passed": 2, "failed": 0},
+            "overall": {"cases": 2, "passed": 1, "pass_rate": 0.5, "syntax_valid_rate": 1.0},
+            "categories": {}}, "gate_failures": []});
+        fs::write(
+            dir.path().join(format!("summary-{name}.json")),
+            summary.to_string(),
+        )
+        .unwrap();
+        let cases = format!(
+            "{}\n{}\n",
+            json!({"key": "a/1", "samples": [{"passed": true, "tests": []}], "error": null}),
+            json!({"key": "a/2", "samples": [{"passed": name == "z-model", "tests": []}], "error": null})
+        );
+        fs::write(dir.path().join(format!("results-{name}.jsonl")), cases).unwrap();
+    }
+    let html = render(dir.path()).unwrap();
+    let at = |s: &str| html.find(s).unwrap_or_else(|| panic!("{s}"));
+    // The verdicts come before the tables.
+    assert!(at("<ul id=\"verdict\">") < at("<table id=\"models\""));
+    assert!(html.contains("<li><b>mutants</b>: trials <span class=\"pass\">2 passed, 0 failed</span>; gate <span class=\"pass\">passed</span></li>"), "{html}");
+    // Columns in the config's order.
+    let header = &html[at("<table id=\"models\"")..];
+    let col = |n: &str| header.find(&format!(">{n}</th>")).unwrap();
+    assert!(
+        col("reference") < col("mutants")
+            && col("mutants") < col("z-model")
+            && col("z-model") < col("b-model")
+    );
+    // Model pairs: the two models only, not the fixtures.
+    assert_eq!(html.matches("<div class=\"pair\">").count(), 1, "{html}");
+    assert!(html.contains("<h3>z-model vs b-model</h3>"), "{html}");
+}

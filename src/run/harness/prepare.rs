@@ -76,3 +76,20 @@ pub(crate) fn prepare_sources(harness: &Harness, requests: &[(usize, usize)]) {
         }
     }
 }
+
+/// Wait until every selected request's completions exist. With `--test-threads 1` libtest
+/// writes `test name ... ` before a trial and its verdict after it, so a progress line written
+/// while the first trial waits for its completion would finish libtest's half line: the trials
+/// start once generation has ended instead (with one thread they score one at a time anyway).
+pub(crate) fn wait_for_generation(harness: &Harness, requests: &[(usize, usize)]) {
+    for &(m, c) in requests {
+        let (Ok(source), Ok(case)) = (harness.source(m), &harness.cases[c].case) else {
+            continue;
+        };
+        let prompt = Prompt::for_case_with(case, &harness.models[m].prompt);
+        let accepted = harness.accepted(m, case);
+        let request = Request::new(case, &prompt, harness.samples(m), accepted.as_ref());
+        // The trial asks again and reports any error; here it only waits.
+        let _ = source.complete(&request);
+    }
+}

@@ -204,6 +204,7 @@ pub fn merge(shards: &[ShardRun]) -> Merged {
                 .collect();
             outcomes.sort_by(|a, b| a.key.cmp(&b.key));
             let mut summary = Summary::of(&run.name, &outcomes);
+            summary.config_order = Some(m);
             // The profile as the first shard ran it (a load time is one shard's), and each
             // device's work added up over the shards.
             summary.profile = shards
