@@ -103,7 +103,7 @@ pub fn render_models(models: &[ModelResults], notes: &[String]) -> String {
     for n in notes {
         s.push_str(n);
     }
-    s.push_str(&verdict::render(models));
+    s.push_str(&super::verdict::render(models));
     s.push_str("<h2>Models</h2>");
     s.push_str(&model_table::render(models));
     s.push_str(&following(models));
@@ -206,4 +206,3 @@ pub fn write_comparison(before: &Path, after: &Path, out: &Path) -> Result<Strin
 
 #[cfg(test)]
 mod tests;
-pub(crate) mod verdict;

@@ -14,6 +14,7 @@ pub mod models;
 pub mod page;
 pub mod results;
 pub mod roc;
+mod verdict;
 
 pub use journal::{Journal, partial_results_path, unfinished_runs};
 

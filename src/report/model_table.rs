@@ -251,7 +251,7 @@ pub fn render(models: &[ModelResults]) -> String {
             }),
         ));
     }
-    rows.push(("trials".into(), Box::new(super::html::verdict::trials_cell)));
+    rows.push(("trials".into(), Box::new(super::verdict::trials_cell)));
     rows.push(("gate".into(), Box::new(gate)));
 
     let mut s = String::from("<table id=\"models\" class=\"models\"><tr><th></th>");

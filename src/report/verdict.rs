@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::super::results::ModelResults;
-use super::esc;
+use super::page::esc;
+use super::results::ModelResults;
 
 /// `36 passed, 16 failed (16 snapshot mismatch)`, or `None` when trials were not recorded.
 pub(super) fn trials_words(m: &ModelResults) -> Option<(String, bool)> {
@@ -14,7 +14,7 @@ pub(super) fn trials_words(m: &ModelResults) -> Option<(String, bool)> {
 }
 
 /// The trials cell of the model table (HTML).
-pub(in crate::report) fn trials_cell(m: &ModelResults) -> String {
+pub(super) fn trials_cell(m: &ModelResults) -> String {
     match trials_words(m) {
         Some((words, true)) => format!("<span class=\"pass\">{}</span>", esc(&words)),
         Some((words, false)) => format!("<span class=\"fail\">{}</span>", esc(&words)),
