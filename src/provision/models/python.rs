@@ -25,11 +25,11 @@ pub const EXPORTER_SOURCES: &[(&str, &str)] = &[
     ),
     (
         "contract.py",
-        include_str!("../../harness/python/exporter/contract.py"),
+        include_str!("../../../harness/python/exporter/contract.py"),
     ),
     (
         "decoders.py",
-        include_str!("../../harness/python/exporter/decoders.py"),
+        include_str!("../../../harness/python/exporter/decoders.py"),
     ),
     (
         "export.py",
