@@ -101,7 +101,7 @@ impl Model {
             let waited = Instant::now();
             turn = gate.step(batch.step, captured);
             batch.secs.wait += waited.elapsed().as_secs_f64();
-            if !batch.step(self, &mut *kv, on_token, on_done)? {
+            if !batch.advance(self, &mut *kv, on_token, on_done)? {
                 break;
             }
             batch.step += 1;
@@ -229,9 +229,9 @@ impl<'j> Batch<'j> {
         }
     }
 
-    /// Run one step (the prefill at step 0) and record its tokens; false once every row has
+    /// Run step `self.step` (the prefill at 0) and record its tokens; false once every row has
     /// finished.
-    fn step(
+    fn advance(
         &mut self,
         model: &mut Model,
         kv: &mut dyn KvCache,
