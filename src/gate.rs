@@ -105,19 +105,34 @@ pub fn evaluate(
 
 /// [`evaluate`], with the line that says when `significance` let a large drop pass.
 pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -> Verdict {
-    let mut failures = Vec::new();
-    let mut note = None;
-    let mut held = Vec::new();
+    let mut v = Verdict {
+        failures: Vec::new(),
+        note: None,
+        held: Vec::new(),
+    };
+    judge_errors(summary, gate, &mut v);
+    if summary.overall.cases == 0 {
+        return v;
+    }
+    judge_pass_rates(summary, gate, &mut v);
+    if let Some(base) = baseline {
+        judge_drop(summary, gate, base, &mut v);
+    }
+    v
+}
+
+/// Unmeasured cases: held where `allow_errors`, else a failure.
+fn judge_errors(summary: &Summary, gate: &GateConfig, v: &mut Verdict) {
     let model = &summary.model;
     let errors = summary.overall.errors;
     if errors > 0 && gate.allow_errors {
-        held.push(format!(
+        v.held.push(format!(
             "{errors} unmeasured case(s) allowed by allow_errors"
         ));
     }
     if errors > 0 && !gate.allow_errors {
         let total = errors + summary.overall.cases;
-        failures.push(GateFailure {
+        v.failures.push(GateFailure {
             model: model.clone(),
             scope: "overall".into(),
             threshold_name: "allow_errors".into(),
@@ -128,24 +143,22 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
             ),
         });
     }
-    if summary.overall.cases == 0 {
-        return Verdict {
-            failures,
-            note,
-            held,
-        };
-    }
+}
+
+/// The overall `min_pass_rate`, then each category's minimum.
+fn judge_pass_rates(summary: &Summary, gate: &GateConfig, v: &mut Verdict) {
+    let model = &summary.model;
     if let Some(min) = gate.min_pass_rate.map(Rate::get) {
         let actual = summary.overall.pass_rate;
         if actual + 1e-12 >= min {
-            held.push(format!(
+            v.held.push(format!(
                 "pass rate {} >= min_pass_rate {}",
                 pct(actual),
                 pct(min)
             ));
         }
         if actual + 1e-12 < min {
-            failures.push(GateFailure {
+            v.failures.push(GateFailure {
                 model: model.clone(),
                 scope: "overall".into(),
                 threshold_name: "min_pass_rate".into(),
@@ -166,10 +179,11 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
             continue;
         };
         if t.pass_rate + 1e-12 >= min {
-            held.push(format!("`{cat}` {} >= {}", pct(t.pass_rate), pct(min)));
+            v.held
+                .push(format!("`{cat}` {} >= {}", pct(t.pass_rate), pct(min)));
         }
         if t.pass_rate + 1e-12 < min {
-            failures.push(GateFailure {
+            v.failures.push(GateFailure {
                 model: model.clone(),
                 scope: format!("category {cat}"),
                 threshold_name: format!("categories.{cat}"),
@@ -184,12 +198,18 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
             });
         }
     }
-    if let (Some(max_drop), Some(base)) = (gate.max_drop.map(Rate::get), baseline)
+}
+
+/// The drop from the accepted baseline against `max_drop` (and, with `significance`, whether
+/// a larger drop is significant).
+fn judge_drop(summary: &Summary, gate: &GateConfig, base: Baseline, v: &mut Verdict) {
+    let model = &summary.model;
+    if let Some(max_drop) = gate.max_drop.map(Rate::get)
         && base.cases > 0
     {
         let drop = base.rate() - summary.overall.pass_rate;
         if drop <= max_drop + 1e-12 {
-            held.push(format!(
+            v.held.push(format!(
                 "{} against the accepted baseline {} ({} cases) is within max_drop {:.1} points",
                 match drop > 1e-12 {
                     true => format!("a drop of {:.1} points", drop * 100.0),
@@ -204,7 +224,7 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
         let significant = test.is_none_or(|(alpha, m)| m.p < alpha);
         if drop > max_drop + 1e-12 && !significant {
             let (alpha, m) = test.expect("only a test can find a drop insignificant");
-            note = Some(format!(
+            v.note = Some(format!(
                 "passed (drop of {:.1} points > max_drop {:.1}, but not significant: {}, significance {alpha})",
                 drop * 100.0,
                 max_drop * 100.0,
@@ -220,7 +240,7 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
                 }
                 None => String::new(),
             };
-            failures.push(GateFailure {
+            v.failures.push(GateFailure {
                 model: model.clone(),
                 scope: "overall".into(),
                 threshold_name: "max_drop".into(),
@@ -236,11 +256,6 @@ pub fn judge(summary: &Summary, gate: &GateConfig, baseline: Option<Baseline>) -
                 ),
             });
         }
-    }
-    Verdict {
-        failures,
-        note,
-        held,
     }
 }
 

@@ -59,7 +59,6 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
 
     cfg = json.loads(sys.argv[1])
     limits = cfg["limits"]
-    level = cfg["level"]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     machine = os.uname().machine
@@ -225,7 +224,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         (resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"])),
         (resource.RLIMIT_CORE, (0, 0)),
     )
-    _strict_child = level != "none"
+    _strict_child = cfg["confine_children"]
 
     def lock_down(cpu=True):
         # The check server lives for many checks: a CPU-time limit would add them up (the

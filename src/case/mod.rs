@@ -242,22 +242,7 @@ pub fn load(root: &Path, path: &Path) -> Result<Case, CaseError> {
 pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
     let lines = LineIndex::new(path, text);
     let raw: RawCase = toml::from_str(text).map_err(|e| toml_error(&lines, text, e))?;
-    let (default_category, default_id) = key_from_path(root, path);
-
-    let id = match &raw.id {
-        Some(id) => {
-            check_identifier_like(&lines, "id", id)?;
-            id.get_ref().clone()
-        }
-        None => default_id,
-    };
-    let category = match &raw.category {
-        Some(c) => {
-            check_identifier_like(&lines, "category", c)?;
-            c.get_ref().clone()
-        }
-        None => default_category,
-    };
+    let (id, category) = id_and_category(&lines, &raw, root, path)?;
     let mode = raw.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
 
     let entry = raw.entry_point.get_ref();
@@ -271,63 +256,9 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
 
     let prompt = prompt_text(&lines, &raw, mode)?;
 
-    for (field, code) in [
-        ("prefix", &raw.prefix),
-        ("setup", &raw.setup),
-        ("check", &raw.check),
-    ] {
-        if let Some(code) = code {
-            // A prefix is incomplete by nature (a signature waiting for its body).
-            if field != "prefix" {
-                check_python_module(&lines, field, code)?;
-            }
-        }
-    }
-    if let Some(check) = &raw.check
-        && !check.get_ref().contains("def check")
-    {
-        return Err(CaseError::invalid(
-            lines.span(&check.span()),
-            "check",
-            "must define `def check(candidate): ...`",
-        ));
-    }
-
-    let case_tolerance = match &raw.tolerance {
-        Some(t) => Some(check_tolerance(&lines, "tolerance", t)?),
-        None => None,
-    };
-    let tests = raw
-        .tests
-        .iter()
-        .enumerate()
-        .map(|(i, t)| parse_test(&lines, i, t, case_tolerance))
-        .collect::<Result<Vec<_>, _>>()?;
-    if tests.is_empty() && raw.check.is_none() {
-        return Err(CaseError::invalid(
-            lines.at(0),
-            "tests",
-            "a case needs at least one [[tests]] entry or a `check` block",
-        ));
-    }
-    if let Some(t) = &raw.timeout_ms
-        && *t.get_ref() == 0
-    {
-        return Err(CaseError::invalid(
-            lines.span(&t.span()),
-            "timeout_ms",
-            "must be greater than 0",
-        ));
-    }
-    if let Some(t) = &raw.max_new_tokens
-        && *t.get_ref() == 0
-    {
-        return Err(CaseError::invalid(
-            lines.span(&t.span()),
-            "max_new_tokens",
-            "must be greater than 0",
-        ));
-    }
+    check_code(&lines, &raw)?;
+    let tests = tests(&lines, &raw)?;
+    check_limits(&lines, &raw)?;
 
     Ok(Case {
         key: format!("{category}/{id}"),
@@ -347,6 +278,103 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
         max_new_tokens: raw.max_new_tokens.map(Spanned::into_inner),
         stop: raw.stop,
     })
+}
+
+/// The case's id and category: as written (identifier-like), else from its path.
+fn id_and_category(
+    lines: &LineIndex,
+    raw: &RawCase,
+    root: &Path,
+    path: &Path,
+) -> Result<(String, String), CaseError> {
+    let (default_category, default_id) = key_from_path(root, path);
+
+    let id = match &raw.id {
+        Some(id) => {
+            check_identifier_like(lines, "id", id)?;
+            id.get_ref().clone()
+        }
+        None => default_id,
+    };
+    let category = match &raw.category {
+        Some(c) => {
+            check_identifier_like(lines, "category", c)?;
+            c.get_ref().clone()
+        }
+        None => default_category,
+    };
+    Ok((id, category))
+}
+
+/// The Python blocks parse (a prefix need not), and `check` defines `check`.
+fn check_code(lines: &LineIndex, raw: &RawCase) -> Result<(), CaseError> {
+    for (field, code) in [
+        ("prefix", &raw.prefix),
+        ("setup", &raw.setup),
+        ("check", &raw.check),
+    ] {
+        if let Some(code) = code {
+            // A prefix is incomplete by nature (a signature waiting for its body).
+            if field != "prefix" {
+                check_python_module(lines, field, code)?;
+            }
+        }
+    }
+    if let Some(check) = &raw.check
+        && !check.get_ref().contains("def check")
+    {
+        return Err(CaseError::invalid(
+            lines.span(&check.span()),
+            "check",
+            "must define `def check(candidate): ...`",
+        ));
+    }
+    Ok(())
+}
+
+/// The `[[tests]]` entries (under the case's tolerance); a case needs some, or a `check`.
+fn tests(lines: &LineIndex, raw: &RawCase) -> Result<Vec<TestCase>, CaseError> {
+    let case_tolerance = match &raw.tolerance {
+        Some(t) => Some(check_tolerance(lines, "tolerance", t)?),
+        None => None,
+    };
+    let tests = raw
+        .tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| parse_test(lines, i, t, case_tolerance))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tests.is_empty() && raw.check.is_none() {
+        return Err(CaseError::invalid(
+            lines.at(0),
+            "tests",
+            "a case needs at least one [[tests]] entry or a `check` block",
+        ));
+    }
+    Ok(tests)
+}
+
+/// `timeout_ms` and `max_new_tokens`, where given, are above 0.
+fn check_limits(lines: &LineIndex, raw: &RawCase) -> Result<(), CaseError> {
+    if let Some(t) = &raw.timeout_ms
+        && *t.get_ref() == 0
+    {
+        return Err(CaseError::invalid(
+            lines.span(&t.span()),
+            "timeout_ms",
+            "must be greater than 0",
+        ));
+    }
+    if let Some(t) = &raw.max_new_tokens
+        && *t.get_ref() == 0
+    {
+        return Err(CaseError::invalid(
+            lines.span(&t.span()),
+            "max_new_tokens",
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
 }
 
 /// The case's prompt (empty in completion mode, which needs a `prefix` instead).

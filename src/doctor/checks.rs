@@ -2,6 +2,7 @@
 //! graph check, over the inputs and outputs `probe` read): each returns one [`Verdict`]. The folder rules come from `engine::onnx::folder`, the engine's own.
 
 use serde_json::Value as Json;
+use tokenizers::Tokenizer;
 
 use super::gguf::{GgufHeader, SUPPORTED_ARCHS};
 use super::snapshot::{Loaded, Snapshot};
@@ -263,61 +264,11 @@ pub fn special_tokens(snap: &Snapshot) -> Verdict {
         }
     };
     let vocab = tok.get_vocab_size(true) as u32;
-    let ids = |v: Option<&Json>| -> Vec<u64> {
-        match v {
-            Some(Json::Number(n)) => n.as_u64().into_iter().collect(),
-            Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).collect(),
-            _ => Vec::new(),
-        }
-    };
-    for (file, key) in [
-        ("generation_config.json", "eos_token_id"),
-        ("generation_config.json", "pad_token_id"),
-        ("config.json", "eos_token_id"),
-    ] {
-        let json = if file == "config.json" {
-            &config
-        } else {
-            &gen_cfg
-        };
-        if let Some(bad) = ids(json.get(key))
-            .into_iter()
-            .find(|id| *id >= vocab as u64)
-        {
-            return Verdict::fail(
-                NAME,
-                format!(
-                    "{file} {key} {bad} is outside the vocabulary ({vocab} tokens): generation would never stop there"
-                ),
-                format!(
-                    "set {key} in {file} to the id of the model's end-of-turn token (tokenizer.json lists it under added_tokens)"
-                ),
-            );
-        }
+    if let Err(v) = ids_in_vocabulary(&config, &gen_cfg, vocab) {
+        return v;
     }
-    let eos_text = &spec.template_tokens.eos_token;
-    if !eos_text.is_empty() {
-        let Some(eos_id) = tok.token_to_id(eos_text) else {
-            return Verdict::fail(
-                NAME,
-                format!(
-                    "tokenizer_config.json eos_token {eos_text:?} is not a token of tokenizer.json"
-                ),
-                "set eos_token in tokenizer_config.json to a token that tokenizer.json has",
-            );
-        };
-        let stated = ids(gen_cfg.get("eos_token_id"));
-        if !stated.is_empty() && !stated.contains(&u64::from(eos_id)) {
-            return Verdict::fail(
-                NAME,
-                format!(
-                    "generation_config.json eos_token_id {stated:?} does not include the id of tokenizer_config.json eos_token {eos_text:?} ({eos_id}); the engine stops at both"
-                ),
-                format!(
-                    "make generation_config.json eos_token_id include {eos_id}, or set eos_token to the token that ends a turn"
-                ),
-            );
-        }
+    if let Err(v) = eos_agrees(tok, &spec.template_tokens.eos_token, &gen_cfg) {
+        return v;
     }
     let names: Vec<String> = spec
         .eos
@@ -332,6 +283,75 @@ pub fn special_tokens(snap: &Snapshot) -> Verdict {
             spec.pad
         ),
     )
+}
+
+/// The ids a JSON value states: one number, or an array of them.
+fn json_ids(v: Option<&Json>) -> Vec<u64> {
+    match v {
+        Some(Json::Number(n)) => n.as_u64().into_iter().collect(),
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The end-of-sequence and padding ids the configs state are inside the vocabulary.
+fn ids_in_vocabulary(config: &Json, gen_cfg: &Json, vocab: u32) -> Result<(), Verdict> {
+    const NAME: &str = check::SPECIAL_TOKENS;
+    for (file, key) in [
+        ("generation_config.json", "eos_token_id"),
+        ("generation_config.json", "pad_token_id"),
+        ("config.json", "eos_token_id"),
+    ] {
+        let json = if file == "config.json" {
+            config
+        } else {
+            gen_cfg
+        };
+        if let Some(bad) = json_ids(json.get(key))
+            .into_iter()
+            .find(|id| *id >= vocab as u64)
+        {
+            return Err(Verdict::fail(
+                NAME,
+                format!(
+                    "{file} {key} {bad} is outside the vocabulary ({vocab} tokens): generation would never stop there"
+                ),
+                format!(
+                    "set {key} in {file} to the id of the model's end-of-turn token (tokenizer.json lists it under added_tokens)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// tokenizer_config.json's `eos_text` is a token, among generation_config.json's eos ids.
+fn eos_agrees(tok: &Tokenizer, eos_text: &str, gen_cfg: &Json) -> Result<(), Verdict> {
+    const NAME: &str = check::SPECIAL_TOKENS;
+    if !eos_text.is_empty() {
+        let Some(eos_id) = tok.token_to_id(eos_text) else {
+            return Err(Verdict::fail(
+                NAME,
+                format!(
+                    "tokenizer_config.json eos_token {eos_text:?} is not a token of tokenizer.json"
+                ),
+                "set eos_token in tokenizer_config.json to a token that tokenizer.json has",
+            ));
+        };
+        let stated = json_ids(gen_cfg.get("eos_token_id"));
+        if !stated.is_empty() && !stated.contains(&u64::from(eos_id)) {
+            return Err(Verdict::fail(
+                NAME,
+                format!(
+                    "generation_config.json eos_token_id {stated:?} does not include the id of tokenizer_config.json eos_token {eos_text:?} ({eos_id}); the engine stops at both"
+                ),
+                format!(
+                    "make generation_config.json eos_token_id include {eos_id}, or set eos_token to the token that ends a turn"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The chat template renders a system and a user message; none means completion-only.

@@ -235,62 +235,8 @@ fn resolve(model: &str, options: &DoctorOptions, report: &mut ModelReport) -> Op
     if path.is_dir() {
         return Some(path.to_path_buf());
     }
-    if model.ends_with(".gguf") && path.is_file() {
-        let header = match gguf::read_header(path) {
-            Ok(h) => h,
-            Err(e) => {
-                report.push(Verdict::fail(
-                    check::GGUF,
-                    e.to_string(),
-                    "download the GGUF again (a truncated or damaged file), or check that it is a GGUF at all",
-                ));
-                return None;
-            }
-        };
-        let arch = header.architecture().map(str::to_string);
-        if let Some(arch) = &arch {
-            let num = |key: &str| {
-                header
-                    .metadata
-                    .get(&format!("{arch}.{key}"))
-                    .and_then(gguf::GgufValue::as_u64)
-            };
-            report.layers = num("block_count");
-            report.hidden = num("embedding_length");
-        }
-        report.architecture = arch.clone();
-        let mut verdict = checks::gguf_verdict(&header);
-        let supported = verdict.status == Status::Ok;
-        // The exporter's own check (`python -m exporter check`): before exporting, every
-        // tensor and metadata key is one it reads or knows not to matter; for an architecture
-        // it lacks, it says what is missing.
-        let contract = arch.as_ref().map(|_| exporter_check(path, options));
-        if !supported {
-            if let Some(Err(msg)) = &contract {
-                verdict.detail = format!("{}; the exporter: {msg}", verdict.detail);
-            }
-            report.push(verdict);
-            return None;
-        }
-        report.push(verdict);
-        match contract {
-            Some(Ok(summary)) => report.push(Verdict::ok(
-                check::CONTRACT,
-                format!(
-                    "every tensor ({}) and metadata key ({}) is read by the {} graph or known not to matter",
-                    summary["tensors"], summary["metadata_keys"], summary["architecture"].as_str().unwrap_or("?")
-                ),
-            )),
-            Some(Err(msg)) => {
-                report.push(Verdict::fail(
-                    check::CONTRACT,
-                    msg,
-                    "the export would drop or misread what is named: use a GGUF of a supported layout, or teach harness/python/exporter what it means",
-                ));
-                return None;
-            }
-            None => {}
-        }
+    if model.ends_with(".gguf") && path.is_file() && !check_gguf(path, options, report) {
+        return None;
     }
     match models::ensure_model(
         &options.provisioner,
@@ -328,6 +274,66 @@ fn resolve(model: &str, options: &DoctorOptions, report: &mut ModelReport) -> Op
             None
         }
     }
+}
+
+/// A GGUF's header and the exporter's contract for it; false when it cannot be exported.
+fn check_gguf(path: &Path, options: &DoctorOptions, report: &mut ModelReport) -> bool {
+    let header = match gguf::read_header(path) {
+        Ok(h) => h,
+        Err(e) => {
+            report.push(Verdict::fail(
+                check::GGUF,
+                e.to_string(),
+                "download the GGUF again (a truncated or damaged file), or check that it is a GGUF at all",
+            ));
+            return false;
+        }
+    };
+    let arch = header.architecture().map(str::to_string);
+    if let Some(arch) = &arch {
+        let num = |key: &str| {
+            header
+                .metadata
+                .get(&format!("{arch}.{key}"))
+                .and_then(gguf::GgufValue::as_u64)
+        };
+        report.layers = num("block_count");
+        report.hidden = num("embedding_length");
+    }
+    report.architecture = arch.clone();
+    let mut verdict = checks::gguf_verdict(&header);
+    let supported = verdict.status == Status::Ok;
+    // The exporter's own check (`python -m exporter check`): before exporting, every
+    // tensor and metadata key is one it reads or knows not to matter; for an architecture
+    // it lacks, it says what is missing.
+    let contract = arch.as_ref().map(|_| exporter_check(path, options));
+    if !supported {
+        if let Some(Err(msg)) = &contract {
+            verdict.detail = format!("{}; the exporter: {msg}", verdict.detail);
+        }
+        report.push(verdict);
+        return false;
+    }
+    report.push(verdict);
+    match contract {
+        Some(Ok(summary)) => report.push(Verdict::ok(
+            check::CONTRACT,
+            format!(
+                "every tensor ({}) and metadata key ({}) is read by the {} graph or known not to matter",
+                summary["tensors"], summary["metadata_keys"], summary["architecture"].as_str().unwrap_or("?")
+            ),
+        )),
+        Some(Err(msg)) => {
+            report.push(Verdict::fail(
+                check::CONTRACT,
+                msg,
+                "the export would drop or misread what is named: use a GGUF of a supported layout, or teach harness/python/exporter what it means",
+            ));
+            return false;
+        }
+        None => {}
+    }
+    true
 }
 
 /// `python -m exporter check FILE.gguf`: its JSON summary, or the exporter's error message.

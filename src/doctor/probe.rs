@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::checks;
 use super::snapshot::Snapshot;
 use super::{DoctorOptions, ModelReport, Status, Verdict, check};
-use crate::case::{self, Case};
+use crate::case::{Case, PromptMode};
 use crate::device::Provider;
 use crate::engine::onnx::folder::{GraphSpec, Layout};
 use crate::engine::onnx::tensor::Float;
@@ -148,22 +148,32 @@ fn open_graph(
 
 /// The case the generation check asks: chat when the template renders, else completion.
 fn probe_case(chat: bool, max_new_tokens: usize) -> Case {
-    let body = if chat {
-        format!("prompt = {}\n", toml::Value::String(CHAT_PROMPT.into()))
-    } else {
-        format!(
-            "mode = \"complete\"\nprefix = {}\n",
-            toml::Value::String(COMPLETE_PREFIX.into())
-        )
+    let (mode, prompt, prefix) = match chat {
+        true => (PromptMode::Chat, CHAT_PROMPT.to_string(), None),
+        false => (
+            PromptMode::Complete,
+            String::new(),
+            Some(COMPLETE_PREFIX.to_string()),
+        ),
     };
-    let text = format!(
-        "{body}entry_point = \"fib\"\nmax_new_tokens = {max_new_tokens}\ncheck = \"def check(candidate):\\n    pass\\n\"\n"
-    );
-    let path = std::path::PathBuf::from("doctor/probe.toml");
-    let mut case = case::parse(std::path::Path::new("doctor"), &path, &text)
-        .expect("the doctor's probe case is valid");
-    case.stop.clear();
-    case
+    Case {
+        key: "doctor/probe".into(),
+        id: "probe".into(),
+        category: "doctor".into(),
+        path: "doctor/probe.toml".into(),
+        mode,
+        prompt,
+        prefix,
+        entry_point: "fib".into(),
+        reference: None,
+        setup: None,
+        check: Some("def check(candidate):\n    pass\n".into()),
+        tests: Vec::new(),
+        tags: Vec::new(),
+        timeout_ms: None,
+        max_new_tokens: Some(max_new_tokens),
+        stop: Vec::new(),
+    }
 }
 
 /// Open the folder with the engine and generate once: the completion and the load time.
@@ -324,6 +334,26 @@ pub(super) fn repeat_verdict(provider: Provider, first: &[u32], second: &[u32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_case_is_what_its_case_file_would_say() {
+        for chat in [true, false] {
+            let body = if chat {
+                format!("prompt = {}\n", toml::Value::String(CHAT_PROMPT.into()))
+            } else {
+                format!(
+                    "mode = \"complete\"\nprefix = {}\n",
+                    toml::Value::String(COMPLETE_PREFIX.into())
+                )
+            };
+            let text = format!(
+                "{body}entry_point = \"fib\"\nmax_new_tokens = 7\ncheck = \"def check(candidate):\\n    pass\\n\"\n"
+            );
+            let path = std::path::PathBuf::from("doctor/probe.toml");
+            let parsed = crate::case::parse(std::path::Path::new("doctor"), &path, &text).unwrap();
+            assert_eq!(probe_case(chat, 7), parsed);
+        }
+    }
 
     #[test]
     fn non_finite_logprobs_and_diverging_runs_are_named() {

@@ -138,12 +138,6 @@ class Gemma3Builder(GraphBuilder):
         self.progress("lm_head")
         hf, _ = self.skip_rms("/model/norm", pending, residual, "output_norm.weight")
         hf = self.to_act(hf)
-        head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
-        logits = self.linear("lm_head", self.logits_rows(hf), head_name,
-                             precision=self.head_precision)
-        if np.dtype(self.act) != np.dtype(np.float32):
-            self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
-        else:
-            self.node("Identity", [logits], ["logits"], name="lm_head/Identity")
+        self.lm_head(hf)
 
         return self.model_proto(inputs, outputs)

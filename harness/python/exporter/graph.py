@@ -364,6 +364,17 @@ class GraphBuilder:
             "logits_positions", TensorProto.INT64, [1, 0], []))
         return inputs, outputs
 
+    def lm_head(self, hf: str) -> None:
+        """The `logits` output: the lm_head (`output.weight`, else the tied `token_embd`) over
+        the rows of `hf` that `logits_positions` names, as float32."""
+        head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
+        logits = self.linear("lm_head", self.logits_rows(hf), head_name,
+                             precision=self.head_precision)
+        if np.dtype(self.act) != np.dtype(np.float32):
+            self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
+        else:
+            self.node("Identity", [logits], ["logits"], name="lm_head/Identity")
+
     def logits_rows(self, hf: str) -> str:
         """The rows of the final hidden states `hf` [B, S, H] that the lm_head gets: those named
         by `logits_positions` [B, L], or all S when it is [1, 0] (its default).
@@ -509,12 +520,6 @@ class GraphBuilder:
             "SkipSimplifiedLayerNormalization", [pending, residual, w_final],
             ["/model/norm/output_0", "", "", "/model/norm/output_3"],
             domain="com.microsoft", name="/model/norm", epsilon=hp.rms_eps)
-        head_name = "output.weight" if self.m.has("output.weight") else "token_embd.weight"
-        logits = self.linear("lm_head", self.logits_rows(hf), head_name,
-                             precision=self.head_precision)
-        if np.dtype(self.act) != np.dtype(np.float32):
-            self.node("Cast", [logits], ["logits"], name="lm_head/Cast", to=TensorProto.FLOAT)
-        else:
-            self.node("Identity", [logits], ["logits"], name="lm_head/Identity")
+        self.lm_head(hf)
 
         return self.model_proto(inputs, outputs)

@@ -8,6 +8,7 @@
 //! measured is the scheduler's own batching. Each measurement opens the model afresh (the
 //! generation cache off), so no result is reused between measurements.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +25,7 @@ use codegen_harness::env::Env;
 use codegen_harness::prompt::Prompt;
 use codegen_harness::runtime::RuntimeSpec;
 
-use crate::bench_genai::{self, GENAI_VERSION, run_genai};
+use crate::bench_genai::{self, GENAI_VERSION, GenaiSuite, run_genai};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -228,33 +229,103 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         .collect::<Result<_, _>>()?;
     let info = src.describe();
     let k = opts.batch1_prompts.clamp(1, ids.len());
-    let mut ours_rounds = Vec::new();
-    let mut genai_rounds = Vec::new();
-    let mut genai_err = None;
+    let mut rounds = rounds(opts, env, &cases, &prompts, &ids, k)?;
+    let mut ours = Figures {
+        batch1_decode_tok_s: median(&rounds.ours, false),
+        batch1_ttft_ms: median(&rounds.ours, true),
+        ..Figures::default()
+    };
+    let suite = suite(&src, opts, &cases, &prompts, &mut ours)?;
+    let genai = if opts.skip_genai {
+        Err(BenchError::Genai("skipped (--skip-genai)".into()))
+    } else if let Some(e) = rounds.genai_err.take() {
+        Err(e)
+    } else {
+        run_genai(opts, env, &ids, false).map(|(mut f, suite)| {
+            f.batch1_decode_tok_s = median(&rounds.genai, false);
+            f.batch1_ttft_ms = median(&rounds.genai, true);
+            (f, suite)
+        })
+    };
+    let report = Report {
+        opts,
+        info: &info,
+        ids: &ids,
+        k,
+        load_s,
+        ours: &ours,
+        genai: &genai,
+        rounds: &rounds,
+        suite: &suite,
+    };
+    let mut s = String::new();
+    report.header(&mut s);
+    report.table(&mut s);
+    report.tail(&mut s);
+    Ok(s)
+}
+
+/// Every round's batch-1 figures (decode tok/s, time to first token ms): ours, and
+/// onnxruntime-genai's until it fails.
+struct Rounds {
+    ours: Vec<(f64, f64)>,
+    genai: Vec<(f64, f64)>,
+    genai_err: Option<BenchError>,
+}
+
+/// Measure `opts.rounds` rounds of batch-1 figures on the first `k` prompts.
+fn rounds(
+    opts: &BenchOptions,
+    env: &Env,
+    cases: &[Case],
+    prompts: &[Prompt],
+    ids: &[Vec<u32>],
+    k: usize,
+) -> Result<Rounds, BenchError> {
+    let mut rounds = Rounds {
+        ours: Vec::new(),
+        genai: Vec::new(),
+        genai_err: None,
+    };
     for _ in 0..opts.rounds.max(1) {
-        ours_rounds.push(batch1(opts, env, &cases, &prompts, k)?);
-        if !opts.skip_genai && genai_err.is_none() {
-            match run_genai(opts, env, &ids, true) {
-                Ok((f, _)) => genai_rounds.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
-                Err(e) => genai_err = Some(e),
+        rounds.ours.push(batch1(opts, env, cases, prompts, k)?);
+        if !opts.skip_genai && rounds.genai_err.is_none() {
+            match run_genai(opts, env, ids, true) {
+                Ok((f, _)) => rounds.genai.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
+                Err(e) => rounds.genai_err = Some(e),
             }
         }
     }
-    let median = |v: &[(f64, f64)], second: bool| -> f64 {
-        let mut x: Vec<f64> = v.iter().map(|p| if second { p.1 } else { p.0 }).collect();
-        x.sort_by(f64::total_cmp);
-        if x.is_empty() { 0.0 } else { x[x.len() / 2] }
-    };
-    let mut ours = Figures {
-        batch1_decode_tok_s: median(&ours_rounds, false),
-        batch1_ttft_ms: median(&ours_rounds, true),
-        ..Figures::default()
-    };
-    // The suite as the harness runs it: every request handed to the scheduler, then each
-    // completed; the scheduler sorts and batches them.
+    Ok(rounds)
+}
+
+/// The median of the rounds' first (or `second`) figure; 0 with none.
+fn median(v: &[(f64, f64)], second: bool) -> f64 {
+    let mut x: Vec<f64> = v.iter().map(|p| if second { p.1 } else { p.0 }).collect();
+    x.sort_by(f64::total_cmp);
+    if x.is_empty() { 0.0 } else { x[x.len() / 2] }
+}
+
+/// What our suite run showed beyond its figures.
+struct Suite {
+    first_text: String,
+    /// Peak host bytes, and the GPU memory the process held.
+    peak: u64,
+    device_peak: Option<u64>,
+}
+
+/// The suite as the harness runs it: every request handed to the scheduler, then each
+/// completed; the scheduler sorts and batches them. Fills `ours`' suite figures.
+fn suite(
+    src: &OnnxSource,
+    opts: &BenchOptions,
+    cases: &[Case],
+    prompts: &[Prompt],
+    ours: &mut Figures,
+) -> Result<Suite, BenchError> {
     let requests: Vec<Request<'_>> = cases
         .iter()
-        .zip(&prompts)
+        .zip(prompts)
         .map(|(c, p)| request(c, p))
         .collect();
     let t = Instant::now();
@@ -279,143 +350,158 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         .max()
         .unwrap_or(0);
     let device_peak = timing.filter_map(|t| t.peak_device_bytes).max();
+    Ok(Suite {
+        first_text,
+        peak,
+        device_peak,
+    })
+}
 
-    let genai = if opts.skip_genai {
-        Err(BenchError::Genai("skipped (--skip-genai)".into()))
-    } else if let Some(e) = genai_err {
-        Err(e)
-    } else {
-        run_genai(opts, env, &ids, false).map(|(mut f, suite)| {
-            f.batch1_decode_tok_s = median(&genai_rounds, false);
-            f.batch1_ttft_ms = median(&genai_rounds, true);
-            (f, suite)
-        })
-    };
-    let rounds_line = format!(
-        "batch-1 decode tok/s per round: ours {:?}, onnxruntime-genai {:?}",
-        ours_rounds
-            .iter()
-            .map(|r| (r.0 * 10.0).round() / 10.0)
-            .collect::<Vec<_>>(),
-        genai_rounds
-            .iter()
-            .map(|r| (r.0 * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
-    );
+/// Everything the printed report reads.
+struct Report<'a> {
+    opts: &'a BenchOptions,
+    info: &'a BTreeMap<String, String>,
+    ids: &'a [Vec<u32>],
+    k: usize,
+    load_s: f64,
+    ours: &'a Figures,
+    genai: &'a Result<(Figures, GenaiSuite), BenchError>,
+    rounds: &'a Rounds,
+    suite: &'a Suite,
+}
 
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads, tokens chosen on {}{}, {} top alternatives per token (ours)",
-        opts.model.display(),
-        info.get("layout").map(String::as_str).unwrap_or("?"),
-        info.get("kv_type").map(String::as_str).unwrap_or("?"),
-        info.get("device").map(String::as_str).unwrap_or("?"),
-        info.get("threads").map(String::as_str).unwrap_or("?"),
-        if info.get("device_head").is_some_and(|v| v == "true") {
-            "the device"
-        } else {
-            "the host"
-        },
-        if info.get("cuda_graph").is_some_and(|v| v == "true") {
-            ", decode steps replayed as CUDA graphs"
-        } else {
-            ""
-        },
-        opts.top_logprobs,
-    );
-    let _ = writeln!(
-        s,
-        "{} prompts from {} (mean {:.0} tokens), greedy, max {} new tokens; model load {:.1} s; peak host memory {:.0} MiB",
-        ids.len(),
-        opts.cases_dir.as_ref().map_or_else(
-            || "the built-in coding prompts".to_string(),
-            |d| d.display().to_string()
-        ),
-        ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64,
-        opts.max_new_tokens,
-        load_s,
-        peak as f64 / (1024.0 * 1024.0)
-    );
-    if let Some(d) = device_peak {
+impl Report<'_> {
+    /// What was measured, how, and the memory it took.
+    fn header(&self, s: &mut String) {
+        let (opts, info, ids) = (self.opts, self.info, self.ids);
         let _ = writeln!(
             s,
-            "GPU memory held by the process: {:.0} MiB",
-            d as f64 / (1024.0 * 1024.0)
+            "engine benchmark: {} (layout {}, kv {}), device {}, {} intra-op threads, tokens chosen on {}{}, {} top alternatives per token (ours)",
+            opts.model.display(),
+            info.get("layout").map(String::as_str).unwrap_or("?"),
+            info.get("kv_type").map(String::as_str).unwrap_or("?"),
+            info.get("device").map(String::as_str).unwrap_or("?"),
+            info.get("threads").map(String::as_str).unwrap_or("?"),
+            if info.get("device_head").is_some_and(|v| v == "true") {
+                "the device"
+            } else {
+                "the host"
+            },
+            if info.get("cuda_graph").is_some_and(|v| v == "true") {
+                ", decode steps replayed as CUDA graphs"
+            } else {
+                ""
+            },
+            opts.top_logprobs,
         );
-    }
-    let _ = writeln!(
-        s,
-        "{:<34} {:>16} {:>26}",
-        "",
-        "codegen (ort)",
-        format!("onnxruntime-genai {GENAI_VERSION}")
-    );
-    let g = genai.as_ref().ok().map(|(f, _)| f);
-    let col = |f: &dyn Fn(&Figures) -> String| g.map(f).unwrap_or_else(|| "-".into());
-    let _ = writeln!(
-        s,
-        "{:<34} {:>16.1} {:>26}",
-        format!("decode tok/s, batch 1 ({k} prompts)"),
-        ours.batch1_decode_tok_s,
-        col(&|f| format!("{:.1}", f.batch1_decode_tok_s))
-    );
-    let _ = writeln!(
-        s,
-        "{:<34} {:>16.0} {:>26}",
-        "time to first token ms, batch 1",
-        ours.batch1_ttft_ms,
-        col(&|f| format!("{:.0}", f.batch1_ttft_ms))
-    );
-    let _ = writeln!(
-        s,
-        "{:<34} {:>16} {:>26}",
-        "suite cases/min",
-        format!(
-            "{:.1} (batch {})",
-            ours.cases_per_min(ids.len()),
-            ours.suite_batch
-        ),
-        col(&|f| format!(
-            "{:.1} (batch {})",
-            f.cases_per_min(ids.len()),
-            f.suite_batch
-        ))
-    );
-    let _ = writeln!(
-        s,
-        "{:<34} {:>16.1} {:>26}",
-        "suite generated tok/s",
-        ours.suite_tok_s(),
-        col(&|f| format!("{:.1}", f.suite_tok_s()))
-    );
-    let _ = writeln!(
-        s,
-        "{:<34} {:>16} {:>26}",
-        "suite wall time s",
-        format!("{:.1}", ours.suite_seconds),
-        col(&|f| format!("{:.1}", f.suite_seconds))
-    );
-    match &genai {
-        Ok(pair @ (f, _)) => {
-            s.push_str(&bench_genai::suite_table(&ours, device_peak, pair));
-            let same = ours
-                .outputs
-                .iter()
-                .zip(&f.outputs)
-                .filter(|(a, b)| a == b)
-                .count();
+        let _ = writeln!(
+            s,
+            "{} prompts from {} (mean {:.0} tokens), greedy, max {} new tokens; model load {:.1} s; peak host memory {:.0} MiB",
+            ids.len(),
+            opts.cases_dir.as_ref().map_or_else(
+                || "the built-in coding prompts".to_string(),
+                |d| d.display().to_string()
+            ),
+            ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64,
+            opts.max_new_tokens,
+            self.load_s,
+            self.suite.peak as f64 / (1024.0 * 1024.0)
+        );
+        if let Some(d) = self.suite.device_peak {
             let _ = writeln!(
                 s,
-                "greedy token sequences identical to onnxruntime-genai: {same}/{}",
-                ids.len()
+                "GPU memory held by the process: {:.0} MiB",
+                d as f64 / (1024.0 * 1024.0)
             );
         }
-        Err(e) => {
-            let _ = writeln!(s, "onnxruntime-genai: {e}");
-        }
     }
-    let _ = writeln!(s, "{rounds_line}");
-    let _ = writeln!(s, "first completion (ours):\n{first_text}");
-    Ok(s)
+
+    /// Ours beside onnxruntime-genai's, figure by figure.
+    fn table(&self, s: &mut String) {
+        let (ours, n, k) = (self.ours, self.ids.len(), self.k);
+        let _ = writeln!(
+            s,
+            "{:<34} {:>16} {:>26}",
+            "",
+            "codegen (ort)",
+            format!("onnxruntime-genai {GENAI_VERSION}")
+        );
+        let g = self.genai.as_ref().ok().map(|(f, _)| f);
+        let col = |f: &dyn Fn(&Figures) -> String| g.map(f).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<34} {:>16.1} {:>26}",
+            format!("decode tok/s, batch 1 ({k} prompts)"),
+            ours.batch1_decode_tok_s,
+            col(&|f| format!("{:.1}", f.batch1_decode_tok_s))
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>16.0} {:>26}",
+            "time to first token ms, batch 1",
+            ours.batch1_ttft_ms,
+            col(&|f| format!("{:.0}", f.batch1_ttft_ms))
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>16} {:>26}",
+            "suite cases/min",
+            format!("{:.1} (batch {})", ours.cases_per_min(n), ours.suite_batch),
+            col(&|f| format!("{:.1} (batch {})", f.cases_per_min(n), f.suite_batch))
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>16.1} {:>26}",
+            "suite generated tok/s",
+            ours.suite_tok_s(),
+            col(&|f| format!("{:.1}", f.suite_tok_s()))
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>16} {:>26}",
+            "suite wall time s",
+            format!("{:.1}", ours.suite_seconds),
+            col(&|f| format!("{:.1}", f.suite_seconds))
+        );
+    }
+
+    /// onnxruntime-genai's suite table (or why there is none), each round, the first text.
+    fn tail(&self, s: &mut String) {
+        match self.genai {
+            Ok(pair @ (f, _)) => {
+                s.push_str(&bench_genai::suite_table(
+                    self.ours,
+                    self.suite.device_peak,
+                    pair,
+                ));
+                let same = self
+                    .ours
+                    .outputs
+                    .iter()
+                    .zip(&f.outputs)
+                    .filter(|(a, b)| a == b)
+                    .count();
+                let _ = writeln!(
+                    s,
+                    "greedy token sequences identical to onnxruntime-genai: {same}/{}",
+                    self.ids.len()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "onnxruntime-genai: {e}");
+            }
+        }
+        let tok_s = |v: &[(f64, f64)]| {
+            v.iter()
+                .map(|r| (r.0 * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        };
+        let _ = writeln!(
+            s,
+            "batch-1 decode tok/s per round: ours {:?}, onnxruntime-genai {:?}",
+            tok_s(&self.rounds.ours),
+            tok_s(&self.rounds.genai)
+        );
+        let _ = writeln!(s, "first completion (ours):\n{}", self.suite.first_text);
+    }
 }

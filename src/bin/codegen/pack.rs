@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use codegen_harness::config::Config;
+use codegen_harness::config::{Config, ModelProfile};
 use codegen_harness::env::Env;
 use codegen_harness::models;
 use codegen_harness::pack::{self, Entry, Manifest, Place};
@@ -77,6 +77,88 @@ fn stage_binary(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dest)
 }
 
+/// The GGUF of default model `name`, fetched into the cache.
+fn default_model_entry(provisioner: &Provisioner, name: &str) -> anyhow::Result<Entry> {
+    let model = models::DEFAULT_MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .with_context(|| format!("failed to pack model {name:?}: it is not a file or folder under the project root, nor a default model"))?;
+    let gguf = models::fetch_gguf(provisioner, model)
+        .with_context(|| format!("failed to fetch the GGUF of {name}"))?;
+    Ok(Entry {
+        source: gguf,
+        path: format!("gguf/{name}.gguf"),
+        place: Place::Gguf {
+            model: name.to_string(),
+        },
+    })
+}
+
+/// The ONNX Runtime wheels the profiles' devices need (`--gpu-runtime` says which for GPUs).
+fn runtime_entries(
+    args: &PackArgs,
+    provisioner: &Provisioner,
+    profiles: &[&ModelProfile],
+    entries: &mut Vec<Entry>,
+) -> anyhow::Result<()> {
+    let devices: Vec<_> = profiles
+        .iter()
+        .filter_map(|p| match &p.source {
+            codegen_harness::config::SourceConfig::Onnx { device, .. } => Some(*device),
+            _ => None,
+        })
+        .collect();
+    use codegen_harness::device::Device;
+    let mut wheels = Vec::new();
+    if devices.iter().any(|d| *d != Device::Cuda) {
+        wheels.push(provision::ONNXRUNTIME);
+    }
+    if devices.iter().any(|d| *d != Device::Cpu) {
+        match args.gpu_runtime {
+            GpuRuntime::All => wheels.extend(provision::gpu_runtime_wheels()),
+            GpuRuntime::Onnxruntime => wheels.push(provision::ONNXRUNTIME_GPU),
+            GpuRuntime::None => {}
+        }
+    }
+    for wheel in wheels {
+        let path = provisioner.wheel(&wheel)?;
+        entries.push(Entry {
+            source: path,
+            path: format!("wheels/{}/{}", wheel.package, wheel.file),
+            place: Place::Wheel {
+                package: wheel.package.to_string(),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The exporter's wheels for each `--python-version`, downloaded under `staging` (each file
+/// once).
+fn wheelhouse_entries(
+    args: &PackArgs,
+    provisioner: &Provisioner,
+    staging: &Path,
+    entries: &mut Vec<Entry>,
+) -> anyhow::Result<()> {
+    for version in &args.python_versions {
+        eprintln!("codegen: downloading the exporter's wheels for Python {version}");
+        let dir = staging.join(format!("py{version}"));
+        for whl in provisioner.download_for_python(&EXPORTER_VENV, version, &dir)? {
+            let name = whl.file_name().unwrap_or_default().to_string_lossy();
+            let path = format!("wheelhouse/{name}");
+            if !entries.iter().any(|e| e.path == path) {
+                entries.push(Entry {
+                    source: whl.clone(),
+                    path,
+                    place: Place::Wheelhouse,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn pack(args: PackArgs, env: &Env, provisioner: &Provisioner) -> anyhow::Result<()> {
     let part_size = pack::parse_size(&args.part_size)?;
     let root = std::env::current_dir().context("failed to read the current directory")?;
@@ -108,65 +190,11 @@ pub fn pack(args: PackArgs, env: &Env, provisioner: &Provisioner) -> anyhow::Res
     }];
     entries.extend(plan.entries.iter().cloned());
     for name in &plan.default_models {
-        let model = models::DEFAULT_MODELS
-            .iter()
-            .find(|m| m.name == name)
-            .with_context(|| format!("failed to pack model {name:?}: it is not a file or folder under the project root, nor a default model"))?;
-        let gguf = models::fetch_gguf(provisioner, model)
-            .with_context(|| format!("failed to fetch the GGUF of {name}"))?;
-        entries.push(Entry {
-            source: gguf,
-            path: format!("gguf/{name}.gguf"),
-            place: Place::Gguf {
-                model: name.clone(),
-            },
-        });
+        entries.push(default_model_entry(provisioner, name)?);
     }
     if plan.onnx {
-        let devices: Vec<_> = profiles
-            .iter()
-            .filter_map(|p| match &p.source {
-                codegen_harness::config::SourceConfig::Onnx { device, .. } => Some(*device),
-                _ => None,
-            })
-            .collect();
-        use codegen_harness::device::Device;
-        let mut wheels = Vec::new();
-        if devices.iter().any(|d| *d != Device::Cuda) {
-            wheels.push(provision::ONNXRUNTIME);
-        }
-        if devices.iter().any(|d| *d != Device::Cpu) {
-            match args.gpu_runtime {
-                GpuRuntime::All => wheels.extend(provision::gpu_runtime_wheels()),
-                GpuRuntime::Onnxruntime => wheels.push(provision::ONNXRUNTIME_GPU),
-                GpuRuntime::None => {}
-            }
-        }
-        for wheel in wheels {
-            let path = provisioner.wheel(&wheel)?;
-            entries.push(Entry {
-                source: path,
-                path: format!("wheels/{}/{}", wheel.package, wheel.file),
-                place: Place::Wheel {
-                    package: wheel.package.to_string(),
-                },
-            });
-        }
-        for version in &args.python_versions {
-            eprintln!("codegen: downloading the exporter's wheels for Python {version}");
-            let dir = staging.join(format!("py{version}"));
-            for whl in provisioner.download_for_python(&EXPORTER_VENV, version, &dir)? {
-                let name = whl.file_name().unwrap_or_default().to_string_lossy();
-                let path = format!("wheelhouse/{name}");
-                if !entries.iter().any(|e| e.path == path) {
-                    entries.push(Entry {
-                        source: whl.clone(),
-                        path,
-                        place: Place::Wheelhouse,
-                    });
-                }
-            }
-        }
+        runtime_entries(&args, provisioner, &profiles, &mut entries)?;
+        wheelhouse_entries(&args, provisioner, &staging, &mut entries)?;
     }
 
     let manifest = Manifest::build(&plan.config, &entries)?;

@@ -77,38 +77,7 @@ pub(crate) fn graph_spec(
 ) -> Result<GraphSpec, EngineError> {
     let bad = |problem: String| EngineError::folder(folder, problem);
     let input = |n: &str| inputs.iter().find(|v| v.name == n);
-    let has_output = |n: &str| outputs.iter().any(|v| v.name == n);
-    for req in ["input_ids", "attention_mask"] {
-        if input(req).is_none() {
-            let names: Vec<&str> = inputs.iter().map(|v| v.name.as_str()).collect();
-            return Err(bad(format!(
-                "model.onnx: graph input `{req}` is missing (inputs: {})",
-                names.join(", ")
-            )));
-        }
-    }
-    let layers = (0..)
-        .take_while(|i| input(&format!("past_key_values.{i}.key")).is_some())
-        .count();
-    if layers == 0 {
-        return Err(bad(
-            "model.onnx: no `past_key_values.0.key` input (a KV-cached decoder is required)".into(),
-        ));
-    }
-    for i in 0..layers {
-        for kind in ["key", "value"] {
-            if input(&format!("past_key_values.{i}.{kind}")).is_none() {
-                return Err(bad(format!(
-                    "model.onnx: graph input `past_key_values.{i}.{kind}` is missing"
-                )));
-            }
-            if !has_output(&format!("present.{i}.{kind}")) {
-                return Err(bad(format!(
-                    "model.onnx: graph output `present.{i}.{kind}` is missing"
-                )));
-            }
-        }
-    }
+    let layers = kv_layers(inputs, outputs).map_err(&bad)?;
     let logits = outputs
         .iter()
         .find(|v| v.name == "logits")
@@ -123,24 +92,7 @@ pub(crate) fn graph_spec(
             shape.len()
         )));
     }
-    let sizes = config_sizes(config);
-    let kv_heads = if shape[1] > 0 {
-        shape[1] as usize
-    } else {
-        sizes.kv_heads_or_heads().ok_or_else(|| {
-            bad(
-                "kv_heads is dynamic in the graph and config.json has no num_key_value_heads"
-                    .into(),
-            )
-        })?
-    };
-    let head_dim = if shape[3] > 0 {
-        shape[3] as usize
-    } else {
-        sizes.head_dim_or_derived().ok_or_else(|| {
-            bad("head_dim is dynamic in the graph and config.json has no head_dim".into())
-        })?
-    };
+    let (kv_heads, head_dim) = kv_sizes(shape, config).map_err(&bad)?;
     let layout = if input("position_ids").is_some() {
         Layout::Optimum
     } else {
@@ -173,6 +125,67 @@ pub(crate) fn graph_spec(
         head_dim,
         logits_positions,
     })
+}
+
+/// The number of KV-cached layers: every one with its past inputs and present outputs, beside
+/// `input_ids` and `attention_mask`.
+fn kv_layers(inputs: &[GraphValue], outputs: &[GraphValue]) -> Result<usize, String> {
+    let input = |n: &str| inputs.iter().find(|v| v.name == n);
+    let has_output = |n: &str| outputs.iter().any(|v| v.name == n);
+    for req in ["input_ids", "attention_mask"] {
+        if input(req).is_none() {
+            let names: Vec<&str> = inputs.iter().map(|v| v.name.as_str()).collect();
+            return Err(format!(
+                "model.onnx: graph input `{req}` is missing (inputs: {})",
+                names.join(", ")
+            ));
+        }
+    }
+    let layers = (0..)
+        .take_while(|i| input(&format!("past_key_values.{i}.key")).is_some())
+        .count();
+    if layers == 0 {
+        return Err(
+            "model.onnx: no `past_key_values.0.key` input (a KV-cached decoder is required)".into(),
+        );
+    }
+    for i in 0..layers {
+        for kind in ["key", "value"] {
+            if input(&format!("past_key_values.{i}.{kind}")).is_none() {
+                return Err(format!(
+                    "model.onnx: graph input `past_key_values.{i}.{kind}` is missing"
+                ));
+            }
+            if !has_output(&format!("present.{i}.{kind}")) {
+                return Err(format!(
+                    "model.onnx: graph output `present.{i}.{kind}` is missing"
+                ));
+            }
+        }
+    }
+    Ok(layers)
+}
+
+/// (kv_heads, head_dim) from the past's `shape`, or `config.json` where the graph leaves them
+/// dynamic.
+fn kv_sizes(shape: &[i64], config: &Json) -> Result<(usize, usize), String> {
+    let sizes = config_sizes(config);
+    let kv_heads = if shape[1] > 0 {
+        shape[1] as usize
+    } else {
+        sizes.kv_heads_or_heads().ok_or_else(|| {
+            "kv_heads is dynamic in the graph and config.json has no num_key_value_heads"
+                .to_string()
+        })?
+    };
+    let head_dim = if shape[3] > 0 {
+        shape[3] as usize
+    } else {
+        sizes.head_dim_or_derived().ok_or_else(|| {
+            "head_dim is dynamic in the graph and config.json has no head_dim".to_string()
+        })?
+    };
+    Ok((kv_heads, head_dim))
 }
 
 /// Names real configs give each size (Hugging Face first, then GPT-2, Falcon, ChatGLM and

@@ -14,13 +14,13 @@ use tokenizers::Tokenizer;
 
 use super::OnnxOptions;
 use super::error::EngineError;
-use super::folder::{self, Element, GraphValue, Layout, TokenSpec};
+use super::folder::{self, Element, GraphSpec, GraphValue, Layout, TokenSpec};
 use super::gate::StepGate;
 use super::head::DeviceHead;
-use super::session::{self, SessionSpec};
+use super::session::{self, Opened, SessionSpec};
 use super::tensor::{Float, memory_info, zeroed_buffers};
 use crate::device::Provider;
-use crate::provision::runtime::{self, RuntimeSpec};
+use crate::provision::runtime::{self, Runtime, RuntimeSpec};
 
 /// Fixed-decode batches (each with a captured CUDA graph) per session, by default. ONNX Runtime
 /// keeps every captured graph until the session is dropped, about 2 MiB of host memory each
@@ -134,6 +134,97 @@ pub(crate) fn graph_value(name: &str, ty: &ValueType) -> GraphValue {
     }
 }
 
+/// The folder holds what a model needs, and (CUDA without a CPU fallback) a driver is there.
+fn check_folder(dir: &Path, options: &OnnxOptions) -> Result<(), EngineError> {
+    if !dir.is_dir() {
+        return Err(EngineError::folder(dir, "not a directory"));
+    }
+    let missing: Vec<&str> = ["model.onnx", "tokenizer.json", "tokenizer_config.json"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(EngineError::folder(
+            dir,
+            format!("missing {}", missing.join(", ")),
+        ));
+    }
+    if options.provider == Provider::Cuda
+        && !options.cpu_fallback
+        && !runtime::nvidia_driver_present()
+        && options.runtime.dylib.is_none()
+    {
+        return Err(EngineError::Cuda("no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into()));
+    }
+    Ok(())
+}
+
+/// Open the model's session as `options` say; returns it with the spec it was asked with.
+/// CUDA graphs are asked for at session creation. A graph ONNX Runtime cannot capture
+/// (control flow, kernels outside the CUDA provider) fails there: load it again without.
+fn open_session(
+    rt: &Runtime,
+    dir: &Path,
+    options: &OnnxOptions,
+    device_id: u32,
+) -> Result<(Opened, SessionSpec), EngineError> {
+    let mut spec = SessionSpec {
+        provider: options.provider,
+        cpu_fallback: options.cpu_fallback,
+        threads: options.threads,
+        graph: options.provider == Provider::Cuda && options.cuda_graph != Some(false),
+        deterministic: !options.nondeterministic,
+        spin: options.spin,
+        device_id,
+    };
+    let opened = match session::open(rt, dir, spec) {
+        // Graph capture was only wanted, not demanded: when the session with capture fails
+        // and the same session without it loads, capture was the reason (ONNX Runtime
+        // refuses graphs with control flow or kernels outside the CUDA provider).
+        Err(with_capture) if spec.graph && options.cuda_graph.is_none() => {
+            spec.graph = false;
+            let opened = session::open(rt, dir, spec)?;
+            eprintln!(
+                "codegen: {}; decoding without CUDA graphs",
+                EngineError::GraphCaptureRefused {
+                    folder: dir.to_path_buf(),
+                    message: with_capture.to_string(),
+                }
+            );
+            opened
+        }
+        other => other?,
+    };
+    Ok((opened, spec))
+}
+
+/// The graph's inputs and outputs, read as a [`GraphSpec`] with the folder's `config.json`.
+fn read_graph(session: &Session, dir: &Path, config: &Json) -> Result<GraphSpec, EngineError> {
+    let inputs: Vec<GraphValue> = session
+        .inputs()
+        .iter()
+        .map(|o| graph_value(o.name(), o.dtype()))
+        .collect();
+    let outputs: Vec<GraphValue> = session
+        .outputs()
+        .iter()
+        .map(|o| graph_value(o.name(), o.dtype()))
+        .collect();
+    folder::graph_spec(dir, &inputs, &outputs, config)
+}
+
+/// The tokenizer, and the special tokens its configuration files name.
+fn read_tokens(dir: &Path, config: &Json) -> Result<(Tokenizer, TokenSpec), EngineError> {
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| EngineError::folder(dir, format!("failed to load tokenizer.json: {e}")))?;
+    let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?;
+    let generation_config = read_json(&dir.join("generation_config.json")).unwrap_or(Json::Null);
+    let tokens = folder::token_spec(dir, &tokenizer_config, &generation_config, config, |t| {
+        tokenizer.token_to_id(t)
+    })?;
+    Ok((tokenizer, tokens))
+}
+
 impl Model {
     /// Load `dir` as `options` say, on CUDA device `device_id` (ignored on CPU); `gate` is
     /// shared with the other sessions of the same engine.
@@ -143,82 +234,15 @@ impl Model {
         device_id: u32,
         gate: StepGate,
     ) -> Result<Model, EngineError> {
-        if !dir.is_dir() {
-            return Err(EngineError::folder(dir, "not a directory"));
-        }
-        let missing: Vec<&str> = ["model.onnx", "tokenizer.json", "tokenizer_config.json"]
-            .into_iter()
-            .filter(|f| !dir.join(f).is_file())
-            .collect();
-        if !missing.is_empty() {
-            return Err(EngineError::folder(
-                dir,
-                format!("missing {}", missing.join(", ")),
-            ));
-        }
-        if options.provider == Provider::Cuda
-            && !options.cpu_fallback
-            && !runtime::nvidia_driver_present()
-            && options.runtime.dylib.is_none()
-        {
-            return Err(EngineError::Cuda("no NVIDIA driver found (/proc/driver/nvidia/version is missing); run with --device cpu, or on a machine with an NVIDIA GPU, driver, CUDA 13 and cuDNN 9".into()));
-        }
+        check_folder(dir, options)?;
         let rt =
             runtime::init(&options.runtime).map_err(|e| EngineError::Runtime(e.to_string()))?;
-        // CUDA graphs are asked for at session creation. A graph ONNX Runtime cannot capture
-        // (control flow, kernels outside the CUDA provider) fails there: load it again without.
-        let mut spec = SessionSpec {
-            provider: options.provider,
-            cpu_fallback: options.cpu_fallback,
-            threads: options.threads,
-            graph: options.provider == Provider::Cuda && options.cuda_graph != Some(false),
-            deterministic: !options.nondeterministic,
-            spin: options.spin,
-            device_id,
-        };
-        let opened = match session::open(&rt, dir, spec) {
-            // Graph capture was only wanted, not demanded: when the session with capture fails
-            // and the same session without it loads, capture was the reason (ONNX Runtime
-            // refuses graphs with control flow or kernels outside the CUDA provider).
-            Err(with_capture) if spec.graph && options.cuda_graph.is_none() => {
-                spec.graph = false;
-                let opened = session::open(&rt, dir, spec)?;
-                eprintln!(
-                    "codegen: {}; decoding without CUDA graphs",
-                    EngineError::GraphCaptureRefused {
-                        folder: dir.to_path_buf(),
-                        message: with_capture.to_string(),
-                    }
-                );
-                opened
-            }
-            other => other?,
-        };
+        let (opened, spec) = open_session(&rt, dir, options, device_id)?;
         let session = opened.session;
         let provider = opened.provider;
-
-        let inputs: Vec<GraphValue> = session
-            .inputs()
-            .iter()
-            .map(|o| graph_value(o.name(), o.dtype()))
-            .collect();
-        let outputs: Vec<GraphValue> = session
-            .outputs()
-            .iter()
-            .map(|o| graph_value(o.name(), o.dtype()))
-            .collect();
         let config = read_json(&dir.join("config.json")).unwrap_or(Json::Null);
-        let graph = folder::graph_spec(dir, &inputs, &outputs, &config)?;
-
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| EngineError::folder(dir, format!("failed to load tokenizer.json: {e}")))?;
-        let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?;
-        let generation_config =
-            read_json(&dir.join("generation_config.json")).unwrap_or(Json::Null);
-        let tokens =
-            folder::token_spec(dir, &tokenizer_config, &generation_config, &config, |t| {
-                tokenizer.token_to_id(t)
-            })?;
+        let graph = read_graph(&session, dir, &config)?;
+        let (tokenizer, tokens) = read_tokens(dir, &config)?;
         let head = if options.device_head.unwrap_or(provider == Provider::Cuda) {
             Some(DeviceHead::load(
                 &rt.environment,

@@ -440,8 +440,21 @@ fn prune(
         );
     }
 
-    // Closure over names: the entry point, the names the tests use, and what imports and kept
-    // try-blocks use; then everything the definitions reached use in turn.
+    let needed = needed(&items, &by_name, entry_point, test_names);
+    let (mut out, dropped) = kept(code, &items, &needed, entry_point);
+    out.push('\n');
+    (out, dropped, None)
+}
+
+/// Which items stay: the closure over names from the entry point, the names the tests use,
+/// and what imports and kept try-blocks use; then everything the definitions reached use in
+/// turn. A comment directly above a kept item stays with it.
+fn needed(
+    items: &[Item],
+    by_name: &HashMap<&str, Vec<usize>>,
+    entry_point: &str,
+    test_names: &BTreeSet<String>,
+) -> Vec<bool> {
     let mut needed: Vec<bool> = items
         .iter()
         .map(|item| matches!(item.kind, ItemKind::Import | ItemKind::Keep))
@@ -475,7 +488,11 @@ fn prune(
             needed[i] = true;
         }
     }
+    needed
+}
 
+/// The kept items, spaced as PEP 8 asks, and why each other item was dropped.
+fn kept(code: &str, items: &[Item], needed: &[bool], entry_point: &str) -> (String, Vec<Dropped>) {
     let mut out = String::new();
     let mut dropped = Vec::new();
     let mut prev: Option<&Item> = None;
@@ -503,31 +520,34 @@ fn prune(
             continue;
         }
         let first = text.lines().next().unwrap_or("");
-        let reason = match item.kind {
-            ItemKind::Definition => format!(
-                "`{}` is not used by `{entry_point}`",
-                item.defines.first().map(String::as_str).unwrap_or("?")
-            ),
-            ItemKind::Assignment => format!(
-                "`{}` is not used by `{entry_point}`",
-                item.defines.join("`, `")
-            ),
-            ItemKind::MainGuard => "`if __name__ == \"__main__\":` block".into(),
-            ItemKind::Expression => "top-level expression (example call or output)".into(),
-            ItemKind::Comment => "comment".into(),
-            ItemKind::OtherStatement => "top-level statement outside any definition".into(),
-            ItemKind::Import | ItemKind::Keep => unreachable!("always kept"),
-        };
         dropped.push(Dropped {
             scope: Scope::Code,
             first_line: item.first_line,
             last_line: item.last_line,
             what: preview(first),
-            reason,
+            reason: drop_reason(item, entry_point),
         });
     }
-    out.push('\n');
-    (out, dropped, None)
+    (out, dropped)
+}
+
+/// Why `item` (not needed by `entry_point`) was dropped.
+fn drop_reason(item: &Item, entry_point: &str) -> String {
+    match item.kind {
+        ItemKind::Definition => format!(
+            "`{}` is not used by `{entry_point}`",
+            item.defines.first().map(String::as_str).unwrap_or("?")
+        ),
+        ItemKind::Assignment => format!(
+            "`{}` is not used by `{entry_point}`",
+            item.defines.join("`, `")
+        ),
+        ItemKind::MainGuard => "`if __name__ == \"__main__\":` block".into(),
+        ItemKind::Expression => "top-level expression (example call or output)".into(),
+        ItemKind::Comment => "comment".into(),
+        ItemKind::OtherStatement => "top-level statement outside any definition".into(),
+        ItemKind::Import | ItemKind::Keep => unreachable!("always kept"),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -139,21 +139,7 @@ pub(super) struct Spawner {
 
 impl Spawner {
     pub(super) fn spawn(&self) -> Result<(Worker, Json), SandboxError> {
-        let scratch = if self.namespaces {
-            None
-        } else {
-            let dir = tempfile::Builder::new()
-                .prefix("codegen-sandbox-")
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .tempdir()
-                .map_err(SandboxError::Spawn)?;
-            remove_at_exit(dir.path());
-            if let Some(id) = self.drop_to {
-                std::os::unix::fs::chown(dir.path(), Some(id), Some(id))
-                    .map_err(SandboxError::Spawn)?;
-            }
-            Some(dir)
-        };
+        let scratch = self.scratch()?;
         let mut cfg: Json = serde_json::from_str(&self.config_json).expect("config is json");
         cfg["scratch_base"] = json!(match &scratch {
             Some(dir) => dir.path().to_string_lossy().into_owned(),
@@ -167,110 +153,11 @@ impl Spawner {
         }
         let (read_end, write_end) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let write_raw = write_end.as_raw_fd();
-        let namespaces = self.namespaces;
-        let maps = self.maps.clone();
-        let drop_to = self.drop_to;
-        let harness_pid = std::process::id() as libc::pid_t;
-
-        let mut cmd = Command::new(&self.python);
-        cmd.arg("-I")
-            .arg("-S")
-            .arg("-B")
-            .arg("-c")
-            .arg(WORKER_PY)
-            .arg(cfg)
-            .env_clear()
-            .env("PYTHONIOENCODING", "utf-8")
-            .env("MALLOC_ARENA_MAX", "2")
-            // Resolve every dynamic symbol at start-up: lazy binding would write the GOT in
-            // each forked child, one copy-on-write fault per page it touches.
-            .env("LD_BIND_NOW", "1")
-            .env("LANG", "C.UTF-8")
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::dup2(write_raw, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(id) = drop_to
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresgid(id, id, id) != 0
-                        || libc::setresuid(id, id, id) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Changing uid made us undumpable, which leaves /proc/self owned by root and
-                // the id maps below unwritable.
-                if drop_to.is_some() && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if namespaces {
-                    let flags = libc::CLONE_NEWUSER
-                        | libc::CLONE_NEWNET
-                        | libc::CLONE_NEWNS
-                        | libc::CLONE_NEWPID
-                        | libc::CLONE_NEWIPC;
-                    if libc::unshare(flags) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let (uid_map, gid_map) = maps.as_ref().expect("maps with namespaces");
-                    write_proc(c"/proc/self/setgroups", b"deny")?;
-                    write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
-                    write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
-                }
-                if drop_to.is_some() {
-                    libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-                }
-                // The worker dies with the harness, whatever ends it. Set last: a change of
-                // effective uid or gid clears it. Should the harness have died since the fork,
-                // the signal never comes: stop here instead.
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != harness_pid {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        let cmd = self.command(cfg, write_end.as_raw_fd());
         let mut child = spawn_from_lasting_thread(cmd).map_err(SandboxError::Spawn)?;
         drop(write_end);
         let stdin = child.stdin.take().expect("stdin is piped");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut err = child.stderr.take().expect("stderr is piped");
-            let keep = Arc::clone(&stderr);
-            thread::spawn(move || {
-                use std::io::Read;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Ok(mut k) = keep.lock() {
-                        k.extend_from_slice(&buf[..n]);
-                        if k.len() > 2 * TAIL_BYTES {
-                            let cut = k.len() - TAIL_BYTES;
-                            k.drain(..cut);
-                        }
-                    }
-                }
-            });
-        }
+        let stderr = keep_tail(child.stderr.take().expect("stderr is piped"));
         let mut worker = Worker {
             child,
             stdin,
@@ -297,6 +184,149 @@ impl Spawner {
             }
         }
     }
+
+    /// Without namespaces, a private scratch folder for the worker's runs (owned by the uid it
+    /// drops to); with them, none (the worker's own /tmp).
+    fn scratch(&self) -> Result<Option<tempfile::TempDir>, SandboxError> {
+        if self.namespaces {
+            return Ok(None);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("codegen-sandbox-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .map_err(SandboxError::Spawn)?;
+        remove_at_exit(dir.path());
+        if let Some(id) = self.drop_to {
+            std::os::unix::fs::chown(dir.path(), Some(id), Some(id))
+                .map_err(SandboxError::Spawn)?;
+        }
+        Ok(Some(dir))
+    }
+
+    /// The worker's command line, environment and pre-exec set-up (see [`enter_sandbox`]),
+    /// its results written to `write_raw`.
+    fn command(&self, cfg: String, write_raw: RawFd) -> Command {
+        let namespaces = self.namespaces;
+        let maps = self.maps.clone();
+        let drop_to = self.drop_to;
+        let harness_pid = std::process::id() as libc::pid_t;
+
+        let mut cmd = Command::new(&self.python);
+        cmd.arg("-I")
+            .arg("-S")
+            .arg("-B")
+            .arg("-c")
+            .arg(WORKER_PY)
+            .arg(cfg)
+            .env_clear()
+            .env("PYTHONIOENCODING", "utf-8")
+            .env("MALLOC_ARENA_MAX", "2")
+            // Resolve every dynamic symbol at start-up: lazy binding would write the GOT in
+            // each forked child, one copy-on-write fault per page it touches.
+            .env("LD_BIND_NOW", "1")
+            .env("LANG", "C.UTF-8")
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        unsafe {
+            cmd.pre_exec(move || enter_sandbox(write_raw, drop_to, namespaces, &maps, harness_pid));
+        }
+        cmd
+    }
+}
+
+/// In the forked child, before exec: a session of its own, the results pipe at fd 3, the
+/// unprivileged uid (`drop_to`), the namespaces with their id `maps`, and death with the
+/// harness. Only async-signal-safe calls.
+///
+/// # Safety
+/// Called between fork and exec only.
+unsafe fn enter_sandbox(
+    write_raw: RawFd,
+    drop_to: Option<u32>,
+    namespaces: bool,
+    maps: &Option<(CString, CString)>,
+    harness_pid: libc::pid_t,
+) -> std::io::Result<()> {
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::dup2(write_raw, 3) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Some(id) = drop_to
+            && (libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(id, id, id) != 0
+                || libc::setresuid(id, id, id) != 0)
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Changing uid made us undumpable, which leaves /proc/self owned by root and the id
+        // maps below unwritable.
+        if drop_to.is_some() && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if namespaces {
+            let flags = libc::CLONE_NEWUSER
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWIPC;
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let (uid_map, gid_map) = maps.as_ref().expect("maps with namespaces");
+            write_proc(c"/proc/self/setgroups", b"deny")?;
+            write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
+            write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
+        }
+        if drop_to.is_some() {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        // The worker dies with the harness, whatever ends it. Set last: a change of effective
+        // uid or gid clears it. Should the harness have died since the fork, the signal never
+        // comes: stop here instead.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != harness_pid {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    }
+}
+
+/// Keep the last [`TAIL_BYTES`] (or so) of the worker's stderr, read on a thread of its own.
+fn keep_tail(mut err: std::process::ChildStderr) -> Arc<Mutex<Vec<u8>>> {
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&stderr);
+    thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut k) = keep.lock() {
+                k.extend_from_slice(&buf[..n]);
+                if k.len() > 2 * TAIL_BYTES {
+                    let cut = k.len() - TAIL_BYTES;
+                    k.drain(..cut);
+                }
+            }
+        }
+    });
+    stderr
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);

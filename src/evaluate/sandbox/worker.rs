@@ -55,6 +55,93 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     (out.status.success() && !exe.is_empty()).then(|| PathBuf::from(exe))
 }
 
+/// The worker's configuration (`harness/python/worker.py`): what it sets up, each decided here
+/// from the level and this machine's capabilities, and the limits; and whether it applies
+/// Landlock.
+fn worker_config(
+    config: &SandboxConfig,
+    caps: &Capabilities,
+) -> Result<(Json, bool), SandboxError> {
+    let strict = config.level == Level::Strict;
+    let use_landlock = match config.level {
+        Level::Strict => true,
+        Level::Basic => caps.landlock_abi > 0,
+        Level::None => false,
+    };
+    let seccomp: Vec<String> = if config.level == Level::None {
+        Vec::new()
+    } else {
+        super::seccomp::programs()
+            .map_err(|e| SandboxError::Unavailable {
+                level: config.level.as_str().into(),
+                missing: format!("failed to build the seccomp filter: {e}"),
+            })?
+            .iter()
+            .map(super::seccomp::to_hex)
+            .collect()
+    };
+    let worker_cfg = json!({
+        "confine_children": config.level != Level::None,
+        "pidns": strict,
+        "mount": strict,
+        "landlock": use_landlock,
+        "seccomp": seccomp,
+        "limits": {
+            "memory_mb": config.memory_mb,
+            "cpu_seconds": config.cpu_seconds,
+            "open_files": config.open_files,
+            "file_bytes": config.file_size,
+            "max_processes": config.max_processes,
+            "output_bytes": config.output_bytes,
+            "result_bytes": 256u64 << 20,
+            "scratch_mb": config.scratch_mb,
+        },
+    });
+    Ok((worker_cfg, use_landlock))
+}
+
+/// What the sandbox isolates, as its first worker's `hello` confirmed; `uid` is the host uid
+/// runs have.
+fn isolation_report(
+    config: &SandboxConfig,
+    caps: &Capabilities,
+    hello: &Json,
+    uid: u32,
+    host_root_because: Option<String>,
+    python_note: Option<String>,
+    max_workers: usize,
+) -> IsolationReport {
+    let strict = config.level == Level::Strict;
+    IsolationReport {
+        level: config.level,
+        user_namespace: strict,
+        network_namespace: strict,
+        mount_namespace: strict,
+        pid_namespace: strict,
+        landlock_abi: hello["landlock_abi"].as_u64().unwrap_or(0) as u32,
+        seccomp_filters: hello["seccomp_filters"].as_u64().unwrap_or(0) as usize,
+        cgroups: caps.cgroups.clone(),
+        host_uid: caps.uid,
+        sandbox_uid: hello["uid"].as_u64().unwrap_or(u64::MAX) as u32,
+        sandbox_host_uid: uid,
+        host_root_because,
+        memory_mb: config.memory_mb,
+        cpu_seconds: config.cpu_seconds,
+        max_processes: config.max_processes,
+        open_files: config.open_files,
+        file_size: config.file_size,
+        output_bytes: config.output_bytes,
+        workers: max_workers,
+        python: {
+            let version = hello["python"].as_str().unwrap_or("?");
+            match &python_note {
+                Some(why) => format!("{version} ({why})"),
+                None => version.to_string(),
+            }
+        },
+    }
+}
+
 impl WorkerSandbox {
     /// Detect what this machine allows, fail if `config.level` cannot be had (with a message
     /// saying what is missing and how to allow it), and start one worker.
@@ -76,40 +163,7 @@ impl WorkerSandbox {
         let python = find_on_path(&config.python)
             .ok_or_else(|| SandboxError::NoPython(config.python.clone()))?;
         let strict = config.level == Level::Strict;
-        let use_landlock = match config.level {
-            Level::Strict => true,
-            Level::Basic => caps.landlock_abi > 0,
-            Level::None => false,
-        };
-        let seccomp: Vec<String> = if config.level == Level::None {
-            Vec::new()
-        } else {
-            super::seccomp::programs()
-                .map_err(|e| SandboxError::Unavailable {
-                    level: config.level.as_str().into(),
-                    missing: format!("failed to build the seccomp filter: {e}"),
-                })?
-                .iter()
-                .map(super::seccomp::to_hex)
-                .collect()
-        };
-        let worker_cfg = json!({
-            "level": config.level.as_str(),
-            "pidns": strict,
-            "mount": strict,
-            "landlock": use_landlock,
-            "seccomp": seccomp,
-            "limits": {
-                "memory_mb": config.memory_mb,
-                "cpu_seconds": config.cpu_seconds,
-                "open_files": config.open_files,
-                "file_bytes": config.file_size,
-                "max_processes": config.max_processes,
-                "output_bytes": config.output_bytes,
-                "result_bytes": 256u64 << 20,
-                "scratch_mb": config.scratch_mb,
-            },
-        });
+        let (worker_cfg, use_landlock) = worker_config(config, &caps)?;
         let host_user = host_user::decide(&python, config, unsafe { libc::geteuid() })?;
         let (python, python_note) = match host_user.python_instead.clone() {
             Some((other, why)) => (other, Some(why)),
@@ -143,34 +197,15 @@ impl WorkerSandbox {
             });
         }
         let max_workers = config.worker_count();
-        let report = IsolationReport {
-            level: config.level,
-            user_namespace: strict,
-            network_namespace: strict,
-            mount_namespace: strict,
-            pid_namespace: strict,
-            landlock_abi,
-            seccomp_filters: hello["seccomp_filters"].as_u64().unwrap_or(0) as usize,
-            cgroups: caps.cgroups.clone(),
-            host_uid: caps.uid,
-            sandbox_uid: hello["uid"].as_u64().unwrap_or(u64::MAX) as u32,
-            sandbox_host_uid: uid,
-            host_root_because: host_user.as_root_because,
-            memory_mb: config.memory_mb,
-            cpu_seconds: config.cpu_seconds,
-            max_processes: config.max_processes,
-            open_files: config.open_files,
-            file_size: config.file_size,
-            output_bytes: config.output_bytes,
-            workers: max_workers,
-            python: {
-                let version = hello["python"].as_str().unwrap_or("?");
-                match &python_note {
-                    Some(why) => format!("{version} ({why})"),
-                    None => version.to_string(),
-                }
-            },
-        };
+        let report = isolation_report(
+            config,
+            &caps,
+            &hello,
+            uid,
+            host_user.as_root_because,
+            python_note,
+            max_workers,
+        );
         Ok(WorkerSandbox {
             spawner,
             pool: Mutex::new(Pool {

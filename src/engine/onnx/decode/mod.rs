@@ -4,14 +4,17 @@
 //! strategy ([`KvCache`]) runs the steps; this module builds their inputs and reads the tokens.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use ort::value::Tensor;
+use ort::value::{DynValue, Tensor};
+use tokenizers::Tokenizer;
 
 use super::error::EngineError;
 use super::follow::{Gap, Guide};
 use super::gate::Turn;
-use super::kv::{FixedKv, GrowingKv, KvCache, SharedKv, StepInputs};
+use super::kv::{FixedKv, GrowingKv, KvCache, Logits, SharedKv, StepInputs};
 use super::model::Model;
 use super::sampling::{self, Sampler};
 use super::tensor::Float;
@@ -84,22 +87,113 @@ impl Model {
                 "the prompt is empty after tokenization".into(),
             ));
         }
-        let s = *lens.iter().max().expect("non-empty");
+        let mut batch = Batch::new(self, jobs, lens);
+        let max_len = batch.longest + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
+        // Other sessions of this process may decode at once: GPU work happens under a turn,
+        // exclusive for the steps that may capture a CUDA graph (see `gate`). Declared before
+        // the KV cache, so the buffers are released while the turn is still held.
+        let gate = self.gate.clone();
+        let captured = batch.use_head && self.cuda_graph() && self.uncaptured.is_some();
+        let mut turn = gate.shared();
+        let mut kv = self.kv_cache(batch.use_head, b, max_len)?;
+        loop {
+            drop(std::mem::replace(&mut turn, Turn::Free));
+            let waited = Instant::now();
+            turn = gate.step(batch.step, captured);
+            batch.secs.wait += waited.elapsed().as_secs_f64();
+            if !batch.advance(self, &mut *kv, on_token, on_done)? {
+                break;
+            }
+            batch.step += 1;
+        }
+        batch.finish(self);
+        Ok(())
+    }
+
+    /// The KV cache strategy for a batch of `batch` rows up to `max_len` positions.
+    fn kv_cache(
+        &mut self,
+        use_head: bool,
+        batch: usize,
+        max_len: usize,
+    ) -> Result<Box<dyn KvCache>, EngineError> {
+        Ok(if use_head && self.cuda_graph() {
+            Box::new(FixedKv::new(self.fixed_decode(batch, max_len)?))
+        } else if self.shares_kv() {
+            Box::new(SharedKv::new(self, batch, max_len)?)
+        } else {
+            Box::new(GrowingKv::new(self, batch)?)
+        })
+    }
+}
+
+/// Where a batch's time went (the profile line), in seconds.
+#[derive(Default)]
+struct Secs {
+    /// In ONNX Runtime (and the device head).
+    run: f64,
+    /// Choosing tokens' text, detokenizing and checking stop strings, row by row.
+    host: f64,
+    /// Waiting for other sessions' turns.
+    wait: f64,
+    /// Building each step's inputs.
+    inputs: f64,
+}
+
+/// A batch between its steps: the rows, where the guided ones are, and what each step reads.
+struct Batch<'j> {
+    jobs: &'j [SeqJob],
+    /// Each row's prompt length, and the longest.
+    lens: Vec<usize>,
+    longest: usize,
+    start: Instant,
+    max_stop: usize,
+    rows: Vec<Row>,
+    /// Where each guided row is in its accepted tokens (`None`: decoding freely).
+    guided: Vec<Option<usize>>,
+    /// Greedy batches on the shared-KV path leave the logits on the device for the head;
+    /// sampling needs the whole distribution on the host.
+    use_head: bool,
+    /// How many alternatives the device head returns per row.
+    head_k: usize,
+    /// Wide greedy batches on the device head record each step while the next one runs; a
+    /// narrow batch's bookkeeping is shorter than starting a thread for it.
+    pipelined: bool,
+    step: usize,
+    /// Rows already handed to `on_done`, and the device memory reading they carry.
+    published: Vec<bool>,
+    /// The last reading (earlier batches': the arena only grows); this batch's is taken on
+    /// another thread after its first decode step, as `nvidia-smi` takes tens of ms that
+    /// must not land inside a sequence's decode time.
+    device_peak: Option<u64>,
+    reading: Option<std::thread::JoinHandle<Option<u64>>>,
+    last_tokens: Vec<u32>,
+    /// The previous step's picks, recorded while the next step runs (device-head path).
+    pending: Option<(Vec<Option<Choice>>, f64)>,
+    /// Taken out of the model for the batch: the bookkeeping thread reads them while the
+    /// model runs.
+    pieces: HashMap<u32, String>,
+    tokenizer: Arc<Tokenizer>,
+    eos: Vec<u32>,
+    /// The logits' vocabulary size, known after the first run.
+    vocab: usize,
+    secs: Secs,
+}
+
+impl<'j> Batch<'j> {
+    fn new(model: &mut Model, jobs: &'j [SeqJob], lens: Vec<usize>) -> Batch<'j> {
+        let b = jobs.len();
+        let longest = *lens.iter().max().expect("non-empty");
         let start = Instant::now();
         let max_stop = jobs
             .iter()
             .flat_map(|j| j.stop.iter().map(|s| s.len()))
             .max()
             .unwrap_or(0);
-        let mut rows: Vec<Row> = jobs.iter().map(Row::new).collect();
-        // Where each guided row is in its accepted tokens (`None`: decoding freely).
-        let mut guided: Vec<Option<usize>> =
-            jobs.iter().map(|j| j.guide.as_ref().map(|_| 0)).collect();
-
-        // Greedy batches on the shared-KV path leave the logits on the device for the head;
-        // sampling needs the whole distribution on the host.
+        let rows: Vec<Row> = jobs.iter().map(Row::new).collect();
+        let guided = jobs.iter().map(|j| j.guide.as_ref().map(|_| 0)).collect();
         let use_head =
-            self.head.is_some() && self.shares_kv() && jobs.iter().all(|j| j.sampler.is_greedy());
+            model.head.is_some() && model.shares_kv() && jobs.iter().all(|j| j.sampler.is_greedy());
         // Guided rows need the accepted token among the alternatives to measure its gap.
         let head_k = jobs
             .iter()
@@ -110,338 +204,413 @@ impl Model {
             .max()
             .unwrap_or(0)
             .max(1);
-        // Wide greedy batches on the device head record each step while the next one runs; a
-        // narrow batch's bookkeeping is shorter than starting a thread for it.
-        let pipelined = use_head && b >= ROWS_PER_THREAD;
-        let max_len = s + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
-        // Other sessions of this process may decode at once: GPU work happens under a turn,
-        // exclusive for the steps that may capture a CUDA graph (see `gate`). Declared before
-        // the KV cache, so the buffers are released while the turn is still held.
-        let gate = self.gate.clone();
-        let captured = use_head && self.cuda_graph() && self.uncaptured.is_some();
-        let mut turn = gate.shared();
-        let mut kv: Box<dyn KvCache> = if use_head && self.cuda_graph() {
-            Box::new(FixedKv::new(self.fixed_decode(b, max_len)?))
-        } else if self.shares_kv() {
-            Box::new(SharedKv::new(self, b, max_len)?)
-        } else {
-            Box::new(GrowingKv::new(self, b)?)
+        Batch {
+            jobs,
+            lens,
+            longest,
+            start,
+            max_stop,
+            rows,
+            guided,
+            use_head,
+            head_k,
+            pipelined: use_head && b >= ROWS_PER_THREAD,
+            step: 0,
+            published: vec![false; b],
+            device_peak: model.device_peak,
+            reading: None,
+            last_tokens: vec![model.tokens.pad; b],
+            pending: None,
+            pieces: std::mem::take(&mut model.pieces),
+            tokenizer: Arc::clone(&model.tokenizer),
+            eos: model.tokens.eos.clone(),
+            vocab: 0,
+            secs: Secs::default(),
+        }
+    }
+
+    /// Run step `self.step` (the prefill at 0) and record its tokens; false once every row has
+    /// finished.
+    fn advance(
+        &mut self,
+        model: &mut Model,
+        kv: &mut dyn KvCache,
+        on_token: &mut dyn FnMut(),
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<bool, EngineError> {
+        let inputs_started = Instant::now();
+        let inputs = self.inputs(model, kv)?;
+        let q = inputs.shape[1];
+        self.secs.inputs += inputs_started.elapsed().as_secs_f64();
+        let run_started = Instant::now();
+        let logits = self.run(model, kv, inputs, on_done)?;
+        let lq = self.check_logits(model, &logits, q)?;
+        debug_assert!(!model.graph.logits_positions || lq == 1);
+        let picks = match (&mut model.head, self.use_head) {
+            (Some(head), true) => {
+                let index: Vec<i64> = (0..self.rows.len())
+                    .map(|r| self.continue_at(r, lq) as i64)
+                    .collect();
+                let tops = head.top(&logits, &index, lq, self.head_k)?;
+                self.secs.run += run_started.elapsed().as_secs_f64();
+                self.pick_on_head(tops)
+            }
+            _ => self.pick_on_host(model, &logits, lq, run_started)?,
         };
-        let device_id = self.device_id;
-        let mut step = 0usize;
-        let mut run_secs = 0.0f64;
-        // Rows already handed to `on_done`, and the device memory reading they carry.
-        let mut published = vec![false; b];
-        // The last reading (earlier batches': the arena only grows); this batch's is taken on
-        // another thread after its first decode step, as `nvidia-smi` takes tens of ms that
-        // must not land inside a sequence's decode time.
-        let mut device_peak: Option<u64> = self.device_peak;
-        let mut reading: Option<std::thread::JoinHandle<Option<u64>>> = None;
-        // Choosing tokens' text, detokenizing and checking stop strings, row by row.
-        let mut host_secs = 0.0f64;
-        // Waiting for other sessions' turns, and building each step's inputs.
-        let (mut wait_secs, mut inputs_secs) = (0.0f64, 0.0f64);
-        let mut last_tokens: Vec<u32> = vec![self.tokens.pad; b];
-        // The previous step's picks, recorded while the next step runs (device-head path).
-        let mut pending: Option<(Vec<Option<Choice>>, f64)> = None;
-        // Taken out of the model for the batch: the bookkeeping thread reads them while the
-        // model runs.
-        let mut pieces = std::mem::take(&mut self.pieces);
-        let tokenizer = std::sync::Arc::clone(&self.tokenizer);
-        let eos = self.tokens.eos.clone();
-        // The logits' vocabulary size, known after the first run.
-        let mut vocab = 0usize;
-        loop {
-            drop(std::mem::replace(&mut turn, Turn::Free));
-            let waited = Instant::now();
-            turn = gate.step(step, captured);
-            wait_secs += waited.elapsed().as_secs_f64();
-            let inputs_started = Instant::now();
-            let total = if step == 0 { s } else { s + step };
-            let width = kv.mask_width(step, total);
-            let (ids, mask, positions, q) = step_tensors(
-                self.graph.layout,
-                step,
-                jobs,
-                &lens,
-                &last_tokens,
-                self.tokens.pad,
-                width,
-            );
-            // Only the position each row continues from: its last prompt token at prefill, the
-            // one new token after.
-            let logits_positions = match self.graph.logits_positions {
-                true => {
-                    let at: Vec<i64> = (0..b)
-                        .map(|r| if step == 0 { lens[r] as i64 - 1 } else { 0 })
-                        .collect();
-                    Some(Tensor::<i64>::from_array(([b, 1], at)).map_err(EngineError::run)?)
-                }
-                false => None,
-            };
-            let inputs = StepInputs {
-                step,
-                ids: Tensor::<i64>::from_array(([b, q], ids)).map_err(EngineError::run)?,
-                mask: Tensor::<i64>::from_array(([b, width], mask)).map_err(EngineError::run)?,
-                positions,
-                shape: [b, q],
-                vocab,
-                logits_on_device: use_head,
-                logits_positions,
-            };
-            inputs_secs += inputs_started.elapsed().as_secs_f64();
-            let run_started = Instant::now();
-            // Pipelined (greedy on the device head): the previous step's bookkeeping runs on
-            // another thread while the GPU runs this step; rows it finishes are published now.
-            let (logits, recorded) = std::thread::scope(|scope| {
-                let record = pending.take().map(|(picks, now): (Vec<_>, f64)| {
-                    let rows = &mut rows;
-                    let (pieces, tokenizer, eos) = (&pieces, &*tokenizer, &eos[..]);
-                    let threads = self.sampling_threads;
-                    scope.spawn(move || {
-                        let shared = StepShared {
-                            pieces,
-                            tokenizer,
-                            eos,
-                            max_stop,
-                            now,
-                        };
-                        record_rows(rows_with(rows, picks, jobs), &shared, threads)
+        drop(logits);
+        self.record(model, picks, on_token, on_done)
+    }
+
+    /// Step `self.step`'s inputs: the right-padded prompts at prefill, each row's last token
+    /// after.
+    fn inputs(&self, model: &Model, kv: &dyn KvCache) -> Result<StepInputs, EngineError> {
+        let (b, step) = (self.rows.len(), self.step);
+        let total = if step == 0 {
+            self.longest
+        } else {
+            self.longest + step
+        };
+        let width = kv.mask_width(step, total);
+        let (ids, mask, positions, q) = step_tensors(
+            model.graph.layout,
+            step,
+            self.jobs,
+            &self.lens,
+            &self.last_tokens,
+            model.tokens.pad,
+            width,
+        );
+        // Only the position each row continues from: its last prompt token at prefill, the
+        // one new token after.
+        let logits_positions = match model.graph.logits_positions {
+            true => {
+                let at: Vec<i64> = (0..b)
+                    .map(|r| {
+                        if step == 0 {
+                            self.lens[r] as i64 - 1
+                        } else {
+                            0
+                        }
                     })
-                });
-                let logits = kv.run(self, inputs);
-                let recorded = record.map_or(Ok(()), |h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(EngineError::Generate(
-                            "the bookkeeping thread panicked".into(),
-                        ))
-                    })
-                });
-                (logits, recorded)
+                    .collect();
+                Some(Tensor::<i64>::from_array(([b, 1], at)).map_err(EngineError::run)?)
+            }
+            false => None,
+        };
+        Ok(StepInputs {
+            step,
+            ids: Tensor::<i64>::from_array(([b, q], ids)).map_err(EngineError::run)?,
+            mask: Tensor::<i64>::from_array(([b, width], mask)).map_err(EngineError::run)?,
+            positions,
+            shape: [b, q],
+            vocab: self.vocab,
+            logits_on_device: self.use_head,
+            logits_positions,
+        })
+    }
+
+    /// Run the model on `inputs`. Pipelined (greedy on the device head): the previous step's
+    /// bookkeeping runs on another thread while the GPU runs this step; rows it finishes are
+    /// published now.
+    fn run<'k>(
+        &mut self,
+        model: &mut Model,
+        kv: &'k mut dyn KvCache,
+        inputs: StepInputs,
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<Logits<'k>, EngineError> {
+        let threads = model.sampling_threads;
+        let Batch {
+            jobs,
+            rows,
+            pending,
+            pieces,
+            tokenizer,
+            eos,
+            max_stop,
+            ..
+        } = self;
+        let (logits, recorded) = std::thread::scope(|scope| {
+            let record = pending.take().map(|(picks, now): (Vec<_>, f64)| {
+                let (pieces, tokenizer, eos) = (&*pieces, &**tokenizer, &eos[..]);
+                let max_stop = *max_stop;
+                scope.spawn(move || {
+                    let shared = StepShared {
+                        pieces,
+                        tokenizer,
+                        eos,
+                        max_stop,
+                        now,
+                    };
+                    record_rows(rows_with(rows, picks, jobs), &shared, threads)
+                })
             });
-            recorded?;
-            let logits = logits?;
-            self.publish_done(
-                &mut rows,
-                &mut published,
-                &lens,
-                start,
-                device_peak,
-                on_done,
-            )?;
-            let shape: Vec<i64> = logits.shape().to_vec();
-            if shape.len() != 3 || shape[0] as usize != b {
-                return Err(EngineError::Run(format!(
-                    "logits have shape {shape:?}, expected [batch, seq, vocab]"
-                )));
-            }
-            let lq = shape[1] as usize;
-            vocab = shape[2] as usize;
-            let want = if self.graph.logits_positions { 1 } else { q };
-            if lq != want && !(lq == 1 && lens.iter().all(|&l| l == s)) {
-                return Err(EngineError::Run(format!(
-                    "the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
-                )));
-            }
-            // The position each row continues from: its last prompt token at prefill.
-            let at_of = |r: usize| if lq == 1 || step > 0 { 0 } else { lens[r] - 1 };
-            debug_assert!(!self.graph.logits_positions || lq == 1);
-            let mut picks: Vec<Option<Choice>> = vec![None; b];
-            match (&mut self.head, use_head) {
-                (Some(head), true) => {
-                    let index: Vec<i64> = (0..b).map(|r| at_of(r) as i64).collect();
-                    let tops = head.top(&logits, &index, lq, head_k)?;
-                    run_secs += run_started.elapsed().as_secs_f64();
-                    for (r, mut top) in tops.into_iter().enumerate() {
-                        if rows[r].done() {
-                            continue;
-                        }
-                        let (token, logprob) = top[0];
-                        // Only a guided row needs the alternatives beyond those it records.
-                        let all = guided[r].map(|_| top.clone());
-                        top.truncate(jobs[r].top_logprobs);
-                        let pick = sampling::Pick {
-                            token,
-                            logprob,
-                            top,
-                        };
-                        let gap = |accepted| match &all {
-                            Some(all) => Gap::from_top(all, accepted),
-                            None => Gap::AtLeast(f32::INFINITY),
-                        };
-                        picks[r] = Some(guide_pick(&mut guided[r], &jobs[r], pick, gap));
-                    }
-                }
-                _ => {
-                    let data: Cow<'_, [f32]> = match self.graph.logits_type {
-                        Float::F32 => Cow::Borrowed(
-                            logits
-                                .try_extract_tensor::<f32>()
-                                .map_err(EngineError::run)?
-                                .1,
-                        ),
-                        Float::F16 => Cow::Owned(
-                            logits
-                                .try_extract_tensor::<half::f16>()
-                                .map_err(EngineError::run)?
-                                .1
-                                .iter()
-                                .map(|x| x.to_f32())
-                                .collect(),
-                        ),
-                    };
-                    run_secs += run_started.elapsed().as_secs_f64();
-                    let data = match self.logit_noise {
-                        Some(noise) => {
-                            let mut owned = data.into_owned();
-                            for (r, len) in lens.iter().enumerate() {
-                                let off = (r * lq + at_of(r)) * vocab;
-                                noise.apply(&mut owned[off..off + vocab], len - 1 + step);
-                            }
-                            Cow::Owned(owned)
-                        }
-                        None => data,
-                    };
-                    let row_at = |r: usize| -> &[f32] {
-                        let off = (r * lq + at_of(r)) * vocab;
-                        &data[off..off + vocab]
-                    };
-                    let mut active: Vec<sampling::RowChoice<'_>> = rows
-                        .iter_mut()
-                        .enumerate()
-                        .filter(|(_, row)| !row.done())
-                        .map(|(r, row)| sampling::RowChoice {
-                            row: r,
-                            rng: &mut row.rng,
-                            sampler: &jobs[r].sampler,
-                            top_logprobs: jobs[r].top_logprobs,
-                        })
-                        .collect();
-                    for (r, p) in sampling::pick_rows(&row_at, &mut active, self.sampling_threads) {
-                        let top = p.token;
-                        let gap = |accepted| Gap::from_logits(row_at(r), top, accepted);
-                        picks[r] = Some(guide_pick(&mut guided[r], &jobs[r], p, gap));
-                    }
-                }
-            }
-            drop(logits);
-            let host_started = Instant::now();
-            let now = start.elapsed().as_secs_f64();
-            // Every piece this step needs, decoded once (serially: the cache is shared), then
-            // the rows in parallel: detokenizing and searching stop strings is per-row work
-            // that at a batch of 100+ rows takes as long as the GPU's step.
-            for (pick, _) in picks.iter().flatten() {
-                piece(&mut pieces, &tokenizer, pick.token as u32);
-                for &(i, _) in &pick.top {
-                    piece(&mut pieces, &tokenizer, i as u32);
-                }
-            }
-            let chosen = picks.iter().flatten().count();
-            for (r, pick) in picks.iter().enumerate() {
-                if let Some((pick, _)) = pick {
-                    last_tokens[r] = pick.token as u32;
-                }
-            }
-            for _ in 0..chosen {
-                on_token();
-            }
-            // The arena reaches its high-water mark with the prefill and the first decode step
-            // (the graph's capture); later steps reuse it.
-            if step == 1 && self.provider == Provider::Cuda {
-                reading = std::thread::Builder::new()
-                    .name("codegen-device-memory".into())
-                    .spawn(move || machine::process_gpu_bytes_on(device_id))
-                    .ok();
-            }
-            if reading.as_ref().is_some_and(|h| h.is_finished()) {
-                let read = reading.take().and_then(|h| h.join().ok()).flatten();
-                device_peak = device_peak.max(read);
-            }
-            if pipelined {
-                host_secs += host_started.elapsed().as_secs_f64();
-                if chosen == 0 {
-                    break; // every row finished by the previous step
-                }
-                pending = Some((picks, now));
-                step += 1;
+            let logits = kv.run(model, inputs);
+            let recorded = record.map_or(Ok(()), |h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(EngineError::Generate(
+                        "the bookkeeping thread panicked".into(),
+                    ))
+                })
+            });
+            (logits, recorded)
+        });
+        recorded?;
+        let logits = logits?;
+        self.publish_done(model, on_done)?;
+        Ok(logits)
+    }
+
+    /// Check the logits' shape for `q` inputs per row; returns how many positions they hold
+    /// (and learns the vocabulary size).
+    fn check_logits(
+        &mut self,
+        model: &Model,
+        logits: &DynValue,
+        q: usize,
+    ) -> Result<usize, EngineError> {
+        let shape: Vec<i64> = logits.shape().to_vec();
+        if shape.len() != 3 || shape[0] as usize != self.rows.len() {
+            return Err(EngineError::Run(format!(
+                "logits have shape {shape:?}, expected [batch, seq, vocab]"
+            )));
+        }
+        let lq = shape[1] as usize;
+        self.vocab = shape[2] as usize;
+        let want = if model.graph.logits_positions { 1 } else { q };
+        if lq != want && !(lq == 1 && self.lens.iter().all(|&l| l == self.longest)) {
+            return Err(EngineError::Run(format!(
+                "the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
+            )));
+        }
+        Ok(lq)
+    }
+
+    /// The position row `r` continues from among `lq` logits positions: its last prompt token
+    /// at prefill.
+    fn continue_at(&self, r: usize, lq: usize) -> usize {
+        continue_at(&self.lens, self.step, r, lq)
+    }
+
+    /// Each unfinished row's pick from the device head's top alternatives.
+    fn pick_on_head(&mut self, tops: Vec<Vec<(usize, f32)>>) -> Vec<Option<Choice>> {
+        let mut picks: Vec<Option<Choice>> = vec![None; self.rows.len()];
+        for (r, mut top) in tops.into_iter().enumerate() {
+            if self.rows[r].done() {
                 continue;
             }
-            let shared = StepShared {
-                pieces: &pieces,
-                tokenizer: &tokenizer,
-                eos: &eos,
-                max_stop,
-                now,
+            let (token, logprob) = top[0];
+            // Only a guided row needs the alternatives beyond those it records.
+            let all = self.guided[r].map(|_| top.clone());
+            top.truncate(self.jobs[r].top_logprobs);
+            let pick = sampling::Pick {
+                token,
+                logprob,
+                top,
             };
-            record_rows(
-                rows_with(&mut rows, picks, jobs),
-                &shared,
-                self.sampling_threads,
-            )?;
-            self.publish_done(
-                &mut rows,
-                &mut published,
-                &lens,
-                start,
-                device_peak,
-                on_done,
-            )?;
-            host_secs += host_started.elapsed().as_secs_f64();
-            if rows.iter().all(Row::done) {
-                break;
-            }
-            step += 1;
+            let gap = |accepted| match &all {
+                Some(all) => Gap::from_top(all, accepted),
+                None => Gap::AtLeast(f32::INFINITY),
+            };
+            picks[r] = Some(guide_pick(&mut self.guided[r], &self.jobs[r], pick, gap));
         }
-        self.pieces = pieces;
-        if let Some(h) = reading {
-            device_peak = device_peak.max(h.join().ok().flatten());
-        }
-        self.device_peak = device_peak;
-        let total_ms = start.elapsed().as_secs_f64() * 1000.0;
-        if self.profile {
-            eprintln!(
-                "codegen: batch of {b}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, {:.0} ms waiting for other sessions, {:.0} ms building inputs, prompts up to {s} tokens, device memory {} MiB",
-                step + 1,
-                total_ms,
-                run_secs * 1000.0,
-                host_secs * 1000.0,
-                wait_secs * 1000.0,
-                inputs_secs * 1000.0,
-                match self.provider {
-                    Provider::Cuda =>
-                        machine::process_gpu_bytes_on(self.device_id).map_or(0, |b| b >> 20),
-                    Provider::Cpu => 0,
+        picks
+    }
+
+    /// Each unfinished row's pick from the logits on the host (sampled, or greedy).
+    fn pick_on_host(
+        &mut self,
+        model: &Model,
+        logits: &DynValue,
+        lq: usize,
+        run_started: Instant,
+    ) -> Result<Vec<Option<Choice>>, EngineError> {
+        let (vocab, step, lens) = (self.vocab, self.step, &self.lens);
+        let at_of = |r: usize| continue_at(lens, step, r, lq);
+        let data: Cow<'_, [f32]> = match model.graph.logits_type {
+            Float::F32 => Cow::Borrowed(
+                logits
+                    .try_extract_tensor::<f32>()
+                    .map_err(EngineError::run)?
+                    .1,
+            ),
+            Float::F16 => Cow::Owned(
+                logits
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(EngineError::run)?
+                    .1
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .collect(),
+            ),
+        };
+        self.secs.run += run_started.elapsed().as_secs_f64();
+        let data = match model.logit_noise {
+            Some(noise) => {
+                let mut owned = data.into_owned();
+                for (r, len) in lens.iter().enumerate() {
+                    let off = (r * lq + at_of(r)) * vocab;
+                    noise.apply(&mut owned[off..off + vocab], len - 1 + step);
                 }
-            );
+                Cow::Owned(owned)
+            }
+            None => data,
+        };
+        let row_at = |r: usize| -> &[f32] {
+            let off = (r * lq + at_of(r)) * vocab;
+            &data[off..off + vocab]
+        };
+        let jobs = self.jobs;
+        let mut active: Vec<sampling::RowChoice<'_>> = self
+            .rows
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, row)| !row.done())
+            .map(|(r, row)| sampling::RowChoice {
+                row: r,
+                rng: &mut row.rng,
+                sampler: &jobs[r].sampler,
+                top_logprobs: jobs[r].top_logprobs,
+            })
+            .collect();
+        let mut picks: Vec<Option<Choice>> = vec![None; jobs.len()];
+        for (r, p) in sampling::pick_rows(&row_at, &mut active, model.sampling_threads) {
+            let top = p.token;
+            let gap = |accepted| Gap::from_logits(row_at(r), top, accepted);
+            picks[r] = Some(guide_pick(&mut self.guided[r], &jobs[r], p, gap));
         }
-        Ok(())
+        Ok(picks)
+    }
+
+    /// Take this step's picks: decode their pieces, count their tokens, then record them into
+    /// the rows now or (pipelined) during the next step. False once every row has finished.
+    fn record(
+        &mut self,
+        model: &Model,
+        picks: Vec<Option<Choice>>,
+        on_token: &mut dyn FnMut(),
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<bool, EngineError> {
+        let host_started = Instant::now();
+        let now = self.start.elapsed().as_secs_f64();
+        // Every piece this step needs, decoded once (serially: the cache is shared), then
+        // the rows in parallel: detokenizing and searching stop strings is per-row work
+        // that at a batch of 100+ rows takes as long as the GPU's step.
+        for (pick, _) in picks.iter().flatten() {
+            piece(&mut self.pieces, &self.tokenizer, pick.token as u32);
+            for &(i, _) in &pick.top {
+                piece(&mut self.pieces, &self.tokenizer, i as u32);
+            }
+        }
+        let chosen = picks.iter().flatten().count();
+        for (r, pick) in picks.iter().enumerate() {
+            if let Some((pick, _)) = pick {
+                self.last_tokens[r] = pick.token as u32;
+            }
+        }
+        for _ in 0..chosen {
+            on_token();
+        }
+        self.read_device_memory(model);
+        if self.pipelined {
+            self.secs.host += host_started.elapsed().as_secs_f64();
+            if chosen == 0 {
+                return Ok(false); // every row finished by the previous step
+            }
+            self.pending = Some((picks, now));
+            return Ok(true);
+        }
+        let shared = StepShared {
+            pieces: &self.pieces,
+            tokenizer: &self.tokenizer,
+            eos: &self.eos,
+            max_stop: self.max_stop,
+            now,
+        };
+        record_rows(
+            rows_with(&mut self.rows, picks, self.jobs),
+            &shared,
+            model.sampling_threads,
+        )?;
+        self.publish_done(model, on_done)?;
+        self.secs.host += host_started.elapsed().as_secs_f64();
+        Ok(!self.rows.iter().all(Row::done))
+    }
+
+    /// The arena reaches its high-water mark with the prefill and the first decode step (the
+    /// graph's capture); later steps reuse it: read it once, on another thread.
+    fn read_device_memory(&mut self, model: &Model) {
+        if self.step == 1 && model.provider == Provider::Cuda {
+            let device_id = model.device_id;
+            self.reading = std::thread::Builder::new()
+                .name("codegen-device-memory".into())
+                .spawn(move || machine::process_gpu_bytes_on(device_id))
+                .ok();
+        }
+        if self.reading.as_ref().is_some_and(|h| h.is_finished()) {
+            let read = self.reading.take().and_then(|h| h.join().ok()).flatten();
+            self.device_peak = self.device_peak.max(read);
+        }
     }
 
     /// Hand every newly finished row to `on_done`.
     fn publish_done(
-        &self,
-        rows: &mut [Row],
-        published: &mut [bool],
-        lens: &[usize],
-        start: Instant,
-        device_peak: Option<u64>,
+        &mut self,
+        model: &Model,
         on_done: &mut dyn FnMut(usize, Completion),
     ) -> Result<(), EngineError> {
-        for r in 0..rows.len() {
-            if rows[r].done() && !published[r] {
-                published[r] = true;
+        for r in 0..self.rows.len() {
+            if self.rows[r].done() && !self.published[r] {
+                self.published[r] = true;
                 let usage = Usage {
-                    prompt_tokens: lens[r],
-                    total_ms: start.elapsed().as_secs_f64() * 1000.0,
+                    prompt_tokens: self.lens[r],
+                    total_ms: self.start.elapsed().as_secs_f64() * 1000.0,
                     peak_host_bytes: machine::peak_host_bytes(),
-                    peak_device_bytes: device_peak,
+                    peak_device_bytes: self.device_peak,
                 };
-                on_done(r, self.finish_row(&mut rows[r], usage)?);
+                on_done(r, model.finish_row(&mut self.rows[r], usage)?);
             }
         }
         Ok(())
     }
 
+    /// Give the model back its pieces and the device reading, and print the profile line.
+    fn finish(self, model: &mut Model) {
+        model.pieces = self.pieces;
+        let mut device_peak = self.device_peak;
+        if let Some(h) = self.reading {
+            device_peak = device_peak.max(h.join().ok().flatten());
+        }
+        model.device_peak = device_peak;
+        let total_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        if model.profile {
+            eprintln!(
+                "codegen: batch of {}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, {:.0} ms waiting for other sessions, {:.0} ms building inputs, prompts up to {} tokens, device memory {} MiB",
+                self.rows.len(),
+                self.step + 1,
+                total_ms,
+                self.secs.run * 1000.0,
+                self.secs.host * 1000.0,
+                self.secs.wait * 1000.0,
+                self.secs.inputs * 1000.0,
+                self.longest,
+                match model.provider {
+                    Provider::Cuda =>
+                        machine::process_gpu_bytes_on(model.device_id).map_or(0, |b| b >> 20),
+                    Provider::Cpu => 0,
+                }
+            );
+        }
+    }
+}
+
+/// The position row `r` continues from among `lq` logits positions at step `step`: its last
+/// prompt token at prefill (when the graph returns every position), else the only one.
+fn continue_at(lens: &[usize], step: usize, r: usize, lq: usize) -> usize {
+    if lq == 1 || step > 0 { 0 } else { lens[r] - 1 }
+}
+
+impl Model {
     /// Hand over a finished row: its text (what the detokenizer still held included), its
     /// trace and its timing. The row keeps only its finish reason.
     fn finish_row(&self, row: &mut Row, usage: Usage) -> Result<Completion, EngineError> {
