@@ -95,7 +95,14 @@ impl Model {
         let gate = self.gate.clone();
         let captured = batch.use_head && self.cuda_graph() && self.uncaptured.is_some();
         let mut turn = gate.shared();
-        let mut kv = self.kv_cache(batch.use_head, b, max_len)?;
+        let mut kv = match self.kv_cache(batch.use_head, b, max_len) {
+            Ok(kv) => kv,
+            Err(e) => {
+                // The model keeps its pieces when no step ran, as before the batch took them.
+                self.pieces = std::mem::take(&mut batch.pieces);
+                return Err(e);
+            }
+        };
         loop {
             drop(std::mem::replace(&mut turn, Turn::Free));
             let waited = Instant::now();
