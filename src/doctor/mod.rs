@@ -16,6 +16,7 @@ pub mod gguf;
 mod probe;
 pub mod render;
 pub mod snapshot;
+pub mod template;
 
 use crate::machine;
 use std::path::{Path, PathBuf};
