@@ -231,6 +231,14 @@ pub fn markdown(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "### codegen: `{}`\n", summary.model);
+    markdown_rates(&mut s, summary);
+    markdown_facts(&mut s, summary);
+    markdown_verdict(&mut s, summary, outcomes, baseline, gate, gate_note);
+    s
+}
+
+/// The pass-rate table per category, and pass@k / pass^k when there are several samples.
+fn markdown_rates(s: &mut String, summary: &Summary) {
     let _ = writeln!(
         s,
         "| category | cases | passed | pass rate | syntax valid |"
@@ -248,9 +256,9 @@ pub fn markdown(
         );
     };
     for (cat, t) in &summary.categories {
-        row(&mut s, cat, t);
+        row(s, cat, t);
     }
-    row(&mut s, "**overall**", &summary.overall);
+    row(s, "**overall**", &summary.overall);
     let _ = writeln!(s, "\n{}.", capitalized(INTERVAL_METHOD));
     if several_samples(summary) {
         let t = &summary.overall;
@@ -279,6 +287,11 @@ pub fn markdown(
         let _ = writeln!(s, "| **overall** | {} |", cells(t));
         let _ = writeln!(s, "\n{}.", capitalized(PASS_K_METHOD));
     }
+}
+
+/// One line each: unmeasured cases, resources, failures, diversity, following, timing,
+/// uncertainty.
+fn markdown_facts(s: &mut String, summary: &Summary) {
     if summary.overall.errors > 0 {
         let _ = writeln!(
             s,
@@ -311,6 +324,17 @@ pub fn markdown(
             let _ = writeln!(s, "- {}.", capitalized(&line));
         }
     }
+}
+
+/// The baseline, the trials, the gate and the failing cases.
+fn markdown_verdict(
+    s: &mut String,
+    summary: &Summary,
+    outcomes: &[CaseOutcome],
+    baseline: Option<Baseline>,
+    gate: &[GateFailure],
+    gate_note: Option<&str>,
+) {
     if let Some(b) = baseline {
         let _ = writeln!(
             s,
@@ -357,7 +381,6 @@ pub fn markdown(
         }
         let _ = writeln!(s, "\n</details>");
     }
-    s
 }
 
 fn first_failure(o: &CaseOutcome) -> String {

@@ -126,11 +126,38 @@ fn gate(m: &ModelResults) -> String {
 
 /// The table as HTML (cells already escaped).
 pub fn render(models: &[ModelResults]) -> String {
-    type Cell<'a> = Box<dyn Fn(&ModelResults) -> String + 'a>;
+    let mut rows = profile_rows();
+    rows.extend(quality_rows(models));
+    if models.iter().any(|m| {
+        m.summary_field(&["uncertainty", "low_prob_line"])
+            .is_object()
+    }) {
+        rows.push((
+            "least likely token on the failing line (hits/located, chance, p)".into(),
+            Box::new(low_prob_line_cell),
+        ));
+    }
+    // A profile spread over several GPUs: each session's share, speed and memory.
+    if models
+        .iter()
+        .any(|m| m.summary_field(&["devices"]).is_array())
+    {
+        rows.push(("sessions (per device)".into(), Box::new(sessions_cell)));
+    }
+    rows.push(("trials".into(), Box::new(super::verdict::trials_cell)));
+    rows.push(("gate".into(), Box::new(gate)));
+    table(models, &rows)
+}
+
+/// A row's cell for one profile.
+type Cell<'a> = Box<dyn Fn(&ModelResults) -> String + 'a>;
+
+/// The profile's facts, speed and memory, and its overall pass rate.
+fn profile_rows() -> Vec<(String, Cell<'static>)> {
     let profile = |k: &'static str| -> Cell {
         Box::new(move |m| esc(&text(m.summary_field(&["profile", k]))))
     };
-    let mut rows: Vec<(String, Cell)> = vec![
+    vec![
         ("source".into(), profile("source")),
         ("model".into(), profile("model")),
         ("device".into(), profile("device")),
@@ -175,7 +202,12 @@ pub fn render(models: &[ModelResults]) -> String {
             "<b>pass rate</b> [95% CI] (passed/cases)".into(),
             Box::new(|m| format!("<b>{}</b>", rate(m.summary_field(&["overall"])))),
         ),
-    ];
+    ]
+}
+
+/// Per category, syntax validity, pass@k and pass^k, and the AUROC rows any profile has.
+fn quality_rows(models: &[ModelResults]) -> Vec<(String, Cell<'static>)> {
+    let mut rows: Vec<(String, Cell)> = Vec::new();
     for cat in super::results::categories(models) {
         let label = format!("&nbsp;&nbsp;{}", esc(&cat));
         rows.push((
@@ -204,62 +236,51 @@ pub fn render(models: &[ModelResults]) -> String {
             ));
         }
     }
-    if models.iter().any(|m| {
-        m.summary_field(&["uncertainty", "low_prob_line"])
-            .is_object()
-    }) {
-        rows.push((
-            "least likely token on the failing line (hits/located, chance, p)".into(),
-            Box::new(|m| {
-                let l = m.summary_field(&["uncertainty", "low_prob_line"]);
-                match (num(l, &["hits"]), num(l, &["located"])) {
-                    (Some(h), Some(n)) if n > 0.0 => format!(
-                        "{h:.0}/{n:.0} ({:.0}%), chance {:.2}, p = {}",
-                        h / n * 100.0,
-                        num(l, &["expected_hits"]).unwrap_or(0.0),
-                        num(l, &["p_value"]).map_or_else(|| NA.into(), |p| format!("{p:.3}"))
-                    ),
-                    _ => NA.into(),
-                }
-            }),
-        ));
-    }
-    // A profile spread over several GPUs: each session's share, speed and memory.
-    if models
-        .iter()
-        .any(|m| m.summary_field(&["devices"]).is_array())
-    {
-        rows.push((
-            "sessions (per device)".into(),
-            Box::new(|m| {
-                let Some(devices) = m.summary_field(&["devices"]).as_array() else {
-                    return NA.into();
-                };
-                devices
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{}: {} seq, {:.0} tok/s, {}",
-                            esc(&text(&d["device"])),
-                            text(&d["sequences"]),
-                            num(d, &["tokens_per_s"]).unwrap_or(0.0),
-                            bytes(num(d, &["peak_device_bytes"]))
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("<br>")
-            }),
-        ));
-    }
-    rows.push(("trials".into(), Box::new(super::verdict::trials_cell)));
-    rows.push(("gate".into(), Box::new(gate)));
+    rows
+}
 
+/// The low-probability-line test of one profile: hits of located failures, chance, p.
+fn low_prob_line_cell(m: &ModelResults) -> String {
+    let l = m.summary_field(&["uncertainty", "low_prob_line"]);
+    match (num(l, &["hits"]), num(l, &["located"])) {
+        (Some(h), Some(n)) if n > 0.0 => format!(
+            "{h:.0}/{n:.0} ({:.0}%), chance {:.2}, p = {}",
+            h / n * 100.0,
+            num(l, &["expected_hits"]).unwrap_or(0.0),
+            num(l, &["p_value"]).map_or_else(|| NA.into(), |p| format!("{p:.3}"))
+        ),
+        _ => NA.into(),
+    }
+}
+
+/// Each device session's share, speed and memory.
+fn sessions_cell(m: &ModelResults) -> String {
+    let Some(devices) = m.summary_field(&["devices"]).as_array() else {
+        return NA.into();
+    };
+    devices
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {} seq, {:.0} tok/s, {}",
+                esc(&text(&d["device"])),
+                text(&d["sequences"]),
+                num(d, &["tokens_per_s"]).unwrap_or(0.0),
+                bytes(num(d, &["peak_device_bytes"]))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("<br>")
+}
+
+/// The rows as an HTML table, one column per profile, with its notes.
+fn table(models: &[ModelResults], rows: &[(String, Cell)]) -> String {
     let mut s = String::from("<table id=\"models\" class=\"models\"><tr><th></th>");
     for m in models {
         let _ = write!(s, "<th class=\"model-name\">{}</th>", esc(&m.name));
     }
     s.push_str("</tr>");
-    for (label, cell) in &rows {
+    for (label, cell) in rows {
         let _ = write!(s, "<tr><td>{label}</td>");
         for m in models {
             let _ = write!(s, "<td>{}</td>", cell(m));
