@@ -45,14 +45,13 @@ struct SummaryFile<'a> {
     partial: Option<&'a str>,
 }
 
-/// The journal of an unfinished run of `model` in `dir`.
-pub fn partial_results_path(dir: &Path, model: &str) -> PathBuf {
-    dir.join(format!("results-{model}.partial.jsonl"))
+/// `results-<model>.jsonl` in `dir`: the outcomes of a finished run of `model`.
+pub fn results_path(dir: &Path, model: &str) -> PathBuf {
+    dir.join(format!("results-{model}.jsonl"))
 }
 
-/// The partial journals in `dir`: runs that were interrupted (or are still going), whose
-/// results are not the ones the summary files describe.
-pub fn unfinished_runs(dir: &Path) -> Vec<PathBuf> {
+/// The entries of `dir` whose path `keep` accepts, sorted (none when `dir` cannot be read).
+pub fn entries_where(dir: &Path, keep: impl Fn(&Path, &str) -> bool) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -61,11 +60,24 @@ pub fn unfinished_runs(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("results-") && n.ends_with(".partial.jsonl"))
+                .is_some_and(|n| keep(p, n))
         })
         .collect();
     found.sort();
     found
+}
+
+/// The journal of an unfinished run of `model` in `dir`.
+pub fn partial_results_path(dir: &Path, model: &str) -> PathBuf {
+    dir.join(format!("results-{model}.partial.jsonl"))
+}
+
+/// The partial journals in `dir`: runs that were interrupted (or are still going), whose
+/// results are not the ones the summary files describe.
+pub fn unfinished_runs(dir: &Path) -> Vec<PathBuf> {
+    entries_where(dir, |_, n| {
+        n.starts_with("results-") && n.ends_with(".partial.jsonl")
+    })
 }
 
 /// Write `body` to `path` through a temporary file in the same folder and a rename.
@@ -133,7 +145,7 @@ impl Journal {
     /// `results-<model>.jsonl`: the outcomes of `model`, in the order given.
     fn write_results(&self, model: &str, outcomes: &[CaseOutcome]) -> Result<(), FileError> {
         create_dir(&self.dir)?;
-        let path = self.dir.join(format!("results-{model}.jsonl"));
+        let path = results_path(&self.dir, model);
         let mut results = String::new();
         for o in outcomes.iter().filter(|o| o.model == *model) {
             results.push_str(&to_json(o, &path, false)?);

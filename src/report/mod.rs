@@ -16,7 +16,7 @@ pub mod results;
 pub mod roc;
 mod verdict;
 
-pub use journal::{Journal, partial_results_path, unfinished_runs};
+pub use journal::{Journal, entries_where, partial_results_path, results_path, unfinished_runs};
 
 use crate::evaluate::CaseOutcome;
 use crate::gate::{Baseline, GateFailure, Verdict};

@@ -109,7 +109,7 @@ pub fn load(dir: &Path) -> Result<Vec<ModelResults>, ReadError> {
         )
         .map_err(|e| err(format!("summary-{name}.json: {e}")))?;
         let mut cases = Vec::new();
-        if let Ok(text) = fs::read_to_string(dir.join(format!("results-{name}.jsonl"))) {
+        if let Ok(text) = fs::read_to_string(super::results_path(dir, &name)) {
             for (i, line) in text
                 .lines()
                 .enumerate()

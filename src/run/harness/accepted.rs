@@ -57,7 +57,7 @@ impl AcceptedRuns {
         let folder = self.folder.as_ref()?;
         self.by_profile[m]
             .get_or_init(|| {
-                let path = folder.join(format!("results-{profile}.jsonl"));
+                let path = crate::report::results_path(folder, profile);
                 read_accepted(&path).unwrap_or_else(|e| {
                     eprintln!(
                         "warning: failed to read the accepted outputs, not following them: {e}"

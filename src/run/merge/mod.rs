@@ -59,22 +59,12 @@ pub fn shard_dirs(given: &[PathBuf]) -> Result<Vec<PathBuf>, MergeError> {
             dirs.push(dir.clone());
             continue;
         }
-        let mut found: Vec<PathBuf> = fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("shard-") && n.contains("-of-"))
-                    && p.join(manifest::FILE).is_file()
-            })
-            .collect();
+        let found = crate::report::entries_where(dir, |p, n| {
+            n.starts_with("shard-") && n.contains("-of-") && p.join(manifest::FILE).is_file()
+        });
         if found.is_empty() {
             return Err(MergeError::NotAShard(dir.clone()));
         }
-        found.sort();
         dirs.extend(found);
     }
     Ok(dirs)
@@ -134,7 +124,7 @@ pub fn load(dirs: &[PathBuf]) -> Result<Vec<ShardRun>, MergeError> {
     for (dir, manifest) in manifests {
         let mut outcomes = BTreeMap::new();
         for model in &manifest.models {
-            let path = dir.join(format!("results-{}.jsonl", model.name));
+            let path = crate::report::results_path(&dir, &model.name);
             let mine = read_results(&path)?;
             let mut keys: Vec<&str> = mine.iter().map(|o| o.key.as_str()).collect();
             keys.sort_unstable();
