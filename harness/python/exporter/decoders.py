@@ -37,16 +37,7 @@ class Olmo2Builder(GraphBuilder):
             v = self.linear(f"{p}.attn.v_proj", x, f"{b}.attn_v.weight")
             q = self.rms(f"/{p}/attn/q_norm", q, f"{b}.attn_q_norm.weight")
             k = self.rms(f"/{p}/attn/k_norm", k, f"{b}.attn_k_norm.weight")
-            attn, _, _ = self.node(
-                "GroupQueryAttention",
-                [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                 seqlens_k, total_len, cos, sin],
-                [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key",
-                 f"present.{i}.value"],
-                domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
-                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
-                rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
-                local_window_size=-1)
+            attn = self.gqa(p, i, [q, k, v], seqlens_k, total_len, (cos, sin))
             o = self.linear(f"{p}.attn.o_proj", attn, f"{b}.attn_output.weight")
             o = self.rms(f"/{p}/post_attention_layernorm", o, f"{b}.post_attention_norm.weight")
             x = self.node("Add", [x, o], name=f"/{p}/attn/residual")[0]
@@ -99,17 +90,7 @@ class LayerNormBuilder(Olmo2Builder):
 
     def attention(self, p: str, i: int, qkv: str, seqlens_k: str, total_len: str,
                   rope: tuple[str, str] | None) -> str:
-        hp = self.hp
-        attn, _, _ = self.node(
-            "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-             seqlens_k, total_len] + (list(rope) if rope else []),
-            [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key",
-             f"present.{i}.value"],
-            domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
-            num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=int(rope is not None),
-            rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)), local_window_size=-1)
-        return attn
+        return self.gqa(p, i, [qkv, "", ""], seqlens_k, total_len, rope)
 
     def gelu_mlp(self, p: str, b: str, h: str) -> str:
         """down(gelu_tanh(up(h) + b_up)) + b_down (llama.cpp's LLM_FFN_GELU: ggml_gelu, tanh)."""

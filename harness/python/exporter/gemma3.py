@@ -111,15 +111,8 @@ class Gemma3Builder(GraphBuilder):
             # same way (measured: tests/test_exporter.py compares prefill, chunked prefill and
             # decode past a window of 4 with the reference; window - 1 or + 1 fails there).
             window = hp.sliding_window if sliding else -1
-            attn, _, _ = self.node(
-                "GroupQueryAttention",
-                [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                 seqlens_k, total_len, cos, sin],
-                [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key",
-                 f"present.{i}.value"],
-                domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
-                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=1,
-                rotary_interleaved=0, scale=float(attn_scale), local_window_size=window)
+            attn = self.gqa(p, i, [q, k, v], seqlens_k, total_len, (cos, sin), window,
+                            attn_scale)
             o = self.linear(f"{p}.attn.o_proj", attn,
                             f"{b}.attn_output.weight")
             o = self.rms(f"/{p}/post_attention_layernorm", o, f"{b}.post_attention_norm.weight")

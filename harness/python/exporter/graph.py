@@ -137,6 +137,24 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
         return outputs
 
+
+    def gqa(self, p: str, i: int, qkv_inputs: list[str], seqlens_k: str, total_len: str,
+            rope: tuple[str, str] | None, window: int = -1, scale: float | None = None) -> str:
+        """Layer `i`'s com.microsoft GroupQueryAttention over its KV cache: `qkv_inputs` is
+        `[qkv, "", ""]` (packed) or `[q, k, v]`; `rope` the cos/sin caches (None: no rotary);
+        `window` the local window (-1: none); `scale` 1/sqrt(head_dim) unless given."""
+        hp = self.hp
+        attn, _, _ = self.node(
+            "GroupQueryAttention",
+            qkv_inputs + [f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                          seqlens_k, total_len] + (list(rope) if rope else []),
+            [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
+            domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
+            num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=int(rope is not None),
+            rotary_interleaved=0,
+            scale=float(1.0 / np.sqrt(hp.head_dim)) if scale is None else float(scale),
+            local_window_size=window)
+        return attn
     def const(self, name: str, array: np.ndarray) -> str:
         return self.w.add(name, np.asarray(array))
 
@@ -490,16 +508,9 @@ class GraphBuilder:
                 qkv_inputs = [qkv, "", ""]
             # smollm3: every 4th layer has no rotary
             rotary = not hp.no_rope_layers[i]
-            attn, _, _ = self.node(
-                "GroupQueryAttention",
-                qkv_inputs + [f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                              seqlens_k, total_len] + ([cos, sin] if rotary else []),
-                [f"/{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
-                domain="com.microsoft", name=f"/{p}/attn/GroupQueryAttention",
-                num_heads=hp.n_heads, kv_num_heads=hp.n_kv_heads, do_rotary=int(rotary),
-                rotary_interleaved=0, scale=float(1.0 / np.sqrt(hp.head_dim)),
-                local_window_size=hp.sliding_window if hp.swa_layers and hp.swa_layers[i]
-                else -1)
+            attn = self.gqa(p, i, qkv_inputs, seqlens_k, total_len,
+                            (cos, sin) if rotary else None,
+                            hp.sliding_window if hp.swa_layers and hp.swa_layers[i] else -1)
             o = self.linear(f"{p}.attn.o_proj", attn, f"blk.{i}.attn_output.weight")
             w_post = self.norm_weight(f"blk.{i}.ffn_norm.weight")
             h2, _, _, residual = self.node(
