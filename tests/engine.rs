@@ -290,6 +290,38 @@ fn shared_and_growing_kv_cache_agree() {
     assert_eq!(outs[0], outs[1]);
 }
 
+/// Eight sequences of different lengths through two rows: each row takes the next sequence
+/// when its own ends (prefilled alone into that row's cache while the other decodes on), and the
+/// last one decodes alone. Every output is still the reference decode's, and the rows ran as
+/// one batch.
+#[test]
+fn rows_take_the_next_sequence_as_theirs_end_and_agree_with_the_reference() {
+    let settings = GenerationSettings {
+        batch_size: BatchSize::Rows(2),
+        ..GenerationSettings::default()
+    };
+    let cases: Vec<Case> = (0..8)
+        .map(|i| {
+            let prefix = PREFIXES[i % PREFIXES.len()];
+            complete_case(
+                &format!("r{i}"),
+                prefix,
+                [3, 17, 1, 9, 24, 2, 11, 6][i],
+                &[],
+            )
+        })
+        .collect();
+    let src = source("genai", settings);
+    let got = batched_traces(&src, &cases);
+    for (case, trace) in cases.iter().zip(&got) {
+        let ids = src.prompt_ids(&Prompt::for_case(case)).unwrap();
+        let expected = reference(&models().join("genai"), &ids, case.max_new_tokens.unwrap());
+        assert_eq!(trace.ids, expected, "{}", case.id);
+    }
+    let usage = src.devices();
+    assert_eq!((usage[0].batches, usage[0].sequences), (1, 8), "{usage:?}");
+}
+
 #[test]
 fn fp16_kv_cache_runs_and_agrees_at_first() {
     let src = source("genai-fp16", GenerationSettings::default());

@@ -75,6 +75,9 @@ pub struct Case {
     pub max_new_tokens: Option<usize>,
     /// Extra stop strings for generation.
     pub stop: Vec<String>,
+    /// End a chat reply once a fenced code block defining the entry point has closed (over
+    /// the profile's `stop_at_answer`).
+    pub stop_at_answer: Option<bool>,
 }
 
 /// Where in a case file a problem is.
@@ -140,6 +143,7 @@ struct RawCase {
     max_new_tokens: Option<Spanned<usize>>,
     #[serde(default)]
     stop: Vec<String>,
+    stop_at_answer: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +281,7 @@ pub fn parse(root: &Path, path: &Path, text: &str) -> Result<Case, CaseError> {
         timeout_ms: raw.timeout_ms.map(Spanned::into_inner),
         max_new_tokens: raw.max_new_tokens.map(Spanned::into_inner),
         stop: raw.stop,
+        stop_at_answer: raw.stop_at_answer,
     })
 }
 

@@ -78,6 +78,9 @@ pub enum FinishReason {
     Stop(String),
     /// `max_new_tokens` tokens were generated.
     MaxNewTokens,
+    /// A chat reply closed a fenced code block defining the entry point, and the case or the
+    /// settings asked to stop there (`stop_at_answer`).
+    Answer,
 }
 
 impl fmt::Display for FinishReason {
@@ -86,6 +89,7 @@ impl fmt::Display for FinishReason {
             FinishReason::Eos => f.write_str("eos"),
             FinishReason::Stop(stop) => write!(f, "stop string {stop:?}"),
             FinishReason::MaxNewTokens => f.write_str("max_new_tokens"),
+            FinishReason::Answer => f.write_str("answer"),
         }
     }
 }
@@ -102,6 +106,7 @@ impl<'de> Deserialize<'de> for FinishReason {
         match text.as_str() {
             "eos" => Ok(FinishReason::Eos),
             "max_new_tokens" => Ok(FinishReason::MaxNewTokens),
+            "answer" => Ok(FinishReason::Answer),
             other => other
                 .strip_prefix("stop string ")
                 .and_then(unquote_debug)
@@ -214,6 +219,11 @@ pub struct GenerationSettings {
     pub batch_size: BatchSize,
     /// Near ties resolved toward the accepted output (greedy decoding only).
     pub follow_accepted: FollowAccepted,
+    /// Chat replies end once a fenced code block defining the entry point has closed (a
+    /// case's own `stop_at_answer` overrides it). Off by default: the extractor takes the
+    /// last block defining the entry point, so a reply that would have revised its answer
+    /// in a later block can score differently.
+    pub stop_at_answer: bool,
 }
 
 /// How many sequences decode together: `"auto"` (the default) or a number.
@@ -310,6 +320,7 @@ impl Default for GenerationSettings {
             top_logprobs: 5,
             batch_size: BatchSize::Auto,
             follow_accepted: FollowAccepted::default(),
+            stop_at_answer: false,
         }
     }
 }
@@ -347,6 +358,10 @@ pub struct Request<'a> {
     /// The output the case's snapshot accepted, if any (followed through near ties when its
     /// key matches).
     pub accepted: Option<&'a AcceptedOutput>,
+    /// The function the reply must define, and the case's own `stop_at_answer` (over the
+    /// settings').
+    pub entry_point: &'a str,
+    pub stop_at_answer: Option<bool>,
 }
 
 impl<'a> Request<'a> {
@@ -366,6 +381,8 @@ impl<'a> Request<'a> {
             prompt,
             samples,
             accepted,
+            entry_point: &case.entry_point,
+            stop_at_answer: case.stop_at_answer,
         }
     }
 }
@@ -525,6 +542,7 @@ mod tests {
         for (reason, words) in [
             (FinishReason::Eos, "eos"),
             (FinishReason::MaxNewTokens, "max_new_tokens"),
+            (FinishReason::Answer, "answer"),
         ] {
             assert_eq!(reason.to_string(), words);
             assert_eq!(

@@ -59,6 +59,30 @@ pub(crate) trait KvCache {
         model: &mut Model,
         inputs: StepInputs,
     ) -> Result<Logits<'a>, EngineError>;
+
+    /// Whether a row may take a new sequence while the others decode, and finished rows be
+    /// dropped ([`KvCache::start_row`], [`KvCache::keep_rows`]).
+    fn recycles(&self) -> bool {
+        false
+    }
+
+    /// Prefill one sequence (`inputs` of batch 1) into row `row`, whose sequence has finished;
+    /// returns its logits [1, q, vocab].
+    fn start_row<'a>(
+        &'a mut self,
+        _model: &mut Model,
+        _row: usize,
+        _inputs: StepInputs,
+    ) -> Result<Logits<'a>, EngineError> {
+        Err(EngineError::Run(
+            "this KV cache cannot start a row alone".into(),
+        ))
+    }
+
+    /// Keep only rows `keep` (in this order) for the steps to come.
+    fn keep_rows(&mut self, _model: &mut Model, _keep: &[usize]) -> Result<(), EngineError> {
+        Err(EngineError::Run("this KV cache cannot drop rows".into()))
+    }
 }
 
 /// Run `binding` with these token ids and attention mask, the logits left in `logits_at`, and
@@ -166,11 +190,19 @@ impl KvCache for GrowingKv {
 }
 
 /// One buffer per layer bound to both `past_key_values.*` and `present.*`: GroupQueryAttention
-/// appends in place.
+/// appends in place. Each row of the buffers is a slot holding one sequence from position 0
+/// (the genai layout packs every row from 0), so on the host a slot can take a new sequence
+/// while the others decode on ([`KvCache::start_row`]), and the rows still decoding can be
+/// kept alone ([`KvCache::keep_rows`]): a batch never computes a row that has finished.
 pub(crate) struct SharedKv {
     binding: ort::session::IoBinding,
     cpu: ort::memory::MemoryInfo<'static>,
-    _buffers: Vec<DynValue>,
+    buffers: Vec<DynValue>,
+    rows: usize,
+    max_len: usize,
+    /// The buffers are host memory this process may copy rows of, and the batch chooses its
+    /// tokens on the host.
+    on_host: bool,
 }
 
 impl SharedKv {
@@ -180,8 +212,58 @@ impl SharedKv {
         Ok(SharedKv {
             binding,
             cpu,
-            _buffers: buffers,
+            buffers,
+            rows: batch,
+            max_len,
+            on_host: model.recycles_rows(),
         })
+    }
+
+    /// Bytes of one row of one buffer.
+    fn row_bytes(&self) -> usize {
+        let total: usize = self.buffers.first().map_or(0, byte_len);
+        total / self.rows.max(1)
+    }
+
+    /// Copy row `from` of `src`'s buffers into row `to` of ours (same layers, same length).
+    fn copy_row(&mut self, to: usize, src: &mut SharedKv, from: usize) -> Result<(), EngineError> {
+        let n = self.row_bytes();
+        if n != src.row_bytes() || self.buffers.len() != src.buffers.len() {
+            return Err(EngineError::Run(
+                "a KV slot was copied between caches of different shapes".into(),
+            ));
+        }
+        for (dst, src) in self.buffers.iter_mut().zip(src.buffers.iter_mut()) {
+            let (dst, src) = (host_bytes(dst)?, host_bytes(src)?);
+            dst[to * n..(to + 1) * n].copy_from_slice(&src[from * n..(from + 1) * n]);
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a host tensor.
+fn host_bytes(value: &mut DynValue) -> Result<&mut [u8], EngineError> {
+    let len = byte_len(value);
+    let tensor = value
+        .view_mut()
+        .downcast::<ort::value::DynTensorValueType>()
+        .map_err(EngineError::run)?;
+    // The data is writable (ONNX Runtime hands it out through `GetTensorMutableData`); the
+    // view only lacks `DerefMut`.
+    let ptr = tensor.data_ptr().cast::<u8>().cast_mut();
+    // SAFETY: a host tensor's data is `len` bytes at `ptr`, alive as long as `value`, which the
+    // returned slice borrows mutably.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// Bytes of a tensor's data.
+fn byte_len(value: &DynValue) -> usize {
+    match value.dtype() {
+        ort::value::ValueType::Tensor { ty, shape, .. } => {
+            let elements: i64 = shape.iter().product();
+            elements.max(0) as usize * ty.byte_size(1).unwrap_or(0)
+        }
+        _ => 0,
     }
 }
 
@@ -205,6 +287,36 @@ impl KvCache for SharedKv {
             inputs.logits_on_device,
         )
         .map(Logits::Owned)
+    }
+
+    fn recycles(&self) -> bool {
+        self.on_host
+    }
+
+    fn start_row<'a>(
+        &'a mut self,
+        model: &mut Model,
+        row: usize,
+        inputs: StepInputs,
+    ) -> Result<Logits<'a>, EngineError> {
+        // The prefill runs alone on a one-row cache (zeroed, as long as ours), then takes the
+        // row's place: the other rows' caches are not touched.
+        let mut alone = SharedKv::new(model, 1, self.max_len)?;
+        let logits = match alone.run(model, inputs)? {
+            Logits::Owned(v) => v,
+            Logits::Bound(_) => unreachable!("a shared cache's logits are its own"),
+        };
+        self.copy_row(row, &mut alone, 0)?;
+        Ok(Logits::Owned(logits))
+    }
+
+    fn keep_rows(&mut self, model: &mut Model, keep: &[usize]) -> Result<(), EngineError> {
+        let mut kept = SharedKv::new(model, keep.len(), self.max_len)?;
+        for (to, &from) in keep.iter().enumerate() {
+            kept.copy_row(to, self, from)?;
+        }
+        *self = kept;
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@
 //! `model` holds what was loaded, `kv` the three KV-cache strategies, `decode` the batched
 //! loop, `head` the on-device token choice, `scheduler` the batching and the cache keys.
 
+mod answer;
 mod decode;
 mod detok;
 mod error;

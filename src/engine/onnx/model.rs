@@ -322,6 +322,12 @@ impl Model {
         self.shared_kv && self.graph.layout == Layout::Genai
     }
 
+    /// Whether a batch's rows take new sequences as theirs end: the shared KV cache in host
+    /// memory (see [`super::kv::SharedKv`]), tokens chosen on the host.
+    pub fn recycles_rows(&self) -> bool {
+        self.provider == Provider::Cpu && self.shares_kv() && self.head.is_none()
+    }
+
     /// Whether greedy batches decode on fixed buffers (replaying a CUDA graph under CUDA):
     /// asked for, the genai layout with shared KV buffers, and tokens chosen on the device.
     pub fn cuda_graph(&self) -> bool {

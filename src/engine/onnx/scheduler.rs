@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::ENGINE_VERSION;
+use super::answer::AnswerStop;
 use super::decode::SeqJob;
 use super::error::EngineError;
 use super::follow::Guide;
@@ -136,17 +137,25 @@ impl Limits {
         Ok(())
     }
 
-    /// Cut `jobs` (sorted by prompt length) into batches of at most `batch_size` whose KV cache
-    /// fits the budget. Every job passed [`Limits::check`], so each fits alone.
-    fn batches<T>(&self, jobs: &[(T, SeqJob)], batch_size: usize) -> Vec<std::ops::Range<usize>> {
+    /// Cut `jobs` (sorted by prompt length) into batches of at most `batch_size` rows whose KV
+    /// cache fits the budget. With `recycle`, a batch holds any number of jobs, `batch_size`
+    /// at a time (a row takes the next job when its own ends). Every job passed
+    /// [`Limits::check`], so each fits alone.
+    fn batches<T>(
+        &self,
+        jobs: &[(T, SeqJob)],
+        batch_size: usize,
+        recycle: bool,
+    ) -> Vec<std::ops::Range<usize>> {
         let mut out = Vec::new();
         let (mut start, mut longest, mut prompt) = (0, 0, 0);
         for (i, (_, job)) in jobs.iter().enumerate() {
             let positions = longest.max(Self::positions(job));
             let prompt_len = prompt.max(job.prompt_ids.len());
-            let rows = i - start + 1;
+            let jobs_in = i - start + 1;
+            let rows = jobs_in.min(batch_size);
             if i > start
-                && (rows > batch_size
+                && ((jobs_in > batch_size && !recycle)
                     || self.batch_bytes(rows, positions, prompt_len) > self.budget_bytes)
             {
                 out.push(start..i);
@@ -231,6 +240,15 @@ pub(crate) fn plan(
         top_k: s.top_k,
     };
     let samples = request.samples.max(1);
+    let answer = match request.prompt {
+        Prompt::Chat { prefill, .. } if request.stop_at_answer.unwrap_or(s.stop_at_answer) => {
+            Some(AnswerStop {
+                entry_point: request.entry_point.to_string(),
+                prefill: prefill.clone().unwrap_or_default(),
+            })
+        }
+        _ => None,
+    };
     let accept_key = sampler
         .is_greedy()
         .then(|| accept_key(&facts.model_hash, &prompt_ids, max_new, &stop));
@@ -270,6 +288,10 @@ pub(crate) fn plan(
             // other tiles and differ in the last bit. Other keys stay as they were.
             desc["cuda_graph"] = serde_json::Value::Bool(true);
         }
+        if let Some(answer) = &answer {
+            // Keys without the option stay as they were.
+            desc["stop_at_answer"] = serde_json::Value::String(answer.entry_point.clone());
+        }
         if let Some(guide) = &guide {
             desc["follow"] = serde_json::json!({
                 "accepted": hex(&Sha256::digest(format!("{:?}", guide.tokens).as_bytes())),
@@ -291,6 +313,7 @@ pub(crate) fn plan(
                 top_logprobs: s.top_logprobs,
                 guide: guide.clone(),
                 accept_key: accept_key.clone(),
+                answer: answer.clone(),
             };
             // Checked before any batch holds it: a prompt that cannot fit fails alone.
             if let Some(limits) = limits {
@@ -333,6 +356,8 @@ pub(crate) struct Scheduler {
     pub free_memory_budget: Option<Vec<u32>>,
     /// Calls of `run` under way: rows are published before their batch's figures are added.
     running: Mutex<usize>,
+    /// One session whose batches recycle rows ([`Model::recycles_rows`]).
+    recycles: bool,
     idle: Condvar,
     pub encoder: Encoder,
     pub facts: KeyFacts,
@@ -356,6 +381,7 @@ impl Scheduler {
         progress: bool,
     ) -> Scheduler {
         let several = models.len() > 1;
+        let recycles = models.len() == 1 && models[0].recycles_rows();
         let usage = models
             .iter()
             .enumerate()
@@ -372,6 +398,7 @@ impl Scheduler {
             models: models.into_iter().map(Mutex::new).collect(),
             usage: Mutex::new(usage),
             running: Mutex::new(0),
+            recycles,
             idle: Condvar::new(),
             free_memory_budget: None,
             encoder,
@@ -468,10 +495,12 @@ impl Scheduler {
         let sessions = self.models.len();
         let cap = self.settings.batch_size.rows(self.facts.provider);
         let rows = balanced_rows(todo.len(), cap, sessions);
-        let batches = limits.batches(&todo, rows);
+        // One session that recycles rows keeps them all busy until no job waits; several
+        // sessions share out whole batches.
+        let batches = limits.batches(&todo, rows, self.recycles);
         if sessions == 1 {
             for range in batches {
-                self.run_batch(0, &todo[range], &progress);
+                self.run_batch(0, &todo[range], rows, &progress);
             }
         } else {
             let next = AtomicUsize::new(0);
@@ -484,7 +513,8 @@ impl Scheduler {
                             loop {
                                 let i = next.fetch_add(1, Ordering::SeqCst);
                                 let Some(range) = batches.get(i) else { break };
-                                self.run_batch(session, &todo[range.clone()], progress);
+                                let chunk = &todo[range.clone()];
+                                self.run_batch(session, chunk, chunk.len(), progress);
                             }
                         });
                     if let Err(e) = spawned {
@@ -496,7 +526,8 @@ impl Scheduler {
             // A batch no thread could take (every spawn failed) is generated here.
             let i = next.load(Ordering::SeqCst);
             for range in batches.iter().skip(i) {
-                self.run_batch(0, &todo[range.clone()], &progress);
+                let chunk = &todo[range.clone()];
+                self.run_batch(0, chunk, chunk.len(), &progress);
             }
         }
         *self.generated.lock().expect("counter lock") += generated;
@@ -516,8 +547,15 @@ impl Scheduler {
         self.finished.notify_all();
     }
 
-    /// Generate one batch on session `session`, publishing each row as it finishes.
-    fn run_batch(&self, session: usize, chunk: &[(String, SeqJob)], progress: &Progress) {
+    /// Generate one batch on session `session`, at most `rows` sequences at a time,
+    /// publishing each sequence as it finishes.
+    fn run_batch(
+        &self,
+        session: usize,
+        chunk: &[(String, SeqJob)],
+        rows: usize,
+        progress: &Progress,
+    ) {
         let jobs: Vec<SeqJob> = chunk.iter().map(|(_, j)| j.clone()).collect();
         let mut handed = vec![false; chunk.len()];
         let mut tokens = 0u64;
@@ -538,7 +576,7 @@ impl Scheduler {
             };
             // A panic must not leave `complete` callers waiting forever.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                model.generate_batch(&jobs, &mut on_token, &mut on_done)
+                model.generate_batch(&jobs, rows, &mut on_token, &mut on_done)
             }))
             .unwrap_or_else(|p| {
                 let what = p
@@ -652,13 +690,13 @@ mod tests {
             job(60, 9),
         ];
         // Positions 20, 20, 40, 40, 40, 70: five rows of 40 are 200 (fits); a sixth of 70 is not.
-        assert_eq!(LIMITS.batches(&jobs, 8), vec![0..5, 5..6]);
-        assert_eq!(LIMITS.batches(&jobs, 2), vec![0..2, 2..4, 4..6]);
+        assert_eq!(LIMITS.batches(&jobs, 8, false), vec![0..5, 5..6]);
+        assert_eq!(LIMITS.batches(&jobs, 2, false), vec![0..2, 2..4, 4..6]);
         let tight = Limits {
             budget_bytes: 800,
             ..LIMITS
         };
-        assert_eq!(tight.batches(&jobs, 8), vec![0..2, 2..4, 4..5, 5..6]);
+        assert_eq!(tight.batches(&jobs, 8, false), vec![0..2, 2..4, 4..5, 5..6]);
         // The prefill's activations count per padded prompt token, and each row's logits once:
         // 1 byte per prompt token and 60 per row make rows of 40 positions and 30 prompt tokens
         // cost 400 + 30 + 60 = 490, so four fit in 2000, not five; the last two rows pad to 70
@@ -670,7 +708,10 @@ mod tests {
             },
             ..LIMITS
         };
-        assert_eq!(prefill.batches(&jobs, 8), vec![0..4, 4..6]);
+        assert_eq!(prefill.batches(&jobs, 8, false), vec![0..4, 4..6]);
+        // Recycling rows, a batch holds every job whose rows' KV cache fits.
+        assert_eq!(LIMITS.batches(&jobs, 2, true), vec![0..6]);
+        assert_eq!(tight.batches(&jobs, 8, true), vec![0..2, 2..4, 4..5, 5..6]);
     }
 
     /// A SentencePiece-style tokenizer.json as the exporter writes it for gemma3: "▁" for

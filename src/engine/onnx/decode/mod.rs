@@ -11,6 +11,7 @@ use std::time::Instant;
 use ort::value::{DynValue, Tensor};
 use tokenizers::Tokenizer;
 
+use super::answer::AnswerStop;
 use super::error::EngineError;
 use super::follow::{Gap, Guide};
 use super::gate::Turn;
@@ -43,6 +44,8 @@ pub(crate) struct SeqJob {
     pub guide: Option<Guide>,
     /// What the completion may be accepted under (see [`Completion::accept_key`]).
     pub accept_key: Option<String>,
+    /// End the row once its reply's answer is complete (`stop_at_answer`).
+    pub answer: Option<AnswerStop>,
 }
 
 #[cfg(test)]
@@ -62,40 +65,57 @@ impl SeqJob {
             top_logprobs: 0,
             guide: None,
             accept_key: None,
+            answer: None,
         }
     }
 }
 
 impl Model {
-    /// Generate every job of `jobs` together (one batch). `on_token` is called once per token
-    /// generated (any row); `on_done(r, completion)` once per row, as soon as row `r` finishes
-    /// (mid-batch for rows that stop early, so their callers can score them while the batch
-    /// runs on). An error is the batch's: rows not yet handed over have no completion.
+    /// Generate every job of `jobs` in one batch of at most `rows` rows: the first `rows`
+    /// together, and (where the KV cache recycles rows) each of the others in the row of one
+    /// that has finished, prefilled alone while the others wait; once none waits, finished
+    /// rows are dropped. `on_token` is called once per token generated (any row);
+    /// `on_done(j, completion)` once per job, as soon as job `j` finishes (mid-batch, so its
+    /// caller can score it while the batch runs on). An error is the batch's: jobs not yet
+    /// handed over have no completion.
     pub(crate) fn generate_batch(
         &mut self,
         jobs: &[SeqJob],
+        rows: usize,
         on_token: &mut dyn FnMut(),
         on_done: &mut dyn FnMut(usize, Completion),
     ) -> Result<(), EngineError> {
-        let b = jobs.len();
-        if b == 0 {
+        if jobs.is_empty() {
             return Ok(());
         }
-        let lens: Vec<usize> = jobs.iter().map(|j| j.prompt_ids.len()).collect();
-        if lens.contains(&0) {
+        if jobs.iter().any(|j| j.prompt_ids.is_empty()) {
             return Err(EngineError::Generate(
                 "the prompt is empty after tokenization".into(),
             ));
         }
-        let mut batch = Batch::new(self, jobs, lens);
-        let max_len = batch.longest + jobs.iter().map(|j| j.max_new).max().unwrap_or(0) + 1;
+        let b = jobs.len().min(rows.max(1));
+        let mut batch = Batch::new(self, jobs, b);
+        // The first rows are prefilled right-padded to the longest of them; a row started
+        // later holds its own sequence from position 0.
+        let first = batch.longest + batch.jobs.iter().map(|j| j.max_new).max().unwrap_or(0);
+        let later = jobs[b..].iter().map(|j| j.prompt_ids.len() + j.max_new);
+        let max_len = later.fold(first, usize::max) + 1;
         // Other sessions of this process may decode at once: GPU work happens under a turn,
         // exclusive for the steps that may capture a CUDA graph (see `gate`). Declared before
         // the KV cache, so the buffers are released while the turn is still held.
         let gate = self.gate.clone();
         let captured = batch.use_head && self.cuda_graph() && self.uncaptured.is_some();
         let mut turn = gate.shared();
-        let mut kv = match self.kv_cache(batch.use_head, b, max_len) {
+        let kv = self.kv_cache(batch.use_head, b, max_len).and_then(|kv| {
+            match b < jobs.len() && !kv.recycles() {
+                true => Err(EngineError::Generate(format!(
+                    "{} sequences for {b} rows on a KV cache that cannot start a row alone",
+                    jobs.len()
+                ))),
+                false => Ok(kv),
+            }
+        });
+        let mut kv = match kv {
             Ok(kv) => kv,
             Err(e) => {
                 // The model keeps its pieces when no step ran, as before the batch took them.
@@ -149,8 +169,15 @@ struct Secs {
 
 /// A batch between its steps: the rows, where the guided ones are, and what each step reads.
 struct Batch<'j> {
-    jobs: &'j [SeqJob],
-    /// Each row's prompt length, and the longest.
+    /// Every job of the batch; `next` is the first no row has taken yet.
+    all: &'j [SeqJob],
+    next: usize,
+    /// Each row's job, and its index in `all`.
+    jobs: Vec<SeqJob>,
+    job_of: Vec<usize>,
+    /// The step each row's prefill ran at (0 for the rows prefilled together).
+    born: Vec<usize>,
+    /// Each row's prompt length, and the longest of the rows prefilled together.
     lens: Vec<usize>,
     longest: usize,
     start: Instant,
@@ -167,7 +194,7 @@ struct Batch<'j> {
     /// narrow batch's bookkeeping is shorter than starting a thread for it.
     pipelined: bool,
     step: usize,
-    /// Rows already handed to `on_done`, and the device memory reading they carry.
+    /// Rows whose job is handed to `on_done`, and the device memory reading they carry.
     published: Vec<bool>,
     /// The last reading (earlier batches': the arena only grows); this batch's is taken on
     /// another thread after its first decode step, as `nvidia-smi` takes tens of ms that
@@ -188,11 +215,13 @@ struct Batch<'j> {
 }
 
 impl<'j> Batch<'j> {
-    fn new(model: &mut Model, jobs: &'j [SeqJob], lens: Vec<usize>) -> Batch<'j> {
-        let b = jobs.len();
+    /// A batch of `all`, whose first `b` jobs take the rows.
+    fn new(model: &mut Model, all: &'j [SeqJob], b: usize) -> Batch<'j> {
+        let jobs = all[..b].to_vec();
+        let lens: Vec<usize> = jobs.iter().map(|j| j.prompt_ids.len()).collect();
         let longest = *lens.iter().max().expect("non-empty");
         let start = Instant::now();
-        let max_stop = jobs
+        let max_stop = all
             .iter()
             .flat_map(|j| j.stop.iter().map(|s| s.len()))
             .max()
@@ -200,9 +229,9 @@ impl<'j> Batch<'j> {
         let rows: Vec<Row> = jobs.iter().map(Row::new).collect();
         let guided = jobs.iter().map(|j| j.guide.as_ref().map(|_| 0)).collect();
         let use_head =
-            model.head.is_some() && model.shares_kv() && jobs.iter().all(|j| j.sampler.is_greedy());
+            model.head.is_some() && model.shares_kv() && all.iter().all(|j| j.sampler.is_greedy());
         // Guided rows need the accepted token among the alternatives to measure its gap.
-        let head_k = jobs
+        let head_k = all
             .iter()
             .map(|j| match j.guide {
                 Some(_) => j.top_logprobs.max(GUIDED_HEAD_K),
@@ -212,7 +241,11 @@ impl<'j> Batch<'j> {
             .unwrap_or(0)
             .max(1);
         Batch {
+            all,
+            next: b,
             jobs,
+            job_of: (0..b).collect(),
+            born: vec![0; b],
             lens,
             longest,
             start,
@@ -251,7 +284,7 @@ impl<'j> Batch<'j> {
         self.secs.inputs += inputs_started.elapsed().as_secs_f64();
         let run_started = Instant::now();
         let logits = self.run(model, kv, inputs, on_done)?;
-        let lq = self.check_logits(model, &logits, q)?;
+        let lq = self.check_logits(model, &logits, q, self.rows.len())?;
         debug_assert!(!model.graph.logits_positions || lq == 1);
         let picks = match (&mut model.head, self.use_head) {
             (Some(head), true) => {
@@ -262,27 +295,146 @@ impl<'j> Batch<'j> {
                 self.secs.run += run_started.elapsed().as_secs_f64();
                 self.pick_on_head(tops)
             }
-            _ => self.pick_on_host(model, &logits, lq, run_started)?,
+            _ => {
+                let at: Vec<Option<usize>> = (0..self.rows.len())
+                    .map(|r| (!self.rows[r].done()).then(|| r * lq + self.continue_at(r, lq)))
+                    .collect();
+                self.pick_on_host(model, &logits, &at, run_started)?
+            }
         };
         drop(logits);
-        self.record(model, picks, on_token, on_done)
+        let more = self.record(model, picks, on_token, on_done)?;
+        match kv.recycles() {
+            true => self.recycle(model, kv, on_token, on_done),
+            false => Ok(more),
+        }
+    }
+
+    /// Give each finished row the next job waiting; once none waits, drop the finished rows.
+    /// False once every row has finished and no job waits.
+    fn recycle(
+        &mut self,
+        model: &mut Model,
+        kv: &mut dyn KvCache,
+        on_token: &mut dyn FnMut(),
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<bool, EngineError> {
+        for r in 0..self.rows.len() {
+            // A job can end at its first token: its row takes the next one at once.
+            while self.rows[r].done() && self.next < self.all.len() {
+                self.next += 1;
+                self.start_job(model, kv, r, self.next - 1, on_token, on_done)?;
+            }
+        }
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| !self.rows[r].done())
+            .collect();
+        if keep.is_empty() {
+            return Ok(false);
+        }
+        if keep.len() < self.rows.len() {
+            kv.keep_rows(model, &keep)?;
+            self.keep_rows(&keep);
+        }
+        Ok(true)
+    }
+
+    /// Put job `j` in row `r` (whose job has been handed over): prefill its prompt alone into
+    /// the row's KV cache and take its first token. Its decode steps continue from there.
+    fn start_job(
+        &mut self,
+        model: &mut Model,
+        kv: &mut dyn KvCache,
+        r: usize,
+        j: usize,
+        on_token: &mut dyn FnMut(),
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<(), EngineError> {
+        let job = self.all[j].clone();
+        self.rows[r] = Row::new(&job);
+        self.rows[r].started_at = self.start.elapsed().as_secs_f64();
+        self.lens[r] = job.prompt_ids.len();
+        self.born[r] = self.step;
+        self.guided[r] = job.guide.as_ref().map(|_| 0);
+        self.published[r] = false;
+        self.job_of[r] = j;
+        self.jobs[r] = job;
+        if self.rows[r].done() {
+            return self.publish_done(model, on_done); // nothing to generate
+        }
+        let inputs = self.prompt_inputs(model, r)?;
+        let q = inputs.shape[1];
+        let run_started = Instant::now();
+        let logits = kv.start_row(model, r, inputs)?;
+        let lq = self.check_logits(model, &logits, q, 1)?;
+        let mut at = vec![None; self.rows.len()];
+        at[r] = Some(lq - 1);
+        let picks = self.pick_on_host(model, &logits, &at, run_started)?;
+        drop(logits);
+        self.record(model, picks, on_token, on_done).map(|_| ())
+    }
+
+    /// The inputs of row `r`'s prompt alone (batch 1).
+    fn prompt_inputs(&self, model: &Model, r: usize) -> Result<StepInputs, EngineError> {
+        let len = self.lens[r];
+        let ids: Vec<i64> = self.jobs[r].prompt_ids.iter().map(|&t| t as i64).collect();
+        let logits_positions = match model.graph.logits_positions {
+            true => Some(
+                Tensor::<i64>::from_array(([1, 1], vec![len as i64 - 1]))
+                    .map_err(EngineError::run)?,
+            ),
+            false => None,
+        };
+        Ok(StepInputs {
+            step: 0,
+            ids: Tensor::<i64>::from_array(([1, len], ids)).map_err(EngineError::run)?,
+            mask: Tensor::<i64>::from_array(([1, len], vec![1; len])).map_err(EngineError::run)?,
+            positions: (0..len as i64).collect(),
+            shape: [1, len],
+            vocab: self.vocab,
+            logits_on_device: false,
+            logits_positions,
+        })
+    }
+
+    /// Keep rows `keep` (ascending) and drop the others.
+    fn keep_rows(&mut self, keep: &[usize]) {
+        fn retain<T>(v: &mut Vec<T>, keep: &[usize]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep.binary_search(&(i - 1)).is_ok()
+            });
+        }
+        retain(&mut self.rows, keep);
+        retain(&mut self.jobs, keep);
+        retain(&mut self.job_of, keep);
+        retain(&mut self.born, keep);
+        retain(&mut self.lens, keep);
+        retain(&mut self.guided, keep);
+        retain(&mut self.published, keep);
+        retain(&mut self.last_tokens, keep);
+    }
+
+    /// The position of row `r`'s input at this step (its last prompt token at its prefill).
+    fn position(&self, r: usize) -> usize {
+        self.lens[r] - 1 + self.step - self.born[r]
     }
 
     /// Step `self.step`'s inputs: the right-padded prompts at prefill, each row's last token
     /// after.
     fn inputs(&self, model: &Model, kv: &dyn KvCache) -> Result<StepInputs, EngineError> {
         let (b, step) = (self.rows.len(), self.step);
-        let total = if step == 0 {
-            self.longest
-        } else {
-            self.longest + step
+        let total = match step {
+            0 => self.longest,
+            _ => (0..b).map(|r| self.position(r) + 1).max().unwrap_or(0),
         };
         let width = kv.mask_width(step, total);
         let (ids, mask, positions, q) = step_tensors(
             model.graph.layout,
             step,
-            self.jobs,
-            &self.lens,
+            &self.jobs,
+            (&self.lens, &self.born),
             &self.last_tokens,
             model.tokens.pad,
             width,
@@ -368,16 +520,17 @@ impl<'j> Batch<'j> {
         Ok(logits)
     }
 
-    /// Check the logits' shape for `q` inputs per row; returns how many positions they hold
-    /// (and learns the vocabulary size).
+    /// Check the logits' shape for `q` inputs per row of `rows`; returns how many positions
+    /// they hold (and learns the vocabulary size).
     fn check_logits(
         &mut self,
         model: &Model,
         logits: &DynValue,
         q: usize,
+        rows: usize,
     ) -> Result<usize, EngineError> {
         let shape: Vec<i64> = logits.shape().to_vec();
-        if shape.len() != 3 || shape[0] as usize != self.rows.len() {
+        if shape.len() != 3 || shape[0] as usize != rows {
             return Err(EngineError::Run(format!(
                 "logits have shape {shape:?}, expected [batch, seq, vocab]"
             )));
@@ -385,7 +538,7 @@ impl<'j> Batch<'j> {
         let lq = shape[1] as usize;
         self.vocab = shape[2] as usize;
         let want = if model.graph.logits_positions { 1 } else { q };
-        if lq != want && !(lq == 1 && self.lens.iter().all(|&l| l == self.longest)) {
+        if lq != want && !(lq == 1 && (rows == 1 || self.lens.iter().all(|&l| l == self.longest))) {
             return Err(EngineError::Run(format!(
                 "the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
             )));
@@ -424,16 +577,16 @@ impl<'j> Batch<'j> {
         picks
     }
 
-    /// Each unfinished row's pick from the logits on the host (sampled, or greedy).
+    /// The pick of each row `r` with logits at `at[r]` (an index into the logits' rows x
+    /// positions), on the host (sampled, or greedy).
     fn pick_on_host(
         &mut self,
         model: &Model,
         logits: &DynValue,
-        lq: usize,
+        at: &[Option<usize>],
         run_started: Instant,
     ) -> Result<Vec<Option<Choice>>, EngineError> {
-        let (vocab, step, lens) = (self.vocab, self.step, &self.lens);
-        let at_of = |r: usize| continue_at(lens, step, r, lq);
+        let vocab = self.vocab;
         let data: Cow<'_, [f32]> = match model.graph.logits_type {
             Float::F32 => Cow::Borrowed(
                 logits
@@ -455,24 +608,26 @@ impl<'j> Batch<'j> {
         let data = match model.logit_noise {
             Some(noise) => {
                 let mut owned = data.into_owned();
-                for (r, len) in lens.iter().enumerate() {
-                    let off = (r * lq + at_of(r)) * vocab;
-                    noise.apply(&mut owned[off..off + vocab], len - 1 + step);
+                for (r, at) in at.iter().enumerate() {
+                    if let Some(at) = at {
+                        let off = at * vocab;
+                        noise.apply(&mut owned[off..off + vocab], self.position(r));
+                    }
                 }
                 Cow::Owned(owned)
             }
             None => data,
         };
         let row_at = |r: usize| -> &[f32] {
-            let off = (r * lq + at_of(r)) * vocab;
+            let off = at[r].unwrap_or(0) * vocab;
             &data[off..off + vocab]
         };
-        let jobs = self.jobs;
+        let jobs = &self.jobs;
         let mut active: Vec<sampling::RowChoice<'_>> = self
             .rows
             .iter_mut()
             .enumerate()
-            .filter(|(_, row)| !row.done())
+            .filter(|(r, _)| at[*r].is_some())
             .map(|(r, row)| sampling::RowChoice {
                 row: r,
                 rng: &mut row.rng,
@@ -535,7 +690,7 @@ impl<'j> Batch<'j> {
             now,
         };
         record_rows(
-            rows_with(&mut self.rows, picks, self.jobs),
+            rows_with(&mut self.rows, picks, &self.jobs),
             &shared,
             model.sampling_threads,
         )?;
@@ -571,11 +726,12 @@ impl<'j> Batch<'j> {
                 self.published[r] = true;
                 let usage = Usage {
                     prompt_tokens: self.lens[r],
-                    total_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+                    total_ms: (self.start.elapsed().as_secs_f64() - self.rows[r].started_at)
+                        * 1000.0,
                     peak_host_bytes: machine::peak_host_bytes(),
                     peak_device_bytes: self.device_peak,
                 };
-                on_done(r, model.finish_row(&mut self.rows[r], usage)?);
+                on_done(self.job_of[r], model.finish_row(&mut self.rows[r], usage)?);
             }
         }
         Ok(())
@@ -592,8 +748,8 @@ impl<'j> Batch<'j> {
         let total_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         if model.profile {
             eprintln!(
-                "codegen: batch of {}: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, {:.0} ms waiting for other sessions, {:.0} ms building inputs, prompts up to {} tokens, device memory {} MiB",
-                self.rows.len(),
+                "codegen: batch of {} sequences: {} steps, {:.0} ms total, {:.0} ms in ONNX Runtime, {:.0} ms detokenizing, {:.0} ms waiting for other sessions, {:.0} ms building inputs, prompts up to {} tokens, device memory {} MiB",
+                self.all.len(),
                 self.step + 1,
                 total_ms,
                 self.secs.run * 1000.0,
@@ -630,8 +786,9 @@ impl Model {
         }
         let trace = std::mem::take(&mut row.trace);
         let n = trace.ids.len();
-        let first = row.first_at.unwrap_or(0.0);
-        let decode_s = row.last_at - first;
+        let first_at = row.first_at.unwrap_or(row.started_at);
+        let first = first_at - row.started_at;
+        let decode_s = row.last_at - first_at;
         Ok(Completion {
             text: std::mem::take(&mut row.text),
             timing: Some(Timing {
@@ -667,7 +824,8 @@ mod tests {
     #[test]
     fn prefill_pads_right_and_masks_each_row() {
         let jobs = [job(&[5, 6, 7]), job(&[8])];
-        let (ids, mask, pos, q) = step_tensors(Layout::Genai, 0, &jobs, &[3, 1], &[0, 0], 9, 3);
+        let (ids, mask, pos, q) =
+            step_tensors(Layout::Genai, 0, &jobs, (&[3, 1], &[0, 0]), &[0, 0], 9, 3);
         assert_eq!(q, 3);
         assert_eq!(ids, vec![5, 6, 7, 8, 9, 9]);
         assert_eq!(mask, vec![1, 1, 1, 1, 0, 0]);
@@ -678,12 +836,21 @@ mod tests {
     fn decode_steps_mask_by_layout_and_width() {
         let jobs = [job(&[5, 6, 7]), job(&[8])];
         // genai: each row's valid length, packed from 0; a wider (fixed) mask is zero-padded.
-        let (ids, mask, pos, q) = step_tensors(Layout::Genai, 1, &jobs, &[3, 1], &[11, 12], 9, 6);
+        let (ids, mask, pos, q) =
+            step_tensors(Layout::Genai, 1, &jobs, (&[3, 1], &[0, 0]), &[11, 12], 9, 6);
         assert_eq!((q, ids), (1, vec![11, 12]));
         assert_eq!(mask, vec![1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]);
         assert_eq!(pos, vec![3, 1]);
         // optimum: every cached position, with the padding holes of shorter prompts masked.
-        let (_, mask, _, _) = step_tensors(Layout::Optimum, 1, &jobs, &[3, 1], &[11, 12], 9, 4);
+        let (_, mask, _, _) = step_tensors(
+            Layout::Optimum,
+            1,
+            &jobs,
+            (&[3, 1], &[0, 0]),
+            &[11, 12],
+            9,
+            4,
+        );
         assert_eq!(mask, vec![1, 1, 1, 1, 1, 0, 0, 1]);
     }
 }

@@ -19,6 +19,9 @@ pub(super) struct Row {
     pub(super) trace: TokenTrace,
     pub(super) text: String,
     pub(super) finish: Option<FinishReason>,
+    /// When the row's sequence started (its prefill), its first token and its last, in
+    /// seconds since the batch started.
+    pub(super) started_at: f64,
     pub(super) first_at: Option<f64>,
     pub(super) last_at: f64,
     pub(super) accept_key: Option<String>,
@@ -33,6 +36,7 @@ impl Row {
             trace: TokenTrace::default(),
             text: String::new(),
             finish: (job.max_new == 0).then_some(FinishReason::MaxNewTokens),
+            started_at: 0.0,
             first_at: None,
             last_at: 0.0,
             accept_key: job.accept_key.clone(),
@@ -120,6 +124,13 @@ impl Row {
                 return Ok(());
             }
         }
+        if let Some(answer) = &job.answer
+            && piece.contains('\n')
+            && answer.reached(&self.text)
+        {
+            self.finish = Some(FinishReason::Answer);
+            return Ok(());
+        }
         if self.trace.ids.len() >= job.max_new {
             self.finish = Some(FinishReason::MaxNewTokens);
         }
@@ -128,12 +139,13 @@ impl Row {
 }
 
 /// Token ids, attention mask and positions of step `step` (0: the right-padded prompts; k >= 1:
-/// generated token k-1), for prompts of `lens` tokens padded to `s`, with a mask `width` wide.
+/// each row's last token), for rows whose prompts have `lens` tokens and were prefilled at step
+/// `born` (0 for the rows prefilled together, padded to the longest), with a mask `width` wide.
 pub(crate) fn step_tensors(
     layout: Layout,
     step: usize,
     jobs: &[SeqJob],
-    lens: &[usize],
+    (lens, born): (&[usize], &[usize]),
     last_tokens: &[u32],
     pad: u32,
     width: usize,
@@ -156,14 +168,17 @@ pub(crate) fn step_tensors(
                 mask[r * width + j] = 1;
             }
         } else {
+            // Positions this row holds, its new token's included.
+            let valid = lens[r] + step - born[r];
             ids[r] = last_tokens[r] as i64;
-            pos[r] = (lens[r] + step - 1) as i64;
+            pos[r] = (valid - 1) as i64;
             match layout {
                 Layout::Genai => {
-                    for j in 0..lens[r] + step {
+                    for j in 0..valid {
                         mask[r * width + j] = 1;
                     }
                 }
+                // Rows are never started alone on this layout (its cache does not recycle).
                 Layout::Optimum => {
                     for j in 0..total {
                         mask[r * width + j] = i64::from(j < lens[r] || j >= s);
@@ -210,7 +225,7 @@ pub(super) const ROWS_PER_THREAD: usize = 16;
 /// What a finished row's timing says beyond its own tokens.
 pub(super) struct Usage {
     pub(super) prompt_tokens: usize,
-    /// Since the batch started, until the row finished.
+    /// Since the row's sequence started, until it finished.
     pub(super) total_ms: f64,
     pub(super) peak_host_bytes: Option<u64>,
     pub(super) peak_device_bytes: Option<u64>,
