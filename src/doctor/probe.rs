@@ -173,7 +173,7 @@ fn probe_case(chat: bool, max_new_tokens: usize) -> Case {
         timeout_ms: None,
         max_new_tokens: Some(max_new_tokens),
         stop: Vec::new(),
-        stop_at_answer: Some(false),
+        stop_at_answer: None,
     }
 }
 
