@@ -95,6 +95,22 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 signal.SIGQUIT, signal.SIGALRM):
         signal.signal(sig, signal.SIG_IGN)
 
+    # The worker and its check process share one CPU (the worker's slot among the CPUs it may
+    # run on, round-robin): a check's calls go back and forth between the check process and
+    # the candidate, and a wake-up on another, idle CPU costs more than the work it carries.
+    # Only these two trusted processes are pinned. Each child running generated code or
+    # expected values gets every CPU back before anything of its own runs (spawn_child), so
+    # that the scheduler keeps it beside its check process while that CPU is free and moves
+    # it when that CPU is busy: its deadlines are as before.
+    all_cpus = os.sched_getaffinity(0)
+    if len(all_cpus) > 1 and type(cfg.get("cpu_slot")) is int:
+        try:
+            os.sched_setaffinity(0, {sorted(all_cpus)[cfg["cpu_slot"] % len(all_cpus)]})
+        except OSError:
+            all_cpus = None
+    else:
+        all_cpus = None
+
     base = cfg["scratch_base"]
     if cfg.get("mount"):
         MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
@@ -827,6 +843,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             raise
         if pid == 0:
             try:
+                if all_cpus is not None and role != "check":
+                    try:
+                        _setaffinity(0, all_cpus)
+                    except OSError:
+                        pass  # a CPU set shrunk from outside: what it allows now
                 if die_with_worker:
                     _prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
                     if os.getppid() != worker_pid:
@@ -860,6 +881,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     die_with_worker = not cfg.get("pidns")
     worker_pid = os.getpid()
     _prctl, _SIGKILL = libc.prctl, int(signal.SIGKILL)  # looked up once, not in each child
+    _setaffinity = os.sched_setaffinity
     deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # each child's stdin
     devnull_w = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)  # the check's stdout, stderr
