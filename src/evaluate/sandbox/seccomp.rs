@@ -112,7 +112,7 @@ fn audit_arch() -> Result<u32, String> {
 }
 
 // Classic BPF opcodes (linux/bpf_common.h).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const ALU_AND_K: u16 = 0x04 | 0x50;
 const JMP_JA: u16 = 0x05;
 const JMP_JEQ_K: u16 = 0x05 | 0x10;
@@ -294,7 +294,10 @@ fn entries() -> Vec<(u32, Verdict)> {
         libc::SYS_socketpair as u32,
         Verdict::Checked(Checked::Socketpair),
     ));
-    out.push((libc::SYS_prlimit64 as u32, Verdict::Checked(Checked::Prlimit)));
+    out.push((
+        libc::SYS_prlimit64 as u32,
+        Verdict::Checked(Checked::Prlimit),
+    ));
     out.sort_by_key(|e| e.0);
     out
 }
@@ -340,8 +343,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use seccompiler::{
-        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-        SeccompFilter, SeccompRule, TargetArch,
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
     };
 
     use super::*;
@@ -539,7 +542,10 @@ mod tests {
         let dgram = [libc::AF_UNIX as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0];
         assert_eq!(at(libc::SYS_socketpair, dgram), ret_errno(libc::EPERM));
         assert_eq!(at(libc::SYS_prlimit64, [0, 7, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(at(libc::SYS_prlimit64, [0, 7, 8, 0, 0, 0]), ret_errno(libc::EPERM));
+        assert_eq!(
+            at(libc::SYS_prlimit64, [0, 7, 8, 0, 0, 0]),
+            ret_errno(libc::EPERM)
+        );
         assert_eq!(
             run(&ours[0], &data(0x4000_0003, 0, [0; 6])).0,
             RET_KILL_PROCESS
