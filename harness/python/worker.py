@@ -95,6 +95,22 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 signal.SIGQUIT, signal.SIGALRM):
         signal.signal(sig, signal.SIG_IGN)
 
+    # The worker and its check process share one CPU (the worker's slot among the CPUs it may
+    # run on, round-robin): a check's calls go back and forth between the check process and
+    # the candidate, and a wake-up on another, idle CPU costs more than the work it carries.
+    # Only these two trusted processes are pinned. Each child running generated code or
+    # expected values gets every CPU back before anything of its own runs (spawn_child), so
+    # that the scheduler keeps it beside its check process while that CPU is free and moves
+    # it when that CPU is busy: its deadlines are as before.
+    all_cpus = os.sched_getaffinity(0)
+    if len(all_cpus) > 1 and type(cfg.get("cpu_slot")) is int:
+        try:
+            os.sched_setaffinity(0, {sorted(all_cpus)[cfg["cpu_slot"] % len(all_cpus)]})
+        except OSError:
+            all_cpus = None
+    else:
+        all_cpus = None
+
     base = cfg["scratch_base"]
     if cfg.get("mount"):
         MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
@@ -269,7 +285,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                               else __builtins__)
     # The C scanner, likewise: a child reads the worker's requests with it.
     _scan = _json.make_scanner(json.JSONDecoder())
-    _int, _float, _complex, _tuple, _frozenset = int, float, complex, tuple, frozenset
+    _complex, _tuple, _frozenset = complex, tuple, frozenset
     _fromhex = bytes.fromhex
     _issubclass = issubclass
 
@@ -282,7 +298,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
 
     _inbufs = {}
 
-    def receive(fd=IN_FD):
+    def receive(fd=IN_FD, scan=_scan):
         """The next request on `fd` (one JSON line; fd 4: the worker's), or None at its end."""
         buf = _inbufs.get(fd, b"")
         while b"\n" not in buf:
@@ -291,7 +307,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 return None
             buf += data
         line, _inbufs[fd] = buf.split(b"\n", 1)
-        return _scan(line.decode("utf-8"), 0)[0]
+        return scan(line.decode("utf-8"), 0)[0]
 
     class Unsupported(Exception):
         pass
@@ -326,35 +342,70 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                              for k, v in dict.items(x)]]
         raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
 
-    # Canonical tags of values that cannot change in place.
-    SCALARS = frozenset(("none", "bool", "int", "float", "complex", "str", "bytes"))
+    # The check's channel carries values as JSON: None, bool, int, float and str as JSON has
+    # them, a list as a JSON array, anything else as an object of one tag ("t" tuple, "s" set,
+    # "f" frozenset, "d" dict as [key, value] pairs, "b" bytes as hex, "c" complex as [real,
+    # imag]). The same exact builtin types as `canon`, the same limits, in a form the C
+    # encoder and scanner handle almost whole (`canon`'s form, rebuilt in Python item by item,
+    # cost a check about twice as much). Decoding makes builtin values only, from builtin
+    # values: no code of the sender's runs in the process that decodes.
+    _PLAIN = frozenset((_type(None), bool, int, float, str))
+    _TAGGED = {tuple: "t", set: "s", frozenset: "f"}
+    _set, _map, _list = set, map, list
 
-    def decanon(c):
-        """A value from its canonical form (what `canon` made of it)."""
-        tag = c[0]
-        if tag == "none":
-            return None
-        if tag == "bool" or tag == "str":
-            return c[1]
-        if tag == "int":
-            return _int(c[1])
-        if tag == "float":
-            return _float(c[1])
-        if tag == "complex":
-            return _complex(_float(c[1]), _float(c[2]))
-        if tag == "bytes":
-            return _fromhex(c[1])
-        if tag == "list":
-            return [decanon(i) for i in c[1]]
-        if tag == "tuple":
-            return _tuple([decanon(i) for i in c[1]])
-        if tag == "set":
-            return {decanon(i) for i in c[1]}
-        if tag == "frozenset":
-            return _frozenset([decanon(i) for i in c[1]])
-        if tag == "dict":
-            return {decanon(k): decanon(v) for k, v in c[1]}
-        raise Unsupported("a value tagged %r" % (tag,))
+    def pack(x, budget, depth=0):
+        """`x` for the check's channel (see above); Unsupported where `canon` refuses it."""
+        if depth > MAX_DEPTH:
+            raise Unsupported("nesting deeper than %d levels" % MAX_DEPTH)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise Unsupported("more than %d items" % MAX_ITEMS)
+        t = _type(x)
+        if t in _PLAIN:
+            return x
+        if t is list or t in _TAGGED:
+            # Plain items (the usual case) go as they are, checked in one pass in C.
+            if depth < MAX_DEPTH and _set(_map(_type, x)) <= _PLAIN:
+                budget[0] -= _len(x)
+                if budget[0] < 0:
+                    raise Unsupported("more than %d items" % MAX_ITEMS)
+                items = x if t is list else _list(x)
+            else:
+                items = [pack(i, budget, depth + 1) for i in t.__iter__(x)]
+            return items if t is list else {_TAGGED[t]: items}
+        if t is dict:
+            return {"d": [[pack(k, budget, depth + 1), pack(v, budget, depth + 1)]
+                          for k, v in dict.items(x)]}
+        if t is bytes:
+            return {"b": bytes.hex(x)}
+        if t is complex:
+            return {"c": [x.real, x.imag]}
+        raise Unsupported("a value of type `%s`" % (_getattr(t, "__qualname__", None) or "?"))
+
+    def unpack_tagged(obj):
+        """A value from its tagged form (the scanner's object hook); any other object (a
+        request, a reply) stays as it is."""
+        if _len(obj) == 1:
+            for tag, v in dict.items(obj):
+                if tag == "t":
+                    return _tuple(v)
+                if tag == "s":
+                    return _set(v)
+                if tag == "f":
+                    return _frozenset(v)
+                if tag == "d":
+                    return dict(v)
+                if tag == "b":
+                    return _fromhex(v)
+                if tag == "c":
+                    return _complex(v[0], v[1])
+        return obj
+
+    _scan_values = _json.make_scanner(json.JSONDecoder(object_hook=unpack_tagged))
+
+    def packed(x):
+        """`x` packed and encoded, for comparing (JSON text tells 1, 1.0 and True apart)."""
+        return _join(_enc(pack(x, [MAX_ITEMS]), 0))
 
     last_op = [None]
     interesting = {
@@ -510,17 +561,19 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             serve(None, job, filenames, sources, _t_run)
         send({"event": "load", "kind": "ok"})
         if job.get("checked"):
-            serve(namespace, job, filenames, sources, _t_run, CHECK_IN_FD, CHECK_OUT_FD)
+            serve(namespace, job, filenames, sources, _t_run, CHECK_IN_FD, CHECK_OUT_FD,
+                  _scan_values)
         serve(namespace, job, filenames, sources, _t_run)
 
-    def serve(namespace, job, filenames, sources, t_run, fd_in=IN_FD, fd_out=OUT_FD):
+    def serve(namespace, job, filenames, sources, t_run, fd_in=IN_FD, fd_out=OUT_FD,
+              scan=_scan):
         """Answer the requests on `fd_in`, one reply each on `fd_out`, until they end: run test
         call `i`, call the entry point with a check block's arguments, or say that the run
         ended. On the worker's channel it never returns; on the check's, when the check is
         over."""
         tests = job.get("tests") or []
         while True:
-            req = receive(fd_in)
+            req = receive(fd_in, scan)
             if req is None:
                 if fd_in != IN_FD:
                     return
@@ -544,34 +597,40 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             send(ev, fd_out)
 
     def call_entry_point(namespace, entry, req, filenames, sources):
-        """One call a check block made: the arguments from their canonical form, the value back
-        in it, and each argument the candidate changed in place (the check may read it
-        afterwards), as its canonical form (None where unchanged)."""
+        """One call a check block made: the arguments (decoded as they arrived), the value back
+        packed, and each argument the candidate changed in place (the check may read it
+        afterwards), packed (None where unchanged)."""
         try:
             fn = dict.get(namespace, entry)
             if fn is None:
                 raise NameError("name %r is not defined" % (entry,))
-            args = [decanon(a) for a in req["args"]]
-            kwargs = {k: decanon(v) for k, v in req["kwargs"]}
+            args = req["args"]
+            kwargs = dict(req["kwargs"])
+            passed = args + _list(dict.values(kwargs))
+            # Only containers can change in place: their packed text before the call.
+            before = [(i, packed(a)) for i, a in enumerate(passed) if _type(a) not in _PLAIN]
             value = fn(*args, **kwargs)
         except _BaseException as e:
             return exception_event(e, filenames, sources)
-        ev = value_event(value)
-        if ev["kind"] != "returned":
-            return ev
-        before = req["args"] + [v for _, v in req["kwargs"]]
-        if all(c[0] in SCALARS for c in before):
+        try:
+            ev = {"kind": "returned", "value": pack(value, [MAX_ITEMS])}
+        except Unsupported as e:
+            return {"kind": "unsupported", "what": _str(e)}
+        except RecursionError:
+            return {"kind": "unsupported", "what": "a value nested too deeply"}
+        if not before:
             return ev  # nothing the candidate could change in place
         try:
-            budget = [MAX_ITEMS]
-            after = [canon(a, budget) for a in args] + [canon(v, budget)
-                                                        for v in dict.values(kwargs)]
+            changed = [None] * _len(passed)
+            for i, text in before:
+                if packed(passed[i]) != text:
+                    changed[i] = pack(passed[i], [MAX_ITEMS])
         except Unsupported as e:
             return {"kind": "unsupported", "what": "an argument changed into %s" % _str(e)}
         except RecursionError:
             return {"kind": "unsupported", "what": "an argument nested too deeply"}
-        if after != before:
-            ev["args"] = [None if a == b else a for a, b in zip(after, before)]
+        if changed != [None] * _len(passed):
+            ev["args"] = changed
         return ev
 
     class Refused(BaseException):
@@ -679,7 +738,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                 self.fail({"kind": "crashed", "reason": "the check's channel failed"})
             line, self.buf = self.buf.split(b"\n", 1)
             try:
-                msg = _scan(line.decode("utf-8"), 0)[0]
+                msg = _scan_values(line.decode("utf-8"), 0)[0]
                 ok = _type(msg) is dict and msg.get("event") == "reply"
             except Exception:
                 ok = False
@@ -720,8 +779,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
         def candidate(*args, **kwargs):
             try:
                 budget = [MAX_ITEMS]
-                payload = {"args": [canon(a, budget) for a in args],
-                           "kwargs": [[k, canon(v, budget)] for k, v in kwargs.items()]}
+                payload = {"args": [pack(a, budget) for a in args],
+                           "kwargs": [[k, pack(v, budget)] for k, v in kwargs.items()]}
             except (Unsupported, RecursionError) as e:
                 refused.append("the check passed the candidate %s, which only exact builtin "
                                "types can cross" % e)
@@ -733,8 +792,8 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
                     passed = list(args) + list(kwargs.values())
                     for old, new in zip(passed, rep.get("args") or []):
                         if new is not None:
-                            copy_back(old, decanon(new))
-                    return decanon(rep["value"])
+                            copy_back(old, new)
+                    return rep["value"]
                 if kind == "raised":
                     exc = candidate_exception(rep)
             except Exception:
@@ -827,6 +886,11 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
             raise
         if pid == 0:
             try:
+                if all_cpus is not None and role != "check":
+                    try:
+                        _setaffinity(0, all_cpus)
+                    except OSError:
+                        pass  # a CPU set shrunk from outside: what it allows now
                 if die_with_worker:
                     _prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
                     if os.getppid() != worker_pid:
@@ -860,6 +924,7 @@ def _worker():  # noqa: C901 - one closure so nothing lives in patchable module 
     die_with_worker = not cfg.get("pidns")
     worker_pid = os.getpid()
     _prctl, _SIGKILL = libc.prctl, int(signal.SIGKILL)  # looked up once, not in each child
+    _setaffinity = os.sched_setaffinity
     deferred = []  # (pid, scratch) of children killed after a clean finish, to reap
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # each child's stdin
     devnull_w = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)  # the check's stdout, stderr

@@ -18,6 +18,10 @@ use super::{SandboxError, WORKER_PY};
 
 const TAIL_BYTES: usize = 4096;
 
+/// Workers started so far in this process: each worker takes the next CPU of those it may run
+/// on, round-robin (`cpu_slot` in its configuration; see `harness/python/worker.py`).
+static CPU_SLOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// One warm worker process.
 pub(super) struct Worker {
     pub(super) child: Child,
@@ -145,6 +149,7 @@ impl Spawner {
             Some(dir) => dir.path().to_string_lossy().into_owned(),
             None => "/tmp".into(),
         });
+        cfg["cpu_slot"] = json!(CPU_SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let cfg = cfg.to_string();
 
         let mut fds = [0i32; 2];
