@@ -322,6 +322,46 @@ fn rows_take_the_next_sequence_as_theirs_end_and_agree_with_the_reference() {
     assert_eq!((usage[0].batches, usage[0].sequences), (1, 8), "{usage:?}");
 }
 
+/// Draft tokens looked up by any earlier token (so nearly every step drafts, and most drafts
+/// miss), through one row and through three (which draft once one row is left), and with
+/// drafting off: every output is still the reference decode's, and the results count the
+/// drafts.
+#[test]
+fn draft_tokens_never_change_greedy_output() {
+    let cases: Vec<Case> = (0..3)
+        .map(|i| complete_case(&format!("d{i}"), PREFIXES[i], [40, 24, 31][i], &[]))
+        .collect();
+    for (rows, drafts) in [(1, true), (3, true), (1, false)] {
+        let mut opts = test_options(GenerationSettings {
+            batch_size: BatchSize::Rows(rows),
+            ..GenerationSettings::default()
+        });
+        opts.draft_min_ngram = 1;
+        opts.drafts = drafts;
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        let got = batched(&src, &cases, 1);
+        let mut drafted = (0, 0);
+        for (case, completion) in cases.iter().zip(&got) {
+            let ids = src.prompt_ids(&Prompt::for_case(case)).unwrap();
+            let expected = reference(&models().join("genai"), &ids, case.max_new_tokens.unwrap());
+            let tokens = completion.tokens.as_ref().unwrap();
+            assert_eq!(tokens.ids, expected, "{} rows {rows}", case.id);
+            let timing = completion.timing.as_ref().unwrap();
+            assert!(timing.accepted_draft_tokens <= timing.draft_tokens);
+            drafted.0 += timing.draft_tokens;
+            drafted.1 += timing.accepted_draft_tokens;
+        }
+        match drafts {
+            true => assert!(drafted.0 > 0, "rows {rows}: nothing was drafted"),
+            false => assert_eq!(drafted, (0, 0)),
+        }
+        eprintln!(
+            "rows {rows}: {} draft tokens, {} kept",
+            drafted.0, drafted.1
+        );
+    }
+}
+
 #[test]
 fn fp16_kv_cache_runs_and_agrees_at_first() {
     let src = source("genai-fp16", GenerationSettings::default());

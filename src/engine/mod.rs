@@ -191,6 +191,16 @@ pub struct Timing {
     pub peak_host_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_device_bytes: Option<u64>,
+    /// Prompt-lookup draft tokens fed for this sequence, and how many of them were the tokens
+    /// it chose (each kept one saved a decode step).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub draft_tokens: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub accepted_draft_tokens: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 pub use crate::outcome::{DeviceUsage, LoadFacts};

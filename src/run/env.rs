@@ -179,6 +179,8 @@ pub struct EngineEnv {
     pub shared_kv: Option<bool>,
     /// `Some(false)` leaves device KV buffers unzeroed.
     pub zero_kv: Option<bool>,
+    /// `Some(false)`: no prompt-lookup draft tokens on CPU.
+    pub drafts: Option<bool>,
     pub profile: bool,
     /// `Some(false)`: decode freely, whatever the accepted outputs.
     pub follow_accepted: Option<bool>,
@@ -268,6 +270,7 @@ impl Env {
                 graphs_per_session: reader.count("CODEGEN_GRAPHS_PER_SESSION")?,
                 shared_kv: reader.switch("CODEGEN_SHARED_KV")?,
                 zero_kv: reader.switch("CODEGEN_ZERO_KV")?,
+                drafts: reader.switch("CODEGEN_DRAFTS")?,
                 profile: reader.switch("CODEGEN_PROFILE")?.unwrap_or(false),
                 follow_accepted: reader.switch("CODEGEN_FOLLOW_ACCEPTED")?,
             },
@@ -329,6 +332,7 @@ impl OnnxOptions {
         self.graphs_per_session = env.graphs_per_session.or(self.graphs_per_session);
         self.shared_kv &= env.shared_kv.unwrap_or(true);
         self.zero_kv &= env.zero_kv.unwrap_or(true);
+        self.drafts = env.drafts.unwrap_or(self.drafts);
         self.profile |= env.profile;
         if let Some(follow) = env.follow_accepted {
             self.settings.follow_accepted.enabled = follow;

@@ -164,6 +164,8 @@ mod tests {
                     total_ms,
                     peak_host_bytes: None,
                     peak_device_bytes: None,
+                    draft_tokens: 0,
+                    accepted_draft_tokens: 0,
                 });
                 s
             })

@@ -115,6 +115,11 @@ pub struct OnnxOptions {
     /// Seeded noise on every logit read on the host: tests only, to show which perturbations
     /// the accepted-output tolerance absorbs.
     pub logit_noise: Option<LogitNoise>,
+    /// Batches that recycle rows (CPU) feed prompt-lookup draft tokens where rows have ended
+    /// and left the batch's width idle (exact for greedy: see `decode/draft.rs`).
+    pub drafts: bool,
+    /// The shortest n-gram a draft is looked up by (2; tests take 1 to draft at every step).
+    pub draft_min_ngram: usize,
 }
 
 impl OnnxOptions {
@@ -141,6 +146,8 @@ impl OnnxOptions {
             memory_budget_bytes: None,
             device_ids: vec![0],
             logit_noise: None,
+            drafts: true,
+            draft_min_ngram: 2,
         }
     }
 }

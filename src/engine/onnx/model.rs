@@ -89,6 +89,8 @@ pub(crate) struct Model {
     pub device_peak: Option<u64>,
     /// Zero KV buffers in device memory (off only to reproduce what uninitialised buffers do).
     zero_kv: bool,
+    /// How batches that recycle rows draft tokens (`None`: they do not).
+    pub drafting: Option<Drafting>,
     /// Greedy batches decode on fixed buffers ([`FixedBuffers`]).
     fixed_decode: bool,
     /// The session was created for CUDA graph capture: every run names its graph, and runs that
@@ -118,6 +120,13 @@ fn read_json(path: &Path) -> Result<Json, EngineError> {
         .map_err(|e| EngineError::folder(dir, format!("failed to read {name}: {e}")))?;
     serde_json::from_str(&text)
         .map_err(|e| EngineError::folder(dir, format!("failed to parse {name}: {e}")))
+}
+
+/// How batches that recycle rows draft tokens: looked up by n-grams of `min_ngram` tokens or
+/// more (see `decode/draft.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Drafting {
+    pub min_ngram: usize,
 }
 
 /// A graph input or output as [`folder`] checks it (the doctor reads graphs the same way).
@@ -276,6 +285,9 @@ impl Model {
             },
             profile: options.profile,
             logit_noise: options.logit_noise,
+            drafting: options.drafts.then_some(Drafting {
+                min_ngram: options.draft_min_ngram,
+            }),
             pieces: std::collections::HashMap::new(),
             zero_kv: options.zero_kv,
             fixed_decode: options.cuda_graph.unwrap_or(opened.graph_capture),

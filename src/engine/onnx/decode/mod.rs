@@ -16,13 +16,15 @@ use super::error::EngineError;
 use super::follow::{Gap, Guide};
 use super::gate::Turn;
 use super::kv::{FixedKv, GrowingKv, KvCache, Logits, SharedKv, StepInputs};
-use super::model::Model;
+use super::model::{Drafting, Model};
 use super::sampling::{self, Sampler};
 use super::tensor::Float;
 use crate::device::Provider;
 use crate::engine::{Completion, FinishReason, Timing};
 use crate::machine;
 
+mod draft;
+mod recycle;
 mod row;
 
 use row::{
@@ -95,6 +97,7 @@ impl Model {
         }
         let b = jobs.len().min(rows.max(1));
         let mut batch = Batch::new(self, jobs, b);
+        batch.drafting = self.drafting;
         // The first rows are prefilled right-padded to the longest of them; a row started
         // later holds its own sequence from position 0.
         let first = batch.longest + batch.jobs.iter().map(|j| j.max_new).max().unwrap_or(0);
@@ -116,7 +119,10 @@ impl Model {
             }
         });
         let mut kv = match kv {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                batch.recycling = kv.recycles();
+                kv
+            }
             Err(e) => {
                 // The model keeps its pieces when no step ran, as before the batch took them.
                 self.pieces = std::mem::take(&mut batch.pieces);
@@ -175,8 +181,18 @@ struct Batch<'j> {
     /// Each row's job, and its index in `all`.
     jobs: Vec<SeqJob>,
     job_of: Vec<usize>,
-    /// The step each row's prefill ran at (0 for the rows prefilled together).
-    born: Vec<usize>,
+    /// Positions each row's KV cache holds (after the prefill: its prompt); the next input
+    /// goes at this position.
+    past: Vec<usize>,
+    /// The KV cache recycles rows: decode steps are built per row ([`Batch::decode_inputs`]),
+    /// with draft tokens where `drafting` allows.
+    recycling: bool,
+    drafting: Option<Drafting>,
+    /// This step's draft tokens per row, and how many each row may propose next.
+    drafts: Vec<Vec<u32>>,
+    draft_len: Vec<usize>,
+    /// Per row: draft tokens proposed and accepted so far.
+    drafted: Vec<(usize, usize)>,
     /// Each row's prompt length, and the longest of the rows prefilled together.
     lens: Vec<usize>,
     longest: usize,
@@ -245,7 +261,12 @@ impl<'j> Batch<'j> {
             next: b,
             jobs,
             job_of: (0..b).collect(),
-            born: vec![0; b],
+            past: vec![0; b],
+            recycling: false,
+            drafting: None,
+            drafts: vec![Vec::new(); b],
+            draft_len: vec![draft::FIRST_DRAFT; b],
+            drafted: vec![(0, 0); b],
             lens,
             longest,
             start,
@@ -284,7 +305,20 @@ impl<'j> Batch<'j> {
         self.secs.inputs += inputs_started.elapsed().as_secs_f64();
         let run_started = Instant::now();
         let logits = self.run(model, kv, inputs, on_done)?;
-        let lq = self.check_logits(model, &logits, q, self.rows.len())?;
+        let decoding = self.recycling && self.step > 0;
+        // Positions asked for: every input of a recycling batch's decode step, else the one
+        // each row continues from where the graph takes `logits_positions`.
+        let want = if decoding || !model.graph.logits_positions {
+            q
+        } else {
+            1
+        };
+        let lq = self.check_logits(&logits, q, self.rows.len(), want)?;
+        if decoding {
+            self.verify(model, &logits, lq, run_started, on_token, on_done)?;
+            drop(logits);
+            return self.recycle(model, kv, on_token, on_done);
+        }
         debug_assert!(!model.graph.logits_positions || lq == 1);
         let picks = match (&mut model.head, self.use_head) {
             (Some(head), true) => {
@@ -296,145 +330,58 @@ impl<'j> Batch<'j> {
                 self.pick_on_head(tops)
             }
             _ => {
-                let at: Vec<Option<usize>> = (0..self.rows.len())
-                    .map(|r| (!self.rows[r].done()).then(|| r * lq + self.continue_at(r, lq)))
+                let at: Vec<Option<(usize, usize)>> = (0..self.rows.len())
+                    .map(|r| {
+                        let from = r * lq + self.continue_at(r, lq);
+                        (!self.rows[r].done()).then(|| (from, self.position(r)))
+                    })
                     .collect();
                 self.pick_on_host(model, &logits, &at, run_started)?
             }
         };
         drop(logits);
         let more = self.record(model, picks, on_token, on_done)?;
-        match kv.recycles() {
+        // The prefill (step 0) put each prompt in place; every decode step one token more.
+        for r in 0..self.rows.len() {
+            self.past[r] = if self.step == 0 {
+                self.lens[r]
+            } else {
+                self.past[r] + 1
+            };
+        }
+        match self.recycling {
             true => self.recycle(model, kv, on_token, on_done),
             false => Ok(more),
         }
     }
 
-    /// Give each finished row the next job waiting; once none waits, drop the finished rows.
-    /// False once every row has finished and no job waits.
-    fn recycle(
-        &mut self,
-        model: &mut Model,
-        kv: &mut dyn KvCache,
-        on_token: &mut dyn FnMut(),
-        on_done: &mut dyn FnMut(usize, Completion),
-    ) -> Result<bool, EngineError> {
-        for r in 0..self.rows.len() {
-            // A job can end at its first token: its row takes the next one at once.
-            while self.rows[r].done() && self.next < self.all.len() {
-                self.next += 1;
-                self.start_job(model, kv, r, self.next - 1, on_token, on_done)?;
-            }
-        }
-        let keep: Vec<usize> = (0..self.rows.len())
-            .filter(|&r| !self.rows[r].done())
-            .collect();
-        if keep.is_empty() {
-            return Ok(false);
-        }
-        if keep.len() < self.rows.len() {
-            kv.keep_rows(model, &keep)?;
-            self.keep_rows(&keep);
-        }
-        Ok(true)
-    }
-
-    /// Put job `j` in row `r` (whose job has been handed over): prefill its prompt alone into
-    /// the row's KV cache and take its first token. Its decode steps continue from there.
-    fn start_job(
-        &mut self,
-        model: &mut Model,
-        kv: &mut dyn KvCache,
-        r: usize,
-        j: usize,
-        on_token: &mut dyn FnMut(),
-        on_done: &mut dyn FnMut(usize, Completion),
-    ) -> Result<(), EngineError> {
-        let job = self.all[j].clone();
-        self.rows[r] = Row::new(&job);
-        self.rows[r].started_at = self.start.elapsed().as_secs_f64();
-        self.lens[r] = job.prompt_ids.len();
-        self.born[r] = self.step;
-        self.guided[r] = job.guide.as_ref().map(|_| 0);
-        self.published[r] = false;
-        self.job_of[r] = j;
-        self.jobs[r] = job;
-        if self.rows[r].done() {
-            return self.publish_done(model, on_done); // nothing to generate
-        }
-        let inputs = self.prompt_inputs(model, r)?;
-        let q = inputs.shape[1];
-        let run_started = Instant::now();
-        let logits = kv.start_row(model, r, inputs)?;
-        let lq = self.check_logits(model, &logits, q, 1)?;
-        let mut at = vec![None; self.rows.len()];
-        at[r] = Some(lq - 1);
-        let picks = self.pick_on_host(model, &logits, &at, run_started)?;
-        drop(logits);
-        self.record(model, picks, on_token, on_done).map(|_| ())
-    }
-
-    /// The inputs of row `r`'s prompt alone (batch 1).
-    fn prompt_inputs(&self, model: &Model, r: usize) -> Result<StepInputs, EngineError> {
-        let len = self.lens[r];
-        let ids: Vec<i64> = self.jobs[r].prompt_ids.iter().map(|&t| t as i64).collect();
-        let logits_positions = match model.graph.logits_positions {
-            true => Some(
-                Tensor::<i64>::from_array(([1, 1], vec![len as i64 - 1]))
-                    .map_err(EngineError::run)?,
-            ),
-            false => None,
-        };
-        Ok(StepInputs {
-            step: 0,
-            ids: Tensor::<i64>::from_array(([1, len], ids)).map_err(EngineError::run)?,
-            mask: Tensor::<i64>::from_array(([1, len], vec![1; len])).map_err(EngineError::run)?,
-            positions: (0..len as i64).collect(),
-            shape: [1, len],
-            vocab: self.vocab,
-            logits_on_device: false,
-            logits_positions,
-        })
-    }
-
-    /// Keep rows `keep` (ascending) and drop the others.
-    fn keep_rows(&mut self, keep: &[usize]) {
-        fn retain<T>(v: &mut Vec<T>, keep: &[usize]) {
-            let mut i = 0;
-            v.retain(|_| {
-                i += 1;
-                keep.binary_search(&(i - 1)).is_ok()
-            });
-        }
-        retain(&mut self.rows, keep);
-        retain(&mut self.jobs, keep);
-        retain(&mut self.job_of, keep);
-        retain(&mut self.born, keep);
-        retain(&mut self.lens, keep);
-        retain(&mut self.guided, keep);
-        retain(&mut self.published, keep);
-        retain(&mut self.last_tokens, keep);
-    }
-
-    /// The position of row `r`'s input at this step (its last prompt token at its prefill).
+    /// The position of row `r`'s input whose logits are read at this step (its last prompt
+    /// token at the prefill).
     fn position(&self, r: usize) -> usize {
-        self.lens[r] - 1 + self.step - self.born[r]
+        match self.step {
+            0 => self.lens[r] - 1,
+            _ => self.past[r],
+        }
     }
 
     /// Step `self.step`'s inputs: the right-padded prompts at prefill, each row's last token
     /// after.
-    fn inputs(&self, model: &Model, kv: &dyn KvCache) -> Result<StepInputs, EngineError> {
+    fn inputs(&mut self, model: &Model, kv: &dyn KvCache) -> Result<StepInputs, EngineError> {
         let (b, step) = (self.rows.len(), self.step);
-        let total = match step {
-            0 => self.longest,
-            _ => (0..b).map(|r| self.position(r) + 1).max().unwrap_or(0),
+        if self.recycling && step > 0 {
+            return self.decode_inputs(model);
+        }
+        let total = if step == 0 {
+            self.longest
+        } else {
+            self.longest + step
         };
         let width = kv.mask_width(step, total);
         let (ids, mask, positions, q) = step_tensors(
             model.graph.layout,
             step,
             &self.jobs,
-            (&self.lens, &self.born),
+            &self.lens,
             &self.last_tokens,
             model.tokens.pad,
             width,
@@ -520,14 +467,14 @@ impl<'j> Batch<'j> {
         Ok(logits)
     }
 
-    /// Check the logits' shape for `q` inputs per row of `rows`; returns how many positions
-    /// they hold (and learns the vocabulary size).
+    /// Check the logits' shape for `q` inputs per row of `rows`, `want` positions asked for;
+    /// returns how many positions they hold (and learns the vocabulary size).
     fn check_logits(
         &mut self,
-        model: &Model,
         logits: &DynValue,
         q: usize,
         rows: usize,
+        want: usize,
     ) -> Result<usize, EngineError> {
         let shape: Vec<i64> = logits.shape().to_vec();
         if shape.len() != 3 || shape[0] as usize != rows {
@@ -537,7 +484,6 @@ impl<'j> Batch<'j> {
         }
         let lq = shape[1] as usize;
         self.vocab = shape[2] as usize;
-        let want = if model.graph.logits_positions { 1 } else { q };
         if lq != want && !(lq == 1 && (rows == 1 || self.lens.iter().all(|&l| l == self.longest))) {
             return Err(EngineError::Run(format!(
                 "the graph returns {lq} positions for {q} inputs; batched prompts of different lengths need logits for every position"
@@ -578,12 +524,13 @@ impl<'j> Batch<'j> {
     }
 
     /// The pick of each row `r` with logits at `at[r]` (an index into the logits' rows x
-    /// positions), on the host (sampled, or greedy).
+    /// positions, and the position in the row's sequence they are for), on the host (sampled,
+    /// or greedy).
     fn pick_on_host(
         &mut self,
         model: &Model,
         logits: &DynValue,
-        at: &[Option<usize>],
+        at: &[Option<(usize, usize)>],
         run_started: Instant,
     ) -> Result<Vec<Option<Choice>>, EngineError> {
         let vocab = self.vocab;
@@ -608,18 +555,16 @@ impl<'j> Batch<'j> {
         let data = match model.logit_noise {
             Some(noise) => {
                 let mut owned = data.into_owned();
-                for (r, at) in at.iter().enumerate() {
-                    if let Some(at) = at {
-                        let off = at * vocab;
-                        noise.apply(&mut owned[off..off + vocab], self.position(r));
-                    }
+                for &(at, position) in at.iter().flatten() {
+                    let off = at * vocab;
+                    noise.apply(&mut owned[off..off + vocab], position);
                 }
                 Cow::Owned(owned)
             }
             None => data,
         };
         let row_at = |r: usize| -> &[f32] {
-            let off = at[r].unwrap_or(0) * vocab;
+            let off = at[r].map_or(0, |(at, _)| at) * vocab;
             &data[off..off + vocab]
         };
         let jobs = &self.jobs;
@@ -730,6 +675,7 @@ impl<'j> Batch<'j> {
                         * 1000.0,
                     peak_host_bytes: machine::peak_host_bytes(),
                     peak_device_bytes: self.device_peak,
+                    drafted: self.drafted[r],
                 };
                 on_done(self.job_of[r], model.finish_row(&mut self.rows[r], usage)?);
             }
@@ -803,6 +749,8 @@ impl Model {
                 total_ms: usage.total_ms,
                 peak_host_bytes: usage.peak_host_bytes,
                 peak_device_bytes: usage.peak_device_bytes,
+                draft_tokens: usage.drafted.0,
+                accepted_draft_tokens: usage.drafted.1,
             }),
             tokens: Some(trace),
             finish_reason: row.finish.clone(),
@@ -824,8 +772,7 @@ mod tests {
     #[test]
     fn prefill_pads_right_and_masks_each_row() {
         let jobs = [job(&[5, 6, 7]), job(&[8])];
-        let (ids, mask, pos, q) =
-            step_tensors(Layout::Genai, 0, &jobs, (&[3, 1], &[0, 0]), &[0, 0], 9, 3);
+        let (ids, mask, pos, q) = step_tensors(Layout::Genai, 0, &jobs, &[3, 1], &[0, 0], 9, 3);
         assert_eq!(q, 3);
         assert_eq!(ids, vec![5, 6, 7, 8, 9, 9]);
         assert_eq!(mask, vec![1, 1, 1, 1, 0, 0]);
@@ -836,21 +783,12 @@ mod tests {
     fn decode_steps_mask_by_layout_and_width() {
         let jobs = [job(&[5, 6, 7]), job(&[8])];
         // genai: each row's valid length, packed from 0; a wider (fixed) mask is zero-padded.
-        let (ids, mask, pos, q) =
-            step_tensors(Layout::Genai, 1, &jobs, (&[3, 1], &[0, 0]), &[11, 12], 9, 6);
+        let (ids, mask, pos, q) = step_tensors(Layout::Genai, 1, &jobs, &[3, 1], &[11, 12], 9, 6);
         assert_eq!((q, ids), (1, vec![11, 12]));
         assert_eq!(mask, vec![1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]);
         assert_eq!(pos, vec![3, 1]);
         // optimum: every cached position, with the padding holes of shorter prompts masked.
-        let (_, mask, _, _) = step_tensors(
-            Layout::Optimum,
-            1,
-            &jobs,
-            (&[3, 1], &[0, 0]),
-            &[11, 12],
-            9,
-            4,
-        );
+        let (_, mask, _, _) = step_tensors(Layout::Optimum, 1, &jobs, &[3, 1], &[11, 12], 9, 4);
         assert_eq!(mask, vec![1, 1, 1, 1, 1, 0, 0, 1]);
     }
 }

@@ -139,13 +139,13 @@ impl Row {
 }
 
 /// Token ids, attention mask and positions of step `step` (0: the right-padded prompts; k >= 1:
-/// each row's last token), for rows whose prompts have `lens` tokens and were prefilled at step
-/// `born` (0 for the rows prefilled together, padded to the longest), with a mask `width` wide.
+/// generated token k-1), for prompts of `lens` tokens padded to the longest, with a mask
+/// `width` wide. (Batches that recycle rows build their decode steps per row instead.)
 pub(crate) fn step_tensors(
     layout: Layout,
     step: usize,
     jobs: &[SeqJob],
-    (lens, born): (&[usize], &[usize]),
+    lens: &[usize],
     last_tokens: &[u32],
     pad: u32,
     width: usize,
@@ -168,17 +168,14 @@ pub(crate) fn step_tensors(
                 mask[r * width + j] = 1;
             }
         } else {
-            // Positions this row holds, its new token's included.
-            let valid = lens[r] + step - born[r];
             ids[r] = last_tokens[r] as i64;
-            pos[r] = (valid - 1) as i64;
+            pos[r] = (lens[r] + step - 1) as i64;
             match layout {
                 Layout::Genai => {
-                    for j in 0..valid {
+                    for j in 0..lens[r] + step {
                         mask[r * width + j] = 1;
                     }
                 }
-                // Rows are never started alone on this layout (its cache does not recycle).
                 Layout::Optimum => {
                     for j in 0..total {
                         mask[r * width + j] = i64::from(j < lens[r] || j >= s);
@@ -229,6 +226,8 @@ pub(super) struct Usage {
     pub(super) total_ms: f64,
     pub(super) peak_host_bytes: Option<u64>,
     pub(super) peak_device_bytes: Option<u64>,
+    /// Draft tokens proposed and accepted.
+    pub(super) drafted: (usize, usize),
 }
 
 /// What every row's bookkeeping reads during a step.
