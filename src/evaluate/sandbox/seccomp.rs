@@ -302,8 +302,12 @@ fn entries() -> Vec<(u32, Verdict)> {
     out
 }
 
-/// The filter, as one BPF program: the arch check, then a binary search over the syscall
-/// numbers it names (everything else is allowed).
+/// Syscall numbers with this bit set are the x32 ABI's on x86-64: the same arch value, other
+/// numbers, which a kernel built with x32 support runs. None of them is allowed.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// The filter, as one BPF program: the arch check, x32 numbers denied (x86-64), then a binary
+/// search over the syscall numbers it names (everything else is allowed).
 pub fn programs() -> Result<Vec<BpfProgram>, String> {
     let entries = entries();
     if entries.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -314,6 +318,10 @@ pub fn programs() -> Result<Vec<BpfProgram>, String> {
     asm.push(ins(JMP_JEQ_K, 1, 0, audit_arch()?));
     asm.push(ins(RET_K, 0, 0, RET_KILL_PROCESS));
     asm.load(DATA_NR);
+    if std::env::consts::ARCH == "x86_64" {
+        asm.push(ins(JMP_JGE_K, 0, 1, X32_SYSCALL_BIT));
+        asm.ja(Target::Errno(libc::EPERM));
+    }
     asm.tree(&entries);
     let prog = asm.finish(
         &[libc::EPERM, libc::ENOSYS],
@@ -516,11 +524,14 @@ mod tests {
                 for args in argsets {
                     let d = data(arch, nr, args);
                     let (got, steps) = run(&ours[0], &d);
-                    assert_eq!(
-                        got,
-                        combined(&reference, &d),
-                        "arch {arch:#x} nr {nr} args {args:x?}"
-                    );
+                    // The reference policy allows x32 numbers; ours denies them.
+                    let x32 =
+                        cfg!(target_arch = "x86_64") && arch == native && nr >= X32_SYSCALL_BIT;
+                    let want = match x32 {
+                        true => ret_errno(libc::EPERM),
+                        false => combined(&reference, &d),
+                    };
+                    assert_eq!(got, want, "arch {arch:#x} nr {nr} args {args:x?}");
                     most_steps = most_steps.max(steps);
                     cases += 1;
                 }
