@@ -1,0 +1,527 @@
+//! `codegen bench engine` against llama.cpp, with ceilings: what llama.cpp's tools are asked
+//! (the same workloads as ours: batch-1 decode at our prompt depth, prefill at our prefill
+//! length, P sequences of N tokens), one round of them, the ceilings measured in the same run,
+//! and the table printing both sides beside the ceilings.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use codegen_harness::doctor::gguf;
+
+use crate::bench_llama::{self, BatchedRow, LlamaError, Tools};
+use crate::ceiling::{self, CpuInfo, WeightReads, compute::KernelRate};
+
+/// Bytes of the buffer the read bandwidth is measured on (far beyond any last-level cache).
+pub const BANDWIDTH_BYTES: usize = 1 << 30;
+/// Rows of the MatMulNBits timing: a large M (the kernels' peak) and 1 (decode's shape).
+pub const KERNEL_ROWS: [usize; 2] = [256, 1];
+
+/// The workloads, in our figures' terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workloads {
+    pub threads: usize,
+    /// Batch-1 decode: mean prompt tokens of our batch-1 prompts, tokens generated, repetitions.
+    pub depth: usize,
+    pub new_tokens: usize,
+    pub reps: usize,
+    /// Prefill: the long prompt's tokens.
+    pub prefill: usize,
+    /// The batch: prompt tokens per sequence, tokens generated each, sequences.
+    pub batch: (usize, usize, usize),
+}
+
+/// llama.cpp ready to run: its tools and the GGUF.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub tools: Tools,
+    pub gguf: PathBuf,
+}
+
+/// One round of llama.cpp's figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LlamaRound {
+    pub decode_tok_s: f64,
+    pub prefill_tok_s: f64,
+    pub batch: BatchedRow,
+    /// `build_number`/`build_commit` and CPU as llama-bench reports them.
+    pub build: String,
+}
+
+/// Run each llama.cpp workload once.
+pub fn llama_round(l: &Llama, w: &Workloads) -> Result<LlamaRound, LlamaError> {
+    let decode = bench_llama::bench(
+        &l.tools,
+        &l.gguf,
+        w.threads,
+        (0, w.new_tokens, w.depth),
+        w.reps,
+    )?;
+    let prefill = bench_llama::bench(&l.tools, &l.gguf, w.threads, (w.prefill, 0, 0), 1)?;
+    let batch = bench_llama::batched(&l.tools, &l.gguf, w.threads, w.batch)?;
+    Ok(LlamaRound {
+        decode_tok_s: decode.avg_ts,
+        prefill_tok_s: prefill.avg_ts,
+        batch,
+        build: format!(
+            "build {} ({}), {}",
+            decode.build_number, decode.build_commit, decode.model_type
+        ),
+    })
+}
+
+/// Where llama.cpp stands for this run: ready, or why its rows are absent.
+pub fn prepare(
+    arg: Option<&bench_llama::ToolsArg>,
+    provisioner: &codegen_harness::provision::Provisioner,
+    model: &Path,
+    gguf: Option<&Path>,
+) -> Result<Llama, String> {
+    let gguf_dir = codegen_harness::models::gguf_dir(&provisioner.cache);
+    let tools = match bench_llama::locate(arg, provisioner) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(bench_llama::how_to_enable(&provisioner.cache)),
+        Err(e) => return Err(format!("llama.cpp: {e}")),
+    };
+    let gguf =
+        bench_llama::gguf_for(model, &gguf_dir, gguf).map_err(|e| format!("llama.cpp: {e}"))?;
+    Ok(Llama { tools, gguf })
+}
+
+/// The ceilings of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Ceilings {
+    pub cpu: CpuInfo,
+    /// Read bandwidth in bytes/s before and after the rounds.
+    pub bandwidth: Vec<f64>,
+    pub ours: Option<WeightReads>,
+    pub llama: Option<WeightReads>,
+    /// MatMulNBits on our largest matrix, at each of [`KERNEL_ROWS`].
+    pub kernel: Vec<KernelRate>,
+    /// Why a figure is missing.
+    pub notes: Vec<String>,
+    pub load: Vec<String>,
+}
+
+impl Ceilings {
+    /// The best bandwidth measured.
+    pub fn bandwidth(&self) -> f64 {
+        self.bandwidth.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Multiply-accumulates per second at the large M.
+    pub fn peak_macs(&self) -> Option<f64> {
+        self.kernel.first().map(|k| k.macs_per_s)
+    }
+}
+
+/// Bandwidth, load and CPU (before the rounds; [`after_rounds`] adds the second bandwidth).
+pub fn before_rounds(threads: usize) -> Ceilings {
+    Ceilings {
+        cpu: ceiling::cpu_info(),
+        load: vec![ceiling::loadavg()],
+        bandwidth: vec![ceiling::read_bandwidth(BANDWIDTH_BYTES, threads, 3)],
+        ..Ceilings::default()
+    }
+}
+
+/// The weight reads of both sides and the kernel timing.
+pub fn weights_and_kernel(
+    c: &mut Ceilings,
+    model: &Path,
+    gguf_file: Option<&Path>,
+    environment: Option<&ort::environment::Environment>,
+    (threads, spin): (usize, bool),
+) {
+    match ceiling::onnx::read_graph(&model.join("model.onnx")) {
+        Ok(g) => c.ours = Some(ceiling::onnx::decode_reads(&g)),
+        Err(e) => c.notes.push(format!("ours: {e}")),
+    }
+    if let Some(path) = gguf_file {
+        match gguf::read_header(path) {
+            Ok(h) => match ceiling::gguf::decode_reads(&h) {
+                Ok(r) => c.llama = Some(r),
+                Err(e) => c.notes.push(format!("llama.cpp: {e}")),
+            },
+            Err(e) => c.notes.push(format!("llama.cpp: {e}")),
+        }
+    }
+    let (Some(env), Some(shape)) = (environment, c.ours.and_then(|r| r.largest)) else {
+        return;
+    };
+    match ceiling::compute::time_matmul(env, shape, threads, spin, &KERNEL_ROWS, 3) {
+        Ok(k) => c.kernel = k,
+        Err(e) => c.notes.push(format!("compute ceiling: {e}")),
+    }
+}
+
+/// The second bandwidth measurement and load reading.
+pub fn after_rounds(c: &mut Ceilings, threads: usize) {
+    c.load.push(ceiling::loadavg());
+    c.bandwidth
+        .push(ceiling::read_bandwidth(BANDWIDTH_BYTES, threads, 3));
+}
+
+/// One side's measured figures (medians of the rounds).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Side {
+    pub decode_tok_s: f64,
+    pub prefill_tok_s: f64,
+    pub batch_tok_s: f64,
+}
+
+/// The median of `v` (0 with none).
+pub fn median(v: impl IntoIterator<Item = f64>) -> f64 {
+    let mut x: Vec<f64> = v.into_iter().collect();
+    x.sort_by(f64::total_cmp);
+    if x.is_empty() { 0.0 } else { x[x.len() / 2] }
+}
+
+/// llama.cpp's medians over its rounds.
+pub fn llama_side(rounds: &[LlamaRound]) -> Side {
+    Side {
+        decode_tok_s: median(rounds.iter().map(|r| r.decode_tok_s)),
+        prefill_tok_s: median(rounds.iter().map(|r| r.prefill_tok_s)),
+        batch_tok_s: median(rounds.iter().map(|r| r.batch.generated_tok_s())),
+    }
+}
+
+/// A side's ceilings in tokens/s: bandwidth (weights read once per step: `rows` tokens per
+/// step) and compute (`macs` multiply-accumulates per second over elements per token).
+pub fn side_ceilings(
+    reads: Option<&WeightReads>,
+    bandwidth: f64,
+    macs: Option<f64>,
+    rows: usize,
+) -> (Option<f64>, Option<f64>) {
+    let Some(r) = reads else {
+        return (None, None);
+    };
+    let bw = ceiling::tokens_per_s(bandwidth, r.bytes).map(|t| t * rows as f64);
+    let compute = macs.and_then(|m| ceiling::tokens_per_s(m, r.elements));
+    (bw, compute)
+}
+
+/// Everything the table prints.
+pub struct Table<'a> {
+    pub llama: Option<&'a Llama>,
+    pub ours: Side,
+    pub theirs: Option<Side>,
+    pub rounds: usize,
+    pub workloads: &'a Workloads,
+    pub ceilings: &'a Ceilings,
+    pub llama_build: Option<&'a str>,
+}
+
+fn gb(bytes: f64) -> String {
+    format!("{:.1} GB/s", bytes / 1e9)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn pct(measured: f64, ceiling: Option<f64>) -> String {
+    ceiling::share(measured, ceiling).map_or_else(|| "-".into(), |s| format!("{:.0}%", s * 100.0))
+}
+
+impl Table<'_> {
+    /// The header lines: what llama.cpp is, the CPU, load, bandwidth and the kernel timing.
+    pub fn header(&self, s: &mut String) {
+        let c = self.ceilings;
+        match self.llama {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "against llama.cpp {} ({}), GGUF {}; {} threads both; medians of {} alternating rounds",
+                    bench_llama::LLAMA_CPP_BUILD,
+                    l.tools.origin,
+                    l.gguf.display(),
+                    self.workloads.threads,
+                    self.rounds
+                );
+                if let Some(b) = self.llama_build {
+                    let _ = writeln!(s, "llama-bench reports: {b}");
+                }
+            }
+            None => {
+                let _ = writeln!(s, "ceilings ({} threads):", self.workloads.threads);
+            }
+        }
+        let missing: Vec<&str> = ceiling::FLAGS
+            .iter()
+            .filter(|f| !c.cpu.flags.iter().any(|g| g.as_str() == **f))
+            .copied()
+            .collect();
+        let _ = writeln!(
+            s,
+            "cpu: {}; flags: {} (absent: {})",
+            c.cpu.model,
+            c.cpu.flags.join(" "),
+            missing.join(" ")
+        );
+        let _ = writeln!(s, "load (/proc/loadavg): {}", c.load.join(" -> "));
+        let each: Vec<String> = c.bandwidth.iter().map(|b| gb(*b)).collect();
+        let _ = writeln!(
+            s,
+            "read bandwidth, {} threads over {} MiB: {} (best; before/after the rounds: {})",
+            self.workloads.threads,
+            BANDWIDTH_BYTES >> 20,
+            gb(c.bandwidth()),
+            each.join(", ")
+        );
+        self.kernel_line(s);
+        for n in &c.notes {
+            let _ = writeln!(s, "ceiling not measured: {n}");
+        }
+    }
+
+    fn kernel_line(&self, s: &mut String) {
+        let c = self.ceilings;
+        let Some(shape) = c.ours.and_then(|r| r.largest) else {
+            return;
+        };
+        let rates: Vec<String> = c
+            .kernel
+            .iter()
+            .map(|k| {
+                let weight_bytes = c.ours.map_or(0.0, |_| {
+                    shape.elements() as f64 * shape.bits.unwrap_or(8) as f64 / 8.0
+                });
+                format!(
+                    "M={} {:.1} GMAC/s ({:.2} ms; weights at {})",
+                    k.m,
+                    k.macs_per_s / 1e9,
+                    k.seconds * 1e3,
+                    gb(weight_bytes / k.seconds)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "compute: ORT MatMulNBits {}-bit block {} accuracy level {} on our largest matrix (K {} x N {}): {}",
+            shape.bits.unwrap_or(0),
+            shape.block.unwrap_or(0),
+            ceiling::compute::ACCURACY_LEVEL,
+            shape.k,
+            shape.n,
+            rates.join("; ")
+        );
+    }
+}
+
+impl Table<'_> {
+    /// llama.cpp's compute ceiling: its own best prefill rate (its kernels at a large M,
+    /// attention included), a lower bound of its kernels' peak.
+    fn llama_compute(&self) -> Option<f64> {
+        self.theirs.map(|t| t.prefill_tok_s).filter(|&t| t > 0.0)
+    }
+
+    /// The rows: each workload with both sides, their ratio, and each side's ceilings.
+    pub fn rows(&self, s: &mut String) {
+        let (w, c) = (self.workloads, self.ceilings);
+        let name = format!("llama.cpp {}", bench_llama::LLAMA_CPP_BUILD);
+        let _ = writeln!(
+            s,
+            "{:<44} {:>18} {:>18} {:>10}",
+            "", "codegen (ort)", name, "ours/them"
+        );
+        let line = |s: &mut String, label: &str, ours: String, theirs: String, ratio: String| {
+            let _ = writeln!(s, "{label:<44} {ours:>18} {theirs:>18} {ratio:>10}");
+        };
+        let ratio = |a: f64, b: Option<f64>| {
+            b.and_then(|b| crate::bench_genai::ratio(a, b))
+                .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+        };
+        let peak = c.peak_macs();
+        let bw = c.bandwidth();
+        let (o1, t1) = (
+            side_ceilings(c.ours.as_ref(), bw, peak, 1),
+            side_ceilings(c.llama.as_ref(), bw, None, 1),
+        );
+        let th = |f: fn(&Side) -> f64| self.theirs.as_ref().map(f);
+        let ceil = |measured: Option<f64>, ceiling: Option<f64>| match (measured, ceiling) {
+            (Some(m), Some(c)) => format!("{c:.1} ({})", pct(m, Some(c))),
+            (None, Some(c)) => format!("{c:.1}"),
+            _ => "-".into(),
+        };
+        let (od, td) = (self.ours.decode_tok_s, th(|t| t.decode_tok_s));
+        let label = format!(
+            "decode tok/s, batch 1 (depth {}, {} new)",
+            w.depth, w.new_tokens
+        );
+        line(s, &label, format!("{od:.1}"), fmt(td, 1), ratio(od, td));
+        let bw_label = "  bandwidth ceiling tok/s (share)";
+        line(
+            s,
+            bw_label,
+            ceil(Some(od), o1.0),
+            ceil(td, t1.0),
+            String::new(),
+        );
+        let lc = self.llama_compute();
+        let cc_label = "  compute ceiling tok/s (share)";
+        line(
+            s,
+            cc_label,
+            ceil(Some(od), o1.1),
+            ceil(td, lc),
+            String::new(),
+        );
+        let (op, tp) = (self.ours.prefill_tok_s, th(|t| t.prefill_tok_s));
+        let label = format!("prefill tok/s ({} tokens)", w.prefill);
+        line(s, &label, format!("{op:.0}"), fmt(tp, 0), ratio(op, tp));
+        line(s, cc_label, ceil(Some(op), o1.1), fmt(lc, 0), String::new());
+        let (pp, tg, pl) = w.batch;
+        let (ob, tb) = (self.ours.batch_tok_s, th(|t| t.batch_tok_s));
+        let label = format!("{pl} x {tg} batch (prompts ~{pp}), generated tok/s");
+        line(s, &label, format!("{ob:.1}"), fmt(tb, 1), ratio(ob, tb));
+        let (o8, t8) = (
+            side_ceilings(c.ours.as_ref(), bw, peak, pl),
+            side_ceilings(c.llama.as_ref(), bw, None, pl),
+        );
+        let label = format!("  bandwidth ceiling, {pl} rows a step (share)");
+        line(
+            s,
+            &label,
+            ceil(Some(ob), o8.0),
+            ceil(tb, t8.0),
+            String::new(),
+        );
+        line(
+            s,
+            cc_label,
+            ceil(Some(ob), o8.1),
+            ceil(tb, lc),
+            String::new(),
+        );
+        let bytes = |r: Option<&WeightReads>| r.map_or_else(|| "-".into(), |r| mb(r.bytes));
+        let (or, tr) = (c.ours.as_ref(), c.llama.as_ref());
+        line(
+            s,
+            "weight bytes read per token",
+            bytes(or),
+            bytes(tr),
+            String::new(),
+        );
+        let elems = |r: Option<&WeightReads>| {
+            r.map_or_else(
+                || "-".into(),
+                |r| format!("{:.1} M", r.elements as f64 / 1e6),
+            )
+        };
+        line(
+            s,
+            "weight elements per token (matrices)",
+            elems(or),
+            elems(tr),
+            String::new(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ceiling::MatShape;
+
+    fn reads(bytes: u64, elements: u64) -> WeightReads {
+        WeightReads {
+            bytes,
+            elements,
+            largest: Some(MatShape {
+                k: 896,
+                n: 151_936,
+                bits: Some(8),
+                block: Some(32),
+            }),
+            ..WeightReads::default()
+        }
+    }
+
+    #[test]
+    fn ceilings_scale_with_rows_a_step_and_need_their_inputs() {
+        let r = reads(568_000_000, 494_000_000);
+        let (bw, compute) = side_ceilings(Some(&r), 30.4e9, Some(494e9), 1);
+        assert!((bw.unwrap() - 53.52).abs() < 0.01);
+        assert!((compute.unwrap() - 1000.0).abs() < 1e-9);
+        let (bw8, compute8) = side_ceilings(Some(&r), 30.4e9, Some(494e9), 8);
+        assert!((bw8.unwrap() - 8.0 * 53.52).abs() < 0.1);
+        assert_eq!(compute8, compute);
+        assert_eq!(side_ceilings(None, 1.0, Some(1.0), 1), (None, None));
+        assert_eq!(side_ceilings(Some(&r), 30.4e9, None, 1).1, None);
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([]), 0.0);
+    }
+
+    #[test]
+    fn the_table_shows_both_sides_ratios_and_shares() {
+        let ceilings = Ceilings {
+            cpu: CpuInfo {
+                model: "Xeon".into(),
+                flags: vec!["avx2".into(), "avx512f".into()],
+            },
+            bandwidth: vec![30.0e9, 30.4e9],
+            ours: Some(reads(568_000_000, 494_000_000)),
+            llama: Some(reads(400_000_000, 494_000_000)),
+            kernel: vec![KernelRate {
+                m: 256,
+                seconds: 0.1,
+                macs_per_s: 494e9,
+            }],
+            notes: vec![],
+            load: vec!["1.0 1.0 1.0".into(), "2.0 1.0 1.0".into()],
+        };
+        let w = Workloads {
+            threads: 2,
+            depth: 60,
+            new_tokens: 128,
+            reps: 3,
+            prefill: 477,
+            batch: (60, 128, 8),
+        };
+        let ours = Side {
+            decode_tok_s: 29.4,
+            prefill_tok_s: 296.0,
+            batch_tok_s: 88.2,
+        };
+        let theirs = Side {
+            decode_tok_s: 28.2,
+            prefill_tok_s: 223.0,
+            batch_tok_s: 78.2,
+        };
+        let t = Table {
+            llama: None,
+            ours,
+            theirs: Some(theirs),
+            rounds: 2,
+            workloads: &w,
+            ceilings: &ceilings,
+            llama_build: None,
+        };
+        let mut s = String::new();
+        t.header(&mut s);
+        t.rows(&mut s);
+        assert!(
+            s.contains("30.4 GB/s (best; before/after the rounds: 30.0 GB/s, 30.4 GB/s)"),
+            "{s}"
+        );
+        assert!(s.contains("absent: avx512_vnni"), "{s}");
+        assert!(s.contains("1.0 1.0 1.0 -> 2.0 1.0 1.0"), "{s}");
+        assert!(s.contains("M=256 494.0 GMAC/s"), "{s}");
+        // decode: 29.4 of 30.4e9 / 568e6 = 53.5 (55%); llama 28.2 of 76.0 (37%)
+        assert!(s.contains("53.5 (55%)"), "{s}");
+        assert!(s.contains("76.0 (37%)"), "{s}");
+        assert!(s.contains("1.04x"), "{s}");
+        // compute: ours 1000 tok/s; llama's own prefill 223 -> 28.2 is 13%
+        assert!(s.contains("1000.0 (3%)"), "{s}");
+        assert!(s.contains("223.0 (13%)"), "{s}");
+        assert!(s.contains("8 x 128 batch (prompts ~60)"), "{s}");
+        assert!(s.contains("428.2 (21%)"), "{s}");
+        assert!(s.contains("568 MB"), "{s}");
+        assert!(s.contains("494.0 M"), "{s}");
+    }
+}
