@@ -178,13 +178,13 @@ mod tests {
         let rows = batched(BATCHED_JSONL).unwrap();
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!((r.pl, r.tg), (8, 128));
-        assert!(r.speed_tg > 1.0 && r.t > r.t_tg);
+        assert_eq!((r.pp, r.tg, r.pl), (16, 4, 2));
+        assert!(r.speed_tg > 0.5 && r.t > r.t_tg);
         let md = batched(BATCHED_MD).unwrap();
-        assert_eq!(md.len(), 1);
-        assert_eq!((md[0].pp, md[0].tg, md[0].pl), (60, 128, 8));
-        assert_eq!(md[0].speed_tg, 78.20);
-        assert!((md[0].generated_tok_s() - 1024.0 / 15.244).abs() < 1e-9);
+        assert_eq!(md.len(), 2);
+        assert_eq!((md[1].pp, md[1].tg, md[1].pl), (8, 2, 2));
+        assert_eq!(md[1].speed_tg, 2.04);
+        assert!((md[1].generated_tok_s() - 4.0 / 4.198).abs() < 1e-9);
         assert!(batched("|  PP | TG |\n|---|---|\n").is_err());
     }
 }

@@ -75,7 +75,7 @@ pub fn decode_reads(header: &GgufHeader) -> Result<WeightReads, CeilingError> {
         reads.bytes += bytes;
         if t.dims.len() >= 2 {
             // ggml's dims: ne[0] is the input (K) dimension, ne[1] the output (N).
-            let s = MatShape::float(t.dims[1], t.dims[0]);
+            let s = MatShape::float(t.dims[0], t.dims[1]);
             reads.elements += s.elements();
             reads.matrices += 1;
             if reads.largest.is_none_or(|l| s.elements() > l.elements()) {
