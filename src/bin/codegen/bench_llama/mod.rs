@@ -85,7 +85,7 @@ pub fn locate(
     provisioner: &Provisioner,
 ) -> Result<Option<Tools>, LlamaError> {
     match arg {
-        Some(ToolsArg::Dir(dir)) => Tools::in_dir(dir, dir.display().to_string())
+        Some(ToolsArg::Dir(dir)) => Tools::in_dir(dir, format!("from {}", dir.display()))
             .map(Some)
             .ok_or_else(|| LlamaError::NotFound(dir.clone())),
         Some(ToolsArg::Build) => build::build(provisioner).map(Some),
@@ -95,7 +95,8 @@ pub fn locate(
 
 fn on_path() -> Option<Tools> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).find_map(|d| Tools::in_dir(&d, format!("{} (PATH)", d.display())))
+    std::env::split_paths(&path)
+        .find_map(|d| Tools::in_dir(&d, format!("from PATH: {}", d.display())))
 }
 
 /// The line printed when no tools were found.

@@ -162,6 +162,47 @@ pub fn time_matmul(
     Ok(out)
 }
 
+/// One matrix shape's timings, and how many of the model's matrices have it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeTiming {
+    pub shape: MatShape,
+    pub count: usize,
+    pub rates: Vec<KernelRate>,
+}
+
+/// Time each of `shapes` (shape, count) at each of `rows` (see [`time_matmul`]).
+pub fn time_shapes(
+    environment: &ort::environment::Environment,
+    shapes: &[(MatShape, usize)],
+    (threads, spin): (usize, bool),
+    rows: &[usize],
+    reps: usize,
+) -> Result<Vec<ShapeTiming>, CeilingError> {
+    shapes
+        .iter()
+        .map(|&(shape, count)| {
+            let rates = time_matmul(environment, shape, threads, spin, rows, reps)?;
+            Ok(ShapeTiming {
+                shape,
+                count,
+                rates,
+            })
+        })
+        .collect()
+}
+
+/// Seconds a token's matmuls take at the `i`-th row count of the timings: each shape's time
+/// per row (elements / multiply-accumulates per second) times its count. None without
+/// timings.
+pub fn seconds_per_token(timings: &[ShapeTiming], i: usize) -> Option<f64> {
+    let mut total = 0.0;
+    for t in timings {
+        let rate = t.rates.get(i)?;
+        total += t.count as f64 * t.shape.elements() as f64 / rate.macs_per_s;
+    }
+    (!timings.is_empty()).then_some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::onnx;
@@ -184,5 +225,37 @@ mod tests {
         assert_eq!(sizes, vec![512, 64, 16]);
         let r = onnx::decode_reads(&g);
         assert_eq!(r.largest, Some(shape));
+    }
+
+    #[test]
+    fn a_token_takes_each_shape_times_its_count() {
+        let shape = |k, n| MatShape {
+            k,
+            n,
+            bits: Some(8),
+            block: Some(32),
+        };
+        let rate = |m, macs_per_s| KernelRate {
+            m,
+            seconds: 0.0,
+            macs_per_s,
+        };
+        let timings = vec![
+            ShapeTiming {
+                shape: shape(1000, 1000),
+                count: 2,
+                rates: vec![rate(256, 1e9), rate(1, 1e8)],
+            },
+            ShapeTiming {
+                shape: shape(1000, 4000),
+                count: 1,
+                rates: vec![rate(256, 2e9), rate(1, 1e8)],
+            },
+        ];
+        // 2 x 1e6 / 1e9 + 4e6 / 2e9 = 4 ms at M=256; 2 x 10 ms + 40 ms at M=1
+        assert!((seconds_per_token(&timings, 0).unwrap() - 0.004).abs() < 1e-12);
+        assert!((seconds_per_token(&timings, 1).unwrap() - 0.06).abs() < 1e-12);
+        assert_eq!(seconds_per_token(&timings, 2), None);
+        assert_eq!(seconds_per_token(&[], 0), None);
     }
 }

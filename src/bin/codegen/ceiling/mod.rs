@@ -38,7 +38,7 @@ impl CeilingError {
 }
 
 /// A weight matrix: K inputs, N outputs, and its block format when it is MatMulNBits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MatShape {
     pub k: u64,
     pub n: u64,

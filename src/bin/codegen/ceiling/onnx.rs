@@ -185,6 +185,20 @@ pub fn decode_reads(graph: &Graph) -> WeightReads {
     reads
 }
 
+/// The distinct MatMulNBits shapes (with block format) and how many nodes have each, most
+/// elements in all first: what the compute ceiling times.
+pub fn nbits_shapes(graph: &Graph) -> Vec<(MatShape, usize)> {
+    let mut count: BTreeMap<MatShape, usize> = BTreeMap::new();
+    for node in graph.nodes.iter().filter(|n| n.op_type == "MatMulNBits") {
+        if let Some(s) = MatShape::nbits(&node.ints) {
+            *count.entry(s).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(MatShape, usize)> = count.into_iter().collect();
+    v.sort_by_key(|(s, n)| std::cmp::Reverse(s.elements() * *n as u64));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::proto::Writer;
@@ -254,6 +268,7 @@ mod tests {
         assert_eq!(r.matrices, 2);
         let l = r.largest.unwrap();
         assert_eq!((l.k, l.n, l.bits, l.block), (64, 32, Some(8), Some(32)));
+        assert_eq!(nbits_shapes(&graph), vec![(l, 1)]);
     }
 
     #[test]
