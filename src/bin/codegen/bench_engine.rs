@@ -297,13 +297,10 @@ fn vs_llama(
         let dir = codegen_harness::models::gguf_dir(&env.cache);
         crate::bench_llama::gguf_for(&opts.model, &dir, opts.gguf.as_deref()).ok()
     });
-    vs::weights_and_kernel(
-        &mut ceilings,
-        &opts.model,
-        gguf.as_deref(),
-        runtime.as_ref().map(|r| &r.environment),
-        (threads, env.engine.spin),
-    );
+    vs::weights(&mut ceilings, &opts.model, gguf.as_deref());
+    if let Some(rt) = &runtime {
+        vs::time_kernels(&mut ceilings, &rt.environment, (threads, env.engine.spin));
+    }
     Ok(Some(VsLlama {
         llama,
         workloads,
@@ -338,7 +335,13 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     };
     let mut rounds = rounds(opts, env, &inputs, vs.as_ref())?;
     if let Some(v) = vs.as_mut() {
-        vs::after_rounds(&mut v.ceilings, v.workloads.threads);
+        let runtime = codegen_harness::runtime::init(&RuntimeSpec::from_env(opts.provider, env));
+        let env_rt = runtime.as_ref().ok().map(|r| &r.environment);
+        vs::after_rounds(
+            &mut v.ceilings,
+            env_rt,
+            (v.workloads.threads, env.engine.spin),
+        );
     }
     let mut ours = Figures {
         batch1_decode_tok_s: median(&rounds.ours, false),
