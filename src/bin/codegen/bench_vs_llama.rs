@@ -430,8 +430,8 @@ fn line(s: &mut String, label: &str, [ours, theirs, ratio]: [String; 3]) {
 /// `ours / theirs` as `1.04x`, or `-`.
 fn ratio(ours: f64, theirs: Option<f64>) -> String {
     theirs
-        .and_then(|t| crate::bench_genai::ratio(ours, t))
-        .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+        .filter(|&t| t > 0.0)
+        .map_or_else(|| "-".into(), |t| format!("{:.2}x", ours / t))
 }
 
 /// A ceiling and the share of it measured: `53.5 (55%)`; the ceiling alone without a measure.
