@@ -14,6 +14,9 @@ use crate::ceiling::{self, CpuInfo, MatShape, WeightReads};
 
 /// Bytes of the buffer the read bandwidth is measured on (far beyond any last-level cache).
 pub const BANDWIDTH_BYTES: usize = 1 << 30;
+/// Passes over it; the fastest counts (a pass takes ~50 ms, so a busy neighbour's burst
+/// rarely spans them all).
+pub const BANDWIDTH_PASSES: usize = 10;
 /// Rows of the MatMulNBits timing: a large M (the kernels' peak) and 1 (decode's shape).
 pub const KERNEL_ROWS: [usize; 2] = [256, 1];
 
@@ -123,7 +126,11 @@ pub fn before_rounds(threads: usize) -> Ceilings {
     Ceilings {
         cpu: ceiling::cpu_info(),
         load: vec![ceiling::loadavg()],
-        bandwidth: vec![ceiling::read_bandwidth(BANDWIDTH_BYTES, threads, 3)],
+        bandwidth: vec![ceiling::read_bandwidth(
+            BANDWIDTH_BYTES,
+            threads,
+            BANDWIDTH_PASSES,
+        )],
         ..Ceilings::default()
     }
 }
@@ -177,8 +184,11 @@ pub fn after_rounds(
     (threads, spin): (usize, bool),
 ) {
     c.load.push(ceiling::loadavg());
-    c.bandwidth
-        .push(ceiling::read_bandwidth(BANDWIDTH_BYTES, threads, 3));
+    c.bandwidth.push(ceiling::read_bandwidth(
+        BANDWIDTH_BYTES,
+        threads,
+        BANDWIDTH_PASSES,
+    ));
     if let Some(env) = environment {
         time_kernels(c, env, (threads, spin));
     }
