@@ -313,9 +313,10 @@ impl Table<'_> {
         }
         let _ = writeln!(
             s,
-            "compute: ORT MatMulNBits (accuracy level {}) alone on each of our matrix shapes, {} threads:",
+            "compute: ORT MatMulNBits (accuracy level {}) alone on each of our matrix shapes, {} threads, caches flushed ({} MiB read) before each run:",
             compute::ACCURACY_LEVEL,
-            self.workloads.threads
+            self.workloads.threads,
+            compute::FLUSH_BYTES >> 20
         );
         for t in &c.kernel {
             let rates: Vec<String> = t

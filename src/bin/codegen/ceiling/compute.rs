@@ -17,6 +17,10 @@ use super::{CeilingError, MatShape};
 /// `accuracy_level` of the engine's CPU exports.
 pub const ACCURACY_LEVEL: i64 = 4;
 
+/// Bytes read between timed runs so that the weights come from memory, as in decode (whose
+/// weights outgrow the last-level cache), not from a cache one matrix fits in.
+pub const FLUSH_BYTES: usize = 512 << 20;
+
 /// A serialized ONNX model of one MatMulNBits node: input `A` [M, K] float (M symbolic),
 /// output `Y` [M, N]; weight codes, scales and zero points as initializers (so ONNX Runtime
 /// prepacks them, as it does the model's).
@@ -107,14 +111,15 @@ pub struct KernelRate {
     pub macs_per_s: f64,
 }
 
-/// Time MatMulNBits on `shape` at each of `rows` (one warm-up run, then the best of `reps`).
+/// Time MatMulNBits on `shape` at each of `rows` (one warm-up run, then the best of `reps`),
+/// reading `flush` before each run.
 pub fn time_matmul(
     environment: &ort::environment::Environment,
     shape: MatShape,
-    threads: usize,
-    spin: bool,
+    (threads, spin): (usize, bool),
     rows: &[usize],
     reps: usize,
+    flush: &[u64],
 ) -> Result<Vec<KernelRate>, CeilingError> {
     let err = |e: ort::Error| CeilingError::Compute(e.to_string());
     let berr =
@@ -145,6 +150,7 @@ pub fn time_matmul(
                 Tensor::<f32>::from_array(([m, shape.k as usize], a.clone())).map_err(err)?;
             let feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 vec![("A".into(), input.into_dyn().into())];
+            std::hint::black_box(super::sum(flush));
             let t = Instant::now();
             let y = session.run(feed).map_err(err)?;
             let secs = t.elapsed().as_secs_f64();
@@ -178,10 +184,11 @@ pub fn time_shapes(
     rows: &[usize],
     reps: usize,
 ) -> Result<Vec<ShapeTiming>, CeilingError> {
+    let flush: Vec<u64> = (0..FLUSH_BYTES as u64 / 8).collect();
     shapes
         .iter()
         .map(|&(shape, count)| {
-            let rates = time_matmul(environment, shape, threads, spin, rows, reps)?;
+            let rates = time_matmul(environment, shape, (threads, spin), rows, reps, &flush)?;
             Ok(ShapeTiming {
                 shape,
                 count,

@@ -176,7 +176,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> f64 {
 }
 
 /// A sum in eight independent lanes, so that the loads, not the adds, set the pace.
-fn sum(c: &[u64]) -> u64 {
+pub fn sum(c: &[u64]) -> u64 {
     let mut lanes = [0u64; 8];
     let mut it = c.chunks_exact(8);
     for w in &mut it {
