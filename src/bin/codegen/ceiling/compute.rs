@@ -103,21 +103,23 @@ fn value_info(g: &mut Writer, field: u32, name: &str, cols: i64) {
     });
 }
 
-/// One timed kernel: rows M, best seconds per run, and multiply-accumulates per second.
+/// One timed kernel: rows M, caches flushed before each run or not, best seconds per run,
+/// and multiply-accumulates per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KernelRate {
     pub m: usize,
+    pub cold: bool,
     pub seconds: f64,
     pub macs_per_s: f64,
 }
 
-/// Time MatMulNBits on `shape` at each of `rows` (one warm-up run, then the best of `reps`),
-/// reading `flush` before each run.
+/// Time MatMulNBits on `shape` at each of `rows` (M, and whether caches start cold: `flush`
+/// read before each run); one warm-up run, then the best of `reps`.
 pub fn time_matmul(
     environment: &ort::environment::Environment,
     shape: MatShape,
     (threads, spin): (usize, bool),
-    rows: &[usize],
+    rows: &[(usize, bool)],
     reps: usize,
     flush: &[u64],
 ) -> Result<Vec<KernelRate>, CeilingError> {
@@ -140,7 +142,7 @@ pub fn time_matmul(
         .commit_from_memory(&matmul_model(shape))
         .map_err(err)?;
     let mut out = Vec::new();
-    for &m in rows {
+    for &(m, cold) in rows {
         let a: Vec<f32> = (0..m * shape.k as usize)
             .map(|i| ((i % 17) as f32 - 8.0) * 0.1)
             .collect();
@@ -150,7 +152,9 @@ pub fn time_matmul(
                 Tensor::<f32>::from_array(([m, shape.k as usize], a.clone())).map_err(err)?;
             let feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 vec![("A".into(), input.into_dyn().into())];
-            std::hint::black_box(super::sum(flush));
+            if cold {
+                std::hint::black_box(super::sum(flush));
+            }
             let t = Instant::now();
             let y = session.run(feed).map_err(err)?;
             let secs = t.elapsed().as_secs_f64();
@@ -161,6 +165,7 @@ pub fn time_matmul(
         }
         out.push(KernelRate {
             m,
+            cold,
             seconds: best,
             macs_per_s: (m as f64 * shape.elements() as f64) / best,
         });
@@ -181,7 +186,7 @@ pub fn time_shapes(
     environment: &ort::environment::Environment,
     shapes: &[(MatShape, usize)],
     (threads, spin): (usize, bool),
-    rows: &[usize],
+    rows: &[(usize, bool)],
     reps: usize,
 ) -> Result<Vec<ShapeTiming>, CeilingError> {
     let flush: Vec<u64> = (0..FLUSH_BYTES as u64 / 8).collect();
@@ -244,6 +249,7 @@ mod tests {
         };
         let rate = |m, macs_per_s| KernelRate {
             m,
+            cold: true,
             seconds: 0.0,
             macs_per_s,
         };
