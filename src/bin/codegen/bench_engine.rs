@@ -26,6 +26,8 @@ use codegen_harness::prompt::Prompt;
 use codegen_harness::runtime::RuntimeSpec;
 
 use crate::bench_genai::{self, GENAI_VERSION, GenaiSuite, run_genai};
+use crate::bench_llama::ToolsArg;
+use crate::bench_vs_llama::{self as vs, Ceilings, Llama, LlamaRound, Side, Workloads};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -50,6 +52,11 @@ pub struct BenchOptions {
     /// onnxruntime-genai's suite runs once per size here (comma-separated; `all`: every prompt
     /// in one batch); its best is compared.
     pub genai_batch_sizes: String,
+    /// llama.cpp's tools: a folder holding them, or `build` (see `bench_llama`); without it, an
+    /// earlier build or PATH, else the llama.cpp rows are skipped.
+    pub llama_cpp: Option<ToolsArg>,
+    /// The GGUF for llama.cpp (default: the one the folder was exported from, in the cache).
+    pub gguf: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -182,15 +189,25 @@ fn request<'a>(case: &'a Case, prompt: &'a Prompt) -> Request<'a> {
     Request::new(case, prompt, 1, None)
 }
 
+/// One round of our batch-1 figures: decode tok/s, time to first token (ms), and prefill
+/// tok/s of the long prompt when one is given.
+#[derive(Debug, Clone, Copy, Default)]
+struct Batch1 {
+    decode_tok_s: f64,
+    ttft_ms: f64,
+    prefill_tok_s: f64,
+}
+
 /// Batch-1 figures on a freshly opened model: one warm-up request, then each of the first `k`
-/// cases alone. Returns (decode tok/s over all of them, mean time to first token in ms).
+/// cases alone, then `long` (one token: its time to first token is the prefill).
 fn batch1(
     opts: &BenchOptions,
     env: &Env,
     cases: &[Case],
     prompts: &[Prompt],
     k: usize,
-) -> Result<(f64, f64), BenchError> {
+    long: Option<&(Case, Prompt)>,
+) -> Result<Batch1, BenchError> {
     let src = open(opts, env, codegen_harness::engine::BatchSize::Rows(1))?;
     let mut warm = cases[0].clone();
     warm.key = "warm-up".into();
@@ -206,13 +223,93 @@ fn batch1(
         }
         ttft += tm.time_to_first_token_ms;
     }
-    Ok((
-        if secs > 0.0 { n as f64 / secs } else { 0.0 },
-        ttft / k as f64,
-    ))
+    let mut prefill_tok_s = 0.0;
+    if let Some((case, prompt)) = long {
+        let tm = src
+            .complete(&request(case, prompt))?
+            .remove(0)
+            .timing
+            .unwrap_or_default();
+        prefill_tok_s = tm.prompt_tokens as f64 * 1e3 / tm.time_to_first_token_ms.max(1e-9);
+    }
+    Ok(Batch1 {
+        decode_tok_s: if secs > 0.0 { n as f64 / secs } else { 0.0 },
+        ttft_ms: ttft / k as f64,
+        prefill_tok_s,
+    })
 }
 
-/// Run the benchmark and return the printed report.
+/// The long prompt of the prefill figure: every built-in prompt in one chat message, asking
+/// for one token.
+fn long_prompt() -> Result<(Case, Prompt), BenchError> {
+    let mut case = chat_case(BUILTIN.len(), &BUILTIN.join("\n\n"))?;
+    case.key = "prefill".into();
+    case.max_new_tokens = Some(1);
+    let prompt = Prompt::for_case(&case);
+    Ok((case, prompt))
+}
+
+/// The comparison with llama.cpp and the ceilings (CPU runs): llama.cpp when it is ready (else
+/// why not), the workloads, the long prompt, and the ceilings measured so far.
+struct VsLlama {
+    llama: Result<Llama, String>,
+    workloads: Workloads,
+    long: (Case, Prompt),
+    ceilings: Ceilings,
+}
+
+/// Measure the ceilings and get llama.cpp ready (CPU only; none under CUDA).
+fn vs_llama(
+    opts: &BenchOptions,
+    env: &Env,
+    src: &OnnxSource,
+    ids: &[Vec<u32>],
+    k: usize,
+) -> Result<Option<VsLlama>, BenchError> {
+    if opts.provider != Provider::Cpu {
+        return Ok(None);
+    }
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let long = long_prompt()?;
+    let mean = |v: &[Vec<u32>]| v.iter().map(Vec::len).sum::<usize>() / v.len().max(1);
+    let rows = opts.batch_size.rows(opts.provider).min(ids.len());
+    let workloads = Workloads {
+        threads,
+        depth: mean(&ids[..k]),
+        new_tokens: opts.max_new_tokens,
+        reps: k,
+        prefill: src.prompt_ids(&long.1)?.len(),
+        batch: (mean(ids), opts.max_new_tokens, rows),
+    };
+    let provisioner = codegen_harness::provision::Provisioner::from_env(env);
+    let llama = vs::prepare(
+        opts.llama_cpp.as_ref(),
+        &provisioner,
+        &opts.model,
+        opts.gguf.as_deref(),
+    );
+    let mut ceilings = vs::before_rounds(threads);
+    let runtime = codegen_harness::runtime::init(&RuntimeSpec::from_env(opts.provider, env)).ok();
+    let gguf = llama.as_ref().ok().map(|l| l.gguf.clone()).or_else(|| {
+        let dir = codegen_harness::models::gguf_dir(&env.cache);
+        crate::bench_llama::gguf_for(&opts.model, &dir, opts.gguf.as_deref()).ok()
+    });
+    vs::weights(&mut ceilings, &opts.model, gguf.as_deref());
+    if let Some(rt) = &runtime {
+        vs::time_kernels(&mut ceilings, &rt.environment, (threads, env.engine.spin));
+    }
+    Ok(Some(VsLlama {
+        llama,
+        workloads,
+        long,
+        ceilings,
+    }))
+}
+
+/// Run `opts.rounds` rounds and return the printed report.
 pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     // Read the cases before loading the model: a wrong --cases-dir fails at once.
     let cases = cases(opts)?;
@@ -229,7 +326,23 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         .collect::<Result<_, _>>()?;
     let info = src.describe();
     let k = opts.batch1_prompts.clamp(1, ids.len());
-    let mut rounds = rounds(opts, env, &cases, &prompts, &ids, k)?;
+    let mut vs = vs_llama(opts, env, &src, &ids, k)?;
+    let inputs = Inputs {
+        cases: &cases,
+        prompts: &prompts,
+        ids: &ids,
+        k,
+    };
+    let mut rounds = rounds(opts, env, &inputs, vs.as_ref())?;
+    if let Some(v) = vs.as_mut() {
+        let runtime = codegen_harness::runtime::init(&RuntimeSpec::from_env(opts.provider, env));
+        let env_rt = runtime.as_ref().ok().map(|r| &r.environment);
+        vs::after_rounds(
+            &mut v.ceilings,
+            env_rt,
+            (v.workloads.threads, env.engine.spin),
+        );
+    }
     let mut ours = Figures {
         batch1_decode_tok_s: median(&rounds.ours, false),
         batch1_ttft_ms: median(&rounds.ours, true),
@@ -257,42 +370,77 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
         genai: &genai,
         rounds: &rounds,
         suite: &suite,
+        vs: vs.as_ref(),
     };
     let mut s = String::new();
     report.header(&mut s);
     report.table(&mut s);
+    report.vs_llama(&mut s);
     report.tail(&mut s);
     Ok(s)
 }
 
-/// Every round's batch-1 figures (decode tok/s, time to first token ms): ours, and
-/// onnxruntime-genai's until it fails.
-struct Rounds {
-    ours: Vec<(f64, f64)>,
-    genai: Vec<(f64, f64)>,
-    genai_err: Option<BenchError>,
+/// The prompts the rounds measure: cases, their prompts and token ids, and how many of them the
+/// batch-1 figures take.
+struct Inputs<'a> {
+    cases: &'a [Case],
+    prompts: &'a [Prompt],
+    ids: &'a [Vec<u32>],
+    k: usize,
 }
 
-/// Measure `opts.rounds` rounds of batch-1 figures on the first `k` prompts.
+/// Every round's figures: our batch-1 figures (decode tok/s, time to first token ms, prefill
+/// tok/s), onnxruntime-genai's until it fails, and with llama.cpp our batch tok/s and
+/// llama.cpp's figures until they fail.
+struct Rounds {
+    ours: Vec<(f64, f64)>,
+    ours_prefill: Vec<f64>,
+    ours_batch: Vec<f64>,
+    genai: Vec<(f64, f64)>,
+    genai_err: Option<BenchError>,
+    llama: Vec<LlamaRound>,
+    llama_err: Option<String>,
+}
+
+/// Measure `opts.rounds` rounds, each engine in turn.
 fn rounds(
     opts: &BenchOptions,
     env: &Env,
-    cases: &[Case],
-    prompts: &[Prompt],
-    ids: &[Vec<u32>],
-    k: usize,
+    inputs: &Inputs<'_>,
+    vs: Option<&VsLlama>,
 ) -> Result<Rounds, BenchError> {
     let mut rounds = Rounds {
         ours: Vec::new(),
+        ours_prefill: Vec::new(),
+        ours_batch: Vec::new(),
         genai: Vec::new(),
         genai_err: None,
+        llama: Vec::new(),
+        llama_err: None,
     };
+    let (cases, prompts) = (inputs.cases, inputs.prompts);
+    let long = vs.map(|v| &v.long);
     for _ in 0..opts.rounds.max(1) {
-        rounds.ours.push(batch1(opts, env, cases, prompts, k)?);
+        let b = batch1(opts, env, cases, prompts, inputs.k, long)?;
+        rounds.ours.push((b.decode_tok_s, b.ttft_ms));
+        rounds.ours_prefill.push(b.prefill_tok_s);
         if !opts.skip_genai && rounds.genai_err.is_none() {
-            match run_genai(opts, env, ids, true) {
+            match run_genai(opts, env, inputs.ids, true) {
                 Ok((f, _)) => rounds.genai.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
                 Err(e) => rounds.genai_err = Some(e),
+            }
+        }
+        let Some((v, Ok(llama))) = vs.map(|v| (v, &v.llama)) else {
+            continue;
+        };
+        if rounds.llama_err.is_none() {
+            let src = open(opts, env, opts.batch_size)?;
+            let mut f = Figures::default();
+            suite(&src, opts, cases, prompts, &mut f)?;
+            rounds.ours_batch.push(f.suite_tok_s());
+            match vs::llama_round(llama, &v.workloads) {
+                Ok(r) => rounds.llama.push(r),
+                Err(e) => rounds.llama_err = Some(format!("llama.cpp: {e}")),
             }
         }
     }
@@ -301,9 +449,7 @@ fn rounds(
 
 /// The median of the rounds' first (or `second`) figure; 0 with none.
 fn median(v: &[(f64, f64)], second: bool) -> f64 {
-    let mut x: Vec<f64> = v.iter().map(|p| if second { p.1 } else { p.0 }).collect();
-    x.sort_by(f64::total_cmp);
-    if x.is_empty() { 0.0 } else { x[x.len() / 2] }
+    vs::median(v.iter().map(|p| if second { p.1 } else { p.0 }))
 }
 
 /// What our suite run showed beyond its figures.
@@ -368,6 +514,7 @@ struct Report<'a> {
     genai: &'a Result<(Figures, GenaiSuite), BenchError>,
     rounds: &'a Rounds,
     suite: &'a Suite,
+    vs: Option<&'a VsLlama>,
 }
 
 impl Report<'_> {
@@ -462,6 +609,52 @@ impl Report<'_> {
             "suite wall time s",
             format!("{:.1}", ours.suite_seconds),
             col(&|f| format!("{:.1}", f.suite_seconds))
+        );
+    }
+
+    /// Ours beside llama.cpp with the ceilings (CPU runs), and each round's figures.
+    fn vs_llama(&self, s: &mut String) {
+        let Some(v) = self.vs else {
+            return;
+        };
+        let r = self.rounds;
+        let ours = Side {
+            decode_tok_s: self.ours.batch1_decode_tok_s,
+            prefill_tok_s: vs::median(r.ours_prefill.iter().copied()),
+            batch_tok_s: if r.ours_batch.is_empty() {
+                self.ours.suite_tok_s()
+            } else {
+                vs::median(r.ours_batch.iter().copied())
+            },
+        };
+        let table = vs::Table {
+            llama: v.llama.as_ref().ok(),
+            ours,
+            theirs: (!r.llama.is_empty()).then(|| vs::llama_side(&r.llama)),
+            rounds: r.ours.len(),
+            workloads: &v.workloads,
+            ceilings: &v.ceilings,
+            llama_build: r.llama.first().map(|x| x.build.as_str()),
+        };
+        table.header(s);
+        table.rows(s);
+        for why in [v.llama.as_ref().err(), r.llama_err.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(s, "{why}");
+        }
+        let one = |v: &mut dyn Iterator<Item = f64>| -> Vec<f64> {
+            v.map(|x| (x * 10.0).round() / 10.0).collect()
+        };
+        let _ = writeln!(
+            s,
+            "per round: ours prefill {:?}, batch {:?}; llama.cpp decode {:?}, prefill {:?}, batch {:?}",
+            one(&mut r.ours_prefill.iter().copied()),
+            one(&mut r.ours_batch.iter().copied()),
+            one(&mut r.llama.iter().map(|x| x.decode_tok_s)),
+            one(&mut r.llama.iter().map(|x| x.prefill_tok_s)),
+            one(&mut r.llama.iter().map(|x| x.batch.generated_tok_s())),
         );
     }
 

