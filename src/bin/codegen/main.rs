@@ -140,7 +140,7 @@ enum BenchCmd {
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
         /// Sequences decoded together in our suite run: a number or `auto` (as the config's
-        /// `batch_size`: as wide as the device's free memory holds under CUDA, 8 on a CPU).
+        /// `batch_size`: as wide as the device's free memory holds under CUDA, 16 on a CPU).
         #[arg(long, default_value = "auto")]
         batch_size: codegen_harness::engine::BatchSize,
         /// Prompts measured one at a time for the batch-1 figures.

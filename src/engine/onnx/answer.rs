@@ -15,13 +15,14 @@ pub(crate) struct AnswerStop {
 
 impl AnswerStop {
     /// Whether `reply` (the text generated so far) has closed such a block with a complete
-    /// line. Cheap unless the last complete line is a closing fence.
+    /// line. Cheap unless the last complete line that is not blank is a bare fence (one token
+    /// may end the fence's line and add blank ones).
     pub fn reached(&self, reply: &str) -> bool {
         let Some(end) = reply.rfind('\n') else {
             return false;
         };
-        let last = reply[..end].rsplit('\n').next().unwrap_or("");
-        if last.trim() != "```" {
+        let last = reply[..end].rsplit('\n').find(|l| !l.trim().is_empty());
+        if last.map(str::trim) != Some("```") {
             return false;
         }
         let text = format!("{}{}", self.prefill, &reply[..end + 1]);
@@ -92,6 +93,9 @@ mod tests {
         let s = stop("");
         let reply = "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\n";
         assert!(s.reached(reply));
+        // One token may close the fence's line and add a blank one.
+        assert!(s.reached("```python\ndef add(a, b):\n    return a + b\n```\n\n"));
+        assert!(s.reached("```python\ndef add(a, b):\n    return a + b\n```\n\nThis"));
         // Not before the closing fence's line is complete.
         assert!(!s.reached("Here it is:\n```python\ndef add(a, b):\n    return a + b\n```"));
         assert!(!s.reached("Here it is:\n```python\ndef add(a, b):\n"));
