@@ -324,13 +324,15 @@ fn rows_take_the_next_sequence_as_theirs_end_and_agree_with_the_reference() {
 
 /// Draft tokens looked up by any earlier token (so nearly every step drafts, and most drafts
 /// miss), through one row and through three (which draft once one row is left), and with
-/// drafting off: every output is still the reference decode's, and the results count the
-/// drafts.
+/// drafting off: every output is still the reference decode's, the chosen tokens'
+/// log-probabilities (read from the several-token verification steps) agree with plain
+/// decoding's, and the results count the drafts.
 #[test]
 fn draft_tokens_never_change_greedy_output() {
     let cases: Vec<Case> = (0..3)
         .map(|i| complete_case(&format!("d{i}"), PREFIXES[i], [40, 24, 31][i], &[]))
         .collect();
+    let mut traces = Vec::new();
     for (rows, drafts) in [(1, true), (3, true), (1, false)] {
         let mut opts = test_options(GenerationSettings {
             batch_size: BatchSize::Rows(rows),
@@ -359,7 +361,14 @@ fn draft_tokens_never_change_greedy_output() {
             "rows {rows}: {} draft tokens, {} kept",
             drafted.0, drafted.1
         );
+        traces.push(
+            got.into_iter()
+                .map(|c| c.tokens.unwrap())
+                .collect::<Vec<_>>(),
+        );
     }
+    assert_traces_agree(&traces[0], &traces[2], "drafts against plain decoding");
+    assert_traces_agree(&traces[1], &traces[2], "three rows against plain decoding");
 }
 
 #[test]
