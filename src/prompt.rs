@@ -73,6 +73,25 @@ pub struct PromptProtocol {
     pub mode: Option<PromptMode>,
 }
 
+/// Whether a fence's info string (after ```` ``` ````, trimmed, any case) names Python or
+/// nothing: the blocks a chat reply's code is taken from. The extractor and the engine's
+/// `stop_at_answer` read fences by this one rule.
+pub fn is_python_fence(info: &str) -> bool {
+    matches!(
+        info.trim().to_ascii_lowercase().as_str(),
+        "" | "python" | "py" | "python3" | "py3"
+    )
+}
+
+/// Whether `line` defines function `name` (`def name(` or `async def name(`, indented or not).
+pub fn defines_function(line: &str, name: &str) -> bool {
+    let t = line.trim_start();
+    t.strip_prefix("def ")
+        .or_else(|| t.strip_prefix("async def "))
+        .and_then(|rest| rest.strip_prefix(name))
+        .is_some_and(|rest| rest.trim_start().starts_with('('))
+}
+
 /// Read back a protocol as results JSON records it (the serialized [`SystemMessage`]:
 /// `"default"`, `"none"` or `{"text": ...}`), which differs from how the config writes one.
 pub fn recorded_protocol<'de, D: serde::Deserializer<'de>>(

@@ -4,6 +4,8 @@
 //! opened), so a row that stops here has what the extractor would take from it, unless the
 //! model would have revised its answer in a later block. Used for `stop_at_answer`.
 
+use crate::prompt::{defines_function, is_python_fence};
+
 /// What a row stops at: its reply (after the prompt's prefill, which may open the fence)
 /// closes a Python block defining `entry_point`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +50,7 @@ fn closes_answer(text: &str, entry_point: &str) -> bool {
         match open {
             None => {
                 if let Some(info) = trimmed.strip_prefix("```") {
-                    let lang = info.trim().to_ascii_lowercase();
-                    let python = matches!(lang.as_str(), "" | "python" | "py" | "python3" | "py3");
-                    open = Some((python, i + 1));
+                    open = Some((is_python_fence(info), i + 1));
                 }
             }
             Some((python, body)) => {
@@ -66,15 +66,9 @@ fn closes_answer(text: &str, entry_point: &str) -> bool {
     false
 }
 
-/// Whether `lines` define `entry_point` (`def name(` or `async def name(`).
+/// Whether `lines` define `entry_point`.
 fn defines(lines: &[&str], entry_point: &str) -> bool {
-    lines.iter().any(|l| {
-        let t = l.trim_start();
-        t.strip_prefix("def ")
-            .or_else(|| t.strip_prefix("async def "))
-            .and_then(|rest| rest.strip_prefix(entry_point))
-            .is_some_and(|rest| rest.trim_start().starts_with('('))
-    })
+    lines.iter().any(|l| defines_function(l, entry_point))
 }
 
 #[cfg(test)]

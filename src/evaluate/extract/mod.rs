@@ -180,17 +180,12 @@ fn join_lines(lines: &[&str]) -> String {
 }
 
 fn is_python_block(lang: &str) -> bool {
-    matches!(lang, "" | "python" | "py" | "python3" | "py3")
+    crate::prompt::is_python_fence(lang)
 }
 
 fn defines(code: &str, entry_point: &str) -> bool {
-    code.lines().any(|l| {
-        let t = l.trim_start();
-        t.strip_prefix("def ")
-            .or_else(|| t.strip_prefix("async def "))
-            .and_then(|rest| rest.strip_prefix(entry_point))
-            .is_some_and(|rest| rest.trim_start().starts_with('('))
-    })
+    code.lines()
+        .any(|l| crate::prompt::defines_function(l, entry_point))
 }
 
 fn choose_block(reply: &str, entry_point: &str) -> (String, Origin, Vec<Dropped>) {
