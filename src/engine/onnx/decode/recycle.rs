@@ -8,7 +8,7 @@ use std::time::Instant;
 use ort::value::{DynValue, Tensor};
 
 use super::draft;
-use super::row::Row;
+use super::row::{Row, step_tensors};
 use super::{Batch, KvCache, Model, StepInputs};
 use crate::engine::Completion;
 use crate::engine::onnx::error::EngineError;
@@ -82,10 +82,18 @@ impl Batch<'_> {
         self.record(model, picks, on_token, on_done).map(|_| ())
     }
 
-    /// The inputs of row `r`'s prompt alone (batch 1).
+    /// The inputs of row `r`'s prompt alone (batch 1): the prefill step of a batch of one.
     fn prompt_inputs(&self, model: &Model, r: usize) -> Result<StepInputs, EngineError> {
         let len = self.lens[r];
-        let ids: Vec<i64> = self.jobs[r].prompt_ids.iter().map(|&t| t as i64).collect();
+        let (ids, mask, positions, _) = step_tensors(
+            model.graph.layout,
+            0,
+            std::slice::from_ref(&self.jobs[r]),
+            &[len],
+            &[],
+            model.tokens.pad,
+            len,
+        );
         let logits_positions = match model.graph.logits_positions {
             true => Some(
                 Tensor::<i64>::from_array(([1, 1], vec![len as i64 - 1]))
@@ -96,8 +104,8 @@ impl Batch<'_> {
         Ok(StepInputs {
             step: 0,
             ids: Tensor::<i64>::from_array(([1, len], ids)).map_err(EngineError::run)?,
-            mask: Tensor::<i64>::from_array(([1, len], vec![1; len])).map_err(EngineError::run)?,
-            positions: (0..len as i64).collect(),
+            mask: Tensor::<i64>::from_array(([1, len], mask)).map_err(EngineError::run)?,
+            positions,
             shape: [1, len],
             vocab: self.vocab,
             logits_on_device: false,
