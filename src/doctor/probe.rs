@@ -98,6 +98,7 @@ fn open_graph(
         deterministic: true,
         spin: false,
         device_id: 0,
+        own_attention: true,
     };
     let started = Instant::now();
     let opened = match session::open(&rt, &snap.dir, spec) {

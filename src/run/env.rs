@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::device::Provider;
-use crate::engine::onnx::OnnxOptions;
+use crate::engine::onnx::{AttentionKernel, OnnxOptions};
 use crate::evaluate::sandbox::{Level, SandboxConfig};
 use crate::provision::Provisioner;
 use crate::provision::runtime::RuntimeSpec;
@@ -110,6 +110,16 @@ pub const VARIABLES: &[Variable] = &[
         effect: "1: allow ONNX Runtime kernels that are not deterministic",
     },
     Variable {
+        name: "CODEGEN_ORT_ATTENTION",
+        value: "0 or 1",
+        effect: "1: run attention on ONNX Runtime's GroupQueryAttention kernel instead of the harness's own on CPU (docs/engine.md)",
+    },
+    Variable {
+        name: "CODEGEN_DRAFTS",
+        value: "0 or 1",
+        effect: "0: no prompt-lookup draft tokens for a row decoding alone on CPU (docs/engine.md)",
+    },
+    Variable {
         name: "CODEGEN_DEVICE_HEAD",
         value: "0 or 1",
         effect: "force greedy token choice on the device off or on (default: on under CUDA)",
@@ -181,6 +191,8 @@ pub struct EngineEnv {
     pub zero_kv: Option<bool>,
     /// `Some(false)`: no prompt-lookup draft tokens on CPU.
     pub drafts: Option<bool>,
+    /// `true`: ONNX Runtime's own attention kernel on CPU instead of ours.
+    pub ort_attention: bool,
     pub profile: bool,
     /// `Some(false)`: decode freely, whatever the accepted outputs.
     pub follow_accepted: Option<bool>,
@@ -271,6 +283,7 @@ impl Env {
                 shared_kv: reader.switch("CODEGEN_SHARED_KV")?,
                 zero_kv: reader.switch("CODEGEN_ZERO_KV")?,
                 drafts: reader.switch("CODEGEN_DRAFTS")?,
+                ort_attention: reader.switch("CODEGEN_ORT_ATTENTION")?.unwrap_or(false),
                 profile: reader.switch("CODEGEN_PROFILE")?.unwrap_or(false),
                 follow_accepted: reader.switch("CODEGEN_FOLLOW_ACCEPTED")?,
             },
@@ -333,6 +346,9 @@ impl OnnxOptions {
         self.shared_kv &= env.shared_kv.unwrap_or(true);
         self.zero_kv &= env.zero_kv.unwrap_or(true);
         self.drafts = env.drafts.unwrap_or(self.drafts);
+        if env.ort_attention {
+            self.attention = AttentionKernel::OnnxRuntime;
+        }
         self.profile |= env.profile;
         if let Some(follow) = env.follow_accepted {
             self.settings.follow_accepted.enabled = follow;

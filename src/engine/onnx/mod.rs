@@ -21,6 +21,7 @@
 //! loop, `head` the on-device token choice, `scheduler` the batching and the cache keys.
 
 mod answer;
+mod attention;
 mod decode;
 mod detok;
 mod error;
@@ -120,6 +121,19 @@ pub struct OnnxOptions {
     pub drafts: bool,
     /// The shortest n-gram a draft is looked up by (2; tests take 1 to draft at every step).
     pub draft_min_ngram: usize,
+    /// Which kernel runs attention on CPU.
+    pub attention: AttentionKernel,
+}
+
+/// Which kernel runs a CPU model's grouped-query attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// The harness's own (`attention/`), where the CPU has AVX2 and FMA and the node's
+    /// attributes are ones it implements; ONNX Runtime's elsewhere.
+    #[default]
+    Own,
+    /// ONNX Runtime's `GroupQueryAttention` everywhere.
+    OnnxRuntime,
 }
 
 impl OnnxOptions {
@@ -148,6 +162,7 @@ impl OnnxOptions {
             logit_noise: None,
             drafts: true,
             draft_min_ngram: 2,
+            attention: AttentionKernel::Own,
         }
     }
 }

@@ -12,13 +12,13 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
-use super::OnnxOptions;
 use super::error::EngineError;
 use super::folder::{self, Element, GraphSpec, GraphValue, Layout, TokenSpec};
 use super::gate::StepGate;
 use super::head::DeviceHead;
 use super::session::{self, Opened, SessionSpec};
 use super::tensor::{Float, memory_info, zeroed_buffers};
+use super::{AttentionKernel, OnnxOptions};
 use crate::device::Provider;
 use crate::provision::runtime::{self, Runtime, RuntimeSpec};
 
@@ -185,6 +185,7 @@ fn open_session(
         deterministic: !options.nondeterministic,
         spin: options.spin,
         device_id,
+        own_attention: options.attention == AttentionKernel::Own,
     };
     let opened = match session::open(rt, dir, spec) {
         // Graph capture was only wanted, not demanded: when the session with capture fails

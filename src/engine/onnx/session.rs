@@ -10,6 +10,7 @@ use ort::ep::ExecutionProvider;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
+use super::attention;
 use super::error::EngineError;
 use crate::device::Provider;
 use crate::provision::runtime::{self, Runtime};
@@ -28,6 +29,8 @@ pub(crate) struct SessionSpec {
     pub spin: bool,
     /// The CUDA device the session runs on (ignored on CPU).
     pub device_id: u32,
+    /// On CPU, run attention on our own kernel ([`super::attention`]) where the CPU has it.
+    pub own_attention: bool,
 }
 
 /// An open session and what it runs on.
@@ -94,15 +97,39 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
         .with_intra_op_spinning(spec.spin)
         .map_err(builder_err)?;
     let graph_capture = spec.graph && provider == Provider::Cuda;
-    let session = builder
-        .commit_from_file(dir.join("model.onnx"))
-        .map_err(|e| load_error(dir, provider, graph_capture, &e.to_string()))?;
+    let model = dir.join("model.onnx");
+    let load = |e: ort::Error| load_error(dir, provider, graph_capture, &e.to_string());
+    let session = match own_attention_graph(&spec, provider, &model) {
+        Some(graph) => builder
+            .with_operators(attention::domain().map_err(setup)?)
+            .map_err(builder_err)?
+            // The rewritten graph is loaded from memory; its weights stay beside the file.
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                dir.to_string_lossy(),
+            )
+            .map_err(builder_err)?
+            .commit_from_memory(&graph)
+            .map_err(load)?,
+        None => builder.commit_from_file(&model).map_err(load)?,
+    };
     Ok(Opened {
         session,
         provider,
         threads,
         graph_capture,
     })
+}
+
+/// `model.onnx` with its attention nodes on our kernel, when the session runs on a CPU that has
+/// it and the graph has such nodes. A file that cannot be read or parsed here is loaded as it
+/// is, so that ONNX Runtime's own error names what is wrong with it.
+fn own_attention_graph(spec: &SessionSpec, provider: Provider, model: &Path) -> Option<Vec<u8>> {
+    if !spec.own_attention || provider != Provider::Cpu || !attention::supported() {
+        return None;
+    }
+    let bytes = std::fs::read(model).ok()?;
+    attention::route_attention(&bytes).ok().flatten()
 }
 
 /// A failure to load `model.onnx`, as an error of the provider it was loaded for. With graph

@@ -1,0 +1,254 @@
+//! The kernel as an ONNX Runtime custom operator: `GroupQueryAttention` in our own domain
+//! ([`DOMAIN`]), with com.microsoft's inputs, outputs and attributes, so that a node moves
+//! over by changing its domain alone ([`super::graph`]).
+
+use ort::operator::{
+    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
+    OperatorOutput,
+};
+use ort::value::TensorElementType;
+
+use super::kernel::{Attention, Buffers, Rotary, Shape, Source};
+
+/// The operator domain the rewritten nodes name.
+pub(crate) const DOMAIN: &str = "ai.codegen-harness";
+
+/// The operator's name, as com.microsoft's.
+pub(crate) const NAME: &str = "GroupQueryAttention";
+
+/// Our operators, to register with a session that runs a rewritten graph.
+pub(crate) fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(GroupQueryAttention)
+}
+
+struct GroupQueryAttention;
+
+/// The node's attributes ([`super::graph`] only moves nodes whose other attributes are off).
+#[derive(Debug, Clone, Copy)]
+struct Attributes {
+    heads: usize,
+    kv_heads: usize,
+    scale: f32,
+    window: Option<usize>,
+    rotary: bool,
+    interleaved: bool,
+}
+
+impl Operator for GroupQueryAttention {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let float = TensorElementType::Float32;
+        [
+            OperatorInput::required(float),
+            OperatorInput::optional(float),
+            OperatorInput::optional(float),
+            OperatorInput::optional(float),
+            OperatorInput::optional(float),
+            OperatorInput::required(TensorElementType::Int32),
+            OperatorInput::required(TensorElementType::Int32),
+            OperatorInput::optional(float),
+            OperatorInput::optional(float),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        let float = TensorElementType::Float32;
+        [
+            OperatorOutput::required(float),
+            OperatorOutput::required(float),
+            OperatorOutput::required(float),
+        ]
+    }
+
+    fn create_kernel<'attr>(&self, info: &KernelContext<'attr>) -> ort::Result<BoxedKernel<'attr>> {
+        let count = |name: &str| {
+            info.get::<i64>(name)
+                .filter(|n| *n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| {
+                    ort::Error::new(format!("GroupQueryAttention needs a positive `{name}`"))
+                })
+        };
+        let attributes = Attributes {
+            heads: count("num_heads")?,
+            kv_heads: count("kv_num_heads")?,
+            scale: info.get::<f32>("scale").unwrap_or(0.0),
+            window: info
+                .get::<i64>("local_window_size")
+                .filter(|w| *w > 0)
+                .map(|w| w as usize),
+            rotary: info.get::<i64>("do_rotary") == Some(1),
+            interleaved: info.get::<i64>("rotary_interleaved") == Some(1),
+        };
+        if attributes.heads % attributes.kv_heads != 0 {
+            return Err(ort::Error::new(
+                "GroupQueryAttention: num_heads is not a multiple of kv_num_heads",
+            ));
+        }
+        Ok(Box::new(move |ctx: &ComputeContext| {
+            compute(ctx, attributes)
+        }))
+    }
+}
+
+/// A float input's shape and data, or `None` where the node leaves it out.
+fn float_input(ctx: &ComputeContext, idx: usize) -> ort::Result<Option<(Vec<usize>, *const f32)>> {
+    let Some(value) = ctx.input(idx)? else {
+        return Ok(None);
+    };
+    let (shape, data) = value.try_extract_tensor::<f32>()?;
+    Ok(Some((
+        shape.iter().map(|d| *d as usize).collect(),
+        data.as_ptr(),
+    )))
+}
+
+/// A float output of `shape`, as a pointer to its data.
+fn float_output(ctx: &ComputeContext, idx: usize, shape: Vec<usize>) -> ort::Result<*mut f32> {
+    let mut value = ctx
+        .output(idx, shape.iter().map(|d| *d as i64).collect::<Vec<_>>())?
+        .ok_or_else(|| {
+            ort::Error::new(format!("GroupQueryAttention: output {idx} is not wanted"))
+        })?;
+    let (_, data) = value.try_extract_tensor_mut::<f32>()?;
+    Ok(data.as_mut_ptr())
+}
+
+fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
+    let fail = |what: String| ort::Error::new(format!("GroupQueryAttention: {what}"));
+    let (q_shape, q) = float_input(ctx, 0)?.ok_or_else(|| fail("no query".into()))?;
+    let [batch, seq, width] = q_shape[..] else {
+        return Err(fail(format!(
+            "query has shape {q_shape:?}, not [batch, seq, hidden]"
+        )));
+    };
+    let key = float_input(ctx, 1)?;
+    let value = float_input(ctx, 2)?;
+    let packed = key.is_none();
+    let head = if packed {
+        width / (a.heads + 2 * a.kv_heads)
+    } else {
+        width / a.heads
+    };
+    if head == 0 || head % 8 != 0 {
+        return Err(fail(format!(
+            "head size {head} is not a positive multiple of 8"
+        )));
+    }
+    let (q, k, v) = match (key, value) {
+        (None, None) => {
+            let at = |offset| Source {
+                data: q,
+                stride: width,
+                offset,
+            };
+            (at(0), at(a.heads * head), at((a.heads + a.kv_heads) * head))
+        }
+        (Some((_, k)), Some((_, v))) => {
+            let kv = |data| Source {
+                data,
+                stride: a.kv_heads * head,
+                offset: 0,
+            };
+            (
+                Source {
+                    data: q,
+                    stride: width,
+                    offset: 0,
+                },
+                kv(k),
+                kv(v),
+            )
+        }
+        _ => {
+            return Err(fail(
+                "key and value must both be given or both left out".into(),
+            ));
+        }
+    };
+    let past_key = float_input(ctx, 3)?;
+    let past_value = float_input(ctx, 4)?;
+    let past_capacity = past_key
+        .as_ref()
+        .map_or(0, |(s, _)| s.get(2).copied().unwrap_or(0));
+    let seqlens = ctx.input(5)?.ok_or_else(|| fail("no seqlens_k".into()))?;
+    let (_, seqlens_k) = seqlens.try_extract_tensor::<i32>()?;
+    let total = ctx
+        .input(6)?
+        .ok_or_else(|| fail("no total_sequence_length".into()))?;
+    let total = *total
+        .try_extract_tensor::<i32>()?
+        .1
+        .first()
+        .ok_or_else(|| fail("empty total_sequence_length".into()))?;
+    if seqlens_k.len() != batch {
+        return Err(fail(format!(
+            "seqlens_k has {} rows for a batch of {batch}",
+            seqlens_k.len()
+        )));
+    }
+    let cos = float_input(ctx, 7)?;
+    let sin = float_input(ctx, 8)?;
+    let (rotary, rotary_positions) = match (&cos, a.rotary) {
+        (Some((shape, _)), true) => (
+            Some(Rotary {
+                dim: shape.get(1).copied().unwrap_or(0) * 2,
+                interleaved: a.interleaved,
+            }),
+            shape.first().copied().unwrap_or(0),
+        ),
+        _ => (None, 0),
+    };
+    let present_capacity = (total.max(0) as usize).max(past_capacity);
+    let shape = Shape {
+        batch,
+        seq,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        head,
+        past_capacity,
+        present_capacity,
+        first_prompt: seq == total.max(0) as usize,
+        scale: if a.scale == 0.0 {
+            1.0 / (head as f32).sqrt()
+        } else {
+            a.scale
+        },
+        window: a.window,
+        rotary,
+    };
+    let cache_shape = vec![batch, a.kv_heads, present_capacity, head];
+    let buffers = Buffers {
+        q,
+        k,
+        v,
+        past_key: past_key.map_or(std::ptr::null(), |(_, p)| p),
+        past_value: past_value.map_or(std::ptr::null(), |(_, p)| p),
+        output: float_output(ctx, 0, vec![batch, seq, a.heads * head])?,
+        present_key: float_output(ctx, 1, cache_shape.clone())?,
+        present_value: float_output(ctx, 2, cache_shape)?,
+        cos: cos.map_or(std::ptr::null(), |(_, p)| p),
+        sin: sin.map_or(std::ptr::null(), |(_, p)| p),
+    };
+    let attention = Attention {
+        shape,
+        buffers,
+        seqlens_k,
+        rotary_positions,
+    };
+    attention.check().map_err(|e| fail(e.to_string()))?;
+    // SAFETY: the shapes were checked against the buffers above; ONNX Runtime keeps inputs and
+    // outputs alive for the call; each item writes only its own row and head.
+    ctx.par_for(attention.cache_items(), 0, |i| unsafe {
+        attention.write_cache(i)
+    })?;
+    ctx.par_for(attention.attend_items(), 0, |i| unsafe {
+        attention.attend(i)
+    })?;
+    Ok(())
+}
