@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use codegen_harness::cache::DirLock;
 use codegen_harness::case::{self, Case};
 use codegen_harness::device::Provider;
-use codegen_harness::engine::onnx::{self, OnnxOptions, OnnxSource};
+use codegen_harness::engine::onnx::{self, AttentionKernel, OnnxOptions, OnnxSource};
 use codegen_harness::engine::{
     AcceptedOutput, BatchSize, Completion, CompletionSource, FinishReason, FollowAccepted,
     Followed, GenerationSettings, Request, TokenTrace,
@@ -369,6 +369,48 @@ fn draft_tokens_never_change_greedy_output() {
     }
     assert_traces_agree(&traces[0], &traces[2], "drafts against plain decoding");
     assert_traces_agree(&traces[1], &traces[2], "three rows against plain decoding");
+}
+
+#[test]
+fn our_attention_kernel_agrees_with_onnx_runtimes_and_the_reference() {
+    // Rows of different lengths (prompts of 1 to 30 tokens), batched prefill with padding, a
+    // lone row, and rows recycled as others end: every attention path the CPU engine takes.
+    let cases: Vec<Case> = (0..4)
+        .map(|i| complete_case(&format!("a{i}"), PREFIXES[i], [40, 12, 31, 20][i], &[]))
+        .collect();
+    let mut traces = Vec::new();
+    for (kernel, rows) in [
+        (AttentionKernel::OnnxRuntime, 2),
+        (AttentionKernel::Own, 2),
+        (AttentionKernel::Own, 4),
+        (AttentionKernel::Own, 1),
+    ] {
+        let mut opts = test_options(GenerationSettings {
+            batch_size: BatchSize::Rows(rows),
+            ..GenerationSettings::default()
+        });
+        opts.attention = kernel;
+        let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        let got = batched(&src, &cases, 1);
+        for (case, completion) in cases.iter().zip(&got) {
+            let ids = src.prompt_ids(&Prompt::for_case(case)).unwrap();
+            let expected = reference(&models().join("genai"), &ids, case.max_new_tokens.unwrap());
+            let tokens = completion.tokens.as_ref().unwrap();
+            assert_eq!(tokens.ids, expected, "{} {kernel:?} rows {rows}", case.id);
+        }
+        traces.push(
+            got.into_iter()
+                .map(|c| c.tokens.unwrap())
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (i, what) in [(1, "2 rows"), (2, "4 rows"), (3, "1 row")] {
+        assert_traces_agree(
+            &traces[0],
+            &traces[i],
+            &format!("our kernel at {what} against ONNX Runtime's"),
+        );
+    }
 }
 
 #[test]

@@ -134,12 +134,14 @@ pub(crate) fn route_attention(model: &[u8]) -> Result<Option<Vec<u8>>, Malformed
 
 /// A GraphProto with its eligible nodes moved, and how many moved.
 fn route_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), Malformed> {
+    let graph_fields = fields(graph)?;
+    let float_inputs = float_inputs(&graph_fields)?;
     let mut out = Vec::with_capacity(graph.len());
     let mut moved = 0;
-    for field in fields(graph)? {
+    for field in graph_fields {
         // GraphProto.node
         match (field.number, bytes(&field)) {
-            (1, Some(node)) if eligible(node)? => {
+            (1, Some(node)) if eligible(node, &float_inputs)? => {
                 moved += 1;
                 let mut rewritten = Vec::with_capacity(node.len() + 8);
                 for f in fields(node)? {
@@ -157,10 +159,39 @@ fn route_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), Malformed> {
     Ok((out, moved))
 }
 
-/// Whether a NodeProto is a com.microsoft `GroupQueryAttention` our kernel implements: its
-/// nine inputs at most, three outputs, and no attribute beyond those the kernel reads (softcap
-/// and smooth softmax only when off; rotary only with its tables).
-fn eligible(node: &[u8]) -> Result<bool, Malformed> {
+/// The names of the graph's float32 inputs (GraphProto.input: ValueInfoProto { name, type:
+/// TypeProto { tensor_type: { elem_type } } }).
+fn float_inputs<'a>(graph: &[Field<'a>]) -> Result<Vec<&'a [u8]>, Malformed> {
+    let mut out = Vec::new();
+    for input in graph.iter().filter(|f| f.number == 11).filter_map(bytes) {
+        let info = fields(input)?;
+        let name = info.iter().find(|f| f.number == 1).and_then(bytes);
+        let tensor = info
+            .iter()
+            .find(|f| f.number == 2)
+            .and_then(bytes)
+            .map(fields)
+            .transpose()?;
+        let tensor = tensor
+            .and_then(|t| t.iter().find(|f| f.number == 1).and_then(bytes))
+            .map(fields)
+            .transpose()?;
+        let float = tensor.is_some_and(|t| {
+            t.iter()
+                .any(|f| f.number == 1 && matches!(f.value, Value::Varint(1)))
+        });
+        if let (Some(name), true) = (name, float) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a NodeProto is a com.microsoft `GroupQueryAttention` our kernel implements: float32
+/// (its past key is a float32 graph input), nine inputs at most, three outputs, and no
+/// attribute beyond those the kernel reads (softcap and smooth softmax only when off; rotary
+/// only with its tables).
+fn eligible(node: &[u8], float_inputs: &[&[u8]]) -> Result<bool, Malformed> {
     let fields = fields(node)?;
     let text = |n: u64| {
         fields
@@ -176,6 +207,12 @@ fn eligible(node: &[u8]) -> Result<bool, Malformed> {
         return Ok(false);
     }
     let has = |i: usize| inputs.get(i).is_some_and(|name| !name.is_empty());
+    if !inputs
+        .get(3)
+        .is_some_and(|past| float_inputs.contains(past))
+    {
+        return Ok(false);
+    }
     for attribute in text(5) {
         let attribute = fields_of_attribute(attribute)?;
         let ok = match (attribute.name, attribute.int, attribute.float) {
@@ -286,6 +323,16 @@ mod tests {
             put_bytes(&mut graph, 1, n);
         }
         graph.extend(string(2, "main"));
+        for (name, elem_type) in [("past.key", 1), ("past16.key", 10)] {
+            let mut tensor = Vec::new();
+            put_varint(&mut tensor, 1 << 3);
+            put_varint(&mut tensor, elem_type);
+            let mut ty = Vec::new();
+            put_bytes(&mut ty, 1, &tensor);
+            let mut info = string(1, name);
+            put_bytes(&mut info, 2, &ty);
+            put_bytes(&mut graph, 11, &info);
+        }
         // An unknown field (number 99, varint) must survive.
         put_varint(&mut graph, 99 << 3);
         put_varint(&mut graph, 5);

@@ -185,3 +185,84 @@ unsafe fn columns<const N: usize>(p: &[f32], v: *const f32, head: usize, out: &m
         _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *a);
     }
 }
+
+// Elsewhere [`supported`] is false, so nothing calls these; they keep the kernel compiling.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn scores(_: &[f32], _: *const f32, _: usize, _: usize, _: f32, _: &mut [f32]) {
+    unreachable!("the attention kernel runs only where `supported()` says so")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn softmax(_: &mut [f32]) {
+    unreachable!("the attention kernel runs only where `supported()` says so")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn weighted_sum(_: &[f32], _: *const f32, _: usize, _: &mut [f32]) {
+    unreachable!("the attention kernel runs only where `supported()` says so")
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_and_zero_far_below() {
+        if !supported() {
+            return;
+        }
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let lanes = [
+                x,
+                x * 0.5,
+                x * 0.25,
+                x * 0.125,
+                x * 1e-3,
+                x * 1e-6,
+                0.0,
+                x * 0.9,
+            ];
+            let mut got = [0f32; 8];
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(lanes.as_ptr()))) };
+            for (l, g) in lanes.iter().zip(got) {
+                let want = (*l as f64).exp();
+                worst = worst.max(((g as f64) - want).abs() / want);
+            }
+            x += 0.0137;
+        }
+        assert!(worst < 2.5e-7, "largest relative error {worst}");
+        let mut got = [1f32; 8];
+        let far = [
+            -88.0,
+            -100.0,
+            f32::NEG_INFINITY,
+            -1e30,
+            -87.5,
+            -200.0,
+            -90.0,
+            -1e9,
+        ];
+        unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(far.as_ptr()))) };
+        assert_eq!(got, [0.0; 8]);
+    }
+
+    #[test]
+    fn softmax_matches_its_definition_at_every_tail_length() {
+        if !supported() {
+            return;
+        }
+        for n in 1..=19 {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 1.7).collect();
+            let mut got = x.clone();
+            unsafe { softmax(&mut got) };
+            let max = x.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let sum: f64 = x.iter().map(|v| (*v as f64 - max).exp()).sum();
+            for (g, v) in got.iter().zip(&x) {
+                let want = (*v as f64 - max).exp() / sum;
+                assert!((*g as f64 - want).abs() < 1e-6, "n = {n}: {g} vs {want}");
+            }
+        }
+    }
+}
