@@ -37,6 +37,7 @@ mod progress;
 mod sampling;
 mod scheduler;
 pub(crate) mod session;
+mod simd;
 pub(crate) mod tensor;
 
 use std::collections::BTreeMap;

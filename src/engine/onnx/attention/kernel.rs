@@ -9,7 +9,7 @@
 // its body is one unsafe region.
 #![allow(unsafe_op_in_unsafe_fn)]
 
-use super::simd;
+use super::super::simd;
 
 /// The fixed shape of one call.
 #[derive(Debug, Clone, Copy, PartialEq)]

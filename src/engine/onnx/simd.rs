@@ -1,6 +1,7 @@
-//! The vector pieces of the attention kernel: AVX2 + FMA only, so that every x86-64 CPU that
-//! runs it (AVX2 or AVX-512 alike) computes the same numbers in the same order. Callers check
-//! [`supported`] first; each function is `unsafe` for that reason alone.
+//! Vector pieces of the CPU engine (the attention kernel, the host's log-sum-exp and top-k):
+//! AVX2 + FMA only, so that every x86-64 CPU that runs them (AVX2 or AVX-512 alike) computes
+//! the same numbers in the same order. Callers check [`supported`] first; each function is
+//! `unsafe` for that reason and its pointer contract alone.
 
 // Each `unsafe fn` here is unsafe for its pointer contract alone, stated in its `# Safety`;
 // its body is one unsafe region.
@@ -145,6 +146,61 @@ pub(crate) unsafe fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `sum(e^(x - max))` over `xs` (every `x <= max`), eight lanes of [`exp8`] summed in f32 over
+/// blocks of 256 and the blocks in f64, in order; a tail of fewer than eight is summed alone.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sum_exp(xs: &[f32], max: f32) -> f64 {
+    let m = _mm256_set1_ps(max);
+    let mut total = 0f64;
+    let mut blocks = xs.chunks_exact(256);
+    let lanes = |v: __m256| {
+        let mut l = [0f32; 8];
+        _mm256_storeu_ps(l.as_mut_ptr(), v);
+        (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))) as f64
+    };
+    let block_sum = |block: &[f32]| {
+        let mut acc = _mm256_setzero_ps();
+        for c in block.chunks_exact(8) {
+            acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m)));
+        }
+        acc
+    };
+    for block in &mut blocks {
+        total += lanes(block_sum(block));
+    }
+    let rest = blocks.remainder();
+    let whole = rest.len() / 8 * 8;
+    total += lanes(block_sum(&rest[..whole]));
+    let mut tail = [f32::NEG_INFINITY; 8];
+    tail[..rest.len() - whole].copy_from_slice(&rest[whole..]);
+    total + lanes(exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m)))
+}
+
+/// The largest of `xs` (`NEG_INFINITY` when empty; NaNs are passed over).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn max(xs: &[f32]) -> f32 {
+    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        // `max_ps(x, acc)` returns `acc` where `x` is NaN.
+        acc = _mm256_max_ps(_mm256_loadu_ps(c.as_ptr()), acc);
+    }
+    let mut l = [0f32; 8];
+    _mm256_storeu_ps(l.as_mut_ptr(), acc);
+    l.iter()
+        .chain(chunks.remainder())
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `out = sum_j p[j] * v[j]` over the value rows at `v` (each `head` floats apart, `head` a
 /// multiple of 8), 64 columns at a time with the sums in registers.
 ///
@@ -198,6 +254,16 @@ pub(crate) unsafe fn softmax(_: &mut [f32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn sum_exp(_: &[f32], _: f32) -> f64 {
+    unreachable!("the vector code runs only where `supported()` says so")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn max(_: &[f32]) -> f32 {
+    unreachable!("the vector code runs only where `supported()` says so")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn weighted_sum(_: &[f32], _: *const f32, _: usize, _: &mut [f32]) {
     unreachable!("the attention kernel runs only where `supported()` says so")
 }
@@ -246,6 +312,29 @@ mod tests {
         ];
         unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(far.as_ptr()))) };
         assert_eq!(got, [0.0; 8]);
+    }
+
+    #[test]
+    fn sum_exp_and_max_match_their_definitions_at_every_length() {
+        if !supported() {
+            return;
+        }
+        for n in [0, 1, 7, 8, 9, 255, 256, 257, 600, 151_936] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 2_654_435_761usize) % 10_007) as f32 / 300.0 - 30.0)
+                .collect();
+            let want_max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(unsafe { max(&xs) }, want_max, "n = {n}");
+            let m = if n == 0 { 0.0 } else { want_max };
+            let want: f64 = xs.iter().map(|x| ((*x - m) as f64).exp()).sum();
+            let got = unsafe { sum_exp(&xs, m) };
+            assert!(
+                (got - want).abs() <= 1e-6 * want.max(1e-30),
+                "n = {n}: {got} vs {want}"
+            );
+        }
+        let nan = [1.0, f32::NAN, 3.0, 2.0, f32::NAN, 0.0, -1.0, 2.5, 9.0];
+        assert_eq!(unsafe { max(&nan) }, 9.0);
     }
 
     #[test]
