@@ -23,7 +23,7 @@ use tokenizers::Tokenizer;
 
 use super::gencache::{self, GenerationCache};
 use super::scheduler::{self, KeyFacts};
-use super::{EngineError, OnnxOptions, OnnxSource, folder};
+use super::{AttentionKernel, EngineError, OnnxOptions, OnnxSource, attention, folder};
 use crate::device::Provider;
 use crate::engine::{Completion, CompletionSource, DeviceUsage, LoadFacts, Request, SourceError};
 use crate::prompt::{Prompt, TemplateTokens};
@@ -74,11 +74,14 @@ fn template_of(dir: &Path) -> Result<(Option<String>, TemplateTokens), EngineErr
 /// The key facts the loader would report for `options`, predicted: the provider asked for (CPU
 /// when CUDA may fall back and there is no driver), the device head as `Model::load` decides
 /// it, and CUDA-graph decode where it would be asked for and could apply (captured graphs need
-/// the device head and shared KV buffers; a folder whose graph cannot share them misses).
+/// the device head and shared KV buffers; a folder whose graph cannot share them misses), and
+/// attention on our kernel on a CPU where `routes` (the folder's graph has nodes it takes, and
+/// this CPU runs it) and the options leave it on.
 pub(crate) fn predicted_facts(
     options: &OnnxOptions,
     model_hash: String,
     driver_present: bool,
+    routes: bool,
 ) -> KeyFacts {
     let provider = match options.provider {
         Provider::Cuda if options.cpu_fallback && !driver_present => Provider::Cpu,
@@ -91,6 +94,9 @@ pub(crate) fn predicted_facts(
         provider,
         device_head,
         cuda_graph: fixed_decode && device_head && options.shared_kv,
+        own_attention: routes
+            && provider == Provider::Cpu
+            && options.attention == AttentionKernel::Own,
     }
 }
 
@@ -106,6 +112,7 @@ pub fn open_lazy(model_dir: &Path, options: OnnxOptions) -> Result<LazyOnnxSourc
         &options,
         model_hash,
         crate::provision::runtime::nvidia_driver_present(),
+        attention::own_graph(&model_dir.join("model.onnx")).is_some(),
     );
     Ok(LazyOnnxSource {
         dir: model_dir.to_path_buf(),
@@ -296,24 +303,38 @@ mod tests {
 
     #[test]
     fn facts_are_predicted_as_the_loader_decides_them() {
-        let cpu = predicted_facts(&options(Provider::Cpu), "h".into(), false);
+        let cpu = predicted_facts(&options(Provider::Cpu), "h".into(), false, true);
         assert_eq!(
-            (cpu.provider, cpu.device_head, cpu.cuda_graph),
-            (Provider::Cpu, false, false)
+            (
+                cpu.provider,
+                cpu.device_head,
+                cpu.cuda_graph,
+                cpu.own_attention
+            ),
+            (Provider::Cpu, false, false, true)
         );
-        let cuda = predicted_facts(&options(Provider::Cuda), "h".into(), true);
+        let cuda = predicted_facts(&options(Provider::Cuda), "h".into(), true, true);
         assert_eq!(
-            (cuda.provider, cuda.device_head, cuda.cuda_graph),
-            (Provider::Cuda, true, true)
+            (
+                cuda.provider,
+                cuda.device_head,
+                cuda.cuda_graph,
+                cuda.own_attention
+            ),
+            (Provider::Cuda, true, true, false)
         );
         let mut o = options(Provider::Cuda);
         o.cuda_graph = Some(false);
-        assert!(!predicted_facts(&o, "h".into(), true).cuda_graph);
+        assert!(!predicted_facts(&o, "h".into(), true, true).cuda_graph);
         o.cpu_fallback = true;
-        let fallen = predicted_facts(&o, "h".into(), false);
+        let fallen = predicted_facts(&o, "h".into(), false, true);
         assert_eq!(
-            (fallen.provider, fallen.device_head),
-            (Provider::Cpu, false)
+            (fallen.provider, fallen.device_head, fallen.own_attention),
+            (Provider::Cpu, false, true)
         );
+        let mut ort = options(Provider::Cpu);
+        ort.attention = AttentionKernel::OnnxRuntime;
+        assert!(!predicted_facts(&ort, "h".into(), false, true).own_attention);
+        assert!(!predicted_facts(&options(Provider::Cpu), "h".into(), false, false).own_attention);
     }
 }

@@ -230,6 +230,7 @@ pub fn open_with(model_dir: &Path, options: OnnxOptions) -> Result<OnnxSource, E
         provider: model.provider,
         device_head: model.has_device_head(),
         cuda_graph: model.cuda_graph(),
+        own_attention: model.own_attention,
     };
     let mut describe = describe(model, &facts, &options, model_dir);
     if models.len() > 1 {

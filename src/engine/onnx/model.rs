@@ -63,6 +63,8 @@ impl Footprint {
 /// A loaded model folder.
 pub(crate) struct Model {
     pub dir: PathBuf,
+    /// Attention runs on our kernel (`attention/`).
+    pub own_attention: bool,
     pub session: Session,
     /// Shared with the decode loop's bookkeeping thread.
     pub tokenizer: std::sync::Arc<Tokenizer>,
@@ -264,6 +266,7 @@ impl Model {
             None
         };
         Ok(Model {
+            own_attention: opened.own_attention,
             dir: dir.to_path_buf(),
             session,
             tokenizer: std::sync::Arc::new(tokenizer),

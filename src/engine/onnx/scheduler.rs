@@ -87,6 +87,8 @@ pub(crate) struct KeyFacts {
     pub provider: Provider,
     pub device_head: bool,
     pub cuda_graph: bool,
+    /// Attention on our kernel (`attention/`): the same function, other rounding.
+    pub own_attention: bool,
 }
 
 /// What a batch may hold: the model's context length and the memory budget, which the KV
@@ -287,6 +289,10 @@ pub(crate) fn plan(
             // Replayed graphs decode with a fixed-width attention mask: kernels may pick
             // other tiles and differ in the last bit. Other keys stay as they were.
             desc["cuda_graph"] = serde_json::Value::Bool(true);
+        }
+        if facts.own_attention {
+            // Other rounding than ONNX Runtime's kernel, whose runs keep their keys.
+            desc["attention"] = serde_json::Value::from("own");
         }
         if let Some(answer) = &answer {
             // Keys without the option stay as they were.

@@ -40,6 +40,8 @@ pub(crate) struct Opened {
     pub threads: usize,
     /// Whether decode steps can be captured into CUDA graphs.
     pub graph_capture: bool,
+    /// Whether attention runs on our kernel.
+    pub own_attention: bool,
 }
 
 /// Create the session for `dir`.
@@ -99,7 +101,12 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
     let graph_capture = spec.graph && provider == Provider::Cuda;
     let model = dir.join("model.onnx");
     let load = |e: ort::Error| load_error(dir, provider, graph_capture, &e.to_string());
-    let session = match own_attention_graph(&spec, provider, &model) {
+    let own_graph = match spec.own_attention && provider == Provider::Cpu {
+        true => attention::own_graph(&model),
+        false => None,
+    };
+    let own_attention = own_graph.is_some();
+    let session = match own_graph {
         Some(graph) => builder
             .with_operators(attention::domain().map_err(setup)?)
             .map_err(builder_err)?
@@ -118,18 +125,8 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
         provider,
         threads,
         graph_capture,
+        own_attention,
     })
-}
-
-/// `model.onnx` with its attention nodes on our kernel, when the session runs on a CPU that has
-/// it and the graph has such nodes. A file that cannot be read or parsed here is loaded as it
-/// is, so that ONNX Runtime's own error names what is wrong with it.
-fn own_attention_graph(spec: &SessionSpec, provider: Provider, model: &Path) -> Option<Vec<u8>> {
-    if !spec.own_attention || provider != Provider::Cpu || !attention::supported() {
-        return None;
-    }
-    let bytes = std::fs::read(model).ok()?;
-    attention::route_attention(&bytes).ok().flatten()
 }
 
 /// A failure to load `model.onnx`, as an error of the provider it was loaded for. With graph

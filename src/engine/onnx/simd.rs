@@ -38,7 +38,7 @@ pub(crate) unsafe fn scores(
     scale: f32,
     out: &mut [f32],
 ) {
-    debug_assert!(head % 8 == 0 && q.len() >= head && out.len() >= rows);
+    debug_assert!(head.is_multiple_of(8) && q.len() >= head && out.len() >= rows);
     let mut j = 0;
     while j < rows {
         let r = |i: usize| if j + i < rows { j + i } else { j };
@@ -93,7 +93,7 @@ unsafe fn exp8(x: __m256) -> __m256 {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }

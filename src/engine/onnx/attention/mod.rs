@@ -9,6 +9,18 @@ mod graph;
 mod kernel;
 mod op;
 
-pub(crate) use super::simd::supported;
-pub(crate) use graph::route_attention;
+use std::path::Path;
+
 pub(crate) use op::domain;
+
+/// The graph of `model` (a `model.onnx`) with its eligible attention nodes on our kernel, when
+/// this CPU runs the kernel and the graph has such nodes. A file that cannot be read or parsed
+/// here gives `None` and is loaded as it is, so that ONNX Runtime's own error names what is
+/// wrong with it.
+pub(crate) fn own_graph(model: &Path) -> Option<Vec<u8>> {
+    if !super::simd::supported() {
+        return None;
+    }
+    let bytes = std::fs::read(model).ok()?;
+    graph::route_attention(&bytes).ok().flatten()
+}

@@ -85,7 +85,7 @@ impl Operator for GroupQueryAttention {
             rotary: info.get::<i64>("do_rotary") == Some(1),
             interleaved: info.get::<i64>("rotary_interleaved") == Some(1),
         };
-        if attributes.heads % attributes.kv_heads != 0 {
+        if !attributes.heads.is_multiple_of(attributes.kv_heads) {
             return Err(ort::Error::new(
                 "GroupQueryAttention: num_heads is not a multiple of kv_num_heads",
             ));
@@ -135,7 +135,7 @@ fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
     } else {
         width / a.heads
     };
-    if head == 0 || head % 8 != 0 {
+    if head == 0 || !head.is_multiple_of(8) {
         return Err(fail(format!(
             "head size {head} is not a positive multiple of 8"
         )));
