@@ -119,9 +119,24 @@ fn float_output(ctx: &ComputeContext, idx: usize, shape: Vec<usize>) -> ort::Res
     Ok(data.as_mut_ptr())
 }
 
-fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
-    let fail = |what: String| ort::Error::new(format!("GroupQueryAttention: {what}"));
-    let (q_shape, q) = float_input(ctx, 0)?.ok_or_else(|| fail("no query".into()))?;
+/// An input whose shape is not the one the others imply.
+fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> ort::Result<()> {
+    match got == want {
+        true => Ok(()),
+        false => Err(ort::Error::new(format!(
+            "GroupQueryAttention: {name} has shape {got:?}, not {want:?}"
+        ))),
+    }
+}
+
+fn fail(what: impl std::fmt::Display) -> ort::Error {
+    ort::Error::new(format!("GroupQueryAttention: {what}"))
+}
+
+/// The new tokens' layout: (batch, seq, head size) and where q, k and v are, from the query
+/// (packed or not) and the optional key and value inputs, every shape checked.
+fn new_tokens(ctx: &ComputeContext, a: &Attributes) -> ort::Result<([usize; 3], [Source; 3])> {
+    let (q_shape, q) = float_input(ctx, 0)?.ok_or_else(|| fail("no query"))?;
     let [batch, seq, width] = q_shape[..] else {
         return Err(fail(format!(
             "query has shape {q_shape:?}, not [batch, seq, hidden]"
@@ -130,81 +145,111 @@ fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
     let key = float_input(ctx, 1)?;
     let value = float_input(ctx, 2)?;
     let packed = key.is_none();
-    let head = if packed {
-        width / (a.heads + 2 * a.kv_heads)
+    let heads = if packed {
+        a.heads + 2 * a.kv_heads
     } else {
-        width / a.heads
+        a.heads
     };
+    let head = width / heads;
     if head == 0 || !head.is_multiple_of(8) {
         return Err(fail(format!(
             "head size {head} is not a positive multiple of 8"
         )));
     }
-    let (q, k, v) = match (key, value) {
-        (None, None) => {
-            let at = |offset| Source {
-                data: q,
-                stride: width,
-                offset,
-            };
-            (at(0), at(a.heads * head), at((a.heads + a.kv_heads) * head))
-        }
-        (Some((_, k)), Some((_, v))) => {
-            let kv = |data| Source {
-                data,
-                stride: a.kv_heads * head,
-                offset: 0,
-            };
-            (
-                Source {
-                    data: q,
-                    stride: width,
-                    offset: 0,
-                },
-                kv(k),
-                kv(v),
-            )
-        }
-        _ => {
-            return Err(fail(
-                "key and value must both be given or both left out".into(),
-            ));
-        }
+    expect_shape("query", &q_shape, &[batch, seq, heads * head])?;
+    let at = |data, stride, offset| Source {
+        data,
+        stride,
+        offset,
     };
-    let past_key = float_input(ctx, 3)?;
-    let past_value = float_input(ctx, 4)?;
-    let past_capacity = past_key
-        .as_ref()
-        .map_or(0, |(s, _)| s.get(2).copied().unwrap_or(0));
-    let seqlens = ctx.input(5)?.ok_or_else(|| fail("no seqlens_k".into()))?;
+    let sources = match (key, value) {
+        (None, None) => [
+            at(q, width, 0),
+            at(q, width, a.heads * head),
+            at(q, width, (a.heads + a.kv_heads) * head),
+        ],
+        (Some((ks, k)), Some((vs, v))) => {
+            let kv_width = a.kv_heads * head;
+            expect_shape("key", &ks, &[batch, seq, kv_width])?;
+            expect_shape("value", &vs, &[batch, seq, kv_width])?;
+            [at(q, width, 0), at(k, kv_width, 0), at(v, kv_width, 0)]
+        }
+        _ => return Err(fail("key and value must both be given or both left out")),
+    };
+    Ok(([batch, seq, head], sources))
+}
+
+/// The past key and value (null without them) and their capacity, shapes checked.
+fn past(
+    ctx: &ComputeContext,
+    a: &Attributes,
+    [batch, _, head]: [usize; 3],
+) -> ort::Result<(*const f32, *const f32, usize)> {
+    match (float_input(ctx, 3)?, float_input(ctx, 4)?) {
+        (Some((ks, k)), Some((vs, v))) => {
+            let capacity = ks.get(2).copied().unwrap_or(0);
+            expect_shape("past_key", &ks, &[batch, a.kv_heads, capacity, head])?;
+            expect_shape("past_value", &vs, &[batch, a.kv_heads, capacity, head])?;
+            Ok((k, v, capacity))
+        }
+        (None, None) => Ok((std::ptr::null(), std::ptr::null(), 0)),
+        _ => Err(fail(
+            "past_key and past_value must both be given or both left out",
+        )),
+    }
+}
+
+/// The rotary tables (null without rotary), the embedding, and the tables' rows.
+fn rotary(
+    ctx: &ComputeContext,
+    a: &Attributes,
+    head: usize,
+) -> ort::Result<(*const f32, *const f32, Option<Rotary>, usize)> {
+    let (Some((c, cos)), Some((s, sin)), true) =
+        (float_input(ctx, 7)?, float_input(ctx, 8)?, a.rotary)
+    else {
+        return match a.rotary {
+            true => Err(fail("do_rotary without cos_cache and sin_cache")),
+            false => Ok((std::ptr::null(), std::ptr::null(), None, 0)),
+        };
+    };
+    let half = c.get(1).copied().unwrap_or(0);
+    if c.len() != 2 || half == 0 || 2 * half > head {
+        return Err(fail(format!(
+            "cos_cache has shape {c:?}, not [positions, at most {}]",
+            head / 2
+        )));
+    }
+    expect_shape("sin_cache", &s, &c)?;
+    let embedding = Rotary {
+        dim: 2 * half,
+        interleaved: a.interleaved,
+    };
+    Ok((cos, sin, Some(embedding), c[0]))
+}
+
+fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
+    let ([batch, seq, head], [q, k, v]) = new_tokens(ctx, &a)?;
+    let (past_key, past_value, past_capacity) = past(ctx, &a, [batch, seq, head])?;
+    let seqlens = ctx.input(5)?.ok_or_else(|| fail("no seqlens_k"))?;
     let (_, seqlens_k) = seqlens.try_extract_tensor::<i32>()?;
-    let total = ctx
-        .input(6)?
-        .ok_or_else(|| fail("no total_sequence_length".into()))?;
-    let total = *total
-        .try_extract_tensor::<i32>()?
-        .1
-        .first()
-        .ok_or_else(|| fail("empty total_sequence_length".into()))?;
     if seqlens_k.len() != batch {
         return Err(fail(format!(
             "seqlens_k has {} rows for a batch of {batch}",
             seqlens_k.len()
         )));
     }
-    let cos = float_input(ctx, 7)?;
-    let sin = float_input(ctx, 8)?;
-    let (rotary, rotary_positions) = match (&cos, a.rotary) {
-        (Some((shape, _)), true) => (
-            Some(Rotary {
-                dim: shape.get(1).copied().unwrap_or(0) * 2,
-                interleaved: a.interleaved,
-            }),
-            shape.first().copied().unwrap_or(0),
-        ),
-        _ => (None, 0),
-    };
-    let present_capacity = (total.max(0) as usize).max(past_capacity);
+    let total = ctx
+        .input(6)?
+        .ok_or_else(|| fail("no total_sequence_length"))?;
+    let total = *total
+        .try_extract_tensor::<i32>()?
+        .1
+        .first()
+        .ok_or_else(|| fail("empty total_sequence_length"))?;
+    let total = total.max(0) as usize;
+    let (cos, sin, rotary, rotary_positions) = rotary(ctx, &a, head)?;
+    let present_capacity = total.max(past_capacity);
     let shape = Shape {
         batch,
         seq,
@@ -213,7 +258,7 @@ fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
         head,
         past_capacity,
         present_capacity,
-        first_prompt: seq == total.max(0) as usize,
+        first_prompt: seq == total,
         scale: if a.scale == 0.0 {
             1.0 / (head as f32).sqrt()
         } else {
@@ -227,13 +272,13 @@ fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
         q,
         k,
         v,
-        past_key: past_key.map_or(std::ptr::null(), |(_, p)| p),
-        past_value: past_value.map_or(std::ptr::null(), |(_, p)| p),
+        past_key,
+        past_value,
         output: float_output(ctx, 0, vec![batch, seq, a.heads * head])?,
         present_key: float_output(ctx, 1, cache_shape.clone())?,
         present_value: float_output(ctx, 2, cache_shape)?,
-        cos: cos.map_or(std::ptr::null(), |(_, p)| p),
-        sin: sin.map_or(std::ptr::null(), |(_, p)| p),
+        cos,
+        sin,
     };
     let attention = Attention {
         shape,
@@ -241,7 +286,7 @@ fn compute(ctx: &ComputeContext, a: Attributes) -> ort::Result<()> {
         seqlens_k,
         rotary_positions,
     };
-    attention.check().map_err(|e| fail(e.to_string()))?;
+    attention.check().map_err(fail)?;
     // SAFETY: the shapes were checked against the buffers above; ONNX Runtime keeps inputs and
     // outputs alive for the call; each item writes only its own row and head.
     ctx.par_for(attention.cache_items(), 0, |i| unsafe {
