@@ -151,6 +151,7 @@ pub fn parse(json: &[u8]) -> Result<(Figures, GenaiSuite), BenchError> {
     let figures = Figures {
         batch1_decode_tok_s: f("batch1_decode_tok_s"),
         batch1_ttft_ms: f("batch1_ttft_ms"),
+        batch1_drafting: None,
         suite_seconds: f("suite_seconds"),
         suite_tokens: f("suite_tokens") as usize,
         suite_batch: f("suite_batch") as usize,

@@ -76,6 +76,9 @@ pub enum BenchError {
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
     pub batch1_decode_tok_s: f64,
+    /// Batch-1 decode with prompt-lookup drafts (ours, on CPU): tok/s, draft tokens fed and
+    /// kept.
+    pub batch1_drafting: Option<(f64, usize, usize)>,
     pub batch1_ttft_ms: f64,
     pub suite_seconds: f64,
     pub suite_tokens: usize,
@@ -166,10 +169,12 @@ pub(crate) fn cases(opts: &BenchOptions) -> Result<Vec<Case>, BenchError> {
 
 /// Open the model for one measurement: the generation cache off, `batch_size` sequences at a
 /// time, no progress bar.
+/// Open the model as the harness would; `drafts` overrides prompt-lookup drafting.
 fn open(
     opts: &BenchOptions,
     env: &Env,
     batch_size: codegen_harness::engine::BatchSize,
+    drafts: Option<bool>,
 ) -> Result<OnnxSource, BenchError> {
     let settings = GenerationSettings {
         max_new_tokens: opts.max_new_tokens,
@@ -183,6 +188,7 @@ fn open(
     options.no_cache = true;
     options.progress = false;
     options.threads = opts.threads;
+    options.drafts = drafts.unwrap_or(options.drafts);
     Ok(onnx::open_with(&opts.model, options)?)
 }
 
@@ -199,8 +205,9 @@ struct Batch1 {
     prefill_tok_s: f64,
 }
 
-/// Batch-1 figures on a freshly opened model: one warm-up request, then each of the first `k`
-/// cases alone, then `long` (one token: its time to first token is the prefill).
+/// Batch-1 figures on a freshly opened model, plain decode (no drafts: the workload of
+/// llama-bench and onnxruntime-genai): one warm-up request, then each of the first `k` cases
+/// alone, then `long` (one token: its time to first token is the prefill).
 fn batch1(
     opts: &BenchOptions,
     env: &Env,
@@ -209,21 +216,14 @@ fn batch1(
     k: usize,
     long: Option<&(Case, Prompt)>,
 ) -> Result<Batch1, BenchError> {
-    let src = open(opts, env, codegen_harness::engine::BatchSize::Rows(1))?;
-    let mut warm = cases[0].clone();
-    warm.key = "warm-up".into();
-    warm.max_new_tokens = Some(4);
-    src.complete(&request(&warm, &prompts[0]))?;
-    let (mut n, mut secs, mut ttft) = (0usize, 0.0f64, 0.0f64);
-    for (case, prompt) in cases.iter().zip(prompts).take(k) {
-        let c = src.complete(&request(case, prompt))?.remove(0);
-        let tm = c.timing.unwrap_or_default();
-        if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
-            n += tm.generated_tokens - 1;
-            secs += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
-        }
-        ttft += tm.time_to_first_token_ms;
-    }
+    let src = open(
+        opts,
+        env,
+        codegen_harness::engine::BatchSize::Rows(1),
+        Some(false),
+    )?;
+    let decode = decode_alone(&src, cases, prompts, k)?;
+    let (n, secs, ttft) = (decode.tokens, decode.seconds, decode.ttft_ms);
     let mut prefill_tok_s = 0.0;
     if let Some((case, prompt)) = long {
         let tm = src
@@ -238,6 +238,65 @@ fn batch1(
         ttft_ms: ttft / k as f64,
         prefill_tok_s,
     })
+}
+
+/// What the first `k` cases decoded alone gave, after one warm-up request: tokens after the
+/// first and their seconds, the summed time to first token, and the draft tokens fed and kept.
+#[derive(Debug, Clone, Copy, Default)]
+struct Alone {
+    tokens: usize,
+    seconds: f64,
+    ttft_ms: f64,
+    drafted: usize,
+    kept: usize,
+}
+
+fn decode_alone(
+    src: &OnnxSource,
+    cases: &[Case],
+    prompts: &[Prompt],
+    k: usize,
+) -> Result<Alone, BenchError> {
+    let mut warm = cases[0].clone();
+    warm.key = "warm-up".into();
+    warm.max_new_tokens = Some(4);
+    src.complete(&request(&warm, &prompts[0]))?;
+    let mut alone = Alone::default();
+    for (case, prompt) in cases.iter().zip(prompts).take(k) {
+        let c = src.complete(&request(case, prompt))?.remove(0);
+        let tm = c.timing.unwrap_or_default();
+        if tm.generated_tokens > 1 && tm.decode_tokens_per_s > 0.0 {
+            alone.tokens += tm.generated_tokens - 1;
+            alone.seconds += (tm.generated_tokens - 1) as f64 / tm.decode_tokens_per_s;
+        }
+        alone.ttft_ms += tm.time_to_first_token_ms;
+        alone.drafted += tm.draft_tokens;
+        alone.kept += tm.accepted_draft_tokens;
+    }
+    Ok(alone)
+}
+
+/// Batch-1 decode with prompt-lookup drafts (CPU): tok/s, draft tokens fed and kept.
+fn batch1_drafting(
+    opts: &BenchOptions,
+    env: &Env,
+    cases: &[Case],
+    prompts: &[Prompt],
+    k: usize,
+) -> Result<(f64, usize, usize), BenchError> {
+    let src = open(
+        opts,
+        env,
+        codegen_harness::engine::BatchSize::Rows(1),
+        Some(true),
+    )?;
+    let a = decode_alone(&src, cases, prompts, k)?;
+    let tok_s = if a.seconds > 0.0 {
+        a.tokens as f64 / a.seconds
+    } else {
+        0.0
+    };
+    Ok((tok_s, a.drafted, a.kept))
 }
 
 /// The long prompt of the prefill figure: every built-in prompt in one chat message, asking
@@ -319,7 +378,7 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     }
     let prompts: Vec<Prompt> = cases.iter().map(Prompt::for_case).collect();
     let t = Instant::now();
-    let src = open(opts, env, opts.batch_size)?;
+    let src = open(opts, env, opts.batch_size, None)?;
     let load_s = t.elapsed().as_secs_f64();
     let ids: Vec<Vec<u32>> = prompts
         .iter()
@@ -347,6 +406,10 @@ pub fn run(opts: &BenchOptions, env: &Env) -> Result<String, BenchError> {
     let mut ours = Figures {
         batch1_decode_tok_s: median(&rounds.ours, false),
         batch1_ttft_ms: median(&rounds.ours, true),
+        batch1_drafting: rounds.drafting.first().map(|&(_, drafted, kept)| {
+            let tok_s = vs::median(rounds.drafting.iter().map(|d| d.0));
+            (tok_s, drafted, kept)
+        }),
         ..Figures::default()
     };
     let suite = suite(&src, opts, &cases, &prompts, &mut ours)?;
@@ -395,6 +458,8 @@ struct Inputs<'a> {
 /// llama.cpp's figures until they fail.
 struct Rounds {
     ours: Vec<(f64, f64)>,
+    /// Batch-1 decode with drafts (CPU): tok/s, draft tokens fed and kept.
+    drafting: Vec<(f64, usize, usize)>,
     ours_prefill: Vec<f64>,
     ours_batch: Vec<f64>,
     genai: Vec<(f64, f64)>,
@@ -412,6 +477,7 @@ fn rounds(
 ) -> Result<Rounds, BenchError> {
     let mut rounds = Rounds {
         ours: Vec::new(),
+        drafting: Vec::new(),
         ours_prefill: Vec::new(),
         ours_batch: Vec::new(),
         genai: Vec::new(),
@@ -425,6 +491,11 @@ fn rounds(
         let b = batch1(opts, env, cases, prompts, inputs.k, long)?;
         rounds.ours.push((b.decode_tok_s, b.ttft_ms));
         rounds.ours_prefill.push(b.prefill_tok_s);
+        if opts.provider == Provider::Cpu {
+            rounds
+                .drafting
+                .push(batch1_drafting(opts, env, cases, prompts, inputs.k)?);
+        }
         if !opts.skip_genai && rounds.genai_err.is_none() {
             match run_genai(opts, env, inputs.ids, true) {
                 Ok((f, _)) => rounds.genai.push((f.batch1_decode_tok_s, f.batch1_ttft_ms)),
@@ -435,7 +506,7 @@ fn rounds(
             continue;
         };
         if rounds.llama_err.is_none() {
-            let src = open(opts, env, opts.batch_size)?;
+            let src = open(opts, env, opts.batch_size, None)?;
             let mut f = Figures::default();
             suite(&src, opts, cases, prompts, &mut f)?;
             rounds.ours_batch.push(f.suite_tok_s());

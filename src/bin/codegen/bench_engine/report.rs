@@ -87,6 +87,15 @@ impl Report<'_> {
             ours.batch1_decode_tok_s,
             col(&|f| format!("{:.1}", f.batch1_decode_tok_s))
         );
+        if let Some((tok_s, drafted, kept)) = ours.batch1_drafting {
+            let _ = writeln!(
+                s,
+                "{:<34} {:>16} {:>26}",
+                "  with prompt-lookup drafts",
+                format!("{tok_s:.1} ({kept}/{drafted} kept)"),
+                "-"
+            );
+        }
         let _ = writeln!(
             s,
             "{:<34} {:>16.0} {:>26}",
