@@ -299,6 +299,9 @@ impl<'j> Batch<'j> {
         on_token: &mut dyn FnMut(),
         on_done: &mut dyn FnMut(usize, Completion),
     ) -> Result<bool, EngineError> {
+        if self.recycling && self.step == 0 {
+            return self.start_rows(model, kv, on_token, on_done);
+        }
         let inputs_started = Instant::now();
         let inputs = self.inputs(model, kv)?;
         let q = inputs.shape[1];

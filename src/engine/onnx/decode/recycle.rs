@@ -43,6 +43,24 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// The first step of a recycling batch: each row's prompt prefilled alone into its slot, as
+    /// later rows are. A batched prefill computes every row up to the longest prompt (a fifth
+    /// to a quarter of its positions are padding in the built-in and default suites), and a
+    /// prompt alone gives the same logits as in a batch. False when every job has ended.
+    pub(super) fn start_rows(
+        &mut self,
+        model: &mut Model,
+        kv: &mut dyn KvCache,
+        on_token: &mut dyn FnMut(),
+        on_done: &mut dyn FnMut(usize, Completion),
+    ) -> Result<bool, EngineError> {
+        for r in 0..self.rows.len() {
+            let j = self.job_of[r];
+            self.start_job(model, kv, r, j, on_token, on_done)?;
+        }
+        self.recycle(model, kv, on_token, on_done)
+    }
+
     /// Put job `j` in row `r` (whose job has been handed over): prefill its prompt alone into
     /// the row's KV cache and take its first token. Its decode steps continue from there.
     fn start_job(
