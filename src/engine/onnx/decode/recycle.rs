@@ -44,9 +44,9 @@ impl Batch<'_> {
     }
 
     /// The first step of a recycling batch: each row's prompt prefilled alone into its slot, as
-    /// later rows are. A batched prefill computes every row up to the longest prompt (a fifth
-    /// to a quarter of its positions are padding in the built-in and default suites), and a
-    /// prompt alone gives the same logits as in a batch. False when every job has ended.
+    /// later rows are. A batched prefill computes every row up to the longest prompt (15% of
+    /// the default suite's first step is padding), and a prompt alone gives the same logits as
+    /// in a batch. False when every job has ended.
     pub(super) fn start_rows(
         &mut self,
         model: &mut Model,
