@@ -371,6 +371,14 @@ fn draft_tokens_never_change_greedy_output() {
     assert_traces_agree(&traces[1], &traces[2], "three rows against plain decoding");
 }
 
+/// Whether this CPU runs the harness's attention kernel.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 #[test]
 fn our_attention_kernel_agrees_with_onnx_runtimes_and_the_reference() {
     // Rows of different lengths (prompts of 1 to 30 tokens), batched prefill with padding, a
@@ -391,6 +399,13 @@ fn our_attention_kernel_agrees_with_onnx_runtimes_and_the_reference() {
         });
         opts.attention = kernel;
         let src = onnx::open_with(&models().join("genai"), opts).unwrap();
+        let ours = kernel == AttentionKernel::Own && has_avx2_fma();
+        let named = if ours {
+            "codegen (attention/)"
+        } else {
+            "onnxruntime"
+        };
+        assert_eq!(src.describe()["attention"], named, "{kernel:?}");
         let got = batched(&src, &cases, 1);
         for (case, completion) in cases.iter().zip(&got) {
             let ids = src.prompt_ids(&Prompt::for_case(case)).unwrap();

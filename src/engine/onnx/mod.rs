@@ -305,6 +305,14 @@ fn describe(
         ("shared_kv", model.shares_kv().to_string()),
         ("device_head", facts.device_head.to_string()),
         ("cuda_graph", facts.cuda_graph.to_string()),
+        (
+            "attention",
+            match facts.own_attention {
+                true => "codegen (attention/)",
+                false => "onnxruntime",
+            }
+            .to_string(),
+        ),
         ("onnxruntime", model.library.display().to_string()),
         ("batch_size", options.settings.batch_size.to_string()),
         ("temperature", options.settings.temperature.to_string()),
