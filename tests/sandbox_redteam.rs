@@ -1142,7 +1142,8 @@ probe!(p64_tampering_with_the_check_channel_is_reported, {
     }
     // Forging the value of the waiting call and leaving: a value it could have returned, so
     // the check passes, or the exit is seen first and the program crashed; never tampering.
-    let program = "import os\ndef f(x):\n    os.write(7, b'{\"event\":\"reply\",\"seq\":%d,\"kind\":\"returned\",\"value\":[\"int\",\"%d\"]}\\n' % (x, x))\n    os._exit(0)\n";
+    // (The value as the channel carries an int: plain JSON.)
+    let program = "import os\ndef f(x):\n    os.write(7, b'{\"event\":\"reply\",\"seq\":%d,\"kind\":\"returned\",\"value\":%d}\\n' % (x, x))\n    os._exit(0)\n";
     let once = "def check(candidate):\n    assert candidate(1) == 1\n";
     let o = check_outcome(&check_job(program, once, None));
     assert!(
