@@ -34,6 +34,7 @@ mod kv;
 mod lazy;
 pub(crate) mod model;
 mod progress;
+pub mod proto;
 mod sampling;
 mod scheduler;
 pub(crate) mod session;

@@ -8,7 +8,6 @@
 pub mod compute;
 pub mod gguf;
 pub mod onnx;
-pub mod proto;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +25,15 @@ pub enum CeilingError {
     Gguf(String),
     #[error("failed to time MatMulNBits: {0}")]
     Compute(String),
+}
+
+/// The protobuf wire format, shared with the engine's graph rewrite.
+pub use codegen_harness::engine::onnx::proto;
+
+impl From<proto::Malformed> for CeilingError {
+    fn from(e: proto::Malformed) -> CeilingError {
+        CeilingError::Onnx(e.to_string())
+    }
 }
 
 impl CeilingError {

@@ -6,96 +6,27 @@
 //! unchanged.
 
 use super::op::{DOMAIN, NAME};
+use crate::engine::onnx::proto::{self, Malformed, Value, Writer};
 
-/// A protobuf field: its number, and its value.
+/// A field of a message: its number, its value, and its bytes (tag included).
 #[derive(Debug, Clone, Copy)]
 struct Field<'a> {
-    number: u64,
+    number: u32,
     value: Value<'a>,
-    /// The field's bytes, tag included.
     whole: &'a [u8],
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Value<'a> {
-    Varint(u64),
-    Fixed64,
-    Bytes(&'a [u8]),
-    Fixed32(u32),
-}
-
-/// `model.onnx` is not the protobuf it should be (the model then loads as it is, and ONNX
-/// Runtime says what is wrong with it).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("failed to read the model's protobuf at byte {at}")]
-pub(crate) struct Malformed {
-    at: usize,
-}
-
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, Malformed> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*pos).ok_or(Malformed { at: *pos })?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(Malformed { at: *pos })
 }
 
 /// The fields of one message, in order.
 fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, Malformed> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let start = pos;
-        let tag = varint(buf, &mut pos)?;
-        let take = |pos: &mut usize, n: usize| {
-            let end = pos
-                .checked_add(n)
-                .filter(|e| *e <= buf.len())
-                .ok_or(Malformed { at: *pos })?;
-            let bytes = &buf[*pos..end];
-            *pos = end;
-            Ok::<_, Malformed>(bytes)
-        };
-        let value = match tag & 7 {
-            0 => Value::Varint(varint(buf, &mut pos)?),
-            1 => take(&mut pos, 8).map(|_| Value::Fixed64)?,
-            2 => {
-                let n = varint(buf, &mut pos)? as usize;
-                Value::Bytes(take(&mut pos, n)?)
-            }
-            5 => {
-                let b = take(&mut pos, 4)?;
-                Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            _ => return Err(Malformed { at: start }),
-        };
-        out.push(Field {
-            number: tag >> 3,
-            value,
-            whole: &buf[start..pos],
-        });
-    }
-    Ok(out)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A length-delimited field.
-fn put_bytes(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
-    put_varint(out, number << 3 | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
+    proto::spans(buf)
+        .map(|f| {
+            f.map(|(number, value, whole)| Field {
+                number,
+                value,
+                whole,
+            })
+        })
+        .collect()
 }
 
 fn bytes<'a>(field: &Field<'a>) -> Option<&'a [u8]> {
@@ -107,7 +38,7 @@ fn bytes<'a>(field: &Field<'a>) -> Option<&'a [u8]> {
 
 /// The model with its eligible attention nodes moved to our kernel, or `None` when it has none.
 pub(crate) fn route_attention(model: &[u8]) -> Result<Option<Vec<u8>>, Malformed> {
-    let mut out = Vec::with_capacity(model.len() + 64);
+    let mut out = Writer(Vec::with_capacity(model.len() + 64));
     let mut moved = 0;
     for field in fields(model)? {
         match (field.number, bytes(&field)) {
@@ -115,48 +46,50 @@ pub(crate) fn route_attention(model: &[u8]) -> Result<Option<Vec<u8>>, Malformed
             (7, Some(graph)) => {
                 let (graph, n) = route_graph(graph)?;
                 moved += n;
-                put_bytes(&mut out, 7, &graph);
+                out.bytes(7, &graph);
             }
-            _ => out.extend_from_slice(field.whole),
+            _ => {
+                out.raw(field.whole);
+            }
         }
     }
     if moved == 0 {
         return Ok(None);
     }
     // ModelProto.opset_import: OperatorSetIdProto { domain, version = 1 }
-    let mut opset = Vec::new();
-    put_bytes(&mut opset, 1, DOMAIN.as_bytes());
-    put_varint(&mut opset, 2 << 3);
-    put_varint(&mut opset, 1);
-    put_bytes(&mut out, 8, &opset);
-    Ok(Some(out))
+    out.msg(8, |opset| {
+        opset.bytes(1, DOMAIN.as_bytes()).int(2, 1);
+    });
+    Ok(Some(out.0))
 }
 
 /// A GraphProto with its eligible nodes moved, and how many moved.
 fn route_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), Malformed> {
     let graph_fields = fields(graph)?;
     let float_inputs = float_inputs(&graph_fields)?;
-    let mut out = Vec::with_capacity(graph.len());
+    let mut out = Writer(Vec::with_capacity(graph.len()));
     let mut moved = 0;
     for field in graph_fields {
         // GraphProto.node
         match (field.number, bytes(&field)) {
             (1, Some(node)) if eligible(node, &float_inputs)? => {
                 moved += 1;
-                let mut rewritten = Vec::with_capacity(node.len() + 8);
-                for f in fields(node)? {
-                    if f.number == 7 {
-                        put_bytes(&mut rewritten, 7, DOMAIN.as_bytes());
-                    } else {
-                        rewritten.extend_from_slice(f.whole);
+                let node_fields = fields(node)?;
+                out.msg(1, |rewritten| {
+                    for f in node_fields {
+                        match f.number {
+                            7 => rewritten.bytes(7, DOMAIN.as_bytes()),
+                            _ => rewritten.raw(f.whole),
+                        };
                     }
-                }
-                put_bytes(&mut out, 1, &rewritten);
+                });
             }
-            _ => out.extend_from_slice(field.whole),
+            _ => {
+                out.raw(field.whole);
+            }
         }
     }
-    Ok((out, moved))
+    Ok((out.0, moved))
 }
 
 /// The names of the graph's float32 inputs (GraphProto.input: ValueInfoProto { name, type:
@@ -193,7 +126,7 @@ fn float_inputs<'a>(graph: &[Field<'a>]) -> Result<Vec<&'a [u8]>, Malformed> {
 /// only with its tables).
 fn eligible(node: &[u8], float_inputs: &[&[u8]]) -> Result<bool, Malformed> {
     let fields = fields(node)?;
-    let text = |n: u64| {
+    let text = |n: u32| {
         fields
             .iter()
             .filter(move |f| f.number == n)
@@ -251,7 +184,7 @@ fn fields_of_attribute(attribute: &[u8]) -> Result<Attribute<'_>, Malformed> {
     for f in fields(attribute)? {
         match (f.number, f.value) {
             (1, Value::Bytes(name)) => out.name = name,
-            (2, Value::Fixed32(bits)) => out.float = Some(f32::from_bits(bits)),
+            (2, Value::Fixed(bits)) => out.float = Some(f32::from_bits(bits as u32)),
             (3, Value::Varint(v)) => out.int = Some(v as i64),
             _ => {}
         }
@@ -263,28 +196,26 @@ fn fields_of_attribute(attribute: &[u8]) -> Result<Attribute<'_>, Malformed> {
 mod tests {
     use super::*;
 
-    fn string(number: u64, s: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        put_bytes(&mut out, number, s.as_bytes());
-        out
+    fn string(number: u32, s: &str) -> Vec<u8> {
+        let mut out = Writer::default();
+        out.bytes(number, s.as_bytes());
+        out.0
     }
 
     fn attribute_int(name: &str, v: i64) -> Vec<u8> {
-        let mut a = string(1, name);
-        put_varint(&mut a, 3 << 3);
-        put_varint(&mut a, v as u64);
-        let mut out = Vec::new();
-        put_bytes(&mut out, 5, &a);
-        out
+        let mut out = Writer::default();
+        out.msg(5, |a| {
+            a.bytes(1, name.as_bytes()).int(3, v);
+        });
+        out.0
     }
 
     fn attribute_float(name: &str, v: f32) -> Vec<u8> {
-        let mut a = string(1, name);
-        put_varint(&mut a, 2 << 3 | 5);
-        a.extend_from_slice(&v.to_le_bytes());
-        let mut out = Vec::new();
-        put_bytes(&mut out, 5, &a);
-        out
+        let mut out = Writer::default();
+        out.msg(5, |a| {
+            a.bytes(1, name.as_bytes()).float(2, v);
+        });
+        out.0
     }
 
     /// A NodeProto: op type, domain, inputs, three outputs, attributes.
@@ -318,29 +249,25 @@ mod tests {
     ];
 
     fn model(nodes: &[Vec<u8>]) -> Vec<u8> {
-        let mut graph = Vec::new();
+        let mut graph = Writer::default();
         for n in nodes {
-            put_bytes(&mut graph, 1, n);
+            graph.bytes(1, n);
         }
-        graph.extend(string(2, "main"));
+        graph.bytes(2, b"main");
         for (name, elem_type) in [("past.key", 1), ("past16.key", 10)] {
-            let mut tensor = Vec::new();
-            put_varint(&mut tensor, 1 << 3);
-            put_varint(&mut tensor, elem_type);
-            let mut ty = Vec::new();
-            put_bytes(&mut ty, 1, &tensor);
-            let mut info = string(1, name);
-            put_bytes(&mut info, 2, &ty);
-            put_bytes(&mut graph, 11, &info);
+            graph.msg(11, |info| {
+                info.bytes(1, name.as_bytes()).msg(2, |ty| {
+                    ty.msg(1, |tensor| {
+                        tensor.int(1, elem_type);
+                    });
+                });
+            });
         }
         // An unknown field (number 99, varint) must survive.
-        put_varint(&mut graph, 99 << 3);
-        put_varint(&mut graph, 5);
-        let mut m = Vec::new();
-        put_varint(&mut m, 1 << 3);
-        put_varint(&mut m, 8);
-        put_bytes(&mut m, 7, &graph);
-        m
+        graph.int(99, 5);
+        let mut m = Writer::default();
+        m.int(1, 8).bytes(7, &graph.0);
+        m.0
     }
 
     fn domains(model: &[u8]) -> Vec<String> {
@@ -428,6 +355,9 @@ mod tests {
             route_attention(&model(&[node(NAME, "other.domain", &INPUTS, &base)])).unwrap(),
             None
         );
-        assert_eq!(route_attention(&[0x0a, 0x05, 1]), Err(Malformed { at: 2 }));
+        assert!(matches!(
+            route_attention(&[0x0a, 0x05, 1]),
+            Err(Malformed { at: 2, .. })
+        ));
     }
 }
