@@ -101,19 +101,20 @@ pub(crate) fn open(rt: &Runtime, dir: &Path, spec: SessionSpec) -> Result<Opened
     let graph_capture = spec.graph && provider == Provider::Cuda;
     let model = dir.join("model.onnx");
     let load = |e: ort::Error| load_error(dir, provider, graph_capture, &e.to_string());
-    let own_graph = match spec.own_attention && provider == Provider::Cpu {
-        true => attention::own_graph(&model),
-        false => None,
-    };
+    // The rewritten graph is loaded from memory and finds its weights by the folder's path, as
+    // text (`own_graph` refuses a folder whose path is not UTF-8).
+    let folder = dir
+        .to_str()
+        .filter(|_| spec.own_attention && provider == Provider::Cpu);
+    let own_graph = folder.and_then(|folder| Some((folder, attention::own_graph(&model)?)));
     let own_attention = own_graph.is_some();
     let session = match own_graph {
-        Some(graph) => builder
+        Some((folder, graph)) => builder
             .with_operators(attention::domain().map_err(setup)?)
             .map_err(builder_err)?
-            // The rewritten graph is loaded from memory; its weights stay beside the file.
             .with_config_entry(
                 "session.model_external_initializers_file_folder_path",
-                dir.to_string_lossy(),
+                folder,
             )
             .map_err(builder_err)?
             .commit_from_memory(&graph)

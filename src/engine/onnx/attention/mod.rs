@@ -16,9 +16,10 @@ pub(crate) use op::domain;
 /// The graph of `model` (a `model.onnx`) with its eligible attention nodes on our kernel, when
 /// this CPU runs the kernel and the graph has such nodes. A file that cannot be read or parsed
 /// here gives `None` and is loaded as it is, so that ONNX Runtime's own error names what is
-/// wrong with it.
+/// wrong with it; so does a folder whose path is not UTF-8 (the graph is loaded from memory,
+/// and ONNX Runtime takes the folder of its weights as text).
 pub(crate) fn own_graph(model: &Path) -> Option<Vec<u8>> {
-    if !super::simd::supported() {
+    if !super::simd::supported() || model.parent()?.to_str().is_none() {
         return None;
     }
     let bytes = std::fs::read(model).ok()?;
